@@ -1,0 +1,23 @@
+//! p2pfs: peer-to-peer file sharing with a central tracker.
+//!
+//! Layout (each module's top comment says what it owns and may call):
+//! - [`wire`]: frames, messages, limits, name rules. Depends on nothing else here.
+//! - [`chunks`]: chunk geometry, SHA-1, bitmaps. Depends on nothing else here.
+//! - [`tracker`]: the registry (pure data) and the server (sockets, one thread
+//!   per connection). Depends on `wire` and `chunks` only.
+//! - [`peer`]: share index, chunk server, picker, download workers, assembler,
+//!   tracker session. Depends on `wire` and `chunks` only, never on `tracker`.
+//!
+//! Everything is synchronous std::net with one OS thread per connection;
+//! threads talk over bounded crossbeam channels.
+
+pub mod chunks;
+pub mod peer;
+pub mod tracker;
+pub mod wire;
+
+// The wire limits and the geometry limits are the same numbers, stated once
+// in each module so that neither depends on the other.
+const _: () = assert!(wire::MAX_CHUNK_SIZE == chunks::MAX_CHUNK_SIZE);
+const _: () = assert!(wire::MAX_CHUNKS_PER_FILE == chunks::MAX_CHUNKS_PER_FILE);
+const _: () = assert!(wire::DIGEST_LEN == chunks::DIGEST_LEN);

@@ -1,0 +1,100 @@
+//! The peer: shares a folder, serves chunks, downloads from many peers.
+//!
+//! Owns (one file each):
+//! - [`share`]: the share index: which files this peer offers, their hashes
+//!   and have-bitmaps, hashing a folder at start.
+//! - [`server`]: the chunk server: a listener and one thread per connection
+//!   answering ChunkRequest with ChunkData.
+//! - [`ratelimit`]: the upload limiter shared by all of a peer's uploads.
+//! - [`picker`]: rarest-first chunk choice (pure data, no I/O).
+//! - [`download`]: one download: worker thread per source, the assembler.
+//! - [`session`]: the persistent control connection to the tracker.
+//! - [`client`]: connecting to a tracker or peer (Hello) and one-shot queries.
+//!
+//! Depends on `wire` and `chunks` only; never on `tracker`.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use crate::wire::{ErrorCode, WireError};
+
+pub mod client;
+pub mod download;
+pub mod picker;
+pub mod ratelimit;
+pub mod server;
+pub mod session;
+pub mod share;
+
+/// Everything that can go wrong in the peer, with enough context to print
+/// one clear line.
+#[derive(Debug)]
+pub enum PeerError {
+    /// A file-system operation failed on `path`.
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// Talking to `who` (a tracker or peer address) failed.
+    Net { who: String, source: WireError },
+    /// `who` answered with an Error message.
+    Refused {
+        who: String,
+        code: ErrorCode,
+        message: String,
+    },
+    /// `who` sent a valid message that makes no sense here.
+    Protocol { who: String, what: String },
+    /// A user-supplied name or option is not acceptable.
+    Invalid(String),
+    /// A download could not finish.
+    Download(String),
+}
+
+impl PeerError {
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> PeerError {
+        PeerError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn net(who: impl fmt::Display, source: WireError) -> PeerError {
+        PeerError::Net {
+            who: who.to_string(),
+            source,
+        }
+    }
+}
+
+impl fmt::Display for PeerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerError::Io { op, path, source } => {
+                write!(f, "cannot {op} {}: {source}", path.display())
+            }
+            PeerError::Net { who, source } => write!(f, "{who}: {source}"),
+            PeerError::Refused { who, code, message } => {
+                write!(f, "{who} refused: {code}: {message}")
+            }
+            PeerError::Protocol { who, what } => write!(f, "{who}: protocol error: {what}"),
+            PeerError::Invalid(s) => f.write_str(s),
+            PeerError::Download(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::error::Error for PeerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PeerError::Io { source, .. } => Some(source),
+            PeerError::Net { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = PeerError> = std::result::Result<T, E>;
