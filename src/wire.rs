@@ -496,7 +496,7 @@ impl Message {
                             return Err(WireError::BadFlag {
                                 what: "have flag",
                                 value: v,
-                            })
+                            });
                         }
                     };
                     files.push(FileEntry {
@@ -671,7 +671,7 @@ pub fn read_frame<R: Read + ?Sized>(r: &mut R) -> Result<Option<Frame>, WireErro
             Ok(0) => {
                 return Err(WireError::Truncated {
                     what: "frame length",
-                })
+                });
             }
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

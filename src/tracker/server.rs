@@ -1,0 +1,462 @@
+//! The tracker's network side: a listener and one OS thread per connection.
+//!
+//! Owns: accepting connections (with a cap), the per-connection protocol
+//! loop (Hello, then request/reply), timeouts, and shutdown. A connection's
+//! peer is removed from the registry as soon as the connection ends for any
+//! reason: Leave, close, error, or silence past the idle timeout.
+//!
+//! Calls `wire` for framing and [`super::registry`] for state. The registry
+//! Mutex is held only around in-memory registry calls, never across a read
+//! or write, so a slow client cannot stall anyone else.
+//!
+//! Shutdown follows tiny-http: set a flag, wake the blocking `accept` by
+//! connecting to ourselves, shut down every open socket, join every thread.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use log::{debug, info, warn};
+
+use super::registry::{ConnId, Registry};
+use crate::wire::{self, ErrorCode, Locations, Message, Source, WireError};
+
+/// How often a registered peer sends Keepalive when it has nothing else to
+/// say (documented in docs/protocol.md; the peer side uses the same value).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// A connection silent for this long is dropped and its peer removed: three
+/// missed keepalives.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one write to a client may block before the client is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default cap on concurrent connections (each is one thread).
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Stack of a connection thread: the handler keeps buffers on the heap.
+const CONN_STACK_SIZE: usize = 256 * 1024;
+
+/// Tracker settings; `Default` gives the documented production values.
+#[derive(Debug, Clone)]
+pub struct TrackerConfig {
+    pub listen: SocketAddr,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7000)),
+            idle_timeout: IDLE_TIMEOUT,
+            write_timeout: WRITE_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// A fatal tracker error (a connection's own errors are logged, never
+/// returned).
+#[derive(Debug)]
+pub enum TrackerError {
+    /// The listening socket could not be bound.
+    Bind { addr: SocketAddr, source: io::Error },
+    /// The accept thread could not be started.
+    Spawn(io::Error),
+}
+
+impl fmt::Display for TrackerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrackerError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            TrackerError::Spawn(e) => write!(f, "cannot start the accept thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TrackerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TrackerError::Bind { source, .. } => Some(source),
+            TrackerError::Spawn(e) => Some(e),
+        }
+    }
+}
+
+struct Shared {
+    cfg: TrackerConfig,
+    registry: Mutex<Registry>,
+    /// A clone of every open connection's stream, to shut them down.
+    conns: Mutex<HashMap<ConnId, TcpStream>>,
+    shutting_down: AtomicBool,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        // A panic in another connection thread must not take the tracker down.
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn conns(&self) -> MutexGuard<'_, HashMap<ConnId, TcpStream>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running tracker. Dropping it shuts it down.
+pub struct Tracker {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Tracker {
+    /// Binds `cfg.listen` (port 0 picks a free port) and starts accepting.
+    pub fn start(cfg: TrackerConfig) -> Result<Tracker, TrackerError> {
+        let listener = TcpListener::bind(cfg.listen).map_err(|source| TrackerError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let local_addr = listener.local_addr().map_err(|source| TrackerError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            cfg,
+            registry: Mutex::new(Registry::new()),
+            conns: Mutex::new(HashMap::new()),
+            shutting_down: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+        });
+        let s = Arc::clone(&shared);
+        let accept = thread::Builder::new()
+            .name("tracker-accept".into())
+            .spawn(move || accept_loop(listener, s))
+            .map_err(TrackerError::Spawn)?;
+        info!("tracker listening on {local_addr}");
+        Ok(Tracker {
+            local_addr,
+            shared,
+            accept: Some(accept),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Number of currently registered peers.
+    pub fn peer_count(&self) -> usize {
+        self.shared.registry().peer_count()
+    }
+
+    /// Number of open connections.
+    pub fn connection_count(&self) -> usize {
+        self.shared.conns().len()
+    }
+
+    /// Stops accepting, closes every connection, joins every thread.
+    pub fn shutdown(&mut self) {
+        let Some(accept) = self.accept.take() else {
+            return;
+        };
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        // Wake the blocking accept() with a connection to ourselves.
+        let _ = TcpStream::connect_timeout(&wake_addr(self.local_addr), Duration::from_secs(1));
+        if accept.join().is_err() {
+            warn!("the accept thread panicked");
+        }
+        info!("tracker stopped");
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Where to connect to reach a listener bound to `addr` (an unspecified
+/// address is reached through loopback).
+fn wake_addr(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    for incoming in listener.incoming() {
+        if shared.shutting_down.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match incoming {
+            Ok(s) => s,
+            Err(e) => {
+                // E.g. EMFILE: back off briefly instead of spinning.
+                warn!("accept failed: {e}");
+                thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        threads.retain(|t| !t.is_finished());
+        if shared.conns().len() >= shared.cfg.max_connections {
+            refuse_busy(stream, &shared.cfg);
+            continue;
+        }
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        match stream.try_clone() {
+            Ok(clone) => {
+                shared.conns().insert(id, clone);
+            }
+            Err(e) => {
+                warn!("connection {id}: cannot clone socket: {e}");
+                continue;
+            }
+        }
+        let s = Arc::clone(&shared);
+        let spawned = thread::Builder::new()
+            .name(format!("tracker-conn-{id}"))
+            .stack_size(CONN_STACK_SIZE)
+            .spawn(move || {
+                serve_connection(&s, id, stream);
+                s.registry().remove_peer(id);
+                s.conns().remove(&id);
+            });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                warn!("connection {id}: cannot start a thread: {e}");
+                if let Some(s) = shared.conns().remove(&id) {
+                    let _ = s.shutdown(Shutdown::Both);
+                }
+            }
+        }
+    }
+    // Shutting down: close every connection so its thread's read returns.
+    for (_, s) in shared.conns().drain() {
+        let _ = s.shutdown(Shutdown::Both);
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+fn refuse_busy(mut stream: TcpStream, cfg: &TrackerConfig) {
+    warn!(
+        "refusing a connection from {:?}: {} connections open",
+        stream.peer_addr().ok(),
+        cfg.max_connections
+    );
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = wire::write_message(
+        &mut stream,
+        &Message::error(ErrorCode::Busy, "too many connections; try again later"),
+    );
+}
+
+/// What to do after handling one request.
+enum Next {
+    Reply(Message),
+    /// Nothing to send (Keepalive).
+    Silent,
+    /// Send this, then close (Leave, fatal errors).
+    Close(Message),
+}
+
+fn serve_connection(shared: &Shared, id: ConnId, stream: TcpStream) {
+    let remote = match stream.peer_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let setup = || -> io::Result<TcpStream> {
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(shared.cfg.idle_timeout))?;
+        stream.set_write_timeout(Some(shared.cfg.write_timeout))?;
+        stream.try_clone()
+    };
+    let mut writer = match setup() {
+        Ok(w) => w,
+        Err(e) => {
+            debug!("connection {id} from {remote}: setup failed: {e}");
+            return;
+        }
+    };
+    let mut reader = BufReader::with_capacity(16 * 1024, stream);
+    debug!("connection {id} from {remote}");
+
+    let mut greeted = false;
+    loop {
+        let next = match wire::read_message(&mut reader) {
+            Ok(None) => break,
+            Ok(Some(m)) if !greeted => match m {
+                Message::Hello { version } if version == wire::PROTOCOL_VERSION => {
+                    greeted = true;
+                    Next::Reply(Message::Hello {
+                        version: wire::PROTOCOL_VERSION,
+                    })
+                }
+                Message::Hello { version } => Next::Close(Message::error(
+                    ErrorCode::BadVersion,
+                    format!(
+                        "this tracker speaks protocol version {}, you sent {version}",
+                        wire::PROTOCOL_VERSION
+                    ),
+                )),
+                other => Next::Close(Message::error(
+                    ErrorCode::Unexpected,
+                    format!("expected Hello first, got {}", other.kind()),
+                )),
+            },
+            Ok(Some(m)) => handle(shared, id, remote, m),
+            Err(e) if e.is_timeout() => {
+                info!(
+                    "connection {id} from {remote}: silent for {:?}, dropping it",
+                    shared.cfg.idle_timeout
+                );
+                break;
+            }
+            Err(e) if e.is_disconnect() => {
+                debug!("connection {id} from {remote}: {e}");
+                break;
+            }
+            Err(e) => {
+                warn!("connection {id} from {remote}: {e}; closing");
+                Next::Close(Message::error(ErrorCode::Malformed, e.to_string()))
+            }
+        };
+        let (reply, close) = match next {
+            Next::Reply(m) => (Some(m), false),
+            Next::Silent => (None, false),
+            Next::Close(m) => (Some(m), true),
+        };
+        if let Some(m) = reply {
+            if let Err(e) = send(&mut writer, &m) {
+                debug!("connection {id} from {remote}: write failed: {e}");
+                break;
+            }
+        }
+        if close {
+            break;
+        }
+    }
+    let ep = shared.registry().endpoint(id);
+    if let Some(ep) = ep {
+        info!("peer {ep} (connection {id}) gone; its chunks are forgotten");
+    }
+    let _ = writer.shutdown(Shutdown::Both);
+}
+
+fn send(w: &mut TcpStream, m: &Message) -> Result<(), WireError> {
+    let mut buf = Vec::new();
+    if let Err(e) = m.encode(&mut buf) {
+        // Only a bug can get here (the registry keeps everything in limits);
+        // tell the client rather than sending nothing.
+        warn!("cannot encode {}: {e}", m.kind());
+        buf.clear();
+        Message::error(ErrorCode::Internal, e.to_string()).encode(&mut buf)?;
+    }
+    w.write_all(&buf)?;
+    Ok(())
+}
+
+fn handle(shared: &Shared, id: ConnId, remote: SocketAddr, m: Message) -> Next {
+    match m {
+        Message::Keepalive => Next::Silent,
+        Message::Register { endpoint, files } => {
+            if endpoint.port() == 0 {
+                return Next::Reply(Message::error(
+                    ErrorCode::Malformed,
+                    "the endpoint port must not be 0",
+                ));
+            }
+            // Trust the address the connection comes from, not the announced
+            // one: a peer must not point the swarm at somebody else's host.
+            let observed = SocketAddr::new(remote.ip().to_canonical(), endpoint.port());
+            if endpoint.ip() != observed.ip() && !endpoint.ip().is_unspecified() {
+                debug!(
+                    "connection {id}: announced {endpoint}, recording {observed} (the address it connects from)"
+                );
+            }
+            let n = files.len();
+            let (results, evicted) = shared.registry().register(id, observed, files);
+            if let Some(old) = evicted {
+                info!("peer {observed} reconnected; dropped its stale connection {old}");
+            }
+            let refused = results
+                .iter()
+                .filter(|r| !matches!(r, wire::FileOutcome::Accepted))
+                .count();
+            info!(
+                "peer {observed} registered {} file(s){}",
+                n - refused,
+                if refused > 0 {
+                    format!(", refused {refused}")
+                } else {
+                    String::new()
+                }
+            );
+            Next::Reply(Message::RegisterReply { results })
+        }
+        Message::ChunkRegister { name, index } => {
+            match shared.registry().chunk_register(id, &name, index) {
+                Ok(()) => Next::Reply(Message::Ok),
+                Err(e) => Next::Reply(Message::error(e.code(), e.to_string())),
+            }
+        }
+        Message::ListFiles => {
+            let (files, truncated) = shared.registry().list(wire::MAX_LIST_FILES);
+            Next::Reply(Message::FileList { files, truncated })
+        }
+        Message::Locate { name, with_hashes } => {
+            let seed = id
+                ^ SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0);
+            let snap = shared
+                .registry()
+                .locate(&name, wire::MAX_SOURCES_PER_REPLY, seed);
+            match snap {
+                Err(e) => Next::Reply(Message::error(e.code(), e.to_string())),
+                // Built after the lock is released: copying hashes is the
+                // expensive part.
+                Ok(s) => Next::Reply(Message::Locations(Locations {
+                    name,
+                    length: s.meta.geometry.length(),
+                    chunk_size: s.meta.geometry.chunk_size(),
+                    chunk_count: s.meta.geometry.count(),
+                    hashes: with_hashes.then(|| s.meta.hashes.to_vec()),
+                    sources: s
+                        .sources
+                        .into_iter()
+                        .map(|(addr, have)| Source { addr, have })
+                        .collect(),
+                })),
+            }
+        }
+        Message::Leave => {
+            let ep = shared.registry().endpoint(id);
+            shared.registry().remove_peer(id);
+            if let Some(ep) = ep {
+                info!("peer {ep} left");
+            }
+            Next::Close(Message::Ok)
+        }
+        other => Next::Reply(Message::error(
+            ErrorCode::Unexpected,
+            format!("a tracker does not accept {}", other.kind()),
+        )),
+    }
+}

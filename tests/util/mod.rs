@@ -1,0 +1,244 @@
+//! Shared helpers for the integration tests (ripgrep's tests/util.rs style):
+//! timeouts around every test, a raw protocol client, scratch folders,
+//! child processes that are always killed.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use p2pfs::wire::{self, Message};
+
+/// Runs `f` on its own thread and fails the test if it takes longer than
+/// `secs` seconds, so a hang is a failure and never a stuck CI.
+pub fn with_timeout<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let h = thread::Builder::new()
+        .name("test-body".into())
+        .spawn(move || {
+            let r = f();
+            let _ = tx.send(());
+            r
+        })
+        .expect("spawn test body");
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(()) => h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            // The body panicked: re-raise its panic.
+            match h.join() {
+                Ok(_) => unreachable!(),
+                Err(e) => std::panic::resume_unwind(e),
+            }
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("test timed out after {secs} s"),
+    }
+}
+
+/// Polls `cond` every 20 ms until it is true or `secs` pass.
+pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A bare protocol client: connect, Hello, request/reply.
+pub struct Client {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    /// Connects without greeting.
+    pub fn raw(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { stream, reader }
+    }
+
+    /// Connects and exchanges Hello.
+    pub fn connect(addr: SocketAddr) -> Client {
+        let mut c = Client::raw(addr);
+        assert_eq!(
+            c.request(&Message::Hello {
+                version: wire::PROTOCOL_VERSION
+            }),
+            Message::Hello {
+                version: wire::PROTOCOL_VERSION
+            }
+        );
+        c
+    }
+
+    pub fn send(&mut self, m: &Message) {
+        wire::write_message(&mut self.stream, m).expect("send");
+    }
+
+    pub fn recv(&mut self) -> Option<Message> {
+        wire::read_message(&mut self.reader).expect("recv")
+    }
+
+    /// Reads until the server closes; returns what arrived.
+    pub fn recv_result(&mut self) -> Result<Option<Message>, wire::WireError> {
+        wire::read_message(&mut self.reader)
+    }
+
+    pub fn request(&mut self, m: &Message) -> Message {
+        self.send(m);
+        self.recv().expect("reply")
+    }
+
+    /// True once the server has closed the connection (EOF or reset).
+    pub fn closed_by_server(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.reader.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+/// A fresh scratch folder under the system temp dir, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "p2pfs-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn sub(&self, name: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Deterministic pseudo-random bytes (so a failing test is reproducible).
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A child process that is killed (and reaped) when dropped, whatever
+/// happens in the test.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    stdout: Option<BufReader<ChildStdout>>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let mut p = Proc {
+            child,
+            name: name.into(),
+            stdout: None,
+        };
+        p.stdout = p.child.stdout.take().map(BufReader::new);
+        p
+    }
+
+    /// Reads stdout lines until one contains `needle`; returns that line.
+    /// Bounded by the test's own timeout.
+    pub fn wait_line(&mut self, needle: &str) -> String {
+        let out = self.stdout.as_mut().expect("stdout");
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = out.read_line(&mut line).expect("read stdout");
+            assert!(n > 0, "{} exited before printing {needle:?}", self.name);
+            if line.contains(needle) {
+                return line.trim_end().to_owned();
+            }
+        }
+    }
+
+    /// The rest of stdout (after the process exits).
+    pub fn rest_of_stdout(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(out) = self.stdout.as_mut() {
+            let _ = out.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{sig} {}", self.name);
+    }
+
+    /// Waits up to `secs` for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, secs: u64) -> Option<i32> {
+        let end = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st.code();
+            }
+            assert!(
+                Instant::now() < end,
+                "{} did not exit within {secs} s",
+                self.name
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses the address out of a line like "... listening on 127.0.0.1:1234".
+pub fn addr_in(line: &str) -> SocketAddr {
+    line.split_whitespace()
+        .find_map(|w| w.trim_matches(|c| c == ',' || c == ')').parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
