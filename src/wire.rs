@@ -46,7 +46,7 @@ pub const MAX_LIST_FILES: usize = 10_000;
 /// Largest value of a frame's `len` field (type byte + payload): one maximal
 /// chunk plus room for its header. Every other message is smaller by the
 /// limits above (a Locations with hashes of a maximal file and 64 bitmaps is
-/// about 14.2 MiB).
+/// 14,682,326 bytes, about 14.0 MiB).
 pub const MAX_FRAME_LEN: u32 = MAX_CHUNK_SIZE + 1024;
 /// Bytes before a frame's payload: `u32 len` + `u8 type`.
 pub const FRAME_HEADER_LEN: usize = 5;
@@ -88,11 +88,12 @@ pub mod ty {
 pub enum ErrorCode {
     /// 1: Hello had another protocol version.
     BadVersion,
-    /// 2: the frame could not be decoded; the connection is closed.
+    /// 2: the frame could not be decoded (the sender then closes the
+    /// connection), or a field holds an impossible value (e.g. port 0).
     Malformed,
     /// 3: a valid message that is not allowed here (e.g. a reply sent as a request).
     Unexpected,
-    /// 4: ChunkRegister or Leave before Register on this connection.
+    /// 4: ChunkRegister before Register on this connection.
     NotRegistered,
     /// 5: no such file (tracker: no source; peer: not shared).
     UnknownFile,
@@ -110,7 +111,9 @@ pub enum ErrorCode {
     BadGeometry,
     /// 12: the other side failed internally (e.g. a disk read error).
     Internal,
-    /// Any other code, kept so newer peers' errors are still shown.
+    /// Any other code, kept so newer peers' errors are still shown. Build it
+    /// through [`ErrorCode::from_u16`]: `Other(5)` would be read back as
+    /// `UnknownFile`.
     Other(u16),
 }
 

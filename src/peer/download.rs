@@ -1,1 +1,1258 @@
-//! download (to be written)
+//! One download: a worker thread per source, one assembler, one coordinator.
+//!
+//! Owns: the download engine and its on-disk state (`NAME.part`, the
+//! preallocated file being filled, and `NAME.part.have`, the saved
+//! have-bitmap that makes a restart resume instead of starting over).
+//!
+//! ```text
+//!             locations (every ~1.5 s, and when a worker runs dry)
+//!  tracker ─────────────────────────────┐
+//!                                       ▼
+//!                              ┌─ coordinator (caller's thread) ─┐
+//!                              │ sources, availability, progress │
+//!                              └──┬──────────▲──────────────▲────┘
+//!              spawns / wakes     │          │ events       │ events
+//!            ┌────────────────────┼──────┐   │              │
+//!            ▼                    ▼      ▼   │              │
+//!   worker 127.0.0.1:4001   worker …   worker …             │
+//!   (own TCP connection, ≤ depth requests in flight,        │
+//!    picks rarest-first under the picker lock,              │
+//!    checks SHA-1)                                          │
+//!            │ verified chunks (bounded channel)            │
+//!            └──────────────────────────────► assembler ────┘
+//!                                  pwrite at offset, mark have (now served),
+//!                                  register with the tracker, save bitmap
+//! ```
+//!
+//! Memory stays bounded by sources × (pipeline depth in the socket + one
+//! chunk in hand) + the channel's few chunks, whatever the file size: no
+//! whole-file buffer exists anywhere.
+//!
+//! Calls `wire`, `chunks`, and the peer's `client`, `picker` and `share`.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, Scope, ScopedJoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use log::{debug, info, warn};
+
+use super::client::{self, Conn};
+use super::picker::Picker;
+use super::share::{ShareIndex, SharedFile};
+use super::{PeerError, Result};
+use crate::chunks::{self, Bitmap, Digest, Geometry};
+use crate::wire::{self, ErrorCode, Locations, Message};
+
+/// Requests a worker keeps in flight on its connection. Four 1 MiB chunks
+/// cover the bandwidth-delay product of any LAN and keep loopback busy,
+/// while bounding per-source memory.
+pub const PIPELINE_DEPTH: usize = 4;
+/// How often locations are refreshed while downloading.
+pub const REFRESH_INTERVAL: Duration = Duration::from_millis(1500);
+/// Chunks from one source that may fail verification before it is dropped.
+pub const MAX_HASH_FAILURES: u32 = 3;
+/// How long a download may make no progress with nothing in flight before
+/// it gives up naming the chunks nobody can supply.
+pub const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+/// Suffix of the file being filled.
+pub const PART_SUFFIX: &str = ".part";
+/// Suffix of the saved have-bitmap beside it.
+pub const HAVE_SUFFIX: &str = ".part.have";
+
+/// Tunables; `Default` gives the documented values.
+#[derive(Debug, Clone)]
+pub struct DownloadOptions {
+    pub pipeline_depth: usize,
+    pub refresh_interval: Duration,
+    /// A source that leaves a request unanswered this long is dropped.
+    pub io_timeout: Duration,
+    pub max_hash_failures: u32,
+    pub give_up_after: Duration,
+    /// Wait before reconnecting to a source whose connection failed.
+    pub retry_after: Duration,
+}
+
+impl Default for DownloadOptions {
+    fn default() -> Self {
+        DownloadOptions {
+            pipeline_depth: PIPELINE_DEPTH,
+            refresh_interval: REFRESH_INTERVAL,
+            io_timeout: client::IO_TIMEOUT,
+            max_hash_failures: MAX_HASH_FAILURES,
+            give_up_after: GIVE_UP_AFTER,
+            retry_after: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What the caller provides: where the tracker is, the share index to serve
+/// verified chunks from, and how to tell the tracker about each chunk.
+pub struct DownloadContext<'a> {
+    pub tracker: SocketAddr,
+    pub share: &'a ShareIndex,
+    /// This peer's chunk server port, so it never downloads from itself.
+    pub self_port: Option<u16>,
+    /// Called once per verified chunk written (name, index).
+    pub on_chunk: &'a (dyn Fn(&str, u32) + Sync),
+}
+
+/// A snapshot for progress displays.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub total_bytes: u64,
+    /// Verified bytes on disk, including resumed ones.
+    pub done_bytes: u64,
+    pub chunks_done: u32,
+    pub chunks_total: u32,
+    pub active_sources: usize,
+    pub elapsed: Duration,
+    /// Bytes per second over the last few seconds.
+    pub rate: f64,
+}
+
+/// What one source contributed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceStats {
+    pub addr: SocketAddr,
+    pub bytes: u64,
+    pub chunks: u32,
+    pub hash_failures: u32,
+    /// Why it was dropped, if it was.
+    pub dropped: Option<String>,
+}
+
+/// The result of a finished download.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub name: String,
+    pub path: PathBuf,
+    pub length: u64,
+    pub chunks_total: u32,
+    /// Chunks found verified on disk at start (resume).
+    pub chunks_resumed: u32,
+    /// Chunk bytes received over the network and written.
+    pub bytes_downloaded: u64,
+    /// Copies received twice in endgame and thrown away.
+    pub duplicates: u32,
+    pub elapsed: Duration,
+    /// Sources that sent at least one chunk or were dropped, most bytes first.
+    pub sources: Vec<SourceStats>,
+}
+
+/// Downloads `name` into `dir/name`. Returns only when the file is complete,
+/// verified, flushed and renamed to its final name, or with the reason it
+/// cannot be.
+pub fn download(
+    ctx: &DownloadContext<'_>,
+    name: &str,
+    dir: &Path,
+    opts: &DownloadOptions,
+    on_progress: &mut dyn FnMut(&Progress),
+) -> Result<Summary> {
+    let started = Instant::now();
+    wire::validate_name(name)
+        .map_err(|e| PeerError::Invalid(format!("invalid name {name:?}: {e}")))?;
+    if ctx.share.get(name).is_some() {
+        return Err(PeerError::Invalid(format!(
+            "{name} is already shared or being downloaded by this peer"
+        )));
+    }
+    let mut tracker = Conn::connect(ctx.tracker, client::IO_TIMEOUT)?;
+    let locs = match client::locate_on(&mut tracker, name, true) {
+        Err(PeerError::Refused {
+            code: ErrorCode::UnknownFile,
+            ..
+        }) => {
+            return Err(PeerError::Download(format!(
+                "no file named {name:?} on the network"
+            )));
+        }
+        r => r?,
+    };
+    let hashes = locs.hashes.clone().unwrap_or_default();
+    let geometry =
+        Geometry::with_hashes(locs.length, locs.chunk_size, hashes.len()).map_err(|e| {
+            PeerError::Protocol {
+                who: ctx.tracker.to_string(),
+                what: format!("bad file description: {e}"),
+            }
+        })?;
+    let self_addr = ctx.self_port.and_then(|port| {
+        let ip = tracker.stream().local_addr().ok()?.ip();
+        Some(SocketAddr::new(ip.to_canonical(), port))
+    });
+
+    let paths = Paths::new(dir, name);
+    if let Some(parent) = paths.final_path.parent() {
+        fs::create_dir_all(parent).map_err(|e| PeerError::io("create folder", parent, e))?;
+    }
+    if paths.final_path.exists() {
+        return already_there(ctx, name, &paths, geometry, hashes, started);
+    }
+    let (file, have) = open_part(&paths, geometry, &hashes)?;
+    let resumed = have.count_ones();
+    if resumed > 0 {
+        info!(
+            "{name}: resuming, {resumed} of {} chunks already verified on disk",
+            geometry.count()
+        );
+    }
+    let shared_file = Arc::new(SharedFile::partial(
+        name.to_owned(),
+        paths.part.clone(),
+        file,
+        geometry,
+        hashes.clone(),
+        have.clone(),
+    ));
+    ctx.share.insert(Arc::clone(&shared_file));
+    // Already verified chunks are announced at once: we are a source of them.
+    for i in have.iter_ones() {
+        (ctx.on_chunk)(name, i);
+    }
+
+    let engine = Engine {
+        name,
+        geometry,
+        hashes: &hashes,
+        file: &shared_file,
+        picker: Mutex::new(Picker::new(have, seed())),
+        stop: AtomicBool::new(false),
+        opts,
+        identity: identity(geometry, &hashes),
+        paths: &paths,
+    };
+    let outcome = engine.run(ctx, tracker, locs, self_addr, resumed, on_progress);
+    let mut summary = match outcome {
+        Ok(s) => s,
+        Err(e) => {
+            // Keep the verified chunks for a later resume; stop serving the
+            // half file under this name.
+            engine.save_have();
+            ctx.share.remove(name);
+            return Err(e);
+        }
+    };
+    finish(&paths, &shared_file).inspect_err(|_| {
+        ctx.share.remove(name);
+    })?;
+    // From now on it is served as a complete file under its final name.
+    if let Ok(f) = shared_file.file().try_clone() {
+        ctx.share.insert(Arc::new(SharedFile::complete(
+            name.to_owned(),
+            paths.final_path.clone(),
+            f,
+            geometry,
+            hashes,
+        )));
+    }
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// The three paths a download uses.
+struct Paths {
+    final_path: PathBuf,
+    part: PathBuf,
+    have: PathBuf,
+}
+
+impl Paths {
+    fn new(dir: &Path, name: &str) -> Paths {
+        // `name` passed validate_name: relative, no `..`, so this stays in `dir`.
+        let final_path = dir.join(name);
+        let with = |suffix: &str| {
+            let mut s = final_path.clone().into_os_string();
+            s.push(suffix);
+            PathBuf::from(s)
+        };
+        Paths {
+            part: with(PART_SUFFIX),
+            have: with(HAVE_SUFFIX),
+            final_path,
+        }
+    }
+}
+
+/// The final file already exists: accept it if every chunk verifies (and
+/// share it), refuse otherwise. Never overwrites a file.
+fn already_there(
+    ctx: &DownloadContext<'_>,
+    name: &str,
+    paths: &Paths,
+    geometry: Geometry,
+    hashes: Vec<Digest>,
+    started: Instant,
+) -> Result<Summary> {
+    let p = &paths.final_path;
+    let file = File::open(p).map_err(|e| PeerError::io("open", p, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| PeerError::io("stat", p, e))?
+        .len();
+    let good = len == geometry.length() && verify(&file, geometry, &hashes, None).is_full();
+    if !good {
+        return Err(PeerError::Download(format!(
+            "{} already exists and is not the network's {name}; move it away or use another --dir",
+            p.display()
+        )));
+    }
+    ctx.share.insert(Arc::new(SharedFile::complete(
+        name.to_owned(),
+        p.clone(),
+        file,
+        geometry,
+        hashes,
+    )));
+    for i in 0..geometry.count() {
+        (ctx.on_chunk)(name, i);
+    }
+    Ok(Summary {
+        name: name.to_owned(),
+        path: p.clone(),
+        length: geometry.length(),
+        chunks_total: geometry.count(),
+        chunks_resumed: geometry.count(),
+        bytes_downloaded: 0,
+        duplicates: 0,
+        elapsed: started.elapsed(),
+        sources: Vec::new(),
+    })
+}
+
+/// Opens (or creates) the `.part` file at full length and works out which
+/// chunks in it are already good: those the saved bitmap claims and whose
+/// hash checks out now. Anything else is fetched again.
+fn open_part(paths: &Paths, geometry: Geometry, hashes: &[Digest]) -> Result<(File, Bitmap)> {
+    let existed = paths.part.exists();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&paths.part)
+        .map_err(|e| PeerError::io("create", &paths.part, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| PeerError::io("stat", &paths.part, e))?
+        .len();
+    let claimed = if existed && len == geometry.length() {
+        load_have(&paths.have, &identity(geometry, hashes), geometry.count())
+    } else {
+        None
+    };
+    if len != geometry.length() {
+        file.set_len(geometry.length())
+            .map_err(|e| PeerError::io("preallocate", &paths.part, e))?;
+    }
+    let have = match claimed {
+        Some(c) => verify(&file, geometry, hashes, Some(&c)),
+        None => Bitmap::new(geometry.count()),
+    };
+    Ok((file, have))
+}
+
+/// Hashes the chunks of `file` (only those set in `only`, if given) and
+/// returns which match.
+fn verify(file: &File, g: Geometry, hashes: &[Digest], only: Option<&Bitmap>) -> Bitmap {
+    let mut good = Bitmap::new(g.count());
+    let mut buf = Vec::new();
+    for i in g.indices() {
+        if only.is_some_and(|b| !b.get(i.get())) {
+            continue;
+        }
+        if chunks::read_chunk(file, &g, i, &mut buf).is_ok()
+            && chunks::sha1(&buf) == hashes[i.get() as usize]
+        {
+            good.set(i.get());
+        }
+    }
+    good
+}
+
+/// Flush, fsync, rename `.part` to the final name, drop the saved bitmap.
+fn finish(paths: &Paths, f: &SharedFile) -> Result<()> {
+    f.file()
+        .sync_all()
+        .map_err(|e| PeerError::io("flush", &paths.part, e))?;
+    fs::rename(&paths.part, &paths.final_path)
+        .map_err(|e| PeerError::io("rename", &paths.part, e))?;
+    let _ = fs::remove_file(&paths.have);
+    if let Some(dir) = paths.final_path.parent() {
+        // Make the rename itself durable; failure here loses nothing.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+// ---- The saved have-bitmap ------------------------------------------------
+//
+// `NAME.part.have`: "P2PFHAVE" | 20-byte identity (SHA-1 over length, chunk
+// size and every chunk hash, so a bitmap for other content is never
+// trusted) | bitmap bytes. Written to a temporary name and renamed.
+
+const HAVE_MAGIC: &[u8; 8] = b"P2PFHAVE";
+
+fn identity(g: Geometry, hashes: &[Digest]) -> Digest {
+    let mut bytes = Vec::with_capacity(12 + hashes.len() * 20);
+    bytes.extend_from_slice(&g.length().to_be_bytes());
+    bytes.extend_from_slice(&g.chunk_size().to_be_bytes());
+    for h in hashes {
+        bytes.extend_from_slice(h);
+    }
+    chunks::sha1(&bytes)
+}
+
+fn load_have(path: &Path, id: &Digest, count: u32) -> Option<Bitmap> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .ok()?
+        .take(8 + 20 + u64::from(count).div_ceil(8) + 1)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    if bytes.len() < 28 || &bytes[..8] != HAVE_MAGIC || bytes[8..28] != id[..] {
+        return None;
+    }
+    Bitmap::from_bytes(count, &bytes[28..]).ok()
+}
+
+fn save_have(path: &Path, id: &Digest, have: &Bitmap) -> std::io::Result<()> {
+    let mut tmp = path.to_path_buf().into_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = File::create(&tmp)?;
+    let mut bytes = Vec::with_capacity(28 + have.as_bytes().len());
+    bytes.extend_from_slice(HAVE_MAGIC);
+    bytes.extend_from_slice(id);
+    bytes.extend_from_slice(have.as_bytes());
+    f.write_all(&bytes)?;
+    fs::rename(&tmp, path)
+}
+
+fn seed() -> u64 {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    t ^ (u64::from(std::process::id()) << 32)
+}
+
+// ---- The engine -------------------------------------------------------------
+
+/// A chunk that passed its hash check, on its way to the assembler.
+struct Verified {
+    source: SocketAddr,
+    index: u32,
+    data: Vec<u8>,
+}
+
+/// What workers and the assembler tell the coordinator.
+enum Event {
+    Written {
+        source: SocketAddr,
+        index: u32,
+        bytes: u32,
+    },
+    Duplicate,
+    HashFailure {
+        source: SocketAddr,
+    },
+    Idle,
+    WorkerDone {
+        source: SocketAddr,
+        end: WorkerEnd,
+    },
+    Fatal(PeerError),
+}
+
+/// Why a worker stopped.
+#[derive(Debug)]
+enum WorkerEnd {
+    /// The download is over (complete, or stopping).
+    Finished,
+    /// Connection failed, closed or timed out: may be retried later.
+    Lost(String),
+    /// Misbehaved (bad hashes, wrong replies): never used again.
+    Banned(String),
+}
+
+/// The coordinator's and worker's shared view of one source.
+struct Slot {
+    addr: SocketAddr,
+    have: Mutex<Bitmap>,
+    /// A clone of the worker's socket, so stopping can unblock its read.
+    stream: Mutex<Option<TcpStream>>,
+    wake_tx: Sender<()>,
+    wake_rx: Receiver<()>,
+}
+
+struct Active<'scope> {
+    slot: Arc<Slot>,
+    handle: ScopedJoinHandle<'scope, ()>,
+}
+
+/// What the coordinator remembers about every endpoint it has seen.
+struct Known {
+    have: Bitmap,
+    retry_at: Instant,
+    banned: bool,
+    stats: SourceStats,
+}
+
+struct Engine<'a> {
+    name: &'a str,
+    geometry: Geometry,
+    hashes: &'a [Digest],
+    file: &'a Arc<SharedFile>,
+    picker: Mutex<Picker>,
+    stop: AtomicBool,
+    opts: &'a DownloadOptions,
+    identity: Digest,
+    paths: &'a Paths,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Engine<'_> {
+    fn save_have(&self) {
+        if let Err(e) = save_have(&self.paths.have, &self.identity, &self.file.have()) {
+            warn!("cannot save {}: {e}", self.paths.have.display());
+        }
+    }
+
+    fn run(
+        &self,
+        ctx: &DownloadContext<'_>,
+        tracker: Conn,
+        first: Locations,
+        self_addr: Option<SocketAddr>,
+        resumed: u32,
+        on_progress: &mut dyn FnMut(&Progress),
+    ) -> Result<Summary> {
+        let (chunk_tx, chunk_rx) = bounded::<Verified>(4);
+        let (ev_tx, ev_rx) = bounded::<Event>(1024);
+        thread::scope(|scope| {
+            let asm_ev = ev_tx.clone();
+            let assembler = thread::Builder::new()
+                .name("assembler".into())
+                .spawn_scoped(scope, move || self.assemble(chunk_rx, asm_ev, ctx.on_chunk))
+                .map_err(|e| {
+                    PeerError::Download(format!("cannot start the assembler thread: {e}"))
+                })?;
+            let mut co = Coordinator {
+                engine: self,
+                scope,
+                tracker: Some(tracker),
+                tracker_addr: ctx.tracker,
+                self_addr,
+                active: HashMap::new(),
+                known: HashMap::new(),
+                chunk_tx: Some(chunk_tx),
+                ev_tx,
+                bytes_downloaded: 0,
+                duplicates: 0,
+                rate: RateMeter::new(),
+                started: Instant::now(),
+                last_refresh: Instant::now(),
+                refresh_wanted: false,
+                last_progress: Instant::now(),
+                warned_tracker: false,
+                done_bytes: self.done_bytes(),
+            };
+            co.apply_locations(first);
+            let result = co.drive(&ev_rx, on_progress);
+            co.stop_all();
+            drop(co.chunk_tx.take());
+            drop(co);
+            // The assembler ends when every chunk sender is gone.
+            if assembler.join().is_err() {
+                warn!("the assembler thread panicked");
+            }
+            // Events sent during shutdown (e.g. a late write error).
+            for ev in ev_rx.try_iter() {
+                if let Event::Fatal(e) = ev {
+                    return Err(e);
+                }
+            }
+            let (bytes_downloaded, duplicates, sources) = result?;
+            if !lock(&self.picker).is_complete() {
+                return Err(PeerError::Download(format!(
+                    "{}: stopped before completion",
+                    self.name
+                )));
+            }
+            Ok(Summary {
+                name: self.name.to_owned(),
+                path: self.paths.final_path.clone(),
+                length: self.geometry.length(),
+                chunks_total: self.geometry.count(),
+                chunks_resumed: resumed,
+                bytes_downloaded,
+                duplicates,
+                elapsed: Duration::ZERO,
+                sources,
+            })
+        })
+    }
+
+    fn done_bytes(&self) -> u64 {
+        let p = lock(&self.picker);
+        p.have()
+            .iter_ones()
+            .filter_map(|i| self.geometry.index(i))
+            .map(|i| u64::from(self.geometry.chunk_len(i)))
+            .sum()
+    }
+
+    /// The assembler: the only writer of the file.
+    fn assemble(
+        &self,
+        rx: Receiver<Verified>,
+        ev: Sender<Event>,
+        on_chunk: &(dyn Fn(&str, u32) + Sync),
+    ) {
+        let mut last_save = Instant::now();
+        for v in rx {
+            let Some(i) = self.geometry.index(v.index) else {
+                continue;
+            };
+            if self.file.has(i) {
+                lock(&self.picker).complete(v.index);
+                let _ = ev.send(Event::Duplicate);
+                continue;
+            }
+            if let Err(e) = self
+                .file
+                .file()
+                .write_all_at(&v.data, self.geometry.offset(i))
+            {
+                self.stop.store(true, Ordering::SeqCst);
+                let _ = ev.send(Event::Fatal(PeerError::io("write", &self.paths.part, e)));
+                // Drain so workers blocked on the channel can see `stop`.
+                continue;
+            }
+            self.file.mark_have(i);
+            lock(&self.picker).complete(v.index);
+            on_chunk(self.name, v.index);
+            debug!(
+                "chunk {} of {} from {} ({} bytes)",
+                v.index,
+                self.name,
+                v.source,
+                v.data.len()
+            );
+            let _ = ev.send(Event::Written {
+                source: v.source,
+                index: v.index,
+                bytes: v.data.len() as u32,
+            });
+            if last_save.elapsed() >= Duration::from_millis(500) {
+                self.save_have();
+                last_save = Instant::now();
+            }
+        }
+    }
+
+    /// One worker: a connection to one source, pipelined requests, hash
+    /// checks.
+    fn work(&self, slot: &Slot, chunk_tx: Sender<Verified>, ev: &Sender<Event>) -> WorkerEnd {
+        let mut conn = match Conn::connect(slot.addr, self.opts.io_timeout) {
+            Ok(c) => c,
+            Err(e) => return WorkerEnd::Lost(e.to_string()),
+        };
+        *lock(&slot.stream) = conn.stream().try_clone().ok();
+        let mut inflight: VecDeque<u32> = VecDeque::new();
+        let end = self.work_on(&mut conn, slot, &chunk_tx, ev, &mut inflight);
+        let mut p = lock(&self.picker);
+        for i in inflight {
+            p.release(i);
+        }
+        end
+    }
+
+    fn work_on(
+        &self,
+        conn: &mut Conn,
+        slot: &Slot,
+        chunk_tx: &Sender<Verified>,
+        ev: &Sender<Event>,
+        inflight: &mut VecDeque<u32>,
+    ) -> WorkerEnd {
+        let depth = self.opts.pipeline_depth.max(1);
+        let mut failures = 0u32;
+        let mut batch = Vec::new();
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return WorkerEnd::Finished;
+            }
+            batch.clear();
+            if inflight.len() < depth {
+                let mut has = lock(&slot.have).clone();
+                for &i in inflight.iter() {
+                    has.clear(i);
+                }
+                let mut p = lock(&self.picker);
+                while inflight.len() < depth {
+                    // Endgame: only once every missing chunk is requested
+                    // somewhere, and only one duplicate per idle worker.
+                    let endgame = inflight.is_empty() && all_requested(&p);
+                    let Some(pick) = p.pick(&has, endgame) else {
+                        break;
+                    };
+                    has.clear(pick.index);
+                    inflight.push_back(pick.index);
+                    let req = Message::ChunkRequest {
+                        name: self.name.to_owned(),
+                        index: pick.index,
+                    };
+                    if req.encode(&mut batch).is_err() {
+                        return WorkerEnd::Banned("cannot encode a request".into());
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                if let Err(e) = conn.send_raw(&batch) {
+                    return WorkerEnd::Lost(e.to_string());
+                }
+            }
+            if inflight.is_empty() {
+                if lock(&self.picker).is_complete() {
+                    return WorkerEnd::Finished;
+                }
+                let _ = ev.try_send(Event::Idle);
+                let _ = slot.wake_rx.recv_timeout(Duration::from_millis(250));
+                continue;
+            }
+            let reply = match conn.recv() {
+                Ok(m) => m,
+                Err(e) => return WorkerEnd::Lost(e.to_string()),
+            };
+            let Some(expected) = inflight.pop_front() else {
+                continue;
+            };
+            match reply {
+                Message::ChunkData { index, data } if index == expected => {
+                    let Some(i) = self.geometry.index(index) else {
+                        return WorkerEnd::Banned(format!(
+                            "sent chunk {index}, which does not exist"
+                        ));
+                    };
+                    let good = data.len() == self.geometry.chunk_len(i) as usize
+                        && chunks::sha1(&data) == self.hashes[index as usize];
+                    if !good {
+                        lock(&self.picker).release(index);
+                        failures += 1;
+                        let _ = ev.send(Event::HashFailure { source: slot.addr });
+                        warn!(
+                            "{}: chunk {index} of {} failed verification ({failures} of {} allowed)",
+                            slot.addr, self.name, self.opts.max_hash_failures
+                        );
+                        if failures >= self.opts.max_hash_failures {
+                            return WorkerEnd::Banned(format!(
+                                "{failures} chunks failed verification"
+                            ));
+                        }
+                        continue;
+                    }
+                    if chunk_tx
+                        .send(Verified {
+                            source: slot.addr,
+                            index,
+                            data,
+                        })
+                        .is_err()
+                    {
+                        return WorkerEnd::Finished;
+                    }
+                }
+                Message::ChunkData { index, .. } => {
+                    lock(&self.picker).release(expected);
+                    return WorkerEnd::Banned(format!(
+                        "answered chunk {index} when chunk {expected} was next"
+                    ));
+                }
+                Message::Error {
+                    code: ErrorCode::NotHeld,
+                    ..
+                } => {
+                    // Our view of the source was stale: forget that bit.
+                    lock(&self.picker).release(expected);
+                    lock(&slot.have).clear(expected);
+                }
+                Message::Error { code, message } => {
+                    lock(&self.picker).release(expected);
+                    return WorkerEnd::Lost(format!("refused: {code}: {message}"));
+                }
+                other => {
+                    lock(&self.picker).release(expected);
+                    return WorkerEnd::Banned(format!(
+                        "sent {} instead of chunk data",
+                        other.kind()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// True when no missing chunk is waiting to be requested: the endgame.
+fn all_requested(p: &Picker) -> bool {
+    let have = p.have();
+    (0..have.len()).all(|i| have.get(i) || p.in_flight(i) > 0)
+}
+
+/// Bytes per second over a sliding window of a few seconds.
+struct RateMeter {
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl RateMeter {
+    fn new() -> RateMeter {
+        RateMeter {
+            samples: VecDeque::new(),
+        }
+    }
+
+    fn add(&mut self, bytes: u64) {
+        let now = Instant::now();
+        self.samples.push_back((now, bytes));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(3))
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    fn rate(&self, elapsed: Duration) -> f64 {
+        let window = elapsed.min(Duration::from_secs(3)).as_secs_f64().max(0.05);
+        self.samples.iter().map(|(_, b)| *b).sum::<u64>() as f64 / window
+    }
+}
+
+struct Coordinator<'scope, 'env: 'scope> {
+    engine: &'env Engine<'env>,
+    scope: &'scope Scope<'scope, 'env>,
+    tracker: Option<Conn>,
+    tracker_addr: SocketAddr,
+    self_addr: Option<SocketAddr>,
+    active: HashMap<SocketAddr, Active<'scope>>,
+    known: HashMap<SocketAddr, Known>,
+    chunk_tx: Option<Sender<Verified>>,
+    ev_tx: Sender<Event>,
+    bytes_downloaded: u64,
+    duplicates: u32,
+    rate: RateMeter,
+    started: Instant,
+    last_refresh: Instant,
+    refresh_wanted: bool,
+    last_progress: Instant,
+    warned_tracker: bool,
+    done_bytes: u64,
+}
+
+type Outcome = (u64, u32, Vec<SourceStats>);
+
+impl<'scope, 'env> Coordinator<'scope, 'env> {
+    fn drive(
+        &mut self,
+        ev_rx: &Receiver<Event>,
+        on_progress: &mut dyn FnMut(&Progress),
+    ) -> Result<Outcome> {
+        let e = self.engine;
+        let mut last_report = Instant::now() - Duration::from_secs(1);
+        loop {
+            if lock(&e.picker).is_complete() {
+                self.report(on_progress);
+                return Ok(self.outcome());
+            }
+            let now = Instant::now();
+            let since = now.duration_since(self.last_refresh);
+            if since >= e.opts.refresh_interval
+                || (self.refresh_wanted && since >= Duration::from_millis(250))
+            {
+                self.refresh();
+            }
+            if now.duration_since(last_report) >= Duration::from_millis(200) {
+                self.report(on_progress);
+                last_report = now;
+            }
+            self.check_stuck()?;
+            match ev_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(ev) => self.handle(ev)?,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return Err(PeerError::Download("internal: event channel closed".into()));
+                }
+            }
+            // Handle whatever else is queued without waiting.
+            while let Ok(ev) = ev_rx.try_recv() {
+                self.handle(ev)?;
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: Event) -> Result<()> {
+        match ev {
+            Event::Written {
+                source,
+                index,
+                bytes,
+            } => {
+                self.bytes_downloaded += u64::from(bytes);
+                self.done_bytes += u64::from(bytes);
+                self.rate.add(u64::from(bytes));
+                self.last_progress = Instant::now();
+                if let Some(k) = self.known.get_mut(&source) {
+                    k.stats.bytes += u64::from(bytes);
+                    k.stats.chunks += 1;
+                }
+                let _ = index;
+            }
+            Event::Duplicate => self.duplicates += 1,
+            Event::HashFailure { source } => {
+                if let Some(k) = self.known.get_mut(&source) {
+                    k.stats.hash_failures += 1;
+                }
+            }
+            Event::Idle => self.refresh_wanted = true,
+            Event::WorkerDone { source, end } => {
+                if let Some(a) = self.active.remove(&source) {
+                    let _ = a.handle.join();
+                }
+                let retry = Instant::now() + self.engine.opts.retry_after;
+                if let Some(k) = self.known.get_mut(&source) {
+                    match &end {
+                        WorkerEnd::Finished => {}
+                        WorkerEnd::Lost(why) => {
+                            info!("{}: source {source} lost: {why}", self.engine.name);
+                            k.retry_at = retry;
+                            k.stats.dropped = Some(why.clone());
+                        }
+                        WorkerEnd::Banned(why) => {
+                            warn!("{}: dropping source {source}: {why}", self.engine.name);
+                            k.banned = true;
+                            k.stats.dropped = Some(why.clone());
+                        }
+                    }
+                }
+                self.refresh_wanted = true;
+            }
+            Event::Fatal(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    fn check_stuck(&self) -> Result<()> {
+        let e = self.engine;
+        if self.last_progress.elapsed() < e.opts.give_up_after {
+            return Ok(());
+        }
+        let p = lock(&e.picker);
+        let missing: Vec<u32> = (0..p.have().len()).filter(|&i| !p.have().get(i)).collect();
+        if missing.iter().any(|&i| p.in_flight(i) > 0) {
+            return Ok(());
+        }
+        let unavailable = p.unavailable();
+        let listed = if unavailable.is_empty() {
+            &missing
+        } else {
+            &unavailable
+        };
+        Err(PeerError::Download(format!(
+            "cannot finish {}: no reachable source for chunk(s) {} ({} of {} missing) after {} s without progress",
+            e.name,
+            list_indices(listed),
+            missing.len(),
+            e.geometry.count(),
+            e.opts.give_up_after.as_secs()
+        )))
+    }
+
+    /// Asks the tracker for fresh locations; keeps going without them if it
+    /// is unreachable.
+    fn refresh(&mut self) {
+        self.last_refresh = Instant::now();
+        self.refresh_wanted = false;
+        if self.tracker.is_none() {
+            match Conn::connect(self.tracker_addr, client::IO_TIMEOUT) {
+                Ok(c) => {
+                    if self.warned_tracker {
+                        info!("tracker {} reachable again", self.tracker_addr);
+                        self.warned_tracker = false;
+                    }
+                    self.tracker = Some(c);
+                }
+                Err(err) => {
+                    if !self.warned_tracker {
+                        warn!("tracker unreachable ({err}); continuing with known sources");
+                        self.warned_tracker = true;
+                    }
+                    self.spawn_ready();
+                    return;
+                }
+            }
+        }
+        let Some(conn) = self.tracker.as_mut() else {
+            return;
+        };
+        match client::locate_on(conn, self.engine.name, false) {
+            Ok(l) => self.apply_locations(l),
+            Err(PeerError::Refused {
+                code: ErrorCode::UnknownFile,
+                ..
+            }) => {
+                debug!(
+                    "{}: the tracker lists no source right now",
+                    self.engine.name
+                );
+                self.spawn_ready();
+            }
+            Err(err) => {
+                warn!("tracker query failed ({err}); continuing with known sources");
+                self.warned_tracker = true;
+                self.tracker = None;
+                self.spawn_ready();
+            }
+        }
+    }
+
+    fn apply_locations(&mut self, l: Locations) {
+        let g = self.engine.geometry;
+        if l.length != g.length() || l.chunk_size != g.chunk_size() || l.chunk_count != g.count() {
+            warn!(
+                "{}: the network now describes other content under this name; ignoring it",
+                self.engine.name
+            );
+            return;
+        }
+        let mut listed = Vec::new();
+        for s in l.sources {
+            let addr = SocketAddr::new(s.addr.ip().to_canonical(), s.addr.port());
+            if Some(addr) == self.self_addr || is_self(addr, self.self_addr) {
+                continue;
+            }
+            let Ok(have) = Bitmap::from_bytes(g.count(), &s.have) else {
+                continue;
+            };
+            if let Some(a) = self.active.get(&addr) {
+                *lock(&a.slot.have) = have.clone();
+                let _ = a.slot.wake_tx.try_send(());
+            }
+            let k = self.known.entry(addr).or_insert_with(|| Known {
+                have: have.clone(),
+                retry_at: Instant::now(),
+                banned: false,
+                stats: SourceStats {
+                    addr,
+                    bytes: 0,
+                    chunks: 0,
+                    hash_failures: 0,
+                    dropped: None,
+                },
+            });
+            k.have = have;
+            listed.push(addr);
+        }
+        // Rarest first across the latest locations (a source just dropped
+        // for lying does not count).
+        {
+            let mut p = lock(&self.engine.picker);
+            p.set_availability(
+                listed
+                    .iter()
+                    .filter_map(|a| self.known.get(a))
+                    .filter(|k| !k.banned)
+                    .map(|k| &k.have),
+            );
+        }
+        for addr in listed {
+            self.spawn_if_ready(addr);
+        }
+    }
+
+    /// Restarts workers for known sources whose retry time has come.
+    fn spawn_ready(&mut self) {
+        let addrs: Vec<SocketAddr> = self.known.keys().copied().collect();
+        for a in addrs {
+            self.spawn_if_ready(a);
+        }
+    }
+
+    fn spawn_if_ready(&mut self, addr: SocketAddr) {
+        if self.active.contains_key(&addr) || self.engine.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(k) = self.known.get(&addr) else {
+            return;
+        };
+        if k.banned || Instant::now() < k.retry_at || k.have.count_ones() == 0 {
+            return;
+        }
+        let Some(chunk_tx) = self.chunk_tx.clone() else {
+            return;
+        };
+        let (wake_tx, wake_rx) = bounded(1);
+        let slot = Arc::new(Slot {
+            addr,
+            have: Mutex::new(k.have.clone()),
+            stream: Mutex::new(None),
+            wake_tx,
+            wake_rx,
+        });
+        let engine = self.engine;
+        let ev = self.ev_tx.clone();
+        let s = Arc::clone(&slot);
+        let spawned = thread::Builder::new()
+            .name(format!("worker-{addr}"))
+            .spawn_scoped(self.scope, move || {
+                let end = engine.work(&s, chunk_tx, &ev);
+                let _ = ev.send(Event::WorkerDone {
+                    source: s.addr,
+                    end,
+                });
+            });
+        match spawned {
+            Ok(handle) => {
+                debug!("{}: downloading from {addr}", engine.name);
+                self.active.insert(addr, Active { slot, handle });
+            }
+            Err(e) => warn!("cannot start a worker for {addr}: {e}"),
+        }
+    }
+
+    /// Stops every worker: flag, close its socket, wake it, join it.
+    fn stop_all(&mut self) {
+        self.engine.stop.store(true, Ordering::SeqCst);
+        for a in self.active.values() {
+            if let Some(s) = lock(&a.slot.stream).as_ref() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+            let _ = a.slot.wake_tx.try_send(());
+        }
+        for (_, a) in self.active.drain() {
+            let _ = a.handle.join();
+        }
+    }
+
+    fn report(&self, on_progress: &mut dyn FnMut(&Progress)) {
+        let p = lock(&self.engine.picker);
+        let elapsed = self.started.elapsed();
+        on_progress(&Progress {
+            total_bytes: self.engine.geometry.length(),
+            done_bytes: self.done_bytes,
+            chunks_done: p.have().count_ones(),
+            chunks_total: self.engine.geometry.count(),
+            active_sources: self.active.len(),
+            elapsed,
+            rate: self.rate.rate(elapsed),
+        });
+    }
+
+    fn outcome(&self) -> Outcome {
+        let mut sources: Vec<SourceStats> = self
+            .known
+            .values()
+            .filter(|k| {
+                k.stats.chunks > 0 || k.stats.dropped.is_some() || k.stats.hash_failures > 0
+            })
+            .map(|k| k.stats.clone())
+            .collect();
+        sources.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.addr.cmp(&b.addr)));
+        (self.bytes_downloaded, self.duplicates, sources)
+    }
+}
+
+/// Whether `addr` is this peer: same port, and the same host as seen by the
+/// tracker (or both loopback, when everything runs on one machine).
+fn is_self(addr: SocketAddr, me: Option<SocketAddr>) -> bool {
+    let Some(me) = me else { return false };
+    addr.port() == me.port()
+        && (addr.ip() == me.ip() || (is_loopback(addr.ip()) && is_loopback(me.ip())))
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+/// "3, 7, 9-12" for a sorted list of indices (at most a few dozen shown).
+pub fn list_indices(v: &[u32]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < v.len() && parts.len() < 20 {
+        let start = v[i];
+        let mut end = start;
+        while i + 1 < v.len() && v[i + 1] == end + 1 {
+            i += 1;
+            end = v[i];
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    let mut s = parts.join(", ");
+    if i < v.len() {
+        s.push_str(", …");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_lists_are_compact() {
+        assert_eq!(list_indices(&[3, 7, 9, 10, 11, 12]), "3, 7, 9-12");
+        assert_eq!(list_indices(&[]), "");
+        let many: Vec<u32> = (0..100).map(|i| i * 2).collect();
+        assert!(list_indices(&many).ends_with(", …"));
+    }
+
+    #[test]
+    fn have_file_round_trips_and_rejects_other_content() {
+        let dir = std::env::temp_dir().join(format!("p2pfs-have-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("x.part.have");
+        let g = Geometry::new(10_000, 1024).unwrap();
+        let hashes = vec![[1u8; 20]; 10];
+        let id = identity(g, &hashes);
+        let mut b = Bitmap::new(10);
+        b.set(3);
+        b.set(9);
+        save_have(&p, &id, &b).unwrap();
+        assert_eq!(load_have(&p, &id, 10), Some(b));
+        let other = identity(g, &[[2u8; 20]; 10]);
+        assert_eq!(load_have(&p, &other, 10), None);
+        assert_eq!(load_have(&p, &id, 17), None);
+        fs::write(&p, b"garbage").unwrap();
+        assert_eq!(load_have(&p, &id, 10), None);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn self_is_recognised() {
+        let me: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        assert!(is_self("127.0.0.1:5000".parse().unwrap(), Some(me)));
+        assert!(is_self("127.0.0.2:5000".parse().unwrap(), Some(me)));
+        assert!(!is_self("127.0.0.1:5001".parse().unwrap(), Some(me)));
+        assert!(!is_self("10.0.0.1:5000".parse().unwrap(), Some(me)));
+        assert!(!is_self("127.0.0.1:5000".parse().unwrap(), None));
+    }
+}

@@ -9,6 +9,7 @@
 //! - [`picker`]: rarest-first chunk choice (pure data, no I/O).
 //! - [`download`]: one download: worker thread per source, the assembler.
 //! - [`session`]: the persistent control connection to the tracker.
+//! - [`node`]: a running peer (share index + server + session) and its downloads.
 //! - [`client`]: connecting to a tracker or peer (Hello) and one-shot queries.
 //!
 //! Depends on `wire` and `chunks` only; never on `tracker`.
@@ -21,6 +22,7 @@ use crate::wire::{ErrorCode, WireError};
 
 pub mod client;
 pub mod download;
+pub mod node;
 pub mod picker;
 pub mod ratelimit;
 pub mod server;

@@ -1,1 +1,874 @@
-//! server (to be written)
+//! The chunk server: a listener thread and one OS thread per connection,
+//! answering pipelined ChunkRequest frames with ChunkData, in order.
+//!
+//! Owns: the server side of the peer-to-peer protocol (Hello, then any
+//! number of ChunkRequest), connection limits and timeouts for incoming
+//! connections, and the count of uploaded bytes. Calls `wire` (framing),
+//! `peer::share` (the only way a requested name becomes a file: a lookup in
+//! the [`ShareIndex`], never a path join) and `peer::ratelimit` (pacing).
+//!
+//! Threads: "chunk-server" accepts; each connection runs on "chunk-conn-<n>"
+//! (256 KiB stack: it holds no big stack buffers, the chunk buffer is on
+//! the heap and reused for the connection's whole life). The listener keeps
+//! every connection thread's JoinHandle, reaps finished ones on each
+//! accept, and joins the rest at shutdown. A blocking `accept` is woken for
+//! shutdown by connecting to ourselves; open connections are woken by
+//! shutting their sockets down.
+//!
+//! Memory is bounded by (connections x largest chunk served): each
+//! connection reads a chunk straight into `[ChunkData header | chunk]` and
+//! writes that buffer with one `write_all` (or paced pieces when rate
+//! limited).
+
+use std::collections::HashMap;
+use std::io::{BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::ratelimit::RateLimiter;
+use super::share::ShareIndex;
+use super::{PeerError, Result};
+use crate::wire::{self, CHUNK_DATA_HEADER_LEN, ErrorCode, Message, WireError};
+
+/// A write that makes no progress for this long means the reader is gone.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Stack of a connection thread (small: thousands may exist).
+const CONN_STACK: usize = 256 * 1024;
+/// Read buffer per connection: requests are small, this holds many.
+const READ_BUF: usize = 16 * 1024;
+/// When closing after an error, how long to drain what the client already
+/// sent, so the close is a FIN (our error reply arrives) and not a RST.
+const LINGER: Duration = Duration::from_millis(200);
+/// Most bytes drained while lingering.
+const LINGER_BYTES: usize = 64 * 1024;
+/// Pause after a failed accept (e.g. out of file descriptors) so the
+/// listener does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// How long shutdown waits to connect to its own listener.
+const WAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Limits of the chunk server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// A connection with no request for this long is closed (quietly).
+    pub idle_timeout: Duration,
+    /// Connections beyond this get Error{Busy} and are closed.
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 256,
+        }
+    }
+}
+
+/// State shared by the listener, the connection threads and the handle.
+struct Shared {
+    share: Arc<ShareIndex>,
+    limiter: Arc<RateLimiter>,
+    cfg: ServerConfig,
+    stop: AtomicBool,
+    uploaded: AtomicU64,
+    /// Live connections (a clone of each socket) so shutdown can wake them.
+    live: Mutex<HashMap<u64, TcpStream>>,
+}
+
+impl Shared {
+    fn live(&self) -> MutexGuard<'_, HashMap<u64, TcpStream>> {
+        // Poisoning ignored: each critical section is one map operation.
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Shuts down every live socket (outside the lock: the map is emptied
+    /// first), so blocked reads and writes return at once.
+    fn close_all(&self) {
+        let streams: Vec<TcpStream> = self.live().drain().map(|(_, s)| s).collect();
+        for s in streams {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// A running chunk server. Dropping it shuts it down.
+pub struct ChunkServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    listener: Option<JoinHandle<()>>,
+}
+
+impl ChunkServer {
+    /// Binds `listen` (port 0 picks a free port) and starts serving the
+    /// files of `share`, paced by `limiter`.
+    pub fn start(
+        listen: SocketAddr,
+        share: Arc<ShareIndex>,
+        limiter: Arc<RateLimiter>,
+        cfg: ServerConfig,
+    ) -> Result<ChunkServer> {
+        let who = || format!("chunk server on {listen}");
+        let listener = TcpListener::bind(listen).map_err(|e| PeerError::net(who(), e.into()))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| PeerError::net(who(), e.into()))?;
+        let shared = Arc::new(Shared {
+            share,
+            limiter,
+            cfg,
+            stop: AtomicBool::new(false),
+            uploaded: AtomicU64::new(0),
+            live: Mutex::new(HashMap::new()),
+        });
+        let s = Arc::clone(&shared);
+        let h = std::thread::Builder::new()
+            .name("chunk-server".into())
+            .spawn(move || accept_loop(listener, s))
+            .map_err(|e| {
+                PeerError::Invalid(format!("cannot start the chunk server thread: {e}"))
+            })?;
+        log::info!("chunk server listening on {addr}");
+        Ok(ChunkServer {
+            addr,
+            shared,
+            listener: Some(h),
+        })
+    }
+
+    /// The address actually bound (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Total chunk bytes sent (headers not counted).
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.shared.uploaded.load(Ordering::Relaxed)
+    }
+
+    /// Connections currently open.
+    pub fn active_connections(&self) -> usize {
+        self.shared.live().len()
+    }
+
+    /// Stops accepting, shuts down every open connection's socket and joins
+    /// all threads. Idempotent; also called from Drop.
+    pub fn shutdown(&mut self) {
+        let Some(h) = self.listener.take() else {
+            return;
+        };
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept: it sees the flag and leaves its loop.
+        let woke = TcpStream::connect_timeout(&wake_addr(self.addr), WAKE_TIMEOUT);
+        self.shared.close_all();
+        match woke {
+            Ok(_) => {
+                if h.join().is_err() {
+                    log::warn!("the chunk server listener thread panicked");
+                }
+            }
+            Err(e) => {
+                // Joining would hang on accept; leave the thread behind
+                // (it exits when the process does). Connections are closed.
+                log::warn!(
+                    "cannot wake the chunk server listener on {}: {e}",
+                    self.addr
+                );
+            }
+        }
+        log::debug!("chunk server on {} stopped", self.addr);
+    }
+}
+
+impl Drop for ChunkServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Where to connect to reach our own listener.
+fn wake_addr(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+/// The "chunk-server" thread.
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut conns: Vec<JoinHandle<()>> = Vec::new();
+    let mut next_id: u64 = 0;
+    loop {
+        let accepted = listener.accept();
+        if shared.stop.load(Ordering::SeqCst) {
+            break; // the wake-up connection (or one racing shutdown): dropped
+        }
+        reap(&mut conns);
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                log::warn!("chunk server: accept failed: {e}");
+                std::thread::sleep(ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        if shared.live().len() >= shared.cfg.max_connections {
+            log::debug!(
+                "{peer}: refused, {} connections open",
+                shared.cfg.max_connections
+            );
+            refuse_busy(stream);
+            continue;
+        }
+        let clone = match stream.try_clone() {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("{peer}: cannot set up connection: {e}");
+                continue;
+            }
+        };
+        next_id += 1;
+        let id = next_id;
+        shared.live().insert(id, clone);
+        let s = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new()
+            .name(format!("chunk-conn-{id}"))
+            .stack_size(CONN_STACK)
+            .spawn(move || {
+                let _guard = LiveGuard { shared: &s, id };
+                run_conn(stream, peer, &s);
+            });
+        match spawned {
+            Ok(h) => conns.push(h),
+            Err(e) => {
+                log::warn!("{peer}: cannot start a connection thread: {e}");
+                if let Some(s) = shared.live().remove(&id) {
+                    let _ = s.shutdown(Shutdown::Both);
+                }
+            }
+        }
+    }
+    drop(listener);
+    shared.close_all();
+    for h in conns {
+        if h.join().is_err() {
+            log::warn!("a chunk connection thread panicked");
+        }
+    }
+}
+
+/// Joins connection threads that have finished, so the Vec stays small.
+fn reap(conns: &mut Vec<JoinHandle<()>>) {
+    let mut i = 0;
+    while i < conns.len() {
+        if conns[i].is_finished() {
+            if conns.swap_remove(i).join().is_err() {
+                log::warn!("a chunk connection thread panicked");
+            }
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// Removes a connection from the live set when its thread ends, however
+/// it ends.
+struct LiveGuard<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for LiveGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.live().remove(&self.id);
+    }
+}
+
+/// Over the connection limit: say Busy and close. Runs on the listener, so
+/// every step is short (the socket is fresh, the write cannot block long).
+fn refuse_busy(stream: TcpStream) {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let m = Message::error(ErrorCode::Busy, "too many connections; try again later");
+    if wire::write_message(&mut &stream, &m).is_ok() {
+        linger_close(&stream);
+    }
+}
+
+/// Sends FIN and drains briefly what the client already sent (its Hello,
+/// its pipelined requests) so the kernel does not answer with a RST that
+/// could destroy our last reply before the client reads it.
+fn linger_close(stream: &TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let deadline = Instant::now() + LINGER;
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match (&mut &*stream).read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+}
+
+/// One connection thread: serve, then log how it ended.
+fn run_conn(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+    log::debug!("{peer}: connected");
+    match serve(&stream, shared) {
+        Ok(()) => log::debug!("{peer}: closed"),
+        Err(e) if e.is_disconnect() || shared.stop.load(Ordering::Relaxed) => {
+            log::debug!("{peer}: gone: {e}")
+        }
+        Err(e) => log::warn!("{peer}: closed: {e}"),
+    }
+}
+
+/// The protocol of one connection. `Ok` for an orderly end (including
+/// after an error reply that ends the connection), `Err` when the stream
+/// failed.
+fn serve(stream: &TcpStream, shared: &Shared) -> Result<(), WireError> {
+    stream.set_nodelay(true)?;
+    // A zero Duration is refused by set_read_timeout; treat it as 1 ms.
+    stream.set_read_timeout(Some(shared.cfg.idle_timeout.max(Duration::from_millis(1))))?;
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let mut reader = BufReader::with_capacity(READ_BUF, stream);
+    let mut w = stream;
+
+    match wire::read_message(&mut reader) {
+        Ok(Some(Message::Hello { version })) if version == wire::PROTOCOL_VERSION => {
+            wire::write_message(&mut w, &Message::Hello { version })?;
+        }
+        Ok(Some(Message::Hello { version })) => {
+            let m = format!(
+                "protocol version {version} is not supported; this peer speaks {}",
+                wire::PROTOCOL_VERSION
+            );
+            return refuse(stream, ErrorCode::BadVersion, m);
+        }
+        Ok(Some(other)) => {
+            let m = format!("expected Hello, got {}", other.kind());
+            return refuse(stream, ErrorCode::Unexpected, m);
+        }
+        Ok(None) => return Ok(()),
+        Err(e) if e.is_disconnect() => return Err(e),
+        Err(e) => return refuse(stream, ErrorCode::Malformed, e.to_string()),
+    }
+
+    let mut buf = Vec::new();
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let m = match wire::read_message(&mut reader) {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(()),
+            Err(e) if e.is_timeout() => {
+                log::debug!("idle for {:?}, closing", shared.cfg.idle_timeout);
+                return Ok(());
+            }
+            Err(e) if e.is_disconnect() => return Err(e),
+            Err(e) => return refuse(stream, ErrorCode::Malformed, e.to_string()),
+        };
+        match m {
+            Message::ChunkRequest { name, index } => {
+                serve_chunk(&mut w, shared, &name, index, &mut buf)?
+            }
+            other => send_error(
+                &mut w,
+                ErrorCode::Unexpected,
+                format!("{} is not a chunk request", other.kind()),
+            )?,
+        }
+    }
+}
+
+/// Answers with an error that ends the connection, then closes it gently.
+fn refuse(stream: &TcpStream, code: ErrorCode, message: String) -> Result<(), WireError> {
+    log::debug!("refusing connection: {code}: {message}");
+    send_error(&mut &*stream, code, message)?;
+    linger_close(stream);
+    Ok(())
+}
+
+fn send_error(w: &mut &TcpStream, code: ErrorCode, message: String) -> Result<(), WireError> {
+    wire::write_message(w, &Message::error(code, message))
+}
+
+/// Answers one ChunkRequest: ChunkData, or an Error in its place.
+fn serve_chunk(
+    w: &mut &TcpStream,
+    shared: &Shared,
+    name: &str,
+    index: u32,
+    buf: &mut Vec<u8>,
+) -> Result<(), WireError> {
+    let Some(f) = shared.share.get(name) else {
+        return send_error(
+            w,
+            ErrorCode::UnknownFile,
+            format!("{name:?} is not shared here"),
+        );
+    };
+    let g = *f.geometry();
+    let Some(i) = g.index(index) else {
+        return send_error(
+            w,
+            ErrorCode::BadIndex,
+            format!(
+                "{name:?} has {} chunks; there is no chunk {index}",
+                g.count()
+            ),
+        );
+    };
+    if !f.has(i) {
+        return send_error(
+            w,
+            ErrorCode::NotHeld,
+            format!("chunk {index} of {name:?} is not here yet"),
+        );
+    }
+    let len = g.chunk_len(i) as usize;
+    let header = match wire::chunk_data_header(index, len) {
+        Ok(h) => h,
+        Err(e) => return send_error(w, ErrorCode::Internal, e.to_string()),
+    };
+    let total = CHUNK_DATA_HEADER_LEN + len;
+    // Shrinking keeps the capacity; growing only zero-fills the new tail.
+    buf.resize(total, 0);
+    buf[..CHUNK_DATA_HEADER_LEN].copy_from_slice(&header);
+    if let Err(e) = f
+        .file()
+        .read_exact_at(&mut buf[CHUNK_DATA_HEADER_LEN..], g.offset(i))
+    {
+        log::warn!(
+            "cannot read chunk {index} of {name:?} from {}: {e}",
+            f.path().display()
+        );
+        return send_error(
+            w,
+            ErrorCode::Internal,
+            format!("cannot read chunk {index} of {name:?}: {e}"),
+        );
+    }
+    drop(f);
+    send_paced(w, &buf[..total], shared)?;
+    shared.uploaded.fetch_add(len as u64, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Writes `data` in one `write_all`, or in limiter-sized pieces each after
+/// an `acquire` when uploads are rate limited.
+fn send_paced(w: &mut &TcpStream, data: &[u8], shared: &Shared) -> Result<(), WireError> {
+    match shared.limiter.piece_size() {
+        None => w.write_all(data)?,
+        Some(piece) => {
+            for part in data.chunks(piece.max(1)) {
+                if !shared.limiter.acquire_cancellable(part.len(), &shared.stop) {
+                    return Err(WireError::Io(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "chunk server shutting down",
+                    )));
+                }
+                w.write_all(part)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunks::{self, Bitmap, Geometry};
+    use crate::peer::client::Conn;
+    use crate::peer::share::SharedFile;
+    use std::fs::{self, File};
+    use std::path::PathBuf;
+    use std::sync::atomic::AtomicU32;
+
+    const T: Duration = Duration::from_secs(5);
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "p2pfs-server-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&p);
+            fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    /// Shares `data` as `name` (complete, or with only `have` chunks).
+    fn add(
+        idx: &ShareIndex,
+        dir: &TempDir,
+        name: &str,
+        data: &[u8],
+        cs: u32,
+        have: Option<&[u32]>,
+    ) -> Geometry {
+        let p = dir.0.join(name.replace('/', "_"));
+        fs::write(&p, data).unwrap();
+        let g = Geometry::new(data.len() as u64, cs).unwrap();
+        let hashes = data.chunks(cs as usize).map(chunks::sha1).collect();
+        let file = File::open(&p).unwrap();
+        let f = match have {
+            None => SharedFile::complete(name.into(), p, file, g, hashes),
+            Some(idx) => {
+                let mut b = Bitmap::new(g.count());
+                for &i in idx {
+                    b.set(i);
+                }
+                SharedFile::partial(name.into(), p, file, g, hashes, b)
+            }
+        };
+        idx.insert(Arc::new(f));
+        g
+    }
+
+    fn start(idx: &Arc<ShareIndex>, cfg: ServerConfig) -> ChunkServer {
+        start_limited(idx, cfg, RateLimiter::unlimited())
+    }
+
+    fn start_limited(idx: &Arc<ShareIndex>, cfg: ServerConfig, l: RateLimiter) -> ChunkServer {
+        ChunkServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::clone(idx),
+            Arc::new(l),
+            cfg,
+        )
+        .unwrap()
+    }
+
+    fn frames(ms: &[Message]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for m in ms {
+            m.encode(&mut b).unwrap();
+        }
+        b
+    }
+
+    fn req(name: &str, index: u32) -> Message {
+        Message::ChunkRequest {
+            name: name.into(),
+            index,
+        }
+    }
+
+    fn code(m: &Message) -> Option<ErrorCode> {
+        match m {
+            Message::Error { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    fn wait_until(what: &str, f: impl Fn() -> bool) {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < T, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A raw connection: to send bytes that are not a valid Hello.
+    fn raw(s: &ChunkServer) -> (TcpStream, BufReader<TcpStream>) {
+        let st = TcpStream::connect_timeout(&s.local_addr(), T).unwrap();
+        st.set_read_timeout(Some(T)).unwrap();
+        let r = BufReader::new(st.try_clone().unwrap());
+        (st, r)
+    }
+
+    /// The server closed: the next read is EOF (or a reset).
+    fn closed(r: &mut impl Read) -> bool {
+        let mut b = [0u8; 1];
+        matches!(r.read(&mut b), Ok(0) | Err(_))
+    }
+
+    fn serves_well(s: &ChunkServer, name: &str, data: &[u8], cs: usize) {
+        let mut c = Conn::connect(s.local_addr(), T).unwrap();
+        c.send(&req(name, 0)).unwrap();
+        match c.recv().unwrap() {
+            Message::ChunkData { index: 0, data: d } => assert_eq!(d, data[..cs.min(data.len())]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn serves_pipelined_requests_in_order() {
+        let dir = TempDir::new("pipe");
+        let idx = Arc::new(ShareIndex::new());
+        let data = pattern(5000);
+        add(&idx, &dir, "d/f.bin", &data, 1024, None);
+        let s = start(&idx, ServerConfig::default());
+        let mut c = Conn::connect(s.local_addr(), T).unwrap();
+        let order = [0u32, 4, 2, 1, 3, 2, 0];
+        let reqs: Vec<_> = order.iter().map(|&i| req("d/f.bin", i)).collect();
+        c.send_raw(&frames(&reqs)).unwrap();
+        let mut sent = 0;
+        for &i in &order {
+            match c.recv().unwrap() {
+                Message::ChunkData { index, data: d } => {
+                    assert_eq!(index, i);
+                    let lo = i as usize * 1024;
+                    let hi = (lo + 1024).min(data.len());
+                    assert_eq!(d, data[lo..hi], "chunk {i}");
+                    sent += d.len() as u64;
+                }
+                other => panic!("chunk {i}: {other:?}"),
+            }
+        }
+        // Counted after each write returns, so possibly just after we read it.
+        wait_until("the upload count", || s.uploaded_bytes() == sent);
+        assert_eq!(s.active_connections(), 1);
+    }
+
+    #[test]
+    fn request_errors_are_answered_in_place_and_the_connection_lives_on() {
+        let dir = TempDir::new("errors");
+        let idx = Arc::new(ShareIndex::new());
+        let data = pattern(3000);
+        add(&idx, &dir, "f", &data, 1024, None);
+        add(&idx, &dir, "part", &data, 1024, Some(&[1]));
+        // A file shorter on disk than its geometry says: the read fails.
+        let p = dir.0.join("short");
+        fs::write(&p, b"tiny").unwrap();
+        let g = Geometry::new(4096, 1024).unwrap();
+        idx.insert(Arc::new(SharedFile::complete(
+            "short".into(),
+            p.clone(),
+            File::open(&p).unwrap(),
+            g,
+            vec![[0; 20]; 4],
+        )));
+        let s = start(&idx, ServerConfig::default());
+        let mut c = Conn::connect(s.local_addr(), T).unwrap();
+        c.send_raw(&frames(&[
+            req("nope", 0),
+            req("../f", 0),
+            req("f", 3),
+            req("f", u32::MAX),
+            req("part", 0),
+            req("part", 1),
+            req("short", 2),
+            Message::Keepalive,
+            Message::Hello { version: 1 },
+            req("f", 2),
+        ]))
+        .unwrap();
+        let want = [
+            Some(ErrorCode::UnknownFile),
+            Some(ErrorCode::UnknownFile),
+            Some(ErrorCode::BadIndex),
+            Some(ErrorCode::BadIndex),
+            Some(ErrorCode::NotHeld),
+            None,
+            Some(ErrorCode::Internal),
+            Some(ErrorCode::Unexpected),
+            Some(ErrorCode::Unexpected),
+        ];
+        for (k, w) in want.iter().enumerate() {
+            let m = c.recv().unwrap();
+            assert_eq!(code(&m), *w, "reply {k}: {m:?}");
+        }
+        match c.recv().unwrap() {
+            Message::ChunkData { index: 2, data: d } => assert_eq!(d, data[2048..]),
+            other => panic!("{other:?}"),
+        }
+        wait_until("the upload count", || s.uploaded_bytes() == 1024 + 952);
+    }
+
+    #[test]
+    fn garbage_and_huge_frames_are_malformed_and_closed() {
+        let dir = TempDir::new("garbage");
+        let idx = Arc::new(ShareIndex::new());
+        let data = pattern(2000);
+        add(&idx, &dir, "f", &data, 1024, None);
+        let s = start(&idx, ServerConfig::default());
+
+        // Not our protocol at all.
+        let (mut st, mut r) = raw(&s);
+        st.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let m = wire::read_message(&mut r).unwrap().unwrap();
+        assert_eq!(code(&m), Some(ErrorCode::Malformed), "{m:?}");
+        assert!(closed(&mut r));
+
+        // A 4 GiB length prefix after a good Hello.
+        let mut c = Conn::connect(s.local_addr(), T).unwrap();
+        c.send_raw(&[0xff, 0xff, 0xff, 0xff, 0x20, 1, 2, 3])
+            .unwrap();
+        let m = c.recv().unwrap();
+        assert_eq!(code(&m), Some(ErrorCode::Malformed), "{m:?}");
+        assert!(c.recv().is_err());
+
+        // A frame that reads fine but does not decode.
+        let mut c = Conn::connect(s.local_addr(), T).unwrap();
+        c.send_raw(&[0, 0, 0, 1, 0x7f]).unwrap();
+        assert_eq!(code(&c.recv().unwrap()), Some(ErrorCode::Malformed));
+        assert!(c.recv().is_err());
+
+        // Bad version, and a request before Hello.
+        let (mut st, mut r) = raw(&s);
+        wire::write_message(&mut st, &Message::Hello { version: 99 }).unwrap();
+        let m = wire::read_message(&mut r).unwrap().unwrap();
+        assert_eq!(code(&m), Some(ErrorCode::BadVersion));
+        assert!(closed(&mut r));
+        let (mut st, mut r) = raw(&s);
+        wire::write_message(&mut st, &req("f", 0)).unwrap();
+        let m = wire::read_message(&mut r).unwrap().unwrap();
+        assert_eq!(code(&m), Some(ErrorCode::Unexpected));
+        assert!(closed(&mut r));
+
+        // Still serving well-behaved peers.
+        serves_well(&s, "f", &data, 1024);
+        wait_until("connections to end", || s.active_connections() == 0);
+    }
+
+    #[test]
+    fn busy_when_over_the_connection_limit() {
+        let dir = TempDir::new("busy");
+        let idx = Arc::new(ShareIndex::new());
+        let data = pattern(1500);
+        add(&idx, &dir, "f", &data, 1024, None);
+        let s = start(
+            &idx,
+            ServerConfig {
+                max_connections: 1,
+                ..ServerConfig::default()
+            },
+        );
+        let first = Conn::connect(s.local_addr(), T).unwrap();
+        match Conn::connect(s.local_addr(), T) {
+            Err(PeerError::Refused { code, .. }) => assert_eq!(code, ErrorCode::Busy),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("second connection accepted"),
+        }
+        drop(first);
+        wait_until("the first connection to end", || {
+            s.active_connections() == 0
+        });
+        serves_well(&s, "f", &data, 1024);
+    }
+
+    #[test]
+    fn idle_connections_are_closed() {
+        let idx = Arc::new(ShareIndex::new());
+        let s = start(
+            &idx,
+            ServerConfig {
+                idle_timeout: Duration::from_millis(150),
+                ..ServerConfig::default()
+            },
+        );
+        let mut c = Conn::connect(s.local_addr(), T).unwrap();
+        let t = Instant::now();
+        assert!(c.recv().is_err());
+        assert!(t.elapsed() < Duration::from_secs(3));
+        wait_until("the connection to end", || s.active_connections() == 0);
+    }
+
+    #[test]
+    fn shutdown_closes_connections_and_joins_promptly() {
+        let dir = TempDir::new("shutdown");
+        let idx = Arc::new(ShareIndex::new());
+        let data = pattern(4000);
+        add(&idx, &dir, "f", &data, 1024, None);
+        // A slow limiter so a transfer is in progress during shutdown.
+        let mut s = start_limited(&idx, ServerConfig::default(), RateLimiter::new(Some(2048)));
+        let addr = s.local_addr();
+        let mut idle = Conn::connect(addr, T).unwrap();
+        let mut busy = Conn::connect(addr, T).unwrap();
+        busy.send_raw(&frames(&[req("f", 0), req("f", 1), req("f", 2)]))
+            .unwrap();
+        wait_until("both connections", || s.active_connections() == 2);
+        std::thread::sleep(Duration::from_millis(50));
+        let t = Instant::now();
+        s.shutdown();
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(s.active_connections(), 0);
+        assert!(idle.recv().is_err());
+        assert!(busy.recv().is_err());
+        assert!(TcpStream::connect_timeout(&addr, T).is_err());
+        s.shutdown(); // idempotent
+    }
+
+    #[test]
+    fn rate_limited_uploads_are_paced_and_intact() {
+        let dir = TempDir::new("paced");
+        let idx = Arc::new(ShareIndex::new());
+        let cs = 64 * 1024;
+        let data = pattern(6 * cs);
+        add(&idx, &dir, "f", &data, cs as u32, None);
+        let rate = 512 * 1024;
+        let s = start_limited(&idx, ServerConfig::default(), RateLimiter::new(Some(rate)));
+        let mut c = Conn::connect(s.local_addr(), T).unwrap();
+        let t = Instant::now();
+        let reqs: Vec<_> = (0..6).map(|i| req("f", i)).collect();
+        c.send_raw(&frames(&reqs)).unwrap();
+        let mut got = Vec::new();
+        for i in 0..6 {
+            match c.recv().unwrap() {
+                Message::ChunkData { index, data: d } => {
+                    assert_eq!(index, i);
+                    got.extend_from_slice(&d);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let el = t.elapsed();
+        assert_eq!(got, data);
+        // 384 KiB at 512 KiB/s is 0.75 s; allow the small initial burst.
+        assert!(el >= Duration::from_millis(650), "{el:?}");
+        assert!(el < Duration::from_secs(4), "{el:?}");
+    }
+
+    #[test]
+    fn files_added_later_are_served_and_removed_ones_are_not() {
+        let dir = TempDir::new("dynamic");
+        let idx = Arc::new(ShareIndex::new());
+        let s = start(&idx, ServerConfig::default());
+        let mut c = Conn::connect(s.local_addr(), T).unwrap();
+        c.send(&req("late", 0)).unwrap();
+        assert_eq!(code(&c.recv().unwrap()), Some(ErrorCode::UnknownFile));
+        let data = pattern(100);
+        add(&idx, &dir, "late", &data, 1024, None);
+        c.send(&req("late", 0)).unwrap();
+        assert_eq!(
+            c.recv().unwrap(),
+            Message::ChunkData {
+                index: 0,
+                data: data.clone()
+            }
+        );
+        idx.remove("late");
+        c.send(&req("late", 0)).unwrap();
+        assert_eq!(code(&c.recv().unwrap()), Some(ErrorCode::UnknownFile));
+    }
+}

@@ -1,1 +1,1465 @@
-//! session (to be written)
+//! The peer's one persistent control connection to the tracker.
+//!
+//! Owns: the "tracker-session" thread and everything sent on that
+//! connection: Register (at connect, for files added later, and for a
+//! download's first chunk), ChunkRegister for each newly verified chunk,
+//! Keepalive when idle, and Leave at shutdown. Also owns the reconnect policy
+//! (exponential backoff) and which files the tracker accepted on the current
+//! connection.
+//!
+//! Calls `peer::client` (connect + Hello), `peer::share` (what to announce,
+//! read at the moment of sending so bitmaps are always current) and `wire`.
+//! Other threads talk to it only through a bounded command channel and never
+//! wait on the network: a full queue falls back to re-registering the file
+//! later (see [`TrackerSession::chunk_registered`]).
+//!
+//! Why one thread owns the connection: the tracker protocol is strictly
+//! request/reply on one stream, so a single owner needs no locking around the
+//! socket and cannot interleave two requests' replies.
+
+use std::collections::HashSet;
+use std::mem;
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded, select};
+use log::{debug, info, warn};
+
+use super::client::{Conn, unexpected};
+use super::share::{ShareIndex, SharedFile};
+use super::{PeerError, Result};
+use crate::wire::{self, ErrorCode, FileEntry, FileOutcome, Message};
+
+/// Commands queued by other threads. Large enough that a burst of verified
+/// chunks (a fast download) never fills it while the tracker is answering.
+const COMMAND_QUEUE: usize = 4096;
+
+/// Timing of the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Idle time after which a Keepalive is sent (the tracker drops a
+    /// connection silent for 30 s).
+    pub keepalive: Duration,
+    /// Read/write timeout on the connection: a tracker that does not answer
+    /// within it is treated as gone.
+    pub io_timeout: Duration,
+    /// First wait before reconnecting; doubles after each failure.
+    pub backoff_min: Duration,
+    /// Longest wait between reconnect attempts.
+    pub backoff_max: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> SessionConfig {
+        SessionConfig {
+            keepalive: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(10),
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What happened on the control connection, for a UI or a test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// One registration round finished (at connect, or for files added or
+    /// first downloaded later): which names the tracker accepted, and which
+    /// were refused, with the reason.
+    Registered {
+        accepted: Vec<String>,
+        refused: Vec<(String, String)>,
+    },
+    /// The connection went down (or the first attempt failed): why.
+    Disconnected(String),
+    /// The connection is up again after a [`SessionEvent::Disconnected`].
+    Reconnected,
+}
+
+enum Command {
+    Chunk { name: String, index: u32 },
+    Register(Vec<String>),
+}
+
+/// Handle to the session thread. Dropping it leaves the tracker
+/// (best-effort), like [`TrackerSession::leave`].
+pub struct TrackerSession {
+    commands: Sender<Command>,
+    stop: Sender<()>,
+    /// Files whose update could not be queued (queue full): the session
+    /// re-registers them with their current bitmap, which covers every
+    /// dropped ChunkRegister.
+    overflow: Arc<Mutex<HashSet<String>>>,
+    connected: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl TrackerSession {
+    /// Starts the "tracker-session" thread, which connects, registers every
+    /// file of `share` holding at least one chunk (or zero-length), with
+    /// endpoint (local IP of the connection, `listen_port`), then keeps the
+    /// connection alive and reconnects with backoff when it breaks.
+    ///
+    /// An unreachable tracker does not make this fail: the peer can still
+    /// serve peers that already know it, and the session keeps retrying in
+    /// the background. Only failing to start the thread is an error.
+    pub fn start(
+        tracker: SocketAddr,
+        listen_port: u16,
+        share: Arc<ShareIndex>,
+        cfg: SessionConfig,
+        events: Option<Sender<SessionEvent>>,
+    ) -> Result<TrackerSession> {
+        let limits = Limits {
+            max_files: wire::MAX_FILES_PER_REGISTER,
+            max_frame_len: wire::MAX_FRAME_LEN as usize,
+        };
+        TrackerSession::start_with(tracker, listen_port, share, cfg, events, limits)
+    }
+
+    /// [`TrackerSession::start`] with other Register limits (tests use small
+    /// ones so that splitting needs only a few files).
+    fn start_with(
+        tracker: SocketAddr,
+        listen_port: u16,
+        share: Arc<ShareIndex>,
+        cfg: SessionConfig,
+        events: Option<Sender<SessionEvent>>,
+        limits: Limits,
+    ) -> Result<TrackerSession> {
+        let (commands, command_rx) = bounded(COMMAND_QUEUE);
+        let (stop, stop_rx) = bounded(1);
+        let overflow = Arc::new(Mutex::new(HashSet::new()));
+        let connected = Arc::new(AtomicBool::new(false));
+        let worker = Worker {
+            tracker,
+            listen_port,
+            share,
+            cfg,
+            limits,
+            events,
+            commands: command_rx,
+            stop: stop_rx,
+            overflow: Arc::clone(&overflow),
+            connected: Arc::clone(&connected),
+        };
+        let handle = thread::Builder::new()
+            .name("tracker-session".into())
+            .spawn(move || worker.run())
+            .map_err(|e| PeerError::io("start thread", "tracker-session", e))?;
+        Ok(TrackerSession {
+            commands,
+            stop,
+            overflow,
+            connected,
+            handle: Some(handle),
+        })
+    }
+
+    /// Queues "I now hold chunk `index` of `name`". Never waits: if the queue
+    /// is full the name is noted instead and the session re-registers the
+    /// whole file (current bitmap) when it gets to it.
+    ///
+    /// If the current connection has not registered `name` yet (a
+    /// download's first chunk), the session sends a Register with the file's
+    /// entry instead of a ChunkRegister, so the tracker learns the file even
+    /// if every other holder has left. `name` must be in the share index by
+    /// then.
+    pub fn chunk_registered(&self, name: &str, index: u32) {
+        let cmd = Command::Chunk {
+            name: name.to_owned(),
+            index,
+        };
+        match self.commands.try_send(cmd) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                lock(&self.overflow).insert(name.to_owned());
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                debug!("tracker session ended; chunk {index} of {name} not registered");
+            }
+        }
+    }
+
+    /// Registers (or re-registers, with current bitmaps) files added to the
+    /// share index after start. Files holding no chunk yet are skipped; their
+    /// first [`TrackerSession::chunk_registered`] registers them.
+    pub fn register_files(&self, names: Vec<String>) {
+        match self.commands.try_send(Command::Register(names)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(Command::Register(names))) => {
+                lock(&self.overflow).extend(names);
+            }
+            Err(_) => debug!("tracker session ended; files not registered"),
+        }
+    }
+
+    /// Whether the control connection is currently up (connected and
+    /// registered).
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    /// Sends Leave (waiting for the tracker's Ok at most the io timeout),
+    /// closes the connection and joins the thread. During a reconnect
+    /// backoff this returns at once.
+    pub fn leave(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let Some(handle) = self.handle.take() else {
+            return;
+        };
+        // Full only if a stop is already pending; either way it is seen.
+        let _ = self.stop.try_send(());
+        if handle.join().is_err() {
+            warn!("tracker session thread panicked");
+        }
+        self.connected.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TrackerSession {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// How many files, and how many bytes, one Register may carry.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_files: usize,
+    max_frame_len: usize,
+}
+
+/// Locks ignoring poison: the set stays consistent even if a holder
+/// panicked (each operation is a single insert or take).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether a file is worth announcing: someone can fetch something from us.
+/// A zero-length file has no chunks but is complete, so it is announced.
+fn worth_registering(f: &SharedFile) -> bool {
+    f.have_count() > 0 || f.geometry().count() == 0
+}
+
+/// Error codes that refuse the files of one Register but leave the
+/// connection usable. Anything else means the tracker and we disagree about
+/// the connection itself, so it is re-established.
+fn is_file_level(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::InvalidName
+            | ErrorCode::Conflict
+            | ErrorCode::BadGeometry
+            | ErrorCode::UnknownFile
+            | ErrorCode::BadIndex
+    )
+}
+
+/// The result of one registration round.
+#[derive(Debug, Default)]
+struct Outcome {
+    accepted: Vec<String>,
+    refused: Vec<(String, String)>,
+}
+
+/// Why the connection is being given up: a sentence for the log.
+type Lost = String;
+
+/// How the connected phase ended.
+enum End {
+    /// Leave was requested (and sent); the thread exits.
+    Leave,
+    /// The connection broke; reconnect.
+    Lost(Lost),
+}
+
+/// An established control connection.
+struct Link {
+    conn: Conn,
+    endpoint: SocketAddr,
+    /// Files the tracker accepted on this connection.
+    registered: HashSet<String>,
+    /// Files it refused on this connection; chunk updates for them are not
+    /// retried (an explicit `register_files` retries).
+    refused: HashSet<String>,
+    last_send: Instant,
+}
+
+impl Link {
+    /// Sends a request and reads the reply, recording the send for the
+    /// keepalive timer.
+    fn request(&mut self, m: &Message) -> Result<Message> {
+        self.last_send = Instant::now();
+        self.conn.request(m)
+    }
+}
+
+/// The session thread's state.
+struct Worker {
+    tracker: SocketAddr,
+    listen_port: u16,
+    share: Arc<ShareIndex>,
+    cfg: SessionConfig,
+    limits: Limits,
+    events: Option<Sender<SessionEvent>>,
+    commands: Receiver<Command>,
+    stop: Receiver<()>,
+    overflow: Arc<Mutex<HashSet<String>>>,
+    connected: Arc<AtomicBool>,
+}
+
+impl Worker {
+    fn run(self) {
+        let mut backoff = self.cfg.backoff_min;
+        let mut failures: u32 = 0;
+        let mut down = false;
+        loop {
+            if self.stop_requested() {
+                return;
+            }
+            match self.establish() {
+                Ok((mut link, outcome)) => {
+                    let up_since = Instant::now();
+                    self.connected.store(true, Ordering::SeqCst);
+                    if failures > 0 {
+                        info!(
+                            "connected to tracker {} after {} failed attempt(s)",
+                            self.tracker, failures
+                        );
+                    } else {
+                        info!("connected to tracker {}", self.tracker);
+                    }
+                    failures = 0;
+                    if mem::replace(&mut down, false) {
+                        self.emit(SessionEvent::Reconnected);
+                    }
+                    self.report(outcome);
+                    let end = self.serve(&mut link);
+                    let _ = link.conn.stream().shutdown(Shutdown::Both);
+                    self.connected.store(false, Ordering::SeqCst);
+                    match end {
+                        End::Leave => return,
+                        End::Lost(why) => {
+                            warn!(
+                                "lost connection to tracker {}: {why}; reconnecting",
+                                self.tracker
+                            );
+                            down = true;
+                            self.emit(SessionEvent::Disconnected(why));
+                            // A connection that stayed up a while resets the
+                            // backoff; one that breaks at once (a tracker in
+                            // a crash loop) keeps growing it.
+                            if up_since.elapsed() >= self.cfg.backoff_max {
+                                backoff = self.cfg.backoff_min;
+                            }
+                        }
+                    }
+                }
+                Err(why) => {
+                    failures = failures.saturating_add(1);
+                    if failures == 1 {
+                        warn!(
+                            "cannot reach tracker {}: {why}; retrying in the background \
+                             (this peer keeps serving, but new downloaders cannot find it \
+                             until the tracker answers)",
+                            self.tracker
+                        );
+                    } else {
+                        debug!(
+                            "tracker {} still unreachable (attempt {failures}): {why}",
+                            self.tracker
+                        );
+                    }
+                    if !down {
+                        down = true;
+                        self.emit(SessionEvent::Disconnected(why));
+                    }
+                }
+            }
+            if self.wait_backoff(backoff) {
+                return;
+            }
+            backoff = backoff
+                .checked_mul(2)
+                .unwrap_or(self.cfg.backoff_max)
+                .min(self.cfg.backoff_max);
+        }
+    }
+
+    /// Connects, binds the endpoint and registers every announceable file.
+    fn establish(&self) -> Result<(Link, Outcome), Lost> {
+        let conn = Conn::connect(self.tracker, self.cfg.io_timeout).map_err(|e| e.to_string())?;
+        let local = conn
+            .stream()
+            .local_addr()
+            .map_err(|e| format!("local address of the tracker connection: {e}"))?;
+        let mut link = Link {
+            conn,
+            endpoint: SocketAddr::new(local.ip(), self.listen_port),
+            registered: HashSet::new(),
+            refused: HashSet::new(),
+            last_send: Instant::now(),
+        };
+        // Updates that could not be queued are covered by the full
+        // registration below, which reads every bitmap now.
+        drop(mem::take(&mut *lock(&self.overflow)));
+        let files: Vec<Arc<SharedFile>> = self
+            .share
+            .files()
+            .into_iter()
+            .filter(|f| worth_registering(f))
+            .collect();
+        let outcome = self.register(&mut link, files, true)?;
+        Ok((link, outcome))
+    }
+
+    /// The connected phase: commands, keepalives, until Leave or a failure.
+    fn serve(&self, link: &mut Link) -> End {
+        loop {
+            if self.stop_requested() {
+                self.leave(link);
+                return End::Leave;
+            }
+            if let Err(why) = self.flush_overflow(link) {
+                return End::Lost(why);
+            }
+            let idle = link
+                .last_send
+                .checked_add(self.cfg.keepalive)
+                .map_or(self.cfg.keepalive, |t| {
+                    t.saturating_duration_since(Instant::now())
+                });
+            let step = select! {
+                recv(self.stop) -> _ => {
+                    self.leave(link);
+                    return End::Leave;
+                }
+                recv(self.commands) -> cmd => match cmd {
+                    Ok(cmd) => self.handle(link, cmd),
+                    // Every handle is gone without a leave (cannot happen
+                    // while Drop sends one, but it means nobody is left).
+                    Err(_) => {
+                        self.leave(link);
+                        return End::Leave;
+                    }
+                },
+                default(idle) => self.keepalive(link),
+            };
+            if let Err(why) = step {
+                return End::Lost(why);
+            }
+        }
+    }
+
+    fn handle(&self, link: &mut Link, cmd: Command) -> Result<(), Lost> {
+        match cmd {
+            Command::Chunk { name, index } => self.chunk(link, name, index),
+            Command::Register(names) => {
+                for n in &names {
+                    link.refused.remove(n);
+                }
+                self.register_names(link, names)
+            }
+        }
+    }
+
+    fn chunk(&self, link: &mut Link, name: String, index: u32) -> Result<(), Lost> {
+        if link.refused.contains(&name) {
+            debug!("not registering chunk {index} of {name}: the tracker refused the file");
+            return Ok(());
+        }
+        if !link.registered.contains(&name) {
+            return self.register_names(link, vec![name]);
+        }
+        let reply = link.request(&Message::ChunkRegister {
+            name: name.clone(),
+            index,
+        });
+        match reply {
+            Ok(Message::Ok) => Ok(()),
+            Ok(other) => Err(unexpected(self.tracker, &other).to_string()),
+            // The tracker lost track of the file or of us: announce the whole
+            // file again, which also carries this chunk.
+            Err(PeerError::Refused {
+                code: ErrorCode::UnknownFile | ErrorCode::NotRegistered,
+                ..
+            }) => {
+                link.registered.remove(&name);
+                self.register_names(link, vec![name])
+            }
+            Err(PeerError::Refused { code, message, .. }) => {
+                warn!("tracker refused chunk {index} of {name}: {code}: {message}");
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Registers the named files that are in the share index and hold
+    /// something, and reports the outcome.
+    fn register_names(&self, link: &mut Link, names: Vec<String>) -> Result<(), Lost> {
+        let files: Vec<Arc<SharedFile>> = names
+            .iter()
+            .filter_map(|n| {
+                let f = self.share.get(n);
+                if f.is_none() {
+                    debug!("not registering {n}: not in the share index");
+                }
+                f
+            })
+            .filter(|f| worth_registering(f))
+            .collect();
+        if files.is_empty() {
+            return Ok(());
+        }
+        let outcome = self.register(link, files, false)?;
+        self.report(outcome);
+        Ok(())
+    }
+
+    /// Sends `files` in as many Register messages as the limits require
+    /// (at least one if `always`, so the endpoint gets bound) and records
+    /// the outcomes on the link.
+    fn register(
+        &self,
+        link: &mut Link,
+        files: Vec<Arc<SharedFile>>,
+        always: bool,
+    ) -> Result<Outcome, Lost> {
+        let mut out = Outcome::default();
+        let mut batcher = Batcher::new(
+            link.endpoint,
+            self.limits.max_files,
+            self.limits.max_frame_len,
+        );
+        let mut sent = false;
+        for f in files {
+            match batcher.push(f.to_entry()) {
+                Ok(None) => {}
+                Ok(Some(full)) => {
+                    self.send_register(link, full, &mut out)?;
+                    sent = true;
+                }
+                Err((name, why)) => out.refused.push((name, why)),
+            }
+        }
+        let last = batcher.finish();
+        if !last.is_empty() || (always && !sent) {
+            self.send_register(link, last, &mut out)?;
+        }
+        for n in &out.accepted {
+            link.refused.remove(n);
+            link.registered.insert(n.clone());
+        }
+        for (n, _) in &out.refused {
+            link.registered.remove(n);
+            link.refused.insert(n.clone());
+        }
+        Ok(out)
+    }
+
+    fn send_register(
+        &self,
+        link: &mut Link,
+        files: Vec<FileEntry>,
+        out: &mut Outcome,
+    ) -> Result<(), Lost> {
+        let names: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
+        let reply = link.request(&Message::Register {
+            endpoint: link.endpoint,
+            files,
+        });
+        match reply {
+            Ok(Message::RegisterReply { results }) if results.len() == names.len() => {
+                for (name, r) in names.into_iter().zip(results) {
+                    match r {
+                        FileOutcome::Accepted => out.accepted.push(name),
+                        FileOutcome::Refused { code, reason } => {
+                            out.refused.push((name, format!("{code}: {reason}")));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Ok(Message::RegisterReply { results }) => Err(format!(
+                "tracker answered {} outcomes to a Register of {} files",
+                results.len(),
+                names.len()
+            )),
+            Ok(other) => Err(unexpected(self.tracker, &other).to_string()),
+            Err(PeerError::Refused { code, message, .. }) if is_file_level(code) => {
+                let why = format!("{code}: {message}");
+                out.refused
+                    .extend(names.into_iter().map(|n| (n, why.clone())));
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Re-registers files whose updates did not fit in the queue.
+    fn flush_overflow(&self, link: &mut Link) -> Result<(), Lost> {
+        let names: Vec<String> = lock(&self.overflow).drain().collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        self.register_names(link, names)
+    }
+
+    /// Checks that the tracker has not closed the connection, then sends a
+    /// Keepalive. The check matters because a write to a closed socket can
+    /// still succeed once; without it a tracker restart would go unnoticed
+    /// for two keepalive periods.
+    fn keepalive(&self, link: &mut Link) -> Result<(), Lost> {
+        self.check_open(link)?;
+        link.last_send = Instant::now();
+        link.conn
+            .send(&Message::Keepalive)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Peeks without blocking: the tracker never speaks unasked, so a
+    /// readable socket means it closed the connection or sent an error
+    /// before closing.
+    fn check_open(&self, link: &mut Link) -> Result<(), Lost> {
+        let stream = link.conn.stream();
+        let mut byte = [0u8; 1];
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| format!("cannot poll the tracker connection: {e}"))?;
+        let peeked = stream.peek(&mut byte);
+        stream
+            .set_nonblocking(false)
+            .map_err(|e| format!("cannot poll the tracker connection: {e}"))?;
+        match peeked {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e.to_string()),
+            Ok(0) => Err("the tracker closed the connection".into()),
+            Ok(_) => match link.conn.recv() {
+                Ok(Message::Error { code, message }) => {
+                    Err(format!("the tracker said: {code}: {message}"))
+                }
+                Ok(other) => Err(format!("the tracker sent an unasked {}", other.kind())),
+                Err(e) => Err(e.to_string()),
+            },
+        }
+    }
+
+    fn leave(&self, link: &mut Link) {
+        match link.request(&Message::Leave) {
+            Ok(Message::Ok) => info!("left tracker {}", self.tracker),
+            Ok(other) => warn!(
+                "tracker {} answered Leave with {}",
+                self.tracker,
+                other.kind()
+            ),
+            Err(e) => warn!("tracker {} did not confirm Leave: {e}", self.tracker),
+        }
+    }
+
+    /// Waits `d` before the next connection attempt, dropping queued
+    /// updates (the next connection re-registers everything). Returns true
+    /// when a leave was requested meanwhile.
+    fn wait_backoff(&self, d: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            let left = d.saturating_sub(start.elapsed());
+            select! {
+                recv(self.stop) -> _ => return true,
+                recv(self.commands) -> cmd => {
+                    if cmd.is_err() {
+                        return true;
+                    }
+                }
+                default(left) => return false,
+            }
+        }
+    }
+
+    fn stop_requested(&self) -> bool {
+        !matches!(self.stop.try_recv(), Err(TryRecvError::Empty))
+    }
+
+    fn report(&self, outcome: Outcome) {
+        for (name, why) in &outcome.refused {
+            warn!("tracker {} refused {name}: {why}", self.tracker);
+        }
+        if !outcome.accepted.is_empty() {
+            debug!(
+                "tracker {} accepted {} file(s)",
+                self.tracker,
+                outcome.accepted.len()
+            );
+        }
+        self.emit(SessionEvent::Registered {
+            accepted: outcome.accepted,
+            refused: outcome.refused,
+        });
+    }
+
+    /// Never blocks: a slow or absent listener loses events, not the
+    /// session.
+    fn emit(&self, e: SessionEvent) {
+        if let Some(tx) = &self.events {
+            if tx.try_send(e).is_err() {
+                debug!("session event dropped (listener full or gone)");
+            }
+        }
+    }
+}
+
+/// Groups file entries into Register messages that stay within the limits
+/// on files per message and frame size, measuring each entry by encoding it.
+struct Batcher {
+    endpoint: SocketAddr,
+    max_files: usize,
+    max_frame_len: usize,
+    /// Encoded size of a Register with no files, length prefix included.
+    base: usize,
+    /// Sum of the encoded sizes of `files`.
+    size: usize,
+    files: Vec<FileEntry>,
+    scratch: Vec<u8>,
+}
+
+impl Batcher {
+    fn new(endpoint: SocketAddr, max_files: usize, max_frame_len: usize) -> Batcher {
+        let mut scratch = Vec::new();
+        let empty = Message::Register {
+            endpoint,
+            files: Vec::new(),
+        };
+        // An empty Register always encodes; if it somehow did not, a base of
+        // 0 only makes the size checks below slightly generous, and the
+        // final encode still enforces the real limit.
+        let base = match empty.encode(&mut scratch) {
+            Ok(()) => scratch.len(),
+            Err(_) => 0,
+        };
+        Batcher {
+            endpoint,
+            max_files,
+            max_frame_len,
+            base,
+            size: 0,
+            files: Vec::new(),
+            scratch,
+        }
+    }
+
+    /// Adds an entry. Returns the previous batch when the entry does not fit
+    /// beside it (send that first), or the name and reason when the entry
+    /// cannot be sent at all (too large alone, or a field over its limit).
+    fn push(&mut self, e: FileEntry) -> Result<Option<Vec<FileEntry>>, (String, String)> {
+        let name = e.name.clone();
+        self.scratch.clear();
+        let alone = Message::Register {
+            endpoint: self.endpoint,
+            files: vec![e],
+        };
+        let encoded = alone.encode(&mut self.scratch);
+        let Message::Register { files, .. } = alone else {
+            return Err((name, "internal error measuring the entry".into()));
+        };
+        let Some(e) = files.into_iter().next() else {
+            return Err((name, "internal error measuring the entry".into()));
+        };
+        if let Err(err) = encoded {
+            return Err((name, format!("cannot be announced: {err}")));
+        }
+        let entry = self.scratch.len().saturating_sub(self.base);
+        let frame_len = |entries: usize| (self.base + entries).saturating_sub(4);
+        if frame_len(entry) > self.max_frame_len {
+            return Err((
+                name,
+                format!(
+                    "cannot be announced: its entry alone is {} bytes, over the {}-byte frame limit",
+                    frame_len(entry),
+                    self.max_frame_len
+                ),
+            ));
+        }
+        let mut full = None;
+        if !self.files.is_empty()
+            && (self.files.len() >= self.max_files
+                || frame_len(self.size + entry) > self.max_frame_len)
+        {
+            full = Some(mem::take(&mut self.files));
+            self.size = 0;
+        }
+        self.files.push(e);
+        self.size += entry;
+        Ok(full)
+    }
+
+    /// The last, possibly empty, batch.
+    fn finish(self) -> Vec<FileEntry> {
+        self.files
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunks::{self, Bitmap, Geometry};
+    use crate::wire::Have;
+    use std::net::{TcpListener, TcpStream};
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    // ---- A tiny fake tracker ------------------------------------------
+
+    /// Accepts connections, answers Hello, records every later message as
+    /// (connection number, message) and answers like the tracker: Register
+    /// -> RegisterReply (names starting with "bad/" refused), ChunkRegister
+    /// -> Ok, Leave -> Ok then close, Keepalive -> nothing.
+    struct FakeTracker {
+        addr: SocketAddr,
+        messages: Receiver<(usize, Message)>,
+        /// Clones of open connections, so a test can drop them.
+        open: Arc<Mutex<Vec<TcpStream>>>,
+        /// When set, connections are closed right after accept.
+        refuse: Arc<AtomicBool>,
+        stop: Arc<AtomicBool>,
+        acceptor: Option<JoinHandle<()>>,
+        handlers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    }
+
+    impl FakeTracker {
+        fn start(refusing: bool) -> FakeTracker {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (tx, messages) = bounded(100_000);
+            let open = Arc::new(Mutex::new(Vec::new()));
+            let refuse = Arc::new(AtomicBool::new(refusing));
+            let stop = Arc::new(AtomicBool::new(false));
+            let handlers = Arc::new(Mutex::new(Vec::new()));
+            let acceptor = {
+                let (open, refuse, stop, handlers) = (
+                    Arc::clone(&open),
+                    Arc::clone(&refuse),
+                    Arc::clone(&stop),
+                    Arc::clone(&handlers),
+                );
+                thread::Builder::new()
+                    .name("fake-tracker".into())
+                    .spawn(move || {
+                        for (n, stream) in listener.incoming().enumerate() {
+                            if stop.load(Ordering::SeqCst) {
+                                break;
+                            }
+                            let Ok(stream) = stream else { continue };
+                            if refuse.load(Ordering::SeqCst) {
+                                continue; // dropped: closed at once
+                            }
+                            open.lock().unwrap().push(stream.try_clone().unwrap());
+                            let tx = tx.clone();
+                            let h = thread::Builder::new()
+                                .name(format!("fake-tracker-{n}"))
+                                .spawn(move || serve_fake(n, stream, tx))
+                                .unwrap();
+                            handlers.lock().unwrap().push(h);
+                        }
+                    })
+                    .unwrap()
+            };
+            FakeTracker {
+                addr,
+                messages,
+                open,
+                refuse,
+                stop,
+                acceptor: Some(acceptor),
+                handlers,
+            }
+        }
+
+        /// Drops every open connection, as a crashed tracker would.
+        fn kick(&self) {
+            for s in self.open.lock().unwrap().drain(..) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+
+        /// The next message, or panics after `WAIT`.
+        fn next(&self) -> (usize, Message) {
+            self.messages
+                .recv_timeout(WAIT)
+                .expect("fake tracker got no message in time")
+        }
+
+        /// The next message that is not a Keepalive.
+        fn next_request(&self) -> (usize, Message) {
+            loop {
+                let m = self.next();
+                if m.1 != Message::Keepalive {
+                    return m;
+                }
+            }
+        }
+    }
+
+    impl Drop for FakeTracker {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            self.kick();
+            let _ = TcpStream::connect_timeout(&self.addr, WAIT); // wakes accept
+            if let Some(a) = self.acceptor.take() {
+                a.join().unwrap();
+            }
+            for h in self.handlers.lock().unwrap().drain(..) {
+                h.join().unwrap();
+            }
+        }
+    }
+
+    fn serve_fake(n: usize, stream: TcpStream, tx: Sender<(usize, Message)>) {
+        stream.set_read_timeout(Some(WAIT * 4)).unwrap();
+        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut w = stream;
+        match wire::read_message(&mut reader) {
+            Ok(Some(Message::Hello { .. })) => {}
+            _ => return,
+        }
+        let hello = Message::Hello {
+            version: wire::PROTOCOL_VERSION,
+        };
+        if wire::write_message(&mut w, &hello).is_err() {
+            return;
+        }
+        while let Ok(Some(m)) = wire::read_message(&mut reader) {
+            let reply = match &m {
+                Message::Register { files, .. } => Some(Message::RegisterReply {
+                    results: files
+                        .iter()
+                        .map(|f| {
+                            if f.name.starts_with("bad/") {
+                                FileOutcome::Refused {
+                                    code: ErrorCode::Conflict,
+                                    reason: "other content".into(),
+                                }
+                            } else {
+                                FileOutcome::Accepted
+                            }
+                        })
+                        .collect(),
+                }),
+                Message::ChunkRegister { .. } | Message::Leave => Some(Message::Ok),
+                Message::Keepalive => None,
+                _ => Some(Message::error(ErrorCode::Unexpected, "fake")),
+            };
+            let leaving = m == Message::Leave;
+            let _ = tx.send_timeout((n, m), WAIT);
+            if let Some(r) = reply {
+                if wire::write_message(&mut w, &r).is_err() {
+                    return;
+                }
+            }
+            if leaving {
+                return;
+            }
+        }
+    }
+
+    // ---- Share helpers ------------------------------------------------
+
+    fn hashes(g: &Geometry) -> Vec<chunks::Digest> {
+        g.indices()
+            .map(|i| chunks::sha1(&i.get().to_be_bytes()))
+            .collect()
+    }
+
+    /// The session never reads file contents, so any open handle will do.
+    fn dev_null() -> (std::path::PathBuf, std::fs::File) {
+        let p = std::path::PathBuf::from("/dev/null");
+        let f = std::fs::File::open(&p).unwrap();
+        (p, f)
+    }
+
+    fn complete(name: &str, len: u64) -> Arc<SharedFile> {
+        let g = Geometry::new(len, 1024).unwrap();
+        let (path, file) = dev_null();
+        Arc::new(SharedFile::complete(name.into(), path, file, g, hashes(&g)))
+    }
+
+    fn partial(name: &str, len: u64, held: &[u32]) -> Arc<SharedFile> {
+        let g = Geometry::new(len, 1024).unwrap();
+        let mut have = Bitmap::new(g.count());
+        for &i in held {
+            have.set(i);
+        }
+        let (path, file) = dev_null();
+        Arc::new(SharedFile::partial(
+            name.into(),
+            path,
+            file,
+            g,
+            hashes(&g),
+            have,
+        ))
+    }
+
+    fn index(files: &[Arc<SharedFile>]) -> Arc<ShareIndex> {
+        let s = ShareIndex::new();
+        for f in files {
+            s.insert(Arc::clone(f));
+        }
+        Arc::new(s)
+    }
+
+    fn fast() -> SessionConfig {
+        SessionConfig {
+            keepalive: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(2),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(200),
+        }
+    }
+
+    fn names(files: &[FileEntry]) -> Vec<&str> {
+        let mut v: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+        v.sort();
+        v
+    }
+
+    fn expect_register(m: (usize, Message)) -> (usize, SocketAddr, Vec<FileEntry>) {
+        match m {
+            (n, Message::Register { endpoint, files }) => (n, endpoint, files),
+            other => panic!("expected Register, got {other:?}"),
+        }
+    }
+
+    fn wait_until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn next_event(rx: &Receiver<SessionEvent>) -> SessionEvent {
+        rx.recv_timeout(WAIT).expect("no session event in time")
+    }
+
+    // ---- Tests ----------------------------------------------------------
+
+    #[test]
+    fn registers_share_then_chunks_then_leaves() {
+        let fake = FakeTracker::start(false);
+        let share = index(&[
+            complete("full.bin", 3000),
+            partial("part.bin", 5000, &[1, 3]),
+            partial("nothing.bin", 5000, &[]),
+            complete("zero", 0),
+        ]);
+        let (etx, erx) = bounded(64);
+        let s =
+            TrackerSession::start(fake.addr, 4321, Arc::clone(&share), fast(), Some(etx)).unwrap();
+
+        let (conn, endpoint, files) = expect_register(fake.next());
+        assert_eq!(endpoint, "127.0.0.1:4321".parse().unwrap());
+        assert_eq!(names(&files), vec!["full.bin", "part.bin", "zero"]);
+        let full = files.iter().find(|f| f.name == "full.bin").unwrap();
+        assert_eq!((full.length, full.chunk_size), (3000, 1024));
+        assert_eq!(full.hashes.len(), 3);
+        assert_eq!(full.have, Have::All);
+        let part = files.iter().find(|f| f.name == "part.bin").unwrap();
+        assert_eq!(part.have, Have::Some(vec![0b0101_0000]));
+        let zero = files.iter().find(|f| f.name == "zero").unwrap();
+        assert!(zero.hashes.is_empty());
+        match next_event(&erx) {
+            SessionEvent::Registered { accepted, refused } => {
+                assert_eq!(accepted.len(), 3);
+                assert!(refused.is_empty());
+            }
+            e => panic!("unexpected event {e:?}"),
+        }
+        wait_until("connected", || s.is_connected());
+
+        // A download's first chunk: Register with its current bitmap.
+        share.insert(partial("dl.bin", 4000, &[0, 2]));
+        s.chunk_registered("dl.bin", 2);
+        let (c, ep, files) = expect_register(fake.next_request());
+        assert_eq!((c, ep), (conn, endpoint));
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].name, "dl.bin");
+        assert_eq!(files[0].have, Have::Some(vec![0b1010_0000]));
+        // Then ChunkRegister.
+        s.chunk_registered("dl.bin", 0);
+        assert_eq!(
+            fake.next_request(),
+            (
+                conn,
+                Message::ChunkRegister {
+                    name: "dl.bin".into(),
+                    index: 0
+                }
+            )
+        );
+        // A name not in the index is skipped without a message.
+        s.chunk_registered("missing", 0);
+        s.chunk_registered("part.bin", 4);
+        assert_eq!(
+            fake.next_request(),
+            (
+                conn,
+                Message::ChunkRegister {
+                    name: "part.bin".into(),
+                    index: 4
+                }
+            )
+        );
+
+        let t = Instant::now();
+        s.leave();
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "leave took {:?}",
+            t.elapsed()
+        );
+        assert_eq!(fake.next_request(), (conn, Message::Leave));
+    }
+
+    #[test]
+    fn empty_share_still_binds_the_endpoint() {
+        let fake = FakeTracker::start(false);
+        let s = TrackerSession::start(fake.addr, 7, index(&[]), fast(), None).unwrap();
+        let (_, endpoint, files) = expect_register(fake.next());
+        assert_eq!(endpoint.port(), 7);
+        assert!(files.is_empty());
+        drop(s); // Drop leaves too.
+        assert_eq!(fake.next_request().1, Message::Leave);
+    }
+
+    #[test]
+    fn keepalives_are_sent_when_idle() {
+        let fake = FakeTracker::start(false);
+        let cfg = SessionConfig {
+            keepalive: Duration::from_millis(100),
+            ..fast()
+        };
+        let s = TrackerSession::start(fake.addr, 1, index(&[]), cfg, None).unwrap();
+        expect_register(fake.next());
+        let t = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(fake.next().1, Message::Keepalive);
+        }
+        // About 300 ms; generous bound for a loaded machine.
+        assert!(t.elapsed() < Duration::from_secs(2));
+        assert!(t.elapsed() >= Duration::from_millis(250));
+        s.leave();
+        assert_eq!(fake.next_request().1, Message::Leave);
+    }
+
+    #[test]
+    fn reconnects_and_reregisters_after_tracker_drops() {
+        let fake = FakeTracker::start(false);
+        let share = index(&[complete("a", 2048)]);
+        let (etx, erx) = bounded(64);
+        let cfg = SessionConfig {
+            keepalive: Duration::from_millis(100),
+            ..fast()
+        };
+        let s = TrackerSession::start(fake.addr, 9, Arc::clone(&share), cfg, Some(etx)).unwrap();
+        let (first, _, files) = expect_register(fake.next());
+        assert_eq!(names(&files), vec!["a"]);
+        assert!(matches!(next_event(&erx), SessionEvent::Registered { .. }));
+        wait_until("connected", || s.is_connected());
+
+        // Added without register_files: the re-registration covers it.
+        share.insert(partial("b", 4096, &[3]));
+        fake.kick();
+        assert!(matches!(next_event(&erx), SessionEvent::Disconnected(_)));
+        assert_eq!(next_event(&erx), SessionEvent::Reconnected);
+        match next_event(&erx) {
+            SessionEvent::Registered { mut accepted, .. } => {
+                accepted.sort();
+                assert_eq!(accepted, vec!["a", "b"]);
+            }
+            e => panic!("unexpected event {e:?}"),
+        }
+        let (second, endpoint, files) = expect_register(fake.next_request());
+        assert_ne!(first, second);
+        assert_eq!(endpoint.port(), 9);
+        assert_eq!(names(&files), vec!["a", "b"]);
+        wait_until("reconnected", || s.is_connected());
+        s.chunk_registered("b", 3);
+        let (c, m) = fake.next_request();
+        assert_eq!(c, second);
+        assert_eq!(
+            m,
+            Message::ChunkRegister {
+                name: "b".into(),
+                index: 3
+            }
+        );
+        s.leave();
+        assert_eq!(fake.next_request(), (second, Message::Leave));
+    }
+
+    #[test]
+    fn unreachable_tracker_does_not_fail_start() {
+        let fake = FakeTracker::start(true);
+        let (etx, erx) = bounded(64);
+        let s = TrackerSession::start(fake.addr, 5, index(&[complete("a", 10)]), fast(), Some(etx))
+            .unwrap();
+        assert!(matches!(next_event(&erx), SessionEvent::Disconnected(_)));
+        assert!(!s.is_connected());
+        // Updates while down are dropped, not queued forever.
+        s.chunk_registered("a", 0);
+        fake.refuse.store(false, Ordering::SeqCst);
+        let (_, _, files) = expect_register(fake.next());
+        assert_eq!(names(&files), vec!["a"]);
+        assert_eq!(next_event(&erx), SessionEvent::Reconnected);
+        assert!(matches!(next_event(&erx), SessionEvent::Registered { .. }));
+        wait_until("connected", || s.is_connected());
+        s.leave();
+        assert_eq!(fake.next_request().1, Message::Leave);
+    }
+
+    #[test]
+    fn leave_during_backoff_is_prompt() {
+        // A port nobody listens on: connection refused at once.
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let (etx, erx) = bounded(64);
+        let cfg = SessionConfig {
+            backoff_min: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(30),
+            ..fast()
+        };
+        let s = TrackerSession::start(port, 5, index(&[]), cfg, Some(etx)).unwrap();
+        assert!(matches!(next_event(&erx), SessionEvent::Disconnected(_)));
+        let t = Instant::now();
+        s.leave();
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "leave took {:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn refused_files_do_not_stop_the_session() {
+        let fake = FakeTracker::start(false);
+        let share = index(&[complete("good", 100), complete("bad/x", 100)]);
+        let (etx, erx) = bounded(64);
+        let s = TrackerSession::start(fake.addr, 5, Arc::clone(&share), fast(), Some(etx)).unwrap();
+        let (conn, _, files) = expect_register(fake.next());
+        assert_eq!(names(&files), vec!["bad/x", "good"]);
+        match next_event(&erx) {
+            SessionEvent::Registered { accepted, refused } => {
+                assert_eq!(accepted, vec!["good"]);
+                assert_eq!(refused.len(), 1);
+                assert_eq!(refused[0].0, "bad/x");
+                assert!(refused[0].1.contains("other content"), "{}", refused[0].1);
+            }
+            e => panic!("unexpected event {e:?}"),
+        }
+        // Chunk updates for a refused file are not retried...
+        s.chunk_registered("bad/x", 0);
+        s.chunk_registered("good", 0);
+        assert_eq!(
+            fake.next_request(),
+            (
+                conn,
+                Message::ChunkRegister {
+                    name: "good".into(),
+                    index: 0
+                }
+            )
+        );
+        // ...but an explicit register_files is.
+        share.insert(complete("new", 5000));
+        s.register_files(vec!["bad/x".into(), "new".into(), "absent".into()]);
+        let (c, _, files) = expect_register(fake.next_request());
+        assert_eq!(c, conn);
+        assert_eq!(names(&files), vec!["bad/x", "new"]);
+        assert!(s.is_connected());
+        s.leave();
+        assert_eq!(fake.next_request(), (conn, Message::Leave));
+    }
+
+    #[test]
+    fn many_files_are_split_into_several_registers() {
+        let fake = FakeTracker::start(false);
+        // Four files per Register, and a frame size that fits two 10-chunk
+        // entries (plus room for the small ones): 1-chunk "s" files and
+        // 10-chunk "t" files. The real limits are checked by the Batcher
+        // test; here the session must send every batch and merge replies.
+        let two_big = {
+            let e = |n: &str| FileEntry {
+                name: n.into(),
+                length: 10_000,
+                chunk_size: 1024,
+                hashes: vec![[0; 20]; 10],
+                have: Have::All,
+            };
+            let mut b = Vec::new();
+            Message::Register {
+                endpoint: "127.0.0.1:5".parse().unwrap(),
+                files: vec![e("t0"), e("t1")],
+            }
+            .encode(&mut b)
+            .unwrap();
+            b.len() - 4
+        };
+        let limits = Limits {
+            max_files: 4,
+            max_frame_len: two_big,
+        };
+        let mut files: Vec<_> = (0..5).map(|i| complete(&format!("s{i}"), 10)).collect();
+        files.extend((0..3).map(|i| complete(&format!("t{i}"), 10_000)));
+        let (etx, erx) = bounded(64);
+        let s = TrackerSession::start_with(fake.addr, 5, index(&files), fast(), Some(etx), limits)
+            .unwrap();
+        let mut got = Vec::new();
+        let mut sizes = Vec::new();
+        while got.len() < files.len() {
+            let (c, _, batch) = expect_register(fake.next());
+            assert_eq!(c, 0);
+            assert!(!batch.is_empty() && batch.len() <= 4, "{}", batch.len());
+            let mut b = Vec::new();
+            Message::Register {
+                endpoint: "127.0.0.1:5".parse().unwrap(),
+                files: batch.clone(),
+            }
+            .encode(&mut b)
+            .unwrap();
+            assert!(b.len() - 4 <= two_big);
+            sizes.push(batch.len());
+            got.extend(batch);
+        }
+        // s0..s3 (file count) | s4 t0 (bytes) | t1 t2
+        assert_eq!(sizes, vec![4, 2, 2]);
+        assert_eq!(
+            names(&got),
+            vec!["s0", "s1", "s2", "s3", "s4", "t0", "t1", "t2"]
+        );
+        match next_event(&erx) {
+            SessionEvent::Registered { accepted, refused } => {
+                assert_eq!(accepted.len(), 8);
+                assert!(refused.is_empty());
+            }
+            e => panic!("unexpected event {e:?}"),
+        }
+        s.leave();
+        assert_eq!(fake.next_request().1, Message::Leave);
+    }
+
+    #[test]
+    fn callers_never_block_on_a_full_queue() {
+        // No tracker answers while the queue fills: the session is in
+        // backoff, and overflowed names are remembered, not blocked on.
+        let fake = FakeTracker::start(true);
+        let share = index(&[complete("a", 10)]);
+        let cfg = SessionConfig {
+            backoff_min: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(30),
+            ..fast()
+        };
+        let s = TrackerSession::start(fake.addr, 5, share, cfg, None).unwrap();
+        let t = Instant::now();
+        for _ in 0..COMMAND_QUEUE + 100 {
+            s.chunk_registered("a", 0);
+        }
+        s.register_files(vec!["a".into()]);
+        assert!(t.elapsed() < Duration::from_secs(2), "callers blocked");
+        let t = Instant::now();
+        s.leave();
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "leave took {:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn overflowed_names_are_reregistered() {
+        let fake = FakeTracker::start(false);
+        let share = index(&[complete("a", 10), partial("b", 3000, &[1])]);
+        let s = TrackerSession::start(fake.addr, 5, share, fast(), None).unwrap();
+        let (conn, _, _) = expect_register(fake.next());
+        // As if chunk_registered("b", ..) had found the queue full.
+        lock(&s.overflow).insert("b".into());
+        s.chunk_registered("a", 0); // wakes the session
+        let mut got = [fake.next_request(), fake.next_request()];
+        got.sort_by_key(|(_, m)| m.kind());
+        assert_eq!(
+            got[0],
+            (
+                conn,
+                Message::ChunkRegister {
+                    name: "a".into(),
+                    index: 0
+                }
+            )
+        );
+        let (_, _, files) = expect_register(got[1].clone());
+        assert_eq!(names(&files), vec!["b"]);
+        assert_eq!(files[0].have, Have::Some(vec![0b0100_0000]));
+        assert!(lock(&s.overflow).is_empty());
+        s.leave();
+        assert_eq!(fake.next_request().1, Message::Leave);
+    }
+
+    // ---- Batcher --------------------------------------------------------
+
+    fn entry(name: &str, chunks: usize) -> FileEntry {
+        FileEntry {
+            name: name.into(),
+            length: chunks as u64 * 1024,
+            chunk_size: 1024,
+            hashes: vec![[0; 20]; chunks],
+            have: Have::All,
+        }
+    }
+
+    fn encoded_len(endpoint: SocketAddr, files: Vec<FileEntry>) -> usize {
+        let mut b = Vec::new();
+        Message::Register { endpoint, files }
+            .encode(&mut b)
+            .unwrap();
+        b.len() - 4
+    }
+
+    #[test]
+    fn batcher_splits_by_count_and_by_size() {
+        let ep: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        // By count.
+        let mut b = Batcher::new(ep, 2, wire::MAX_FRAME_LEN as usize);
+        assert!(b.push(entry("a", 1)).unwrap().is_none());
+        assert!(b.push(entry("b", 1)).unwrap().is_none());
+        let full = b.push(entry("c", 1)).unwrap().unwrap();
+        assert_eq!(names(&full), vec!["a", "b"]);
+        assert_eq!(names(&b.finish()), vec!["c"]);
+
+        // By size: room for exactly two 10-chunk entries.
+        let two = encoded_len(ep, vec![entry("a", 10), entry("b", 10)]);
+        let mut b = Batcher::new(ep, 100, two);
+        assert!(b.push(entry("a", 10)).unwrap().is_none());
+        assert!(b.push(entry("b", 10)).unwrap().is_none());
+        let full = b.push(entry("c", 10)).unwrap().unwrap();
+        assert_eq!(encoded_len(ep, full.clone()), two);
+        assert_eq!(names(&full), vec!["a", "b"]);
+        // Too large alone: refused, batch unchanged.
+        let (name, why) = b.push(entry("huge", 1000)).unwrap_err();
+        assert_eq!(name, "huge");
+        assert!(why.contains("frame limit"), "{why}");
+        // A field over its limit: refused with the wire error.
+        let (name, _) = b
+            .push(entry(&"n".repeat(wire::MAX_NAME_LEN + 1), 1))
+            .unwrap_err();
+        assert_eq!(name.len(), wire::MAX_NAME_LEN + 1);
+        assert_eq!(names(&b.finish()), vec!["c"]);
+    }
+}

@@ -1,0 +1,497 @@
+//! Peers over real loopback sockets: downloads from one and many sources,
+//! rate-limited sources sharing the work, a chain of downloaders, a lying
+//! source, a killed source, resume after the downloader is killed, and bad
+//! names. In-process where the engine is the subject, the built binaries
+//! where the CLI is.
+
+mod util;
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use p2pfs::chunks;
+use p2pfs::peer::download::{DownloadOptions, Summary};
+use p2pfs::peer::node::{Node, NodeConfig};
+use p2pfs::peer::share;
+use p2pfs::tracker::{Tracker, TrackerConfig};
+use util::{Proc, Scratch, addr_in, wait_until, with_timeout};
+
+const CHUNK: u32 = 64 * 1024;
+
+fn tracker() -> Tracker {
+    Tracker::start(TrackerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..TrackerConfig::default()
+    })
+    .expect("tracker")
+}
+
+/// Starts a peer sharing every file in `dir`, with an optional upload limit.
+fn seed(t: &Tracker, dir: &Path, limit: Option<u64>) -> Node {
+    let scan = share::scan_dir(dir, &[], CHUNK, &|_, _| {}).expect("scan");
+    let mut cfg = NodeConfig::new(t.local_addr());
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.upload_limit = limit;
+    let n = Node::start(cfg, scan.files, None).expect("node");
+    wait_until(10, "seed registered", || n.is_connected());
+    n
+}
+
+fn downloader(t: &Tracker, limit: Option<u64>) -> Node {
+    let mut cfg = NodeConfig::new(t.local_addr());
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.upload_limit = limit;
+    let n = Node::start(cfg, Vec::new(), None).expect("node");
+    wait_until(10, "downloader registered", || n.is_connected());
+    n
+}
+
+fn opts() -> DownloadOptions {
+    DownloadOptions {
+        io_timeout: Duration::from_secs(3),
+        give_up_after: Duration::from_secs(10),
+        retry_after: Duration::from_millis(300),
+        ..DownloadOptions::default()
+    }
+}
+
+fn get(n: &Node, name: &str, dir: &Path) -> Summary {
+    n.download(name, dir, &opts(), &mut |_| {})
+        .expect("download")
+}
+
+fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, data).unwrap();
+    p
+}
+
+fn from(s: &Summary, addr: SocketAddr) -> u64 {
+    s.sources
+        .iter()
+        .filter(|x| x.addr == addr)
+        .map(|x| x.bytes)
+        .sum()
+}
+
+fn no_leftovers(dir: &Path) {
+    for e in fs::read_dir(dir).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.ends_with(".part") && !name.ends_with(".have"),
+            "left behind: {name}"
+        );
+    }
+}
+
+#[test]
+fn one_source_to_one_downloader() {
+    with_timeout(60, || {
+        let s = Scratch::new("one");
+        let data = util::pattern(1_000_003, 1);
+        write(&s.sub("a"), "sub/file.bin", &data);
+        let t = tracker();
+        let a = seed(&t, &s.sub("a"), None);
+        let b = downloader(&t, None);
+        let sum = get(&b, "sub/file.bin", &s.sub("b"));
+        assert_eq!(fs::read(s.path().join("b/sub/file.bin")).unwrap(), data);
+        assert_eq!(sum.length, 1_000_003);
+        assert_eq!(sum.chunks_total, 16);
+        assert_eq!(sum.bytes_downloaded, 1_000_003);
+        assert_eq!(from(&sum, a.local_addr()), 1_000_003);
+        no_leftovers(&s.path().join("b/sub"));
+        // The downloader is now a full source of the file.
+        let l = p2pfs::peer::client::locate(t.local_addr(), "sub/file.bin", false).unwrap();
+        let me = l
+            .sources
+            .iter()
+            .find(|x| x.addr == b.local_addr())
+            .expect("downloader listed");
+        assert!(chunks::Bitmap::from_bytes(16, &me.have).unwrap().is_full());
+    });
+}
+
+#[test]
+fn three_rate_limited_sources_each_contribute() {
+    with_timeout(90, || {
+        let s = Scratch::new("three");
+        let data = util::pattern(3 << 20, 2);
+        let t = tracker();
+        let seeds: Vec<Node> = (0..3)
+            .map(|i| {
+                let d = s.sub(&format!("s{i}"));
+                write(&d, "f", &data);
+                seed(&t, &d, Some(1 << 20))
+            })
+            .collect();
+        let b = downloader(&t, None);
+        let sum = get(&b, "f", &s.sub("b"));
+        assert_eq!(fs::read(s.path().join("b/f")).unwrap(), data);
+        for sd in &seeds {
+            let got = from(&sum, sd.local_addr());
+            // Ideal is a third each; a real share is well above zero.
+            assert!(
+                got >= (data.len() / 6) as u64,
+                "source {} gave only {got} bytes: {:?}",
+                sd.local_addr(),
+                sum.sources
+            );
+        }
+    });
+}
+
+#[test]
+fn the_faster_source_serves_most_chunks() {
+    with_timeout(90, || {
+        let s = Scratch::new("fast-slow");
+        let data = util::pattern(3 << 20, 3);
+        let t = tracker();
+        write(&s.sub("fast"), "f", &data);
+        write(&s.sub("slow"), "f", &data);
+        let fast = seed(&t, &s.path().join("fast"), Some(4 << 20));
+        let slow = seed(&t, &s.path().join("slow"), Some(256 << 10));
+        let b = downloader(&t, None);
+        let sum = get(&b, "f", &s.sub("b"));
+        assert_eq!(fs::read(s.path().join("b/f")).unwrap(), data);
+        let (f, sl) = (from(&sum, fast.local_addr()), from(&sum, slow.local_addr()));
+        assert!(f > 3 * sl, "fast {f} vs slow {sl}");
+        assert!(sl > 0, "the slow source was used too");
+    });
+}
+
+#[test]
+fn downloaders_serve_each_other_while_downloading() {
+    with_timeout(90, || {
+        let s = Scratch::new("chain");
+        let data = util::pattern(2 << 20, 4);
+        write(&s.sub("a"), "f", &data);
+        let t = tracker();
+        // A slow seed: two copies from it alone would take 4 s.
+        let a = seed(&t, &s.path().join("a"), Some(1 << 20));
+        let b = Arc::new(downloader(&t, None));
+        let c = Arc::new(downloader(&t, None));
+        let (bd, cd) = (s.sub("b"), s.sub("c"));
+        let hb = {
+            let b = Arc::clone(&b);
+            thread::spawn(move || get(&b, "f", &bd))
+        };
+        let hc = {
+            let c = Arc::clone(&c);
+            thread::spawn(move || get(&c, "f", &cd))
+        };
+        let sb = hb.join().expect("b");
+        let sc = hc.join().expect("c");
+        assert_eq!(fs::read(s.path().join("b/f")).unwrap(), data);
+        assert_eq!(fs::read(s.path().join("c/f")).unwrap(), data);
+        // Each received chunks from the other while it was still downloading
+        // (a peer only receives while it downloads).
+        assert!(
+            from(&sb, c.local_addr()) > 0,
+            "b got nothing from c: {:?}",
+            sb.sources
+        );
+        assert!(
+            from(&sc, b.local_addr()) > 0,
+            "c got nothing from b: {:?}",
+            sc.sources
+        );
+        assert!(
+            a.uploaded_bytes() < 2 * data.len() as u64,
+            "the seed uploaded {} bytes for two copies",
+            a.uploaded_bytes()
+        );
+    });
+}
+
+#[test]
+fn a_lying_source_is_caught_dropped_and_the_file_is_correct() {
+    with_timeout(90, || {
+        let s = Scratch::new("liar");
+        let data = util::pattern(2 << 20, 5);
+        write(&s.sub("good"), "f", &data);
+        let liar_file = write(&s.sub("liar"), "f", &data);
+        let t = tracker();
+        let good = seed(&t, &s.path().join("good"), Some(1 << 20));
+        let liar = seed(&t, &s.path().join("liar"), None);
+        // Alter the liar's bytes after it registered the true hashes.
+        fs::write(&liar_file, util::pattern(data.len(), 99)).unwrap();
+        let b = downloader(&t, None);
+        let sum = get(&b, "f", &s.sub("b"));
+        assert_eq!(fs::read(s.path().join("b/f")).unwrap(), data);
+        let l = sum
+            .sources
+            .iter()
+            .find(|x| x.addr == liar.local_addr())
+            .expect("liar in summary");
+        assert_eq!(l.bytes, 0, "nothing from the liar was kept");
+        assert_eq!(l.hash_failures, opts().max_hash_failures, "{l:?}");
+        assert!(
+            l.dropped.as_deref().unwrap_or("").contains("verification"),
+            "{l:?}"
+        );
+        assert_eq!(from(&sum, good.local_addr()), data.len() as u64);
+    });
+}
+
+#[test]
+fn bad_and_unknown_names_fail_cleanly_and_write_nothing() {
+    with_timeout(60, || {
+        let s = Scratch::new("names");
+        let t = tracker();
+        let b = downloader(&t, None);
+        let dir = s.sub("dl");
+        for name in ["../x", "/etc/passwd", "a/../../b", "a\\b", "", "nope"] {
+            let e = b
+                .download(name, &dir, &opts(), &mut |_| {})
+                .expect_err(name);
+            let msg = e.to_string();
+            assert!(
+                msg.contains("invalid name") || msg.contains("no file named"),
+                "{name:?}: {msg}"
+            );
+        }
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+        assert!(!s.path().join("x").exists());
+    });
+}
+
+// ---- Through the binaries -------------------------------------------------
+
+fn peer_bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_peer"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn start_share(t: SocketAddr, dir: &Path, limit: &str) -> (Proc, SocketAddr) {
+    let mut p = Proc::spawn(
+        "peer share",
+        peer_bin()
+            .args([
+                "share",
+                "--tracker",
+                &t.to_string(),
+                "--listen",
+                "127.0.0.1:0",
+                "--chunk-size",
+                "64K",
+            ])
+            .args(["--upload-limit", limit, "--dir"])
+            .arg(dir),
+    );
+    let addr = addr_in(&p.wait_line("serving chunks on"));
+    p.wait_line("registered");
+    (p, addr)
+}
+
+#[test]
+fn cli_share_list_where_get() {
+    with_timeout(90, || {
+        let s = Scratch::new("cli");
+        let data = util::pattern(700_000, 6);
+        write(&s.sub("a"), "docs/report.pdf", &data);
+        let t = tracker();
+        let (mut share, seed_addr) = start_share(t.local_addr(), &s.path().join("a"), "0");
+
+        let out = peer_bin()
+            .args(["list", "--tracker", &t.local_addr().to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("docs/report.pdf") && text.contains("700000"),
+            "{text}"
+        );
+
+        let out = peer_bin()
+            .args([
+                "where",
+                "docs/report.pdf",
+                "--tracker",
+                &t.local_addr().to_string(),
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&seed_addr.to_string())
+                && text.contains("11/11")
+                && text.contains("###########"),
+            "{text}"
+        );
+
+        let out = peer_bin()
+            .args([
+                "get",
+                "docs/report.pdf",
+                "--tracker",
+                &t.local_addr().to_string(),
+                "--listen",
+                "127.0.0.1:0",
+                "--dir",
+            ])
+            .arg(s.path().join("b"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("downloaded docs/report.pdf")
+                && text.contains(&format!("from {seed_addr}")),
+            "{text}"
+        );
+        assert_eq!(fs::read(s.path().join("b/docs/report.pdf")).unwrap(), data);
+
+        // Unknown and invalid names: one-line error, non-zero exit, nothing written.
+        for name in ["missing.bin", "../escape"] {
+            let out = peer_bin()
+                .args([
+                    "get",
+                    name,
+                    "--tracker",
+                    &t.local_addr().to_string(),
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--dir",
+                ])
+                .arg(s.path().join("c"))
+                .output()
+                .unwrap();
+            assert!(!out.status.success());
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.starts_with("peer: error:") && err.trim_end().lines().count() == 1,
+                "{err}"
+            );
+        }
+        assert!(
+            !s.path().join("c").exists() || fs::read_dir(s.path().join("c")).unwrap().count() == 0
+        );
+        assert!(!s.path().join("escape").exists());
+
+        // Ctrl-C/SIGTERM: leave and exit 0; the file disappears from the list.
+        share.signal("TERM");
+        assert_eq!(share.wait_exit(10), Some(0));
+        let out = peer_bin()
+            .args(["list", "--tracker", &t.local_addr().to_string()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        // The downloader (a separate process) has exited too, so nobody holds it.
+        assert!(text.contains("no files"), "{text}");
+    });
+}
+
+#[test]
+fn a_source_killed_mid_download_does_not_stop_it() {
+    with_timeout(90, || {
+        let s = Scratch::new("kill-source");
+        let data = util::pattern(3 << 20, 7);
+        write(&s.sub("a"), "f", &data);
+        write(&s.sub("b"), "f", &data);
+        let t = tracker();
+        let (victim, victim_addr) = start_share(t.local_addr(), &s.path().join("a"), "1M");
+        let (_other, other_addr) = start_share(t.local_addr(), &s.path().join("b"), "1M");
+        let d = downloader(&t, None);
+        let dir = s.sub("d");
+        let h = {
+            let d = Arc::new(d);
+            let dd = Arc::clone(&d);
+            (thread::spawn(move || get(&dd, "f", &dir)), d)
+        };
+        thread::sleep(Duration::from_millis(600));
+        victim.signal("KILL");
+        let sum = h.0.join().expect("download");
+        assert_eq!(fs::read(s.path().join("d/f")).unwrap(), data);
+        assert!(
+            from(&sum, victim_addr) > 0,
+            "the victim served before dying: {:?}",
+            sum.sources
+        );
+        assert!(from(&sum, other_addr) > from(&sum, victim_addr));
+    });
+}
+
+#[test]
+fn a_killed_downloader_resumes_without_refetching_verified_chunks() {
+    with_timeout(120, || {
+        let s = Scratch::new("resume");
+        let data = util::pattern(4 << 20, 8);
+        write(&s.sub("a"), "f", &data);
+        let t = tracker();
+        let (_seed, seed_addr) = start_share(t.local_addr(), &s.path().join("a"), "1M");
+        let dir = s.sub("d");
+        let get_cmd = || {
+            let mut c = peer_bin();
+            c.args([
+                "get",
+                "f",
+                "--tracker",
+                &t.local_addr().to_string(),
+                "--listen",
+                "127.0.0.1:0",
+                "--dir",
+            ])
+            .arg(&dir);
+            c
+        };
+        let mut first = Proc::spawn("peer get", &mut get_cmd());
+        // Wait until a good part is on disk (the have-bitmap is saved twice a second).
+        wait_until(30, "some chunks saved", || {
+            fs::metadata(dir.join("f.part.have"))
+                .map(|m| m.len() > 28)
+                .unwrap_or(false)
+                && fs::read(dir.join("f.part.have"))
+                    .map(|b| b[28..].iter().map(|x| x.count_ones()).sum::<u32>() >= 16)
+                    .unwrap_or(false)
+        });
+        first.signal("KILL");
+        first.wait_exit(10);
+        assert!(
+            !dir.join("f").exists(),
+            "no partial file under the final name"
+        );
+        assert!(dir.join("f.part").exists());
+
+        let out = get_cmd().output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(fs::read(dir.join("f")).unwrap(), data);
+        no_leftovers(&dir);
+        // "…; 64 chunks, R resumed from disk, …" and "from ADDR: … (B bytes)".
+        let resumed: u64 = text
+            .split(" resumed from disk")
+            .next()
+            .and_then(|h| h.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no resumed count in {text}"));
+        assert!(resumed >= 16, "{text}");
+        let fetched: u64 = text
+            .lines()
+            .find(|l| l.contains(&format!("from {seed_addr}")))
+            .and_then(|l| l.split('(').nth(1))
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no byte count in {text}"));
+        assert_eq!(
+            fetched,
+            data.len() as u64 - resumed * u64::from(CHUNK),
+            "{text}"
+        );
+    });
+}
