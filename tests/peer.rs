@@ -105,6 +105,11 @@ fn one_source_to_one_downloader() {
         assert_eq!(sum.chunks_total, 16);
         assert_eq!(sum.bytes_downloaded, 1_000_003);
         assert_eq!(from(&sum, a.local_addr()), 1_000_003);
+        assert!(
+            sum.sources.iter().all(|x| x.dropped.is_none()),
+            "{:?}",
+            sum.sources
+        );
         no_leftovers(&s.path().join("b/sub"));
         // The downloader is now a full source of the file.
         let l = p2pfs::peer::client::locate(t.local_addr(), "sub/file.bin", false).unwrap();

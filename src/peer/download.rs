@@ -575,24 +575,24 @@ impl Engine<'_> {
             let result = co.drive(&ev_rx, on_progress);
             co.stop_all();
             drop(co.chunk_tx.take());
-            drop(co);
             // The assembler ends when every chunk sender is gone.
             if assembler.join().is_err() {
                 warn!("the assembler thread panicked");
             }
-            // Events sent during shutdown (e.g. a late write error).
+            // Everything the workers and the assembler reported before they
+            // stopped: the last chunks' statistics, or a late write error.
             for ev in ev_rx.try_iter() {
-                if let Event::Fatal(e) = ev {
-                    return Err(e);
-                }
+                co.handle(ev)?;
             }
-            let (bytes_downloaded, duplicates, sources) = result?;
+            result?;
             if !lock(&self.picker).is_complete() {
                 return Err(PeerError::Download(format!(
                     "{}: stopped before completion",
                     self.name
                 )));
             }
+            co.report(on_progress);
+            let (bytes_downloaded, duplicates, sources) = co.outcome();
             Ok(Summary {
                 name: self.name.to_owned(),
                 path: self.paths.final_path.clone(),
@@ -678,6 +678,10 @@ impl Engine<'_> {
         let mut p = lock(&self.picker);
         for i in inflight {
             p.release(i);
+        }
+        if self.stop.load(Ordering::SeqCst) {
+            // Our socket was closed under us because the download is over.
+            return WorkerEnd::Finished;
         }
         end
     }
@@ -871,13 +875,12 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         &mut self,
         ev_rx: &Receiver<Event>,
         on_progress: &mut dyn FnMut(&Progress),
-    ) -> Result<Outcome> {
+    ) -> Result<()> {
         let e = self.engine;
         let mut last_report = Instant::now() - Duration::from_secs(1);
         loop {
             if lock(&e.picker).is_complete() {
-                self.report(on_progress);
-                return Ok(self.outcome());
+                return Ok(());
             }
             let now = Instant::now();
             let since = now.duration_since(self.last_refresh);
