@@ -5,7 +5,6 @@ use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use argh::FromArgs;
 use crossbeam_channel::{Receiver, bounded};
@@ -293,8 +292,23 @@ fn share_cmd(a: ShareArgs) -> Result<(), BoxError> {
 }
 
 fn get_cmd(a: GetArgs) -> Result<(), BoxError> {
-    let mut cfg = node_config(&a.tracker, a.listen, a.upload_limit)?;
-    cfg.session.keepalive = Duration::from_secs(10);
+    let cfg = node_config(&a.tracker, a.listen, a.upload_limit)?;
+    // Fail fast, before serving anything, on a bad name, an unreachable
+    // tracker or a file nobody has.
+    p2pfs::wire::validate_name(&a.name).map_err(|e| format!("invalid name {:?}: {e}", a.name))?;
+    if let Err(e) = client::locate(cfg.tracker, &a.name, false) {
+        return Err(match e {
+            p2pfs::peer::PeerError::Refused {
+                code: p2pfs::wire::ErrorCode::UnknownFile,
+                ..
+            } => format!(
+                "no file named {:?} on the network (see `peer list`)",
+                a.name
+            )
+            .into(),
+            other => format!("cannot ask the tracker at {}: {other}", cfg.tracker).into(),
+        });
+    }
     let node = Node::start(cfg, Vec::new(), None)?;
     println!(
         "serving chunks on {} while downloading {}",
