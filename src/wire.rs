@@ -203,6 +203,16 @@ pub enum FileOutcome {
     Refused { code: ErrorCode, reason: String },
 }
 
+impl FileOutcome {
+    /// A refusal whose reason is cut to [`MAX_MESSAGE_LEN`] so the reply can
+    /// always be encoded, whatever the reason quotes.
+    pub fn refused(code: ErrorCode, reason: impl Into<String>) -> FileOutcome {
+        let mut reason = reason.into();
+        truncate_utf8(&mut reason, MAX_MESSAGE_LEN);
+        FileOutcome::Refused { code, reason }
+    }
+}
+
 /// One file in a FileList.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileSummary {
@@ -666,6 +676,15 @@ pub struct Frame {
 /// `Ok(None)`; an end of stream inside a frame is [`WireError::Truncated`].
 /// The length is checked against [`MAX_FRAME_LEN`] before any allocation.
 pub fn read_frame<R: Read + ?Sized>(r: &mut R) -> Result<Option<Frame>, WireError> {
+    let Some((len, type_code)) = read_header(r)? else {
+        return Ok(None);
+    };
+    let payload = read_payload(r, len as usize - 1, Vec::new())?;
+    Ok(Some(Frame { type_code, payload }))
+}
+
+/// Reads a frame's length and type byte: `(len, type)`, `len` checked.
+fn read_header<R: Read + ?Sized>(r: &mut R) -> Result<Option<(u32, u8)>, WireError> {
     let mut len_buf = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -693,21 +712,29 @@ pub fn read_frame<R: Read + ?Sized>(r: &mut R) -> Result<Option<Frame>, WireErro
     }
     let mut type_code = [0u8; 1];
     read_full(r, &mut type_code, "frame type")?;
-    let want = len as usize - 1;
-    let mut payload = Vec::with_capacity(want.min(INITIAL_FRAME_ALLOC));
+    Ok(Some((len, type_code[0])))
+}
+
+/// Reads exactly `want` payload bytes into `buf` (cleared first, its
+/// capacity reused). Reserves at most [`INITIAL_FRAME_ALLOC`] up front;
+/// beyond that the buffer grows only as bytes actually arrive.
+fn read_payload<R: Read + ?Sized>(
+    r: &mut R,
+    want: usize,
+    mut buf: Vec<u8>,
+) -> Result<Vec<u8>, WireError> {
+    buf.clear();
+    buf.reserve(want.min(INITIAL_FRAME_ALLOC));
     let n = r
         .take(want as u64)
-        .read_to_end(&mut payload)
+        .read_to_end(&mut buf)
         .map_err(WireError::Io)?;
     if n < want {
         return Err(WireError::Truncated {
             what: "frame payload",
         });
     }
-    Ok(Some(Frame {
-        type_code: type_code[0],
-        payload,
-    }))
+    Ok(buf)
 }
 
 fn read_full<R: Read + ?Sized>(
@@ -726,10 +753,40 @@ fn read_full<R: Read + ?Sized>(
 
 /// Reads and decodes one message; `Ok(None)` on a clean end of stream.
 pub fn read_message<R: Read + ?Sized>(r: &mut R) -> Result<Option<Message>, WireError> {
-    match read_frame(r)? {
-        None => Ok(None),
-        Some(f) => Message::decode(f.type_code, &f.payload).map(Some),
+    read_message_into(r, &mut Vec::new())
+}
+
+/// [`read_message`] for the receive hot path: a ChunkData's bytes are read
+/// straight from the stream into `spare` (taken, so its capacity is reused
+/// and the chunk is never copied again after the kernel's copy); `spare`
+/// is left alone for every other message. Same checks, same errors and
+/// same allocation bound as decoding the whole frame.
+pub fn read_message_into<R: Read + ?Sized>(
+    r: &mut R,
+    spare: &mut Vec<u8>,
+) -> Result<Option<Message>, WireError> {
+    let Some((len, type_code)) = read_header(r)? else {
+        return Ok(None);
+    };
+    let want = len as usize - 1;
+    if type_code != ty::CHUNK_DATA || want < 4 {
+        let payload = read_payload(r, want, Vec::new())?;
+        return Message::decode(type_code, &payload).map(Some);
     }
+    let mut index = [0u8; 4];
+    read_full(r, &mut index, "frame payload")?;
+    let data = read_payload(r, want - 4, std::mem::take(spare))?;
+    if data.len() > MAX_CHUNK_SIZE as usize {
+        return Err(WireError::LimitExceeded {
+            what: "chunk size",
+            count: data.len() as u64,
+            max: u64::from(MAX_CHUNK_SIZE),
+        });
+    }
+    Ok(Some(Message::ChunkData {
+        index: BigEndian::read_u32(&index),
+        data,
+    }))
 }
 
 /// Encodes `m` and writes it with one `write_all`.
@@ -1219,6 +1276,53 @@ mod tests {
             let mut slow = SlowReader { data: &b, pos: 0 };
             assert_eq!(read_message(&mut slow).unwrap().unwrap(), m);
             assert!(read_message(&mut slow).unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn chunk_data_is_read_into_the_spare_buffer() {
+        let data: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let mut b = frame(&Message::ChunkData {
+            index: 7,
+            data: data.clone(),
+        });
+        Message::Ok.encode(&mut b).unwrap();
+        let mut spare = Vec::with_capacity(8192);
+        let ptr = spare.as_ptr();
+        let mut src = &b[..];
+        match read_message_into(&mut src, &mut spare).unwrap() {
+            Some(Message::ChunkData { index: 7, data: d }) => {
+                assert_eq!(d, data);
+                assert_eq!(d.as_ptr(), ptr, "the spare buffer was not reused");
+                spare = d;
+            }
+            other => panic!("{other:?}"),
+        }
+        // Any other message leaves the spare buffer alone.
+        assert_eq!(
+            read_message_into(&mut src, &mut spare).unwrap(),
+            Some(Message::Ok)
+        );
+        assert_eq!(spare.as_ptr(), ptr);
+        assert!(read_message_into(&mut src, &mut spare).unwrap().is_none());
+        // Short or cut ChunkData frames fail exactly as decoding them does.
+        let whole = frame(&Message::ChunkData {
+            index: 1,
+            data: vec![9; 10],
+        });
+        for cut in 1..whole.len() {
+            let mut short = whole[..cut].to_vec();
+            let n = short.len() as u32;
+            if cut >= 4 {
+                BigEndian::write_u32(&mut short[..4], n - 4);
+            }
+            let a = read_message_into(&mut &short[..], &mut Vec::new()).map_err(|e| e.to_string());
+            let b = read_message(&mut &short[..]).map_err(|e| e.to_string());
+            let c = Message::decode_frame(&short)
+                .map(Some)
+                .map_err(|e| e.to_string());
+            assert_eq!(a, c, "cut {cut}");
+            assert_eq!(b, c, "cut {cut}");
         }
     }
 

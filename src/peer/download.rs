@@ -62,6 +62,14 @@ pub const MAX_HASH_FAILURES: u32 = 3;
 /// How long a download may make no progress with nothing in flight before
 /// it gives up naming the chunks nobody can supply.
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+/// Read/write timeout of the coordinator's tracker queries.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most sources downloaded from at once; more add little and cost a thread
+/// and a connection each.
+pub const MAX_ACTIVE_SOURCES: usize = 32;
+/// The assembler asks for a background `fdatasync` after this many bytes
+/// written since the last request (see `Engine::flush_behind`).
+const FLUSH_BEHIND_BYTES: u64 = 64 << 20;
 /// Suffix of the file being filled.
 pub const PART_SUFFIX: &str = ".part";
 /// Suffix of the saved have-bitmap beside it.
@@ -102,6 +110,12 @@ pub struct DownloadContext<'a> {
     pub self_port: Option<u16>,
     /// Called once per verified chunk written (name, index).
     pub on_chunk: &'a (dyn Fn(&str, u32) + Sync),
+    /// Called when many chunks became available at once (a resume, or a
+    /// complete file found in place): register the whole file, not each chunk.
+    pub on_file: &'a (dyn Fn(&str) + Sync),
+    /// Set from another thread (e.g. on Ctrl-C) to stop the download; the
+    /// verified chunks are kept for a resume.
+    pub cancel: Option<&'a AtomicBool>,
 }
 
 /// A snapshot for progress displays.
@@ -160,9 +174,9 @@ pub fn download(
     let started = Instant::now();
     wire::validate_name(name)
         .map_err(|e| PeerError::Invalid(format!("invalid name {name:?}: {e}")))?;
-    if ctx.share.get(name).is_some() {
+    if ctx.share.get(name).is_some_and(|f| f.is_complete()) {
         return Err(PeerError::Invalid(format!(
-            "{name} is already shared or being downloaded by this peer"
+            "{name} is already shared by this peer"
         )));
     }
     let mut tracker = Conn::connect(ctx.tracker, client::IO_TIMEOUT)?;
@@ -185,6 +199,9 @@ pub fn download(
                 what: format!("bad file description: {e}"),
             }
         })?;
+    // The same connection serves the refreshes, with shorter timeouts.
+    let _ = tracker.stream().set_read_timeout(Some(REFRESH_TIMEOUT));
+    let _ = tracker.stream().set_write_timeout(Some(REFRESH_TIMEOUT));
     let self_addr = ctx.self_port.and_then(|port| {
         let ip = tracker.stream().local_addr().ok()?.ip();
         Some(SocketAddr::new(ip.to_canonical(), port))
@@ -215,8 +232,8 @@ pub fn download(
     ));
     ctx.share.insert(Arc::clone(&shared_file));
     // Already verified chunks are announced at once: we are a source of them.
-    for i in have.iter_ones() {
-        (ctx.on_chunk)(name, i);
+    if resumed > 0 {
+        (ctx.on_file)(name);
     }
 
     let engine = Engine {
@@ -234,16 +251,13 @@ pub fn download(
     let mut summary = match outcome {
         Ok(s) => s,
         Err(e) => {
-            // Keep the verified chunks for a later resume; stop serving the
-            // half file under this name.
+            // Keep the verified chunks for a later resume, and keep serving
+            // them: they are on disk and the tracker lists us for them.
             engine.save_have();
-            ctx.share.remove(name);
             return Err(e);
         }
     };
-    finish(&paths, &shared_file).inspect_err(|_| {
-        ctx.share.remove(name);
-    })?;
+    finish(&paths, &shared_file)?;
     // From now on it is served as a complete file under its final name.
     if let Ok(f) = shared_file.file().try_clone() {
         ctx.share.insert(Arc::new(SharedFile::complete(
@@ -312,9 +326,7 @@ fn already_there(
         geometry,
         hashes,
     )));
-    for i in 0..geometry.count() {
-        (ctx.on_chunk)(name, i);
-    }
+    (ctx.on_file)(name);
     Ok(Summary {
         name: name.to_owned(),
         path: p.clone(),
@@ -328,27 +340,54 @@ fn already_there(
     })
 }
 
-/// Opens (or creates) the `.part` file at full length and works out which
-/// chunks in it are already good: those the saved bitmap claims and whose
-/// hash checks out now. Anything else is fetched again.
+/// Opens the `.part` file of an interrupted download of this very file, or
+/// creates a new one, and works out which chunks in it are already good:
+/// those the saved bitmap claims and whose hash checks out now. A `.part`
+/// without a matching `.part.have` is somebody else's file: refused, never
+/// overwritten.
 fn open_part(paths: &Paths, geometry: Geometry, hashes: &[Digest]) -> Result<(File, Bitmap)> {
-    let existed = paths.part.exists();
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&paths.part)
-        .map_err(|e| PeerError::io("create", &paths.part, e))?;
+    let id = identity(geometry, hashes);
+    let refuse = |why: &str| {
+        PeerError::Download(format!(
+            "{} {why}; move it away or use another --dir",
+            paths.part.display()
+        ))
+    };
+    let (file, claimed) = match fs::symlink_metadata(&paths.part) {
+        Ok(m) if !m.file_type().is_file() => {
+            return Err(refuse("exists and is not a regular file"));
+        }
+        Ok(_) => {
+            let Some(claimed) = load_have(&paths.have, &id, geometry.count()) else {
+                return Err(refuse(
+                    "exists but is not an unfinished download of this file (no matching .part.have)",
+                ));
+            };
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&paths.part)
+                .map_err(|e| PeerError::io("open", &paths.part, e))?;
+            (file, Some(claimed))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&paths.part)
+                .map_err(|e| PeerError::io("create", &paths.part, e))?;
+            // Mark the .part as ours at once, so a restart right away resumes.
+            save_have(&paths.have, &id, &Bitmap::new(geometry.count()))
+                .map_err(|e| PeerError::io("create", &paths.have, e))?;
+            (file, None)
+        }
+        Err(e) => return Err(PeerError::io("inspect", &paths.part, e)),
+    };
     let len = file
         .metadata()
         .map_err(|e| PeerError::io("stat", &paths.part, e))?
         .len();
-    let claimed = if existed && len == geometry.length() {
-        load_have(&paths.have, &identity(geometry, hashes), geometry.count())
-    } else {
-        None
-    };
     if len != geometry.length() {
         file.set_len(geometry.length())
             .map_err(|e| PeerError::io("preallocate", &paths.part, e))?;
@@ -378,16 +417,31 @@ fn verify(file: &File, g: Geometry, hashes: &[Digest], only: Option<&Bitmap>) ->
     good
 }
 
-/// Flush, fsync, rename `.part` to the final name, drop the saved bitmap.
+/// Flush, fsync, move `.part` to the final name, drop the saved bitmap.
+/// A hard link rather than a rename, so a file that appeared under the final
+/// name meanwhile is never replaced.
 fn finish(paths: &Paths, f: &SharedFile) -> Result<()> {
     f.file()
         .sync_all()
         .map_err(|e| PeerError::io("flush", &paths.part, e))?;
-    fs::rename(&paths.part, &paths.final_path)
-        .map_err(|e| PeerError::io("rename", &paths.part, e))?;
+    match fs::hard_link(&paths.part, &paths.final_path) {
+        Ok(()) => {
+            fs::remove_file(&paths.part).map_err(|e| PeerError::io("remove", &paths.part, e))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(PeerError::Download(format!(
+                "{} appeared during the download; the downloaded file is kept as {}",
+                paths.final_path.display(),
+                paths.part.display()
+            )));
+        }
+        // File systems without hard links: the name was checked to be free.
+        Err(_) => fs::rename(&paths.part, &paths.final_path)
+            .map_err(|e| PeerError::io("rename", &paths.part, e))?,
+    }
     let _ = fs::remove_file(&paths.have);
     if let Some(dir) = paths.final_path.parent() {
-        // Make the rename itself durable; failure here loses nothing.
+        // Make the new name durable; failure here loses nothing.
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
@@ -430,7 +484,9 @@ fn save_have(path: &Path, id: &Digest, have: &Bitmap) -> std::io::Result<()> {
     let mut tmp = path.to_path_buf().into_os_string();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut f = File::create(&tmp)?;
+    // Never follow a link planted at the temporary name.
+    let _ = fs::remove_file(&tmp);
+    let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
     let mut bytes = Vec::with_capacity(28 + have.as_bytes().len());
     bytes.extend_from_slice(HAVE_MAGIC);
     bytes.extend_from_slice(id);
@@ -543,11 +599,22 @@ impl Engine<'_> {
     ) -> Result<Summary> {
         let (chunk_tx, chunk_rx) = bounded::<Verified>(4);
         let (ev_tx, ev_rx) = bounded::<Event>(1024);
+        // One flush request waiting at most; the flusher ends with the
+        // assembler (its only sender).
+        let (flush_tx, flush_rx) = bounded::<()>(1);
         thread::scope(|scope| {
+            let flusher = thread::Builder::new()
+                .name("flusher".into())
+                .spawn_scoped(scope, move || self.flush_behind(flush_rx))
+                .map_err(|e| {
+                    PeerError::Download(format!("cannot start the flusher thread: {e}"))
+                })?;
             let asm_ev = ev_tx.clone();
             let assembler = thread::Builder::new()
                 .name("assembler".into())
-                .spawn_scoped(scope, move || self.assemble(chunk_rx, asm_ev, ctx.on_chunk))
+                .spawn_scoped(scope, move || {
+                    self.assemble(chunk_rx, asm_ev, flush_tx, ctx.on_chunk)
+                })
                 .map_err(|e| {
                     PeerError::Download(format!("cannot start the assembler thread: {e}"))
                 })?;
@@ -569,22 +636,31 @@ impl Engine<'_> {
                 refresh_wanted: false,
                 last_progress: Instant::now(),
                 warned_tracker: false,
+                cancel: ctx.cancel,
+                late_error: None,
                 done_bytes: self.done_bytes(),
             };
             co.apply_locations(first);
             let result = co.drive(&ev_rx, on_progress);
-            co.stop_all();
+            co.stop_all(&ev_rx);
             drop(co.chunk_tx.take());
-            // The assembler ends when every chunk sender is gone.
+            // The assembler ends when every chunk sender is gone; it sends at
+            // most a few more events (the channel has room for them).
             if assembler.join().is_err() {
                 warn!("the assembler thread panicked");
             }
-            // Everything the workers and the assembler reported before they
-            // stopped: the last chunks' statistics, or a late write error.
+            if flusher.join().is_err() {
+                warn!("the flusher thread panicked");
+            }
+            // Everything reported before the threads stopped: the last
+            // chunks' statistics, or a late write error.
             for ev in ev_rx.try_iter() {
-                co.handle(ev)?;
+                co.absorb(ev);
             }
             result?;
+            if let Some(e) = co.late_error.take() {
+                return Err(e);
+            }
             if !lock(&self.picker).is_complete() {
                 return Err(PeerError::Download(format!(
                     "{}: stopped before completion",
@@ -616,14 +692,30 @@ impl Engine<'_> {
             .sum()
     }
 
+    /// The "flusher" thread: on request, starts writing back what the
+    /// assembler has written so far (`fdatasync`), so that the `fsync` at
+    /// the end has little left to do: a download's disk writes overlap its
+    /// transfer instead of following it (measured: 1 GiB, loopback, 0.30 s
+    /// of the end-to-end time became ~0.05 s). Errors only matter at the
+    /// final `fsync`, which reports them.
+    fn flush_behind(&self, rx: Receiver<()>) {
+        for () in rx {
+            if let Err(e) = self.file.file().sync_data() {
+                debug!("{}: background flush: {e}", self.name);
+            }
+        }
+    }
+
     /// The assembler: the only writer of the file.
     fn assemble(
         &self,
         rx: Receiver<Verified>,
         ev: Sender<Event>,
+        flush: Sender<()>,
         on_chunk: &(dyn Fn(&str, u32) + Sync),
     ) {
         let mut last_save = Instant::now();
+        let mut unflushed = 0u64;
         for v in rx {
             let Some(i) = self.geometry.index(v.index) else {
                 continue;
@@ -642,6 +734,14 @@ impl Engine<'_> {
                 let _ = ev.send(Event::Fatal(PeerError::io("write", &self.paths.part, e)));
                 // Drain so workers blocked on the channel can see `stop`.
                 continue;
+            }
+            unflushed += v.data.len() as u64;
+            if unflushed >= FLUSH_BEHIND_BYTES {
+                // Skipped while a flush is still queued: the next one
+                // covers these bytes too.
+                if flush.try_send(()).is_ok() {
+                    unflushed = 0;
+                }
             }
             self.file.mark_have(i);
             lock(&self.picker).complete(v.index);
@@ -668,11 +768,20 @@ impl Engine<'_> {
     /// One worker: a connection to one source, pipelined requests, hash
     /// checks.
     fn work(&self, slot: &Slot, chunk_tx: Sender<Verified>, ev: &Sender<Event>) -> WorkerEnd {
-        let mut conn = match Conn::connect(slot.addr, self.opts.io_timeout) {
+        let stream = match TcpStream::connect_timeout(&slot.addr, client::CONNECT_TIMEOUT) {
+            Ok(s) => s,
+            Err(e) => return WorkerEnd::Lost(format!("cannot connect: {e}")),
+        };
+        // Registered before the Hello, so stopping can interrupt a source
+        // that accepts but never greets.
+        *lock(&slot.stream) = stream.try_clone().ok();
+        if self.stop.load(Ordering::SeqCst) {
+            return WorkerEnd::Finished;
+        }
+        let mut conn = match Conn::from_stream(stream, self.opts.io_timeout) {
             Ok(c) => c,
             Err(e) => return WorkerEnd::Lost(e.to_string()),
         };
-        *lock(&slot.stream) = conn.stream().try_clone().ok();
         let mut inflight: VecDeque<u32> = VecDeque::new();
         let end = self.work_on(&mut conn, slot, &chunk_tx, ev, &mut inflight);
         let mut p = lock(&self.picker);
@@ -696,6 +805,8 @@ impl Engine<'_> {
     ) -> WorkerEnd {
         let depth = self.opts.pipeline_depth.max(1);
         let mut failures = 0u32;
+        // Chunks this source sent wrong: ask another source for them.
+        let mut avoid: Vec<u32> = Vec::new();
         let mut batch = Vec::new();
         loop {
             if self.stop.load(Ordering::SeqCst) {
@@ -704,7 +815,7 @@ impl Engine<'_> {
             batch.clear();
             if inflight.len() < depth {
                 let mut has = lock(&slot.have).clone();
-                for &i in inflight.iter() {
+                for &i in inflight.iter().chain(avoid.iter()) {
                     has.clear(i);
                 }
                 let mut p = lock(&self.picker);
@@ -757,6 +868,7 @@ impl Engine<'_> {
                         && chunks::sha1(&data) == self.hashes[index as usize];
                     if !good {
                         lock(&self.picker).release(index);
+                        avoid.push(index);
                         failures += 1;
                         let _ = ev.send(Event::HashFailure { source: slot.addr });
                         warn!(
@@ -866,6 +978,8 @@ struct Coordinator<'scope, 'env: 'scope> {
     last_progress: Instant,
     warned_tracker: bool,
     done_bytes: u64,
+    cancel: Option<&'env AtomicBool>,
+    late_error: Option<PeerError>,
 }
 
 type Outcome = (u64, u32, Vec<SourceStats>);
@@ -877,10 +991,16 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         on_progress: &mut dyn FnMut(&Progress),
     ) -> Result<()> {
         let e = self.engine;
-        let mut last_report = Instant::now() - Duration::from_secs(1);
+        let mut last_report: Option<Instant> = None;
         loop {
             if lock(&e.picker).is_complete() {
                 return Ok(());
+            }
+            if self.cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+                return Err(PeerError::Download(format!(
+                    "download of {} interrupted; run the same command again to resume",
+                    e.name
+                )));
             }
             let now = Instant::now();
             let since = now.duration_since(self.last_refresh);
@@ -889,9 +1009,9 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             {
                 self.refresh();
             }
-            if now.duration_since(last_report) >= Duration::from_millis(200) {
+            if last_report.is_none_or(|t| now.duration_since(t) >= Duration::from_millis(200)) {
                 self.report(on_progress);
-                last_report = now;
+                last_report = Some(now);
             }
             self.check_stuck()?;
             match ev_rx.recv_timeout(Duration::from_millis(100)) {
@@ -991,7 +1111,9 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         self.last_refresh = Instant::now();
         self.refresh_wanted = false;
         if self.tracker.is_none() {
-            match Conn::connect(self.tracker_addr, client::IO_TIMEOUT) {
+            // Short timeouts: the coordinator must not stall for long on an
+            // unresponsive tracker; it simply tries again next refresh.
+            match Conn::connect(self.tracker_addr, REFRESH_TIMEOUT) {
                 Ok(c) => {
                     if self.warned_tracker {
                         info!("tracker {} reachable again", self.tracker_addr);
@@ -1096,7 +1218,10 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
     }
 
     fn spawn_if_ready(&mut self, addr: SocketAddr) {
-        if self.active.contains_key(&addr) || self.engine.stop.load(Ordering::SeqCst) {
+        if self.active.contains_key(&addr)
+            || self.active.len() >= MAX_ACTIVE_SOURCES
+            || self.engine.stop.load(Ordering::SeqCst)
+        {
             return;
         }
         let Some(k) = self.known.get(&addr) else {
@@ -1138,7 +1263,10 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
     }
 
     /// Stops every worker: flag, close its socket, wake it, join it.
-    fn stop_all(&mut self) {
+    /// Stops every worker: flag, close its socket, wake it, and join it,
+    /// while still draining events so a worker or the assembler blocked on
+    /// a full channel can finish.
+    fn stop_all(&mut self, ev_rx: &Receiver<Event>) {
         self.engine.stop.store(true, Ordering::SeqCst);
         for a in self.active.values() {
             if let Some(s) = lock(&a.slot.stream).as_ref() {
@@ -1146,18 +1274,42 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             }
             let _ = a.slot.wake_tx.try_send(());
         }
-        for (_, a) in self.active.drain() {
-            let _ = a.handle.join();
+        while !self.active.is_empty() {
+            match ev_rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(ev) => self.absorb(ev),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    let done: Vec<SocketAddr> = self
+                        .active
+                        .iter()
+                        .filter(|(_, a)| a.handle.is_finished())
+                        .map(|(k, _)| *k)
+                        .collect();
+                    for k in done {
+                        if let Some(a) = self.active.remove(&k) {
+                            let _ = a.handle.join();
+                        }
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    }
+
+    /// Handles an event after the main loop ended, keeping the first error.
+    fn absorb(&mut self, ev: Event) {
+        if let Err(e) = self.handle(ev) {
+            self.late_error.get_or_insert(e);
         }
     }
 
     fn report(&self, on_progress: &mut dyn FnMut(&Progress)) {
-        let p = lock(&self.engine.picker);
+        let chunks_done = lock(&self.engine.picker).have().count_ones();
         let elapsed = self.started.elapsed();
+        // The picker lock is released: the callback may write to a terminal.
         on_progress(&Progress {
             total_bytes: self.engine.geometry.length(),
             done_bytes: self.done_bytes,
-            chunks_done: p.have().count_ones(),
+            chunks_done,
             chunks_total: self.engine.geometry.count(),
             active_sources: self.active.len(),
             elapsed,

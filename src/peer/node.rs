@@ -6,18 +6,20 @@
 //! live; leave the tracker before closing the server). Calls the other peer
 //! modules only.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crossbeam_channel::Sender;
 
-use super::Result;
 use super::download::{self, DownloadContext, DownloadOptions, Progress, Summary};
 use super::ratelimit::RateLimiter;
 use super::server::{ChunkServer, ServerConfig};
 use super::session::{SessionConfig, SessionEvent, TrackerSession};
 use super::share::{ShareIndex, SharedFile};
+use super::{PeerError, Result};
 
 /// How to start a peer.
 #[derive(Debug, Clone)]
@@ -50,6 +52,13 @@ pub struct Node {
     share: Arc<ShareIndex>,
     server: ChunkServer,
     session: Option<TrackerSession>,
+    /// Names with a download running, so one name is never fetched twice
+    /// at once into the same `.part`.
+    downloading: Mutex<HashSet<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Node {
@@ -78,6 +87,7 @@ impl Node {
             share,
             server,
             session: Some(session),
+            downloading: Mutex::new(HashSet::new()),
         })
     }
 
@@ -99,6 +109,12 @@ impl Node {
         self.server.uploaded_bytes()
     }
 
+    /// Connections open to this peer's chunk server right now (peers
+    /// downloading from it), for a status display.
+    pub fn upload_connections(&self) -> usize {
+        self.server.active_connections()
+    }
+
     /// Whether the tracker session is connected and registered.
     pub fn is_connected(&self) -> bool {
         self.session.as_ref().is_some_and(|s| s.is_connected())
@@ -113,10 +129,33 @@ impl Node {
         opts: &DownloadOptions,
         on_progress: &mut dyn FnMut(&Progress),
     ) -> Result<Summary> {
+        self.download_cancellable(name, dir, opts, None, on_progress)
+    }
+
+    /// [`Node::download`] that stops (keeping verified chunks for a resume)
+    /// once `cancel` is set. One download per name at a time.
+    pub fn download_cancellable(
+        &self,
+        name: &str,
+        dir: &Path,
+        opts: &DownloadOptions,
+        cancel: Option<&AtomicBool>,
+        on_progress: &mut dyn FnMut(&Progress),
+    ) -> Result<Summary> {
+        if !lock(&self.downloading).insert(name.to_owned()) {
+            return Err(PeerError::Invalid(format!(
+                "{name} is already being downloaded"
+            )));
+        }
         let session = self.session.as_ref();
         let on_chunk = |n: &str, i: u32| {
             if let Some(s) = session {
                 s.chunk_registered(n, i);
+            }
+        };
+        let on_file = |n: &str| {
+            if let Some(s) = session {
+                s.register_files(vec![n.to_owned()]);
             }
         };
         let ctx = DownloadContext {
@@ -124,8 +163,12 @@ impl Node {
             share: &self.share,
             self_port: Some(self.local_addr().port()),
             on_chunk: &on_chunk,
+            on_file: &on_file,
+            cancel,
         };
-        download::download(&ctx, name, dir, opts, on_progress)
+        let r = download::download(&ctx, name, dir, opts, on_progress);
+        lock(&self.downloading).remove(name);
+        r
     }
 
     /// Leaves the tracker, then stops serving and joins every thread.

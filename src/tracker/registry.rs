@@ -8,7 +8,7 @@
 //!
 //! Calls `wire` (message types, name rule) and `chunks` (geometry, bitmaps).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +18,16 @@ use crate::wire::{self, ErrorCode, FileEntry, FileOutcome, FileSummary, Have, Na
 
 /// Identifies one control connection (and so one peer) for its lifetime.
 pub type ConnId = u64;
+
+/// Most files one peer may hold at once: bounds what one connection can
+/// make the tracker store.
+pub const MAX_FILES_PER_PEER: usize = 65_536;
+/// Most chunks across one peer's files (bitmaps cost a bit each, new files
+/// 20 bytes of hash each): 4 Mi chunks is 4 TiB at the default chunk size.
+pub const MAX_CHUNKS_PER_PEER: u64 = 4 << 20;
+/// Most distinct chunks the whole registry describes (20 bytes of hash
+/// each: 1 GiB of hashes).
+pub const MAX_TOTAL_CHUNKS: u64 = 50 << 20;
 
 /// Why the registry refused a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +48,8 @@ pub enum RegistryError {
     Conflict(String),
     /// Length, chunk size and hash count do not fit together.
     BadGeometry(String),
+    /// A per-peer or registry-wide size cap would be exceeded.
+    Full(String),
 }
 
 impl RegistryError {
@@ -50,6 +62,7 @@ impl RegistryError {
             RegistryError::InvalidName(_) => ErrorCode::InvalidName,
             RegistryError::Conflict(_) => ErrorCode::Conflict,
             RegistryError::BadGeometry(_) => ErrorCode::BadGeometry,
+            RegistryError::Full(_) => ErrorCode::Busy,
         }
     }
 }
@@ -66,7 +79,9 @@ impl fmt::Display for RegistryError {
                 )
             }
             RegistryError::InvalidName(e) => e.fmt(f),
-            RegistryError::Conflict(s) | RegistryError::BadGeometry(s) => f.write_str(s),
+            RegistryError::Conflict(s) | RegistryError::BadGeometry(s) | RegistryError::Full(s) => {
+                f.write_str(s)
+            }
         }
     }
 }
@@ -109,12 +124,17 @@ fn is_source(b: &Bitmap) -> bool {
 struct PeerRecord {
     endpoint: SocketAddr,
     files: HashSet<String>,
+    /// Sum of the chunk counts of `files` (for [`MAX_CHUNKS_PER_PEER`]).
+    chunks: u64,
 }
 
 /// All tracker state.
 #[derive(Default)]
 pub struct Registry {
-    files: HashMap<String, FileRecord>,
+    /// Sorted, so a file list needs no sort under the lock.
+    files: BTreeMap<String, FileRecord>,
+    /// Sum of the chunk counts of `files` (for [`MAX_TOTAL_CHUNKS`]).
+    total_chunks: u64,
     peers: HashMap<ConnId, PeerRecord>,
     endpoints: HashMap<SocketAddr, ConnId>,
 }
@@ -145,6 +165,7 @@ impl Registry {
         let peer = self.peers.entry(conn).or_insert_with(|| PeerRecord {
             endpoint,
             files: HashSet::new(),
+            chunks: 0,
         });
         if peer.endpoint != endpoint {
             if self.endpoints.get(&peer.endpoint) == Some(&conn) {
@@ -157,10 +178,7 @@ impl Registry {
             .into_iter()
             .map(|f| match self.add_file(conn, f) {
                 Ok(()) => FileOutcome::Accepted,
-                Err(e) => FileOutcome::Refused {
-                    code: e.code(),
-                    reason: e.to_string(),
-                },
+                Err(e) => FileOutcome::refused(e.code(), e.to_string()),
             })
             .collect();
         (outcomes, evicted)
@@ -175,32 +193,81 @@ impl Registry {
             Have::Some(bits) => Bitmap::from_bytes(geometry.count(), bits)
                 .map_err(|e| RegistryError::BadGeometry(e.to_string()))?,
         };
-        let record = match self.files.get_mut(&f.name) {
-            Some(r) => {
-                if r.meta.geometry != geometry || *r.meta.hashes != *f.hashes {
-                    return Err(RegistryError::Conflict(format!(
-                        "{:?} is already registered with other content ({} bytes in {}-byte chunks)",
-                        f.name,
-                        r.meta.geometry.length(),
-                        r.meta.geometry.chunk_size()
-                    )));
-                }
-                r
-            }
-            None => self.files.entry(f.name.clone()).or_insert(FileRecord {
-                meta: FileMeta {
-                    geometry,
-                    hashes: f.hashes.into(),
-                },
-                holders: HashMap::new(),
-            }),
+        let count = u64::from(geometry.count());
+        let Some(peer) = self.peers.get(&conn) else {
+            return Err(RegistryError::NotRegistered);
         };
-        // A re-register states what the peer holds now: replace, not merge.
-        record.holders.insert(conn, have);
+        let new_for_peer = !peer.files.contains(&f.name);
+        if new_for_peer {
+            if peer.files.len() >= MAX_FILES_PER_PEER {
+                return Err(RegistryError::Full(format!(
+                    "a peer may hold at most {MAX_FILES_PER_PEER} files"
+                )));
+            }
+            if peer.chunks + count > MAX_CHUNKS_PER_PEER {
+                return Err(RegistryError::Full(format!(
+                    "a peer may hold at most {MAX_CHUNKS_PER_PEER} chunks in all"
+                )));
+            }
+        }
+        if let Some(r) = self.files.get(&f.name) {
+            let same = r.meta.geometry == geometry && *r.meta.hashes == *f.hashes;
+            if !same && r.source_count() > 0 {
+                return Err(RegistryError::Conflict(format!(
+                    "the name is already registered with other content ({} bytes in {}-byte chunks)",
+                    r.meta.geometry.length(),
+                    r.meta.geometry.chunk_size()
+                )));
+            }
+            if !same {
+                // Only holders without a single chunk claim the name: they
+                // serve nothing, so the new content takes it over.
+                self.forget_file(&f.name);
+            }
+        }
+        if !self.files.contains_key(&f.name) {
+            if self.total_chunks + count > MAX_TOTAL_CHUNKS {
+                return Err(RegistryError::Full(format!(
+                    "the tracker is full ({MAX_TOTAL_CHUNKS} chunks registered)"
+                )));
+            }
+            self.total_chunks += count;
+            self.files.insert(
+                f.name.clone(),
+                FileRecord {
+                    meta: FileMeta {
+                        geometry,
+                        hashes: f.hashes.into(),
+                    },
+                    holders: HashMap::new(),
+                },
+            );
+        }
+        if let Some(record) = self.files.get_mut(&f.name) {
+            // A re-register states what the peer holds now: replace, not merge.
+            record.holders.insert(conn, have);
+        }
         if let Some(p) = self.peers.get_mut(&conn) {
-            p.files.insert(f.name);
+            if p.files.insert(f.name) {
+                p.chunks += count;
+            }
         }
         Ok(())
+    }
+
+    /// Drops a file and every holder's claim on it.
+    fn forget_file(&mut self, name: &str) {
+        let Some(r) = self.files.remove(name) else {
+            return;
+        };
+        self.total_chunks -= u64::from(r.meta.geometry.count());
+        for id in r.holders.keys() {
+            if let Some(p) = self.peers.get_mut(id) {
+                if p.files.remove(name) {
+                    p.chunks -= u64::from(r.meta.geometry.count());
+                }
+            }
+        }
     }
 
     /// Records that `conn` now holds chunk `index` of `name`. Idempotent.
@@ -224,14 +291,22 @@ impl Registry {
             index,
             count: g.count(),
         })?;
+        if !peer.files.contains(name) {
+            if peer.files.len() >= MAX_FILES_PER_PEER
+                || peer.chunks + u64::from(g.count()) > MAX_CHUNKS_PER_PEER
+            {
+                return Err(RegistryError::Full(
+                    "this peer holds too many files or chunks".into(),
+                ));
+            }
+            peer.files.insert(name.to_owned());
+            peer.chunks += u64::from(g.count());
+        }
         record
             .holders
             .entry(conn)
             .or_insert_with(|| Bitmap::new(g.count()))
             .set(i.get());
-        if !peer.files.contains(name) {
-            peer.files.insert(name.to_owned());
-        }
         Ok(())
     }
 
@@ -249,6 +324,7 @@ impl Registry {
             if let Some(r) = self.files.get_mut(&name) {
                 r.holders.remove(&conn);
                 if r.holders.is_empty() {
+                    self.total_chunks -= u64::from(r.meta.geometry.count());
                     self.files.remove(&name);
                 }
             }
@@ -277,8 +353,8 @@ impl Registry {
                 name: name.clone(),
                 length: r.meta.geometry.length(),
             })
+            .take(max.saturating_add(1))
             .collect();
-        files.sort_by(|a, b| a.name.cmp(&b.name));
         let truncated = files.len() > max;
         files.truncate(max);
         (files, truncated)
@@ -287,20 +363,33 @@ impl Registry {
     /// The file's meta and up to `max_sources` sources. When more peers hold
     /// it, a sample chosen with `seed` (so repeated queries see different
     /// peers and load spreads). Holders with no chunk are not sources.
+    ///
+    /// A peer that registered from the tracker's own host over loopback is
+    /// recorded as 127.0.0.1:PORT; that address means "yourself" to anyone
+    /// else, so such sources are given only to requesters that are on
+    /// loopback too (`local_requester`).
     pub fn locate(
         &self,
         name: &str,
         max_sources: usize,
         seed: u64,
+        local_requester: bool,
     ) -> Result<LocateSnapshot, RegistryError> {
         let record = self
             .files
             .get(name)
             .ok_or_else(|| RegistryError::UnknownFile(name.to_owned()))?;
+        let reachable = |id: &ConnId| {
+            local_requester
+                || self
+                    .peers
+                    .get(id)
+                    .is_some_and(|p| !p.endpoint.ip().to_canonical().is_loopback())
+        };
         let mut ids: Vec<ConnId> = record
             .holders
             .iter()
-            .filter(|(_, b)| is_source(b))
+            .filter(|(id, b)| is_source(b) && reachable(id))
             .map(|(&id, _)| id)
             .collect();
         if ids.is_empty() {
@@ -336,6 +425,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunks;
 
     fn entry(name: &str, length: u64, seed: u8) -> FileEntry {
         let count = length.div_ceil(1024) as usize;
@@ -376,7 +466,7 @@ mod tests {
                 ..
             }
         ));
-        let l = r.locate("a", 64, 1).unwrap();
+        let l = r.locate("a", 64, 1, true).unwrap();
         let mut eps: Vec<_> = l.sources.iter().map(|s| s.0).collect();
         eps.sort();
         assert_eq!(eps, vec![ep(1), ep(2)]);
@@ -427,7 +517,7 @@ mod tests {
         ));
         r.chunk_register(2, "a", 1).unwrap();
         r.chunk_register(2, "a", 1).unwrap();
-        let l = r.locate("a", 64, 1).unwrap();
+        let l = r.locate("a", 64, 1, true).unwrap();
         let two = l.sources.iter().find(|s| s.0 == ep(2)).unwrap();
         assert_eq!(two.1, vec![0x40]);
     }
@@ -439,10 +529,10 @@ mod tests {
         r.register(2, ep(2), vec![]);
         r.chunk_register(2, "a", 0).unwrap();
         assert!(r.remove_peer(1));
-        let l = r.locate("a", 64, 1).unwrap();
+        let l = r.locate("a", 64, 1, true).unwrap();
         assert_eq!(l.sources.len(), 1);
         assert!(r.remove_peer(2));
-        assert!(r.locate("a", 64, 1).is_err());
+        assert!(r.locate("a", 64, 1, true).is_err());
         assert!(r.list(10).0.is_empty());
         // The name is free again for other content.
         let (o, _) = r.register(3, ep(3), vec![entry("a", 10, 7)]);
@@ -455,7 +545,7 @@ mod tests {
         r.register(1, ep(1), vec![entry("a", 3000, 1)]);
         let (_, evicted) = r.register(2, ep(1), vec![]);
         assert_eq!(evicted, Some(1));
-        assert!(r.locate("a", 64, 1).is_err());
+        assert!(r.locate("a", 64, 1, true).is_err());
         assert_eq!(r.peer_count(), 1);
     }
 
@@ -466,10 +556,95 @@ mod tests {
         e.have = Have::Some(vec![0]);
         r.register(1, ep(1), vec![e]);
         assert!(r.list(10).0.is_empty());
-        assert!(r.locate("a", 64, 1).is_err());
+        assert!(r.locate("a", 64, 1, true).is_err());
         // An empty file has no chunks; its holder is a source.
         r.register(2, ep(2), vec![entry("empty", 0, 1)]);
         assert_eq!(r.list(10).0.len(), 1);
+    }
+
+    #[test]
+    fn long_names_never_make_a_reply_unencodable() {
+        let mut r = Registry::new();
+        let long = vec!["d".repeat(250); 4].join("/"); // 1003 bytes, valid
+        r.register(1, ep(1), vec![entry(&long, 3000, 1)]);
+        let (o, _) = r.register(2, ep(2), vec![entry(&long, 3000, 2)]);
+        assert!(matches!(
+            o[0],
+            FileOutcome::Refused {
+                code: ErrorCode::Conflict,
+                ..
+            }
+        ));
+        let reply = wire::Message::RegisterReply { results: o };
+        assert!(reply.encode(&mut Vec::new()).is_ok());
+    }
+
+    #[test]
+    fn holders_without_chunks_do_not_reserve_a_name() {
+        let mut r = Registry::new();
+        let mut e = entry("a", 3000, 1);
+        e.have = Have::Some(vec![0]);
+        r.register(1, ep(1), vec![e]);
+        let (o, _) = r.register(2, ep(2), vec![entry("a", 3000, 2)]);
+        assert_eq!(o, vec![FileOutcome::Accepted]);
+        let l = r.locate("a", 64, 1, true).unwrap();
+        assert_eq!(l.sources.len(), 1);
+        assert_eq!(*l.meta.hashes, entry("a", 3000, 2).hashes[..]);
+        // Peer 1 no longer claims it; its ChunkRegister now applies to the new content.
+        assert!(r.remove_peer(1));
+        assert_eq!(r.locate("a", 64, 1, true).unwrap().sources.len(), 1);
+    }
+
+    #[test]
+    fn per_peer_caps_refuse_files_not_connections() {
+        let mut r = Registry::new();
+        // One file of 2^19 chunks at the smallest chunk size, many times.
+        let big = |i: usize| FileEntry {
+            name: format!("big{i}"),
+            length: u64::from(chunks::MAX_CHUNKS_PER_FILE) * 1024,
+            chunk_size: 1024,
+            hashes: vec![[i as u8; 20]; chunks::MAX_CHUNKS_PER_FILE as usize],
+            have: Have::All,
+        };
+        let n = (MAX_CHUNKS_PER_PEER / u64::from(chunks::MAX_CHUNKS_PER_FILE)) as usize;
+        let (o, _) = r.register(1, ep(1), (0..=n).map(big).collect());
+        assert!(o[..n].iter().all(|x| *x == FileOutcome::Accepted));
+        assert!(matches!(
+            o[n],
+            FileOutcome::Refused {
+                code: ErrorCode::Busy,
+                ..
+            }
+        ));
+        let (o, _) = r.register(1, ep(1), vec![entry("small", 10, 1)]);
+        assert!(matches!(
+            o[0],
+            FileOutcome::Refused {
+                code: ErrorCode::Busy,
+                ..
+            }
+        ));
+        // Leaving frees it all.
+        r.remove_peer(1);
+        let (o, _) = r.register(2, ep(2), vec![entry("small", 10, 1)]);
+        assert_eq!(o, vec![FileOutcome::Accepted]);
+    }
+
+    #[test]
+    fn loopback_sources_go_only_to_loopback_requesters() {
+        let mut r = Registry::new();
+        r.register(1, ep(1), vec![entry("a", 3000, 1)]);
+        r.register(
+            2,
+            SocketAddr::from(([10, 0, 0, 2], 9)),
+            vec![entry("a", 3000, 1)],
+        );
+        assert_eq!(r.locate("a", 64, 1, true).unwrap().sources.len(), 2);
+        let remote = r.locate("a", 64, 1, false).unwrap();
+        assert_eq!(remote.sources.len(), 1);
+        assert_eq!(remote.sources[0].0, SocketAddr::from(([10, 0, 0, 2], 9)));
+        r.remove_peer(2);
+        assert!(r.locate("a", 64, 1, false).is_err());
     }
 
     #[test]
@@ -478,8 +653,8 @@ mod tests {
         for i in 0..100u16 {
             r.register(u64::from(i), ep(1000 + i), vec![entry("a", 3000, 1)]);
         }
-        let a = r.locate("a", 10, 1).unwrap();
-        let b = r.locate("a", 10, 2).unwrap();
+        let a = r.locate("a", 10, 1, true).unwrap();
+        let b = r.locate("a", 10, 2, true).unwrap();
         assert_eq!(a.sources.len(), 10);
         let distinct: HashSet<_> = a.sources.iter().map(|s| s.0).collect();
         assert_eq!(distinct.len(), 10);

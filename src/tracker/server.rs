@@ -425,9 +425,12 @@ fn handle(shared: &Shared, id: ConnId, remote: SocketAddr, m: Message) -> Next {
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_nanos() as u64)
                     .unwrap_or(0);
-            let snap = shared
-                .registry()
-                .locate(&name, wire::MAX_SOURCES_PER_REPLY, seed);
+            let snap = shared.registry().locate(
+                &name,
+                wire::MAX_SOURCES_PER_REPLY,
+                seed,
+                remote.ip().to_canonical().is_loopback(),
+            );
             match snap {
                 Err(e) => Next::Reply(Message::error(e.code(), e.to_string())),
                 // Built after the lock is released: copying hashes is the
