@@ -500,3 +500,73 @@ fn a_killed_downloader_resumes_without_refetching_verified_chunks() {
         );
     });
 }
+
+#[test]
+fn a_foreign_part_file_is_never_taken_over() {
+    with_timeout(60, || {
+        let s = Scratch::new("foreign-part");
+        let data = util::pattern(300_000, 10);
+        write(&s.sub("a"), "movie", &data);
+        let t = tracker();
+        let _a = seed(&t, &s.path().join("a"), None);
+        let b = downloader(&t, None);
+        let dir = s.sub("b");
+        // Somebody else's unfinished download, under the name we would use.
+        fs::write(dir.join("movie.part"), b"not yours").unwrap();
+        let e = b
+            .download("movie", &dir, &opts(), &mut |_| {})
+            .expect_err("refused");
+        assert!(e.to_string().contains("movie.part"), "{e}");
+        assert_eq!(fs::read(dir.join("movie.part")).unwrap(), b"not yours");
+        assert!(!dir.join("movie").exists());
+        // Moved away: the download goes through.
+        fs::remove_file(dir.join("movie.part")).unwrap();
+        get(&b, "movie", &dir);
+        assert_eq!(fs::read(dir.join("movie")).unwrap(), data);
+    });
+}
+
+#[test]
+fn a_source_that_never_greets_does_not_hold_up_the_end() {
+    with_timeout(60, || {
+        let s = Scratch::new("mute");
+        let data = util::pattern(200_000, 11);
+        write(&s.sub("a"), "f", &data);
+        let t = tracker();
+        let _a = seed(&t, &s.path().join("a"), None);
+        // A "peer" that registers as a source, accepts connections and then
+        // says nothing at all.
+        let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut ctl = util::Client::connect(t.local_addr());
+        let entry = p2pfs::wire::FileEntry {
+            name: "f".into(),
+            length: data.len() as u64,
+            chunk_size: CHUNK,
+            hashes: data.chunks(CHUNK as usize).map(chunks::sha1).collect(),
+            have: p2pfs::wire::Have::All,
+        };
+        let reply = ctl.request(&p2pfs::wire::Message::Register {
+            endpoint: mute.local_addr().unwrap(),
+            files: vec![entry],
+        });
+        assert!(matches!(reply, p2pfs::wire::Message::RegisterReply { .. }));
+        let b = downloader(&t, None);
+        let o = DownloadOptions {
+            io_timeout: Duration::from_secs(20),
+            ..opts()
+        };
+        let started = std::time::Instant::now();
+        let sum = b
+            .download("f", &s.sub("b"), &o, &mut |_| {})
+            .expect("download");
+        assert_eq!(fs::read(s.path().join("b/f")).unwrap(), data);
+        assert_eq!(sum.bytes_downloaded, data.len() as u64);
+        // Ending does not wait for the mute source's 20 s Hello timeout.
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "took {:?}",
+            started.elapsed()
+        );
+        drop(mute);
+    });
+}
