@@ -172,7 +172,7 @@ impl fmt::Display for ChunkIndex {
 }
 
 /// Reads chunk `i` of `file` into `buf` (resized to the chunk length) with a
-/// positional read, and returns its SHA-1.
+/// positional read.
 pub fn read_chunk(file: &File, g: &Geometry, i: ChunkIndex, buf: &mut Vec<u8>) -> io::Result<()> {
     buf.resize(g.chunk_len(i) as usize, 0);
     file.read_exact_at(buf, g.offset(i))

@@ -46,7 +46,7 @@ use log::{debug, info, warn};
 
 use super::client::{self, Conn};
 use super::picker::Picker;
-use super::share::{ShareIndex, SharedFile};
+use super::share::{PART_SUFFIX, ShareIndex, SharedFile};
 use super::{PeerError, Result};
 use crate::chunks::{self, Bitmap, Digest, Geometry};
 use crate::wire::{self, ErrorCode, Locations, Message};
@@ -70,8 +70,6 @@ pub const MAX_ACTIVE_SOURCES: usize = 32;
 /// The assembler asks for a background `fdatasync` after this many bytes
 /// written since the last request (see `Engine::flush_behind`).
 const FLUSH_BEHIND_BYTES: u64 = 64 << 20;
-/// Suffix of the file being filled.
-pub const PART_SUFFIX: &str = ".part";
 /// Suffix of the saved have-bitmap beside it.
 pub const HAVE_SUFFIX: &str = ".part.have";
 
@@ -514,20 +512,11 @@ struct Verified {
 
 /// What workers and the assembler tell the coordinator.
 enum Event {
-    Written {
-        source: SocketAddr,
-        index: u32,
-        bytes: u32,
-    },
+    Written { source: SocketAddr, bytes: u32 },
     Duplicate,
-    HashFailure {
-        source: SocketAddr,
-    },
+    HashFailure { source: SocketAddr },
     Idle,
-    WorkerDone {
-        source: SocketAddr,
-        end: WorkerEnd,
-    },
+    WorkerDone { source: SocketAddr, end: WorkerEnd },
     Fatal(PeerError),
 }
 
@@ -755,7 +744,6 @@ impl Engine<'_> {
             );
             let _ = ev.send(Event::Written {
                 source: v.source,
-                index: v.index,
                 bytes: v.data.len() as u32,
             });
             if last_save.elapsed() >= Duration::from_millis(500) {
@@ -1030,11 +1018,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
 
     fn handle(&mut self, ev: Event) -> Result<()> {
         match ev {
-            Event::Written {
-                source,
-                index,
-                bytes,
-            } => {
+            Event::Written { source, bytes } => {
                 self.bytes_downloaded += u64::from(bytes);
                 self.done_bytes += u64::from(bytes);
                 self.rate.add(u64::from(bytes));
@@ -1043,7 +1027,6 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
                     k.stats.bytes += u64::from(bytes);
                     k.stats.chunks += 1;
                 }
-                let _ = index;
             }
             Event::Duplicate => self.duplicates += 1,
             Event::HashFailure { source } => {

@@ -592,7 +592,11 @@ fn classify(
             return None;
         }
     };
-    if name.ends_with(PART_SUFFIX) {
+    let have_tmp = format!("{}.tmp", super::download::HAVE_SUFFIX);
+    if name.ends_with(PART_SUFFIX)
+        || name.ends_with(super::download::HAVE_SUFFIX)
+        || name.ends_with(&have_tmp)
+    {
         skipped.push((path, "unfinished download (.part)".into()));
         return None;
     }
