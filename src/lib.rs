@@ -4,13 +4,17 @@
 //! - [`wire`]: frames, messages, limits, name rules. Depends on nothing else here.
 //! - [`chunks`]: chunk geometry, SHA-1, bitmaps. Depends on nothing else here.
 //! - [`tracker`]: the registry (pure data) and the server (sockets, one thread
-//!   per connection). Depends on `wire` and `chunks` only.
+//!   per connection). Depends on `wire`, `chunks` and `admission` only.
+//! - [`admission`]: connection caps (total and per address) and the Busy
+//!   refusal, used by both servers. Depends on `wire` only.
 //! - [`peer`]: share index, chunk server, picker, download workers, assembler,
-//!   tracker session. Depends on `wire` and `chunks` only, never on `tracker`.
+//!   tracker session. Depends on `wire`, `chunks` and `admission` only, never
+//!   on `tracker`.
 //!
 //! Everything is synchronous std::net with one OS thread per connection;
 //! threads talk over bounded crossbeam channels.
 
+pub mod admission;
 pub mod chunks;
 pub mod peer;
 pub mod tracker;

@@ -19,6 +19,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use byteorder::{BigEndian, ByteOrder, WriteBytesExt};
 
+/// How often a registered peer sends Keepalive on an otherwise idle tracker
+/// connection. Shared by both sides so they cannot drift apart.
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// The tracker drops a control connection silent this long (three missed
+/// keepalives) and forgets that peer's chunks.
+pub const TRACKER_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// First four bytes of every Hello payload.
 pub const MAGIC: [u8; 4] = *b"P2PF";
 /// The version this build speaks. A Hello with another version is refused.

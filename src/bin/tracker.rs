@@ -14,7 +14,11 @@ use signal_hook::iterator::Signals;
 /// files. Peers register their files and chunks over one persistent
 /// connection each; a peer that leaves, disconnects or stays silent for 30 s
 /// (peers send a keepalive every 10 s) is forgotten with all its chunks.
-/// Stop it with Ctrl-C or SIGTERM. Set RUST_LOG=debug for per-request logs.
+/// A new connection must send its Hello within 10 s. At most
+/// --max-connections connections are open at once, and at most --max-per-ip
+/// from one IPv4 address (or IPv6 /64); others get Error{Busy} and are
+/// closed. Stop it with Ctrl-C or SIGTERM. Set RUST_LOG=debug for
+/// per-request logs.
 #[derive(FromArgs)]
 struct Args {
     /// address to listen on (default 0.0.0.0:7000; port 0 picks a free port)
@@ -26,6 +30,9 @@ struct Args {
     /// most connections open at once (default 4096)
     #[argh(option, default = "p2pfs::tracker::server::MAX_CONNECTIONS")]
     max_connections: usize,
+    /// most connections open at once from one IP address (default 256)
+    #[argh(option, default = "p2pfs::tracker::server::MAX_PER_IP")]
+    max_per_ip: usize,
 }
 
 fn main() -> ExitCode {
@@ -41,8 +48,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    if args.idle_timeout == 0 {
-        return Err("--idle-timeout must be at least 1 second".into());
+    let keepalive = p2pfs::wire::KEEPALIVE_INTERVAL.as_secs();
+    if args.idle_timeout <= keepalive {
+        return Err(format!(
+            "--idle-timeout must be more than the peers' {keepalive} s keepalive interval (default 30)"
+        )
+        .into());
     }
     // Register the handlers before starting, so an early signal is not lost.
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
@@ -50,6 +61,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         listen: args.listen,
         idle_timeout: Duration::from_secs(args.idle_timeout),
         max_connections: args.max_connections.max(1),
+        max_per_ip: args.max_per_ip.max(1),
         ..TrackerConfig::default()
     })?;
     println!("tracker listening on {}", tracker.local_addr());

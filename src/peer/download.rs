@@ -795,6 +795,11 @@ impl Engine<'_> {
         let mut failures = 0u32;
         // Chunks this source sent wrong: ask another source for them.
         let mut avoid: Vec<u32> = Vec::new();
+        // Chunks verified here and queued for the assembler but not yet
+        // written: the picker still counts them in flight, so without this
+        // the endgame would ask this same source for them again (measured:
+        // ~5 needless chunks per single-source download).
+        let mut handed: Vec<u32> = Vec::new();
         let mut batch = Vec::new();
         loop {
             if self.stop.load(Ordering::SeqCst) {
@@ -803,7 +808,8 @@ impl Engine<'_> {
             batch.clear();
             if inflight.len() < depth {
                 let mut has = lock(&slot.have).clone();
-                for &i in inflight.iter().chain(avoid.iter()) {
+                handed.retain(|&i| self.geometry.index(i).is_some_and(|c| !self.file.has(c)));
+                for &i in inflight.iter().chain(avoid.iter()).chain(handed.iter()) {
                     has.clear(i);
                 }
                 let mut p = lock(&self.picker);
@@ -880,6 +886,7 @@ impl Engine<'_> {
                     {
                         return WorkerEnd::Finished;
                     }
+                    handed.push(index);
                 }
                 Message::ChunkData { index, .. } => {
                     lock(&self.picker).release(expected);

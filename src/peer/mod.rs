@@ -12,7 +12,8 @@
 //! - [`node`]: a running peer (share index + server + session) and its downloads.
 //! - [`client`]: connecting to a tracker or peer (Hello) and one-shot queries.
 //!
-//! Depends on `wire` and `chunks` only; never on `tracker`.
+//! Depends on `wire`, `chunks` and `admission` (the chunk server's connection
+//! caps) only; never on `tracker`.
 
 use std::fmt;
 use std::io;

@@ -2,8 +2,10 @@
 //! answering pipelined ChunkRequest frames with ChunkData, in order.
 //!
 //! Owns: the server side of the peer-to-peer protocol (Hello, then any
-//! number of ChunkRequest), connection limits and timeouts for incoming
+//! number of ChunkRequest), connection limits (total and per source
+//! address, counted by [`crate::admission`]) and timeouts for incoming
 //! connections, and the count of uploaded bytes. Calls `wire` (framing),
+//! `admission` (caps, and the Busy refusal off the listener thread),
 //! `peer::share` (the only way a requested name becomes a file: a lookup in
 //! the [`ShareIndex`], never a path join) and `peer::ratelimit` (pacing).
 //!
@@ -32,6 +34,7 @@ use std::time::{Duration, Instant};
 use super::ratelimit::RateLimiter;
 use super::share::ShareIndex;
 use super::{PeerError, Result};
+use crate::admission::{Admission, Limits, Refuser};
 use crate::wire::{self, CHUNK_DATA_HEADER_LEN, ErrorCode, Message, WireError};
 
 /// A write that makes no progress for this long means the reader is gone.
@@ -51,20 +54,39 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How long shutdown waits to connect to its own listener.
 const WAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Default: a connection with no request for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default: a new connection must send its Hello within this long.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default cap on connections open at once (each is one thread).
+pub const MAX_CONNECTIONS: usize = 256;
+/// Default cap on connections open at once from one IPv4 address (or IPv6
+/// /64). A downloader opens one connection per file it fetches from us, so
+/// this is far above honest use, and one host cannot take every slot.
+pub const MAX_PER_IP: usize = 64;
+
 /// Limits of the chunk server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// A connection with no request for this long is closed (quietly).
     pub idle_timeout: Duration,
+    /// A connection that sends no bytes for this long before its Hello is
+    /// complete is closed.
+    pub hello_timeout: Duration,
     /// Connections beyond this get Error{Busy} and are closed.
     pub max_connections: usize,
+    /// Connections from one IPv4 address (IPv6 /64) beyond this get
+    /// Error{Busy} and are closed.
+    pub max_per_ip: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 256,
+            idle_timeout: IDLE_TIMEOUT,
+            hello_timeout: HELLO_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+            max_per_ip: MAX_PER_IP,
         }
     }
 }
@@ -78,6 +100,7 @@ struct Shared {
     uploaded: AtomicU64,
     /// Live connections (a clone of each socket) so shutdown can wake them.
     live: Mutex<HashMap<u64, TcpStream>>,
+    admission: Arc<Admission>,
 }
 
 impl Shared {
@@ -117,10 +140,17 @@ impl ChunkServer {
         let addr = listener
             .local_addr()
             .map_err(|e| PeerError::net(who(), e.into()))?;
+        let admission = Admission::new(Limits {
+            max_total: cfg.max_connections,
+            max_per_ip: cfg.max_per_ip,
+        });
+        let refuser = Refuser::start("chunk-server")
+            .map_err(|e| PeerError::Invalid(format!("cannot start the refuser thread: {e}")))?;
         let shared = Arc::new(Shared {
             share,
             limiter,
             cfg,
+            admission,
             stop: AtomicBool::new(false),
             uploaded: AtomicU64::new(0),
             live: Mutex::new(HashMap::new()),
@@ -128,7 +158,7 @@ impl ChunkServer {
         let s = Arc::clone(&shared);
         let h = std::thread::Builder::new()
             .name("chunk-server".into())
-            .spawn(move || accept_loop(listener, s))
+            .spawn(move || accept_loop(listener, s, refuser))
             .map_err(|e| {
                 PeerError::Invalid(format!("cannot start the chunk server thread: {e}"))
             })?;
@@ -204,7 +234,7 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
 }
 
 /// The "chunk-server" thread.
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>, refuser: Refuser) {
     let mut conns: Vec<JoinHandle<()>> = Vec::new();
     let mut next_id: u64 = 0;
     loop {
@@ -221,14 +251,16 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        if shared.live().len() >= shared.cfg.max_connections {
-            log::debug!(
-                "{peer}: refused, {} connections open",
-                shared.cfg.max_connections
-            );
-            refuse_busy(stream);
-            continue;
-        }
+        // A ticket per connection, given back when its thread ends (or
+        // when the thread cannot be started).
+        let ticket = match shared.admission.admit(peer.ip()) {
+            Ok(t) => t,
+            Err(why) => {
+                log::debug!("{peer}: refused: {}", why.message());
+                refuser.refuse(stream, &why.message());
+                continue;
+            }
+        };
         let clone = match stream.try_clone() {
             Ok(c) => c,
             Err(e) => {
@@ -244,6 +276,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             .name(format!("chunk-conn-{id}"))
             .stack_size(CONN_STACK)
             .spawn(move || {
+                let _ticket = ticket;
                 let _guard = LiveGuard { shared: &s, id };
                 run_conn(stream, peer, &s);
             });
@@ -293,16 +326,6 @@ impl Drop for LiveGuard<'_> {
     }
 }
 
-/// Over the connection limit: say Busy and close. Runs on the listener, so
-/// every step is short (the socket is fresh, the write cannot block long).
-fn refuse_busy(stream: TcpStream) {
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let m = Message::error(ErrorCode::Busy, "too many connections; try again later");
-    if wire::write_message(&mut &stream, &m).is_ok() {
-        linger_close(&stream);
-    }
-}
-
 /// Sends FIN and drains briefly what the client already sent (its Hello,
 /// its pipelined requests) so the kernel does not answer with a RST that
 /// could destroy our last reply before the client reads it.
@@ -341,7 +364,9 @@ fn run_conn(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
 fn serve(stream: &TcpStream, shared: &Shared) -> Result<(), WireError> {
     stream.set_nodelay(true)?;
     // A zero Duration is refused by set_read_timeout; treat it as 1 ms.
-    stream.set_read_timeout(Some(shared.cfg.idle_timeout.max(Duration::from_millis(1))))?;
+    let idle = shared.cfg.idle_timeout.max(Duration::from_millis(1));
+    let hello = shared.cfg.hello_timeout.max(Duration::from_millis(1));
+    stream.set_read_timeout(Some(hello.min(idle)))?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let mut reader = BufReader::with_capacity(READ_BUF, stream);
     let mut w = stream;
@@ -349,6 +374,7 @@ fn serve(stream: &TcpStream, shared: &Shared) -> Result<(), WireError> {
     match wire::read_message(&mut reader) {
         Ok(Some(Message::Hello { version })) if version == wire::PROTOCOL_VERSION => {
             wire::write_message(&mut w, &Message::Hello { version })?;
+            stream.set_read_timeout(Some(idle))?;
         }
         Ok(Some(Message::Hello { version })) => {
             let m = format!(
@@ -362,6 +388,10 @@ fn serve(stream: &TcpStream, shared: &Shared) -> Result<(), WireError> {
             return refuse(stream, ErrorCode::Unexpected, m);
         }
         Ok(None) => return Ok(()),
+        Err(e) if e.is_timeout() => {
+            log::debug!("no Hello within {hello:?}, closing");
+            return Ok(());
+        }
         Err(e) if e.is_disconnect() => return Err(e),
         Err(e) => return refuse(stream, ErrorCode::Malformed, e.to_string()),
     }

@@ -36,6 +36,11 @@ use crate::wire::{self, ErrorCode, FileEntry, FileOutcome, Message};
 /// Commands queued by other threads. Large enough that a burst of verified
 /// chunks (a fast download) never fills it while the tracker is answering.
 const COMMAND_QUEUE: usize = 4096;
+/// How often an idle connection is checked for having been closed by the
+/// tracker (a non-blocking peek; nothing is sent). Without it a peer with
+/// nothing to say would notice a tracker restart only at its next
+/// keepalive, up to 10 s later, and stay unregistered that long.
+const LIVENESS_POLL: Duration = Duration::from_secs(1);
 
 /// Timing of the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +60,7 @@ pub struct SessionConfig {
 impl Default for SessionConfig {
     fn default() -> SessionConfig {
         SessionConfig {
-            keepalive: Duration::from_secs(10),
+            keepalive: crate::wire::KEEPALIVE_INTERVAL,
             io_timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(5),
@@ -450,7 +455,13 @@ impl Worker {
                         return End::Leave;
                     }
                 },
-                default(idle) => self.keepalive(link),
+                default(idle.min(LIVENESS_POLL)) => {
+                    if idle <= LIVENESS_POLL {
+                        self.keepalive(link)
+                    } else {
+                        self.check_open(link)
+                    }
+                }
             };
             if let Err(why) = step {
                 return End::Lost(why);

@@ -1,11 +1,14 @@
 //! The tracker's network side: a listener and one OS thread per connection.
 //!
-//! Owns: accepting connections (with a cap), the per-connection protocol
-//! loop (Hello, then request/reply), timeouts, and shutdown. A connection's
-//! peer is removed from the registry as soon as the connection ends for any
-//! reason: Leave, close, error, or silence past the idle timeout.
+//! Owns: accepting connections (with caps in total and per source address,
+//! see [`crate::admission`]), the per-connection protocol loop (Hello, then
+//! request/reply), timeouts (greeting, idle, write), and shutdown. A
+//! connection's peer is removed from the registry as soon as the connection
+//! ends for any reason: Leave, close, error, or silence past the idle
+//! timeout.
 //!
-//! Calls `wire` for framing and [`super::registry`] for state. The registry
+//! Calls `wire` for framing, [`super::registry`] for state and
+//! [`crate::admission`] for the connection caps. The registry
 //! Mutex is held only around in-memory registry calls, never across a read
 //! or write, so a slow client cannot stall anyone else.
 //!
@@ -24,18 +27,25 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use log::{debug, info, warn};
 
 use super::registry::{ConnId, Registry};
+use crate::admission::{Admission, Limits, Refuser};
 use crate::wire::{self, ErrorCode, Locations, Message, Source, WireError};
 
-/// How often a registered peer sends Keepalive when it has nothing else to
-/// say (documented in docs/protocol.md; the peer side uses the same value).
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a registered peer sends Keepalive (see the wire module).
+pub const KEEPALIVE_INTERVAL: Duration = wire::KEEPALIVE_INTERVAL;
 /// A connection silent for this long is dropped and its peer removed: three
 /// missed keepalives.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const IDLE_TIMEOUT: Duration = wire::TRACKER_IDLE_TIMEOUT;
 /// How long one write to a client may block before the client is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default cap on concurrent connections (each is one thread).
 pub const MAX_CONNECTIONS: usize = 4096;
+/// Default cap on concurrent connections from one IPv4 address (or IPv6
+/// /64): a peer needs one control connection plus a few short queries, so
+/// this leaves room for many peers behind one NAT while a single host cannot
+/// take every slot.
+pub const MAX_PER_IP: usize = 256;
+/// A new connection must complete its Hello within this long.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Stack of a connection thread: the handler keeps buffers on the heap.
 const CONN_STACK_SIZE: usize = 256 * 1024;
 
@@ -43,9 +53,16 @@ const CONN_STACK_SIZE: usize = 256 * 1024;
 #[derive(Debug, Clone)]
 pub struct TrackerConfig {
     pub listen: SocketAddr,
+    /// A connection silent this long after its greeting is dropped.
     pub idle_timeout: Duration,
+    /// A connection that has not sent a complete Hello after this long (no
+    /// bytes for this long, before the greeting) is dropped.
+    pub hello_timeout: Duration,
     pub write_timeout: Duration,
+    /// Connections open at once; more get Error{Busy} and are closed.
     pub max_connections: usize,
+    /// Connections open at once from one IPv4 address or IPv6 /64.
+    pub max_per_ip: usize,
 }
 
 impl Default for TrackerConfig {
@@ -53,8 +70,10 @@ impl Default for TrackerConfig {
         TrackerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 7000)),
             idle_timeout: IDLE_TIMEOUT,
+            hello_timeout: HELLO_TIMEOUT,
             write_timeout: WRITE_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
+            max_per_ip: MAX_PER_IP,
         }
     }
 }
@@ -92,6 +111,7 @@ struct Shared {
     registry: Mutex<Registry>,
     /// A clone of every open connection's stream, to shut them down.
     conns: Mutex<HashMap<ConnId, TcpStream>>,
+    admission: Arc<Admission>,
     shutting_down: AtomicBool,
     next_id: AtomicU64,
 }
@@ -125,17 +145,23 @@ impl Tracker {
             addr: cfg.listen,
             source,
         })?;
+        let admission = Admission::new(Limits {
+            max_total: cfg.max_connections,
+            max_per_ip: cfg.max_per_ip,
+        });
+        let refuser = Refuser::start("tracker").map_err(TrackerError::Spawn)?;
         let shared = Arc::new(Shared {
             cfg,
             registry: Mutex::new(Registry::new()),
             conns: Mutex::new(HashMap::new()),
+            admission,
             shutting_down: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
         });
         let s = Arc::clone(&shared);
         let accept = thread::Builder::new()
             .name("tracker-accept".into())
-            .spawn(move || accept_loop(listener, s))
+            .spawn(move || accept_loop(listener, s, refuser))
             .map_err(TrackerError::Spawn)?;
         info!("tracker listening on {local_addr}");
         Ok(Tracker {
@@ -167,9 +193,21 @@ impl Tracker {
         };
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         // Wake the blocking accept() with a connection to ourselves.
-        let _ = TcpStream::connect_timeout(&wake_addr(self.local_addr), Duration::from_secs(1));
-        if accept.join().is_err() {
-            warn!("the accept thread panicked");
+        let woke = TcpStream::connect_timeout(&wake_addr(self.local_addr), Duration::from_secs(1));
+        // Close every connection from here too, so their threads end even
+        // if the accept thread cannot be woken.
+        for (_, s) in self.shared.conns().drain() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        match woke {
+            Ok(_) => {
+                if accept.join().is_err() {
+                    warn!("the accept thread panicked");
+                }
+            }
+            // Joining would wait in accept() forever; the thread ends with
+            // the process.
+            Err(e) => warn!("cannot wake the accept thread on {}: {e}", self.local_addr),
         }
         info!("tracker stopped");
     }
@@ -195,7 +233,7 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>, refuser: Refuser) {
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     for incoming in listener.incoming() {
         if shared.shutting_down.load(Ordering::SeqCst) {
@@ -211,10 +249,20 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         threads.retain(|t| !t.is_finished());
-        if shared.conns().len() >= shared.cfg.max_connections {
-            refuse_busy(stream, &shared.cfg);
-            continue;
-        }
+        // Admission: a ticket per connection, given back when its thread
+        // ends (or when the thread cannot be started).
+        let ticket = match stream.peer_addr() {
+            Ok(remote) => match shared.admission.admit(remote.ip()) {
+                Ok(t) => t,
+                Err(why) => {
+                    debug!("refusing a connection from {remote}: {}", why.message());
+                    refuser.refuse(stream, &why.message());
+                    continue;
+                }
+            },
+            // Already reset by the client.
+            Err(_) => continue,
+        };
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         match stream.try_clone() {
             Ok(clone) => {
@@ -230,6 +278,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             .name(format!("tracker-conn-{id}"))
             .stack_size(CONN_STACK_SIZE)
             .spawn(move || {
+                let _ticket = ticket;
                 serve_connection(&s, id, stream);
                 s.registry().remove_peer(id);
                 s.conns().remove(&id);
@@ -253,19 +302,6 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn refuse_busy(mut stream: TcpStream, cfg: &TrackerConfig) {
-    warn!(
-        "refusing a connection from {:?}: {} connections open",
-        stream.peer_addr().ok(),
-        cfg.max_connections
-    );
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let _ = wire::write_message(
-        &mut stream,
-        &Message::error(ErrorCode::Busy, "too many connections; try again later"),
-    );
-}
-
 /// What to do after handling one request.
 enum Next {
     Reply(Message),
@@ -282,7 +318,9 @@ fn serve_connection(shared: &Shared, id: ConnId, stream: TcpStream) {
     };
     let setup = || -> io::Result<TcpStream> {
         stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(shared.cfg.idle_timeout))?;
+        // (A zero Duration is refused by set_read_timeout.)
+        let hello = shared.cfg.hello_timeout.min(shared.cfg.idle_timeout);
+        stream.set_read_timeout(Some(hello.max(Duration::from_millis(1))))?;
         stream.set_write_timeout(Some(shared.cfg.write_timeout))?;
         stream.try_clone()
     };
@@ -303,6 +341,10 @@ fn serve_connection(shared: &Shared, id: ConnId, stream: TcpStream) {
             Ok(Some(m)) if !greeted => match m {
                 Message::Hello { version } if version == wire::PROTOCOL_VERSION => {
                     greeted = true;
+                    if let Err(e) = writer.set_read_timeout(Some(shared.cfg.idle_timeout)) {
+                        debug!("connection {id} from {remote}: {e}");
+                        break;
+                    }
                     Next::Reply(Message::Hello {
                         version: wire::PROTOCOL_VERSION,
                     })
@@ -320,6 +362,13 @@ fn serve_connection(shared: &Shared, id: ConnId, stream: TcpStream) {
                 )),
             },
             Ok(Some(m)) => handle(shared, id, remote, m),
+            Err(e) if e.is_timeout() && !greeted => {
+                debug!(
+                    "connection {id} from {remote}: no Hello within {:?}, dropping it",
+                    shared.cfg.hello_timeout
+                );
+                break;
+            }
             Err(e) if e.is_timeout() => {
                 info!(
                     "connection {id} from {remote}: silent for {:?}, dropping it",
