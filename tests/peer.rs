@@ -570,3 +570,58 @@ fn a_source_that_never_greets_does_not_hold_up_the_end() {
         drop(mute);
     });
 }
+
+#[test]
+fn ctrl_c_stops_get_cleanly_and_a_rerun_resumes() {
+    with_timeout(120, || {
+        let s = Scratch::new("sigint");
+        let data = util::pattern(3 << 20, 12);
+        write(&s.sub("a"), "f", &data);
+        let t = tracker();
+        let (_seed, _) = start_share(t.local_addr(), &s.path().join("a"), "1M");
+        let dir = s.sub("d");
+        let get_cmd = || {
+            let mut c = peer_bin();
+            c.args([
+                "get",
+                "f",
+                "--tracker",
+                &t.local_addr().to_string(),
+                "--listen",
+                "127.0.0.1:0",
+                "--dir",
+            ])
+            .arg(&dir);
+            c
+        };
+        let mut first = Proc::spawn("peer get", &mut get_cmd());
+        first.wait_line("serving chunks on");
+        wait_until(30, "a few chunks on disk", || {
+            fs::read(dir.join("f.part.have"))
+                .map(|b| b.len() > 28 && b[28..].iter().map(|x| x.count_ones()).sum::<u32>() >= 4)
+                .unwrap_or(false)
+        });
+        first.signal("INT");
+        assert_eq!(
+            first.wait_exit(15),
+            Some(1),
+            "interrupted get exits non-zero"
+        );
+        assert!(!dir.join("f").exists());
+        assert!(dir.join("f.part").exists() && dir.join("f.part.have").exists());
+        // It left the tracker: only the seed is listed now.
+        wait_until(10, "downloader gone from the tracker", || {
+            p2pfs::peer::client::locate(t.local_addr(), "f", false)
+                .is_ok_and(|l| l.sources.len() == 1)
+        });
+        let out = get_cmd().output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(fs::read(dir.join("f")).unwrap(), data);
+        assert!(!text.contains(", 0 resumed from disk"), "{text}");
+    });
+}

@@ -1,17 +1,20 @@
 //! `peer`: share a folder, download files, look at the network. Parses
 //! arguments, calls the library, prints results and the error chain.
 
-use std::io::{IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use argh::FromArgs;
-use crossbeam_channel::{Receiver, bounded};
-use p2pfs::chunks::{self, Bitmap};
-use p2pfs::peer::download::{DownloadOptions, Progress, Summary};
+use crossbeam_channel::{Receiver, bounded, select};
+use p2pfs::chunks;
+use p2pfs::peer::download::{DownloadOptions, Progress};
 use p2pfs::peer::node::{Node, NodeConfig};
 use p2pfs::peer::ratelimit::parse_rate;
+use p2pfs::peer::repl::{self, Flow, Repl, error_chain, human};
 use p2pfs::peer::session::SessionEvent;
 use p2pfs::peer::{client, share};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -39,6 +42,11 @@ enum Cmd {
 /// chunks until Ctrl-C or SIGTERM, then leave the network. Names on the
 /// network are paths relative to DIR with '/' separators. Hashes are cached
 /// in DIR/.p2pfs-hashes so a restart does not re-hash unchanged files.
+/// On a terminal it also reads commands: list, where NAME|NUMBER,
+/// get NAME|NUMBER (downloads into DIR in the background), status, help,
+/// quit. The chunk server accepts at most 256 connections at once, 64 from
+/// one IP address (others get Busy), and closes a connection that sends no
+/// Hello within 10 s or no request for 60 s.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "share")]
 struct ShareArgs {
@@ -68,6 +76,10 @@ struct ShareArgs {
     /// log every request (RUST_LOG works too)
     #[argh(switch, short = 'v')]
     verbose: bool,
+    /// do not read commands even on a terminal (use it when running in the
+    /// background with `&`, where reading the terminal would stop the peer)
+    #[argh(switch)]
+    no_prompt: bool,
 }
 
 /// Download NAME into DIR/NAME from every peer that has chunks of it,
@@ -156,20 +168,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let cs = c.to_string();
-        if !s.contains(&cs) {
-            s.push_str(": ");
-            s.push_str(&cs);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 fn parse_chunk_size(s: &str) -> Result<u32, String> {
     let v = parse_rate(s)?;
     let v = u32::try_from(v).map_err(|_| format!("chunk size {s} is too large"))?;
@@ -177,22 +175,6 @@ fn parse_chunk_size(s: &str) -> Result<u32, String> {
         return Err(format!("chunk size {s} is outside 1K..=16M"));
     }
     Ok(v)
-}
-
-/// "12.3 MiB" style sizes.
-fn human(bytes: f64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{v:.0} {}", units[u])
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
 }
 
 fn node_config(
@@ -206,6 +188,31 @@ fn node_config(
     Ok(cfg)
 }
 
+/// The lines a session event is worth.
+fn describe(ev: &SessionEvent) -> Vec<String> {
+    match ev {
+        SessionEvent::Registered { accepted, refused } => {
+            let mut v = Vec::new();
+            if !accepted.is_empty() {
+                v.push(format!(
+                    "registered {} file(s) with the tracker",
+                    accepted.len()
+                ));
+            }
+            for (name, why) in refused {
+                v.push(format!("refused by the tracker: {name}: {why}"));
+            }
+            v
+        }
+        SessionEvent::Disconnected(why) => {
+            vec![format!("tracker connection lost ({why}); reconnecting")]
+        }
+        SessionEvent::Reconnected => {
+            vec!["reconnected to the tracker; files registered again".into()]
+        }
+    }
+}
+
 /// Prints registration outcomes as the session reports them.
 fn print_session_events(
     rx: Receiver<SessionEvent>,
@@ -214,21 +221,8 @@ fn print_session_events(
         .name("session-events".into())
         .spawn(move || {
             for ev in rx {
-                match ev {
-                    SessionEvent::Registered { accepted, refused } => {
-                        if !accepted.is_empty() {
-                            println!("registered {} file(s) with the tracker", accepted.len());
-                        }
-                        for (name, why) in refused {
-                            println!("refused by the tracker: {name}: {why}");
-                        }
-                    }
-                    SessionEvent::Disconnected(why) => {
-                        println!("tracker connection lost ({why}); reconnecting")
-                    }
-                    SessionEvent::Reconnected => {
-                        println!("reconnected to the tracker; files registered again")
-                    }
+                for line in describe(&ev) {
+                    println!("{line}");
                 }
             }
         })
@@ -277,6 +271,17 @@ fn share_cmd(a: ShareArgs) -> Result<(), BoxError> {
         );
     }
     let (tx, rx) = bounded(16);
+    // Commands only from a person: a pipe or /dev/null means a script or a
+    // service, which only wants the peer to serve.
+    if !a.no_prompt && std::io::stdin().is_terminal() {
+        let node = Arc::new(Node::start(cfg, scan.files, Some(tx))?);
+        println!(
+            "serving chunks on {} (tracker {})",
+            node.local_addr(),
+            node.tracker()
+        );
+        return prompt_loop(node, a.dir, rx, signals);
+    }
     let printer = print_session_events(rx)?;
     let node = Node::start(cfg, scan.files, Some(tx))?;
     println!(
@@ -289,6 +294,127 @@ fn share_cmd(a: ShareArgs) -> Result<(), BoxError> {
     let _ = printer.join();
     println!("left the network");
     Ok(())
+}
+
+const PROMPT: &str = "p2pfs> ";
+
+/// The terminal side of the interactive peer. Lines are read on a "stdin"
+/// thread; this thread waits on them, on finished-download notices, on
+/// session events and on signals together, so a notice or Ctrl-C never
+/// waits for a key press.
+fn prompt_loop(
+    node: Arc<Node>,
+    dir: PathBuf,
+    events: Receiver<SessionEvent>,
+    signals: Signals,
+) -> Result<(), BoxError> {
+    let (mut repl, notices) = Repl::new(Arc::clone(&node), dir, DownloadOptions::default());
+    let sig_handle = signals.handle();
+    let (sig_tx, sig_rx) = bounded(1);
+    let sig_thread = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut signals = signals;
+            // Ends when the handle is closed below.
+            for sig in signals.forever() {
+                let _ = sig_tx.try_send(sig);
+            }
+        })?;
+    let (line_tx, lines) = bounded::<String>(1);
+    // Not joined: a read from the terminal has no timeout and no way to be
+    // woken; the thread ends with the process, which holds nothing for it.
+    let _stdin_thread = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let stdin = std::io::stdin();
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match stdin.lock().read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf).into_owned();
+                        if line_tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        })?;
+
+    let tty = std::io::stdout().is_terminal();
+    let mut out = std::io::stdout();
+    let (mut events, mut notices, mut sig_rx) = (events, notices, sig_rx);
+    writeln!(out, "type help for the commands")?;
+    write!(out, "{PROMPT}")?;
+    out.flush()?;
+    loop {
+        select! {
+            recv(lines) -> line => match line {
+                Ok(line) => {
+                    if repl.handle(&line, &mut out)? == Flow::Quit {
+                        break;
+                    }
+                    write!(out, "{PROMPT}")?;
+                    out.flush()?;
+                }
+                // End of input (Ctrl-D): like quit.
+                Err(_) => {
+                    writeln!(out)?;
+                    break;
+                }
+            },
+            recv(notices) -> n => match n {
+                Ok(n) => notice(&mut out, tty, &n)?,
+                Err(_) => notices = crossbeam_channel::never(),
+            },
+            recv(events) -> ev => match ev {
+                Ok(ev) => {
+                    for l in describe(&ev) {
+                        notice(&mut out, tty, &l)?;
+                    }
+                }
+                Err(_) => events = crossbeam_channel::never(),
+            },
+            recv(sig_rx) -> sig => match sig {
+                Ok(_) => {
+                    writeln!(out)?;
+                    break;
+                }
+                Err(_) => sig_rx = crossbeam_channel::never(),
+            },
+        }
+    }
+    sig_handle.close();
+    let _ = sig_thread.join();
+    let stopped = repl.finish();
+    if !stopped.is_empty() {
+        println!(
+            "stopped {} unfinished download(s): {}; the verified chunks stay in NAME.part, \
+             and `get NAME` resumes from there",
+            stopped.len(),
+            stopped.join(", ")
+        );
+    }
+    match Arc::try_unwrap(node) {
+        Ok(node) => node.leave(),
+        // A download that would not stop still holds the node. Exiting
+        // closes the tracker connection, which the tracker takes as leaving.
+        Err(_) => log::warn!("a download did not stop in time; leaving by exiting"),
+    }
+    println!("left the network");
+    Ok(())
+}
+
+/// Prints a line that arrived while the prompt was waiting: over the prompt
+/// on a terminal, then the prompt again.
+fn notice(out: &mut impl Write, tty: bool, line: &str) -> std::io::Result<()> {
+    if tty {
+        write!(out, "\r\x1b[K{line}\n{PROMPT}")?;
+    } else {
+        writeln!(out, "{line}")?;
+    }
+    out.flush()
 }
 
 fn get_cmd(a: GetArgs) -> Result<(), BoxError> {
@@ -309,6 +435,25 @@ fn get_cmd(a: GetArgs) -> Result<(), BoxError> {
             other => format!("cannot ask the tracker at {}: {other}", cfg.tracker).into(),
         });
     }
+    // Ctrl-C / SIGTERM: stop the download cleanly (verified chunks kept for
+    // a resume, Leave sent) rather than dying mid-write.
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let signals_handle = signals.handle();
+    let (sig_tx, sig_rx) = bounded::<i32>(4);
+    let flag = Arc::clone(&cancel);
+    let sig_thread = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                flag.store(true, Ordering::SeqCst);
+                let _ = sig_tx.try_send(sig);
+            }
+        })?;
+    let stop_signals = move || {
+        signals_handle.close();
+        let _ = sig_thread.join();
+    };
     let node = Node::start(cfg, Vec::new(), None)?;
     println!(
         "serving chunks on {} while downloading {}",
@@ -319,85 +464,40 @@ fn get_cmd(a: GetArgs) -> Result<(), BoxError> {
         pipeline_depth: a.pipeline.max(1),
         ..DownloadOptions::default()
     };
-    let tty = std::io::stderr().is_terminal();
+    // The bar redraws one stderr line in place: only on a terminal, and not
+    // with -v, whose log lines on the same stream would break it up.
+    let bar_on = std::io::stderr().is_terminal() && !a.verbose;
     let mut bar = |p: &Progress| {
-        if tty {
-            eprint!("\r{}", progress_line(p));
+        if bar_on {
+            eprint!("\r{}\x1b[K", repl::progress_line(p, BAR_WIDTH));
             let _ = std::io::stderr().flush();
         }
     };
-    let result = node.download(&a.name, &a.dir, &opts, &mut bar);
-    if tty {
+    let result = node.download_cancellable(&a.name, &a.dir, &opts, Some(&cancel), &mut bar);
+    if bar_on {
         eprint!("\r\x1b[K");
     }
     let summary = match result {
         Ok(s) => s,
         Err(e) => {
             node.leave();
+            stop_signals();
             return Err(e.into());
         }
     };
-    print_summary(&summary);
+    print!("{}", repl::format_summary(&summary));
     if a.seed {
-        let mut signals = Signals::new([SIGINT, SIGTERM])?;
         println!("seeding {} on {} until Ctrl-C", a.name, node.local_addr());
-        wait_for_signal(&mut signals);
+        let _ = sig_rx.recv();
     }
     node.leave();
+    stop_signals();
     Ok(())
 }
 
-fn progress_line(p: &Progress) -> String {
-    let frac = if p.total_bytes == 0 {
-        1.0
-    } else {
-        p.done_bytes as f64 / p.total_bytes as f64
-    };
-    let width = 30;
-    let filled = (frac * width as f64).round() as usize;
-    format!(
-        "[{}{}] {:5.1}%  {} / {}  {}/s  {} source(s)  ",
-        "#".repeat(filled.min(width)),
-        ".".repeat(width - filled.min(width)),
-        frac * 100.0,
-        human(p.done_bytes as f64),
-        human(p.total_bytes as f64),
-        human(p.rate),
-        p.active_sources
-    )
-}
-
-fn print_summary(s: &Summary) {
-    let secs = s.elapsed.as_secs_f64().max(1e-3);
-    println!(
-        "downloaded {}: {} ({} bytes) in {:.2} s, {}/s; {} chunks, {} resumed from disk, {} duplicate(s)",
-        s.name,
-        human(s.length as f64),
-        s.length,
-        secs,
-        human(s.bytes_downloaded as f64 / secs),
-        s.chunks_total,
-        s.chunks_resumed,
-        s.duplicates
-    );
-    for src in &s.sources {
-        let mut line = format!(
-            "  from {}: {} ({} bytes), {} chunk(s)",
-            src.addr,
-            human(src.bytes as f64),
-            src.bytes,
-            src.chunks
-        );
-        if src.hash_failures > 0 {
-            line.push_str(&format!(", {} failed verification", src.hash_failures));
-        }
-        if let Some(why) = &src.dropped {
-            line.push_str(&format!(", dropped: {why}"));
-        }
-        println!("{line}");
-    }
-    println!("saved to {}", s.path.display());
-}
+/// Characters in the progress bar of `peer get`: the whole line then fits
+/// an 80-column terminal, so redrawing it in place never wraps.
+const BAR_WIDTH: usize = 20;
 
 fn list_cmd(a: ListArgs) -> Result<(), BoxError> {
     let (files, truncated) = client::list_files(client::resolve(&a.tracker)?)?;
@@ -425,25 +525,6 @@ fn list_cmd(a: ListArgs) -> Result<(), BoxError> {
 
 fn where_cmd(a: WhereArgs) -> Result<(), BoxError> {
     let l = client::locate(client::resolve(&a.tracker)?, &a.name, false)?;
-    println!(
-        "{}: {} bytes ({}), {} chunks of {}, {} source(s)",
-        l.name,
-        l.length,
-        human(l.length as f64),
-        l.chunk_count,
-        human(f64::from(l.chunk_size)),
-        l.sources.len()
-    );
-    for s in &l.sources {
-        let b = Bitmap::from_bytes(l.chunk_count, &s.have)
-            .map_err(|e| format!("bad bitmap from the tracker: {e}"))?;
-        println!(
-            "  {:<22} {:>6}/{:<6} {}",
-            s.addr.to_string(),
-            b.count_ones(),
-            l.chunk_count,
-            b.render(a.width.max(1))
-        );
-    }
+    print!("{}", repl::format_locations(&l, a.width.max(1), None)?);
     Ok(())
 }

@@ -26,6 +26,7 @@ pub mod download;
 pub mod node;
 pub mod picker;
 pub mod ratelimit;
+pub mod repl;
 pub mod server;
 pub mod session;
 pub mod share;

@@ -1,0 +1,182 @@
+//! The interactive peer's commands (what `peer share` reads on a terminal),
+//! driven without a terminal: an in-process tracker and nodes, and the
+//! command interpreter fed from a byte string.
+
+mod util;
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use p2pfs::peer::download::DownloadOptions;
+use p2pfs::peer::node::{Node, NodeConfig};
+use p2pfs::peer::repl::{DownloadState, Flow, Repl};
+use p2pfs::peer::share;
+use p2pfs::tracker::{Tracker, TrackerConfig};
+use util::{Scratch, wait_until, with_timeout};
+
+const CHUNK: u32 = 64 * 1024;
+
+fn tracker() -> Tracker {
+    Tracker::start(TrackerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..TrackerConfig::default()
+    })
+    .expect("tracker")
+}
+
+fn node(t: &Tracker, dir: Option<&Path>, limit: Option<u64>) -> Arc<Node> {
+    let files = match dir {
+        Some(d) => {
+            share::scan_dir(d, &[], CHUNK, &|_, _| {})
+                .expect("scan")
+                .files
+        }
+        None => Vec::new(),
+    };
+    let mut cfg = NodeConfig::new(t.local_addr());
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.upload_limit = limit;
+    let n = Node::start(cfg, files, None).expect("node");
+    wait_until(10, "registered", || n.is_connected());
+    Arc::new(n)
+}
+
+fn opts() -> DownloadOptions {
+    DownloadOptions {
+        io_timeout: Duration::from_secs(3),
+        give_up_after: Duration::from_secs(3),
+        retry_after: Duration::from_millis(300),
+        ..DownloadOptions::default()
+    }
+}
+
+/// Runs one command line; returns what it printed.
+fn say(r: &mut Repl, line: &str) -> String {
+    let mut out = Vec::new();
+    assert_eq!(r.handle(line, &mut out).unwrap(), Flow::Continue, "{line}");
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn list_where_get_status_at_the_prompt() {
+    with_timeout(90, || {
+        let s = Scratch::new("repl");
+        let data = util::pattern(1 << 20, 11);
+        fs::write(s.sub("seed").join("photo.jpg"), &data).unwrap();
+        let t = tracker();
+        // 1 MiB at 512 KiB/s: the download lasts about two seconds, far
+        // longer than the few commands typed while it runs.
+        let seed = node(&t, Some(&s.path().join("seed")), Some(512 << 10));
+        let me = node(&t, None, None);
+        let dir = s.sub("me");
+        let (mut r, notices) = Repl::new(Arc::clone(&me), dir.clone(), opts());
+
+        let mut out = Vec::new();
+        r.run(
+            &mut "help\n\nlist\nwhere 1\nget 1\nget photo.jpg\nfrobnicate\nget\nget 9\nwhere ../x\n"
+                .as_bytes(),
+            &mut out,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let seed_addr = seed.local_addr().to_string();
+        for needle in [
+            "commands:",
+            "  1. photo.jpg",
+            "1.0 MiB",
+            "photo.jpg: 1048576 bytes (1.0 MiB), 16 chunks of 64.0 KiB, 1 source(s)",
+            &format!("  {seed_addr:<22}     16/16     ################"),
+            "downloading photo.jpg (1.0 MiB) from 1 source in the background",
+            "already downloading photo.jpg",
+            "unknown command \"frobnicate\"",
+            "get needs a file",
+            "there is no file 9 in the last list (1 to 1)",
+            "\"../x\" is not a valid name",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert_eq!(r.active_downloads(), 1, "{text}");
+
+        let st = say(&mut r, "status");
+        assert!(st.contains("downloads:\n  photo.jpg  "), "{st}");
+        assert!(st.contains(&format!("serving chunks on {}", me.local_addr())));
+
+        wait_until(30, "download finished", || r.active_downloads() == 0);
+        match &r.downloads()[..] {
+            [(name, DownloadState::Done(sum))] => {
+                assert_eq!(name, "photo.jpg");
+                assert_eq!(sum.length, 1 << 20);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fs::read(dir.join("photo.jpg")).unwrap(), data);
+        let n = notices.try_recv().expect("a notice");
+        assert!(
+            n.starts_with("download finished: photo.jpg (1.0 MiB)") && n.contains(&seed_addr),
+            "{n}"
+        );
+
+        let st = say(&mut r, "status");
+        for needle in [
+            "files (1):",
+            "16/16 chunks",
+            "done: 1.0 MiB in",
+            "from 1 peer(s)",
+            "uploads: ",
+        ] {
+            assert!(st.contains(needle), "missing {needle:?} in:\n{st}");
+        }
+        let l = say(&mut r, "list");
+        assert!(
+            l.contains("  1. photo.jpg") && l.contains("(you have it)"),
+            "{l}"
+        );
+        assert!(say(&mut r, "get photo.jpg").contains("you already have photo.jpg"));
+        // The tracker hears of our chunks through the session, a moment later.
+        wait_until(10, "this peer listed as a source", || {
+            say(&mut r, "where photo.jpg").contains("16/16     ################  (this peer)")
+        });
+
+        // The seed's own view: what it uploaded.
+        let (mut sr, _n) = Repl::new(Arc::clone(&seed), s.path().join("seed"), opts());
+        let st = say(&mut sr, "status");
+        assert!(
+            st.contains("1.0 MiB sent in all"),
+            "the seed uploaded one copy:\n{st}"
+        );
+
+        let mut out = Vec::new();
+        assert_eq!(r.handle("quit", &mut out).unwrap(), Flow::Quit);
+        assert!(r.finish().is_empty());
+    });
+}
+
+#[test]
+fn quitting_during_a_download_stops_it_and_keeps_its_part_file() {
+    with_timeout(90, || {
+        let s = Scratch::new("repl-quit");
+        fs::write(s.sub("seed").join("big"), util::pattern(2 << 20, 12)).unwrap();
+        let t = tracker();
+        // 2 MiB at 128 KiB/s: still running when we quit.
+        let seed = node(&t, Some(&s.path().join("seed")), Some(128 << 10));
+        let me = node(&t, None, None);
+        let dir = s.sub("me");
+        let (mut r, _notices) = Repl::new(Arc::clone(&me), dir.clone(), opts());
+        let mut out = Vec::new();
+        r.run(&mut "get big\nquit\nstatus\n".as_bytes(), &mut out)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("serving chunks"), "stopped at quit: {text}");
+        wait_until(10, "some chunks on disk", || {
+            fs::metadata(dir.join("big.part.have")).is_ok()
+        });
+        // Stopped and joined: the node is ours alone again, so it can leave.
+        assert_eq!(r.finish(), vec!["big".to_owned()]);
+        assert_eq!(Arc::strong_count(&me), 1);
+        assert!(!dir.join("big").exists());
+        assert!(dir.join("big.part").exists(), "kept for a resume");
+        drop(seed);
+    });
+}
