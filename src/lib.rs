@@ -20,6 +20,23 @@ pub mod peer;
 pub mod tracker;
 pub mod wire;
 
+/// An error and its chain of causes on one line ("a: b: c"), skipping a
+/// cause whose text the outer message already contains. What the binaries
+/// print before exiting non-zero.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let cs = c.to_string();
+        if !s.contains(&cs) {
+            s.push_str(": ");
+            s.push_str(&cs);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 // The wire limits and the geometry limits are the same numbers, stated once
 // in each module so that neither depends on the other.
 const _: () = assert!(wire::MAX_CHUNK_SIZE == chunks::MAX_CHUNK_SIZE);

@@ -398,6 +398,25 @@ fn cli_share_list_where_get() {
     });
 }
 
+/// `peer get NAME` into `dir`, serving on a free loopback port.
+fn get_command(tracker: SocketAddr, name: &str, dir: &Path) -> Command {
+    let mut c = peer_bin();
+    c.args(["get", name, "--tracker", &tracker.to_string()])
+        .args(["--listen", "127.0.0.1:0", "--dir"])
+        .arg(dir);
+    c
+}
+
+/// Chunks the saved have-bitmap of `dir/NAME.part` claims (0 if none yet):
+/// "P2PFHAVE", a 20-byte identity, then the bitmap.
+fn saved_chunks(dir: &Path, name: &str) -> u32 {
+    fs::read(dir.join(format!("{name}.part.have")))
+        .ok()
+        .filter(|b| b.len() > 28)
+        .map(|b| b[28..].iter().map(|x| x.count_ones()).sum())
+        .unwrap_or(0)
+}
+
 #[test]
 fn a_source_killed_mid_download_does_not_stop_it() {
     with_timeout(90, || {
@@ -437,30 +456,10 @@ fn a_killed_downloader_resumes_without_refetching_verified_chunks() {
         let t = tracker();
         let (_seed, seed_addr) = start_share(t.local_addr(), &s.path().join("a"), "1M");
         let dir = s.sub("d");
-        let get_cmd = || {
-            let mut c = peer_bin();
-            c.args([
-                "get",
-                "f",
-                "--tracker",
-                &t.local_addr().to_string(),
-                "--listen",
-                "127.0.0.1:0",
-                "--dir",
-            ])
-            .arg(&dir);
-            c
-        };
+        let get_cmd = || get_command(t.local_addr(), "f", &dir);
         let mut first = Proc::spawn("peer get", &mut get_cmd());
         // Wait until a good part is on disk (the have-bitmap is saved twice a second).
-        wait_until(30, "some chunks saved", || {
-            fs::metadata(dir.join("f.part.have"))
-                .map(|m| m.len() > 28)
-                .unwrap_or(false)
-                && fs::read(dir.join("f.part.have"))
-                    .map(|b| b[28..].iter().map(|x| x.count_ones()).sum::<u32>() >= 16)
-                    .unwrap_or(false)
-        });
+        wait_until(30, "some chunks saved", || saved_chunks(&dir, "f") >= 16);
         first.signal("KILL");
         first.wait_exit(10);
         assert!(
@@ -580,27 +579,10 @@ fn ctrl_c_stops_get_cleanly_and_a_rerun_resumes() {
         let t = tracker();
         let (_seed, _) = start_share(t.local_addr(), &s.path().join("a"), "1M");
         let dir = s.sub("d");
-        let get_cmd = || {
-            let mut c = peer_bin();
-            c.args([
-                "get",
-                "f",
-                "--tracker",
-                &t.local_addr().to_string(),
-                "--listen",
-                "127.0.0.1:0",
-                "--dir",
-            ])
-            .arg(&dir);
-            c
-        };
+        let get_cmd = || get_command(t.local_addr(), "f", &dir);
         let mut first = Proc::spawn("peer get", &mut get_cmd());
         first.wait_line("serving chunks on");
-        wait_until(30, "a few chunks on disk", || {
-            fs::read(dir.join("f.part.have"))
-                .map(|b| b.len() > 28 && b[28..].iter().map(|x| x.count_ones()).sum::<u32>() >= 4)
-                .unwrap_or(false)
-        });
+        wait_until(30, "a few chunks on disk", || saved_chunks(&dir, "f") >= 4);
         first.signal("INT");
         assert_eq!(
             first.wait_exit(15),

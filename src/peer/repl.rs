@@ -29,6 +29,7 @@ use super::download::{DownloadOptions, Progress, Summary};
 use super::node::Node;
 use super::{PeerError, Result};
 use crate::chunks::Bitmap;
+use crate::error_chain;
 use crate::wire::{self, ErrorCode, FileSummary, Locations};
 
 /// What `help` prints.
@@ -552,22 +553,6 @@ fn explain(name: &str, e: &PeerError) -> String {
 }
 
 // ---- Text shared with the one-shot commands -------------------------------
-
-/// An error and its sources on one line, without repeating a source its
-/// parent already quoted.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let cs = c.to_string();
-        if !s.contains(&cs) {
-            s.push_str(": ");
-            s.push_str(&cs);
-        }
-        cur = c.source();
-    }
-    s
-}
 
 /// "12.3 MiB" style sizes (powers of 1024).
 pub fn human(bytes: f64) -> String {
