@@ -7,77 +7,22 @@
 mod util;
 
 use std::fs;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use p2pfs::chunks;
 use p2pfs::peer::download::{DownloadOptions, Summary};
-use p2pfs::peer::node::{Node, NodeConfig};
-use p2pfs::peer::share;
-use p2pfs::tracker::{Tracker, TrackerConfig};
-use util::{Proc, Scratch, addr_in, wait_until, with_timeout};
-
-const CHUNK: u32 = 64 * 1024;
-
-fn tracker() -> Tracker {
-    Tracker::start(TrackerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..TrackerConfig::default()
-    })
-    .expect("tracker")
-}
-
-/// Starts a peer sharing every file in `dir`, with an optional upload limit.
-fn seed(t: &Tracker, dir: &Path, limit: Option<u64>) -> Node {
-    let scan = share::scan_dir(dir, &[], CHUNK, &|_, _| {}).expect("scan");
-    let mut cfg = NodeConfig::new(t.local_addr());
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.upload_limit = limit;
-    let n = Node::start(cfg, scan.files, None).expect("node");
-    wait_until(10, "seed registered", || n.is_connected());
-    n
-}
-
-fn downloader(t: &Tracker, limit: Option<u64>) -> Node {
-    let mut cfg = NodeConfig::new(t.local_addr());
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.upload_limit = limit;
-    let n = Node::start(cfg, Vec::new(), None).expect("node");
-    wait_until(10, "downloader registered", || n.is_connected());
-    n
-}
-
-fn opts() -> DownloadOptions {
-    DownloadOptions {
-        io_timeout: Duration::from_secs(3),
-        give_up_after: Duration::from_secs(10),
-        retry_after: Duration::from_millis(300),
-        ..DownloadOptions::default()
-    }
-}
+use p2pfs::peer::node::Node;
+use util::{
+    CHUNK, Proc, Scratch, downloader, entry, from, get_command, opts, peer_bin, seed, start_share,
+    tracker, wait_until, with_timeout, write,
+};
 
 fn get(n: &Node, name: &str, dir: &Path) -> Summary {
     n.download(name, dir, &opts(), &mut |_| {})
         .expect("download")
-}
-
-fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
-    let p = dir.join(name);
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    fs::write(&p, data).unwrap();
-    p
-}
-
-fn from(s: &Summary, addr: SocketAddr) -> u64 {
-    s.sources
-        .iter()
-        .filter(|x| x.addr == addr)
-        .map(|x| x.bytes)
-        .sum()
 }
 
 fn no_leftovers(dir: &Path) {
@@ -97,8 +42,8 @@ fn one_source_to_one_downloader() {
         let data = util::pattern(1_000_003, 1);
         write(&s.sub("a"), "sub/file.bin", &data);
         let t = tracker();
-        let a = seed(&t, &s.sub("a"), None);
-        let b = downloader(&t, None);
+        let a = seed(t.local_addr(), &s.sub("a"), None);
+        let b = downloader(t.local_addr());
         let sum = get(&b, "sub/file.bin", &s.sub("b"));
         assert_eq!(fs::read(s.path().join("b/sub/file.bin")).unwrap(), data);
         assert_eq!(sum.length, 1_000_003);
@@ -132,10 +77,10 @@ fn three_rate_limited_sources_each_contribute() {
             .map(|i| {
                 let d = s.sub(&format!("s{i}"));
                 write(&d, "f", &data);
-                seed(&t, &d, Some(1 << 20))
+                seed(t.local_addr(), &d, Some(1 << 20))
             })
             .collect();
-        let b = downloader(&t, None);
+        let b = downloader(t.local_addr());
         let sum = get(&b, "f", &s.sub("b"));
         assert_eq!(fs::read(s.path().join("b/f")).unwrap(), data);
         for sd in &seeds {
@@ -159,9 +104,9 @@ fn the_faster_source_serves_most_chunks() {
         let t = tracker();
         write(&s.sub("fast"), "f", &data);
         write(&s.sub("slow"), "f", &data);
-        let fast = seed(&t, &s.path().join("fast"), Some(4 << 20));
-        let slow = seed(&t, &s.path().join("slow"), Some(256 << 10));
-        let b = downloader(&t, None);
+        let fast = seed(t.local_addr(), &s.path().join("fast"), Some(4 << 20));
+        let slow = seed(t.local_addr(), &s.path().join("slow"), Some(256 << 10));
+        let b = downloader(t.local_addr());
         let sum = get(&b, "f", &s.sub("b"));
         assert_eq!(fs::read(s.path().join("b/f")).unwrap(), data);
         let (f, sl) = (from(&sum, fast.local_addr()), from(&sum, slow.local_addr()));
@@ -178,9 +123,9 @@ fn downloaders_serve_each_other_while_downloading() {
         write(&s.sub("a"), "f", &data);
         let t = tracker();
         // A slow seed: two copies from it alone would take 4 s.
-        let a = seed(&t, &s.path().join("a"), Some(1 << 20));
-        let b = Arc::new(downloader(&t, None));
-        let c = Arc::new(downloader(&t, None));
+        let a = seed(t.local_addr(), &s.path().join("a"), Some(1 << 20));
+        let b = Arc::new(downloader(t.local_addr()));
+        let c = Arc::new(downloader(t.local_addr()));
         let (bd, cd) = (s.sub("b"), s.sub("c"));
         let hb = {
             let b = Arc::clone(&b);
@@ -222,11 +167,11 @@ fn a_lying_source_is_caught_dropped_and_the_file_is_correct() {
         write(&s.sub("good"), "f", &data);
         let liar_file = write(&s.sub("liar"), "f", &data);
         let t = tracker();
-        let good = seed(&t, &s.path().join("good"), Some(1 << 20));
-        let liar = seed(&t, &s.path().join("liar"), None);
+        let good = seed(t.local_addr(), &s.path().join("good"), Some(1 << 20));
+        let liar = seed(t.local_addr(), &s.path().join("liar"), None);
         // Alter the liar's bytes after it registered the true hashes.
         fs::write(&liar_file, util::pattern(data.len(), 99)).unwrap();
-        let b = downloader(&t, None);
+        let b = downloader(t.local_addr());
         let sum = get(&b, "f", &s.sub("b"));
         assert_eq!(fs::read(s.path().join("b/f")).unwrap(), data);
         let l = sum
@@ -249,7 +194,7 @@ fn bad_and_unknown_names_fail_cleanly_and_write_nothing() {
     with_timeout(60, || {
         let s = Scratch::new("names");
         let t = tracker();
-        let b = downloader(&t, None);
+        let b = downloader(t.local_addr());
         let dir = s.sub("dl");
         for name in ["../x", "/etc/passwd", "a/../../b", "a\\b", "", "nope"] {
             let e = b
@@ -267,33 +212,6 @@ fn bad_and_unknown_names_fail_cleanly_and_write_nothing() {
 }
 
 // ---- Through the binaries -------------------------------------------------
-
-fn peer_bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_peer"));
-    c.env("RUST_LOG", "warn");
-    c
-}
-
-fn start_share(t: SocketAddr, dir: &Path, limit: &str) -> (Proc, SocketAddr) {
-    let mut p = Proc::spawn(
-        "peer share",
-        peer_bin()
-            .args([
-                "share",
-                "--tracker",
-                &t.to_string(),
-                "--listen",
-                "127.0.0.1:0",
-                "--chunk-size",
-                "64K",
-            ])
-            .args(["--upload-limit", limit, "--dir"])
-            .arg(dir),
-    );
-    let addr = addr_in(&p.wait_line("serving chunks on"));
-    p.wait_line("registered");
-    (p, addr)
-}
 
 #[test]
 fn cli_share_list_where_get() {
@@ -398,15 +316,6 @@ fn cli_share_list_where_get() {
     });
 }
 
-/// `peer get NAME` into `dir`, serving on a free loopback port.
-fn get_command(tracker: SocketAddr, name: &str, dir: &Path) -> Command {
-    let mut c = peer_bin();
-    c.args(["get", name, "--tracker", &tracker.to_string()])
-        .args(["--listen", "127.0.0.1:0", "--dir"])
-        .arg(dir);
-    c
-}
-
 /// Chunks the saved have-bitmap of `dir/NAME.part` claims (0 if none yet):
 /// "P2PFHAVE", a 20-byte identity, then the bitmap.
 fn saved_chunks(dir: &Path, name: &str) -> u32 {
@@ -427,7 +336,7 @@ fn a_source_killed_mid_download_does_not_stop_it() {
         let t = tracker();
         let (victim, victim_addr) = start_share(t.local_addr(), &s.path().join("a"), "1M");
         let (_other, other_addr) = start_share(t.local_addr(), &s.path().join("b"), "1M");
-        let d = downloader(&t, None);
+        let d = downloader(t.local_addr());
         let dir = s.sub("d");
         let h = {
             let d = Arc::new(d);
@@ -507,8 +416,8 @@ fn a_foreign_part_file_is_never_taken_over() {
         let data = util::pattern(300_000, 10);
         write(&s.sub("a"), "movie", &data);
         let t = tracker();
-        let _a = seed(&t, &s.path().join("a"), None);
-        let b = downloader(&t, None);
+        let _a = seed(t.local_addr(), &s.path().join("a"), None);
+        let b = downloader(t.local_addr());
         let dir = s.sub("b");
         // Somebody else's unfinished download, under the name we would use.
         fs::write(dir.join("movie.part"), b"not yours").unwrap();
@@ -532,24 +441,17 @@ fn a_source_that_never_greets_does_not_hold_up_the_end() {
         let data = util::pattern(200_000, 11);
         write(&s.sub("a"), "f", &data);
         let t = tracker();
-        let _a = seed(&t, &s.path().join("a"), None);
+        let _a = seed(t.local_addr(), &s.path().join("a"), None);
         // A "peer" that registers as a source, accepts connections and then
         // says nothing at all.
         let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut ctl = util::Client::connect(t.local_addr());
-        let entry = p2pfs::wire::FileEntry {
-            name: "f".into(),
-            length: data.len() as u64,
-            chunk_size: CHUNK,
-            hashes: data.chunks(CHUNK as usize).map(chunks::sha1).collect(),
-            have: p2pfs::wire::Have::All,
-        };
         let reply = ctl.request(&p2pfs::wire::Message::Register {
             endpoint: mute.local_addr().unwrap(),
-            files: vec![entry],
+            files: vec![entry("f", &data)],
         });
         assert!(matches!(reply, p2pfs::wire::Message::RegisterReply { .. }));
-        let b = downloader(&t, None);
+        let b = downloader(t.local_addr());
         let o = DownloadOptions {
             io_timeout: Duration::from_secs(20),
             ..opts()

@@ -23,95 +23,26 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use p2pfs::chunks;
-use p2pfs::peer::download::{DownloadOptions, Summary};
-use p2pfs::peer::node::{Node, NodeConfig};
+use p2pfs::peer::download::DownloadOptions;
 use p2pfs::peer::ratelimit::RateLimiter;
 use p2pfs::peer::server::{ChunkServer, ServerConfig};
-use p2pfs::peer::share::{self, ShareIndex};
-use p2pfs::tracker::{Tracker, TrackerConfig};
-use p2pfs::wire::{self, ErrorCode, FileEntry, FileOutcome, Have, Message};
-use util::{Client, Proc, Scratch, addr_in, wait_until, with_timeout};
+use p2pfs::peer::share::ShareIndex;
+use p2pfs::tracker::TrackerConfig;
+use p2pfs::wire::{self, ErrorCode, FileEntry, FileOutcome, Message};
+use util::{
+    CHUNK, Client, Proc, Scratch, addr_in, downloader, entry, from, opts, peer_bin, peer_get, seed,
+    start_share, tracker, tracker_with, wait_until, with_timeout, write,
+};
 
-const CHUNK: u32 = 64 * 1024;
 const OTHER_HOST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
 // ---- Helpers ----------------------------------------------------------------
-
-fn tracker() -> Tracker {
-    tracker_with(TrackerConfig::default())
-}
-
-fn tracker_with(cfg: TrackerConfig) -> Tracker {
-    Tracker::start(TrackerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..cfg
-    })
-    .expect("tracker")
-}
-
-fn seed(tracker: SocketAddr, dir: &Path, limit: Option<u64>) -> Node {
-    let scan = share::scan_dir(dir, &[], CHUNK, &|_, _| {}).expect("scan");
-    let mut cfg = NodeConfig::new(tracker);
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.upload_limit = limit;
-    let n = Node::start(cfg, scan.files, None).expect("node");
-    wait_until(10, "seed registered", || n.is_connected());
-    n
-}
-
-fn downloader(tracker: SocketAddr) -> Node {
-    let mut cfg = NodeConfig::new(tracker);
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    let n = Node::start(cfg, Vec::new(), None).expect("node");
-    wait_until(10, "downloader registered", || n.is_connected());
-    n
-}
-
-fn opts() -> DownloadOptions {
-    DownloadOptions {
-        io_timeout: Duration::from_secs(3),
-        give_up_after: Duration::from_secs(15),
-        retry_after: Duration::from_millis(300),
-        ..DownloadOptions::default()
-    }
-}
-
-fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
-    let p = dir.join(name);
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    fs::write(&p, data).unwrap();
-    p
-}
-
-fn from(s: &Summary, addr: SocketAddr) -> u64 {
-    s.sources
-        .iter()
-        .filter(|x| x.addr == addr)
-        .map(|x| x.bytes)
-        .sum()
-}
-
-fn entry(name: &str, data: &[u8]) -> FileEntry {
-    FileEntry {
-        name: name.into(),
-        length: data.len() as u64,
-        chunk_size: CHUNK,
-        hashes: data.chunks(CHUNK as usize).map(chunks::sha1).collect(),
-        have: Have::All,
-    }
-}
 
 fn code(m: &Message) -> Option<ErrorCode> {
     match m {
         Message::Error { code, .. } => Some(*code),
         _ => None,
     }
-}
-
-fn peer_bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_peer"));
-    c.env("RUST_LOG", "warn");
-    c
 }
 
 fn tracker_bin(args: &[&str]) -> Proc {
@@ -121,29 +52,6 @@ fn tracker_bin(args: &[&str]) -> Proc {
             .env("RUST_LOG", "warn")
             .args(args),
     )
-}
-
-fn start_share(t: SocketAddr, dir: &Path, limit: &str) -> (Proc, SocketAddr) {
-    let mut p = Proc::spawn(
-        "peer share",
-        peer_bin()
-            .args(["share", "--tracker", &t.to_string()])
-            .args(["--listen", "127.0.0.1:0", "--chunk-size", "64K"])
-            .args(["--upload-limit", limit, "--dir"])
-            .arg(dir),
-    );
-    let addr = addr_in(&p.wait_line("serving chunks on"));
-    p.wait_line("registered");
-    (p, addr)
-}
-
-fn peer_get(t: SocketAddr, name: &str, dir: &Path) -> std::process::Output {
-    peer_bin()
-        .args(["get", name, "--tracker", &t.to_string()])
-        .args(["--listen", "127.0.0.1:0", "--dir"])
-        .arg(dir)
-        .output()
-        .unwrap()
 }
 
 /// Connects from `src` (a loopback address other than 127.0.0.1), so that

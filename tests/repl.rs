@@ -5,52 +5,10 @@
 mod util;
 
 use std::fs;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use p2pfs::peer::download::DownloadOptions;
-use p2pfs::peer::node::{Node, NodeConfig};
 use p2pfs::peer::repl::{DownloadState, Flow, Repl};
-use p2pfs::peer::share;
-use p2pfs::tracker::{Tracker, TrackerConfig};
-use util::{Scratch, wait_until, with_timeout};
-
-const CHUNK: u32 = 64 * 1024;
-
-fn tracker() -> Tracker {
-    Tracker::start(TrackerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..TrackerConfig::default()
-    })
-    .expect("tracker")
-}
-
-fn node(t: &Tracker, dir: Option<&Path>, limit: Option<u64>) -> Arc<Node> {
-    let files = match dir {
-        Some(d) => {
-            share::scan_dir(d, &[], CHUNK, &|_, _| {})
-                .expect("scan")
-                .files
-        }
-        None => Vec::new(),
-    };
-    let mut cfg = NodeConfig::new(t.local_addr());
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.upload_limit = limit;
-    let n = Node::start(cfg, files, None).expect("node");
-    wait_until(10, "registered", || n.is_connected());
-    Arc::new(n)
-}
-
-fn opts() -> DownloadOptions {
-    DownloadOptions {
-        io_timeout: Duration::from_secs(3),
-        give_up_after: Duration::from_secs(3),
-        retry_after: Duration::from_millis(300),
-        ..DownloadOptions::default()
-    }
-}
+use util::{Scratch, downloader, opts, seed, tracker, wait_until, with_timeout};
 
 /// Runs one command line; returns what it printed.
 fn say(r: &mut Repl, line: &str) -> String {
@@ -68,8 +26,12 @@ fn list_where_get_status_at_the_prompt() {
         let t = tracker();
         // 1 MiB at 512 KiB/s: the download lasts about two seconds, far
         // longer than the few commands typed while it runs.
-        let seed = node(&t, Some(&s.path().join("seed")), Some(512 << 10));
-        let me = node(&t, None, None);
+        let seed = Arc::new(seed(
+            t.local_addr(),
+            &s.path().join("seed"),
+            Some(512 << 10),
+        ));
+        let me = Arc::new(downloader(t.local_addr()));
         let dir = s.sub("me");
         let (mut r, notices) = Repl::new(Arc::clone(&me), dir.clone(), opts());
 
@@ -160,8 +122,12 @@ fn quitting_during_a_download_stops_it_and_keeps_its_part_file() {
         fs::write(s.sub("seed").join("big"), util::pattern(2 << 20, 12)).unwrap();
         let t = tracker();
         // 2 MiB at 128 KiB/s: still running when we quit.
-        let seed = node(&t, Some(&s.path().join("seed")), Some(128 << 10));
-        let me = node(&t, None, None);
+        let seed = Arc::new(seed(
+            t.local_addr(),
+            &s.path().join("seed"),
+            Some(128 << 10),
+        ));
+        let me = Arc::new(downloader(t.local_addr()));
         let dir = s.sub("me");
         let (mut r, _notices) = Repl::new(Arc::clone(&me), dir.clone(), opts());
         let mut out = Vec::new();

@@ -1,18 +1,26 @@
 //! Shared helpers for the integration tests (ripgrep's tests/util.rs style):
 //! timeouts around every test, a raw protocol client, scratch folders,
-//! child processes that are always killed.
+//! child processes that are always killed, and the swarm pieces the peer
+//! tests share (an in-process tracker and nodes, download options, the
+//! `peer` binary).
 #![allow(dead_code)]
 
+use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use p2pfs::wire::{self, Message};
+use p2pfs::chunks;
+use p2pfs::peer::download::{DownloadOptions, Summary};
+use p2pfs::peer::node::{Node, NodeConfig};
+use p2pfs::peer::share::{self, SharedFile};
+use p2pfs::tracker::{Tracker, TrackerConfig};
+use p2pfs::wire::{self, FileEntry, Have, Message};
 
 /// Runs `f` on its own thread and fails the test if it takes longer than
 /// `secs` seconds, so a hang is a failure and never a stuck CI.
@@ -241,4 +249,140 @@ pub fn addr_in(line: &str) -> SocketAddr {
     line.split_whitespace()
         .find_map(|w| w.trim_matches(|c| c == ',' || c == ')').parse().ok())
         .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+// ---- Swarms: tracker, nodes, files ------------------------------------------
+
+/// The chunk size every swarm test shares with: 64 KiB, so a file of a few
+/// MiB has dozens of chunks to spread over its sources.
+pub const CHUNK: u32 = 64 * 1024;
+
+/// An in-process tracker with default settings on a free loopback port.
+pub fn tracker() -> Tracker {
+    tracker_with(TrackerConfig::default())
+}
+
+/// An in-process tracker with `cfg`, always on a free loopback port
+/// (whatever `cfg.listen` says).
+pub fn tracker_with(cfg: TrackerConfig) -> Tracker {
+    Tracker::start(TrackerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..cfg
+    })
+    .expect("tracker")
+}
+
+/// Starts an in-process node sharing `files`, listening on a free loopback
+/// port, and waits until it is registered with `tracker` (so the tracker
+/// already lists it when this returns). Takes the tracker's address, not a
+/// [`Tracker`], so a tracker run as a separate process works too.
+fn start_node(tracker: SocketAddr, files: Vec<SharedFile>, limit: Option<u64>, what: &str) -> Node {
+    let mut cfg = NodeConfig::new(tracker);
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.upload_limit = limit;
+    let n = Node::start(cfg, files, None).expect("node");
+    wait_until(10, &format!("{what} registered"), || n.is_connected());
+    n
+}
+
+/// A node sharing every file in `dir` (hashed in [`CHUNK`]s), with an
+/// optional upload limit in bytes per second; registered when it returns.
+pub fn seed(tracker: SocketAddr, dir: &Path, limit: Option<u64>) -> Node {
+    let scan = share::scan_dir(dir, &[], CHUNK, &|_, _| {}).expect("scan");
+    start_node(tracker, scan.files, limit, "seed")
+}
+
+/// A node that shares nothing yet (it serves what it downloads), with no
+/// upload limit; registered when it returns.
+pub fn downloader(tracker: SocketAddr) -> Node {
+    start_node(tracker, Vec::new(), None, "downloader")
+}
+
+/// Download options for tests: short I/O timeouts and retries so a dead
+/// source costs seconds, not the defaults' minutes, and 15 s without
+/// progress before giving up (generous: nothing is meant to stall, and a
+/// loaded 2-core machine must not make a healthy download give up).
+pub fn opts() -> DownloadOptions {
+    DownloadOptions {
+        io_timeout: Duration::from_secs(3),
+        give_up_after: Duration::from_secs(15),
+        retry_after: Duration::from_millis(300),
+        ..DownloadOptions::default()
+    }
+}
+
+/// Writes `data` to `dir/name`, creating the folders `name` runs through;
+/// returns the path.
+pub fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, data).unwrap();
+    p
+}
+
+/// Bytes the download summed up in `s` kept from the source at `addr`
+/// (0 if it never served).
+pub fn from(s: &Summary, addr: SocketAddr) -> u64 {
+    s.sources
+        .iter()
+        .filter(|x| x.addr == addr)
+        .map(|x| x.bytes)
+        .sum()
+}
+
+/// A complete file as a peer registers it with the tracker: `data` cut
+/// into [`CHUNK`]s with their true hashes, every chunk held. For fake
+/// sources that speak the protocol by hand.
+pub fn entry(name: &str, data: &[u8]) -> FileEntry {
+    FileEntry {
+        name: name.into(),
+        length: data.len() as u64,
+        chunk_size: CHUNK,
+        hashes: data.chunks(CHUNK as usize).map(chunks::sha1).collect(),
+        have: Have::All,
+    }
+}
+
+// ---- The `peer` binary ------------------------------------------------------
+
+/// The `peer` binary this `cargo test` built, logging warnings only (so
+/// its stdout is just what the tests read).
+pub fn peer_bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_peer"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+/// Runs `peer share` on `dir` against the tracker at `t`, on a free
+/// loopback port, with [`CHUNK`]-sized chunks and `--upload-limit limit`
+/// ("0" for none, "1M", ...). Returns once it is serving and registered,
+/// with the address it serves chunks on.
+pub fn start_share(t: SocketAddr, dir: &Path, limit: &str) -> (Proc, SocketAddr) {
+    let chunk_size = format!("{}K", CHUNK / 1024);
+    let mut p = Proc::spawn(
+        "peer share",
+        peer_bin()
+            .args(["share", "--tracker", &t.to_string()])
+            .args(["--listen", "127.0.0.1:0", "--chunk-size", &chunk_size])
+            .args(["--upload-limit", limit, "--dir"])
+            .arg(dir),
+    );
+    let addr = addr_in(&p.wait_line("serving chunks on"));
+    p.wait_line("registered");
+    (p, addr)
+}
+
+/// `peer get NAME` into `dir` against the tracker at `t`, serving on a free
+/// loopback port; not started yet.
+pub fn get_command(t: SocketAddr, name: &str, dir: &Path) -> Command {
+    let mut c = peer_bin();
+    c.args(["get", name, "--tracker", &t.to_string()])
+        .args(["--listen", "127.0.0.1:0", "--dir"])
+        .arg(dir);
+    c
+}
+
+/// Runs [`get_command`] to the end; its exit status and output.
+pub fn peer_get(t: SocketAddr, name: &str, dir: &Path) -> Output {
+    get_command(t, name, dir).output().unwrap()
 }
