@@ -100,7 +100,14 @@ impl Conn {
     /// Reads one message; the other side closing is an error here because
     /// a reply was expected.
     pub fn recv(&mut self) -> Result<Message> {
-        match wire::read_message(&mut self.reader) {
+        self.recv_into(&mut Vec::new())
+    }
+
+    /// [`Conn::recv`] that reads a ChunkData's bytes into `spare` (taken,
+    /// its capacity reused; see [`wire::read_message_into`]), so a
+    /// download can recycle its chunk buffers.
+    pub fn recv_into(&mut self, spare: &mut Vec<u8>) -> Result<Message> {
+        match wire::read_message_into(&mut self.reader, spare) {
             Ok(Some(m)) => Ok(m),
             Ok(None) => Err(PeerError::net(
                 self.addr,

@@ -244,6 +244,8 @@ pub fn download(
         opts,
         identity: identity(geometry, &hashes),
         paths: &paths,
+        pool: ChunkPool::new(),
+        assembler_checks: std::sync::atomic::AtomicUsize::new(0),
     };
     let outcome = engine.run(ctx, tracker, locs, self_addr, resumed, on_progress);
     let mut summary = match outcome {
@@ -508,6 +510,38 @@ struct Verified {
     source: SocketAddr,
     index: u32,
     data: Vec<u8>,
+    /// `Some`: not hashed yet; the assembler checks it and reports a bad
+    /// chunk to this worker's [`Rejects`] (see `Engine::work_on`).
+    check: Option<Arc<Rejects>>,
+}
+
+/// Decrements the assembler's pending-check count when dropped.
+struct PendingCheck<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for PendingCheck<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Chunks of one source that failed verification, recorded by its worker
+/// or by the assembler (for chunks it checked), read back by the worker.
+#[derive(Default)]
+struct Rejects {
+    count: std::sync::atomic::AtomicU32,
+    indices: Mutex<Vec<u32>>,
+}
+
+impl Rejects {
+    /// Records a bad chunk; returns the number of bad chunks so far.
+    fn record(&self, index: u32) -> u32 {
+        lock(&self.indices).push(index);
+        self.count.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    fn count(&self) -> u32 {
+        self.count.load(Ordering::SeqCst)
+    }
 }
 
 /// What workers and the assembler tell the coordinator.
@@ -564,6 +598,46 @@ struct Engine<'a> {
     opts: &'a DownloadOptions,
     identity: Digest,
     paths: &'a Paths,
+    /// Chunk buffers handed back by the assembler for the workers to read
+    /// into again.
+    pool: ChunkPool,
+    /// Unchecked chunks queued for (or being hashed by) the assembler.
+    assembler_checks: std::sync::atomic::AtomicUsize,
+}
+
+/// Idle chunk buffers, recycled from the assembler to the workers. Without
+/// it each chunk was read into a freshly allocated buffer and freed after
+/// its write, so the allocator kept returning memory to the kernel and
+/// faulting it back in (measured: ~44,000 minor page faults per GiB
+/// downloaded, now a few hundred). Bounded: buffers beyond
+/// [`POOL_BUFFERS`] are simply freed, so memory stays what the chunks in
+/// flight need.
+struct ChunkPool {
+    tx: Sender<Vec<u8>>,
+    rx: Receiver<Vec<u8>>,
+}
+
+/// Idle buffers kept: the chunk channel's 4 plus one being written and one
+/// being read.
+const POOL_BUFFERS: usize = 6;
+
+impl ChunkPool {
+    fn new() -> ChunkPool {
+        let (tx, rx) = bounded(POOL_BUFFERS);
+        ChunkPool { tx, rx }
+    }
+
+    /// A buffer to read the next chunk into (empty if none is idle).
+    fn take(&self) -> Vec<u8> {
+        self.rx.try_recv().unwrap_or_default()
+    }
+
+    /// Gives a buffer back (dropped if enough are idle).
+    fn give(&self, buf: Vec<u8>) {
+        if buf.capacity() > 0 {
+            let _ = self.tx.try_send(buf);
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -706,13 +780,38 @@ impl Engine<'_> {
         let mut last_save = Instant::now();
         let mut unflushed = 0u64;
         for v in rx {
+            // An unchecked chunk counts as pending until it is written or
+            // dropped: meanwhile the workers hash what they receive.
+            let _pending = v
+                .check
+                .as_ref()
+                .map(|_| PendingCheck(&self.assembler_checks));
             let Some(i) = self.geometry.index(v.index) else {
+                self.pool.give(v.data);
                 continue;
             };
             if self.file.has(i) {
                 lock(&self.picker).complete(v.index);
                 let _ = ev.send(Event::Duplicate);
+                self.pool.give(v.data);
                 continue;
+            }
+            if let Some(rejects) = &v.check {
+                if chunks::sha1(&v.data) != self.hashes[v.index as usize] {
+                    lock(&self.picker).release(v.index);
+                    let n = rejects.record(v.index);
+                    // Past the limit the worker is already banning the
+                    // source; the count reported stays the limit.
+                    if n <= self.opts.max_hash_failures {
+                        let _ = ev.send(Event::HashFailure { source: v.source });
+                    }
+                    warn!(
+                        "{}: chunk {} of {} failed verification ({n} of {} allowed)",
+                        v.source, v.index, self.name, self.opts.max_hash_failures
+                    );
+                    self.pool.give(v.data);
+                    continue;
+                }
             }
             if let Err(e) = self
                 .file
@@ -724,7 +823,9 @@ impl Engine<'_> {
                 // Drain so workers blocked on the channel can see `stop`.
                 continue;
             }
-            unflushed += v.data.len() as u64;
+            let len = v.data.len();
+            self.pool.give(v.data);
+            unflushed += len as u64;
             if unflushed >= FLUSH_BEHIND_BYTES {
                 // Skipped while a flush is still queued: the next one
                 // covers these bytes too.
@@ -736,15 +837,12 @@ impl Engine<'_> {
             lock(&self.picker).complete(v.index);
             on_chunk(self.name, v.index);
             debug!(
-                "chunk {} of {} from {} ({} bytes)",
-                v.index,
-                self.name,
-                v.source,
-                v.data.len()
+                "chunk {} of {} from {} ({len} bytes)",
+                v.index, self.name, v.source
             );
             let _ = ev.send(Event::Written {
                 source: v.source,
-                bytes: v.data.len() as u32,
+                bytes: len as u32,
             });
             if last_save.elapsed() >= Duration::from_millis(500) {
                 self.save_have();
@@ -792,8 +890,9 @@ impl Engine<'_> {
         inflight: &mut VecDeque<u32>,
     ) -> WorkerEnd {
         let depth = self.opts.pipeline_depth.max(1);
-        let mut failures = 0u32;
-        // Chunks this source sent wrong: ask another source for them.
+        // Chunks this source sent wrong (found here or by the assembler):
+        // ask another source for them.
+        let rejects = Arc::new(Rejects::default());
         let mut avoid: Vec<u32> = Vec::new();
         // Chunks verified here and queued for the assembler but not yet
         // written: the picker still counts them in flight, so without this
@@ -801,9 +900,15 @@ impl Engine<'_> {
         // ~5 needless chunks per single-source download).
         let mut handed: Vec<u32> = Vec::new();
         let mut batch = Vec::new();
+        let mut spare = Vec::new();
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 return WorkerEnd::Finished;
+            }
+            avoid.append(&mut lock(&rejects.indices));
+            let failures = rejects.count();
+            if failures >= self.opts.max_hash_failures {
+                return WorkerEnd::Banned(format!("{failures} chunks failed verification"));
             }
             batch.clear();
             if inflight.len() < depth {
@@ -844,7 +949,10 @@ impl Engine<'_> {
                 let _ = slot.wake_rx.recv_timeout(Duration::from_millis(250));
                 continue;
             }
-            let reply = match conn.recv() {
+            if spare.capacity() == 0 {
+                spare = self.pool.take();
+            }
+            let reply = match conn.recv_into(&mut spare) {
                 Ok(m) => m,
                 Err(e) => return WorkerEnd::Lost(e.to_string()),
             };
@@ -858,22 +966,36 @@ impl Engine<'_> {
                             "sent chunk {index}, which does not exist"
                         ));
                     };
-                    let good = data.len() == self.geometry.chunk_len(i) as usize
-                        && chunks::sha1(&data) == self.hashes[index as usize];
+                    // Hashing is the largest cost per chunk. When the
+                    // assembler has no unchecked chunk pending it hashes
+                    // this one, while this thread goes on receiving: one
+                    // fast source then keeps two cores busy instead of one
+                    // (measured: see docs/benchmarks.md, scenario 1). With
+                    // several sources it rarely idles and workers hash.
+                    // Never for a source that already sent a bad chunk.
+                    let check = data.len() == self.geometry.chunk_len(i) as usize
+                        && rejects.count() == 0
+                        && self
+                            .assembler_checks
+                            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                            .is_ok();
+                    let good = check
+                        || (data.len() == self.geometry.chunk_len(i) as usize
+                            && chunks::sha1(&data) == self.hashes[index as usize]);
                     if !good {
                         lock(&self.picker).release(index);
-                        avoid.push(index);
-                        failures += 1;
-                        let _ = ev.send(Event::HashFailure { source: slot.addr });
+                        let n = rejects.record(index);
+                        if n <= self.opts.max_hash_failures {
+                            let _ = ev.send(Event::HashFailure { source: slot.addr });
+                        }
                         warn!(
-                            "{}: chunk {index} of {} failed verification ({failures} of {} allowed)",
+                            "{}: chunk {index} of {} failed verification ({n} of {} allowed)",
                             slot.addr, self.name, self.opts.max_hash_failures
                         );
-                        if failures >= self.opts.max_hash_failures {
-                            return WorkerEnd::Banned(format!(
-                                "{failures} chunks failed verification"
-                            ));
+                        if n >= self.opts.max_hash_failures {
+                            return WorkerEnd::Banned(format!("{n} chunks failed verification"));
                         }
+                        spare = data; // read the next chunk into it
                         continue;
                     }
                     if chunk_tx
@@ -881,9 +1003,13 @@ impl Engine<'_> {
                             source: slot.addr,
                             index,
                             data,
+                            check: check.then(|| Arc::clone(&rejects)),
                         })
                         .is_err()
                     {
+                        if check {
+                            self.assembler_checks.fetch_sub(1, Ordering::SeqCst);
+                        }
                         return WorkerEnd::Finished;
                     }
                     handed.push(index);

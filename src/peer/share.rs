@@ -43,7 +43,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, Metadata};
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -778,11 +778,19 @@ impl HashCtx<'_> {
             let Some(i) = f.geometry.index(chunk) else {
                 continue; // cannot happen: jobs come from the geometry
             };
-            match chunks::read_chunk(&f.file, &f.geometry, i, &mut buf) {
+            // The buffer only ever grows: resizing it to each chunk's
+            // length would zero-fill the difference every time a chunk is
+            // longer than the one before (many small files of mixed sizes;
+            // an estimated 0.05 CPU s per GiB, below the benchmark's noise).
+            let n = f.geometry.chunk_len(i) as usize;
+            if buf.len() < n {
+                buf.resize(n, 0);
+            }
+            let data = &mut buf[..n];
+            match f.file.read_exact_at(data, f.geometry.offset(i)) {
                 Ok(()) => {
-                    out.digests.push((slot, chunk, chunks::sha1(&buf)));
-                    let done =
-                        self.done.fetch_add(buf.len() as u64, Ordering::Relaxed) + buf.len() as u64;
+                    out.digests.push((slot, chunk, chunks::sha1(data)));
+                    let done = self.done.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
                     self.maybe_report(done);
                 }
                 Err(e) => {

@@ -1,0 +1,261 @@
+//! The SVG plot for docs/benchmarks.md: multi-source speedup against the
+//! ideal (left) and the flash crowd's last finisher against its lower bound
+//! (right). Plain SVG text, no dependency.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::util::R;
+
+#[derive(Debug, Default, Clone)]
+pub struct PlotData {
+    /// (N, measured speedup T(1)/T(N), ideal/actual)
+    pub multi: Vec<(usize, f64, f64)>,
+    /// (N, last finisher seconds, bound seconds)
+    pub flash: Vec<(usize, f64, f64)>,
+}
+
+pub fn write_svg(path: &Path, d: &PlotData, quick: bool) -> R<()> {
+    let svg = render(d, quick);
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
+    std::fs::write(path, svg).map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+fn render(d: &PlotData, quick: bool) -> String {
+    let (w, h) = (880.0, 380.0);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    if quick {
+        let _ = writeln!(
+            s,
+            r##"<text x="{}" y="16" text-anchor="middle" fill="#a00">--quick run: not representative</text>"##,
+            w / 2.0
+        );
+    }
+    speedup_panel(&mut s, &d.multi, 60.0, 40.0, 340.0, 280.0);
+    flash_panel(&mut s, &d.flash, 510.0, 40.0, 340.0, 280.0);
+    s.push_str("</svg>\n");
+    s
+}
+
+/// A panel's frame: origin (x0, y0) top left, size (pw, ph), and labels.
+struct Panel<'a> {
+    x0: f64,
+    y0: f64,
+    pw: f64,
+    ph: f64,
+    title: &'a str,
+    xl: &'a str,
+    yl: &'a str,
+}
+
+fn axes(s: &mut String, p: &Panel<'_>) {
+    let Panel {
+        x0,
+        y0,
+        pw,
+        ph,
+        title,
+        xl,
+        yl,
+    } = *p;
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle" font-size="14" font-weight="bold">{title}</text>"#,
+        x0 + pw / 2.0,
+        y0 - 12.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<line x1="{x0}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{x0}" y1="{y0}" x2="{x0}" y2="{}" stroke="black"/>"#,
+        y0 + ph,
+        x0 + pw,
+        y0 + ph,
+        y0 + ph
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">{xl}</text>"#,
+        x0 + pw / 2.0,
+        y0 + ph + 34.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle" transform="rotate(-90 {} {})">{yl}</text>"#,
+        x0 - 38.0,
+        y0 + ph / 2.0,
+        x0 - 38.0,
+        y0 + ph / 2.0
+    );
+}
+
+fn speedup_panel(s: &mut String, m: &[(usize, f64, f64)], x0: f64, y0: f64, pw: f64, ph: f64) {
+    axes(
+        s,
+        &Panel {
+            x0,
+            y0,
+            pw,
+            ph,
+            title: "Multi-source download, every source capped",
+            xl: "sources N",
+            yl: "speedup T(1) / T(N)",
+        },
+    );
+    let ymax = 9.0;
+    let xs = [1usize, 2, 4, 8];
+    let px = |n: usize| x0 + pw * (n as f64 - 1.0) / 7.5 + 8.0;
+    let py = |v: f64| y0 + ph - ph * (v / ymax).min(1.0);
+    for v in [0.0, 2.0, 4.0, 6.0, 8.0] {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x0}" y1="{y}" x2="{}" y2="{y}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{v}</text>"##,
+            x0 + pw,
+            x0 - 6.0,
+            py(v) + 4.0,
+            y = py(v)
+        );
+    }
+    for n in xs {
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{n}</text>"#,
+            px(n),
+            y0 + ph + 16.0
+        );
+    }
+    // Ideal: speedup N.
+    let ideal: Vec<String> = xs
+        .iter()
+        .map(|&n| format!("{:.1},{:.1}", px(n), py(n as f64)))
+        .collect();
+    let _ = writeln!(
+        s,
+        r##"<polyline points="{}" fill="none" stroke="#888" stroke-dasharray="6,4" stroke-width="2"/>"##,
+        ideal.join(" ")
+    );
+    if !m.is_empty() {
+        let pts: Vec<String> = m
+            .iter()
+            .map(|&(n, sp, _)| format!("{:.1},{:.1}", px(n), py(sp)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r##"<polyline points="{}" fill="none" stroke="#1f6fb4" stroke-width="2.5"/>"##,
+            pts.join(" ")
+        );
+        for &(n, sp, ratio) in m {
+            let _ = writeln!(
+                s,
+                r##"<circle cx="{:.1}" cy="{:.1}" r="4" fill="#1f6fb4"/><text x="{:.1}" y="{:.1}" fill="#1f6fb4">{sp:.2}x ({ratio:.2} of ideal)</text>"##,
+                px(n),
+                py(sp),
+                px(n) - if n == 8 { 120.0 } else { -8.0 },
+                py(sp) + if n == 8 { 18.0 } else { -8.0 }
+            );
+        }
+    }
+    legend(
+        s,
+        x0 + 10.0,
+        y0 + 10.0,
+        &[
+            ("#888", "ideal (N x cap)", true),
+            ("#1f6fb4", "measured (median)", false),
+        ],
+    );
+}
+
+fn flash_panel(s: &mut String, f: &[(usize, f64, f64)], x0: f64, y0: f64, pw: f64, ph: f64) {
+    axes(
+        s,
+        &Panel {
+            x0,
+            y0,
+            pw,
+            ph,
+            title: "Flash crowd: last downloader done",
+            xl: "downloaders N (one capped seed, capped peers)",
+            yl: "seconds",
+        },
+    );
+    let top = f.iter().map(|&(_, a, b)| a.max(b)).fold(1.0, f64::max) * 1.1;
+    // A round tick step (1, 2 or 5 times a power of ten), about 4 ticks.
+    let raw = top / 4.0;
+    let pow = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * pow)
+        .find(|&s| s >= raw)
+        .unwrap_or(10.0 * pow);
+    let ticks = (top / step).ceil() as usize;
+    let ymax = step * ticks as f64;
+    let py = |v: f64| y0 + ph - ph * (v / ymax);
+    for k in 0..=ticks {
+        let v = step * k as f64;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x0}" y1="{y}" x2="{}" y2="{y}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{v:.0}</text>"##,
+            x0 + pw,
+            x0 - 6.0,
+            py(v) + 4.0,
+            y = py(v)
+        );
+    }
+    let group = pw / f.len().max(1) as f64;
+    for (i, &(n, actual, bound)) in f.iter().enumerate() {
+        let gx = x0 + group * i as f64 + group * 0.2;
+        let bw = group * 0.28;
+        for (j, (v, color)) in [(bound, "#bbb"), (actual, "#1f6fb4")].iter().enumerate() {
+            let x = gx + j as f64 * (bw + 4.0);
+            let _ = writeln!(
+                s,
+                r#"<rect x="{x:.1}" y="{:.1}" width="{bw:.1}" height="{:.1}" fill="{color}"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{v:.1}</text>"#,
+                py(*v),
+                y0 + ph - py(*v),
+                x + bw / 2.0,
+                py(*v) - 4.0
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">N={n} ({:.2} of bound)</text>"#,
+            gx + bw + 2.0,
+            y0 + ph + 16.0,
+            bound / actual
+        );
+    }
+    legend(
+        s,
+        x0 + 10.0,
+        y0 + 10.0,
+        &[
+            ("#bbb", "lower bound", false),
+            ("#1f6fb4", "measured (median)", false),
+        ],
+    );
+}
+
+fn legend(s: &mut String, x: f64, y: f64, items: &[(&str, &str, bool)]) {
+    for (i, (color, label, dashed)) in items.iter().enumerate() {
+        let yy = y + 16.0 * i as f64;
+        let dash = if *dashed {
+            r#" stroke-dasharray="6,4""#
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            s,
+            r#"<line x1="{x}" y1="{yy}" x2="{}" y2="{yy}" stroke="{color}" stroke-width="3"{dash}/><text x="{}" y="{}">{label}</text>"#,
+            x + 22.0,
+            x + 28.0,
+            yy + 4.0
+        );
+    }
+}
