@@ -185,7 +185,7 @@ fn flash_panel(s: &mut String, f: &[(usize, f64, f64)], x0: f64, y0: f64, pw: f6
             yl: "seconds",
         },
     );
-    let top = f.iter().map(|&(_, a, b)| a.max(b)).fold(1.0, f64::max) * 1.1;
+    let top = f.iter().map(|&(_, a, b)| a.max(b)).fold(1.0, f64::max) * 1.35;
     // A round tick step (1, 2 or 5 times a power of ten), about 4 ticks.
     let raw = top / 4.0;
     let pow = 10f64.powf(raw.log10().floor());
