@@ -17,8 +17,6 @@
 //! allocation request. Tests run on several threads; the record is
 //! thread-local so they do not disturb each other.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::mem::size_of;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -36,62 +34,12 @@ use proptest::test_runner::{Config, RngSeed};
 
 // ---- Allocation probe ---------------------------------------------------
 
-/// The system allocator, plus a per-thread record of the largest single
-/// request (alloc, alloc_zeroed or the new size of a realloc) made while the
-/// thread's probe is armed.
-struct PeakAlloc;
-
-thread_local! {
-    static ARMED: Cell<bool> = const { Cell::new(false) };
-    static PEAK: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note(size: usize) {
-    // try_with: allocations during thread teardown must not panic. The
-    // thread-locals are const-initialised without destructors, so touching
-    // them never allocates (no recursion into the allocator).
-    let _ = ARMED.try_with(|armed| {
-        if armed.get() {
-            let _ = PEAK.try_with(|p| p.set(p.get().max(size)));
-        }
-    });
-}
-
-// SAFETY: every method forwards to `System` unchanged; `note` only touches
-// thread-local Cells and never allocates.
-unsafe impl GlobalAlloc for PeakAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "../examples/fuzz/peak_alloc.rs"]
+mod peak_alloc;
+use peak_alloc::{PeakAlloc, peak_alloc};
 
 #[global_allocator]
 static GLOBAL: PeakAlloc = PeakAlloc;
-
-/// Runs `f` and returns its result with the largest single allocation this
-/// thread requested while it ran.
-fn peak_alloc<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    PEAK.with(|p| p.set(0));
-    ARMED.with(|a| a.set(true));
-    let r = f();
-    ARMED.with(|a| a.set(false));
-    (r, PEAK.with(Cell::get))
-}
 
 /// What `wire::read_frame` reserves for a payload before its bytes arrive
 /// (`INITIAL_FRAME_ALLOC`, private in wire.rs): 1 MiB + 64. A lying length

@@ -993,30 +993,8 @@ fn store_cache(root: &Path, path: &Path, cache: &Cache) {
 mod tests {
     use super::*;
     use std::os::unix::fs::FileExt;
-    use std::sync::atomic::AtomicU32;
 
-    /// A unique temporary folder, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            static N: AtomicU32 = AtomicU32::new(0);
-            let p = std::env::temp_dir().join(format!(
-                "p2pfs-share-{tag}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = fs::remove_dir_all(&p);
-            fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::peer::testutil::TempDir;
 
     /// Writes `data` to `dir/rel` with an mtime an hour ago (outside the
     /// racy window, so it is cacheable).
