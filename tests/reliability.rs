@@ -619,11 +619,27 @@ fn check_hello_timeout(addr: SocketAddr, bound: Duration) {
     let mut silent = Client::raw(addr);
     let mut half = Client::raw(addr);
     half.stream.write_all(&[0, 0, 0, 7, 1, b'P']).unwrap();
+    // A Hello that claims 100 bytes and trickles in one byte every 50 ms:
+    // each read is quick, but the whole Hello is late. It must be closed
+    // too (the Hello timeout is a deadline, not a per-read timeout).
+    let mut trickle = Client::raw(addr);
+    let mut w = trickle.stream.try_clone().unwrap();
+    let trickler = std::thread::spawn(move || {
+        let _ = w.write_all(&[0, 0, 0, 100, 1]);
+        for _ in 0..100 {
+            if w.write_all(b"P").is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
     let mut greeted = Client::connect(addr);
     assert!(silent.closed_by_server());
     assert!(half.closed_by_server());
+    assert!(trickle.closed_by_server());
     let took = started.elapsed();
     assert!(took < bound, "closed after {took:?}");
+    trickler.join().unwrap();
     // The greeted one is still open (its idle timeout is long).
     greeted
         .stream

@@ -245,6 +245,7 @@ pub fn download(
         identity: identity(geometry, &hashes),
         paths: &paths,
         pool: ChunkPool::new(),
+        flush_error: Mutex::new(None),
         assembler_checks: std::sync::atomic::AtomicUsize::new(0),
     };
     let outcome = engine.run(ctx, tracker, locs, self_addr, resumed, on_progress);
@@ -257,6 +258,9 @@ pub fn download(
             return Err(e);
         }
     };
+    if let Some(e) = lock(&engine.flush_error).take() {
+        return Err(PeerError::io("write", &paths.part, e));
+    }
     finish(&paths, &shared_file)?;
     // From now on it is served as a complete file under its final name.
     if let Ok(f) = shared_file.file().try_clone() {
@@ -378,8 +382,11 @@ fn open_part(paths: &Paths, geometry: Geometry, hashes: &[Digest]) -> Result<(Fi
                 .open(&paths.part)
                 .map_err(|e| PeerError::io("create", &paths.part, e))?;
             // Mark the .part as ours at once, so a restart right away resumes.
-            save_have(&paths.have, &id, &Bitmap::new(geometry.count()))
-                .map_err(|e| PeerError::io("create", &paths.have, e))?;
+            if let Err(e) = save_have(&paths.have, &id, &Bitmap::new(geometry.count())) {
+                // Without its .have a later run would refuse the .part.
+                let _ = fs::remove_file(&paths.part);
+                return Err(PeerError::io("create", &paths.have, e));
+            }
             (file, None)
         }
         Err(e) => return Err(PeerError::io("inspect", &paths.part, e)),
@@ -601,6 +608,8 @@ struct Engine<'a> {
     /// Chunk buffers handed back by the assembler for the workers to read
     /// into again.
     pool: ChunkPool,
+    /// The first error of the background flush (see `flush_behind`).
+    flush_error: Mutex<Option<std::io::Error>>,
     /// Unchecked chunks queued for (or being hashed by) the assembler.
     assembler_checks: std::sync::atomic::AtomicUsize,
 }
@@ -759,12 +768,15 @@ impl Engine<'_> {
     /// assembler has written so far (`fdatasync`), so that the `fsync` at
     /// the end has little left to do: a download's disk writes overlap its
     /// transfer instead of following it (measured: 1 GiB, loopback, 0.30 s
-    /// of the end-to-end time became ~0.05 s). Errors only matter at the
-    /// final `fsync`, which reports them.
+    /// of the end-to-end time became ~0.05 s). Linux reports a writeback
+    /// error to one `fsync` only, so the first error here is kept and fails
+    /// the download: it must not be lost before the final `fsync`.
     fn flush_behind(&self, rx: Receiver<()>) {
         for () in rx {
             if let Err(e) = self.file.file().sync_data() {
-                debug!("{}: background flush: {e}", self.name);
+                warn!("{}: flushing {}: {e}", self.name, self.paths.part.display());
+                lock(&self.flush_error).get_or_insert(e);
+                self.stop.store(true, Ordering::SeqCst);
             }
         }
     }
@@ -1116,6 +1128,9 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         loop {
             if lock(&e.picker).is_complete() {
                 return Ok(());
+            }
+            if let Some(err) = lock(&e.flush_error).take() {
+                return Err(PeerError::io("write", &e.paths.part, err));
             }
             if self.cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
                 return Err(PeerError::Download(format!(

@@ -120,6 +120,11 @@ impl Node {
         self.session.as_ref().is_some_and(|s| s.is_connected())
     }
 
+    /// Whether a download of `name` is running in this peer right now.
+    pub fn is_downloading(&self, name: &str) -> bool {
+        lock(&self.downloading).contains(name)
+    }
+
     /// Downloads `name` into `dir`, serving and registering each verified
     /// chunk as it lands. See [`download::download`].
     pub fn download(

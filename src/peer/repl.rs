@@ -321,7 +321,8 @@ impl Repl {
         for (i, f) in files.iter().enumerate() {
             let mine = match self.node.share().get(&f.name) {
                 Some(s) if s.is_complete() => "  (you have it)",
-                Some(_) => "  (downloading)",
+                Some(_) if self.node.is_downloading(&f.name) => "  (downloading)",
+                Some(_) => "  (partly here; get it to resume)",
                 None => "",
             };
             writeln!(
@@ -379,13 +380,18 @@ impl Repl {
         {
             return writeln!(out, "already downloading {name}; type status to follow it");
         }
-        if let Some(f) = self.node.share().get(&name) {
-            return if f.is_complete() {
-                writeln!(out, "you already have {name}: it is in the shared folder")
-            } else {
-                writeln!(out, "already downloading {name}; type status to follow it")
-            };
+        if self.node.is_downloading(&name) {
+            return writeln!(out, "already downloading {name}; type status to follow it");
         }
+        if self
+            .node
+            .share()
+            .get(&name)
+            .is_some_and(|f| f.is_complete())
+        {
+            return writeln!(out, "you already have {name}: it is in the shared folder");
+        }
+        // A partial file left by a failed or stopped download is resumed.
         // Ask first, so a wrong name is answered here and not later.
         let l = match self.locate(&name) {
             Ok((l, _)) => l,

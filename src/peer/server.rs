@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use super::ratelimit::RateLimiter;
 use super::share::ShareIndex;
 use super::{PeerError, Result};
-use crate::admission::{Admission, Limits, Refuser};
+use crate::admission::{Admission, DeadlineReader, Limits, Refuser};
 use crate::wire::{self, CHUNK_DATA_HEADER_LEN, ErrorCode, Message, WireError};
 
 /// A write that makes no progress for this long means the reader is gone.
@@ -375,7 +375,14 @@ fn serve(stream: &TcpStream, shared: &Shared) -> Result<(), WireError> {
     let mut reader = BufReader::with_capacity(READ_BUF, stream);
     let mut w = stream;
 
-    match wire::read_message(&mut reader) {
+    // The whole Hello must arrive within the Hello timeout, not merely
+    // some byte of it every so often.
+    let first = wire::read_message(&mut DeadlineReader::new(
+        &mut reader,
+        stream,
+        hello.min(idle),
+    ));
+    match first {
         Ok(Some(Message::Hello { version })) if version == wire::PROTOCOL_VERSION => {
             wire::write_message(&mut w, &Message::Hello { version })?;
             stream.set_read_timeout(Some(idle))?;
@@ -505,6 +512,10 @@ fn serve_chunk(
             "cannot read chunk {index} of {name:?} from {}: {e}",
             f.path().display()
         );
+        if let Some(p) = peer {
+            // Nothing was sent: others must not be turned away for it.
+            shared.first_sends.unclaim(name, index, p);
+        }
         return send_error(
             w,
             ErrorCode::Internal,
@@ -546,42 +557,79 @@ const FIRST_SENDS_MAX: usize = 1 << 16;
 /// of 25.6 s.
 #[derive(Default)]
 struct FirstSends {
-    /// (name, index) -> the peer it went to, and when (send start, then
-    /// send end).
-    recent: Mutex<HashMap<(String, u32), (SocketAddr, Instant)>>,
+    recent: Mutex<HashMap<(String, u32), FirstSend>>,
     last_prune: Mutex<Option<Instant>>,
 }
 
+/// The first send of one chunk within the window.
+struct FirstSend {
+    to: SocketAddr,
+    /// When the send started, then (once `done`) when it ended.
+    at: Instant,
+    done: bool,
+    /// Askers already turned away once for this send: the next time they
+    /// are served, so nobody waits on super-seeding more than once per
+    /// chunk, whatever the recipient does (e.g. asking again and again).
+    refused: Vec<SocketAddr>,
+}
+
+/// Most askers remembered per chunk; past it, askers are simply served.
+const REFUSED_MAX: usize = 64;
+
 impl FirstSends {
-    fn recent(&self) -> MutexGuard<'_, HashMap<(String, u32), (SocketAddr, Instant)>> {
+    fn recent(&self) -> MutexGuard<'_, HashMap<(String, u32), FirstSend>> {
         // Poisoning ignored: each critical section is one map operation.
         self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// May chunk `index` of `name` be sent to `peer` now? Records the send
-    /// if so.
+    /// if so. A chunk is refused to each other peer at most once per send.
     fn claim(&self, name: &str, index: u32, peer: SocketAddr) -> bool {
         let now = Instant::now();
         self.prune(now);
         let mut recent = self.recent();
         let key = (name.to_owned(), index);
-        match recent.get(&key) {
-            Some(&(to, at)) if to != peer && now.duration_since(at) < RESEND_AFTER => false,
-            _ => {
-                if recent.len() < FIRST_SENDS_MAX || recent.contains_key(&key) {
-                    recent.insert(key, (peer, now));
+        if let Some(s) = recent.get_mut(&key) {
+            if now.duration_since(s.at) < RESEND_AFTER {
+                if s.to == peer || s.refused.contains(&peer) || s.refused.len() >= REFUSED_MAX {
+                    // The window is not restarted: a peer asking again and
+                    // again cannot keep a chunk from everyone else.
+                    return true;
                 }
-                true
+                s.refused.push(peer);
+                return false;
+            }
+        }
+        if recent.len() < FIRST_SENDS_MAX || recent.contains_key(&key) {
+            recent.insert(
+                key,
+                FirstSend {
+                    to: peer,
+                    at: now,
+                    done: false,
+                    refused: Vec::new(),
+                },
+            );
+        }
+        true
+    }
+
+    /// The first send to `peer` ended: the window starts now.
+    fn sent(&self, name: &str, index: u32, peer: SocketAddr) {
+        if let Some(s) = self.recent().get_mut(&(name.to_owned(), index)) {
+            if s.to == peer && !s.done {
+                s.at = Instant::now();
+                s.done = true;
             }
         }
     }
 
-    /// The send to `peer` ended: the window starts now.
-    fn sent(&self, name: &str, index: u32, peer: SocketAddr) {
-        if let Some(e) = self.recent().get_mut(&(name.to_owned(), index)) {
-            if e.0 == peer {
-                e.1 = Instant::now();
-            }
+    /// The claimed send to `peer` did not happen (e.g. a read error).
+    fn unclaim(&self, name: &str, index: u32, peer: SocketAddr) {
+        let mut recent = self.recent();
+        let key = (name.to_owned(), index);
+        if recent.get(&key).is_some_and(|s| s.to == peer && !s.done) {
+            recent.remove(&key);
         }
     }
 
@@ -595,7 +643,7 @@ impl FirstSends {
             *last = Some(now);
         }
         self.recent()
-            .retain(|_, (_, at)| now.duration_since(*at) < RESEND_AFTER);
+            .retain(|_, s| now.duration_since(s.at) < RESEND_AFTER);
     }
 }
 
@@ -990,6 +1038,22 @@ mod tests {
         // The same peer is served again.
         assert!(matches!(
             chunk0(&mut a, "f"),
+            Message::ChunkData { index: 0, .. }
+        ));
+        // ...but asking again does not pin the chunk: b, already turned
+        // away once, is served now, and so is anyone on a second ask.
+        assert!(matches!(
+            chunk0(&mut b, "f"),
+            Message::ChunkData { index: 0, .. }
+        ));
+        let mut c = Conn::connect(s.local_addr(), T).unwrap();
+        assert_eq!(code(&chunk0(&mut c, "f")), Some(ErrorCode::NotHeld));
+        assert!(matches!(
+            chunk0(&mut a, "f"),
+            Message::ChunkData { index: 0, .. }
+        ));
+        assert!(matches!(
+            chunk0(&mut c, "f"),
             Message::ChunkData { index: 0, .. }
         ));
         // A file still being downloaded here is served to everyone.

@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use log::{debug, info, warn};
 
 use super::registry::{ConnId, Registry};
-use crate::admission::{Admission, Limits, Refuser};
+use crate::admission::{Admission, DeadlineReader, Limits, Refuser};
 use crate::wire::{self, ErrorCode, Locations, Message, Source, WireError};
 
 /// How often a registered peer sends Keepalive (see the wire module).
@@ -336,7 +336,15 @@ fn serve_connection(shared: &Shared, id: ConnId, stream: TcpStream) {
 
     let mut greeted = false;
     loop {
-        let next = match wire::read_message(&mut reader) {
+        let read = if greeted {
+            wire::read_message(&mut reader)
+        } else {
+            // The whole Hello must arrive within the Hello timeout, not
+            // merely some byte of it every so often.
+            let limit = shared.cfg.hello_timeout.min(shared.cfg.idle_timeout);
+            wire::read_message(&mut DeadlineReader::new(&mut reader, &writer, limit))
+        };
+        let next = match read {
             Ok(None) => break,
             Ok(Some(m)) if !greeted => match m {
                 Message::Hello { version } if version == wire::PROTOCOL_VERSION => {
