@@ -146,3 +146,41 @@ fn quitting_during_a_download_stops_it_and_keeps_its_part_file() {
         drop(seed);
     });
 }
+
+#[test]
+fn a_failed_download_can_be_retried_at_the_prompt() {
+    with_timeout(120, || {
+        let s = Scratch::new("repl-retry");
+        let data = util::pattern(2 << 20, 13);
+        fs::write(s.sub("slow").join("big"), &data).unwrap();
+        let t = tracker();
+        // 2 MiB at 128 KiB/s: the seed leaves long before the end.
+        let slow = seed(t.local_addr(), &s.path().join("slow"), Some(128 << 10));
+        let me = Arc::new(downloader(t.local_addr()));
+        let dir = s.sub("me");
+        let o = p2pfs::peer::download::DownloadOptions {
+            give_up_after: std::time::Duration::from_secs(1),
+            ..opts()
+        };
+        let (mut r, _notices) = Repl::new(Arc::clone(&me), dir.clone(), o);
+        assert!(say(&mut r, "get big").contains("big"));
+        wait_until(30, "some chunks on disk", || {
+            fs::read(dir.join("big.part.have"))
+                .is_ok_and(|b| b.len() > 28 && b[28..].iter().any(|x| *x != 0))
+        });
+        slow.leave();
+        wait_until(30, "the download gave up", || {
+            say(&mut r, "status").contains("failed")
+        });
+        // Another source appears: the same command resumes the download.
+        fs::write(s.sub("fast").join("big"), &data).unwrap();
+        let _fast = seed(t.local_addr(), &s.path().join("fast"), None);
+        let again = say(&mut r, "get big");
+        assert!(!again.contains("already"), "{again}");
+        wait_until(30, "the retried download finished", || {
+            dir.join("big").exists()
+        });
+        assert_eq!(fs::read(dir.join("big")).unwrap(), data);
+        r.finish();
+    });
+}
