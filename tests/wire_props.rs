@@ -329,55 +329,9 @@ fn fail(what: &str, e: &WireError) -> TestCaseError {
 }
 
 /// Every heap-backed field of a decoded message holds no more than the frame
-/// carried: byte vectors and strings at most `len` bytes in total, and every
-/// list at most `len / (its smallest item on the wire)` items.
+/// carried (see the shared `peak_alloc::check_bounded`).
 fn check_bounded(m: &Message, len: usize) -> Result<(), TestCaseError> {
-    let mut content = 0usize;
-    match m {
-        Message::Error { message, .. } => content += message.len(),
-        Message::Register { files, .. } => {
-            prop_assert!(files.len() * FILE_ENTRY_MIN_WIRE <= len);
-            for f in files {
-                content += f.name.len() + f.hashes.len() * wire::DIGEST_LEN;
-                if let Have::Some(bits) = &f.have {
-                    content += bits.len();
-                }
-            }
-        }
-        Message::RegisterReply { results } => {
-            prop_assert!(results.len() * 2 <= len);
-            for r in results {
-                if let FileOutcome::Refused { reason, .. } = r {
-                    content += reason.len();
-                }
-            }
-        }
-        Message::FileList { files, .. } => {
-            prop_assert!(files.len() * 10 <= len);
-            content += files.iter().map(|f| f.name.len()).sum::<usize>();
-        }
-        Message::Locate { name, .. }
-        | Message::ChunkRegister { name, .. }
-        | Message::ChunkRequest { name, .. } => content += name.len(),
-        Message::Locations(l) => {
-            prop_assert!(l.sources.len() * 7 <= len);
-            content += l.name.len();
-            content += l.hashes.as_ref().map_or(0, |h| h.len() * wire::DIGEST_LEN);
-            content += l.sources.iter().map(|s| s.have.len()).sum::<usize>();
-        }
-        Message::ChunkData { data, .. } => content += data.len(),
-        Message::Hello { .. }
-        | Message::Ok
-        | Message::Keepalive
-        | Message::ListFiles
-        | Message::Leave => {}
-    }
-    prop_assert!(
-        content <= len,
-        "{} of frame len {len} holds {content} bytes",
-        m.kind()
-    );
-    Ok(())
+    peak_alloc::check_bounded(m, len).map_err(TestCaseError::fail)
 }
 
 /// Runs every decoder entry point over `bytes` and checks, whatever the

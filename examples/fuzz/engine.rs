@@ -38,7 +38,7 @@ use p2pfs::wire::{
 
 #[path = "peak_alloc.rs"]
 mod peak_alloc;
-pub use peak_alloc::{PeakAlloc, peak_alloc};
+pub use peak_alloc::{PeakAlloc, check_bounded, peak_alloc};
 
 /// What `read_frame` may reserve before a payload's bytes arrive
 /// (`INITIAL_FRAME_ALLOC` in wire.rs, private there).
@@ -506,59 +506,6 @@ pub struct Failure {
     pub case: u64,
     pub what: String,
     pub bytes: Vec<u8>,
-}
-
-/// Every heap field of a decoded message holds no more than its frame
-/// carried, and every list no more items than the frame has room for.
-fn check_bounded(m: &Message, len: usize) -> Result<(), String> {
-    let mut content = 0usize;
-    let mut items_ok = true;
-    match m {
-        Message::Error { message, .. } => content += message.len(),
-        Message::Register { files, .. } => {
-            items_ok = files.len() * (2 + 8 + 4 + 4 + 1) <= len;
-            for f in files {
-                content += f.name.len() + f.hashes.len() * wire::DIGEST_LEN;
-                if let Have::Some(bits) = &f.have {
-                    content += bits.len();
-                }
-            }
-        }
-        Message::RegisterReply { results } => {
-            items_ok = results.len() * 2 <= len;
-            for x in results {
-                if let FileOutcome::Refused { reason, .. } = x {
-                    content += reason.len();
-                }
-            }
-        }
-        Message::FileList { files, .. } => {
-            items_ok = files.len() * 10 <= len;
-            content += files.iter().map(|f| f.name.len()).sum::<usize>();
-        }
-        Message::Locate { name, .. }
-        | Message::ChunkRegister { name, .. }
-        | Message::ChunkRequest { name, .. } => content += name.len(),
-        Message::Locations(l) => {
-            items_ok = l.sources.len() * 7 <= len;
-            content += l.name.len();
-            content += l.hashes.as_ref().map_or(0, |h| h.len() * wire::DIGEST_LEN);
-            content += l.sources.iter().map(|s| s.have.len()).sum::<usize>();
-        }
-        Message::ChunkData { data, .. } => content += data.len(),
-        Message::Hello { .. }
-        | Message::Ok
-        | Message::Keepalive
-        | Message::ListFiles
-        | Message::Leave => {}
-    }
-    if !items_ok || content > len {
-        return Err(format!(
-            "{} decoded from a {len}-byte frame holds {content} bytes (or too many items)",
-            m.kind()
-        ));
-    }
-    Ok(())
 }
 
 /// A reader that hands out at most a few bytes per `read`, like a socket
