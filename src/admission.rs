@@ -100,7 +100,7 @@ impl Admission {
     fn counts(&self) -> MutexGuard<'_, Counts> {
         // Each critical section is a few integer updates: a poisoned lock
         // still holds consistent counts.
-        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.counts)
     }
 
     /// Admits a connection from `ip` if both caps allow it.

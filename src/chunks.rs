@@ -16,21 +16,9 @@ use std::os::unix::fs::FileExt;
 
 use sha1::{Digest as _, Sha1};
 
-/// Smallest chunk size accepted anywhere (1 KiB).
-pub const MIN_CHUNK_SIZE: u32 = 1024;
-/// Largest chunk size accepted anywhere (16 MiB). A chunk travels in one
-/// frame, so this also sizes `wire::MAX_FRAME_LEN`.
-pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
-/// Default chunk size (1 MiB): big enough that per-chunk overhead (a request,
-/// a hash, a tracker register) is negligible, small enough that a 50 MiB file
-/// still has 50 chunks to spread across sources.
-pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
-/// Most chunks one file may have (2^19 = 524,288; 512 GiB at 1 MiB chunks).
-/// Bounds the hash list (10 MiB) and one bitmap (64 KiB).
-pub const MAX_CHUNKS_PER_FILE: u32 = 1 << 19;
-
-/// Length of a SHA-1 digest in bytes.
-pub const DIGEST_LEN: usize = 20;
+pub use crate::limits::{
+    DEFAULT_CHUNK_SIZE, DIGEST_LEN, MAX_CHUNK_SIZE, MAX_CHUNKS_PER_FILE, MIN_CHUNK_SIZE,
+};
 
 /// A SHA-1 digest of one chunk.
 pub type Digest = [u8; DIGEST_LEN];

@@ -14,9 +14,13 @@
 //! Everything is synchronous std::net with one OS thread per connection;
 //! threads talk over bounded crossbeam channels.
 
+#![forbid(unsafe_code)]
+
 pub mod admission;
 pub mod chunks;
+pub mod limits;
 pub mod peer;
+pub mod sync;
 pub mod tracker;
 pub mod wire;
 
@@ -36,9 +40,3 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
-
-// The wire limits and the geometry limits are the same numbers, stated once
-// in each module so that neither depends on the other.
-const _: () = assert!(wire::MAX_CHUNK_SIZE == chunks::MAX_CHUNK_SIZE);
-const _: () = assert!(wire::MAX_CHUNKS_PER_FILE == chunks::MAX_CHUNKS_PER_FILE);
-const _: () = assert!(wire::DIGEST_LEN == chunks::DIGEST_LEN);

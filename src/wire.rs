@@ -19,12 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use byteorder::{BigEndian, ByteOrder, WriteBytesExt};
 
-/// How often a registered peer sends Keepalive on an otherwise idle tracker
-/// connection. Shared by both sides so they cannot drift apart.
-pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
-/// The tracker drops a control connection silent this long (three missed
-/// keepalives) and forgets that peer's chunks.
-pub const TRACKER_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub use crate::limits::{KEEPALIVE_INTERVAL, TRACKER_IDLE_TIMEOUT};
 
 /// First four bytes of every Hello payload.
 pub const MAGIC: [u8; 4] = *b"P2PF";
@@ -33,28 +28,12 @@ pub const PROTOCOL_VERSION: u16 = 1;
 
 // ---- Limits -------------------------------------------------------------
 
-/// Longest file name, in bytes of UTF-8.
-pub const MAX_NAME_LEN: usize = 1024;
-/// Longest single `/`-separated component of a name, in bytes.
-pub const MAX_NAME_COMPONENT_LEN: usize = 255;
-/// Longest error or refusal message, in bytes of UTF-8.
-pub const MAX_MESSAGE_LEN: usize = 1024;
-/// Most files in one Register (a peer sharing more sends several).
-pub const MAX_FILES_PER_REGISTER: usize = 1024;
-/// Most chunks of one file (same as `chunks::MAX_CHUNKS_PER_FILE`).
-pub const MAX_CHUNKS_PER_FILE: u32 = 1 << 19;
-/// Largest chunk (same as `chunks::MAX_CHUNK_SIZE`).
-pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
-/// Most sources in one Locations reply; the tracker sends a random sample
-/// when more peers hold the file.
-pub const MAX_SOURCES_PER_REPLY: usize = 64;
-/// Most files in one FileList reply; the reply says when it was cut short.
-pub const MAX_LIST_FILES: usize = 10_000;
-/// Largest value of a frame's `len` field (type byte + payload): one maximal
-/// chunk plus room for its header. Every other message is smaller by the
-/// limits above (a Locations with hashes of a maximal file and 64 bitmaps is
-/// 14,682,326 bytes, about 14.0 MiB).
-pub const MAX_FRAME_LEN: u32 = MAX_CHUNK_SIZE + 1024;
+// Stated once in `limits` (which also feeds `chunks` and every help text);
+// re-exported here because they are part of the codec's contract.
+pub use crate::limits::{
+    DIGEST_LEN, MAX_CHUNK_SIZE, MAX_CHUNKS_PER_FILE, MAX_FILES_PER_REGISTER, MAX_FRAME_LEN,
+    MAX_LIST_FILES, MAX_MESSAGE_LEN, MAX_NAME_COMPONENT_LEN, MAX_NAME_LEN, MAX_SOURCES_PER_REPLY,
+};
 /// Bytes before a frame's payload: `u32 len` + `u8 type`.
 pub const FRAME_HEADER_LEN: usize = 5;
 /// Bytes of a ChunkData frame before the chunk bytes: frame header + `u32 index`.
@@ -64,8 +43,6 @@ pub const CHUNK_DATA_HEADER_LEN: usize = FRAME_HEADER_LEN + 4;
 /// receiver allocate more than the sender really sent.
 const INITIAL_FRAME_ALLOC: usize = (1 << 20) + 64;
 
-/// Length of a SHA-1 digest.
-pub const DIGEST_LEN: usize = 20;
 /// A chunk's SHA-1 digest.
 pub type Digest = [u8; DIGEST_LEN];
 

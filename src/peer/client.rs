@@ -12,11 +12,7 @@ use std::time::Duration;
 use super::{PeerError, Result};
 use crate::wire::{self, FileSummary, Locations, Message, WireError};
 
-/// How long to wait for a TCP connection to be accepted.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long any single read or write may block before the other side is
-/// considered gone.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::limits::{CONNECT_TIMEOUT, IO_TIMEOUT};
 
 /// Resolves `addr` ("host:port") to its first socket address.
 pub fn resolve(addr: &str) -> Result<SocketAddr> {

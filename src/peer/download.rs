@@ -37,7 +37,7 @@ use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -49,24 +49,14 @@ use super::picker::Picker;
 use super::share::{PART_SUFFIX, ShareIndex, SharedFile};
 use super::{PeerError, Result};
 use crate::chunks::{self, Bitmap, Digest, Geometry};
+use crate::sync::lock;
 use crate::wire::{self, ErrorCode, Locations, Message};
 
-/// Requests a worker keeps in flight on its connection. Four 1 MiB chunks
-/// cover the bandwidth-delay product of any LAN and keep loopback busy,
-/// while bounding per-source memory.
-pub const PIPELINE_DEPTH: usize = 4;
-/// How often locations are refreshed while downloading.
-pub const REFRESH_INTERVAL: Duration = Duration::from_millis(1500);
-/// Chunks from one source that may fail verification before it is dropped.
-pub const MAX_HASH_FAILURES: u32 = 3;
-/// How long a download may make no progress with nothing in flight before
-/// it gives up naming the chunks nobody can supply.
-pub const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+pub use crate::limits::{
+    GIVE_UP_AFTER, MAX_ACTIVE_SOURCES, MAX_HASH_FAILURES, PIPELINE_DEPTH, REFRESH_INTERVAL,
+};
 /// Read/write timeout of the coordinator's tracker queries.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(3);
-/// Most sources downloaded from at once; more add little and cost a thread
-/// and a connection each.
-pub const MAX_ACTIVE_SOURCES: usize = 32;
 /// The assembler asks for a background `fdatasync` after this many bytes
 /// written since the last request (see `Engine::flush_behind`).
 const FLUSH_BEHIND_BYTES: u64 = 64 << 20;
@@ -647,10 +637,6 @@ impl ChunkPool {
             let _ = self.tx.try_send(buf);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Engine<'_> {

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
 
@@ -20,6 +20,7 @@ use super::server::{ChunkServer, ServerConfig};
 use super::session::{SessionConfig, SessionEvent, TrackerSession};
 use super::share::{ShareIndex, SharedFile};
 use super::{PeerError, Result};
+use crate::sync::lock;
 
 /// How to start a peer.
 #[derive(Debug, Clone)]
@@ -55,10 +56,6 @@ pub struct Node {
     /// Names with a download running, so one name is never fetched twice
     /// at once into the same `.part`.
     downloading: Mutex<HashSet<String>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Node {

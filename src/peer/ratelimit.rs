@@ -126,7 +126,7 @@ impl RateLimiter {
         let cost = duration_for(n, rate);
         // A poisoned lock only means another thread panicked between two
         // plain assignments; the Instant inside is still meaningful.
-        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = crate::sync::lock(&self.next);
         let now = Instant::now();
         let floor = now.checked_sub(SLACK).unwrap_or(now);
         let start = match *next {

@@ -18,7 +18,7 @@ use std::io::{self, BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use super::node::Node;
 use super::{PeerError, Result};
 use crate::chunks::Bitmap;
 use crate::error_chain;
+use crate::sync::lock;
 use crate::wire::{self, ErrorCode, FileSummary, Locations};
 
 /// What `help` prints.
@@ -153,11 +154,6 @@ struct Job {
     state: Arc<Mutex<DownloadState>>,
     cancel: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
-}
-
-/// Locks ignoring poison: the state is replaced whole, never half-written.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The command interpreter of one running peer.

@@ -55,16 +55,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How long shutdown waits to connect to its own listener.
 const WAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Default: a connection with no request for this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default: a new connection must send its Hello within this long.
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default cap on connections open at once (each is one thread).
-pub const MAX_CONNECTIONS: usize = 256;
-/// Default cap on connections open at once from one IPv4 address (or IPv6
-/// /64). A downloader opens one connection per file it fetches from us, so
-/// this is far above honest use, and one host cannot take every slot.
-pub const MAX_PER_IP: usize = 64;
+pub use crate::limits::{
+    HELLO_TIMEOUT, PEER_IDLE_TIMEOUT as IDLE_TIMEOUT, PEER_MAX_CONNECTIONS as MAX_CONNECTIONS,
+    PEER_MAX_PER_IP as MAX_PER_IP,
+};
 
 /// Limits of the chunk server.
 #[derive(Debug, Clone)]
@@ -109,7 +103,7 @@ struct Shared {
 impl Shared {
     fn live(&self) -> MutexGuard<'_, HashMap<u64, TcpStream>> {
         // Poisoning ignored: each critical section is one map operation.
-        self.live.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.live)
     }
 
     /// Shuts down every live socket (outside the lock: the map is emptied
@@ -579,7 +573,7 @@ const REFUSED_MAX: usize = 64;
 impl FirstSends {
     fn recent(&self) -> MutexGuard<'_, HashMap<(String, u32), FirstSend>> {
         // Poisoning ignored: each critical section is one map operation.
-        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.recent)
     }
 
     /// May chunk `index` of `name` be sent to `peer` now? Records the send
@@ -636,7 +630,7 @@ impl FirstSends {
     /// Forgets sends older than the window, at most once a second.
     fn prune(&self, now: Instant) {
         {
-            let mut last = self.last_prune.lock().unwrap_or_else(|e| e.into_inner());
+            let mut last = crate::sync::lock(&self.last_prune);
             if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
                 return;
             }

@@ -21,7 +21,7 @@ use std::collections::HashSet;
 use std::mem;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,7 @@ use log::{debug, info, warn};
 use super::client::{Conn, unexpected};
 use super::share::{ShareIndex, SharedFile};
 use super::{PeerError, Result};
+use crate::sync::lock;
 use crate::wire::{self, ErrorCode, FileEntry, FileOutcome, Message};
 
 /// Commands queued by other threads. Large enough that a burst of verified
@@ -239,12 +240,6 @@ impl Drop for TrackerSession {
 struct Limits {
     max_files: usize,
     max_frame_len: usize,
-}
-
-/// Locks ignoring poison: the set stays consistent even if a holder
-/// panicked (each operation is a single insert or take).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether a file is worth announcing: someone can fetch something from us.

@@ -150,7 +150,7 @@ impl SharedFile {
     fn bits(&self) -> std::sync::MutexGuard<'_, Bitmap> {
         // A poisoned lock only means a panic elsewhere between bitmap
         // updates, each of which leaves the bitmap consistent.
-        self.have.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.have)
     }
 
     pub fn has(&self, i: ChunkIndex) -> bool {
@@ -218,11 +218,11 @@ impl ShareIndex {
     // Poisoning is ignored: every critical section is a single map
     // operation that cannot leave the map half-updated.
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<SharedFile>>> {
-        self.files.read().unwrap_or_else(|e| e.into_inner())
+        crate::sync::read(&self.files)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<SharedFile>>> {
-        self.files.write().unwrap_or_else(|e| e.into_inner())
+        crate::sync::write(&self.files)
     }
 
     /// Adds or replaces (e.g. a finished download replacing its partial

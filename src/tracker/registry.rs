@@ -19,15 +19,7 @@ use crate::wire::{self, ErrorCode, FileEntry, FileOutcome, FileSummary, Have, Na
 /// Identifies one control connection (and so one peer) for its lifetime.
 pub type ConnId = u64;
 
-/// Most files one peer may hold at once: bounds what one connection can
-/// make the tracker store.
-pub const MAX_FILES_PER_PEER: usize = 65_536;
-/// Most chunks across one peer's files (bitmaps cost a bit each, new files
-/// 20 bytes of hash each): 4 Mi chunks is 4 TiB at the default chunk size.
-pub const MAX_CHUNKS_PER_PEER: u64 = 4 << 20;
-/// Most distinct chunks the whole registry describes (20 bytes of hash
-/// each: 1 GiB of hashes).
-pub const MAX_TOTAL_CHUNKS: u64 = 50 << 20;
+pub use crate::limits::{MAX_CHUNKS_PER_PEER, MAX_FILES_PER_PEER, MAX_TOTAL_CHUNKS};
 
 /// Why the registry refused a request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -37,15 +37,9 @@ pub const KEEPALIVE_INTERVAL: Duration = wire::KEEPALIVE_INTERVAL;
 pub const IDLE_TIMEOUT: Duration = wire::TRACKER_IDLE_TIMEOUT;
 /// How long one write to a client may block before the client is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default cap on concurrent connections (each is one thread).
-pub const MAX_CONNECTIONS: usize = 4096;
-/// Default cap on concurrent connections from one IPv4 address (or IPv6
-/// /64): a peer needs one control connection plus a few short queries, so
-/// this leaves room for many peers behind one NAT while a single host cannot
-/// take every slot.
-pub const MAX_PER_IP: usize = 256;
-/// A new connection must complete its Hello within this long.
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::limits::{
+    HELLO_TIMEOUT, TRACKER_MAX_CONNECTIONS as MAX_CONNECTIONS, TRACKER_MAX_PER_IP as MAX_PER_IP,
+};
 /// Stack of a connection thread: the handler keeps buffers on the heap.
 const CONN_STACK_SIZE: usize = 256 * 1024;
 
@@ -119,11 +113,11 @@ struct Shared {
 impl Shared {
     fn registry(&self) -> MutexGuard<'_, Registry> {
         // A panic in another connection thread must not take the tracker down.
-        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.registry)
     }
 
     fn conns(&self) -> MutexGuard<'_, HashMap<ConnId, TcpStream>> {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.conns)
     }
 }
 

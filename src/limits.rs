@@ -1,0 +1,114 @@
+//! Every limit and default of p2pfs, stated once.
+//!
+//! Owns: the numbers that the codec ([`crate::wire`]), the chunk geometry
+//! ([`crate::chunks`]), both servers, the download engine and every `--help`
+//! text read. A number that appears in a help string or an error message is
+//! formatted from here, never copied by hand, so the two cannot drift apart.
+//!
+//! Depends on nothing (plain constants); `wire` and `chunks` may use it and
+//! stay leaves otherwise. Protocol limits (the first section) are part of
+//! docs/protocol.md: changing one changes the protocol.
+
+use std::time::Duration;
+
+// ---- Protocol limits (docs/protocol.md §4) --------------------------------
+
+/// Longest file name, in bytes of UTF-8.
+pub const MAX_NAME_LEN: usize = 1024;
+/// Longest single `/`-separated component of a name, in bytes (what common
+/// file systems allow).
+pub const MAX_NAME_COMPONENT_LEN: usize = 255;
+/// Longest error or refusal message, in bytes of UTF-8.
+pub const MAX_MESSAGE_LEN: usize = 1024;
+/// Most files in one Register (a peer sharing more sends several).
+pub const MAX_FILES_PER_REGISTER: usize = 1024;
+/// Smallest chunk size accepted anywhere (1 KiB).
+pub const MIN_CHUNK_SIZE: u32 = 1024;
+/// Largest chunk size accepted anywhere (16 MiB). A chunk travels in one
+/// frame, so this also sizes [`MAX_FRAME_LEN`].
+pub const MAX_CHUNK_SIZE: u32 = 16 << 20;
+/// Most chunks one file may have (2^19 = 524,288; 512 GiB at 1 MiB chunks).
+/// Bounds the hash list (10 MiB) and one bitmap (64 KiB).
+pub const MAX_CHUNKS_PER_FILE: u32 = 1 << 19;
+/// Most sources in one Locations reply; the tracker sends a random sample
+/// when more peers hold the file.
+pub const MAX_SOURCES_PER_REPLY: usize = 64;
+/// Most files in one FileList reply; the reply says when it was cut short.
+pub const MAX_LIST_FILES: usize = 10_000;
+/// Largest value of a frame's `len` field (type byte + payload): one maximal
+/// chunk plus room for its header. Every other message is smaller by the
+/// limits above (a Locations with hashes of a maximal file and 64 bitmaps is
+/// 14,682,326 bytes, about 14.0 MiB).
+pub const MAX_FRAME_LEN: u32 = MAX_CHUNK_SIZE + 1024;
+/// Length of a SHA-1 digest in bytes.
+pub const DIGEST_LEN: usize = 20;
+
+// ---- Protocol timing (docs/protocol.md §8) --------------------------------
+
+/// How often a registered peer sends Keepalive on an otherwise idle tracker
+/// connection. Shared by both sides so they cannot drift apart.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// The tracker drops a control connection silent this long (three missed
+/// keepalives) and forgets that peer's chunks.
+pub const TRACKER_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Both servers close a connection whose Hello has not fully arrived this
+/// long after it was accepted (a deadline, not a per-read timeout).
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The chunk server closes a connection that sends no request this long.
+pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+// ---- Defaults -------------------------------------------------------------
+
+/// Default chunk size (1 MiB): big enough that per-chunk overhead (a request,
+/// a hash, a tracker register) is negligible, small enough that a 50 MiB file
+/// still has 50 chunks to spread across sources.
+pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+/// The tracker's port when none is given.
+pub const DEFAULT_TRACKER_PORT: u16 = 7000;
+
+// ---- Tracker caps -----------------------------------------------------------
+
+/// Most connections the tracker serves at once (each is a thread).
+pub const TRACKER_MAX_CONNECTIONS: usize = 4096;
+/// Most tracker connections from one address (IPv6: one /64), so one host
+/// cannot take every slot.
+pub const TRACKER_MAX_PER_IP: usize = 256;
+/// Most files one registration (one control connection) may hold.
+pub const MAX_FILES_PER_PEER: usize = 65_536;
+/// Most chunks one registration may claim, summed over its files.
+pub const MAX_CHUNKS_PER_PEER: u64 = 4 << 20;
+/// Most chunks the whole registry holds; bounds the tracker's memory.
+pub const MAX_TOTAL_CHUNKS: u64 = 50 << 20;
+
+// ---- Chunk server caps ------------------------------------------------------
+
+/// Most chunk-server connections at once (each is a thread).
+pub const PEER_MAX_CONNECTIONS: usize = 256;
+/// Most chunk-server connections from one address (IPv6: one /64).
+pub const PEER_MAX_PER_IP: usize = 64;
+
+// ---- Client side ------------------------------------------------------------
+
+/// How long to wait for a TCP connection to be accepted.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long any single read or write of a client may block before the other
+/// side is considered gone; a source that leaves a request unanswered this
+/// long is dropped.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+// ---- Download engine ----------------------------------------------------------
+
+/// Requests a worker keeps in flight on its connection. Four 1 MiB chunks
+/// cover the bandwidth-delay product of any LAN and keep loopback busy,
+/// while bounding per-source memory.
+pub const PIPELINE_DEPTH: usize = 4;
+/// How often locations are refreshed while downloading.
+pub const REFRESH_INTERVAL: Duration = Duration::from_millis(1500);
+/// Chunks from one source that may fail verification before it is dropped.
+pub const MAX_HASH_FAILURES: u32 = 3;
+/// How long a download may make no progress with nothing in flight before
+/// it gives up naming the chunks nobody can supply.
+pub const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+/// Most sources downloaded from at once; more add little and cost a thread
+/// and a connection each.
+pub const MAX_ACTIVE_SOURCES: usize = 32;
