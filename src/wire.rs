@@ -64,6 +64,25 @@ pub mod ty {
     pub const LEAVE: u8 = 0x17;
     pub const CHUNK_REQUEST: u8 = 0x20;
     pub const CHUNK_DATA: u8 = 0x21;
+
+    /// Every type code above, in numeric order: what tests and the fuzzer
+    /// iterate over. A unit test checks that exactly these codes decode.
+    pub const ALL: &[u8] = &[
+        HELLO,
+        ERROR,
+        OK,
+        KEEPALIVE,
+        REGISTER,
+        REGISTER_REPLY,
+        LIST_FILES,
+        FILE_LIST,
+        LOCATE,
+        LOCATIONS,
+        CHUNK_REGISTER,
+        LEAVE,
+        CHUNK_REQUEST,
+        CHUNK_DATA,
+    ];
 }
 
 /// Error codes carried by [`Message::Error`] and by refused files in a
@@ -1393,6 +1412,20 @@ mod tests {
             read_frame(&mut &b[..]),
             Err(WireError::Truncated { .. })
         ));
+    }
+
+    #[test]
+    fn ty_all_lists_exactly_the_codes_that_decode() {
+        // Every code in ALL has a decoder (an empty payload may be refused as
+        // truncated, never as an unknown type); every other byte is unknown.
+        for t in 0..=u8::MAX {
+            let unknown = matches!(Message::decode(t, &[]), Err(WireError::UnknownType(_)));
+            assert_eq!(ty::ALL.contains(&t), !unknown, "type 0x{t:02x}");
+        }
+        assert!(
+            ty::ALL.windows(2).all(|w| w[0] < w[1]),
+            "sorted, no repeats"
+        );
     }
 
     #[test]
