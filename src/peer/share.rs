@@ -7,7 +7,8 @@
 //! here, never joined onto a path), [`scan_dir`] (walk + parallel SHA-1)
 //! and the hash cache file. Calls `wire` (names, FileEntry), `chunks`
 //! (geometry, bitmaps, sha1) and, to leave a download's own files out of a
-//! scan, [`download::is_artifact`] (which depends on nothing of `share`).
+//! scan, [`partfile::is_artifact`] (the download's part-file module, which
+//! depends on nothing of `share`, so there is no import cycle).
 //!
 //! Locks: the index's RwLock and each file's have-bitmap Mutex guard only
 //! in-memory data; no I/O happens under either.
@@ -52,7 +53,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use byteorder::{BigEndian, ByteOrder, WriteBytesExt};
 
-use super::download;
+use super::download::partfile;
 use super::{PeerError, Result};
 use crate::chunks::{self, Bitmap, ChunkIndex, DIGEST_LEN, Digest, Geometry};
 use crate::wire::{self, FileEntry, Have};
@@ -592,7 +593,7 @@ fn classify(
             return None;
         }
     };
-    if download::is_artifact(&name) {
+    if partfile::is_artifact(&name) {
         skipped.push((path, "unfinished download (.part)".into()));
         return None;
     }

@@ -27,7 +27,7 @@
 //!
 //! One file per concern:
 //! - `partfile`: `NAME.part` / `NAME.part.have` (format, identity, resume
-//!   verification, finishing into place) and [`is_artifact`].
+//!   verification, finishing into place) and [`partfile::is_artifact`].
 //! - `engine`: the state the threads share, their messages, and starting
 //!   and joining the threads.
 //! - `coordinator`: sources, availability, refresh, workers, giving up.
@@ -44,7 +44,7 @@
 mod assembler;
 mod coordinator;
 mod engine;
-mod partfile;
+pub mod partfile;
 mod rate;
 mod worker;
 
@@ -70,7 +70,7 @@ pub use crate::limits::{
     GIVE_UP_AFTER, MAX_ACTIVE_SOURCES, MAX_HASH_FAILURES, PIPELINE_DEPTH, REFRESH_INTERVAL,
 };
 pub use coordinator::list_indices;
-pub use partfile::{HAVE_SUFFIX, PART_SUFFIX, is_artifact};
+pub use partfile::{HAVE_SUFFIX, PART_SUFFIX};
 
 /// Tunables; `Default` gives the documented values.
 #[derive(Debug, Clone)]
