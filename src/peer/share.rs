@@ -5,8 +5,10 @@
 //! which chunks are verified on disk), [`ShareIndex`] (name -> file, the
 //! only way the chunk server finds a file: names from the wire are looked up
 //! here, never joined onto a path), [`scan_dir`] (walk + parallel SHA-1)
-//! and the hash cache file. Calls `wire` (names, FileEntry) and `chunks`
-//! (geometry, bitmaps, sha1) only.
+//! and the hash cache file. Calls `wire` (names, FileEntry), `chunks`
+//! (geometry, bitmaps, sha1) and, to leave a download's own files out of a
+//! scan, [`partfile::is_artifact`] (the download's part-file module, which
+//! depends on nothing of `share`, so there is no import cycle).
 //!
 //! Locks: the index's RwLock and each file's have-bitmap Mutex guard only
 //! in-memory data; no I/O happens under either.
@@ -51,6 +53,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use byteorder::{BigEndian, ByteOrder, WriteBytesExt};
 
+use super::download::partfile;
 use super::{PeerError, Result};
 use crate::chunks::{self, Bitmap, ChunkIndex, DIGEST_LEN, Digest, Geometry};
 use crate::wire::{self, FileEntry, Have};
@@ -59,8 +62,6 @@ use crate::wire::{self, FileEntry, Have};
 pub const HASH_CACHE_NAME: &str = ".p2pfs-hashes";
 /// Files modified this recently before a scan are hashed but not cached.
 pub const RACY_WINDOW: Duration = Duration::from_secs(2);
-/// Suffix of files still being downloaded; never shared by a scan.
-pub const PART_SUFFIX: &str = ".part";
 
 const CACHE_MAGIC: &[u8; 8] = b"P2PFSHC\n";
 const CACHE_VERSION: u32 = 1;
@@ -592,11 +593,7 @@ fn classify(
             return None;
         }
     };
-    let have_tmp = format!("{}.tmp", super::download::HAVE_SUFFIX);
-    if name.ends_with(PART_SUFFIX)
-        || name.ends_with(super::download::HAVE_SUFFIX)
-        || name.ends_with(&have_tmp)
-    {
+    if partfile::is_artifact(&name) {
         skipped.push((path, "unfinished download (.part)".into()));
         return None;
     }
