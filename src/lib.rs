@@ -10,6 +10,10 @@
 //! - [`peer`]: share index, chunk server, picker, download workers, assembler,
 //!   tracker session. Depends on `wire`, `chunks` and `admission` only, never
 //!   on `tracker`.
+//! - [`limits`]: every limit and default, stated once.
+//! - [`ui`]: the user interface of the `peer` and `tracker` programs
+//!   (command lines, output, progress, signals, the prompt). Depends on the
+//!   engine modules above; none of them depends on it.
 //!
 //! Everything is synchronous std::net with one OS thread per connection;
 //! threads talk over bounded crossbeam channels.
@@ -22,6 +26,7 @@ pub mod limits;
 pub mod peer;
 pub mod sync;
 pub mod tracker;
+pub mod ui;
 pub mod wire;
 
 /// An error and its chain of causes on one line ("a: b: c"), skipping a

@@ -7,7 +7,7 @@ mod util;
 use std::fs;
 use std::sync::Arc;
 
-use p2pfs::peer::repl::{DownloadState, Flow, Repl};
+use p2pfs::ui::repl::{DownloadState, Flow, Repl};
 use util::{Scratch, downloader, opts, seed, tracker, wait_until, with_timeout};
 
 /// Runs one command line; returns what it printed.

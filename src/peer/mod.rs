@@ -26,7 +26,6 @@ pub mod download;
 pub mod node;
 pub mod picker;
 pub mod ratelimit;
-pub mod repl;
 pub mod server;
 pub mod session;
 pub mod share;

@@ -1,0 +1,94 @@
+//! `peer share`: hash the folder, start the node, then serve until a
+//! signal, with the prompt on a terminal.
+//!
+//! Owns: what `peer share` prints. Calls `peer::{share, node, client}` and
+//! the other `ui` modules.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, bounded};
+
+use super::args::ShareArgs;
+use super::format::{describe_event, human};
+use super::progress::{StatusLine, hashing_line};
+use super::signals::StopSignals;
+use super::{BoxError, node_config, prompt};
+use crate::peer::node::Node;
+use crate::peer::session::SessionEvent;
+use crate::peer::share::{self, SharedFile};
+
+/// Session events waiting to be printed.
+const EVENT_QUEUE: usize = 16;
+
+pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
+    let cfg = node_config(&a.tracker, a.listen, a.upload_limit)?;
+    let line = StatusLine::new(true);
+    let progress = |done: u64, total: u64| {
+        if total > 0 {
+            line.draw(&hashing_line(done, total));
+        }
+    };
+    let scan = share::scan_dir(&a.dir, &a.files, a.chunk_size, &progress)?;
+    line.clear();
+    for (path, why) in &scan.skipped {
+        println!("skipped {}: {why}", path.display());
+    }
+    if scan.files.is_empty() {
+        println!("nothing to share in {} (serving anyway)", a.dir.display());
+    }
+    for f in &scan.files {
+        println!("{}", sharing_line(f));
+    }
+    let (tx, rx) = bounded(EVENT_QUEUE);
+    // Commands only from a person: a pipe or /dev/null means a script or a
+    // service, which only wants the peer to serve.
+    if !a.no_prompt && std::io::stdin().is_terminal() {
+        let node = Arc::new(Node::start(cfg, scan.files, Some(tx))?);
+        println!("{}", serving_line(&node));
+        return Ok(prompt::run(node, a.dir, rx, signals)?);
+    }
+    let printer = print_session_events(rx)?;
+    let node = Node::start(cfg, scan.files, Some(tx))?;
+    println!("{}", serving_line(&node));
+    signals.wait();
+    node.leave();
+    let _ = printer.join();
+    println!("left the network");
+    Ok(())
+}
+
+fn sharing_line(f: &SharedFile) -> String {
+    let g = f.geometry();
+    format!(
+        "sharing {}  {} bytes ({}), {} chunks",
+        f.name(),
+        g.length(),
+        human(g.length() as f64),
+        g.count()
+    )
+}
+
+fn serving_line(node: &Node) -> String {
+    format!(
+        "serving chunks on {} (tracker {})",
+        node.local_addr(),
+        node.tracker()
+    )
+}
+
+/// Prints registration outcomes as the session reports them, until the
+/// session ends (it drops its sender when the node leaves).
+fn print_session_events(
+    rx: Receiver<SessionEvent>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("session-events".into())
+        .spawn(move || {
+            for ev in rx {
+                for line in describe_event(&ev) {
+                    println!("{line}");
+                }
+            }
+        })
+}
