@@ -3,17 +3,18 @@
 //! Owns (one file each):
 //! - [`share`]: the share index: which files this peer offers, their hashes
 //!   and have-bitmaps, hashing a folder at start.
-//! - [`server`]: the chunk server: a listener and one thread per connection
-//!   answering ChunkRequest with ChunkData.
+//! - [`server`]: the chunk server: answers ChunkRequest with ChunkData, on
+//!   the shared server skeleton (`net::server`).
 //! - [`ratelimit`]: the upload limiter shared by all of a peer's uploads.
 //! - [`picker`]: rarest-first chunk choice (pure data, no I/O).
 //! - [`download`]: one download: worker thread per source, the assembler.
 //! - [`session`]: the persistent control connection to the tracker.
 //! - [`node`]: a running peer (share index + server + session) and its downloads.
-//! - [`client`]: connecting to a tracker or peer (Hello) and one-shot queries.
+//! - [`client`]: a greeted connection to a tracker or peer (built on
+//!   `net::client`) and the one-shot tracker queries.
 //!
-//! Depends on `wire`, `chunks` and `admission` (the chunk server's connection
-//! caps) only; never on `tracker`.
+//! Depends on `wire`, `chunks` and `net` (server skeleton, connection caps,
+//! client setup) only; never on `tracker`.
 
 use std::fmt;
 use std::io;
