@@ -243,10 +243,11 @@ pub fn from_env<T: TopLevelCommand>() -> Result<T, ExitCode> {
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
     match parse(cmd, &rest) {
         Ok(args) => Ok(args),
-        Err(EarlyExit::Help(text)) => {
-            println!("{text}");
-            Err(ExitCode::SUCCESS)
-        }
+        Err(EarlyExit::Help(text)) => Err(match outln!("{text}") {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if super::out::is_stdout_closed(&e) => ExitCode::from(super::out::CLOSED_STATUS),
+            Err(_) => ExitCode::FAILURE,
+        }),
         Err(EarlyExit::Usage(text)) => {
             eprintln!("{text}");
             Err(ExitCode::FAILURE)

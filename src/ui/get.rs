@@ -17,11 +17,11 @@ use crate::peer::node::Node;
 pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
     let cfg = node_config(&a.tracker, a.listen, a.upload_limit)?;
     let node = Node::start(cfg, Vec::new(), None)?;
-    println!(
+    outln!(
         "serving chunks on {} while downloading {}",
         node.local_addr(),
         a.name
-    );
+    )?;
     let opts = DownloadOptions {
         pipeline_depth: a.pipeline.max(1),
         ..DownloadOptions::default()
@@ -42,9 +42,9 @@ pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
             return Err(e.into());
         }
     };
-    print!("{}", format_summary(&summary));
+    out!("{}", format_summary(&summary))?;
     if a.seed {
-        println!("seeding {} on {} until Ctrl-C", a.name, node.local_addr());
+        outln!("seeding {} on {} until Ctrl-C", a.name, node.local_addr())?;
         signals.wait();
     }
     node.leave();

@@ -15,10 +15,15 @@
 //! - [`format`]: sizes, rates, chunk maps, summaries; [`progress`]: the
 //!   progress bar and hashing counter.
 //! - [`signals`]: Ctrl-C and SIGTERM, set up in one place for both programs.
+//! - [`out`]: stdout, which may be closed under us (`peer list | head -1`);
+//!   nothing here uses `print!`.
 //!
 //! Depends on `peer`, `tracker`, `wire`, `chunks` and `limits`. Nothing
 //! outside `ui` depends on it: the engine never prints, parses a command
 //! line or handles a signal.
+
+#[macro_use]
+pub mod out;
 
 pub mod args;
 pub mod format;
@@ -68,10 +73,12 @@ pub fn run_tracker(args: TrackerArgs) -> Result<(), BoxError> {
 }
 
 /// The exit status for a command's result; an error is printed first, as
-/// "`program`: error: cause: cause".
+/// "`program`: error: cause: cause". A closed stdout ends the program
+/// quietly (see [`out`]).
 pub fn exit_status(program: &str, r: Result<(), BoxError>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if out::is_stdout_closed(&*e) => ExitCode::from(out::CLOSED_STATUS),
         Err(e) => {
             eprintln!("{program}: error: {}", error_chain(&*e));
             ExitCode::FAILURE
