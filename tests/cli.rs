@@ -126,3 +126,64 @@ fn head_1(c: &mut Child2) {
     r.read_line(&mut line).expect("a first line");
     assert!(!line.is_empty());
 }
+
+/// Bytes the process `pid` has read so far (`rchar` in /proc/PID/io).
+fn bytes_read(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("rchar: ").map(|v| v.trim().parse().ok()))
+                .flatten()
+        })
+        .unwrap_or(0)
+}
+
+/// Issue 11 item 14 (the prompt side): Ctrl-C and SIGTERM while
+/// `peer share` hashes a big file used to be ignored until the hashing was
+/// done (22 s for 12 GiB); the peer then registered and left with status
+/// 0. Now it stops within a chunk, says so, registers nothing and exits
+/// with 128 + the signal number.
+#[test]
+fn a_signal_during_hashing_stops_share_promptly_with_the_interrupted_status() {
+    with_timeout(120, || {
+        let s = Scratch::new("cli-hash-signal");
+        let dir = s.sub("big");
+        // Sparse: no disk space, but hashing reads (and SHA-1s) 16 GiB,
+        // far longer than the bound below.
+        let f = fs::File::create(dir.join("huge.img")).unwrap();
+        f.set_len(16 << 30).unwrap();
+        drop(f);
+        let t = tracker();
+        let ta = t.local_addr().to_string();
+        for (sig, status, name) in [("INT", 130, "Ctrl-C (SIGINT)"), ("TERM", 143, "SIGTERM")] {
+            let mut c = spawn(
+                peer_bin()
+                    .args(["share", "--no-prompt", "--tracker", &ta])
+                    .args(["--listen", "127.0.0.1:0", "--dir"])
+                    .arg(&dir),
+            );
+            let pid = c.0.id();
+            wait_until(30, "hashing under way", || bytes_read(pid) > 64 << 20);
+            let sent = Instant::now();
+            let ok = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid.to_string())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "kill -{sig}");
+            let (code, err) = finish(&mut c, 10);
+            let took = sent.elapsed();
+            assert!(took < Duration::from_secs(3), "SIG{sig}: took {took:?}");
+            assert_eq!(code, Some(status), "SIG{sig}: {err}");
+            assert!(
+                err.contains(&format!("peer: {name}: stopped while hashing")),
+                "SIG{sig}: {err}"
+            );
+            let (files, _) = p2pfs::peer::client::list_files(t.local_addr()).unwrap();
+            assert!(files.is_empty(), "nothing registered: {files:?}");
+            assert!(!dir.join(".p2pfs-hashes").exists(), "nothing cached");
+        }
+    });
+}

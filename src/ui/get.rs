@@ -10,7 +10,7 @@ use super::args::GetArgs;
 use super::format::format_summary;
 use super::progress::{GET_BAR_WIDTH, StatusLine, progress_line};
 use super::signals::StopSignals;
-use super::{BoxError, node_config};
+use super::{BoxError, node_config, stopped_by_signal};
 use crate::peer::download::DownloadOptions;
 use crate::peer::node::Node;
 
@@ -39,7 +39,7 @@ pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
         Ok(s) => s,
         Err(e) => {
             node.leave();
-            return Err(e.into());
+            return Err(stopped_by_signal(e, signals, None));
         }
     };
     out!("{}", format_summary(&summary))?;

@@ -13,7 +13,7 @@ use super::args::ShareArgs;
 use super::format::{describe_event, human};
 use super::progress::{StatusLine, hashing_line};
 use super::signals::StopSignals;
-use super::{BoxError, node_config, prompt};
+use super::{BoxError, node_config, prompt, stopped_by_signal};
 use crate::peer::node::Node;
 use crate::peer::session::SessionEvent;
 use crate::peer::share::{self, SharedFile};
@@ -29,8 +29,18 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
             line.draw(&hashing_line(done, total));
         }
     };
-    let scan = share::scan_dir(&a.dir, &a.files, a.chunk_size, &progress)?;
+    let scanned = share::scan_dir_cancellable(
+        &a.dir,
+        &a.files,
+        a.chunk_size,
+        &progress,
+        Some(signals.flag()),
+    );
     line.clear();
+    let scan = scanned.map_err(|e| {
+        let what = "stopped while hashing the folder; nothing was shared or registered";
+        stopped_by_signal(e, signals, Some(what))
+    })?;
     for (path, why) in &scan.skipped {
         outln!("skipped {}: {why}", path.display())?;
     }
