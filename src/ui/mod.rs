@@ -12,7 +12,7 @@
 //!   command each.
 //! - [`repl`]: the prompt's command language, background downloads and
 //!   answers; [`prompt`] puts it on a terminal.
-//! - [`format`]: sizes, rates, chunk maps, summaries; [`progress`]: the
+//! - [`format`](mod@format): sizes, rates, chunk maps, summaries; [`progress`]: the
 //!   progress bar and hashing counter.
 //! - [`signals`]: Ctrl-C and SIGTERM, set up in one place for both programs.
 //! - [`out`]: stdout, which may be closed under us (`peer list | head -1`);

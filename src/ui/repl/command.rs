@@ -36,7 +36,7 @@ pub enum Command {
 }
 
 /// Parses one line. `Ok(None)` for a blank line; `Err` carries the hint to
-/// print. Names and numbers never look alike (see [`target`]).
+/// print. Names and numbers never look alike (see `target`).
 pub fn parse(line: &str) -> Result<Option<Command>, String> {
     let line = line.trim_start();
     // Only the line end goes: spaces before it may be inside quotes.
