@@ -311,6 +311,20 @@ pub fn scan_dir(
     chunk_size: u32,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<Scan> {
+    scan_dir_cancellable(dir, only, chunk_size, progress, None)
+}
+
+/// [`scan_dir`] that stops hashing within one chunk per hashing thread
+/// once `cancel` is set, and then fails with [`PeerError::Interrupted`]
+/// (nothing is cached or shared): hashing a large folder takes minutes,
+/// and Ctrl-C must not wait for it.
+pub fn scan_dir_cancellable(
+    dir: &Path,
+    only: &[PathBuf],
+    chunk_size: u32,
+    progress: &(dyn Fn(u64, u64) + Sync),
+    cancel: Option<&AtomicBool>,
+) -> Result<Scan> {
     let started = SystemTime::now();
     Geometry::new(0, chunk_size).map_err(|e| PeerError::Invalid(e.to_string()))?;
     let root = fs::canonicalize(dir).map_err(|e| PeerError::io("open share folder", dir, e))?;
@@ -383,7 +397,10 @@ pub fn scan_dir(
         });
     }
 
-    let failed = hash_missing(&mut opened, progress)?;
+    let failed = hash_missing(&mut opened, progress, cancel)?;
+    if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+        return Err(PeerError::Interrupted("hashing interrupted".into()));
+    }
 
     // Build the result and the new cache.
     let racy_after = started
@@ -637,6 +654,7 @@ fn mtime_ns(m: &Metadata) -> Option<i64> {
 fn hash_missing(
     opened: &mut [Opened],
     progress: &(dyn Fn(u64, u64) + Sync),
+    cancel: Option<&AtomicBool>,
 ) -> Result<Vec<Option<String>>> {
     // Work list: (file slot, chunk) for every chunk still to hash. Small:
     // 8 bytes per chunk (4 MiB for a 512 GiB file at 1 MiB chunks).
@@ -666,6 +684,7 @@ fn hash_missing(
             begin: Instant::now(),
             last_report_ms: AtomicU64::new(0),
             progress,
+            cancel,
         };
         let results = std::thread::scope(|s| {
             let mut handles = Vec::new();
@@ -748,6 +767,8 @@ struct HashCtx<'a> {
     begin: Instant,
     last_report_ms: AtomicU64,
     progress: &'a (dyn Fn(u64, u64) + Sync),
+    /// Set: every thread stops at its next chunk.
+    cancel: Option<&'a AtomicBool>,
 }
 
 #[derive(Default)]
@@ -767,6 +788,9 @@ impl HashCtx<'_> {
             let Some(&(slot, chunk)) = self.jobs.get(j) else {
                 return out;
             };
+            if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return out;
+            }
             let s = slot as usize;
             if self.failed[s].load(Ordering::Relaxed) {
                 continue;

@@ -52,9 +52,9 @@ impl PeerArgs {
 /// chunks until Ctrl-C or SIGTERM, then leave the network. Names on the
 /// network are paths relative to DIR with '/' separators. Hashes are cached
 /// in DIR/.p2pfs-hashes so a restart does not re-hash unchanged files.
-/// On a terminal it also reads commands: list, where NAME|NUMBER,
-/// get NAME|NUMBER (downloads into DIR in the background), status, help,
-/// quit. The chunk server accepts at most {PEER_MAX_CONNECTIONS} connections
+/// On a terminal it also reads commands: list, where FILE, get FILE
+/// (downloads into DIR in the background), status, help, quit; FILE is a
+/// name, "a name" in quotes, or #NUMBER from the last list. The chunk server accepts at most {PEER_MAX_CONNECTIONS} connections
 /// at once, {PEER_MAX_PER_IP} from one IP address (others get Busy), and
 /// closes a connection that sends no Hello within {HELLO_TIMEOUT} or no
 /// request for {PEER_IDLE_TIMEOUT}.
@@ -243,10 +243,11 @@ pub fn from_env<T: TopLevelCommand>() -> Result<T, ExitCode> {
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
     match parse(cmd, &rest) {
         Ok(args) => Ok(args),
-        Err(EarlyExit::Help(text)) => {
-            println!("{text}");
-            Err(ExitCode::SUCCESS)
-        }
+        Err(EarlyExit::Help(text)) => Err(match outln!("{text}") {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if super::out::is_stdout_closed(&e) => ExitCode::from(super::out::CLOSED_STATUS),
+            Err(_) => ExitCode::FAILURE,
+        }),
         Err(EarlyExit::Usage(text)) => {
             eprintln!("{text}");
             Err(ExitCode::FAILURE)

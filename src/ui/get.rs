@@ -10,18 +10,18 @@ use super::args::GetArgs;
 use super::format::format_summary;
 use super::progress::{GET_BAR_WIDTH, StatusLine, progress_line};
 use super::signals::StopSignals;
-use super::{BoxError, node_config};
+use super::{BoxError, node_config, stopped_by_signal};
 use crate::peer::download::DownloadOptions;
 use crate::peer::node::Node;
 
 pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
     let cfg = node_config(&a.tracker, a.listen, a.upload_limit)?;
     let node = Node::start(cfg, Vec::new(), None)?;
-    println!(
+    outln!(
         "serving chunks on {} while downloading {}",
         node.local_addr(),
         a.name
-    );
+    )?;
     let opts = DownloadOptions {
         pipeline_depth: a.pipeline.max(1),
         ..DownloadOptions::default()
@@ -39,12 +39,12 @@ pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
         Ok(s) => s,
         Err(e) => {
             node.leave();
-            return Err(e.into());
+            return Err(stopped_by_signal(e, signals, None));
         }
     };
-    print!("{}", format_summary(&summary));
+    out!("{}", format_summary(&summary))?;
     if a.seed {
-        println!("seeding {} on {} until Ctrl-C", a.name, node.local_addr());
+        outln!("seeding {} on {} until Ctrl-C", a.name, node.local_addr())?;
         signals.wait();
     }
     node.leave();

@@ -120,7 +120,7 @@ const DESCRIPTION_COLUMN: usize = 20;
 const WRAP_WIDTH: usize = 80;
 
 /// Wraps again, as argh does, every description that starts at
-/// [`DESCRIPTION_COLUMN`] and continues on lines indented that far.
+/// `DESCRIPTION_COLUMN` and continues on lines indented that far.
 pub fn rewrap(text: &str) -> String {
     let indent = " ".repeat(DESCRIPTION_COLUMN);
     let lines: Vec<&str> = text.split('\n').collect();

@@ -12,13 +12,18 @@
 //!   command each.
 //! - [`repl`]: the prompt's command language, background downloads and
 //!   answers; [`prompt`] puts it on a terminal.
-//! - [`format`]: sizes, rates, chunk maps, summaries; [`progress`]: the
+//! - [`format`](mod@format): sizes, rates, chunk maps, summaries; [`progress`]: the
 //!   progress bar and hashing counter.
 //! - [`signals`]: Ctrl-C and SIGTERM, set up in one place for both programs.
+//! - [`out`]: stdout, which may be closed under us (`peer list | head -1`);
+//!   nothing here uses `print!`.
 //!
 //! Depends on `peer`, `tracker`, `wire`, `chunks` and `limits`. Nothing
 //! outside `ui` depends on it: the engine never prints, parses a command
 //! line or handles a signal.
+
+#[macro_use]
+pub mod out;
 
 pub mod args;
 pub mod format;
@@ -67,11 +72,62 @@ pub fn run_tracker(args: TrackerArgs) -> Result<(), BoxError> {
     tracker::run(args)
 }
 
+/// A command stopped by Ctrl-C or SIGTERM before its work was done (a
+/// signal once the work is done, e.g. while serving, is the normal way to
+/// end and exits 0).
+#[derive(Debug)]
+pub struct Interrupted {
+    pub signal: i32,
+    /// What was stopped and what state it left.
+    pub message: String,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", signals::signal_name(self.signal), self.message)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+impl Interrupted {
+    /// 128 + the signal number, what a shell shows for a program the
+    /// signal ended.
+    pub fn status(&self) -> u8 {
+        u8::try_from(128 + self.signal.clamp(0, 127)).unwrap_or(u8::MAX)
+    }
+}
+
+/// `e` as [`Interrupted`] if a stop signal has arrived (the engine stopped
+/// because of it), with `message`, or the engine's own message if none is
+/// given; otherwise `e` itself.
+fn stopped_by_signal(
+    e: impl std::error::Error + 'static,
+    signals: &StopSignals,
+    message: Option<&str>,
+) -> BoxError {
+    match signals.received() {
+        Some(signal) => Box::new(Interrupted {
+            signal,
+            message: message.map_or_else(|| e.to_string(), str::to_owned),
+        }),
+        None => Box::new(e),
+    }
+}
+
 /// The exit status for a command's result; an error is printed first, as
-/// "`program`: error: cause: cause".
+/// "`program`: error: cause: cause". A closed stdout ends the program
+/// quietly (see [`out`]); an interrupted command says so and exits with
+/// 128 + the signal number.
 pub fn exit_status(program: &str, r: Result<(), BoxError>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if out::is_stdout_closed(&*e) => ExitCode::from(out::CLOSED_STATUS),
+        Err(e) if e.is::<Interrupted>() => {
+            eprintln!("{program}: {e}");
+            e.downcast_ref::<Interrupted>()
+                .map_or(ExitCode::FAILURE, |i| ExitCode::from(i.status()))
+        }
         Err(e) => {
             eprintln!("{program}: error: {}", error_chain(&*e));
             ExitCode::FAILURE

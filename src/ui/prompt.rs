@@ -13,6 +13,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, bounded, select};
 
 use super::format::describe_event;
+use super::out::Stdout;
 use super::repl::{Flow, Repl};
 use super::signals::StopSignals;
 use crate::peer::download::DownloadOptions;
@@ -21,8 +22,8 @@ use crate::peer::session::SessionEvent;
 
 const PROMPT: &str = "p2pfs> ";
 
-/// Runs the prompt until `quit`, the end of input or a signal, then stops
-/// the downloads started here and leaves the network.
+/// Runs the prompt until `quit`, the end of input, a signal or a closed
+/// stdout, then stops the downloads started here and leaves the network.
 pub fn run(
     node: Arc<Node>,
     dir: PathBuf,
@@ -30,9 +31,43 @@ pub fn run(
     signals: &StopSignals,
 ) -> io::Result<()> {
     let (mut repl, notices) = Repl::new(Arc::clone(&node), dir, DownloadOptions::default());
+    let mut out = Stdout;
+    // Whatever ended the loop, the downloads stop and the node leaves.
+    let looped = prompt_loop(&mut repl, &mut out, events, notices, signals);
+    let stopped = repl.finish();
+    let said = if stopped.is_empty() {
+        Ok(())
+    } else {
+        writeln!(
+            out,
+            "stopped {} unfinished download(s): {}; the verified chunks stay in NAME.part, \
+             and `get NAME` resumes from there",
+            stopped.len(),
+            stopped.join(", ")
+        )
+    };
+    match Arc::try_unwrap(node) {
+        Ok(node) => node.leave(),
+        // A download that would not stop still holds the node. Exiting
+        // closes the tracker connection, which the tracker takes as leaving.
+        Err(_) => log::warn!("a download did not stop in time; leaving by exiting"),
+    }
+    looped?;
+    said?;
+    writeln!(out, "left the network")
+}
+
+/// Reads and runs commands, printing notices and events as they come,
+/// until `quit`, the end of input or a signal.
+fn prompt_loop(
+    repl: &mut Repl,
+    out: &mut Stdout,
+    events: Receiver<SessionEvent>,
+    notices: Receiver<String>,
+    signals: &StopSignals,
+) -> io::Result<()> {
     let lines = spawn_stdin_reader()?;
     let tty = io::stdout().is_terminal();
-    let mut out = io::stdout();
     let (mut events, mut notices, mut sig_rx) = (events, notices, signals.receiver().clone());
     writeln!(out, "type help for the commands")?;
     write!(out, "{PROMPT}")?;
@@ -41,56 +76,33 @@ pub fn run(
         select! {
             recv(lines) -> line => match line {
                 Ok(line) => {
-                    if repl.handle(&line, &mut out)? == Flow::Quit {
-                        break;
+                    if repl.handle(&line, out)? == Flow::Quit {
+                        return Ok(());
                     }
                     write!(out, "{PROMPT}")?;
                     out.flush()?;
                 }
                 // End of input (Ctrl-D): like quit.
-                Err(_) => {
-                    writeln!(out)?;
-                    break;
-                }
+                Err(_) => return writeln!(out),
             },
             recv(notices) -> n => match n {
-                Ok(n) => notice(&mut out, tty, &n)?,
+                Ok(n) => notice(out, tty, &n)?,
                 Err(_) => notices = crossbeam_channel::never(),
             },
             recv(events) -> ev => match ev {
                 Ok(ev) => {
                     for l in describe_event(&ev) {
-                        notice(&mut out, tty, &l)?;
+                        notice(out, tty, &l)?;
                     }
                 }
                 Err(_) => events = crossbeam_channel::never(),
             },
             recv(sig_rx) -> sig => match sig {
-                Ok(_) => {
-                    writeln!(out)?;
-                    break;
-                }
+                Ok(_) => return writeln!(out),
                 Err(_) => sig_rx = crossbeam_channel::never(),
             },
         }
     }
-    let stopped = repl.finish();
-    if !stopped.is_empty() {
-        writeln!(
-            out,
-            "stopped {} unfinished download(s): {}; the verified chunks stay in NAME.part, \
-             and `get NAME` resumes from there",
-            stopped.len(),
-            stopped.join(", ")
-        )?;
-    }
-    match Arc::try_unwrap(node) {
-        Ok(node) => node.leave(),
-        // A download that would not stop still holds the node. Exiting
-        // closes the tracker connection, which the tracker takes as leaving.
-        Err(_) => log::warn!("a download did not stop in time; leaving by exiting"),
-    }
-    writeln!(out, "left the network")
 }
 
 /// Reads stdin line by line on its own thread. Not joined: a read from the

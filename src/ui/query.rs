@@ -10,12 +10,12 @@ use crate::peer::client;
 
 pub fn list(a: ListArgs) -> Result<(), BoxError> {
     let (files, truncated) = client::list_files(client::resolve(&a.tracker)?)?;
-    print!("{}", format_file_list(&files, truncated));
+    out!("{}", format_file_list(&files, truncated))?;
     Ok(())
 }
 
 pub fn where_(a: WhereArgs) -> Result<(), BoxError> {
     let l = client::locate(client::resolve(&a.tracker)?, &a.name, false)?;
-    print!("{}", format_locations(&l, a.width.max(1), None)?);
+    out!("{}", format_locations(&l, a.width.max(1), None)?)?;
     Ok(())
 }

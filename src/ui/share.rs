@@ -7,13 +7,13 @@
 use std::io::IsTerminal;
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, bounded};
+use crossbeam_channel::{Receiver, bounded, select};
 
 use super::args::ShareArgs;
 use super::format::{describe_event, human};
 use super::progress::{StatusLine, hashing_line};
 use super::signals::StopSignals;
-use super::{BoxError, node_config, prompt};
+use super::{BoxError, node_config, prompt, stopped_by_signal};
 use crate::peer::node::Node;
 use crate::peer::session::SessionEvent;
 use crate::peer::share::{self, SharedFile};
@@ -29,32 +29,55 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
             line.draw(&hashing_line(done, total));
         }
     };
-    let scan = share::scan_dir(&a.dir, &a.files, a.chunk_size, &progress)?;
+    let scanned = share::scan_dir_cancellable(
+        &a.dir,
+        &a.files,
+        a.chunk_size,
+        &progress,
+        Some(signals.flag()),
+    );
     line.clear();
+    let scan = scanned.map_err(|e| {
+        let what = "stopped while hashing the folder; nothing was shared or registered";
+        stopped_by_signal(e, signals, Some(what))
+    })?;
     for (path, why) in &scan.skipped {
-        println!("skipped {}: {why}", path.display());
+        outln!("skipped {}: {why}", path.display())?;
     }
     if scan.files.is_empty() {
-        println!("nothing to share in {} (serving anyway)", a.dir.display());
+        outln!("nothing to share in {} (serving anyway)", a.dir.display())?;
     }
     for f in &scan.files {
-        println!("{}", sharing_line(f));
+        outln!("{}", sharing_line(f))?;
     }
     let (tx, rx) = bounded(EVENT_QUEUE);
     // Commands only from a person: a pipe or /dev/null means a script or a
     // service, which only wants the peer to serve.
     if !a.no_prompt && std::io::stdin().is_terminal() {
         let node = Arc::new(Node::start(cfg, scan.files, Some(tx))?);
-        println!("{}", serving_line(&node));
+        outln!("{}", serving_line(&node))?;
         return Ok(prompt::run(node, a.dir, rx, signals)?);
     }
-    let printer = print_session_events(rx)?;
+    let (printer, mut closed) = print_session_events(rx)?;
     let node = Node::start(cfg, scan.files, Some(tx))?;
-    println!("{}", serving_line(&node));
-    signals.wait();
+    let served = outln!("{}", serving_line(&node));
+    if served.is_ok() {
+        // Until a signal, or until nobody reads what we print.
+        loop {
+            select! {
+                recv(signals.receiver()) -> _ => break,
+                recv(closed) -> m => match m {
+                    Ok(()) => break,
+                    // The printer ended without finding stdout closed.
+                    Err(_) => closed = crossbeam_channel::never(),
+                },
+            }
+        }
+    }
     node.leave();
     let _ = printer.join();
-    println!("left the network");
+    served?;
+    outln!("left the network")?;
     Ok(())
 }
 
@@ -78,17 +101,23 @@ fn serving_line(node: &Node) -> String {
 }
 
 /// Prints registration outcomes as the session reports them, until the
-/// session ends (it drops its sender when the node leaves).
+/// session ends (it drops its sender when the node leaves). The receiver
+/// returned gets a message if stdout is closed; the thread then ends.
 fn print_session_events(
     rx: Receiver<SessionEvent>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
+) -> std::io::Result<(std::thread::JoinHandle<()>, Receiver<()>)> {
+    let (closed_tx, closed) = bounded(1);
+    let printer = std::thread::Builder::new()
         .name("session-events".into())
         .spawn(move || {
             for ev in rx {
                 for line in describe_event(&ev) {
-                    println!("{line}");
+                    if outln!("{line}").is_err() {
+                        let _ = closed_tx.send(());
+                        return;
+                    }
                 }
             }
-        })
+        })?;
+    Ok((printer, closed))
 }

@@ -31,7 +31,7 @@ pub fn run(args: TrackerArgs) -> Result<(), BoxError> {
         max_per_ip: args.max_per_ip.max(1),
         ..TrackerConfig::default()
     })?;
-    println!("tracker listening on {}", tracker.local_addr());
+    outln!("tracker listening on {}", tracker.local_addr())?;
     signals.wait();
     tracker.shutdown();
     Ok(())

@@ -134,7 +134,7 @@ impl Repl {
         self.jobs.finish()
     }
 
-    /// A NUMBER from the last list, or the name as given if it is valid.
+    /// A #NUMBER from the last list, or the name as given if it is valid.
     fn resolve(&self, t: &Target) -> std::result::Result<String, String> {
         match t {
             Target::Name(n) => match wire::validate_name(n) {
@@ -142,12 +142,12 @@ impl Repl {
                 Err(e) => Err(format!("{n:?} is not a valid name: {e}")),
             },
             Target::Number(_) if self.listed.is_empty() => {
-                Err("no numbered list yet: type list first, then use a number from it".into())
+                Err("no numbered list yet: type list first, then use #NUMBER from it".into())
             }
             Target::Number(n) => match n.checked_sub(1).and_then(|i| self.listed.get(i)) {
                 Some(f) => Ok(f.name.clone()),
                 None => Err(format!(
-                    "there is no file {n} in the last list (1 to {}); type list to refresh it",
+                    "there is no file #{n} in the last list (#1 to #{}); type list to refresh it",
                     self.listed.len()
                 )),
             },
