@@ -43,6 +43,24 @@ pub const MAX_FRAME_LEN: u32 = MAX_CHUNK_SIZE + 1024;
 /// Length of a SHA-1 digest in bytes.
 pub const DIGEST_LEN: usize = 20;
 
+// ---- Private networks (docs/protocol.md §14) -----------------------------
+
+/// Bytes of a network key (the Noise pre-shared key).
+pub const NETWORK_KEY_LEN: usize = 32;
+/// Largest Noise message, and so the largest encrypted record body
+/// (ciphertext and tag), in bytes: the Noise specification's limit.
+pub const MAX_RECORD_LEN: usize = 65_535;
+/// Bytes of the authentication tag that ends every encrypted record.
+pub const RECORD_TAG_LEN: usize = 16;
+/// Most plaintext bytes one record carries: a 1 MiB chunk spans 17 records.
+pub const MAX_RECORD_PLAINTEXT: usize = MAX_RECORD_LEN - RECORD_TAG_LEN;
+/// Length of each of the two handshake messages (an ephemeral public key
+/// and the tag of the empty payload).
+pub const HANDSHAKE_MESSAGE_LEN: usize = 32 + RECORD_TAG_LEN;
+/// Largest key file read (a valid one is 86 bytes); anything bigger is not
+/// a key file.
+pub const MAX_KEY_FILE_LEN: u64 = 4096;
+
 // ---- Protocol timing (docs/protocol.md §8) --------------------------------
 
 /// How often a registered peer sends Keepalive on an otherwise idle tracker

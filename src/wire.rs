@@ -114,6 +114,12 @@ pub enum ErrorCode {
     BadGeometry,
     /// 12: the other side failed internally (e.g. a disk read error).
     Internal,
+    /// 13: this server belongs to a private network: connect with its
+    /// network key (docs/protocol.md §14).
+    KeyRequired,
+    /// 14: a keyed client's handshake was refused: the server holds another
+    /// network key, or none (docs/protocol.md §14).
+    KeyRejected,
     /// Any other code, kept so newer peers' errors are still shown. Build it
     /// through [`ErrorCode::from_u16`]: `Other(5)` would be read back as
     /// `UnknownFile`.
@@ -135,6 +141,8 @@ impl ErrorCode {
             ErrorCode::Busy => 10,
             ErrorCode::BadGeometry => 11,
             ErrorCode::Internal => 12,
+            ErrorCode::KeyRequired => 13,
+            ErrorCode::KeyRejected => 14,
             ErrorCode::Other(c) => c,
         }
     }
@@ -153,6 +161,8 @@ impl ErrorCode {
             10 => ErrorCode::Busy,
             11 => ErrorCode::BadGeometry,
             12 => ErrorCode::Internal,
+            13 => ErrorCode::KeyRequired,
+            14 => ErrorCode::KeyRejected,
             c => ErrorCode::Other(c),
         }
     }
@@ -173,6 +183,8 @@ impl fmt::Display for ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::BadGeometry => "inconsistent length, chunk size and hashes",
             ErrorCode::Internal => "internal error",
+            ErrorCode::KeyRequired => "network key required",
+            ErrorCode::KeyRejected => "network key rejected",
             ErrorCode::Other(c) => return write!(f, "error code {c}"),
         };
         f.write_str(s)

@@ -137,12 +137,12 @@ fn bitmap(count: usize) -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
-/// Codes 1..=12 (named) and unnamed codes above 12. `Other(c)` for c <= 12
+/// Codes 1..=14 (named) and unnamed codes above 14. `Other(c)` for c <= 14
 /// is not canonical (it decodes as the named code), so it is never generated.
 fn refusal_code() -> impl Strategy<Value = ErrorCode> {
     prop_oneof![
-        (1u16..=12).prop_map(ErrorCode::from_u16),
-        (13u16..=u16::MAX).prop_map(ErrorCode::Other),
+        (1u16..=14).prop_map(ErrorCode::from_u16),
+        (15u16..=u16::MAX).prop_map(ErrorCode::Other),
     ]
 }
 
@@ -863,13 +863,15 @@ fn error_code_numbers() {
         (10, ErrorCode::Busy),
         (11, ErrorCode::BadGeometry),
         (12, ErrorCode::Internal),
+        (13, ErrorCode::KeyRequired),
+        (14, ErrorCode::KeyRejected),
     ];
     for (n, c) in table {
         assert_eq!(c.to_u16(), n);
         assert_eq!(ErrorCode::from_u16(n), c);
     }
     assert_eq!(ErrorCode::from_u16(0), ErrorCode::Other(0));
-    assert_eq!(ErrorCode::from_u16(13), ErrorCode::Other(13));
+    assert_eq!(ErrorCode::from_u16(15), ErrorCode::Other(15));
     // Not canonical: an Other holding a named number decodes as the name.
     let b = encode(&Message::Error {
         code: ErrorCode::Other(5),

@@ -1,17 +1,24 @@
 //! The client side of every outgoing connection (to a tracker or a peer):
 //! connect with a timeout, set TCP_NODELAY and the read/write timeouts,
-//! exchange Hello; then send requests and read replies.
+//! run the handshake of a private network when this process has a network
+//! key, exchange Hello; then send requests and read replies (encrypted when
+//! keyed).
 //!
-//! Owns: the connection setup policy of every client. Whatever must happen
-//! on a connection before the first request (today the Hello) is done in
-//! [`Conn::from_stream`] and nowhere else. Calls `wire` and `limits` only.
+//! Owns: the connection setup policy of every client, and what a client
+//! tells its user when the network keys do not match. Whatever must happen
+//! on a connection before the first request (the handshake, the Hello) is
+//! done in [`Conn::from_stream_keyed`] and nowhere else. A keyed client
+//! never falls back to clear. Calls `wire`, `limits`, [`super::key`] and
+//! [`super::secure`] only.
 
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use super::NetError;
-use crate::wire::{self, Message, WireError};
+use super::key::{self, KEY_FILE_ENV, NetworkKey};
+use super::secure::{self, HandshakeError, Opener, SecureRead, Sealer};
+use crate::wire::{self, ErrorCode, Message, WireError};
 
 pub use crate::limits::{CONNECT_TIMEOUT, IO_TIMEOUT};
 
@@ -30,19 +37,44 @@ pub fn connect_stream(addr: SocketAddr) -> Result<TcpStream> {
 /// An open, greeted connection to a tracker or a peer.
 pub struct Conn {
     reader: BufReader<TcpStream>,
+    /// The receiving half of the session, when keyed.
+    opener: Option<Opener>,
     writer: TcpStream,
+    /// The sending half of the session, when keyed.
+    sealer: Option<Sealer>,
     addr: SocketAddr,
 }
 
 impl Conn {
-    /// Connects, sets timeouts and TCP_NODELAY, and exchanges Hello.
+    /// Connects, sets timeouts and TCP_NODELAY, runs the handshake if this
+    /// process has a network key ([`key::process`]), and exchanges Hello.
     pub fn connect(addr: SocketAddr, io_timeout: Duration) -> Result<Conn> {
-        Conn::from_stream(connect_stream(addr)?, io_timeout)
+        Conn::connect_keyed(addr, io_timeout, key::process())
+    }
+
+    /// [`Conn::connect`] with an explicit network key (`None`: clear).
+    pub fn connect_keyed(
+        addr: SocketAddr,
+        io_timeout: Duration,
+        key: Option<&NetworkKey>,
+    ) -> Result<Conn> {
+        Conn::from_stream_keyed(connect_stream(addr)?, io_timeout, key)
+    }
+
+    /// Greets over an already connected stream, with this process's
+    /// network key if it has one (see [`Conn::from_stream_keyed`]).
+    pub fn from_stream(stream: TcpStream, io_timeout: Duration) -> Result<Conn> {
+        Conn::from_stream_keyed(stream, io_timeout, key::process())
     }
 
     /// Greets over an already connected stream: TCP_NODELAY, `io_timeout`
-    /// on every read and write, then the Hello exchange.
-    pub fn from_stream(stream: TcpStream, io_timeout: Duration) -> Result<Conn> {
+    /// on every read and write, the handshake when `key` is given, then
+    /// the Hello exchange.
+    pub fn from_stream_keyed(
+        stream: TcpStream,
+        io_timeout: Duration,
+        key: Option<&NetworkKey>,
+    ) -> Result<Conn> {
         let addr = stream
             .peer_addr()
             .map_err(|e| NetError::wire("connection", e))?;
@@ -55,12 +87,21 @@ impl Conn {
         let writer = setup().map_err(|e| NetError::wire(addr, e))?;
         let mut conn = Conn {
             reader: BufReader::with_capacity(READ_BUF, stream),
+            opener: None,
             writer,
+            sealer: None,
             addr,
         };
-        match conn.request(&Message::Hello {
+        if let Some(key) = key {
+            let (opener, sealer) = secure::client_handshake(&mut conn.reader, &mut conn.writer, key)
+                .map_err(|e| handshake_failed(addr, e))?;
+            conn.opener = Some(opener);
+            conn.sealer = Some(sealer);
+        }
+        let hello = conn.request(&Message::Hello {
             version: wire::PROTOCOL_VERSION,
-        })? {
+        });
+        match hello.map_err(|e| key_required(addr, e))? {
             Message::Hello { version } if version == wire::PROTOCOL_VERSION => Ok(conn),
             Message::Hello { version } => Err(NetError::Protocol {
                 who: addr.to_string(),
@@ -83,17 +124,27 @@ impl Conn {
         &self.writer
     }
 
+    /// Whether this connection is encrypted.
+    pub fn is_keyed(&self) -> bool {
+        self.sealer.is_some()
+    }
+
     /// Writes one message.
     pub fn send(&mut self, m: &Message) -> Result<()> {
-        wire::write_message(&mut self.writer, m).map_err(|e| NetError::wire(self.addr, e))
+        let mut buf = Vec::new();
+        m.encode(&mut buf)
+            .map_err(|e| NetError::wire(self.addr, e))?;
+        self.send_raw(&buf)
     }
 
     /// Writes raw, already encoded frames (several pipelined requests in one
-    /// write).
+    /// write), sealed when the connection is keyed.
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        self.writer
-            .write_all(bytes)
-            .map_err(|e| NetError::wire(self.addr, e))
+        let written = match self.sealer.as_mut() {
+            Some(s) => s.write_all(&mut self.writer, bytes),
+            None => self.writer.write_all(bytes),
+        };
+        written.map_err(|e| NetError::wire(self.addr, e))
     }
 
     /// Reads one message; the other side closing is an error here because
@@ -106,7 +157,11 @@ impl Conn {
     /// its capacity reused; see [`wire::read_message_into`]), so a
     /// download can recycle its chunk buffers.
     pub fn recv_into(&mut self, spare: &mut Vec<u8>) -> Result<Message> {
-        match wire::read_message_into(&mut self.reader, spare) {
+        let mut input = SecureRead {
+            opener: self.opener.as_mut(),
+            inner: &mut self.reader,
+        };
+        match wire::read_message_into(&mut input, spare) {
             Ok(Some(m)) => Ok(m),
             Ok(None) => Err(NetError::wire(
                 self.addr,
@@ -130,6 +185,80 @@ impl Conn {
             }),
             reply => Ok(reply),
         }
+    }
+}
+
+/// What a clear client tells its user when a keyed server refuses it.
+fn key_required(addr: SocketAddr, e: NetError) -> NetError {
+    match e {
+        NetError::Refused {
+            code: ErrorCode::KeyRequired,
+            message,
+            ..
+        } => NetError::Key {
+            who: addr.to_string(),
+            what: format!(
+                "{addr}: {message} (a network key file, or {KEY_FILE_ENV} in the environment)"
+            ),
+        },
+        other => other,
+    }
+}
+
+/// What a keyed client tells its user when the handshake fails. Nothing
+/// here ever continues in clear.
+fn handshake_failed(addr: SocketAddr, e: HandshakeError) -> NetError {
+    let who = addr.to_string();
+    let key = |what: String| NetError::Key {
+        who: who.clone(),
+        what,
+    };
+    match e {
+        HandshakeError::Io(e) => NetError::wire(addr, e),
+        HandshakeError::ClearAnswer(Ok(Some(Message::Error { code, message }))) => match code {
+            ErrorCode::KeyRejected => key(format!("network key rejected by {addr}: {message}")),
+            ErrorCode::Busy | ErrorCode::BadVersion => NetError::Refused {
+                who: who.clone(),
+                code,
+                message,
+            },
+            _ => key(format!(
+                "{addr} answered the key exchange in clear ({code}: {message}); it is not in \
+                 a private network; not continuing without encryption"
+            )),
+        },
+        HandshakeError::ClearAnswer(Ok(None)) => NetError::Protocol {
+            who,
+            what: "closed the connection during the key exchange".into(),
+        },
+        HandshakeError::ClearAnswer(answer) => key(format!(
+            "{addr} answered the key exchange in clear ({}); it is not in a private network \
+             or not a p2pfs server; not continuing without encryption",
+            match answer {
+                Ok(Some(m)) => m.kind().to_string(),
+                Ok(None) => "nothing".to_string(),
+                Err(e) => e.to_string(),
+            }
+        )),
+        HandshakeError::Rejected => key(format!(
+            "network key rejected by {addr}: its handshake answer does not verify with our key"
+        )),
+        e @ (HandshakeError::Version(_) | HandshakeError::Malformed(_)) => NetError::Protocol {
+            who,
+            what: format!("key exchange: {e}"),
+        },
+    }
+}
+
+/// Connects to `addr` once to find out whether our network key (or lack
+/// of one) is accepted there: `Err` only for a key mismatch, so a command
+/// can fail at once with the reason instead of retrying in the
+/// background. Any other failure (unreachable, busy) is left to the
+/// caller's normal handling.
+pub fn check_key(addr: SocketAddr, io_timeout: Duration) -> Result<()> {
+    match Conn::connect(addr, io_timeout) {
+        Err(e) if e.is_key_mismatch() => Err(e),
+        _ => Ok(()),
     }
 }
 

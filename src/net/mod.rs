@@ -11,11 +11,16 @@
 //!   (lingering) close, and shutdown that wakes its own `accept` and joins
 //!   every thread. A server supplies only its per-request [`server::Handler`].
 //! - [`client`]: the client side of every outgoing connection (connect with a
-//!   timeout, TCP_NODELAY, read and write timeouts, the Hello exchange).
+//!   timeout, TCP_NODELAY, read and write timeouts, the handshake of a
+//!   private network, the Hello exchange).
+//! - [`key`]: the network key of a private network (key files, and the one
+//!   key this process uses).
+//! - [`secure`]: keyed connections: the Noise handshake and the encrypted
+//!   record layer under the ordinary frames.
 //!
-//! So whatever every connection must do first (today the Hello; a handshake
-//! later) is written once on the server side, in [`server`], and once on the
-//! client side, in [`client`].
+//! So whatever every connection must do first (the handshake when keyed,
+//! then the Hello) is written once on the server side, in [`server`], and
+//! once on the client side, in [`client`].
 //!
 //! Depends on `wire` (framing, Hello), `limits` and `sync` (the lock helper)
 //! only; `tracker` and `peer` build on it and never the other way round.
@@ -26,6 +31,8 @@ use crate::wire::{ErrorCode, WireError};
 
 pub mod admission;
 pub mod client;
+pub mod key;
+pub mod secure;
 pub mod server;
 
 /// What can go wrong on a client connection, with the address it concerns.
@@ -41,9 +48,18 @@ pub enum NetError {
     },
     /// `who` sent a valid message that makes no sense here.
     Protocol { who: String, what: String },
+    /// The network keys do not match: `who` requires a key we do not have,
+    /// rejected ours, or answered a keyed client in clear. `what` is the
+    /// whole sentence shown to the user.
+    Key { who: String, what: String },
 }
 
 impl NetError {
+    /// Whether this is a network key mismatch (which retrying cannot cure).
+    pub fn is_key_mismatch(&self) -> bool {
+        matches!(self, NetError::Key { .. })
+    }
+
     pub fn wire(who: impl fmt::Display, source: impl Into<WireError>) -> NetError {
         NetError::Wire {
             who: who.to_string(),
@@ -60,6 +76,7 @@ impl fmt::Display for NetError {
                 write!(f, "{who} refused: {code}: {message}")
             }
             NetError::Protocol { who, what } => write!(f, "{who}: protocol error: {what}"),
+            NetError::Key { what, .. } => f.write_str(what),
         }
     }
 }

@@ -9,17 +9,21 @@
 //!   reaping of finished threads on every accept;
 //! - the set of live connections ([`Live`]), each a [`Link`] through which
 //!   anyone may write to it (one write lock per connection) or close it;
-//! - per connection: TCP_NODELAY, the write timeout, the Hello exchange under
-//!   its deadline (the whole Hello must arrive within the Hello timeout), the
-//!   request loop under the idle timeout, `Error{Malformed}` for anything
-//!   that cannot be decoded, and an orderly close (FIN, then a short drain
-//!   so the last reply is not destroyed by a reset);
+//! - per connection: TCP_NODELAY, the write timeout, the opening under one
+//!   deadline (the Hello timeout): telling a keyed client from a clear one
+//!   by its first byte, the Noise handshake when the server has a network
+//!   key ([`super::secure`]; a clear client of a keyed server, a keyed
+//!   client of a clear server and a wrong key are each refused with a clear
+//!   `Error` and closed), then the Hello exchange; the request loop under
+//!   the idle timeout, `Error{Malformed}` for anything that cannot be
+//!   decoded, and an orderly close (FIN, then a short drain so the last
+//!   reply is not destroyed by a reset);
 //! - shutdown: set a flag, wake the blocking `accept` by connecting to
 //!   ourselves, shut down every live socket, join every thread.
 //!
 //! A server supplies only a [`Handler`]: what to do with one request, and
-//! what to do when a connection ends. Calls `wire`, `sync` and
-//! [`super::admission`] only.
+//! what to do when a connection ends. Calls `wire`, `sync`,
+//! [`super::admission`], [`super::secure`] and [`super::key`] only.
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
@@ -32,6 +36,8 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 
 use super::admission::{Admission, DeadlineReader, Limits, Refuser};
+use super::key::{self, NetworkKey};
+use super::secure::{self, HandshakeError, Opener, Opening, SecureRead, Sealer};
 use crate::wire::{self, ErrorCode, Message, WireError};
 
 /// Stack of a connection thread (small: thousands may exist).
@@ -128,8 +134,9 @@ pub struct Link {
     remote: SocketAddr,
     stream: TcpStream,
     /// Held for each whole message written, so writes from several threads
-    /// never interleave inside a frame.
-    write: Mutex<()>,
+    /// never interleave inside a frame (or a record); holds the sending
+    /// half of the session once a keyed handshake is done.
+    write: Mutex<Option<Sealer>>,
     /// Frames received so far (Hello included).
     received: AtomicU64,
 }
@@ -167,8 +174,16 @@ impl Link {
     /// Writes bytes that are a whole number of frames (or one frame's
     /// pieces, when only this connection's thread writes).
     pub fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
-        let _w = crate::sync::lock(&self.write);
-        (&self.stream).write_all(bytes)
+        let mut sealer = crate::sync::lock(&self.write);
+        match sealer.as_mut() {
+            Some(s) => s.write_all(&mut &self.stream, bytes),
+            None => (&self.stream).write_all(bytes),
+        }
+    }
+
+    /// Whether this connection is encrypted (a keyed handshake was done).
+    pub fn is_keyed(&self) -> bool {
+        crate::sync::lock(&self.write).is_some()
     }
 
     /// Shuts the socket down both ways: the connection's thread sees its
@@ -221,6 +236,8 @@ struct Shared<H> {
     live: Arc<Live>,
     admission: Arc<Admission>,
     stopping: Arc<AtomicBool>,
+    /// The network key; `None` serves clear connections only.
+    key: Option<NetworkKey>,
 }
 
 /// A running server. Dropping it shuts it down.
@@ -234,11 +251,22 @@ pub struct Server {
 
 impl Server {
     /// Serves `listener` (already bound) with `handler`, starting the accept
-    /// and refuser threads.
+    /// and refuser threads; keyed with this process's network key, if it
+    /// has one ([`key::process`]).
     pub fn start<H: Handler>(
         listener: TcpListener,
         opts: Options,
         handler: Arc<H>,
+    ) -> io::Result<Server> {
+        Server::start_keyed(listener, opts, handler, key::process().cloned())
+    }
+
+    /// [`Server::start`] with an explicit network key (`None`: clear).
+    pub fn start_keyed<H: Handler>(
+        listener: TcpListener,
+        opts: Options,
+        handler: Arc<H>,
+        key: Option<NetworkKey>,
     ) -> io::Result<Server> {
         let addr = listener.local_addr()?;
         let name = opts.name;
@@ -249,6 +277,7 @@ impl Server {
             handler,
             live: Arc::new(Live::default()),
             stopping: Arc::new(AtomicBool::new(false)),
+            key,
         });
         let (live, stopping) = (Arc::clone(&shared.live), Arc::clone(&shared.stopping));
         let accept = thread::Builder::new()
@@ -362,7 +391,7 @@ fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>, refuse
             id: next_id,
             remote,
             stream: clone,
-            write: Mutex::new(()),
+            write: Mutex::new(None),
             received: AtomicU64::new(0),
         });
         shared.live.map().insert(next_id, Arc::clone(&link));
@@ -459,9 +488,10 @@ fn serve<H: Handler>(shared: &Shared<H>, link: &Arc<Link>, stream: TcpStream) ->
         return End::Failed(e.into());
     }
     let mut reader = BufReader::with_capacity(READ_BUF, stream);
-    if let Some(end) = greet(shared, link, &mut reader, hello) {
-        return end;
-    }
+    let mut opener = match greet(shared, link, &mut reader, hello) {
+        Ok(opener) => opener,
+        Err(end) => return end,
+    };
     if let Err(e) = link.stream.set_read_timeout(Some(idle)) {
         return End::Failed(e.into());
     }
@@ -470,7 +500,11 @@ fn serve<H: Handler>(shared: &Shared<H>, link: &Arc<Link>, stream: TcpStream) ->
         if shared.stopping.load(Ordering::Relaxed) {
             return End::Stopped;
         }
-        let m = match wire::read_message(&mut reader) {
+        let mut input = SecureRead {
+            opener: opener.as_mut(),
+            inner: &mut reader,
+        };
+        let m = match wire::read_message(&mut input) {
             Ok(Some(m)) => m,
             Ok(None) => return End::Closed,
             Err(e) => return read_failed(link, e, End::Idle),
@@ -488,29 +522,105 @@ fn serve<H: Handler>(shared: &Shared<H>, link: &Arc<Link>, stream: TcpStream) ->
     }
 }
 
-/// Reads the Hello under its deadline and answers it. `None` when the
-/// connection may go on to requests.
+/// The opening of a connection, all under one deadline (the Hello
+/// timeout): the handshake if the client is keyed (or the refusal of a
+/// client whose kind does not match the server's), then the Hello. `Ok`
+/// with the receiving half of the session (if keyed) when the connection
+/// may go on to requests.
 fn greet<H: Handler>(
     shared: &Shared<H>,
     link: &Link,
     reader: &mut BufReader<TcpStream>,
     limit: Duration,
-) -> Option<End> {
-    // The whole Hello must arrive within the Hello timeout, not merely
+) -> Result<Option<Opener>, End> {
+    // The whole opening must arrive within the Hello timeout, not merely
     // some byte of it every so often.
-    let first = wire::read_message(&mut DeadlineReader::new(reader, &link.stream, limit));
+    let mut timed = DeadlineReader::new(reader, &link.stream, limit);
+    let mut first = [0u8; 1];
+    loop {
+        match timed.read(&mut first) {
+            Ok(0) => return Err(End::Closed),
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(read_failed(link, e.into(), End::HelloTimeout)),
+        }
+    }
+    let role = shared.opts.role;
+    let mut opener = match (secure::opening(first[0]), &shared.key) {
+        (Opening::Clear, None) => None,
+        (Opening::Clear, Some(_)) => {
+            return Err(refuse(
+                link,
+                ErrorCode::KeyRequired,
+                format!("this {role} requires a network key: pass --key-file"),
+            ));
+        }
+        (Opening::Keyed, key) => Some(handshake(link, &mut timed, key.as_ref(), role)?),
+    };
+    let hello = match opener.as_mut() {
+        None => wire::read_message(&mut (&first[..]).chain(&mut timed)),
+        Some(o) => wire::read_message(&mut SecureRead {
+            opener: Some(o),
+            inner: &mut timed,
+        }),
+    };
+    answer_hello(link, hello, role)?;
+    Ok(opener)
+}
+
+/// A keyed client's handshake, its preamble's first byte already read: on
+/// success the link seals what it sends from now on.
+fn handshake<R: Read>(
+    link: &Link,
+    r: &mut R,
+    key: Option<&NetworkKey>,
+    role: &str,
+) -> Result<Opener, End> {
+    let done = secure::read_preamble_rest(r).and_then(|()| match key {
+        Some(key) => secure::server_handshake(r, &mut &link.stream, key),
+        None => Err(HandshakeError::Rejected),
+    });
+    let (opener, sealer) = match done {
+        Ok(halves) => halves,
+        Err(HandshakeError::Io(e)) => return Err(read_failed(link, e.into(), End::HelloTimeout)),
+        Err(HandshakeError::Version(v)) => {
+            return Err(refuse(
+                link,
+                ErrorCode::BadVersion,
+                format!(
+                    "this {role} speaks protocol version {}, you sent {v}",
+                    wire::PROTOCOL_VERSION
+                ),
+            ));
+        }
+        Err(HandshakeError::Rejected) if key.is_none() => {
+            let why = format!("this {role} uses no network key: run without --key-file");
+            return Err(refuse(link, ErrorCode::KeyRejected, why));
+        }
+        Err(HandshakeError::Rejected) => {
+            let why = format!("this {role} is in a private network with another key");
+            return Err(refuse(link, ErrorCode::KeyRejected, why));
+        }
+        Err(e) => return Err(refuse(link, ErrorCode::Malformed, e.to_string())),
+    };
+    *crate::sync::lock(&link.write) = Some(sealer);
+    Ok(opener)
+}
+
+/// Answers the first message, which must be a Hello of our version.
+fn answer_hello(
+    link: &Link,
+    first: Result<Option<Message>, WireError>,
+    role: &str,
+) -> Result<(), End> {
     if let Ok(Some(_)) = first {
         link.received.fetch_add(1, Ordering::SeqCst);
     }
-    let role = shared.opts.role;
     match first {
-        Ok(Some(Message::Hello { version })) if version == wire::PROTOCOL_VERSION => {
-            match link.send(&Message::Hello { version }) {
-                Ok(()) => None,
-                Err(e) => Some(End::Failed(e)),
-            }
-        }
-        Ok(Some(Message::Hello { version })) => Some(refuse(
+        Ok(Some(Message::Hello { version })) if version == wire::PROTOCOL_VERSION => link
+            .send(&Message::Hello { version })
+            .map_err(End::Failed),
+        Ok(Some(Message::Hello { version })) => Err(refuse(
             link,
             ErrorCode::BadVersion,
             format!(
@@ -518,13 +628,13 @@ fn greet<H: Handler>(
                 wire::PROTOCOL_VERSION
             ),
         )),
-        Ok(Some(other)) => Some(refuse(
+        Ok(Some(other)) => Err(refuse(
             link,
             ErrorCode::Unexpected,
             format!("expected Hello first, got {}", other.kind()),
         )),
-        Ok(None) => Some(End::Closed),
-        Err(e) => Some(read_failed(link, e, End::HelloTimeout)),
+        Ok(None) => Err(End::Closed),
+        Err(e) => Err(read_failed(link, e, End::HelloTimeout)),
     }
 }
 

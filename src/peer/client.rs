@@ -22,6 +22,7 @@ impl From<NetError> for PeerError {
             NetError::Wire { who, source } => PeerError::Net { who, source },
             NetError::Refused { who, code, message } => PeerError::Refused { who, code, message },
             NetError::Protocol { who, what } => PeerError::Protocol { who, what },
+            NetError::Key { who, what } => PeerError::Key { who, what },
         }
     }
 }

@@ -51,6 +51,9 @@ pub enum PeerError {
     },
     /// `who` sent a valid message that makes no sense here.
     Protocol { who: String, what: String },
+    /// The network keys do not match (see `net::NetError::Key`); `what` is
+    /// the whole sentence.
+    Key { who: String, what: String },
     /// A user-supplied name or option is not acceptable.
     Invalid(String),
     /// A download could not finish.
@@ -87,6 +90,7 @@ impl fmt::Display for PeerError {
                 write!(f, "{who} refused: {code}: {message}")
             }
             PeerError::Protocol { who, what } => write!(f, "{who}: protocol error: {what}"),
+            PeerError::Key { what, .. } => f.write_str(what),
             PeerError::Invalid(s) => f.write_str(s),
             PeerError::Download(s) => f.write_str(s),
             PeerError::Interrupted(s) => f.write_str(s),
