@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use super::NetError;
 use super::key::{self, KEY_FILE_ENV, NetworkKey};
-use super::secure::{self, HandshakeError, Opener, SecureRead, Sealer};
+use super::secure::{self, HandshakeError, Opener, Sealer, SecureRead};
 use crate::wire::{self, ErrorCode, Message, WireError};
 
 pub use crate::limits::{CONNECT_TIMEOUT, IO_TIMEOUT};
@@ -93,8 +93,9 @@ impl Conn {
             addr,
         };
         if let Some(key) = key {
-            let (opener, sealer) = secure::client_handshake(&mut conn.reader, &mut conn.writer, key)
-                .map_err(|e| handshake_failed(addr, e))?;
+            let (opener, sealer) =
+                secure::client_handshake(&mut conn.reader, &mut conn.writer, key)
+                    .map_err(|e| handshake_failed(addr, e))?;
             conn.opener = Some(opener);
             conn.sealer = Some(sealer);
         }
@@ -195,12 +196,17 @@ fn key_required(addr: SocketAddr, e: NetError) -> NetError {
             code: ErrorCode::KeyRequired,
             message,
             ..
-        } => NetError::Key {
-            who: addr.to_string(),
-            what: format!(
-                "{addr}: {message} (a network key file, or {KEY_FILE_ENV} in the environment)"
-            ),
-        },
+        } => {
+            let how = if message.ends_with("--key-file") {
+                format!(" FILE (or set {KEY_FILE_ENV}=FILE)")
+            } else {
+                format!(" (pass --key-file FILE or set {KEY_FILE_ENV}=FILE)")
+            };
+            NetError::Key {
+                who: addr.to_string(),
+                what: format!("{addr}: {message}{how}"),
+            }
+        }
         other => other,
     }
 }

@@ -126,7 +126,9 @@ impl NetworkKey {
             let byte = std::str::from_utf8(pair)
                 .ok()
                 .and_then(|p| u8::from_str_radix(p, 16).ok())
-                .ok_or_else(|| "the key line holds a character that is not a hex digit".to_owned())?;
+                .ok_or_else(|| {
+                    "the key line holds a character that is not a hex digit".to_owned()
+                })?;
             k[i] = byte;
         }
         Ok(NetworkKey(k))
@@ -177,9 +179,10 @@ impl NetworkKey {
             .mode(0o600)
             .open(path)
             .map_err(|e| match e.kind() {
-                io::ErrorKind::AlreadyExists => {
-                    err(path, "already exists; not overwriting a key (remove it first)")
-                }
+                io::ErrorKind::AlreadyExists => err(
+                    path,
+                    "already exists; not overwriting a key (remove it first)",
+                ),
                 _ => err(path, format!("cannot create: {e}")),
             })?;
         let written = f
@@ -244,14 +247,23 @@ mod tests {
         NetworkKey::write_new(&p).unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
         let e = NetworkKey::load(&p).unwrap_err().to_string();
-        assert!(e.contains("0640 are too open") && e.contains("chmod 600"), "{e}");
+        assert!(
+            e.contains("0640 are too open") && e.contains("chmod 600"),
+            "{e}"
+        );
         let cases = [
             ("", "expected 2 lines"),
             ("hello\n", "expected 2 lines"),
             ("ssh-rsa x\n00\n", "first line"),
             ("p2pfs network key v1\n0011\n", "64 hex digits"),
-            (&format!("p2pfs network key v1\n{}zz\n", "00".repeat(31)), "not a hex digit"),
-            (&format!("p2pfs network key v1\n{}\nmore\n", "00".repeat(32)), "expected 2 lines"),
+            (
+                &format!("p2pfs network key v1\n{}zz\n", "00".repeat(31)),
+                "not a hex digit",
+            ),
+            (
+                &format!("p2pfs network key v1\n{}\nmore\n", "00".repeat(32)),
+                "expected 2 lines",
+            ),
         ];
         for (text, why) in cases {
             let _ = fs::remove_file(&p);

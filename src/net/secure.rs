@@ -72,7 +72,9 @@ impl fmt::Display for HandshakeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HandshakeError::Io(e) => write!(f, "{e}"),
-            HandshakeError::ClearAnswer(Ok(Some(m))) => write!(f, "answered in clear: {}", m.kind()),
+            HandshakeError::ClearAnswer(Ok(Some(m))) => {
+                write!(f, "answered in clear: {}", m.kind())
+            }
             HandshakeError::ClearAnswer(Ok(None)) => f.write_str("closed the connection"),
             HandshakeError::ClearAnswer(Err(e)) => write!(f, "answered in clear: {e}"),
             HandshakeError::Version(v) => write!(f, "speaks protocol version {v}"),
@@ -110,7 +112,9 @@ pub fn client_handshake<R: Read, W: Write>(
     w: &mut W,
     key: &NetworkKey,
 ) -> Result<(Opener, Sealer), HandshakeError> {
-    let mut hs = builder(key).and_then(|b| b.build_initiator()).map_err(noise_failed)?;
+    let mut hs = builder(key)
+        .and_then(|b| b.build_initiator())
+        .map_err(noise_failed)?;
     let mut out = [0u8; 2 + HANDSHAKE_MESSAGE_LEN];
     let n = hs.write_message(&[], &mut out[2..]).map_err(noise_failed)?;
     out[..2].copy_from_slice(&record_len(n).to_be_bytes());
@@ -187,7 +191,9 @@ pub fn server_handshake<R: Read, W: Write>(
     w: &mut W,
     key: &NetworkKey,
 ) -> Result<(Opener, Sealer), HandshakeError> {
-    let mut hs = builder(key).and_then(|b| b.build_responder()).map_err(noise_failed)?;
+    let mut hs = builder(key)
+        .and_then(|b| b.build_responder())
+        .map_err(noise_failed)?;
     read_handshake_message(r, &mut hs)?;
     let mut out = [0u8; PREAMBLE.len() + 2 + HANDSHAKE_MESSAGE_LEN];
     out[..PREAMBLE.len()].copy_from_slice(&PREAMBLE);
@@ -305,8 +311,7 @@ pub struct Opener {
 /// out of order.
 pub fn is_forged(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::InvalidData
-        && e.get_ref()
-            .is_some_and(|inner| inner.to_string() == FORGED)
+        && e.get_ref().is_some_and(|inner| inner.to_string() == FORGED)
 }
 
 const FORGED: &str = "an encrypted record failed authentication (altered or forged)";
@@ -374,7 +379,10 @@ impl Opener {
             self.failed = true;
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("encrypted record of {len} bytes (at least {} needed)", RECORD_TAG_LEN + 1),
+                format!(
+                    "encrypted record of {len} bytes (at least {} needed)",
+                    RECORD_TAG_LEN + 1
+                ),
             ));
         }
         if self.record.len() != len {
@@ -396,11 +404,15 @@ impl Opener {
         let len = self.record.len();
         debug_assert!(len <= MAX_RECORD_LEN);
         let opened = match target {
-            Target::Caller(buf) => self.t.read_message(self.nonce, &self.record, &mut buf[..len]),
+            Target::Caller(buf) => self
+                .t
+                .read_message(self.nonce, &self.record, &mut buf[..len]),
             Target::Own => {
                 self.plain.resize(len, 0);
                 self.plain_pos = 0;
-                let r = self.t.read_message(self.nonce, &self.record, &mut self.plain);
+                let r = self
+                    .t
+                    .read_message(self.nonce, &self.record, &mut self.plain);
                 if let Ok(n) = r {
                     self.plain.truncate(n);
                 }
@@ -462,7 +474,10 @@ mod tests {
     }
 
     /// Runs both handshakes over in-memory pipes.
-    fn pair(ck: &NetworkKey, sk: &NetworkKey) -> Result<((Opener, Sealer), (Opener, Sealer)), HandshakeError> {
+    fn pair(
+        ck: &NetworkKey,
+        sk: &NetworkKey,
+    ) -> Result<((Opener, Sealer), (Opener, Sealer)), HandshakeError> {
         let mut c_out = Vec::new();
         // The client's first flight does not depend on the answer, so run
         // it against an answer produced afterwards: write, serve, read.
@@ -498,7 +513,11 @@ mod tests {
         let mut wire_bytes = Vec::new();
         c_seal.write_all(&mut wire_bytes, &data).unwrap();
         c_seal.write_all(&mut wire_bytes, b"tail").unwrap();
-        assert!(!wire_bytes.windows(32).any(|w| data.windows(32).take(1000).any(|d| d == w)));
+        assert!(
+            !wire_bytes
+                .windows(32)
+                .any(|w| data.windows(32).take(1000).any(|d| d == w))
+        );
         // Read back through odd-sized reads and one big one.
         let mut src = &wire_bytes[..];
         let mut got = vec![0u8; 7];
@@ -524,7 +543,10 @@ mod tests {
 
     #[test]
     fn a_wrong_key_is_rejected_by_the_server() {
-        assert!(matches!(pair(&key(1), &key(2)), Err(HandshakeError::Rejected)));
+        assert!(matches!(
+            pair(&key(1), &key(2)),
+            Err(HandshakeError::Rejected)
+        ));
     }
 
     #[test]

@@ -37,7 +37,7 @@ use log::{debug, info, warn};
 
 use super::admission::{Admission, DeadlineReader, Limits, Refuser};
 use super::key::{self, NetworkKey};
-use super::secure::{self, HandshakeError, Opener, Opening, SecureRead, Sealer};
+use super::secure::{self, HandshakeError, Opener, Opening, Sealer, SecureRead};
 use crate::wire::{self, ErrorCode, Message, WireError};
 
 /// Stack of a connection thread (small: thousands may exist).
@@ -617,9 +617,9 @@ fn answer_hello(
         link.received.fetch_add(1, Ordering::SeqCst);
     }
     match first {
-        Ok(Some(Message::Hello { version })) if version == wire::PROTOCOL_VERSION => link
-            .send(&Message::Hello { version })
-            .map_err(End::Failed),
+        Ok(Some(Message::Hello { version })) if version == wire::PROTOCOL_VERSION => {
+            link.send(&Message::Hello { version }).map_err(End::Failed)
+        }
         Ok(Some(Message::Hello { version })) => Err(refuse(
             link,
             ErrorCode::BadVersion,

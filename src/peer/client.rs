@@ -27,6 +27,12 @@ impl From<NetError> for PeerError {
     }
 }
 
+/// Fails only if `addr` refuses our network key or our lack of one (see
+/// [`net::client::check_key`]).
+pub fn check_key(addr: SocketAddr) -> Result<()> {
+    Ok(net::client::check_key(addr, IO_TIMEOUT)?)
+}
+
 /// Resolves `addr` ("host:port") to its first socket address.
 pub fn resolve(addr: &str) -> Result<SocketAddr> {
     addr.to_socket_addrs()

@@ -35,9 +35,21 @@ pub enum PeerCommand {
     Get(GetArgs),
     List(ListArgs),
     Where(WhereArgs),
+    Keygen(KeygenArgs),
 }
 
 impl PeerArgs {
+    /// The --key-file option of the command, if it has one and it is given.
+    pub fn key_file(&self) -> Option<&std::path::Path> {
+        match &self.cmd {
+            PeerCommand::Share(a) => a.key_file.as_deref(),
+            PeerCommand::Get(a) => a.key_file.as_deref(),
+            PeerCommand::List(a) => a.key_file.as_deref(),
+            PeerCommand::Where(a) => a.key_file.as_deref(),
+            PeerCommand::Keygen(_) => None,
+        }
+    }
+
     /// Whether -v asks for per-request logs.
     pub fn verbose(&self) -> bool {
         match &self.cmd {
@@ -67,6 +79,11 @@ pub struct ShareArgs {
     /// folder to share
     #[argh(option)]
     pub dir: PathBuf,
+    /// network key file of a private network (made by `peer keygen`;
+    /// default: the file named by $P2PFS_KEY_FILE; without one, an open
+    /// network in clear)
+    #[argh(option)]
+    pub key_file: Option<PathBuf>,
     /// only these files (paths inside DIR)
     #[argh(positional)]
     pub files: Vec<PathBuf>,
@@ -110,6 +127,11 @@ pub struct GetArgs {
     /// folder to download into
     #[argh(option)]
     pub dir: PathBuf,
+    /// network key file of a private network (made by `peer keygen`;
+    /// default: the file named by $P2PFS_KEY_FILE; without one, an open
+    /// network in clear)
+    #[argh(option)]
+    pub key_file: Option<PathBuf>,
     /// address to serve chunks on (default 0.0.0.0:0, a free port)
     #[argh(option, default = "SocketAddr::from(([0, 0, 0, 0], 0))")]
     pub listen: SocketAddr,
@@ -134,6 +156,11 @@ pub struct ListArgs {
     /// tracker address, host:port
     #[argh(option)]
     pub tracker: String,
+    /// network key file of a private network (made by `peer keygen`;
+    /// default: the file named by $P2PFS_KEY_FILE; without one, an open
+    /// network in clear)
+    #[argh(option)]
+    pub key_file: Option<PathBuf>,
 }
 
 /// Show each peer holding NAME and a map of the chunks it has
@@ -150,6 +177,24 @@ pub struct WhereArgs {
     /// width of the chunk map in characters (default {WHERE_MAP_WIDTH})
     #[argh(option, default = "limits::WHERE_MAP_WIDTH")]
     pub width: usize,
+    /// network key file of a private network (made by `peer keygen`;
+    /// default: the file named by $P2PFS_KEY_FILE; without one, an open
+    /// network in clear)
+    #[argh(option)]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Write a new random network key to FILE (created readable by you only;
+/// an existing file is never overwritten). Copy FILE to every machine of
+/// the private network and start the tracker and every peer with
+/// --key-file FILE (or P2PFS_KEY_FILE=FILE): only holders of the key can
+/// then connect, and every connection is encrypted.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "keygen")]
+pub struct KeygenArgs {
+    /// where to write the key
+    #[argh(positional)]
+    pub file: PathBuf,
 }
 
 /// The p2pfs tracker: keeps track of which peers hold which chunks of which
@@ -181,6 +226,11 @@ pub struct TrackerArgs {
     /// {TRACKER_MAX_PER_IP})
     #[argh(option, default = "limits::TRACKER_MAX_PER_IP")]
     pub max_per_ip: usize,
+    /// network key file of a private network (made by `peer keygen`;
+    /// default: the file named by $P2PFS_KEY_FILE; without one, an open
+    /// network in clear)
+    #[argh(option)]
+    pub key_file: Option<PathBuf>,
 }
 
 /// A chunk size option: a size as for rates ("256K", "1M"), within the
@@ -263,7 +313,14 @@ mod tests {
     fn all_help() -> Vec<(String, String)> {
         let mut v = Vec::new();
         let mut add = |raw: argh::EarlyExit| v.push((raw.output.clone(), fill(&raw.output)));
-        for sub in [&[][..], &["share"], &["get"], &["list"], &["where"]] {
+        for sub in [
+            &[][..],
+            &["share"],
+            &["get"],
+            &["list"],
+            &["where"],
+            &["keygen"],
+        ] {
             let mut a: Vec<&str> = sub.to_vec();
             a.push("--help");
             add(PeerArgs::from_args(&["peer"], &a).err().expect("help"));

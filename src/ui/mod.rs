@@ -9,7 +9,8 @@
 //!   [`help`] fills the `{LIMIT}` placeholders of the help texts from
 //!   [`crate::limits`].
 //! - [`share`], [`get`], [`query`] (`list`, `where`), [`tracker`]: one
-//!   command each.
+//!   command each; [`keys`]: `peer keygen` and every command's
+//!   `--key-file`.
 //! - [`repl`]: the prompt's command language, background downloads and
 //!   answers; [`prompt`] puts it on a terminal.
 //! - [`format`](mod@format): sizes, rates, chunk maps, summaries; [`progress`]: the
@@ -18,7 +19,8 @@
 //! - [`out`]: stdout, which may be closed under us (`peer list | head -1`);
 //!   nothing here uses `print!`.
 //!
-//! Depends on `peer`, `tracker`, `wire`, `chunks` and `limits`. Nothing
+//! Depends on `peer`, `tracker`, `wire`, `chunks`, `limits` and `net::key`
+//! (loading the key file). Nothing
 //! outside `ui` depends on it: the engine never prints, parses a command
 //! line or handles a signal.
 
@@ -29,6 +31,7 @@ pub mod args;
 pub mod format;
 pub mod get;
 pub mod help;
+pub mod keys;
 pub mod progress;
 pub mod prompt;
 pub mod query;
@@ -59,11 +62,15 @@ pub fn init_logging(default: &str) {
 
 /// Runs one `peer` command to its end.
 pub fn run_peer(args: PeerArgs) -> Result<(), BoxError> {
+    if !matches!(args.cmd, PeerCommand::Keygen(_)) {
+        keys::install(args.key_file())?;
+    }
     match args.cmd {
         PeerCommand::Share(a) => share::run(a, &StopSignals::install()?),
         PeerCommand::Get(a) => get::run(a, &StopSignals::install()?),
         PeerCommand::List(a) => query::list(a),
         PeerCommand::Where(a) => query::where_(a),
+        PeerCommand::Keygen(a) => keys::keygen(a),
     }
 }
 
@@ -141,7 +148,11 @@ fn node_config(
     listen: SocketAddr,
     upload_limit: Option<u64>,
 ) -> Result<NodeConfig, BoxError> {
-    let mut cfg = NodeConfig::new(client::resolve(tracker)?);
+    let tracker = client::resolve(tracker)?;
+    // A key mismatch is final: say so now, before hashing or creating any
+    // file, instead of retrying in the background.
+    client::check_key(tracker)?;
+    let mut cfg = NodeConfig::new(tracker);
     cfg.listen = listen;
     cfg.upload_limit = upload_limit;
     Ok(cfg)

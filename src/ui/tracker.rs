@@ -2,7 +2,7 @@
 //! SIGTERM, shut it down.
 //!
 //! Owns: the option checks that need more than one option's value. Calls
-//! `tracker` and [`super::signals`].
+//! `tracker`, [`super::keys`] and [`super::signals`].
 
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ pub fn run(args: TrackerArgs) -> Result<(), BoxError> {
         )
         .into());
     }
+    let key_file = super::keys::install(args.key_file.as_deref())?;
     // Catch signals before starting, so an early one is not lost.
     let signals = StopSignals::install()?;
     let mut tracker = Tracker::start(TrackerConfig {
@@ -32,6 +33,9 @@ pub fn run(args: TrackerArgs) -> Result<(), BoxError> {
         ..TrackerConfig::default()
     })?;
     outln!("tracker listening on {}", tracker.local_addr())?;
+    if let Some(p) = &key_file {
+        outln!("{}", super::keys::private_line(p))?;
+    }
     signals.wait();
     tracker.shutdown();
     Ok(())
