@@ -12,6 +12,7 @@
 
 pub mod memory;
 pub mod plot;
+pub mod private;
 pub mod register;
 pub mod single;
 pub mod swarm;
@@ -35,12 +36,13 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("memory", memory::SCENARIO),
     ("register", register::SCENARIO),
     ("tracker", tracker_load::SCENARIO),
+    ("private", private::SCENARIO),
 ];
 
 const USAGE: &str = "\
 usage: bench [--quick] [--reps N] [--bin-dir DIR] [--plot FILE.svg] SCENARIO...
 
-SCENARIO: all, or any of: single multi flash memory register tracker
+SCENARIO: all, or any of: single multi flash memory register tracker private
   --quick      small files and short runs (what the test suite runs)
   --reps N     repetitions per measurement, the median is reported (default 3)
   --bin-dir D  folder holding the tracker and peer binaries
@@ -57,6 +59,9 @@ pub struct Ctx {
     /// The tracker's per-IP connection cap option, if this build has one.
     pub per_ip_flag: Option<String>,
     pub plot: plot::PlotData,
+    /// The network key file every tracker and peer started now gets
+    /// (`--key-file`); `None` runs them on an open network.
+    pub key_file: Option<PathBuf>,
 }
 
 impl Ctx {
@@ -182,6 +187,7 @@ pub fn run(args: &[String], out: &mut dyn Write) -> R<Vec<Row>> {
         bin_dir,
         per_ip_flag,
         plot: plot::PlotData::default(),
+        key_file: None,
     };
     let started = Instant::now();
     let mut rows = Vec::new();
@@ -198,6 +204,7 @@ pub fn run(args: &[String], out: &mut dyn Write) -> R<Vec<Row>> {
             "memory" => memory::run(&mut ctx, &mut rows),
             "register" => register::run(&mut ctx, &mut rows),
             "tracker" => tracker_load::run(&mut ctx, &mut rows),
+            "private" => private::run(&mut ctx, &mut rows),
             _ => Ok(()),
         };
         if let Err(e) = r {
@@ -360,7 +367,7 @@ impl TrackerProc {
     pub fn start(ctx: &Ctx, extra: &[String]) -> R<TrackerProc> {
         let mut cmd = Command::new(ctx.bin("tracker"));
         cmd.args(["--listen", "127.0.0.1:0"]).args(extra);
-        cmd.env_remove("RUST_LOG");
+        add_key(ctx, &mut cmd);
         let proc = Proc::spawn("tracker", &mut cmd, false)?;
         let (_, line) = proc.wait_line(Stream::Out, "listening on", STARTUP)?;
         let addr = addr_in(&line)?;
@@ -396,7 +403,7 @@ impl SeedProc {
         if let Some(c) = chunk_size {
             cmd.args(["--chunk-size", &rate_arg(c)]);
         }
-        cmd.env_remove("RUST_LOG");
+        add_key(ctx, &mut cmd);
         let proc = Proc::spawn("seed", &mut cmd, false)?;
         let (ready, line) = proc.wait_line(Stream::Out, "serving chunks on", STARTUP * 4)?;
         let addr = addr_in(&line)?;
@@ -425,8 +432,17 @@ pub fn spawn_get(
     if let Some(l) = upload_limit {
         cmd.args(["--upload-limit", &rate_arg(l)]);
     }
-    cmd.env_remove("RUST_LOG");
+    add_key(ctx, &mut cmd);
     Proc::spawn("get", &mut cmd, sample)
+}
+
+/// The environment and key option every child gets: no RUST_LOG, no
+/// inherited P2PFS_KEY_FILE, and `--key-file` when the run is keyed.
+fn add_key(ctx: &Ctx, cmd: &mut Command) {
+    cmd.env_remove("RUST_LOG").env_remove("P2PFS_KEY_FILE");
+    if let Some(k) = &ctx.key_file {
+        cmd.arg("--key-file").arg(k);
+    }
 }
 
 /// Per-source bytes from the summary `peer get` prints:

@@ -172,7 +172,7 @@ pub fn run(ctx: &mut Ctx, rows: &mut Vec<Row>) -> R<()> {
 /// Writes twice `len` of zeros to `path` and deletes it (see the comment in
 /// `run`; with only 1.25 x `len` the downloads still hit unbacked memory
 /// now and then: 1.1 to 2.2 s instead of 1.1 to 1.4 s).
-fn prime(path: &Path, len: u64) -> R<()> {
+pub fn prime(path: &Path, len: u64) -> R<()> {
     let e = |err: std::io::Error| format!("primer {}: {err}", path.display());
     let total = 2 * len;
     let mut f = File::create(path).map_err(e)?;
