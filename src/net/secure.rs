@@ -473,11 +473,10 @@ mod tests {
         NetworkKey::from_bytes([b; 32])
     }
 
+    type Session = (Opener, Sealer);
+
     /// Runs both handshakes over in-memory pipes.
-    fn pair(
-        ck: &NetworkKey,
-        sk: &NetworkKey,
-    ) -> Result<((Opener, Sealer), (Opener, Sealer)), HandshakeError> {
+    fn pair(ck: &NetworkKey, sk: &NetworkKey) -> Result<(Session, Session), HandshakeError> {
         let mut c_out = Vec::new();
         // The client's first flight does not depend on the answer, so run
         // it against an answer produced afterwards: write, serve, read.

@@ -20,6 +20,9 @@ use super::{Ctx, Row, SeedProc, TrackerProc, single, spawn_get, swarm};
 pub const SCENARIO: &str = "7 private network";
 
 /// One download: (seconds, downloader CPU s, seed CPU s).
+type Measured = (f64, f64, f64);
+
+/// One download's figures (see [`Measured`]).
 fn download(
     ctx: &Ctx,
     tracker: &TrackerProc,
@@ -27,7 +30,7 @@ fn download(
     name: &str,
     dl: &Path,
     len: u64,
-) -> R<(f64, f64, f64)> {
+) -> R<Measured> {
     let seed_cpu0 = seed.proc.cpu_s().unwrap_or(0.0);
     let mut get = spawn_get(ctx, tracker.addr, name, dl, None, &[], false)?;
     let timeout = Duration::from_secs(60) + Duration::from_secs(len / (20 * MIB));
@@ -91,9 +94,7 @@ fn single_source(ctx: &mut Ctx, sc: &Scratch, key: &Path, rows: &mut Vec<Row>) -
     }
     let l = len as f64;
     let gib = l / GIB as f64;
-    let m = |f: fn(&((f64, f64, f64), (f64, f64, f64))) -> f64| {
-        median(&reps.iter().map(f).collect::<Vec<_>>())
-    };
+    let m = |f: fn(&(Measured, Measured)) -> f64| median(&reps.iter().map(f).collect::<Vec<_>>());
     let ratio = m(|(o, k)| o.0 / k.0);
     rows.push(
         Row::new(
