@@ -678,3 +678,120 @@ fn linger_close(stream: &TcpStream) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::client::Conn;
+
+    /// Answers ChunkData with the same ChunkData, anything else with Ok.
+    struct Echo;
+
+    impl Handler for Echo {
+        type Conn = ();
+
+        fn request(
+            &self,
+            link: &Arc<Link>,
+            _live: &Live,
+            _conn: &mut (),
+            m: Message,
+        ) -> Result<Flow, WireError> {
+            match m {
+                Message::ChunkData { index, data } => {
+                    link.send(&Message::ChunkData { index, data })?
+                }
+                _ => link.send(&Message::Ok)?,
+            }
+            Ok(Flow::Continue)
+        }
+    }
+
+    const T: Duration = Duration::from_secs(5);
+
+    fn start(key: Option<NetworkKey>) -> Server {
+        let opts = Options {
+            name: "test",
+            role: "tracker",
+            hello_timeout: T,
+            idle_timeout: T,
+            write_timeout: T,
+            limits: Limits {
+                max_total: 16,
+                max_per_ip: 16,
+            },
+        };
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        Server::start_keyed(l, opts, Arc::new(Echo), key).unwrap()
+    }
+
+    fn refusal(r: Result<Conn, super::super::NetError>) -> String {
+        match r {
+            Ok(_) => panic!("connection admitted"),
+            Err(e) => {
+                assert!(e.is_key_mismatch(), "{e}");
+                e.to_string()
+            }
+        }
+    }
+
+    #[test]
+    fn keyed_and_clear_sides_admit_or_refuse_each_other() {
+        let (k1, k2) = (
+            NetworkKey::from_bytes([1; 32]),
+            NetworkKey::from_bytes([2; 32]),
+        );
+        let keyed = start(Some(k1.clone()));
+        let clear = start(None);
+        let (ka, ca) = (keyed.local_addr(), clear.local_addr());
+
+        let mut c = Conn::connect_keyed(ka, T, Some(&k1)).unwrap();
+        assert!(c.is_keyed());
+        assert!(matches!(c.request(&Message::ListFiles), Ok(Message::Ok)));
+        let mut c = Conn::connect_keyed(ca, T, None).unwrap();
+        assert!(!c.is_keyed());
+        assert!(matches!(c.request(&Message::ListFiles), Ok(Message::Ok)));
+
+        let e = refusal(Conn::connect_keyed(ka, T, None));
+        assert!(
+            e.contains(&format!(
+                "{ka}: this tracker requires a network key: pass --key-file"
+            )),
+            "{e}"
+        );
+        let e = refusal(Conn::connect_keyed(ka, T, Some(&k2)));
+        assert!(
+            e.contains(&format!("network key rejected by {ka}: this tracker is in a private network with another key")),
+            "{e}"
+        );
+        let e = refusal(Conn::connect_keyed(ca, T, Some(&k1)));
+        assert!(
+            e.contains(&format!(
+                "network key rejected by {ca}: this tracker uses no network key"
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn frames_larger_than_a_record_cross_a_keyed_connection_both_ways() {
+        let k = NetworkKey::from_bytes([3; 32]);
+        let s = start(Some(k.clone()));
+        let mut c = Conn::connect_keyed(s.local_addr(), T, Some(&k)).unwrap();
+        for len in [0usize, 1, 65_519, 65_520, (1 << 20) + 3] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let m = Message::ChunkData {
+                index: len as u32,
+                data,
+            };
+            // Two pipelined, to have records carry the end of one frame
+            // and the start of the next.
+            let mut both = Vec::new();
+            m.encode(&mut both).unwrap();
+            m.encode(&mut both).unwrap();
+            c.send_raw(&both).unwrap();
+            assert_eq!(c.recv().unwrap(), m);
+            assert_eq!(c.recv().unwrap(), m);
+        }
+    }
+}
