@@ -155,12 +155,11 @@ fn capped(ctx: &mut Ctx, key: &Path, rows: &mut Vec<Row>) -> R<()> {
     r
 }
 
+/// Makes the resolver a candidate is measured with.
+type Resolver = fn() -> Box<dyn CryptoResolver + Send>;
+
 /// Seal and open rates of one cipher on one core, in bytes per second.
-fn cipher_rate(
-    name: &str,
-    resolver: fn() -> Box<dyn CryptoResolver + Send>,
-    bytes: u64,
-) -> R<(f64, f64)> {
+fn cipher_rate(name: &str, resolver: Resolver, bytes: u64) -> R<(f64, f64)> {
     let e = |x: snow::Error| format!("{name}: {x}");
     let mut i = handshake_state(name, resolver, true).map_err(e)?;
     let mut r = handshake_state(name, resolver, false).map_err(e)?;
@@ -195,7 +194,7 @@ fn cipher_rate(
 
 fn handshake_state(
     name: &str,
-    resolver: fn() -> Box<dyn CryptoResolver + Send>,
+    resolver: Resolver,
     initiator: bool,
 ) -> Result<snow::HandshakeState, snow::Error> {
     let psk = [7u8; 32];
@@ -228,7 +227,7 @@ fn pure_rust() -> Box<dyn CryptoResolver + Send> {
 /// The cipher candidates, one row each.
 fn ciphers(ctx: &Ctx, rows: &mut Vec<Row>) -> R<()> {
     let bytes = if ctx.quick { 16 * MIB } else { 512 * MIB };
-    let candidates: [(&str, &str, fn() -> Box<dyn CryptoResolver + Send>); 3] = [
+    let candidates: [(&str, &str, Resolver); 3] = [
         (
             "AES-256-GCM, ring (chosen)",
             "Noise_NNpsk0_25519_AESGCM_SHA256",
