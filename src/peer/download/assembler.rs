@@ -106,7 +106,7 @@ impl Assembler<'_, '_> {
         }
         if let Some(rejects) = &v.check {
             if chunks::sha1(&v.data) != e.hashes[v.index as usize] {
-                e.reject(v.source, v.index, rejects, &self.ev);
+                e.reject(v.source, v.index, "failed verification", rejects, &self.ev);
                 e.pool.give(v.data);
                 return;
             }

@@ -82,6 +82,11 @@ impl Sources {
             .map(|k| &k.have)
     }
 
+    /// Chunks `addr` sent bad so far (its strikes).
+    pub(super) fn strikes(&self, addr: SocketAddr) -> u32 {
+        self.known.get(&addr).map_or(0, |k| k.stats.hash_failures)
+    }
+
     /// A chunk of `bytes` from `addr` was written.
     pub(super) fn written(&mut self, addr: SocketAddr, bytes: u32) {
         if let Some(k) = self.known.get_mut(&addr) {
@@ -433,6 +438,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         let Some(have) = self.sources.ready(addr, Instant::now()) else {
             return;
         };
+        let strikes = self.sources.strikes(addr);
         let Some(chunk_tx) = self.chunk_tx.clone() else {
             return;
         };
@@ -441,6 +447,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             addr,
             have: Mutex::new(have.clone()),
             stream: Mutex::new(None),
+            strikes,
             wake_tx,
             wake_rx,
         });
@@ -644,6 +651,19 @@ mod tests {
             later + Duration::from_secs(9),
         );
         assert!(s.ready(addr(1), later).is_some());
+    }
+
+    #[test]
+    fn strikes_are_counted_per_source_across_its_connections() {
+        let now = Instant::now();
+        let mut s = Sources::new();
+        s.listed(addr(1), bits(4, &[0]), now);
+        assert_eq!(s.strikes(addr(1)), 0);
+        s.hash_failure(addr(1));
+        s.ended(addr(1), &WorkerEnd::Lost("closed".into()), now);
+        s.hash_failure(addr(1));
+        assert_eq!(s.strikes(addr(1)), 2);
+        assert_eq!(s.strikes(addr(2)), 0, "unknown");
     }
 
     #[test]

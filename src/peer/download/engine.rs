@@ -52,6 +52,15 @@ pub(super) struct Rejects {
 }
 
 impl Rejects {
+    /// A record that starts at `strikes` (bad chunks the source sent on
+    /// earlier connections of this download).
+    pub(super) fn starting_at(strikes: u32) -> Rejects {
+        Rejects {
+            count: AtomicU32::new(strikes),
+            indices: Mutex::new(Vec::new()),
+        }
+    }
+
     /// Records a bad chunk; returns the number of bad chunks so far.
     fn record(&self, index: u32) -> u32 {
         lock(&self.indices).push(index);
@@ -171,14 +180,16 @@ impl Engine<'_> {
         }
     }
 
-    /// Rejects chunk `index` from `source`, which failed verification: frees
-    /// it to be requested again, records the strike against the source,
-    /// tells the coordinator (up to the limit; past it the worker is already
-    /// dropping the source) and logs it. Returns the source's strikes so far.
+    /// Rejects chunk `index` from `source`, which failed verification (`why`
+    /// says how): frees it to be requested again, records the strike against
+    /// the source, tells the coordinator (up to the limit; past it the worker
+    /// is already dropping the source) and logs it. Returns the source's
+    /// strikes so far. The chunk's data is never kept.
     pub(super) fn reject(
         &self,
         source: SocketAddr,
         index: u32,
+        why: &str,
         rejects: &Rejects,
         ev: &Sender<Event>,
     ) -> u32 {
@@ -188,7 +199,7 @@ impl Engine<'_> {
             let _ = ev.send(Event::HashFailure { source });
         }
         warn!(
-            "{source}: chunk {index} of {} failed verification ({n} of {} allowed)",
+            "{source}: chunk {index} of {} {why} ({n} of {} allowed)",
             self.name, self.opts.max_hash_failures
         );
         n

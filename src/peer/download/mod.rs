@@ -135,6 +135,8 @@ pub struct SourceStats {
     pub addr: SocketAddr,
     pub bytes: u64,
     pub chunks: u32,
+    /// Strikes: chunks it sent that failed verification (hash, length, or
+    /// not the chunk asked).
     pub hash_failures: u32,
     /// Why it was dropped, if it was.
     pub dropped: Option<String>,

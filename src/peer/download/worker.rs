@@ -32,6 +32,9 @@ pub(super) struct Slot {
     pub(super) have: Mutex<Bitmap>,
     /// A clone of the worker's socket, so stopping can unblock its read.
     pub(super) stream: Mutex<Option<TcpStream>>,
+    /// Chunks the source sent bad on earlier connections of this download:
+    /// its strikes start there.
+    pub(super) strikes: u32,
     /// Wakes an idle worker (new locations, or stopping).
     pub(super) wake_tx: Sender<()>,
     pub(super) wake_rx: Receiver<()>,
@@ -90,7 +93,7 @@ impl Engine<'_> {
             ev,
             depth: self.opts.pipeline_depth.max(1),
             inflight: VecDeque::new(),
-            rejects: Arc::new(Rejects::default()),
+            rejects: Arc::new(Rejects::starting_at(slot.strikes)),
             avoid: Vec::new(),
             handed: Vec::new(),
             batch: Vec::new(),
@@ -161,9 +164,11 @@ impl Worker<'_, '_> {
         if self.inflight.len() >= self.depth {
             return Ok(());
         }
-        let mut has = lock(&self.slot.have).clone();
-        self.handed
-            .retain(|&i| e.geometry.index(i).is_some_and(|c| !e.file.has(c)));
+        let source_has = lock(&self.slot.have).clone();
+        let missing = |i: &u32| e.geometry.index(*i).is_some_and(|c| !e.file.has(c));
+        self.handed.retain(missing);
+        self.avoid.retain(missing);
+        let mut has = source_has.clone();
         for &i in self.inflight.iter().chain(&self.avoid).chain(&self.handed) {
             has.clear(i);
         }
@@ -176,14 +181,44 @@ impl Worker<'_, '_> {
                 break;
             };
             has.clear(pick.index);
-            self.inflight.push_back(pick.index);
-            let req = Message::ChunkRequest {
-                name: e.name.to_owned(),
-                index: pick.index,
-            };
-            if req.encode(&mut self.batch).is_err() {
-                return Err(WorkerEnd::Banned("cannot encode a request".into()));
+            self.request(pick.index)?;
+        }
+        if self.inflight.is_empty() && !self.avoid.is_empty() {
+            // Nothing else to ask of this source: the chunks it sent bad are
+            // asked of it again, unless a request for them is in flight
+            // elsewhere (never an endgame duplicate).
+            let mut retry = Bitmap::new(source_has.len());
+            for &i in self.avoid.iter().filter(|&&i| source_has.get(i)) {
+                retry.set(i);
             }
+            while let Some(pick) = p.pick(&retry, false) {
+                retry.clear(pick.index);
+                self.avoid.retain(|&i| i != pick.index);
+                self.request(pick.index)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a request for chunk `index` to the batch.
+    fn request(&mut self, index: u32) -> Result<(), WorkerEnd> {
+        self.inflight.push_back(index);
+        let req = Message::ChunkRequest {
+            name: self.engine.name.to_owned(),
+            index,
+        };
+        req.encode(&mut self.batch)
+            .map_err(|_| WorkerEnd::Banned("cannot encode a request".into()))
+    }
+
+    /// A strike against the source for chunk `index` (bad data, or a reply
+    /// for another chunk): the data is dropped and the chunk asked again;
+    /// at the strike limit the source is dropped for good.
+    fn strike(&mut self, index: u32, why: &str) -> Result<(), WorkerEnd> {
+        let e = self.engine;
+        let n = e.reject(self.slot.addr, index, why, &self.rejects, self.ev);
+        if n >= e.opts.max_hash_failures {
+            return Err(WorkerEnd::Banned(format!("{n} chunks failed verification")));
         }
         Ok(())
     }
@@ -196,10 +231,8 @@ impl Worker<'_, '_> {
                 self.verify_or_hand_off(index, data)
             }
             Message::ChunkData { index, .. } => {
-                lock(&e.picker).release(expected);
-                Err(WorkerEnd::Banned(format!(
-                    "answered chunk {index} when chunk {expected} was next"
-                )))
+                let why = format!("was answered with chunk {index}");
+                self.strike(expected, &why)
             }
             Message::Error {
                 code: ErrorCode::NotHeld,
@@ -246,12 +279,8 @@ impl Worker<'_, '_> {
                 .is_ok();
         let good = check || (right_size && chunks::sha1(&data) == e.hashes[index as usize]);
         if !good {
-            let n = e.reject(self.slot.addr, index, &self.rejects, self.ev);
-            if n >= e.opts.max_hash_failures {
-                return Err(WorkerEnd::Banned(format!("{n} chunks failed verification")));
-            }
             self.spare = data; // read the next chunk into it
-            return Ok(());
+            return self.strike(index, "failed verification");
         }
         let v = Verified {
             source: self.slot.addr,

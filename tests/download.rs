@@ -1,0 +1,277 @@
+//! Downloads that must finish, or fail clearly, against sources that
+//! misbehave and a tracker that stalls: the downloader's retry rules
+//! (docs/protocol.md §10) and the "Downloads" rows of docs/reliability.md.
+//! Misbehaving sources are written by hand from the protocol
+//! ([`FakeSource`]), so each one does exactly one wrong thing.
+
+mod util;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::BufReader;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use p2pfs::peer::download::DownloadOptions;
+use p2pfs::wire::{self, ErrorCode, Message};
+use util::{CHUNK, Client, Scratch, downloader, entry, opts, tracker, with_timeout};
+
+/// How a [`FakeSource`] answers one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// The chunk, as registered.
+    Good,
+    /// The chunk with its first byte flipped.
+    Corrupt,
+    /// The right data, but of this other chunk (and its index).
+    Index(u32),
+    /// `Error{NotHeld}`.
+    NotHeld,
+    /// `Error{NotHeld}`, and the source closes its tracker connection
+    /// first, so the tracker stops listing it.
+    NotHeldThenLeave,
+}
+
+/// The rule: (chunk index, how many times it has been asked so far,
+/// counting this request) -> the answer.
+type Rule = dyn Fn(u32, u32) -> Answer + Send + Sync;
+
+struct Shared {
+    data: Vec<u8>,
+    rule: Box<Rule>,
+    asked: Mutex<HashMap<u32, u32>>,
+    control: Mutex<Option<Client>>,
+    stop: AtomicBool,
+}
+
+/// A source written by hand from the protocol: registered with the tracker
+/// as holding all of `data` (in [`CHUNK`]s), serving it over real sockets,
+/// answering each request as its rule says.
+struct FakeSource {
+    shared: Arc<Shared>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl FakeSource {
+    fn start(
+        t: SocketAddr,
+        name: &str,
+        data: &[u8],
+        rule: impl Fn(u32, u32) -> Answer + Send + Sync + 'static,
+    ) -> FakeSource {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut ctl = Client::connect(t);
+        let reply = ctl.request(&Message::Register {
+            endpoint: listener.local_addr().unwrap(),
+            files: vec![entry(name, data)],
+        });
+        assert!(matches!(reply, Message::RegisterReply { .. }), "{reply:?}");
+        let shared = Arc::new(Shared {
+            data: data.to_vec(),
+            rule: Box::new(rule),
+            asked: Mutex::new(HashMap::new()),
+            control: Mutex::new(Some(ctl)),
+            stop: AtomicBool::new(false),
+        });
+        let sh = Arc::clone(&shared);
+        let accept = thread::spawn(move || {
+            let mut conns = Vec::new();
+            while !sh.stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let sh = Arc::clone(&sh);
+                        conns.push(thread::spawn(move || serve(s, &sh)));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            for c in conns {
+                let _ = c.join();
+            }
+        });
+        FakeSource {
+            shared,
+            accept: Some(accept),
+        }
+    }
+
+    /// How many times chunk `index` was requested.
+    fn asked(&self, index: u32) -> u32 {
+        let a = self.shared.asked.lock().unwrap();
+        a.get(&index).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for FakeSource {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// One downloader connection: Hello, then requests until it closes (or
+/// the test ends).
+fn serve(s: TcpStream, sh: &Shared) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let hello = Message::Hello {
+        version: wire::PROTOCOL_VERSION,
+    };
+    let mut greeted = false;
+    while !sh.stop.load(Ordering::SeqCst) {
+        let m = match wire::read_message(&mut r) {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(wire::WireError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(_) => return,
+        };
+        let reply = match m {
+            Message::Hello { .. } if !greeted => {
+                greeted = true;
+                hello.clone()
+            }
+            Message::ChunkRequest { index, .. } => answer(sh, index),
+            _ => return,
+        };
+        if wire::write_message(&mut w, &reply).is_err() {
+            return;
+        }
+    }
+}
+
+fn answer(sh: &Shared, index: u32) -> Message {
+    let nth = {
+        let mut a = sh.asked.lock().unwrap();
+        let n = a.entry(index).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let chunk = |i: u32| {
+        let start = (i as usize * CHUNK as usize).min(sh.data.len());
+        let end = (start + CHUNK as usize).min(sh.data.len());
+        sh.data[start..end].to_vec()
+    };
+    let not_held = Message::Error {
+        code: ErrorCode::NotHeld,
+        message: "not now".into(),
+    };
+    match (sh.rule)(index, nth) {
+        Answer::Good => Message::ChunkData {
+            index,
+            data: chunk(index),
+        },
+        Answer::Corrupt => {
+            let mut data = chunk(index);
+            data[0] ^= 1;
+            Message::ChunkData { index, data }
+        }
+        Answer::Index(other) => Message::ChunkData {
+            index: other,
+            data: chunk(other),
+        },
+        Answer::NotHeld => not_held,
+        Answer::NotHeldThenLeave => {
+            drop(sh.control.lock().unwrap().take());
+            not_held
+        }
+    }
+}
+
+/// Ten chunks of test data.
+fn ten_chunks(seed: u64) -> Vec<u8> {
+    util::pattern(10 * CHUNK as usize, seed)
+}
+
+#[test]
+fn a_chunk_corrupted_once_by_the_only_source_is_asked_again() {
+    with_timeout(60, || {
+        let s = Scratch::new("corrupt-once");
+        let data = ten_chunks(31);
+        let t = tracker();
+        let src = FakeSource::start(t.local_addr(), "f", &data, |i, nth| {
+            if i == 1 && nth == 1 {
+                Answer::Corrupt
+            } else {
+                Answer::Good
+            }
+        });
+        let d = downloader(t.local_addr());
+        let sum = d
+            .download("f", &s.sub("d"), &opts(), &mut |_| {})
+            .expect("download");
+        assert_eq!(fs::read(s.path().join("d/f")).unwrap(), data);
+        assert_eq!(src.asked(1), 2, "chunk 1 asked again of the same source");
+        assert_eq!(sum.bytes_downloaded, data.len() as u64);
+        assert_eq!(sum.sources.len(), 1, "{:?}", sum.sources);
+        assert_eq!(sum.sources[0].hash_failures, 1);
+        assert_eq!(sum.sources[0].dropped, None);
+    });
+}
+
+#[test]
+fn a_reply_for_another_chunk_is_a_strike_not_a_ban() {
+    with_timeout(60, || {
+        let s = Scratch::new("wrong-index");
+        let data = ten_chunks(32);
+        let t = tracker();
+        let src = FakeSource::start(t.local_addr(), "f", &data, |i, nth| {
+            if i == 2 && nth == 1 {
+                Answer::Index(3)
+            } else {
+                Answer::Good
+            }
+        });
+        let d = downloader(t.local_addr());
+        let sum = d
+            .download("f", &s.sub("d"), &opts(), &mut |_| {})
+            .expect("download");
+        assert_eq!(fs::read(s.path().join("d/f")).unwrap(), data);
+        assert_eq!(src.asked(2), 2);
+        // The stray copy of chunk 3 was not kept: every byte counted once.
+        assert_eq!(sum.bytes_downloaded, data.len() as u64);
+        assert_eq!(sum.sources[0].hash_failures, 1);
+        assert_eq!(sum.sources[0].dropped, None);
+    });
+}
+
+#[test]
+fn a_source_that_keeps_corrupting_a_chunk_is_dropped_at_its_strike_limit() {
+    with_timeout(60, || {
+        let s = Scratch::new("corrupt-always");
+        let data = ten_chunks(33);
+        let t = tracker();
+        let src = FakeSource::start(t.local_addr(), "f", &data, |i, _| {
+            if i == 1 {
+                Answer::Corrupt
+            } else {
+                Answer::Good
+            }
+        });
+        let d = downloader(t.local_addr());
+        let o = DownloadOptions {
+            give_up_after: Duration::from_secs(2),
+            ..opts()
+        };
+        let e = d
+            .download("f", &s.sub("d"), &o, &mut |_| {})
+            .expect_err("no honest source of chunk 1");
+        assert!(e.to_string().contains("chunk(s) 1 "), "{e}");
+        assert_eq!(src.asked(1), o.max_hash_failures);
+        assert!(!s.path().join("d/f").exists());
+    });
+}
