@@ -10,16 +10,17 @@
 //! Calls `wire` (requests), `chunks` (SHA-1), the peer's `client` (the
 //! connection) and `picker`, and the download's `engine`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use super::engine::{Engine, Event, Rejects, Verified, WorkerEnd};
 use crate::chunks::{self, Bitmap};
+use crate::limits::{NOT_HELD_RETRY, NOT_HELD_RETRY_MAX};
 use crate::peer::client::{self, Conn};
 use crate::peer::picker::Picker;
 use crate::sync::lock;
@@ -53,6 +54,9 @@ struct Worker<'a, 'e> {
     rejects: Arc<Rejects>,
     /// The chunks in `rejects`, never asked of this source again.
     avoid: Vec<u32>,
+    /// Chunks the source answered `NotHeld` for: not asked of it again
+    /// before `until`; `wait` doubles with each further `NotHeld`.
+    deferred: HashMap<u32, Deferred>,
     /// Chunks verified here and queued for the assembler but not yet
     /// written: the picker still counts them in flight, so without this the
     /// endgame would ask this same source for them again.
@@ -61,6 +65,12 @@ struct Worker<'a, 'e> {
     batch: Vec<u8>,
     /// The buffer the next chunk is read into.
     spare: Vec<u8>,
+}
+
+/// A chunk put off after `NotHeld`.
+struct Deferred {
+    until: Instant,
+    wait: Duration,
 }
 
 impl Engine<'_> {
@@ -95,6 +105,7 @@ impl Engine<'_> {
             inflight: VecDeque::new(),
             rejects: Arc::new(Rejects::starting_at(slot.strikes)),
             avoid: Vec::new(),
+            deferred: HashMap::new(),
             handed: Vec::new(),
             batch: Vec::new(),
             spare: Vec::new(),
@@ -168,9 +179,16 @@ impl Worker<'_, '_> {
         let missing = |i: &u32| e.geometry.index(*i).is_some_and(|c| !e.file.has(c));
         self.handed.retain(missing);
         self.avoid.retain(missing);
+        self.deferred.retain(|i, _| missing(i));
+        let now = Instant::now();
         let mut has = source_has.clone();
         for &i in self.inflight.iter().chain(&self.avoid).chain(&self.handed) {
             has.clear(i);
+        }
+        for (&i, d) in &self.deferred {
+            if now < d.until {
+                has.clear(i);
+            }
         }
         let mut p = lock(&e.picker);
         while self.inflight.len() < self.depth {
@@ -211,6 +229,17 @@ impl Worker<'_, '_> {
             .map_err(|_| WorkerEnd::Banned("cannot encode a request".into()))
     }
 
+    /// Puts chunk `index` off after a `NotHeld`.
+    fn defer(&mut self, index: u32) {
+        let now = Instant::now();
+        let d = self.deferred.entry(index).or_insert(Deferred {
+            until: now,
+            wait: NOT_HELD_RETRY / 2,
+        });
+        d.wait = (d.wait * 2).min(NOT_HELD_RETRY_MAX);
+        d.until = now + d.wait;
+    }
+
     /// A strike against the source for chunk `index` (bad data, or a reply
     /// for another chunk): the data is dropped and the chunk asked again;
     /// at the strike limit the source is dropped for good.
@@ -238,9 +267,11 @@ impl Worker<'_, '_> {
                 code: ErrorCode::NotHeld,
                 ..
             } => {
-                // Our view of the source was stale: forget that bit.
+                // Not now (super-seeding, or our view of the source is
+                // stale): free the chunk for other sources and ask this one
+                // again later, never dropping it from what the source holds.
                 lock(&e.picker).release(expected);
-                lock(&self.slot.have).clear(expected);
+                self.defer(expected);
                 Ok(())
             }
             Message::Error { code, message } => {
