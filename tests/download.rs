@@ -306,3 +306,37 @@ fn not_held_from_a_source_that_advertised_the_chunk_is_asked_again_later() {
         );
     });
 }
+
+#[test]
+fn a_downloaded_empty_file_is_registered_and_served() {
+    with_timeout(60, || {
+        let s = Scratch::new("empty");
+        util::write(&s.sub("a"), "empty.txt", b"");
+        let t = tracker();
+        let a = util::seed(t.local_addr(), &s.path().join("a"), None);
+        let d = downloader(t.local_addr());
+        let sum = d
+            .download("empty.txt", &s.sub("d"), &opts(), &mut |_| {})
+            .expect("download");
+        assert_eq!(sum.length, 0);
+        assert_eq!(fs::read(s.path().join("d/empty.txt")).unwrap(), b"");
+        // The downloader is listed as a holder: it seeds the file once the
+        // original sharer has left.
+        util::wait_until(10, "the downloader listed", || {
+            p2pfs::peer::client::locate(t.local_addr(), "empty.txt", false).is_ok_and(|l| {
+                l.sources
+                    .iter()
+                    .any(|x| x.addr.port() == d.local_addr().port())
+            })
+        });
+        a.leave();
+        let l = p2pfs::peer::client::locate(t.local_addr(), "empty.txt", false)
+            .expect("still on the network");
+        assert_eq!(l.sources.len(), 1, "{l:?}");
+        let again = downloader(t.local_addr());
+        again
+            .download("empty.txt", &s.sub("e"), &opts(), &mut |_| {})
+            .expect("downloaded from the downloader");
+        assert_eq!(fs::read(s.path().join("e/empty.txt")).unwrap(), b"");
+    });
+}

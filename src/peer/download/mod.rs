@@ -230,6 +230,11 @@ pub fn download(
         return Err(PeerError::io("write", &paths.part, e));
     }
     put_in_place(ctx, name, &paths, &shared, d.hashes)?;
+    if d.geometry.count() == 0 {
+        // An empty file has no chunk to register one by one: register the
+        // file, so this peer is listed (and seeds it) like any holder.
+        (ctx.on_file)(name);
+    }
     summary.elapsed = started.elapsed();
     Ok(summary)
 }
