@@ -340,3 +340,76 @@ fn a_downloaded_empty_file_is_registered_and_served() {
         assert_eq!(fs::read(s.path().join("e/empty.txt")).unwrap(), b"");
     });
 }
+
+/// Runs the tracker binary on a free loopback port; its address.
+fn tracker_process() -> (util::Proc, SocketAddr) {
+    let mut p = util::Proc::spawn(
+        "tracker",
+        std::process::Command::new(env!("CARGO_BIN_EXE_tracker"))
+            .env("RUST_LOG", "warn")
+            .args(["--listen", "127.0.0.1:0"]),
+    );
+    let addr = util::addr_in(&p.wait_line("listening on"));
+    (p, addr)
+}
+
+/// `peer share` of `dir` in 1 KiB chunks (many small chunks: many events
+/// per second for the coordinator), unlimited; returns once registered.
+fn share_in_1k_chunks(t: SocketAddr, dir: &std::path::Path) -> util::Proc {
+    let mut p = util::Proc::spawn(
+        "peer share",
+        util::peer_bin()
+            .args(["share", "--tracker", &t.to_string()])
+            .args(["--listen", "127.0.0.1:0", "--chunk-size", "1K", "--dir"])
+            .arg(dir),
+    );
+    p.wait_line("serving chunks on");
+    p.wait_line("registered");
+    p
+}
+
+#[test]
+fn a_tracker_that_stops_answering_does_not_slow_the_download() {
+    with_timeout(120, || {
+        let s = Scratch::new("tracker-stop");
+        let data = util::pattern(16 << 20, 35);
+        util::write(&s.sub("a"), "f", &data);
+        let (tracker, t) = tracker_process();
+        let _seed = share_in_1k_chunks(t, &s.path().join("a"));
+        let timed = |dir: &str, stop_tracker: bool| {
+            let d = downloader(t);
+            let started = std::time::Instant::now();
+            let stopper = stop_tracker.then(|| {
+                let pid = tracker.child.id();
+                thread::spawn(move || {
+                    thread::sleep(Duration::from_millis(300));
+                    let ok = std::process::Command::new("kill")
+                        .args(["-STOP", &pid.to_string()])
+                        .status()
+                        .is_ok_and(|s| s.success());
+                    assert!(ok, "kill -STOP the tracker");
+                })
+            });
+            let sum = d
+                .download("f", &s.sub(dir), &opts(), &mut |_| {})
+                .expect("download");
+            let took = started.elapsed();
+            if let Some(h) = stopper {
+                h.join().unwrap();
+            }
+            assert_eq!(fs::read(s.path().join(dir).join("f")).unwrap(), data);
+            assert_eq!(sum.chunks_total, 16 << 10);
+            // Leaving talks to the tracker: not timed, and not waited for.
+            thread::spawn(move || drop(d));
+            took
+        };
+        let normal = timed("d1", false);
+        let stalled = timed("d2", true);
+        eprintln!("tracker answering: {normal:?}; stopped 0.3 s in: {stalled:?}");
+        tracker.signal("CONT");
+        assert!(
+            stalled < normal * 2 + Duration::from_secs(1),
+            "with the tracker stopped {stalled:?}, normally {normal:?}"
+        );
+    });
+}

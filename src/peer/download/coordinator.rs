@@ -4,13 +4,15 @@
 //! Owns: every source seen and what is known about it ([`Sources`]: the
 //! chunks it holds, when it may be tried again, whether it is banned, what
 //! it contributed), the workers running ([`Active`]), the availability the
-//! picker ranks by, the location refresh from the tracker, starting and
-//! stopping workers, progress reports, and giving up when nothing has
+//! picker ranks by, asking the locator for fresh locations and taking in its
+//! answers, starting and stopping workers, progress reports, and giving up when nothing has
 //! progressed for [`DownloadOptions::give_up_after`](super::DownloadOptions).
 //!
 //! Calls `wire` (Locations), `chunks` (bitmaps), the peer's `client` (the
-//! tracker connection) and `picker`, and the download's `engine`, `worker`
-//! and `rate`.
+//! tracker connection, handed to the locator) and `picker`, and the
+//! download's `engine`, `locator`, `worker` and `rate`. Never talks to the
+//! tracker itself: the locator thread does, so a silent tracker cannot
+//! stall the events that workers and the assembler send here.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Shutdown, SocketAddr};
@@ -23,17 +25,15 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use log::{debug, info, warn};
 
 use super::engine::{Engine, Event, Verified, WorkerEnd};
+use super::locator::{Located, Locator};
 use super::rate::RateMeter;
 use super::worker::Slot;
 use super::{DownloadContext, MAX_ACTIVE_SOURCES, Progress, SourceStats};
 use crate::chunks::Bitmap;
-use crate::peer::client::{self, Conn};
+use crate::peer::client::Conn;
 use crate::peer::{PeerError, Result};
 use crate::sync::lock;
-use crate::wire::{ErrorCode, Locations};
-
-/// Read/write timeout of the coordinator's tracker queries.
-const REFRESH_TIMEOUT: Duration = Duration::from_secs(3);
+use crate::wire::Locations;
 
 /// What is remembered about one endpoint.
 struct Known {
@@ -163,8 +163,7 @@ struct Active<'scope> {
 pub(super) struct Coordinator<'scope, 'env: 'scope> {
     engine: &'env Engine<'env>,
     scope: &'scope Scope<'scope, 'env>,
-    tracker: Option<Conn>,
-    tracker_addr: SocketAddr,
+    locator: Locator<'scope>,
     self_addr: Option<SocketAddr>,
     active: HashMap<SocketAddr, Active<'scope>>,
     sources: Sources,
@@ -177,7 +176,8 @@ pub(super) struct Coordinator<'scope, 'env: 'scope> {
     last_refresh: Instant,
     refresh_wanted: bool,
     last_progress: Instant,
-    warned_tracker: bool,
+    /// The tracker's last query failed (warned once, until it answers).
+    tracker_down: bool,
     done_bytes: u64,
     cancel: Option<&'env AtomicBool>,
     late_error: Option<PeerError>,
@@ -195,16 +195,12 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         self_addr: Option<SocketAddr>,
         chunk_tx: Sender<Verified>,
         ev_tx: Sender<Event>,
-    ) -> Self {
-        // The tracker connection serves the refreshes, with short timeouts:
-        // the coordinator must not stall for long on an unresponsive tracker.
-        let _ = tracker.stream().set_read_timeout(Some(REFRESH_TIMEOUT));
-        let _ = tracker.stream().set_write_timeout(Some(REFRESH_TIMEOUT));
-        Coordinator {
+    ) -> Result<Self> {
+        let locator = Locator::start(scope, tracker, ctx.tracker, engine.name)?;
+        Ok(Coordinator {
             engine,
             scope,
-            tracker: Some(tracker),
-            tracker_addr: ctx.tracker,
+            locator,
             self_addr,
             active: HashMap::new(),
             sources: Sources::new(),
@@ -217,11 +213,11 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             last_refresh: Instant::now(),
             refresh_wanted: false,
             last_progress: Instant::now(),
-            warned_tracker: false,
+            tracker_down: false,
             cancel: ctx.cancel,
             late_error: None,
             done_bytes: engine.done_bytes(),
-        }
+        })
     }
 
     /// Runs until the file is complete, cancelled, failed or given up.
@@ -251,6 +247,9 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
                 || (self.refresh_wanted && since >= Duration::from_millis(250))
             {
                 self.refresh();
+            }
+            while let Some(answer) = self.locator.answer() {
+                self.located(answer);
             }
             if last_report.is_none_or(|t| now.duration_since(t) >= Duration::from_millis(200)) {
                 self.report(on_progress);
@@ -330,57 +329,40 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         )))
     }
 
-    /// Asks the tracker for fresh locations; keeps going without them if it
-    /// is unreachable.
+    /// Asks the locator for fresh locations (answered later, in
+    /// [`Coordinator::located`]). While the tracker does not answer, known
+    /// sources whose retry time has come are connected to again.
     fn refresh(&mut self) {
         self.last_refresh = Instant::now();
         self.refresh_wanted = false;
-        if self.tracker.is_none() && !self.reconnect() {
+        self.locator.ask();
+        if self.tracker_down {
             self.spawn_ready();
-            return;
-        }
-        let Some(conn) = self.tracker.as_mut() else {
-            return;
-        };
-        match client::locate_on(conn, self.engine.name, false) {
-            Ok(l) => self.apply_locations(l),
-            Err(PeerError::Refused {
-                code: ErrorCode::UnknownFile,
-                ..
-            }) => {
-                debug!(
-                    "{}: the tracker lists no source right now",
-                    self.engine.name
-                );
-                self.spawn_ready();
-            }
-            Err(err) => {
-                warn!("tracker query failed ({err}); continuing with known sources");
-                self.warned_tracker = true;
-                self.tracker = None;
-                self.spawn_ready();
-            }
         }
     }
 
-    /// Connects to the tracker again (short timeouts; it is simply tried
-    /// again next refresh).
-    fn reconnect(&mut self) -> bool {
-        match Conn::connect(self.tracker_addr, REFRESH_TIMEOUT) {
-            Ok(c) => {
-                if self.warned_tracker {
-                    info!("tracker {} reachable again", self.tracker_addr);
-                    self.warned_tracker = false;
-                }
-                self.tracker = Some(c);
-                true
+    /// Takes in the locator's answer.
+    fn located(&mut self, answer: Located) {
+        let name = self.engine.name;
+        match answer {
+            Located::Found(_) | Located::NoSources if self.tracker_down => {
+                info!("{name}: the tracker answers again");
+                self.tracker_down = false;
             }
-            Err(err) => {
-                if !self.warned_tracker {
-                    warn!("tracker unreachable ({err}); continuing with known sources");
-                    self.warned_tracker = true;
+            _ => {}
+        }
+        match answer {
+            Located::Found(l) => self.apply_locations(l),
+            Located::NoSources => {
+                debug!("{name}: the tracker lists no source right now");
+                self.spawn_ready();
+            }
+            Located::Failed(why) => {
+                if !self.tracker_down {
+                    warn!("{name}: {why}; continuing with known sources");
+                    self.tracker_down = true;
                 }
-                false
+                self.spawn_ready();
             }
         }
     }
@@ -477,6 +459,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
     /// a full channel can finish.
     pub(super) fn stop_all(&mut self, ev_rx: &Receiver<Event>) {
         self.engine.stop.store(true, Ordering::SeqCst);
+        self.locator.stop();
         for a in self.active.values() {
             if let Some(s) = lock(&a.slot.stream).as_ref() {
                 let _ = s.shutdown(Shutdown::Both);

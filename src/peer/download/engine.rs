@@ -238,7 +238,7 @@ impl Engine<'_> {
             let assembler = spawn(scope, "assembler", move || {
                 self.assemble(chunk_rx, asm_ev, flush_tx, ctx.on_chunk)
             })?;
-            let mut co = Coordinator::new(self, scope, ctx, tracker, self_addr, chunk_tx, ev_tx);
+            let mut co = Coordinator::new(self, scope, ctx, tracker, self_addr, chunk_tx, ev_tx)?;
             co.apply_locations(first);
             let result = co.drive(&ev_rx, on_progress);
             co.stop_all(&ev_rx);

@@ -6,8 +6,9 @@
 //! `.part`, run the engine, move the result into place and serve it.
 //!
 //! ```text
-//!             locations (every ~1.5 s, and when a worker runs dry)
-//!  tracker ─────────────────────────────┐
+//!           locations (asked every ~1.5 s, and when a worker runs dry;
+//!           a silent tracker costs the locator thread, never the rest)
+//!  tracker ◄──► locator ────────────────┐
 //!                                       ▼
 //!                              ┌─ coordinator (caller's thread) ─┐
 //!                              │ sources, availability, progress │
@@ -30,7 +31,8 @@
 //!   verification, finishing into place) and [`partfile::is_artifact`].
 //! - `engine`: the state the threads share, their messages, and starting
 //!   and joining the threads.
-//! - `coordinator`: sources, availability, refresh, workers, giving up.
+//! - `coordinator`: sources, availability, workers, giving up.
+//! - `locator`: location refreshes from the tracker, on their own thread.
 //! - `worker`: one source's connection.
 //! - `assembler`: writing, marking held, registering, saving, flushing.
 //! - `rate`: the rate shown in progress displays.
@@ -44,6 +46,7 @@
 mod assembler;
 mod coordinator;
 mod engine;
+mod locator;
 pub mod partfile;
 mod rate;
 mod worker;
