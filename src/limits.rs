@@ -120,3 +120,19 @@ pub const NOT_HELD_RETRY: Duration = Duration::from_millis(500);
 /// The longest wait before asking a source again for a chunk it said it
 /// does not hold.
 pub const NOT_HELD_RETRY_MAX: Duration = Duration::from_secs(8);
+/// A source that has not delivered a chunk to this download yet must accept
+/// the connection and answer Hello within this long; a proven source gets
+/// the full connect and I/O timeouts. Silent, full or unreachable sources
+/// then cost a worker slot for seconds, not the I/O timeout.
+pub const NEW_SOURCE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most workers at once on probation: for a source that has not delivered
+/// to this download yet, from the start of its connection until it answers
+/// a request (or turns out to hold nothing we need). Sources that delivered
+/// then always find a free slot.
+pub const MAX_PROBES: usize = 24;
+/// Most probes at once to one host (IPv4 address or IPv6 /64), so one
+/// host's silent endpoints cannot keep other hosts' sources from being tried.
+pub const MAX_PROBES_PER_HOST: usize = 4;
+/// A source whose connections keep failing without delivering anything is
+/// retried after the retry delay doubled per failure, up to this long.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);

@@ -413,3 +413,152 @@ fn a_tracker_that_stops_answering_does_not_slow_the_download() {
         );
     });
 }
+
+/// A connection to `to` from the loopback address `ip` (so the tracker sees
+/// another host than 127.0.0.1).
+fn connect_from(ip: [u8; 4], to: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from((ip, 0)).into()).unwrap();
+    s.connect_timeout(&to.into(), Duration::from_secs(5))
+        .unwrap();
+    s.into()
+}
+
+/// Registers `endpoint` as a holder of all of `data` over a control
+/// connection from `ip`; the connection is returned (keep it open).
+fn register_from(ip: [u8; 4], t: SocketAddr, endpoint: SocketAddr, data: &[u8]) -> TcpStream {
+    let mut s = connect_from(ip, t);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    for m in [
+        Message::Hello {
+            version: wire::PROTOCOL_VERSION,
+        },
+        Message::Register {
+            endpoint,
+            files: vec![entry("f", data)],
+        },
+    ] {
+        wire::write_message(&mut s, &m).unwrap();
+        let reply = wire::read_message(&mut r).unwrap().expect("reply");
+        assert!(
+            matches!(reply, Message::Hello { .. } | Message::RegisterReply { .. }),
+            "{reply:?}"
+        );
+    }
+    s
+}
+
+/// Sources on 127.0.0.2 that are no use: half accept and never greet, half
+/// greet and never answer a request. (Refusing ones cost a downloader
+/// nothing: a refused connect frees its slot at once.)
+struct UselessSources {
+    endpoints: Vec<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    greeter: Option<JoinHandle<()>>,
+    _silent: Vec<TcpListener>,
+}
+
+impl UselessSources {
+    fn start(n: usize) -> UselessSources {
+        let bind = || TcpListener::bind("127.0.0.2:0").unwrap();
+        let mut endpoints = Vec::new();
+        let mut silent = Vec::new();
+        let mut greeting = Vec::new();
+        for i in 0..n {
+            let l = bind();
+            endpoints.push(l.local_addr().unwrap());
+            if i % 2 == 0 {
+                silent.push(l);
+            } else {
+                greeting.push(l);
+            }
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = Arc::clone(&stop);
+        let greeter = thread::spawn(move || {
+            let mut held = Vec::new();
+            for l in &greeting {
+                l.set_nonblocking(true).unwrap();
+            }
+            while !st.load(Ordering::SeqCst) {
+                for l in &greeting {
+                    if let Ok((mut s, _)) = l.accept() {
+                        let _ = s.set_nonblocking(false);
+                        let hello = Message::Hello {
+                            version: wire::PROTOCOL_VERSION,
+                        };
+                        let _ = wire::write_message(&mut s, &hello);
+                        held.push(s); // and never a word more
+                    }
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+        });
+        UselessSources {
+            endpoints,
+            stop,
+            greeter: Some(greeter),
+            _silent: silent,
+        }
+    }
+}
+
+impl Drop for UselessSources {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.greeter.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[test]
+fn useless_sources_on_another_host_do_not_hold_up_an_honest_one() {
+    with_timeout(120, || {
+        let s = Scratch::new("useless");
+        let data = util::pattern(4 << 20, 36);
+        util::write(&s.sub("a"), "f", &data);
+        let t = tracker();
+        let seed = || util::seed(t.local_addr(), &s.path().join("a"), Some(2 << 20));
+        let honest = seed();
+        let o = DownloadOptions {
+            give_up_after: Duration::from_secs(60),
+            ..DownloadOptions::default()
+        };
+        let timed = |dir: &str, honest: &p2pfs::peer::node::Node| {
+            let d = downloader(t.local_addr());
+            let started = std::time::Instant::now();
+            let sum = d
+                .download("f", &s.sub(dir), &o, &mut |_| {})
+                .expect("download");
+            let took = started.elapsed();
+            assert_eq!(fs::read(s.path().join(dir).join("f")).unwrap(), data);
+            assert_eq!(util::from(&sum, honest.local_addr()), data.len() as u64);
+            took
+        };
+        let alone = timed("alone", &honest);
+        // 62 useless sources: with the honest one, all fit in one Locations
+        // reply (at most 64), so every one of them is offered.
+        let useless = UselessSources::start(62);
+        let _claims: Vec<TcpStream> = useless
+            .endpoints
+            .iter()
+            .map(|e| register_from([127, 0, 0, 2], t.local_addr(), *e, &data))
+            .collect();
+        // The honest source registers again after them, so the tracker
+        // lists it last.
+        honest.leave();
+        let honest = seed();
+        let l = p2pfs::peer::client::locate(t.local_addr(), "f", false).unwrap();
+        assert_eq!(l.sources.len(), 63);
+        assert_eq!(l.sources[62].addr.port(), honest.local_addr().port());
+        let crowded = timed("crowded", &honest);
+        eprintln!("honest source alone: {alone:?}; with 62 useless ones: {crowded:?}");
+        assert!(
+            crowded < alone * 2,
+            "with useless sources {crowded:?}, alone {alone:?}"
+        );
+    });
+}

@@ -30,6 +30,7 @@ use super::rate::RateMeter;
 use super::worker::Slot;
 use super::{DownloadContext, MAX_ACTIVE_SOURCES, Progress, SourceStats};
 use crate::chunks::Bitmap;
+use crate::limits::{MAX_PROBES, MAX_PROBES_PER_HOST, RETRY_AFTER_MAX};
 use crate::peer::client::Conn;
 use crate::peer::{PeerError, Result};
 use crate::sync::lock;
@@ -40,6 +41,10 @@ struct Known {
     have: Bitmap,
     retry_at: Instant,
     banned: bool,
+    /// Connections in a row that ended without delivering a chunk.
+    failures: u32,
+    /// `stats.chunks` when its current worker started.
+    chunks_at_start: u32,
     stats: SourceStats,
 }
 
@@ -62,6 +67,8 @@ impl Sources {
             have: Bitmap::new(have.len()),
             retry_at: now,
             banned: false,
+            failures: 0,
+            chunks_at_start: 0,
             stats: SourceStats {
                 addr,
                 bytes: 0,
@@ -80,6 +87,39 @@ impl Sources {
             .get(&addr)
             .filter(|k| !k.banned && now >= k.retry_at && k.have.count_ones() > 0)
             .map(|k| &k.have)
+    }
+
+    /// Whether `addr` has delivered a chunk to this download.
+    pub(super) fn proven(&self, addr: SocketAddr) -> bool {
+        self.known.get(&addr).is_some_and(|k| k.stats.chunks > 0)
+    }
+
+    /// `addrs` in the order workers should be started for them: sources
+    /// that delivered (most bytes first), then those never tried or that
+    /// failed least often; ties keep the order of `addrs` (the tracker's,
+    /// a random sample), so no address is favoured for its value.
+    pub(super) fn by_preference(&self, addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+        let mut seen = std::collections::HashSet::new();
+        let mut v: Vec<(&Known, SocketAddr)> = addrs
+            .iter()
+            .filter(|a| seen.insert(**a))
+            .filter_map(|a| self.known.get(a).map(|k| (k, *a)))
+            .collect();
+        v.sort_by_key(|(k, _)| {
+            (
+                k.stats.chunks == 0,
+                k.failures,
+                std::cmp::Reverse(k.stats.bytes),
+            )
+        });
+        v.into_iter().map(|(_, a)| a).collect()
+    }
+
+    /// A worker for `addr` starts.
+    pub(super) fn started(&mut self, addr: SocketAddr) {
+        if let Some(k) = self.known.get_mut(&addr) {
+            k.chunks_at_start = k.stats.chunks;
+        }
     }
 
     /// Chunks `addr` sent bad so far (its strikes).
@@ -102,16 +142,29 @@ impl Sources {
         }
     }
 
-    /// The worker for `addr` ended: a lost source may be retried at
-    /// `retry_at`, a banned one never.
-    pub(super) fn ended(&mut self, addr: SocketAddr, end: &WorkerEnd, retry_at: Instant) {
+    /// The worker for `addr` ended at `now`: a lost source may be retried
+    /// after `retry_after`, doubled for each connection in a row that
+    /// delivered nothing (up to [`RETRY_AFTER_MAX`]); a banned one never.
+    pub(super) fn ended(
+        &mut self,
+        addr: SocketAddr,
+        end: &WorkerEnd,
+        now: Instant,
+        retry_after: Duration,
+    ) {
         let Some(k) = self.known.get_mut(&addr) else {
             return;
         };
         match end {
             WorkerEnd::Finished => {}
             WorkerEnd::Lost(why) => {
-                k.retry_at = retry_at;
+                if k.stats.chunks > k.chunks_at_start {
+                    k.failures = 0;
+                } else {
+                    k.failures = k.failures.saturating_add(1);
+                }
+                let doubled = 2u32.saturating_pow(k.failures.saturating_sub(1).min(16));
+                k.retry_at = now + retry_after.saturating_mul(doubled).min(RETRY_AFTER_MAX);
                 k.stats.dropped = Some(why.clone());
             }
             WorkerEnd::Banned(why) => {
@@ -298,8 +351,9 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             WorkerEnd::Lost(why) => info!("{name}: source {source} lost: {why}"),
             WorkerEnd::Banned(why) => warn!("{name}: dropping source {source}: {why}"),
         }
-        let retry = Instant::now() + self.engine.opts.retry_after;
-        self.sources.ended(source, &end, retry);
+        let retry_after = self.engine.opts.retry_after;
+        self.sources
+            .ended(source, &end, Instant::now(), retry_after);
         self.refresh_wanted = true;
     }
 
@@ -398,14 +452,14 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         // Rarest first across the latest locations (a source just dropped
         // for lying does not count).
         lock(&self.engine.picker).set_availability(self.sources.availability(&listed));
-        for addr in listed {
+        for addr in self.sources.by_preference(&listed) {
             self.spawn_if_ready(addr);
         }
     }
 
     /// Restarts workers for known sources whose retry time has come.
     fn spawn_ready(&mut self) {
-        for a in self.sources.addrs() {
+        for a in self.sources.by_preference(&self.sources.addrs()) {
             self.spawn_if_ready(a);
         }
     }
@@ -414,6 +468,13 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         if self.active.contains_key(&addr)
             || self.active.len() >= MAX_ACTIVE_SOURCES
             || self.engine.stop.load(Ordering::SeqCst)
+        {
+            return;
+        }
+        let proven = self.sources.proven(addr);
+        if !proven
+            && (self.probes(None) >= MAX_PROBES
+                || self.probes(Some(host(addr.ip()))) >= MAX_PROBES_PER_HOST)
         {
             return;
         }
@@ -430,6 +491,8 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             have: Mutex::new(have.clone()),
             stream: Mutex::new(None),
             strikes,
+            proven,
+            settled: AtomicBool::new(false),
             wake_tx,
             wake_rx,
         });
@@ -448,10 +511,21 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         match spawned {
             Ok(handle) => {
                 debug!("{}: downloading from {addr}", engine.name);
+                self.sources.started(addr);
                 self.active.insert(addr, Active { slot, handle });
             }
             Err(e) => warn!("cannot start a worker for {addr}: {e}"),
         }
+    }
+
+    /// Workers on probation (to host `on`, if given): their source has not
+    /// delivered to this download and has not answered yet.
+    fn probes(&self, on: Option<IpAddr>) -> usize {
+        self.active
+            .iter()
+            .filter(|(a, _)| on.is_none_or(|h| host(a.ip()) == h))
+            .filter(|(a, w)| !w.slot.settled.load(Ordering::SeqCst) && !self.sources.proven(**a))
+            .count()
     }
 
     /// Stops every worker: flag, close its socket, wake it, and join it,
@@ -536,6 +610,18 @@ fn is_self(addr: SocketAddr, me: Option<SocketAddr>) -> bool {
         && (addr.ip() == me.ip() || (is_loopback(addr.ip()) && is_loopback(me.ip())))
 }
 
+/// The host an address belongs to: the IPv4 address, or the IPv6 /64 (one
+/// host is usually given a whole /64).
+fn host(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+        }
+        v4 => v4,
+    }
+}
+
 fn is_loopback(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()
 }
@@ -590,6 +676,16 @@ mod tests {
     }
 
     #[test]
+    fn hosts_are_ipv4_addresses_or_ipv6_64s() {
+        let h = |s: &str| host(s.parse().unwrap());
+        assert_eq!(h("10.0.0.1"), h("10.0.0.1"));
+        assert_ne!(h("10.0.0.1"), h("10.0.0.2"));
+        assert_eq!(h("2001:db8:1:2::1"), h("2001:db8:1:2:ffff::9"));
+        assert_ne!(h("2001:db8:1:2::1"), h("2001:db8:1:3::1"));
+        assert_eq!(h("::ffff:10.0.0.1"), h("10.0.0.1"));
+    }
+
+    #[test]
     fn self_is_recognised() {
         let me: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         assert!(is_self("127.0.0.1:5000".parse().unwrap(), Some(me)));
@@ -617,8 +713,9 @@ mod tests {
         let mut s = Sources::new();
         s.listed(addr(1), bits(4, &[0]), now);
         s.listed(addr(2), bits(4, &[1]), now);
-        s.ended(addr(1), &WorkerEnd::Lost("reset".into()), later);
-        s.ended(addr(2), &WorkerEnd::Banned("lied".into()), later);
+        let two = Duration::from_secs(2);
+        s.ended(addr(1), &WorkerEnd::Lost("reset".into()), now, two);
+        s.ended(addr(2), &WorkerEnd::Banned("lied".into()), now, two);
         assert!(s.ready(addr(1), now).is_none());
         assert!(s.ready(addr(1), later).is_some());
         // Listed again by the tracker: still banned.
@@ -628,11 +725,7 @@ mod tests {
         let avail: Vec<&Bitmap> = s.availability(&listed).collect();
         assert_eq!(avail, vec![&bits(4, &[0])], "banned and unknown left out");
         // A finished worker changes nothing.
-        s.ended(
-            addr(1),
-            &WorkerEnd::Finished,
-            later + Duration::from_secs(9),
-        );
+        s.ended(addr(1), &WorkerEnd::Finished, later, two);
         assert!(s.ready(addr(1), later).is_some());
     }
 
@@ -643,10 +736,53 @@ mod tests {
         s.listed(addr(1), bits(4, &[0]), now);
         assert_eq!(s.strikes(addr(1)), 0);
         s.hash_failure(addr(1));
-        s.ended(addr(1), &WorkerEnd::Lost("closed".into()), now);
+        s.ended(
+            addr(1),
+            &WorkerEnd::Lost("closed".into()),
+            now,
+            Duration::ZERO,
+        );
         s.hash_failure(addr(1));
         assert_eq!(s.strikes(addr(1)), 2);
         assert_eq!(s.strikes(addr(2)), 0, "unknown");
+    }
+
+    #[test]
+    fn sources_that_fail_without_delivering_back_off_and_come_last() {
+        let now = Instant::now();
+        let base = Duration::from_secs(2);
+        let lost = WorkerEnd::Lost("Hello timed out".into());
+        let mut s = Sources::new();
+        for p in 1..=4 {
+            s.listed(addr(p), bits(4, &[0]), now);
+        }
+        // 1 never answers: 2 s, 4 s, 8 s, ... up to the cap.
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            s.started(addr(1));
+            s.ended(addr(1), &lost, now, base);
+            let wait = (1..=120u64)
+                .map(Duration::from_secs)
+                .find(|d| s.ready(addr(1), now + *d).is_some())
+                .unwrap();
+            waits.push(wait.as_secs());
+        }
+        assert_eq!(waits, vec![2, 4, 8, 16, 32, 60, 60, 60]);
+        // 2 delivered, then lost its connection: back after the base delay.
+        s.started(addr(2));
+        s.written(addr(2), 1000);
+        s.ended(addr(2), &lost, now, base);
+        assert!(s.ready(addr(2), now + base).is_some());
+        assert!(s.proven(addr(2)) && !s.proven(addr(3)));
+        // 3 failed once; 4 was never tried.
+        s.started(addr(3));
+        s.ended(addr(3), &lost, now, base);
+        let all = [addr(1), addr(3), addr(4), addr(2), addr(9)];
+        assert_eq!(
+            s.by_preference(&all),
+            vec![addr(2), addr(4), addr(3), addr(1)],
+            "delivered first, then by failures; unknown left out"
+        );
     }
 
     #[test]
@@ -666,7 +802,12 @@ mod tests {
         assert_eq!(order, vec![2, 1, 3], "source 4 contributed nothing");
         assert_eq!((v[0].bytes, v[0].chunks), (600, 2));
         assert_eq!(v[2].hash_failures, 1);
-        s.ended(addr(4), &WorkerEnd::Lost("timed out".into()), now);
+        s.ended(
+            addr(4),
+            &WorkerEnd::Lost("timed out".into()),
+            now,
+            Duration::ZERO,
+        );
         assert_eq!(s.stats().len(), 4);
         assert_eq!(s.stats()[3].dropped.as_deref(), Some("timed out"));
     }

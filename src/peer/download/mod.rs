@@ -70,7 +70,8 @@ use engine::Engine;
 use partfile::Paths;
 
 pub use crate::limits::{
-    GIVE_UP_AFTER, MAX_ACTIVE_SOURCES, MAX_HASH_FAILURES, PIPELINE_DEPTH, REFRESH_INTERVAL,
+    GIVE_UP_AFTER, MAX_ACTIVE_SOURCES, MAX_HASH_FAILURES, NEW_SOURCE_TIMEOUT, PIPELINE_DEPTH,
+    REFRESH_INTERVAL,
 };
 pub use coordinator::list_indices;
 pub use partfile::{HAVE_SUFFIX, PART_SUFFIX};
@@ -82,6 +83,9 @@ pub struct DownloadOptions {
     pub refresh_interval: Duration,
     /// A source that leaves a request unanswered this long is dropped.
     pub io_timeout: Duration,
+    /// A source that has not delivered to this download yet must accept
+    /// and answer Hello within this long.
+    pub new_source_timeout: Duration,
     pub max_hash_failures: u32,
     pub give_up_after: Duration,
     /// Wait before reconnecting to a source whose connection failed.
@@ -94,6 +98,7 @@ impl Default for DownloadOptions {
             pipeline_depth: PIPELINE_DEPTH,
             refresh_interval: REFRESH_INTERVAL,
             io_timeout: client::IO_TIMEOUT,
+            new_source_timeout: NEW_SOURCE_TIMEOUT,
             max_hash_failures: MAX_HASH_FAILURES,
             give_up_after: GIVE_UP_AFTER,
             retry_after: Duration::from_secs(2),

@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,13 @@ pub(super) struct Slot {
     /// Chunks the source sent bad on earlier connections of this download:
     /// its strikes start there.
     pub(super) strikes: u32,
+    /// Whether the source has delivered a chunk to this download: if not,
+    /// it must connect and greet within the short
+    /// [`DownloadOptions::new_source_timeout`](super::DownloadOptions).
+    pub(super) proven: bool,
+    /// Set once the source answered a request, or held nothing to ask it
+    /// for: the worker is then no longer a probe (see `limits::MAX_PROBES`).
+    pub(super) settled: AtomicBool,
     /// Wakes an idle worker (new locations, or stopping).
     pub(super) wake_tx: Sender<()>,
     pub(super) wake_rx: Receiver<()>,
@@ -82,7 +89,14 @@ impl Engine<'_> {
         chunk_tx: Sender<Verified>,
         ev: &Sender<Event>,
     ) -> WorkerEnd {
-        let stream = match TcpStream::connect_timeout(&slot.addr, client::CONNECT_TIMEOUT) {
+        let io_timeout = self.opts.io_timeout;
+        let (connect_timeout, hello_timeout) = if slot.proven {
+            (client::CONNECT_TIMEOUT, io_timeout)
+        } else {
+            let t = self.opts.new_source_timeout;
+            (client::CONNECT_TIMEOUT.min(t), io_timeout.min(t))
+        };
+        let stream = match TcpStream::connect_timeout(&slot.addr, connect_timeout) {
             Ok(s) => s,
             Err(e) => return WorkerEnd::Lost(format!("cannot connect: {e}")),
         };
@@ -92,10 +106,19 @@ impl Engine<'_> {
         if self.stop.load(Ordering::SeqCst) {
             return WorkerEnd::Finished;
         }
-        let mut conn = match Conn::from_stream(stream, self.opts.io_timeout) {
+        let mut conn = match Conn::from_stream(stream, hello_timeout) {
             Ok(c) => c,
             Err(e) => return WorkerEnd::Lost(e.to_string()),
         };
+        if hello_timeout != io_timeout {
+            let s = conn.stream();
+            if let Err(e) = s
+                .set_read_timeout(Some(io_timeout))
+                .and_then(|()| s.set_write_timeout(Some(io_timeout)))
+            {
+                return WorkerEnd::Lost(e.to_string());
+            }
+        }
         let mut w = Worker {
             engine: self,
             slot,
@@ -148,6 +171,7 @@ impl Worker<'_, '_> {
                 .map_err(|e| WorkerEnd::Lost(e.to_string()))?;
         }
         if self.inflight.is_empty() {
+            self.slot.settled.store(true, Ordering::SeqCst);
             if lock(&e.picker).is_complete() {
                 return Err(WorkerEnd::Finished);
             }
@@ -161,6 +185,7 @@ impl Worker<'_, '_> {
         let reply = conn
             .recv_into(&mut self.spare)
             .map_err(|e| WorkerEnd::Lost(e.to_string()))?;
+        self.slot.settled.store(true, Ordering::SeqCst);
         match self.inflight.pop_front() {
             Some(expected) => self.handle_reply(expected, reply),
             None => Ok(()),
