@@ -562,3 +562,46 @@ fn useless_sources_on_another_host_do_not_hold_up_an_honest_one() {
         );
     });
 }
+
+#[test]
+fn a_name_with_a_255_byte_component_is_downloaded() {
+    with_timeout(60, || {
+        let s = Scratch::new("long-name");
+        // The longest names the tracker accepts: 255-byte components.
+        let leaf = format!("{}.bin", "x".repeat(251));
+        let name = format!("{}/{leaf}", "d".repeat(255));
+        assert_eq!(leaf.len(), 255);
+        let data = util::pattern(300_000, 37);
+        util::write(&s.sub("a"), &name, &data);
+        let t = tracker();
+        let _a = util::seed(t.local_addr(), &s.path().join("a"), None);
+        let d = downloader(t.local_addr());
+        let dir = s.sub("d");
+        let sum = d
+            .download(&name, &dir, &opts(), &mut |_| {})
+            .expect("download");
+        assert_eq!(fs::read(dir.join(&name)).unwrap(), data);
+        assert_eq!(sum.bytes_downloaded, data.len() as u64);
+        // Nothing left: no .part, no work folder.
+        let mut left: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["d".repeat(255)]);
+    });
+}
+
+#[test]
+fn the_share_scan_skips_the_work_folder_of_unfinished_downloads() {
+    let s = Scratch::new("scan-work");
+    util::write(s.path(), "f", b"shared");
+    util::write(s.path(), ".p2pfs/0123.part", b"unfinished");
+    util::write(s.path(), "sub/.p2pfs/4567.part.have", b"bitmap");
+    util::write(s.path(), "sub/g", b"shared too");
+    let scan = p2pfs::peer::share::scan_dir(s.path(), &[], CHUNK, &|_, _| {}).expect("scan");
+    let mut names: Vec<&str> = scan.files.iter().map(|f| f.name()).collect();
+    names.sort();
+    assert_eq!(names, vec!["f", "sub/g"]);
+    assert!(scan.skipped.is_empty(), "{:?}", scan.skipped);
+}

@@ -13,7 +13,7 @@ use std::thread;
 use std::time::Duration;
 
 use p2pfs::chunks;
-use p2pfs::peer::download::{DownloadOptions, Summary};
+use p2pfs::peer::download::{DownloadOptions, Summary, have_path, part_path};
 use p2pfs::peer::node::Node;
 use util::{
     CHUNK, Proc, Scratch, downloader, entry, from, get_command, opts, peer_bin, seed, start_share,
@@ -29,7 +29,7 @@ fn no_leftovers(dir: &Path) {
     for e in fs::read_dir(dir).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
         assert!(
-            !name.ends_with(".part") && !name.ends_with(".have"),
+            !name.ends_with(".part") && !name.ends_with(".have") && name != ".p2pfs",
             "left behind: {name}"
         );
     }
@@ -316,10 +316,11 @@ fn cli_share_list_where_get() {
     });
 }
 
-/// Chunks the saved have-bitmap of `dir/NAME.part` claims (0 if none yet):
+/// Chunks the saved have-bitmap of the download of NAME into `dir` claims
+/// (0 if none yet):
 /// "P2PFHAVE", a 20-byte identity, then the bitmap.
 fn saved_chunks(dir: &Path, name: &str) -> u32 {
-    fs::read(dir.join(format!("{name}.part.have")))
+    fs::read(have_path(dir, name))
         .ok()
         .filter(|b| b.len() > 28)
         .map(|b| b[28..].iter().map(|x| x.count_ones()).sum())
@@ -375,7 +376,7 @@ fn a_killed_downloader_resumes_without_refetching_verified_chunks() {
             !dir.join("f").exists(),
             "no partial file under the final name"
         );
-        assert!(dir.join("f.part").exists());
+        assert!(part_path(&dir, "f").exists());
 
         let out = get_cmd().output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -420,15 +421,17 @@ fn a_foreign_part_file_is_never_taken_over() {
         let b = downloader(t.local_addr());
         let dir = s.sub("b");
         // Somebody else's unfinished download, under the name we would use.
-        fs::write(dir.join("movie.part"), b"not yours").unwrap();
+        let part = part_path(&dir, "movie");
+        fs::create_dir_all(part.parent().unwrap()).unwrap();
+        fs::write(&part, b"not yours").unwrap();
         let e = b
             .download("movie", &dir, &opts(), &mut |_| {})
             .expect_err("refused");
-        assert!(e.to_string().contains("movie.part"), "{e}");
-        assert_eq!(fs::read(dir.join("movie.part")).unwrap(), b"not yours");
+        assert!(e.to_string().contains(&part.display().to_string()), "{e}");
+        assert_eq!(fs::read(&part).unwrap(), b"not yours");
         assert!(!dir.join("movie").exists());
         // Moved away: the download goes through.
-        fs::remove_file(dir.join("movie.part")).unwrap();
+        fs::remove_file(&part).unwrap();
         get(&b, "movie", &dir);
         assert_eq!(fs::read(dir.join("movie")).unwrap(), data);
     });
@@ -492,7 +495,7 @@ fn ctrl_c_stops_get_cleanly_and_a_rerun_resumes() {
             "interrupted get exits non-zero"
         );
         assert!(!dir.join("f").exists());
-        assert!(dir.join("f.part").exists() && dir.join("f.part.have").exists());
+        assert!(part_path(&dir, "f").exists() && have_path(&dir, "f").exists());
         // It left the tracker: only the seed is listed now.
         wait_until(10, "downloader gone from the tracker", || {
             p2pfs::peer::client::locate(t.local_addr(), "f", false)

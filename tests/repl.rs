@@ -136,13 +136,16 @@ fn quitting_during_a_download_stops_it_and_keeps_its_part_file() {
         let text = String::from_utf8(out).unwrap();
         assert!(!text.contains("serving chunks"), "stopped at quit: {text}");
         wait_until(10, "some chunks on disk", || {
-            fs::metadata(dir.join("big.part.have")).is_ok()
+            fs::metadata(p2pfs::peer::download::have_path(&dir, "big")).is_ok()
         });
         // Stopped and joined: the node is ours alone again, so it can leave.
         assert_eq!(r.finish(), vec!["big".to_owned()]);
         assert_eq!(Arc::strong_count(&me), 1);
         assert!(!dir.join("big").exists());
-        assert!(dir.join("big.part").exists(), "kept for a resume");
+        assert!(
+            p2pfs::peer::download::part_path(&dir, "big").exists(),
+            "kept for a resume"
+        );
         drop(seed);
     });
 }
@@ -165,7 +168,7 @@ fn a_failed_download_can_be_retried_at_the_prompt() {
         let (mut r, _notices) = Repl::new(Arc::clone(&me), dir.clone(), o);
         assert!(say(&mut r, "get big").contains("big"));
         wait_until(30, "some chunks on disk", || {
-            fs::read(dir.join("big.part.have"))
+            fs::read(p2pfs::peer::download::have_path(&dir, "big"))
                 .is_ok_and(|b| b.len() > 28 && b[28..].iter().any(|x| *x != 0))
         });
         slow.leave();

@@ -85,7 +85,7 @@ struct ShareArgs {
 
 /// Download NAME into DIR/NAME from every peer that has chunks of it,
 /// serving (and registering) each chunk as soon as it is verified. Resumes
-/// from DIR/NAME.part if a previous attempt was interrupted. Exits 0 only
+/// from DIR/.p2pfs/ if a previous attempt was interrupted. Exits 0 only
 /// when the whole file is verified and in place.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "get")]
@@ -391,7 +391,7 @@ fn prompt_loop(
     let stopped = repl.finish();
     if !stopped.is_empty() {
         println!(
-            "stopped {} unfinished download(s): {}; the verified chunks stay in NAME.part, \
+            "stopped {} unfinished download(s): {}; the verified chunks stay in .p2pfs/, \
              and `get NAME` resumes from there",
             stopped.len(),
             stopped.join(", ")

@@ -245,7 +245,7 @@ impl Repl {
     }
 
     /// Stops the downloads still running (their verified chunks stay in
-    /// NAME.part, so a later `get` resumes), joins every download thread,
+    /// the download folder's `.p2pfs/`, so a later `get` resumes), joins every download thread,
     /// and returns the names of the downloads it stopped. A thread that
     /// does not end within a few seconds is left to end with the process.
     pub fn finish(mut self) -> Vec<String> {

@@ -546,6 +546,10 @@ fn classify(
     };
     let ft = meta.file_type();
     if ft.is_dir() {
+        // A download folder's unfinished downloads: private, not reported.
+        if path.file_name().is_some_and(|n| n == partfile::WORK_DIR) {
+            return None;
+        }
         return Some(path);
     }
     if ft.is_symlink() {

@@ -27,8 +27,9 @@
 //! ```
 //!
 //! One file per concern:
-//! - `partfile`: `NAME.part` / `NAME.part.have` (format, identity, resume
-//!   verification, finishing into place) and [`partfile::is_artifact`].
+//! - `partfile`: the unfinished file and its saved bitmap in `.p2pfs/`
+//!   (format, identity, resume verification, finishing into place) and
+//!   [`partfile::is_artifact`].
 //! - `engine`: the state the threads share, their messages, and starting
 //!   and joining the threads.
 //! - `coordinator`: sources, availability, workers, giving up.
@@ -74,7 +75,7 @@ pub use crate::limits::{
     REFRESH_INTERVAL,
 };
 pub use coordinator::list_indices;
-pub use partfile::{HAVE_SUFFIX, PART_SUFFIX};
+pub use partfile::{HAVE_SUFFIX, PART_SUFFIX, WORK_DIR, have_path, part_path};
 
 /// Tunables; `Default` gives the documented values.
 #[derive(Debug, Clone)]

@@ -1,12 +1,16 @@
 //! The on-disk state of an unfinished download and moving it into place.
 //!
-//! Owns: `NAME.part` (the preallocated file being filled), `NAME.part.have`
-//! (the saved have-bitmap that makes a restart resume instead of starting
-//! over), their suffixes, and [`is_artifact`], which the share scan asks so
-//! that it never offers one of them. Also owns the rules that keep a
-//! download from taking over a file that is not its own: a `.part` without a
-//! matching `.part.have` is refused, never overwritten, and the final name is
-//! never replaced.
+//! Owns: the work folder [`WORK_DIR`] (`.p2pfs/` in the download folder) and
+//! in it, for each unfinished download, `KEY.part` (the preallocated file
+//! being filled) and `KEY.part.have` (the saved have-bitmap that makes a
+//! restart resume instead of starting over), where KEY is the hex SHA-1 of
+//! the file's name: 55 bytes at most, so every name the tracker accepts
+//! (components up to 255 bytes) can be downloaded on a file system with
+//! 255-byte names. Also owns their suffixes and [`is_artifact`], which the
+//! share scan asks so that it never offers one of them, and the rules that
+//! keep a download from taking over a file that is not its own: a `.part`
+//! without a matching `.part.have` is refused, never overwritten, and the
+//! final name is never replaced.
 //!
 //! Calls `chunks` (geometry, bitmaps, SHA-1) and the peer's error type only;
 //! nothing else of the download and nothing of `share`, so `share` can ask
@@ -16,7 +20,7 @@
 //!
 //! `"P2PFHAVE"` | 20-byte identity (SHA-1 over the length, the chunk size and
 //! every chunk hash, so a bitmap saved for other content is never trusted) |
-//! the bitmap's bytes. Written to `NAME.part.have.tmp` (never following a
+//! the bitmap's bytes. Written to `KEY.part.have.tmp` (never following a
 //! link planted there) and renamed over the old one.
 
 use std::fs::{self, File, OpenOptions};
@@ -26,6 +30,8 @@ use std::path::{Path, PathBuf};
 use crate::chunks::{self, Bitmap, Digest, Geometry};
 use crate::peer::{PeerError, Result};
 
+/// The folder, in the download folder, holding unfinished downloads.
+pub const WORK_DIR: &str = ".p2pfs";
 /// Suffix of a file still being downloaded.
 pub const PART_SUFFIX: &str = ".part";
 /// Suffix of the saved have-bitmap beside it.
@@ -35,17 +41,31 @@ const HAVE_TMP_SUFFIX: &str = ".part.have.tmp";
 
 const HAVE_MAGIC: &[u8; 8] = b"P2PFHAVE";
 
-/// Whether a file named `name` is a download's own state (an unfinished
-/// `.part`, its saved bitmap or that bitmap's temporary file): never shared.
+/// Whether the file at relative `name` ('/'-separated) is a download's own
+/// state (anything in a [`WORK_DIR`], an unfinished `.part`, its saved
+/// bitmap or that bitmap's temporary file): never shared.
 pub fn is_artifact(name: &str) -> bool {
-    [PART_SUFFIX, HAVE_SUFFIX, HAVE_TMP_SUFFIX]
-        .iter()
-        .any(|s| name.ends_with(s))
+    name.split('/').any(|c| c == WORK_DIR)
+        || [PART_SUFFIX, HAVE_SUFFIX, HAVE_TMP_SUFFIX]
+            .iter()
+            .any(|s| name.ends_with(s))
 }
 
-/// The three paths a download uses.
+/// Where the download of `name` into `dir` keeps its unfinished file.
+pub fn part_path(dir: &Path, name: &str) -> PathBuf {
+    Paths::new(dir, name).part
+}
+
+/// Where the download of `name` into `dir` keeps its saved have-bitmap.
+pub fn have_path(dir: &Path, name: &str) -> PathBuf {
+    Paths::new(dir, name).have
+}
+
+/// The paths a download uses.
 pub(super) struct Paths {
     pub(super) final_path: PathBuf,
+    /// The [`WORK_DIR`] of the download folder.
+    work: PathBuf,
     pub(super) part: PathBuf,
     pub(super) have: PathBuf,
 }
@@ -54,15 +74,34 @@ impl Paths {
     pub(super) fn new(dir: &Path, name: &str) -> Paths {
         // `name` passed validate_name: relative, no `..`, so this stays in `dir`.
         let final_path = dir.join(name);
-        let with = |suffix: &str| {
-            let mut s = final_path.clone().into_os_string();
-            s.push(suffix);
-            PathBuf::from(s)
-        };
+        let work = dir.join(WORK_DIR);
+        let key: String = chunks::sha1(name.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         Paths {
-            part: with(PART_SUFFIX),
-            have: with(HAVE_SUFFIX),
+            part: work.join(format!("{key}{PART_SUFFIX}")),
+            have: work.join(format!("{key}{HAVE_SUFFIX}")),
+            work,
             final_path,
+        }
+    }
+
+    /// Makes sure the work folder exists and is a real folder (never a
+    /// link to somewhere else).
+    fn make_work_dir(&self) -> Result<()> {
+        match fs::create_dir(&self.work) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(PeerError::io("create folder", &self.work, e)),
+        }
+        match fs::symlink_metadata(&self.work) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(PeerError::Download(format!(
+                "{} exists and is not a folder; move it away or use another --dir",
+                self.work.display()
+            ))),
+            Err(e) => Err(PeerError::io("inspect", &self.work, e)),
         }
     }
 
@@ -170,12 +209,21 @@ fn open_existing(paths: &Paths, id: &Digest, geometry: Geometry) -> Result<(File
 
 /// A new `.part`, marked as ours at once so a restart right away resumes.
 fn create(paths: &Paths, id: &Digest, geometry: Geometry) -> Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&paths.part)
-        .map_err(|e| PeerError::io("create", &paths.part, e))?;
+    let mut attempts = 0;
+    let file = loop {
+        paths.make_work_dir()?;
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&paths.part);
+        match opened {
+            Ok(f) => break f,
+            // Another download finishing removed the (then empty) folder.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
+            Err(e) => return Err(PeerError::io("create", &paths.part, e)),
+        }
+    };
     if let Err(e) = save_have(&paths.have, id, &Bitmap::new(geometry.count())) {
         // Without its .have a later run would refuse the .part.
         let _ = fs::remove_file(&paths.part);
@@ -247,6 +295,8 @@ pub(super) fn finish(paths: &Paths, file: &File) -> Result<()> {
             .map_err(|e| PeerError::io("rename", &paths.part, e))?,
     }
     let _ = fs::remove_file(&paths.have);
+    // Only when no other download is using it.
+    let _ = fs::remove_dir(&paths.work);
     if let Some(dir) = paths.final_path.parent() {
         // Make the new name durable; failure here loses nothing.
         if let Ok(d) = File::open(dir) {
@@ -347,9 +397,10 @@ mod tests {
         let (_, g, hashes) = content();
         let paths = Paths::new(&dir.0, "f");
         // No .part.have at all.
+        fs::create_dir(dir.0.join(WORK_DIR)).unwrap();
         fs::write(&paths.part, b"not yours").unwrap();
         let e = open(&paths, g, &hashes).unwrap_err();
-        assert!(e.to_string().contains("f.part"), "{e}");
+        assert!(e.to_string().contains(".part"), "{e}");
         // A .part.have for other content.
         let other = identity(g, &[[9u8; 20]; 10]);
         save_have(&paths.have, &other, &Bitmap::new(10)).unwrap();
@@ -398,11 +449,56 @@ mod tests {
     }
 
     #[test]
+    fn every_accepted_name_gets_short_work_file_names() {
+        let dir = Path::new("/d");
+        let long = format!("{}/{}", "a".repeat(255), "b".repeat(255));
+        for name in ["f", "sub/f.bin", long.as_str()] {
+            let p = Paths::new(dir, name);
+            assert_eq!(p.final_path, dir.join(name));
+            for f in [&p.part, &p.have] {
+                assert_eq!(f.parent(), Some(dir.join(WORK_DIR).as_path()));
+                let n = f.file_name().unwrap().len();
+                assert!(n + ".tmp".len() <= 60, "{}", f.display());
+            }
+            assert_eq!(part_path(dir, name), p.part);
+            assert_eq!(have_path(dir, name), p.have);
+        }
+        assert_ne!(part_path(dir, "a"), part_path(dir, "b"));
+    }
+
+    #[test]
+    fn the_work_folder_must_be_a_real_folder() {
+        let dir = TempDir::new("workdir");
+        let (_, g, hashes) = content();
+        let elsewhere = dir.0.join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.0.join(WORK_DIR)).unwrap();
+        let e = open(&Paths::new(&dir.0, "f"), g, &hashes).unwrap_err();
+        assert!(e.to_string().contains("is not a folder"), "{e}");
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    #[test]
     fn artifacts_are_recognised() {
-        for n in ["a.part", "d/a.bin.part", "a.part.have", "a.part.have.tmp"] {
+        for n in [
+            ".p2pfs/x",
+            "d/.p2pfs/y",
+            "a.part",
+            "d/a.bin.part",
+            "a.part.have",
+            "a.part.have.tmp",
+        ] {
             assert!(is_artifact(n), "{n}");
         }
-        for n in ["a", "part", "a.partial", "a.have", "a.part.x"] {
+        for n in [
+            "a",
+            "part",
+            "a.partial",
+            "a.have",
+            "a.part.x",
+            ".p2pfsx/a",
+            "x.p2pfs",
+        ] {
             assert!(!is_artifact(n), "{n}");
         }
     }
