@@ -605,3 +605,39 @@ fn the_share_scan_skips_the_work_folder_of_unfinished_downloads() {
     assert_eq!(names, vec!["f", "sub/g"]);
     assert!(scan.skipped.is_empty(), "{:?}", scan.skipped);
 }
+
+#[test]
+fn a_second_download_of_the_same_file_into_the_same_folder_is_refused() {
+    with_timeout(60, || {
+        let s = Scratch::new("twice");
+        let data = util::pattern(2 << 20, 38);
+        util::write(&s.sub("a"), "big.bin", &data);
+        let t = tracker();
+        // 2 MiB at 1 MiB/s: the first download runs for about 2 s.
+        let _a = util::seed(t.local_addr(), &s.path().join("a"), Some(1 << 20));
+        let dir = s.sub("d");
+        let first = {
+            let d = downloader(t.local_addr());
+            let dir = dir.clone();
+            thread::spawn(move || d.download("big.bin", &dir, &opts(), &mut |_| {}))
+        };
+        util::wait_until(10, "the first download under way", || {
+            p2pfs::peer::download::have_path(&dir, "big.bin").exists()
+        });
+        let second = downloader(t.local_addr());
+        let started = std::time::Instant::now();
+        let e = second
+            .download("big.bin", &dir, &opts(), &mut |_| {})
+            .expect_err("refused while the first runs");
+        assert!(started.elapsed() < Duration::from_secs(2), "said at once");
+        assert!(e.to_string().contains("already being downloaded"), "{e}");
+        let sum = first.join().unwrap().expect("the first download finishes");
+        assert_eq!(sum.bytes_downloaded, data.len() as u64);
+        assert_eq!(fs::read(dir.join("big.bin")).unwrap(), data);
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec!["big.bin"], "nothing left behind");
+    });
+}

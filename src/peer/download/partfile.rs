@@ -9,8 +9,9 @@
 //! 255-byte names. Also owns their suffixes and [`is_artifact`], which the
 //! share scan asks so that it never offers one of them, and the rules that
 //! keep a download from taking over a file that is not its own: a `.part`
-//! without a matching `.part.have` is refused, never overwritten, and the
-//! final name is never replaced.
+//! without a matching `.part.have` is refused, never overwritten; a `.part`
+//! another download is filling (it holds the file's lock) is refused; and
+//! the final name is never replaced.
 //!
 //! Calls `chunks` (geometry, bitmaps, SHA-1) and the peer's error type only;
 //! nothing else of the download and nothing of `share`, so `share` can ask
@@ -23,9 +24,11 @@
 //! the bitmap's bytes. Written to `KEY.part.have.tmp` (never following a
 //! link planted there) and renamed over the old one.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+
+use log::warn;
 
 use crate::chunks::{self, Bitmap, Digest, Geometry};
 use crate::peer::{PeerError, Result};
@@ -194,17 +197,39 @@ pub(super) fn open(paths: &Paths, geometry: Geometry, hashes: &[Digest]) -> Resu
 
 /// An existing `.part`: ours only if its saved bitmap names this content.
 fn open_existing(paths: &Paths, id: &Digest, geometry: Geometry) -> Result<(File, Bitmap)> {
-    let Some(claimed) = load_have(&paths.have, id, geometry.count()) else {
-        return Err(paths.refuse(
-            "exists but is not an unfinished download of this file (no matching .part.have)",
-        ));
-    };
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(&paths.part)
         .map_err(|e| PeerError::io("open", &paths.part, e))?;
+    lock(paths, &file)?;
+    let Some(claimed) = load_have(&paths.have, id, geometry.count()) else {
+        return Err(paths.refuse(
+            "exists but is not an unfinished download of this file (no matching .part.have)",
+        ));
+    };
     Ok((file, claimed))
+}
+
+/// Takes the `.part`'s lock, held as long as the file is open (for the
+/// whole download, and while the finished file is served), so a second
+/// download of the same file into the same folder, by another process or
+/// this one, stops at once instead of writing into it too.
+fn lock(paths: &Paths, file: &File) -> Result<()> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(TryLockError::WouldBlock) => Err(PeerError::Download(format!(
+            "{} is already being downloaded into this folder by another download \
+             ({} is locked); wait for it to finish, or use another --dir",
+            paths.final_path.display(),
+            paths.part.display()
+        ))),
+        // A file system without locks: download anyway, unguarded.
+        Err(TryLockError::Error(e)) => {
+            warn!("cannot lock {}: {e}", paths.part.display());
+            Ok(())
+        }
+    }
 }
 
 /// A new `.part`, marked as ours at once so a restart right away resumes.
@@ -218,7 +243,14 @@ fn create(paths: &Paths, id: &Digest, geometry: Geometry) -> Result<File> {
             .create_new(true)
             .open(&paths.part);
         match opened {
-            Ok(f) => break f,
+            Ok(f) => {
+                if let Err(e) = lock(paths, &f) {
+                    // Someone opened it in the instant since we created it.
+                    let _ = fs::remove_file(&paths.part);
+                    return Err(e);
+                }
+                break f;
+            }
             // Another download finishing removed the (then empty) folder.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
             Err(e) => return Err(PeerError::io("create", &paths.part, e)),
@@ -389,6 +421,19 @@ mod tests {
         drop(file);
         let (_, have) = open(&paths, g, &hashes).unwrap();
         assert_eq!(have.iter_ones().collect::<Vec<_>>(), vec![2, 9]);
+    }
+
+    #[test]
+    fn a_part_being_filled_is_refused_to_a_second_download() {
+        let dir = TempDir::new("part-lock");
+        let (_, g, hashes) = content();
+        let paths = Paths::new(&dir.0, "f");
+        let (first, _) = open(&paths, g, &hashes).unwrap();
+        let e = open(&paths, g, &hashes).unwrap_err();
+        assert!(e.to_string().contains("already being downloaded"), "{e}");
+        assert!(paths.part.exists() && paths.have.exists());
+        drop(first);
+        assert!(open(&paths, g, &hashes).is_ok(), "free again");
     }
 
     #[test]
