@@ -248,10 +248,10 @@ impl Bitmap {
 
     fn clear_padding(&mut self) {
         let rem = self.len % 8;
-        if rem != 0 {
-            if let Some(last) = self.bits.last_mut() {
-                *last &= 0xffu8 << (8 - rem);
-            }
+        if rem != 0
+            && let Some(last) = self.bits.last_mut()
+        {
+            *last &= 0xffu8 << (8 - rem);
         }
     }
 

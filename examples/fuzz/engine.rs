@@ -178,10 +178,10 @@ fn digest(r: &mut Rng) -> Digest {
 fn bitmap(r: &mut Rng, count: usize) -> Vec<u8> {
     let mut v = r.bytes(count.div_ceil(8));
     let rem = count % 8;
-    if rem != 0 {
-        if let Some(last) = v.last_mut() {
-            *last &= 0xffu8 << (8 - rem);
-        }
+    if rem != 0
+        && let Some(last) = v.last_mut()
+    {
+        *last &= 0xffu8 << (8 - rem);
     }
     v
 }

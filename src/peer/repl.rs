@@ -270,13 +270,11 @@ impl Repl {
     /// Joins the threads of finished downloads (their state stays listed).
     fn reap(&mut self) {
         for j in &mut self.jobs {
-            if j.handle.as_ref().is_some_and(|h| h.is_finished()) {
-                if let Some(h) = j.handle.take() {
-                    if h.join().is_err() {
-                        *lock(&j.state) =
-                            DownloadState::Failed("the download thread panicked".into());
-                    }
-                }
+            if j.handle.as_ref().is_some_and(|h| h.is_finished())
+                && let Some(h) = j.handle.take()
+                && h.join().is_err()
+            {
+                *lock(&j.state) = DownloadState::Failed("the download thread panicked".into());
             }
         }
     }

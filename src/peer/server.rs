@@ -480,14 +480,14 @@ fn serve_chunk(
     } else {
         None
     };
-    if let Some(p) = peer {
-        if !shared.first_sends.claim(name, index, p) {
-            return send_error(
-                w,
-                ErrorCode::NotHeld,
-                format!("chunk {index} of {name:?} was just sent to another peer; fetch it there"),
-            );
-        }
+    if let Some(p) = peer
+        && !shared.first_sends.claim(name, index, p)
+    {
+        return send_error(
+            w,
+            ErrorCode::NotHeld,
+            format!("chunk {index} of {name:?} was just sent to another peer; fetch it there"),
+        );
     }
     let len = g.chunk_len(i) as usize;
     let header = match wire::chunk_data_header(index, len) {
@@ -583,16 +583,16 @@ impl FirstSends {
         self.prune(now);
         let mut recent = self.recent();
         let key = (name.to_owned(), index);
-        if let Some(s) = recent.get_mut(&key) {
-            if now.duration_since(s.at) < RESEND_AFTER {
-                if s.to == peer || s.refused.contains(&peer) || s.refused.len() >= REFUSED_MAX {
-                    // The window is not restarted: a peer asking again and
-                    // again cannot keep a chunk from everyone else.
-                    return true;
-                }
-                s.refused.push(peer);
-                return false;
+        if let Some(s) = recent.get_mut(&key)
+            && now.duration_since(s.at) < RESEND_AFTER
+        {
+            if s.to == peer || s.refused.contains(&peer) || s.refused.len() >= REFUSED_MAX {
+                // The window is not restarted: a peer asking again and
+                // again cannot keep a chunk from everyone else.
+                return true;
             }
+            s.refused.push(peer);
+            return false;
         }
         if recent.len() < FIRST_SENDS_MAX || recent.contains_key(&key) {
             recent.insert(
@@ -610,11 +610,12 @@ impl FirstSends {
 
     /// The first send to `peer` ended: the window starts now.
     fn sent(&self, name: &str, index: u32, peer: SocketAddr) {
-        if let Some(s) = self.recent().get_mut(&(name.to_owned(), index)) {
-            if s.to == peer && !s.done {
-                s.at = Instant::now();
-                s.done = true;
-            }
+        if let Some(s) = self.recent().get_mut(&(name.to_owned(), index))
+            && s.to == peer
+            && !s.done
+        {
+            s.at = Instant::now();
+            s.done = true;
         }
     }
 

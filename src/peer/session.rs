@@ -713,10 +713,10 @@ impl Worker {
     /// Never blocks: a slow or absent listener loses events, not the
     /// session.
     fn emit(&self, e: SessionEvent) {
-        if let Some(tx) = &self.events {
-            if tx.try_send(e).is_err() {
-                debug!("session event dropped (listener full or gone)");
-            }
+        if let Some(tx) = &self.events
+            && tx.try_send(e).is_err()
+        {
+            debug!("session event dropped (listener full or gone)");
         }
     }
 }
@@ -963,10 +963,10 @@ mod tests {
             };
             let leaving = m == Message::Leave;
             let _ = tx.send_timeout((n, m), WAIT);
-            if let Some(r) = reply {
-                if wire::write_message(&mut w, &r).is_err() {
-                    return;
-                }
+            if let Some(r) = reply
+                && wire::write_message(&mut w, &r).is_err()
+            {
+                return;
             }
             if leaving {
                 return;

@@ -148,11 +148,11 @@ impl Registry {
         files: Vec<FileEntry>,
     ) -> (Vec<FileOutcome>, Option<ConnId>) {
         let mut evicted = None;
-        if let Some(&other) = self.endpoints.get(&endpoint) {
-            if other != conn {
-                self.remove_peer(other);
-                evicted = Some(other);
-            }
+        if let Some(&other) = self.endpoints.get(&endpoint)
+            && other != conn
+        {
+            self.remove_peer(other);
+            evicted = Some(other);
         }
         let peer = self.peers.entry(conn).or_insert_with(|| PeerRecord {
             endpoint,
@@ -239,10 +239,10 @@ impl Registry {
             // A re-register states what the peer holds now: replace, not merge.
             record.holders.insert(conn, have);
         }
-        if let Some(p) = self.peers.get_mut(&conn) {
-            if p.files.insert(f.name) {
-                p.chunks += count;
-            }
+        if let Some(p) = self.peers.get_mut(&conn)
+            && p.files.insert(f.name)
+        {
+            p.chunks += count;
         }
         Ok(())
     }
@@ -254,10 +254,10 @@ impl Registry {
         };
         self.total_chunks -= u64::from(r.meta.geometry.count());
         for id in r.holders.keys() {
-            if let Some(p) = self.peers.get_mut(id) {
-                if p.files.remove(name) {
-                    p.chunks -= u64::from(r.meta.geometry.count());
-                }
+            if let Some(p) = self.peers.get_mut(id)
+                && p.files.remove(name)
+            {
+                p.chunks -= u64::from(r.meta.geometry.count());
             }
         }
     }

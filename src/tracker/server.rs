@@ -392,11 +392,11 @@ fn serve_connection(shared: &Shared, id: ConnId, stream: TcpStream) {
             Next::Silent => (None, false),
             Next::Close(m) => (Some(m), true),
         };
-        if let Some(m) = reply {
-            if let Err(e) = send(&mut writer, &m) {
-                debug!("connection {id} from {remote}: write failed: {e}");
-                break;
-            }
+        if let Some(m) = reply
+            && let Err(e) = send(&mut writer, &m)
+        {
+            debug!("connection {id} from {remote}: write failed: {e}");
+            break;
         }
         if close {
             break;
