@@ -136,3 +136,9 @@ pub const MAX_PROBES_PER_HOST: usize = 4;
 /// A source whose connections keep failing without delivering anything is
 /// retried after the retry delay doubled per failure, up to this long.
 pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
+/// Most bytes of requests a download worker leaves unanswered on one
+/// connection, whatever the pipeline depth: the source reads no request
+/// while it writes a reply, so this much must fit in the socket buffers
+/// between the two (it does in any default ones), or both sides would wait
+/// for each other for good.
+pub const MAX_REQUEST_BYTES_IN_FLIGHT: usize = 32 << 10;

@@ -641,3 +641,37 @@ fn a_second_download_of_the_same_file_into_the_same_folder_is_refused() {
         assert_eq!(left, vec!["big.bin"], "nothing left behind");
     });
 }
+
+#[test]
+fn a_huge_pipeline_with_long_names_and_small_chunks_does_not_deadlock() {
+    with_timeout(90, || {
+        let s = Scratch::new("pipeline");
+        // A 1,019-byte name (four 254-byte components): each request is
+        // over 1 KiB, as large as the chunk it asks for.
+        let name = vec!["p".repeat(254); 4].join("/");
+        let data = util::pattern(8 << 20, 39);
+        util::write(&s.sub("a"), &name, &data);
+        let t = tracker();
+        let _seed = share_in_1k_chunks(t.local_addr(), &s.path().join("a"));
+        let d = downloader(t.local_addr());
+        // Every one of the 8,192 chunks asked at once: 8.5 MB of requests.
+        let o = DownloadOptions {
+            pipeline_depth: 1 << 20,
+            ..opts()
+        };
+        let started = std::time::Instant::now();
+        let sum = d
+            .download(&name, &s.sub("d"), &o, &mut |_| {})
+            .expect("download");
+        eprintln!(
+            "8 MiB in 1 KiB chunks, pipeline 2^20: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(fs::read(s.path().join("d").join(&name)).unwrap(), data);
+        assert!(
+            sum.sources.iter().all(|x| x.dropped.is_none()),
+            "{:?}",
+            sum.sources
+        );
+    });
+}

@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::engine::{Engine, Event, Rejects, Verified, WorkerEnd};
 use crate::chunks::{self, Bitmap};
-use crate::limits::{NOT_HELD_RETRY, NOT_HELD_RETRY_MAX};
+use crate::limits::{MAX_REQUEST_BYTES_IN_FLIGHT, NOT_HELD_RETRY, NOT_HELD_RETRY_MAX};
 use crate::peer::client::{self, Conn};
 use crate::peer::picker::Picker;
 use crate::sync::lock;
@@ -54,6 +54,8 @@ struct Worker<'a, 'e> {
     slot: &'a Slot,
     chunk_tx: &'a Sender<Verified>,
     ev: &'a Sender<Event>,
+    /// Requests kept in flight: the pipeline depth, but never more than
+    /// [`MAX_REQUEST_BYTES_IN_FLIGHT`] of them.
     depth: usize,
     /// Requests sent and not answered yet, in order.
     inflight: VecDeque<u32>,
@@ -124,7 +126,7 @@ impl Engine<'_> {
             slot,
             chunk_tx: &chunk_tx,
             ev,
-            depth: self.opts.pipeline_depth.max(1),
+            depth: self.depth(),
             inflight: VecDeque::new(),
             rejects: Arc::new(Rejects::starting_at(slot.strikes)),
             avoid: Vec::new(),
@@ -147,6 +149,21 @@ impl Engine<'_> {
             return WorkerEnd::Finished;
         }
         end
+    }
+}
+
+impl Engine<'_> {
+    /// The pipeline depth, bounded so the requests in flight never exceed
+    /// [`MAX_REQUEST_BYTES_IN_FLIGHT`] (all of one worker's requests have
+    /// the same length: only the index differs).
+    fn depth(&self) -> usize {
+        let mut one = Vec::new();
+        let req = Message::ChunkRequest {
+            name: self.name.to_owned(),
+            index: 0,
+        };
+        let len = req.encode(&mut one).map_or(usize::MAX, |()| one.len());
+        (MAX_REQUEST_BYTES_IN_FLIGHT / len.max(1)).clamp(1, self.opts.pipeline_depth.max(1))
     }
 }
 
