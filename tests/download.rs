@@ -675,3 +675,81 @@ fn a_huge_pipeline_with_long_names_and_small_chunks_does_not_deadlock() {
         );
     });
 }
+
+/// Registers a file of `length` bytes in 16 MiB chunks (hashes that no
+/// content matches) for a source that does not exist: enough for a
+/// download to start checking what it finds on disk.
+fn register_big(t: SocketAddr, name: &str, length: u64) -> (Client, Vec<[u8; 20]>) {
+    let chunk_size = 16 << 20;
+    let hashes = vec![[7u8; 20]; length.div_ceil(chunk_size) as usize];
+    let mut c = Client::connect(t);
+    let reply = c.request(&Message::Register {
+        endpoint: "127.0.0.1:9".parse().unwrap(),
+        files: vec![p2pfs::wire::FileEntry {
+            name: name.into(),
+            length,
+            chunk_size: chunk_size as u32,
+            hashes: hashes.clone(),
+            have: p2pfs::wire::Have::All,
+        }],
+    });
+    assert!(matches!(reply, Message::RegisterReply { .. }), "{reply:?}");
+    (c, hashes)
+}
+
+/// Starts a cancellable download of `name` into `dir`, cancels it 300 ms
+/// later, and returns its error and how long it took to stop after that.
+fn cancel_during_check(t: SocketAddr, name: &str, dir: &std::path::Path) -> (String, Duration) {
+    let d = downloader(t);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c = Arc::clone(&cancel);
+    let dir = dir.to_path_buf();
+    let name = name.to_owned();
+    let h = thread::spawn(move || {
+        d.download_cancellable(&name, &dir, &opts(), Some(&c), &mut |_| {})
+    });
+    thread::sleep(Duration::from_millis(300));
+    cancel.store(true, Ordering::SeqCst);
+    let at = std::time::Instant::now();
+    let e = h.join().unwrap().expect_err("interrupted");
+    (e.to_string(), at.elapsed())
+}
+
+#[test]
+fn checking_a_large_file_already_on_disk_stops_promptly_when_cancelled() {
+    with_timeout(120, || {
+        let s = Scratch::new("cancel-check");
+        let t = tracker();
+        let len = 8u64 << 30;
+        let (_ctl, hashes) = register_big(t.local_addr(), "huge.img", len);
+        let dir = s.sub("d");
+        // A sparse file of the right length under the final name: the
+        // download checks every chunk of it before anything else.
+        fs::File::create(dir.join("huge.img")).unwrap().set_len(len).unwrap();
+        let (e, took) = cancel_during_check(t.local_addr(), "huge.img", &dir);
+        eprintln!("final file: stopped {took:?} after the cancel: {e}");
+        assert!(e.contains("interrupted"), "{e}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert_eq!(fs::metadata(dir.join("huge.img")).unwrap().len(), len);
+        // The same for a resumed .part whose saved bitmap claims every chunk.
+        fs::remove_file(dir.join("huge.img")).unwrap();
+        let part = p2pfs::peer::download::part_path(&dir, "huge.img");
+        fs::create_dir_all(part.parent().unwrap()).unwrap();
+        fs::File::create(&part).unwrap().set_len(len).unwrap();
+        let mut id = Vec::new();
+        id.extend_from_slice(&len.to_be_bytes());
+        id.extend_from_slice(&(16u32 << 20).to_be_bytes());
+        for h in &hashes {
+            id.extend_from_slice(h);
+        }
+        let mut have = b"P2PFHAVE".to_vec();
+        have.extend_from_slice(&p2pfs::chunks::sha1(&id));
+        have.extend(std::iter::repeat_n(0xffu8, hashes.len() / 8));
+        fs::write(p2pfs::peer::download::have_path(&dir, "huge.img"), &have).unwrap();
+        let (e, took) = cancel_during_check(t.local_addr(), "huge.img", &dir);
+        eprintln!("resume: stopped {took:?} after the cancel: {e}");
+        assert!(e.contains("interrupted"), "{e}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert!(part.exists(), "kept for a resume");
+    });
+}

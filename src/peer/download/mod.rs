@@ -207,7 +207,7 @@ pub fn download(
     if paths.final_path.exists() {
         return already_there(ctx, name, &paths, d, started);
     }
-    let (file, have) = partfile::open(&paths, d.geometry, &d.hashes)?;
+    let (file, have) = partfile::open(&paths, d.geometry, &d.hashes, ctx.cancel)?;
     let resumed = have.count_ones();
     if resumed > 0 {
         info!(
@@ -306,7 +306,7 @@ fn already_there(
     d: Described,
     started: Instant,
 ) -> Result<Summary> {
-    let file = partfile::open_finished(paths, name, d.geometry, &d.hashes)?;
+    let file = partfile::open_finished(paths, name, d.geometry, &d.hashes, ctx.cancel)?;
     let p = &paths.final_path;
     ctx.share.insert(Arc::new(SharedFile::complete(
         name.to_owned(),

@@ -27,6 +27,7 @@
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use log::warn;
 
@@ -167,7 +168,15 @@ fn save_have(path: &Path, id: &Digest, have: &Bitmap) -> std::io::Result<()> {
 /// those the saved bitmap claims and whose hash checks out now. A `.part`
 /// without a matching `.part.have` is somebody else's file: refused, never
 /// overwritten.
-pub(super) fn open(paths: &Paths, geometry: Geometry, hashes: &[Digest]) -> Result<(File, Bitmap)> {
+///
+/// Checking the saved chunks reads them all; `cancel` set meanwhile stops it
+/// within a chunk, with an error (the `.part` is kept for a resume).
+pub(super) fn open(
+    paths: &Paths,
+    geometry: Geometry,
+    hashes: &[Digest],
+    cancel: Option<&AtomicBool>,
+) -> Result<(File, Bitmap)> {
     let id = identity(geometry, hashes);
     let (file, claimed) = match fs::symlink_metadata(&paths.part) {
         Ok(m) if !m.file_type().is_file() => {
@@ -189,7 +198,8 @@ pub(super) fn open(paths: &Paths, geometry: Geometry, hashes: &[Digest]) -> Resu
             .map_err(|e| PeerError::io("preallocate", &paths.part, e))?;
     }
     let have = match claimed {
-        Some(c) => verify(&file, geometry, hashes, Some(&c)),
+        Some(c) => verify(&file, geometry, hashes, Some(&c), cancel)
+            .ok_or_else(|| interrupted(&paths.final_path))?,
         None => Bitmap::new(geometry.count()),
     };
     Ok((file, have))
@@ -265,13 +275,22 @@ fn create(paths: &Paths, id: &Digest, geometry: Geometry) -> Result<File> {
 }
 
 /// Hashes the chunks of `file` (only those set in `only`, if given) and
-/// returns which match.
-pub(super) fn verify(file: &File, g: Geometry, hashes: &[Digest], only: Option<&Bitmap>) -> Bitmap {
+/// returns which match; `None` as soon as `cancel` is set.
+pub(super) fn verify(
+    file: &File,
+    g: Geometry,
+    hashes: &[Digest],
+    only: Option<&Bitmap>,
+    cancel: Option<&AtomicBool>,
+) -> Option<Bitmap> {
     let mut good = Bitmap::new(g.count());
     let mut buf = Vec::new();
     for i in g.indices() {
         if only.is_some_and(|b| !b.get(i.get())) {
             continue;
+        }
+        if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+            return None;
         }
         if chunks::read_chunk(file, &g, i, &mut buf).is_ok()
             && chunks::sha1(&buf) == hashes[i.get() as usize]
@@ -279,16 +298,26 @@ pub(super) fn verify(file: &File, g: Geometry, hashes: &[Digest], only: Option<&
             good.set(i.get());
         }
     }
-    good
+    Some(good)
+}
+
+/// The error of a check of `path` stopped by the cancel flag.
+fn interrupted(path: &Path) -> PeerError {
+    PeerError::Download(format!(
+        "interrupted while checking the chunks of {} already on disk; run the same command again to resume",
+        path.display()
+    ))
 }
 
 /// The file already under the final name, if it is exactly this content
-/// (every chunk verifies); refused otherwise, and never overwritten.
+/// (every chunk verifies); refused otherwise, and never overwritten. The
+/// check stops within a chunk once `cancel` is set.
 pub(super) fn open_finished(
     paths: &Paths,
     name: &str,
     geometry: Geometry,
     hashes: &[Digest],
+    cancel: Option<&AtomicBool>,
 ) -> Result<File> {
     let p = &paths.final_path;
     let file = File::open(p).map_err(|e| PeerError::io("open", p, e))?;
@@ -296,8 +325,11 @@ pub(super) fn open_finished(
         .metadata()
         .map_err(|e| PeerError::io("stat", p, e))?
         .len();
-    if len == geometry.length() && verify(&file, geometry, hashes, None).is_full() {
-        return Ok(file);
+    if len == geometry.length() {
+        let good = verify(&file, geometry, hashes, None, cancel).ok_or_else(|| interrupted(p))?;
+        if good.is_full() {
+            return Ok(file);
+        }
     }
     Err(PeerError::Download(format!(
         "{} already exists and is not the network's {name}; move it away or use another --dir",
@@ -402,7 +434,7 @@ mod tests {
         let dir = TempDir::new("part-resume");
         let (data, g, hashes) = content();
         let paths = Paths::new(&dir.0, "f");
-        let (file, have) = open(&paths, g, &hashes).unwrap();
+        let (file, have) = open(&paths, g, &hashes, None).unwrap();
         assert_eq!(have.count_ones(), 0);
         assert_eq!(fs::metadata(&paths.part).unwrap().len(), 10_000);
         assert_eq!(
@@ -419,7 +451,7 @@ mod tests {
         }
         paths.save_have(&identity(g, &hashes), &claimed).unwrap();
         drop(file);
-        let (_, have) = open(&paths, g, &hashes).unwrap();
+        let (_, have) = open(&paths, g, &hashes, None).unwrap();
         assert_eq!(have.iter_ones().collect::<Vec<_>>(), vec![2, 9]);
     }
 
@@ -428,12 +460,36 @@ mod tests {
         let dir = TempDir::new("part-lock");
         let (_, g, hashes) = content();
         let paths = Paths::new(&dir.0, "f");
-        let (first, _) = open(&paths, g, &hashes).unwrap();
-        let e = open(&paths, g, &hashes).unwrap_err();
+        let (first, _) = open(&paths, g, &hashes, None).unwrap();
+        let e = open(&paths, g, &hashes, None).unwrap_err();
         assert!(e.to_string().contains("already being downloaded"), "{e}");
         assert!(paths.part.exists() && paths.have.exists());
         drop(first);
-        assert!(open(&paths, g, &hashes).is_ok(), "free again");
+        assert!(open(&paths, g, &hashes, None).is_ok(), "free again");
+    }
+
+    #[test]
+    fn checking_stops_when_cancelled() {
+        let dir = TempDir::new("part-cancel");
+        let (data, g, hashes) = content();
+        let paths = Paths::new(&dir.0, "f");
+        fs::write(&paths.final_path, &data).unwrap();
+        let stop = AtomicBool::new(true);
+        let e = open_finished(&paths, "f", g, &hashes, Some(&stop)).unwrap_err();
+        assert!(e.to_string().contains("interrupted"), "{e}");
+        let (file, _) = open(&paths, g, &hashes, None).unwrap();
+        paths
+            .save_have(&identity(g, &hashes), &Bitmap::full(10))
+            .unwrap();
+        drop(file);
+        let e = open(&paths, g, &hashes, Some(&stop)).unwrap_err();
+        assert!(e.to_string().contains("interrupted"), "{e}");
+        assert!(
+            paths.part.exists() && paths.have.exists(),
+            "kept for a resume"
+        );
+        stop.store(false, Ordering::SeqCst);
+        assert!(open_finished(&paths, "f", g, &hashes, Some(&stop)).is_ok());
     }
 
     #[test]
@@ -444,17 +500,17 @@ mod tests {
         // No .part.have at all.
         fs::create_dir(dir.0.join(WORK_DIR)).unwrap();
         fs::write(&paths.part, b"not yours").unwrap();
-        let e = open(&paths, g, &hashes).unwrap_err();
+        let e = open(&paths, g, &hashes, None).unwrap_err();
         assert!(e.to_string().contains(".part"), "{e}");
         // A .part.have for other content.
         let other = identity(g, &[[9u8; 20]; 10]);
         save_have(&paths.have, &other, &Bitmap::new(10)).unwrap();
-        assert!(open(&paths, g, &hashes).is_err());
+        assert!(open(&paths, g, &hashes, None).is_err());
         assert_eq!(fs::read(&paths.part).unwrap(), b"not yours");
         // Not a regular file.
         fs::remove_file(&paths.part).unwrap();
         fs::create_dir(&paths.part).unwrap();
-        let e = open(&paths, g, &hashes).unwrap_err();
+        let e = open(&paths, g, &hashes, None).unwrap_err();
         assert!(e.to_string().contains("not a regular file"), "{e}");
     }
 
@@ -463,15 +519,15 @@ mod tests {
         let dir = TempDir::new("part-finish");
         let (data, g, hashes) = content();
         let paths = Paths::new(&dir.0, "f");
-        let (file, _) = open(&paths, g, &hashes).unwrap();
+        let (file, _) = open(&paths, g, &hashes, None).unwrap();
         use std::os::unix::fs::FileExt;
         file.write_all_at(&data, 0).unwrap();
         finish(&paths, &file).unwrap();
         assert_eq!(fs::read(&paths.final_path).unwrap(), data);
         assert!(!paths.part.exists() && !paths.have.exists());
-        assert!(open_finished(&paths, "f", g, &hashes).is_ok());
+        assert!(open_finished(&paths, "f", g, &hashes, None).is_ok());
         // A second download whose final name is taken meanwhile keeps its .part.
-        let (file, _) = open(&Paths::new(&dir.0, "f"), g, &hashes).unwrap();
+        let (file, _) = open(&Paths::new(&dir.0, "f"), g, &hashes, None).unwrap();
         let e = finish(&paths, &file).unwrap_err();
         assert!(
             e.to_string().contains("appeared during the download"),
@@ -488,9 +544,9 @@ mod tests {
         let paths = Paths::new(&dir.0, "f");
         data[5000] ^= 1;
         fs::write(&paths.final_path, &data).unwrap();
-        assert!(open_finished(&paths, "f", g, &hashes).is_err());
+        assert!(open_finished(&paths, "f", g, &hashes, None).is_err());
         fs::write(&paths.final_path, &data[..100]).unwrap();
-        assert!(open_finished(&paths, "f", g, &hashes).is_err());
+        assert!(open_finished(&paths, "f", g, &hashes, None).is_err());
     }
 
     #[test]
@@ -518,7 +574,7 @@ mod tests {
         let elsewhere = dir.0.join("elsewhere");
         fs::create_dir(&elsewhere).unwrap();
         std::os::unix::fs::symlink(&elsewhere, dir.0.join(WORK_DIR)).unwrap();
-        let e = open(&Paths::new(&dir.0, "f"), g, &hashes).unwrap_err();
+        let e = open(&Paths::new(&dir.0, "f"), g, &hashes, None).unwrap_err();
         assert!(e.to_string().contains("is not a folder"), "{e}");
         assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
     }
