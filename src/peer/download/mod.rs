@@ -207,7 +207,8 @@ pub fn download(
     if paths.final_path.exists() {
         return already_there(ctx, name, &paths, d, started);
     }
-    let (file, have) = partfile::open(&paths, d.geometry, &d.hashes, ctx.cancel)?;
+    // Held until this function returns, whatever happens.
+    let (file, have, _lock) = partfile::open(&paths, d.geometry, &d.hashes, ctx.cancel)?;
     let resumed = have.count_ones();
     if resumed > 0 {
         info!(

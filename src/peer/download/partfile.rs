@@ -171,22 +171,28 @@ fn save_have(path: &Path, id: &Digest, have: &Bitmap) -> std::io::Result<()> {
 ///
 /// Checking the saved chunks reads them all; `cancel` set meanwhile stops it
 /// within a chunk, with an error (the `.part` is kept for a resume).
+///
+/// Also returns the `.part`'s lock: the caller holds it for as long as it
+/// fills the file.
 pub(super) fn open(
     paths: &Paths,
     geometry: Geometry,
     hashes: &[Digest],
     cancel: Option<&AtomicBool>,
-) -> Result<(File, Bitmap)> {
+) -> Result<(File, Bitmap, PartLock)> {
     let id = identity(geometry, hashes);
-    let (file, claimed) = match fs::symlink_metadata(&paths.part) {
+    let (file, claimed, lock) = match fs::symlink_metadata(&paths.part) {
         Ok(m) if !m.file_type().is_file() => {
             return Err(paths.refuse("exists and is not a regular file"));
         }
         Ok(_) => {
-            let (file, claimed) = open_existing(paths, &id, geometry)?;
-            (file, Some(claimed))
+            let (file, claimed, lock) = open_existing(paths, &id, geometry)?;
+            (file, Some(claimed), lock)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (create(paths, &id, geometry)?, None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (file, lock) = create(paths, &id, geometry)?;
+            (file, None, lock)
+        }
         Err(e) => return Err(PeerError::io("inspect", &paths.part, e)),
     };
     let len = file
@@ -202,32 +208,46 @@ pub(super) fn open(
             .ok_or_else(|| interrupted(&paths.final_path))?,
         None => Bitmap::new(geometry.count()),
     };
-    Ok((file, have))
+    Ok((file, have, lock))
 }
 
 /// An existing `.part`: ours only if its saved bitmap names this content.
-fn open_existing(paths: &Paths, id: &Digest, geometry: Geometry) -> Result<(File, Bitmap)> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&paths.part)
-        .map_err(|e| PeerError::io("open", &paths.part, e))?;
-    lock(paths, &file)?;
+fn open_existing(
+    paths: &Paths,
+    id: &Digest,
+    geometry: Geometry,
+) -> Result<(File, Bitmap, PartLock)> {
+    let lock = lock(paths)?;
     let Some(claimed) = load_have(&paths.have, id, geometry.count()) else {
         return Err(paths.refuse(
             "exists but is not an unfinished download of this file (no matching .part.have)",
         ));
     };
-    Ok((file, claimed))
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&paths.part)
+        .map_err(|e| PeerError::io("open", &paths.part, e))?;
+    Ok((file, claimed, lock))
 }
 
-/// Takes the `.part`'s lock, held as long as the file is open (for the
-/// whole download, and while the finished file is served), so a second
-/// download of the same file into the same folder, by another process or
-/// this one, stops at once instead of writing into it too.
-fn lock(paths: &Paths, file: &File) -> Result<()> {
+/// The lock of a `.part`: while a download holds it, a second download of
+/// the same file into the same folder, by another process or this one,
+/// stops at once instead of writing into it too. Released when dropped.
+///
+/// It is taken on a handle of its own, never on the handle that reads and
+/// writes chunks: that one is kept open to serve the verified chunks after
+/// a failed download, which must not keep a retry out.
+#[derive(Debug)]
+pub(super) struct PartLock {
+    _file: Option<File>,
+}
+
+/// Takes the `.part`'s lock.
+fn lock(paths: &Paths) -> Result<PartLock> {
+    let file = File::open(&paths.part).map_err(|e| PeerError::io("open", &paths.part, e))?;
     match file.try_lock() {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(PartLock { _file: Some(file) }),
         Err(TryLockError::WouldBlock) => Err(PeerError::Download(format!(
             "{} is already being downloaded into this folder by another download \
              ({} is locked); wait for it to finish, or use another --dir",
@@ -237,15 +257,15 @@ fn lock(paths: &Paths, file: &File) -> Result<()> {
         // A file system without locks: download anyway, unguarded.
         Err(TryLockError::Error(e)) => {
             warn!("cannot lock {}: {e}", paths.part.display());
-            Ok(())
+            Ok(PartLock { _file: None })
         }
     }
 }
 
 /// A new `.part`, marked as ours at once so a restart right away resumes.
-fn create(paths: &Paths, id: &Digest, geometry: Geometry) -> Result<File> {
+fn create(paths: &Paths, id: &Digest, geometry: Geometry) -> Result<(File, PartLock)> {
     let mut attempts = 0;
-    let file = loop {
+    let (file, lock) = loop {
         paths.make_work_dir()?;
         let opened = OpenOptions::new()
             .read(true)
@@ -253,14 +273,14 @@ fn create(paths: &Paths, id: &Digest, geometry: Geometry) -> Result<File> {
             .create_new(true)
             .open(&paths.part);
         match opened {
-            Ok(f) => {
-                if let Err(e) = lock(paths, &f) {
+            Ok(f) => match lock(paths) {
+                Ok(l) => break (f, l),
+                Err(e) => {
                     // Someone opened it in the instant since we created it.
                     let _ = fs::remove_file(&paths.part);
                     return Err(e);
                 }
-                break f;
-            }
+            },
             // Another download finishing removed the (then empty) folder.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
             Err(e) => return Err(PeerError::io("create", &paths.part, e)),
@@ -271,7 +291,7 @@ fn create(paths: &Paths, id: &Digest, geometry: Geometry) -> Result<File> {
         let _ = fs::remove_file(&paths.part);
         return Err(PeerError::io("create", &paths.have, e));
     }
-    Ok(file)
+    Ok((file, lock))
 }
 
 /// Hashes the chunks of `file` (only those set in `only`, if given) and
@@ -434,7 +454,7 @@ mod tests {
         let dir = TempDir::new("part-resume");
         let (data, g, hashes) = content();
         let paths = Paths::new(&dir.0, "f");
-        let (file, have) = open(&paths, g, &hashes, None).unwrap();
+        let (file, have, lock) = open(&paths, g, &hashes, None).unwrap();
         assert_eq!(have.count_ones(), 0);
         assert_eq!(fs::metadata(&paths.part).unwrap().len(), 10_000);
         assert_eq!(
@@ -450,8 +470,8 @@ mod tests {
             claimed.set(i);
         }
         paths.save_have(&identity(g, &hashes), &claimed).unwrap();
-        drop(file);
-        let (_, have) = open(&paths, g, &hashes, None).unwrap();
+        drop((file, lock));
+        let (_, have, _) = open(&paths, g, &hashes, None).unwrap();
         assert_eq!(have.iter_ones().collect::<Vec<_>>(), vec![2, 9]);
     }
 
@@ -460,12 +480,14 @@ mod tests {
         let dir = TempDir::new("part-lock");
         let (_, g, hashes) = content();
         let paths = Paths::new(&dir.0, "f");
-        let (first, _) = open(&paths, g, &hashes, None).unwrap();
+        let (file, _, lock) = open(&paths, g, &hashes, None).unwrap();
         let e = open(&paths, g, &hashes, None).unwrap_err();
         assert!(e.to_string().contains("already being downloaded"), "{e}");
         assert!(paths.part.exists() && paths.have.exists());
-        drop(first);
+        drop(lock);
+        // The handle that serves the chunks stays open: no matter.
         assert!(open(&paths, g, &hashes, None).is_ok(), "free again");
+        drop(file);
     }
 
     #[test]
@@ -477,11 +499,11 @@ mod tests {
         let stop = AtomicBool::new(true);
         let e = open_finished(&paths, "f", g, &hashes, Some(&stop)).unwrap_err();
         assert!(e.to_string().contains("interrupted"), "{e}");
-        let (file, _) = open(&paths, g, &hashes, None).unwrap();
+        let (file, _, lock) = open(&paths, g, &hashes, None).unwrap();
         paths
             .save_have(&identity(g, &hashes), &Bitmap::full(10))
             .unwrap();
-        drop(file);
+        drop((file, lock));
         let e = open(&paths, g, &hashes, Some(&stop)).unwrap_err();
         assert!(e.to_string().contains("interrupted"), "{e}");
         assert!(
@@ -519,7 +541,7 @@ mod tests {
         let dir = TempDir::new("part-finish");
         let (data, g, hashes) = content();
         let paths = Paths::new(&dir.0, "f");
-        let (file, _) = open(&paths, g, &hashes, None).unwrap();
+        let (file, _, _lock) = open(&paths, g, &hashes, None).unwrap();
         use std::os::unix::fs::FileExt;
         file.write_all_at(&data, 0).unwrap();
         finish(&paths, &file).unwrap();
@@ -527,7 +549,7 @@ mod tests {
         assert!(!paths.part.exists() && !paths.have.exists());
         assert!(open_finished(&paths, "f", g, &hashes, None).is_ok());
         // A second download whose final name is taken meanwhile keeps its .part.
-        let (file, _) = open(&Paths::new(&dir.0, "f"), g, &hashes, None).unwrap();
+        let (file, _, _) = open(&Paths::new(&dir.0, "f"), g, &hashes, None).unwrap();
         let e = finish(&paths, &file).unwrap_err();
         assert!(
             e.to_string().contains("appeared during the download"),
