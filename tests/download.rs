@@ -705,9 +705,8 @@ fn cancel_during_check(t: SocketAddr, name: &str, dir: &std::path::Path) -> (Str
     let c = Arc::clone(&cancel);
     let dir = dir.to_path_buf();
     let name = name.to_owned();
-    let h = thread::spawn(move || {
-        d.download_cancellable(&name, &dir, &opts(), Some(&c), &mut |_| {})
-    });
+    let h =
+        thread::spawn(move || d.download_cancellable(&name, &dir, &opts(), Some(&c), &mut |_| {}));
     thread::sleep(Duration::from_millis(300));
     cancel.store(true, Ordering::SeqCst);
     let at = std::time::Instant::now();
@@ -725,7 +724,10 @@ fn checking_a_large_file_already_on_disk_stops_promptly_when_cancelled() {
         let dir = s.sub("d");
         // A sparse file of the right length under the final name: the
         // download checks every chunk of it before anything else.
-        fs::File::create(dir.join("huge.img")).unwrap().set_len(len).unwrap();
+        fs::File::create(dir.join("huge.img"))
+            .unwrap()
+            .set_len(len)
+            .unwrap();
         let (e, took) = cancel_during_check(t.local_addr(), "huge.img", &dir);
         eprintln!("final file: stopped {took:?} after the cancel: {e}");
         assert!(e.contains("interrupted"), "{e}");

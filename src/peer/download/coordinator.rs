@@ -2,11 +2,14 @@
 //! download uses.
 //!
 //! Owns: every source seen and what is known about it ([`Sources`]: the
-//! chunks it holds, when it may be tried again, whether it is banned, what
-//! it contributed), the workers running ([`Active`]), the availability the
-//! picker ranks by, asking the locator for fresh locations and taking in its
-//! answers, starting and stopping workers, progress reports, and giving up when nothing has
-//! progressed for [`DownloadOptions::give_up_after`](super::DownloadOptions).
+//! chunks it holds, when it may be tried again (backing off while it
+//! delivers nothing), whether it is banned, its strikes, what it
+//! contributed), the workers running ([`Active`]) and which sources get one
+//! first (those that delivered; at most `limits::MAX_PROBES` on probation,
+//! `MAX_PROBES_PER_HOST` to one host), the availability the picker ranks
+//! by, asking the locator for fresh locations and taking in its answers,
+//! progress reports, and giving up when nothing has progressed for
+//! [`DownloadOptions::give_up_after`](super::DownloadOptions).
 //!
 //! Calls `wire` (Locations), `chunks` (bitmaps), the peer's `client` (the
 //! tracker connection, handed to the locator) and `picker`, and the

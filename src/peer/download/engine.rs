@@ -6,7 +6,8 @@
 //! [`Event`]), the per-source record of bad chunks ([`Rejects`]) with the one
 //! function that rejects a bad chunk ([`Engine::reject`]), the recycled chunk
 //! buffers ([`ChunkPool`]), and [`Engine::run`], which starts the flusher,
-//! the assembler and the coordinator (the caller's thread) and joins them.
+//! the assembler and the coordinator (the caller's thread; it starts the
+//! locator and the workers) and joins them.
 //!
 //! Calls `chunks`, the peer's `picker`, `share` and `client` (the tracker
 //! connection handed to the coordinator), and the download's `partfile`,

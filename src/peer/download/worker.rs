@@ -1,11 +1,17 @@
 //! One worker: the connection to one source.
 //!
-//! Owns: the worker thread's loop over its own TCP connection: fill the
-//! pipeline (pick rarest-first under the picker lock, up to the pipeline
-//! depth of requests in flight), read a reply, and either verify the chunk
-//! here or hand it to the assembler to hash ([`Worker::verify_or_hand_off`]),
-//! then pass it on through the bounded chunk channel. Also owns [`Slot`], the
-//! coordinator's and the worker's shared view of the source.
+//! Owns: the worker thread's loop over its own TCP connection: connect and
+//! greet (a short deadline for a source on probation), fill the pipeline
+//! (pick rarest-first under the picker lock, up to the pipeline depth and
+//! never more than `limits::MAX_REQUEST_BYTES_IN_FLIGHT` of requests), read
+//! a reply, and either verify the chunk here or hand it to the assembler to
+//! hash ([`Worker::verify_or_hand_off`]), then pass it on through the
+//! bounded chunk channel. Also owns the per-connection retry rules of
+//! docs/protocol.md §10: a strike for a bad chunk or a reply for another
+//! chunk (asked again, of this source only when nothing else is left), a
+//! chunk put off after `NotHeld`, and dropping the source at its strike
+//! limit. And [`Slot`], the coordinator's and the worker's shared view of
+//! the source.
 //!
 //! Calls `wire` (requests), `chunks` (SHA-1), the peer's `client` (the
 //! connection) and `picker`, and the download's `engine`.
