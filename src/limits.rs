@@ -56,6 +56,11 @@ pub const TRACKER_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The chunk server closes a connection that sends no request this long.
 pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a registered peer has to answer the tracker's Keepalive probe
+/// (sent when another connection registers the same endpoint) before its
+/// registration is found dead, its connection closed and the endpoint given
+/// to the newcomer.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 // ---- Defaults -------------------------------------------------------------
 

@@ -38,10 +38,13 @@ use crate::wire::{self, ErrorCode, FileEntry, FileOutcome, Message};
 /// chunks (a fast download) never fills it while the tracker is answering.
 const COMMAND_QUEUE: usize = 4096;
 /// How often an idle connection is checked for having been closed by the
-/// tracker (a non-blocking peek; nothing is sent). Without it a peer with
-/// nothing to say would notice a tracker restart only at its next
-/// keepalive, up to 10 s later, and stay unregistered that long.
-const LIVENESS_POLL: Duration = Duration::from_secs(1);
+/// tracker, or for the tracker's liveness probe (a non-blocking peek;
+/// nothing is sent unless a probe is there to answer). Without it a peer
+/// with nothing to say would notice a tracker restart only at its next
+/// keepalive, up to 10 s later, and stay unregistered that long; and it
+/// must answer a probe well within the tracker's 1 s probe timeout
+/// (`limits::PROBE_TIMEOUT`), or lose its endpoint to whoever announced it.
+const LIVENESS_POLL: Duration = Duration::from_millis(250);
 
 /// Timing of the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,9 +298,26 @@ struct Link {
 impl Link {
     /// Sends a request and reads the reply, recording the send for the
     /// keepalive timer.
+    ///
+    /// A Keepalive arriving first is the tracker's liveness probe (sent
+    /// when another connection registers our endpoint): it is answered at
+    /// once and the reply is still awaited.
     fn request(&mut self, m: &Message) -> Result<Message> {
         self.last_send = Instant::now();
-        self.conn.request(m)
+        self.conn.send(m)?;
+        loop {
+            match self.conn.recv()? {
+                Message::Keepalive => self.conn.send(&Message::Keepalive)?,
+                Message::Error { code, message } => {
+                    return Err(PeerError::Refused {
+                        who: self.conn.addr().to_string(),
+                        code,
+                        message,
+                    });
+                }
+                reply => return Ok(reply),
+            }
+        }
     }
 }
 
@@ -631,9 +651,10 @@ impl Worker {
             .map_err(|e| e.to_string())
     }
 
-    /// Peeks without blocking: the tracker never speaks unasked, so a
-    /// readable socket means it closed the connection or sent an error
-    /// before closing.
+    /// Peeks without blocking. The tracker speaks unasked only to probe
+    /// (a Keepalive, answered here with a Keepalive) or to say why it
+    /// closes (an Error), so anything else readable means the connection is
+    /// over.
     fn check_open(&self, link: &mut Link) -> Result<(), Lost> {
         let stream = link.conn.stream();
         let mut byte = [0u8; 1];
@@ -649,6 +670,10 @@ impl Worker {
             Err(e) => Err(e.to_string()),
             Ok(0) => Err("the tracker closed the connection".into()),
             Ok(_) => match link.conn.recv() {
+                Ok(Message::Keepalive) => link
+                    .conn
+                    .send(&Message::Keepalive)
+                    .map_err(|e| e.to_string()),
                 Ok(Message::Error { code, message }) => {
                     Err(format!("the tracker said: {code}: {message}"))
                 }

@@ -324,6 +324,11 @@ impl Registry {
         true
     }
 
+    /// The connection bound to `endpoint`, if any.
+    pub fn holder(&self, endpoint: SocketAddr) -> Option<ConnId> {
+        self.endpoints.get(&endpoint).copied()
+    }
+
     /// The endpoint `conn` registered, if any.
     pub fn endpoint(&self, conn: ConnId) -> Option<SocketAddr> {
         self.peers.get(&conn).map(|p| p.endpoint)
