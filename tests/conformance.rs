@@ -8,8 +8,12 @@ mod util;
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use p2pfs::peer::ratelimit::RateLimiter;
+use p2pfs::peer::server::{ChunkServer, ServerConfig};
+use p2pfs::peer::share::ShareIndex;
 use p2pfs::wire::{ErrorCode, FileOutcome, Locations, Message};
 use util::{Client, Scratch, entry, pattern, seed, tracker, wait_until, with_timeout};
 
@@ -187,5 +191,122 @@ fn re_registering_ones_own_endpoint_needs_no_probe() {
         }
         assert!(started.elapsed() < Duration::from_millis(500));
         wait_until(5, "one peer", || t.peer_count() == 1);
+    });
+}
+
+fn chunk_server() -> ChunkServer {
+    ChunkServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(ShareIndex::new()),
+        Arc::new(RateLimiter::unlimited()),
+        ServerConfig::default(),
+    )
+    .expect("chunk server")
+}
+
+/// Sends `bytes` (after a Hello if `greet`) and expects `Error{code}` and
+/// then the server closing the connection, within 5 s.
+fn expect_error_then_close(addr: SocketAddr, greet: bool, bytes: &[u8], code_: ErrorCode) {
+    let mut c = if greet {
+        Client::connect(addr)
+    } else {
+        Client::raw(addr)
+    };
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    c.stream.write_all(bytes).unwrap();
+    match c.recv_result() {
+        Ok(Some(m)) => assert_eq!(code(&m), Some(code_), "{addr} after {bytes:02x?}: {m:?}"),
+        other => panic!("{addr} after {bytes:02x?}: no error reply: {other:?}"),
+    }
+    match c.recv_result() {
+        Ok(None) => {}
+        Err(e) if e.is_disconnect() && !e.is_timeout() => {}
+        other => panic!("{addr} after {bytes:02x?}: not closed: {other:?}"),
+    }
+}
+
+/// Issue 10, item 3: a whole frame whose payload cannot be decoded gets
+/// `Error{Malformed}` and a close from both servers, as docs/protocol.md
+/// §2 and §8 say; only a stream that ends inside a frame is closed without
+/// a word.
+#[test]
+fn undecodable_frames_get_malformed_then_close_on_both_servers() {
+    with_timeout(60, || {
+        let t = tracker();
+        let p = chunk_server();
+        let after_hello: &[(&str, &[u8])] = &[
+            (
+                "Locate whose name claims 500 bytes, 3 present",
+                &[0, 0, 0, 6, 0x14, 0x01, 0xf4, 0x61, 0x62, 0x63],
+            ),
+            (
+                "ChunkRequest whose name claims 500 bytes, 3 present",
+                &[0, 0, 0, 6, 0x20, 0x01, 0xf4, 0x61, 0x62, 0x63],
+            ),
+            (
+                "Register claiming 5 files, carrying none",
+                &[0, 0, 0, 0x0a, 0x10, 4, 0, 0, 0, 0, 0x9c, 0x40, 0, 5],
+            ),
+            (
+                "ChunkRequest with a 2-byte index",
+                &[0, 0, 0, 6, 0x20, 0, 1, 0x61, 0, 0],
+            ),
+            (
+                "Locate without its flag",
+                &[0, 0, 0, 6, 0x14, 0, 3, 0x61, 0x62, 0x63],
+            ),
+            ("a 4 GiB - 1 length prefix", &[0xff, 0xff, 0xff, 0xff, 0x12]),
+        ];
+        for addr in [t.local_addr(), p.local_addr()] {
+            for (what, bytes) in after_hello {
+                eprintln!("{addr}: {what}");
+                expect_error_then_close(addr, true, bytes, ErrorCode::Malformed);
+            }
+            // A first Hello of 3 bytes: type and 2 bytes of its magic.
+            expect_error_then_close(
+                addr,
+                false,
+                &[0, 0, 0, 3, 0x01, 0x50, 0x32],
+                ErrorCode::Malformed,
+            );
+        }
+        // Both still serve.
+        let mut c = Client::connect(t.local_addr());
+        assert!(matches!(
+            c.request(&Message::ListFiles),
+            Message::FileList { .. }
+        ));
+        let mut c = Client::connect(p.local_addr());
+        let m = c.request(&Message::ChunkRequest {
+            name: "x".into(),
+            index: 0,
+        });
+        assert_eq!(code(&m), Some(ErrorCode::UnknownFile));
+    });
+}
+
+/// A stream that ends inside a frame is the client going away: closed
+/// without a reply (docs/protocol.md §2).
+#[test]
+fn a_stream_that_ends_inside_a_frame_is_closed_without_a_reply() {
+    with_timeout(30, || {
+        let t = tracker();
+        let p = chunk_server();
+        for addr in [t.local_addr(), p.local_addr()] {
+            let mut c = Client::connect(addr);
+            c.stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            // Claims 9 bytes, sends 4, then closes its side.
+            c.stream.write_all(&[0, 0, 0, 9, 0x14, 0, 3, 0x61]).unwrap();
+            c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+            match c.recv_result() {
+                Ok(None) => {}
+                Err(e) if e.is_disconnect() && !e.is_timeout() => {}
+                other => panic!("{addr}: {other:?}"),
+            }
+        }
     });
 }

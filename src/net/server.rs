@@ -11,9 +11,11 @@
 //!   anyone may write to it (one write lock per connection) or close it;
 //! - per connection: TCP_NODELAY, the write timeout, the Hello exchange under
 //!   its deadline (the whole Hello must arrive within the Hello timeout), the
-//!   request loop under the idle timeout, `Error{Malformed}` for anything
-//!   that cannot be decoded, and an orderly close (FIN, then a short drain
-//!   so the last reply is not destroyed by a reset);
+//!   request loop under the idle timeout, `Error{Malformed}` for every frame
+//!   that cannot be decoded (a whole frame is read first, so a payload that
+//!   ends inside a field is told apart from a stream that ends inside a
+//!   frame, which is closed quietly), and an orderly close (FIN, then a
+//!   short drain so the last reply is not destroyed by a reset);
 //! - shutdown: set a flag, wake the blocking `accept` by connecting to
 //!   ourselves, shut down every live socket, join every thread.
 //!
@@ -470,7 +472,7 @@ fn serve<H: Handler>(shared: &Shared<H>, link: &Arc<Link>, stream: TcpStream) ->
         if shared.stopping.load(Ordering::Relaxed) {
             return End::Stopped;
         }
-        let m = match wire::read_message(&mut reader) {
+        let m = match read_request(&mut reader) {
             Ok(Some(m)) => m,
             Ok(None) => return End::Closed,
             Err(e) => return read_failed(link, e, End::Idle),
@@ -498,7 +500,7 @@ fn greet<H: Handler>(
 ) -> Option<End> {
     // The whole Hello must arrive within the Hello timeout, not merely
     // some byte of it every so often.
-    let first = wire::read_message(&mut DeadlineReader::new(reader, &link.stream, limit));
+    let first = read_request(&mut DeadlineReader::new(reader, &link.stream, limit));
     if let Ok(Some(_)) = first {
         link.received.fetch_add(1, Ordering::SeqCst);
     }
@@ -528,15 +530,40 @@ fn greet<H: Handler>(
     }
 }
 
+/// Why a request could not be read.
+enum ReadError {
+    /// Reading the frame failed: the stream failed, timed out or ended
+    /// inside the frame, or the length prefix is impossible.
+    Stream(WireError),
+    /// A whole frame arrived but its payload cannot be decoded (including
+    /// a payload that ends inside a field).
+    Undecodable(WireError),
+}
+
+/// Reads one whole frame, then decodes it, so that a frame that arrived
+/// complete but does not decode is never mistaken for a client that went
+/// away. `Ok(None)` on a clean end of stream between frames.
+fn read_request<R: Read>(r: &mut R) -> Result<Option<Message>, ReadError> {
+    match wire::read_frame(r) {
+        Ok(Some(f)) => Message::decode(f.type_code, &f.payload)
+            .map(Some)
+            .map_err(ReadError::Undecodable),
+        Ok(None) => Ok(None),
+        Err(e) => Err(ReadError::Stream(e)),
+    }
+}
+
 /// A read failed: a timeout ends the connection as `on_timeout`, a client
-/// that went away ends it quietly, anything else is answered `Malformed`.
-fn read_failed(link: &Link, e: WireError, on_timeout: End) -> End {
-    if e.is_timeout() {
-        on_timeout
-    } else if e.is_disconnect() {
-        End::Gone(e)
-    } else {
-        refuse(link, ErrorCode::Malformed, e.to_string())
+/// that went away (the stream ended or failed inside a frame) ends it
+/// quietly, and anything that arrived but cannot be decoded is answered
+/// `Malformed`.
+fn read_failed(link: &Link, e: ReadError, on_timeout: End) -> End {
+    match e {
+        ReadError::Stream(e) if e.is_timeout() => on_timeout,
+        ReadError::Stream(e) if e.is_disconnect() => End::Gone(e),
+        ReadError::Stream(e) | ReadError::Undecodable(e) => {
+            refuse(link, ErrorCode::Malformed, e.to_string())
+        }
     }
 }
 
