@@ -310,3 +310,220 @@ fn a_stream_that_ends_inside_a_frame_is_closed_without_a_reply() {
         }
     });
 }
+
+// ---- Issue 10, item 5: the questions docs/protocol.md must answer ---------
+
+fn register_at(c: &mut Client, port: u16, files: Vec<p2pfs::wire::FileEntry>) -> Message {
+    c.request(&Message::Register {
+        endpoint: SocketAddr::from(([0, 0, 0, 0], port)),
+        files,
+    })
+}
+
+fn expect_closed(c: &mut Client) {
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    match c.recv_result() {
+        Ok(None) => {}
+        Err(e) if e.is_disconnect() && !e.is_timeout() => {}
+        other => panic!("not closed: {other:?}"),
+    }
+}
+
+/// Registering another port rebinds: the old endpoint is released at once
+/// (another connection takes it without a probe) and nothing is closed.
+#[test]
+fn rebinding_an_endpoint_releases_the_old_one_and_closes_nothing() {
+    with_timeout(30, || {
+        let t = tracker();
+        let data = pattern(5000, 3);
+        let mut a = Client::connect(t.local_addr());
+        assert!(matches!(
+            register_at(&mut a, 40_301, vec![entry("r.bin", &data)]),
+            Message::RegisterReply { .. }
+        ));
+        assert!(matches!(
+            register_at(&mut a, 40_302, vec![]),
+            Message::RegisterReply { .. }
+        ));
+        let mut q = Client::connect(t.local_addr());
+        let l = locate(&mut q, "r.bin").expect("still held");
+        let ports: Vec<u16> = l.sources.iter().map(|s| s.addr.port()).collect();
+        assert_eq!(ports, vec![40_302]);
+        // The released port is free: no probe, so a is not asked anything.
+        let mut b = Client::connect(t.local_addr());
+        let started = Instant::now();
+        assert!(matches!(
+            register_at(&mut b, 40_301, vec![]),
+            Message::RegisterReply { .. }
+        ));
+        assert!(started.elapsed() < Duration::from_millis(500));
+        // a's connection is still open and registered.
+        let m = a.request(&Message::ChunkRegister {
+            name: "r.bin".into(),
+            index: 0,
+        });
+        assert_eq!(m, Message::Ok);
+    });
+}
+
+/// A name over 1,024 bytes cannot be encoded in a valid frame: the whole
+/// Register is `Malformed`, the connection is closed, and none of its
+/// files is registered (§5).
+#[test]
+fn a_name_over_the_limit_makes_the_whole_register_malformed() {
+    with_timeout(30, || {
+        let t = tracker();
+        let data = pattern(3000, 4);
+        // Encode a valid Register, then lengthen the second name by hand.
+        let mut frame = Vec::new();
+        Message::Register {
+            endpoint: SocketAddr::from(([0, 0, 0, 0], 40_400)),
+            files: vec![entry("good.bin", &data), entry(&"n".repeat(1024), &data)],
+        }
+        .encode(&mut frame)
+        .unwrap();
+        let at = frame
+            .windows(3)
+            .position(|w| w == [0x04, 0x00, b'n'])
+            .expect("the long name's length field");
+        frame[at] = 0x04;
+        frame[at + 1] = 0x01; // 1,025
+        frame.insert(at + 2, b'n');
+        let len = (frame.len() - 4) as u32;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+        let mut c = Client::connect(t.local_addr());
+        c.stream.write_all(&frame).unwrap();
+        let m = c.recv().expect("a reply");
+        assert_eq!(code(&m), Some(ErrorCode::Malformed), "{m:?}");
+        expect_closed(&mut c);
+        let mut q = Client::connect(t.local_addr());
+        assert!(listed(&mut q).is_empty());
+        assert_eq!(t.peer_count(), 0);
+    });
+}
+
+/// Leave before any Register: `Ok`, then the tracker closes.
+#[test]
+fn leave_before_register_is_ok_then_closed() {
+    with_timeout(30, || {
+        let t = tracker();
+        let mut c = Client::connect(t.local_addr());
+        assert_eq!(c.request(&Message::Leave), Message::Ok);
+        expect_closed(&mut c);
+    });
+}
+
+/// Keepalive, Error and Ok sent to a server: `Error{Unexpected}`, and the
+/// connection stays open; except that the tracker answers nothing to a
+/// Keepalive.
+#[test]
+fn keepalive_error_and_ok_sent_to_the_servers() {
+    with_timeout(30, || {
+        let t = tracker();
+        let p = chunk_server();
+        let err = Message::Error {
+            code: ErrorCode::Internal,
+            message: "x".into(),
+        };
+        let mut c = Client::connect(t.local_addr());
+        c.send(&Message::Keepalive);
+        for m in [err.clone(), Message::Ok] {
+            let r = c.request(&m);
+            assert_eq!(code(&r), Some(ErrorCode::Unexpected), "{m:?}: {r:?}");
+        }
+        // Nothing was answered to the Keepalive: the next reply is the
+        // ListFiles reply.
+        assert!(matches!(
+            c.request(&Message::ListFiles),
+            Message::FileList { .. }
+        ));
+        let mut c = Client::connect(p.local_addr());
+        for m in [Message::Keepalive, err, Message::Ok] {
+            let r = c.request(&m);
+            assert_eq!(code(&r), Some(ErrorCode::Unexpected), "{m:?}: {r:?}");
+        }
+        let r = c.request(&Message::ChunkRequest {
+            name: "x".into(),
+            index: 0,
+        });
+        assert_eq!(code(&r), Some(ErrorCode::UnknownFile));
+    });
+}
+
+/// The sole holder of a file re-registering it with other content gets
+/// `Conflict` for that file; the old content stays registered.
+#[test]
+fn a_sole_holder_re_registering_new_content_gets_conflict() {
+    with_timeout(30, || {
+        let t = tracker();
+        let old = pattern(3000, 5);
+        let new = pattern(4000, 6);
+        let mut c = Client::connect(t.local_addr());
+        register_at(&mut c, 40_500, vec![entry("s.bin", &old)]);
+        match register_at(&mut c, 40_500, vec![entry("s.bin", &new)]) {
+            Message::RegisterReply { results } => match &results[..] {
+                [FileOutcome::Refused { code, .. }] => assert_eq!(*code, ErrorCode::Conflict),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        let mut q = Client::connect(t.local_addr());
+        assert_eq!(locate(&mut q, "s.bin").expect("kept").length, 3000);
+        // Once it has left, the name is free for the new content.
+        assert_eq!(c.request(&Message::Leave), Message::Ok);
+        let mut c = Client::connect(t.local_addr());
+        match register_at(&mut c, 40_500, vec![entry("s.bin", &new)]) {
+            Message::RegisterReply { results } => assert_eq!(results, vec![FileOutcome::Accepted]),
+            other => panic!("{other:?}"),
+        }
+    });
+}
+
+/// Tracker requests may be pipelined: written in one go, answered one by
+/// one in order (a Keepalive gets nothing).
+#[test]
+fn tracker_requests_may_be_pipelined() {
+    with_timeout(30, || {
+        let t = tracker();
+        let data = pattern(3000, 7);
+        let reqs = [
+            Message::Register {
+                endpoint: SocketAddr::from(([0, 0, 0, 0], 40_600)),
+                files: vec![entry("p.bin", &data)],
+            },
+            Message::ChunkRegister {
+                name: "p.bin".into(),
+                index: 0,
+            },
+            Message::Keepalive,
+            Message::ListFiles,
+            Message::Locate {
+                name: "p.bin".into(),
+                with_hashes: false,
+            },
+            Message::Locate {
+                name: "nope".into(),
+                with_hashes: false,
+            },
+            Message::Leave,
+        ];
+        let mut bytes = Vec::new();
+        for m in &reqs {
+            m.encode(&mut bytes).unwrap();
+        }
+        let mut c = Client::connect(t.local_addr());
+        c.stream.write_all(&bytes).unwrap();
+        assert!(matches!(c.recv(), Some(Message::RegisterReply { .. })));
+        assert_eq!(c.recv(), Some(Message::Ok));
+        assert!(matches!(c.recv(), Some(Message::FileList { files, .. }) if files.len() == 1));
+        assert!(matches!(c.recv(), Some(Message::Locations(_))));
+        assert_eq!(
+            c.recv().as_ref().and_then(code),
+            Some(ErrorCode::UnknownFile)
+        );
+        assert_eq!(c.recv(), Some(Message::Ok));
+        expect_closed(&mut c);
+    });
+}
