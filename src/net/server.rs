@@ -134,6 +134,8 @@ pub struct Link {
     write: Mutex<()>,
     /// Frames received so far (Hello included).
     received: AtomicU64,
+    /// True while the handler is answering a request of this connection.
+    busy: AtomicBool,
 }
 
 impl Link {
@@ -150,6 +152,13 @@ impl Link {
     /// How many frames have been received on this connection so far.
     pub fn received(&self) -> u64 {
         self.received.load(Ordering::SeqCst)
+    }
+
+    /// Whether the handler is answering one of this connection's requests
+    /// right now (so the connection is alive, though it reads nothing
+    /// meanwhile).
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::SeqCst)
     }
 
     /// Encodes and writes one message. A message that cannot be encoded is
@@ -366,6 +375,7 @@ fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>, refuse
             stream: clone,
             write: Mutex::new(()),
             received: AtomicU64::new(0),
+            busy: AtomicBool::new(false),
         });
         shared.live.map().insert(next_id, Arc::clone(&link));
         let s = Arc::clone(&shared);
@@ -478,7 +488,10 @@ fn serve<H: Handler>(shared: &Shared<H>, link: &Arc<Link>, stream: TcpStream) ->
             Err(e) => return read_failed(link, e, End::Idle),
         };
         link.received.fetch_add(1, Ordering::SeqCst);
-        match shared.handler.request(link, &shared.live, &mut state, m) {
+        link.busy.store(true, Ordering::SeqCst);
+        let flow = shared.handler.request(link, &shared.live, &mut state, m);
+        link.busy.store(false, Ordering::SeqCst);
+        match flow {
             Ok(Flow::Continue) => {}
             Ok(Flow::Close) => {
                 linger_close(&link.stream);

@@ -3,10 +3,13 @@
 //!
 //! Owns: the tracker's connection settings ([`TrackerConfig`]) and its
 //! per-connection handler: what each request does to the registry and what
-//! is answered. Accepting, caps, the Hello, timeouts, closing and shutdown
-//! are the skeleton's. A connection's peer is removed from the registry as
-//! soon as the connection ends for any reason: Leave, close, error, or
-//! silence past the idle timeout.
+//! is answered, and the rule "one endpoint, one live connection" (a
+//! Register for an endpoint held by another connection probes that one
+//! first, see `register` below). Accepting, caps, the Hello, timeouts, closing
+//! and shutdown are the skeleton's. A connection's peer is removed from the
+//! registry as soon as the connection ends for any reason (Leave, close,
+//! error, silence past the idle timeout, a failed probe), and the tracker
+//! never ends a registration without closing its connection.
 //!
 //! Calls `net` (the skeleton), `wire` (messages) and [`super::registry`]
 //! (state). The registry Mutex is held only around in-memory registry calls,
@@ -343,9 +346,11 @@ fn endpoint_in_use(endpoint: SocketAddr) -> Message {
 
 /// Is connection `id` alive? Sends it a Keepalive, which a registered peer
 /// must answer (with a Keepalive, or any other frame) within
-/// [`PROBE_TIMEOUT`]. Any frame received after the probe was sent counts.
-/// A connection that is gone, cannot be written to, or stays silent is not
-/// alive.
+/// [`PROBE_TIMEOUT`]. Any frame received after the probe was sent counts,
+/// and so does a request of its own being handled meanwhile (its thread
+/// reads nothing while it handles one, e.g. while it probes somebody
+/// else). A connection that is gone, cannot be written to, or stays silent
+/// is not alive.
 fn probe(live: &Live, id: ConnId) -> bool {
     let Some(link) = live.get(id) else {
         return false;
@@ -357,7 +362,7 @@ fn probe(live: &Live, id: ConnId) -> bool {
     let deadline = Instant::now() + PROBE_TIMEOUT;
     while Instant::now() < deadline {
         thread::sleep(PROBE_POLL);
-        if link.received() > before {
+        if link.received() > before || link.is_busy() {
             return true;
         }
         if live.get(id).is_none() {
