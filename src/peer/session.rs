@@ -1081,6 +1081,63 @@ mod tests {
 
     // ---- Tests ----------------------------------------------------------
 
+    /// The tracker's liveness probe (an unasked Keepalive) is answered
+    /// with a Keepalive: before the reply to a request, and on an idle
+    /// connection well within the tracker's 1 s probe timeout.
+    #[test]
+    fn answers_the_trackers_probe_before_a_reply_and_when_idle() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let share = index(&[complete("full.bin", 3000)]);
+        let (etx, erx) = bounded(64);
+        let s = TrackerSession::start(
+            listener.local_addr().unwrap(),
+            4321,
+            Arc::clone(&share),
+            fast(),
+            Some(etx),
+        )
+        .unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut r = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut w = stream;
+        let mut read = move || wire::read_message(&mut r).unwrap().unwrap();
+        assert!(matches!(read(), Message::Hello { .. }));
+        let hello = Message::Hello {
+            version: wire::PROTOCOL_VERSION,
+        };
+        wire::write_message(&mut w, &hello).unwrap();
+        assert!(matches!(read(), Message::Register { .. }));
+        // The probe arrives before the reply.
+        wire::write_message(&mut w, &Message::Keepalive).unwrap();
+        assert_eq!(read(), Message::Keepalive);
+        let reply = Message::RegisterReply {
+            results: vec![FileOutcome::Accepted],
+        };
+        wire::write_message(&mut w, &reply).unwrap();
+        assert!(matches!(
+            next_event(&erx),
+            SessionEvent::Registered { accepted, .. } if accepted == ["full.bin"]
+        ));
+        wait_until("connected", || s.is_connected());
+        // Idle now: a probe is answered within the probe timeout.
+        thread::sleep(Duration::from_millis(300));
+        let t = Instant::now();
+        wire::write_message(&mut w, &Message::Keepalive).unwrap();
+        assert_eq!(read(), Message::Keepalive);
+        assert!(
+            t.elapsed() < crate::limits::PROBE_TIMEOUT / 2,
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(s.is_connected());
+        assert!(erx.try_recv().is_err(), "the session reconnected");
+        let leaving = thread::spawn(move || s.leave());
+        assert_eq!(read(), Message::Leave);
+        wire::write_message(&mut w, &Message::Ok).unwrap();
+        leaving.join().unwrap();
+    }
+
     #[test]
     fn registers_share_then_chunks_then_leaves() {
         let fake = FakeTracker::start(false);
