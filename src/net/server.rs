@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
-use super::admission::{Admission, DeadlineReader, Limits, Refuser};
+use super::admission::{Admission, Limits, Refuser};
 use crate::wire::{self, ErrorCode, Message, WireError};
 
 /// Stack of a connection thread (small: thousands may exist).
@@ -543,6 +543,38 @@ fn greet<H: Handler>(
     }
 }
 
+/// A reader that gives up once `deadline` passes, however the bytes
+/// trickle in: before each read the socket's timeout is set to the time
+/// left. Used for the Hello, so a client sending one byte now and then
+/// cannot hold a connection slot past the Hello timeout.
+struct DeadlineReader<'a, R> {
+    inner: &'a mut R,
+    stream: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl<'a, R: Read> DeadlineReader<'a, R> {
+    /// `inner` reads from `stream` (e.g. a `BufReader` over it).
+    fn new(inner: &'a mut R, stream: &'a TcpStream, limit: Duration) -> Self {
+        DeadlineReader {
+            inner,
+            stream,
+            deadline: Instant::now() + limit,
+        }
+    }
+}
+
+impl<R: Read> Read for DeadlineReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.inner.read(buf)
+    }
+}
+
 /// Why a request could not be read.
 enum ReadError {
     /// Reading the frame failed: the stream failed, timed out or ended
@@ -606,5 +638,149 @@ fn linger_close(stream: &TcpStream) {
             Ok(0) | Err(_) => break,
             Ok(n) => drained += n,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Duration = Duration::from_secs(5);
+
+    /// Answers ListFiles with Ok and closes; records how connections end.
+    #[derive(Default)]
+    struct Recorder {
+        ends: Mutex<Vec<String>>,
+    }
+
+    impl Handler for Recorder {
+        type Conn = u32;
+
+        fn request(
+            &self,
+            link: &Arc<Link>,
+            _live: &Live,
+            n: &mut u32,
+            m: Message,
+        ) -> Result<Flow, WireError> {
+            *n += 1;
+            link.send(&Message::Ok)?;
+            Ok(if m == Message::ListFiles {
+                Flow::Close
+            } else {
+                Flow::Continue
+            })
+        }
+
+        fn ended(&self, _link: &Arc<Link>, end: &End) {
+            let what = format!("{end:?}");
+            let kind = what.split(['(', ' ', '{']).next().unwrap_or("").to_owned();
+            crate::sync::lock(&self.ends).push(kind);
+        }
+    }
+
+    fn start(hello: Duration, idle: Duration) -> (Server, Arc<Recorder>) {
+        let rec = Arc::new(Recorder::default());
+        let opts = Options {
+            name: "test",
+            role: "test server",
+            hello_timeout: hello,
+            idle_timeout: idle,
+            write_timeout: T,
+            limits: Limits {
+                max_total: 8,
+                max_per_ip: 8,
+            },
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        (
+            Server::start(listener, opts, Arc::clone(&rec)).unwrap(),
+            rec,
+        )
+    }
+
+    fn connect(s: &Server) -> (TcpStream, BufReader<TcpStream>) {
+        let c = TcpStream::connect_timeout(&s.local_addr(), T).unwrap();
+        c.set_read_timeout(Some(T)).unwrap();
+        let r = BufReader::new(c.try_clone().unwrap());
+        (c, r)
+    }
+
+    fn hello() -> Message {
+        Message::Hello {
+            version: wire::PROTOCOL_VERSION,
+        }
+    }
+
+    fn ends_become(rec: &Recorder, want: &[&str]) {
+        let t = Instant::now();
+        loop {
+            let mut got = crate::sync::lock(&rec.ends).clone();
+            got.sort();
+            let mut w: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+            w.sort();
+            if got == w {
+                return;
+            }
+            assert!(t.elapsed() < T, "ends {got:?}, want {w:?}");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn each_connection_ends_once_with_its_reason() {
+        let (mut s, rec) = start(Duration::from_millis(300), Duration::from_millis(400));
+        // Hello, a request, then the handler closes.
+        let (mut c, mut r) = connect(&s);
+        wire::write_message(&mut c, &hello()).unwrap();
+        assert_eq!(wire::read_message(&mut r).unwrap(), Some(hello()));
+        wire::write_message(&mut c, &Message::Keepalive).unwrap();
+        wire::write_message(&mut c, &Message::ListFiles).unwrap();
+        assert_eq!(wire::read_message(&mut r).unwrap(), Some(Message::Ok));
+        assert_eq!(wire::read_message(&mut r).unwrap(), Some(Message::Ok));
+        assert_eq!(wire::read_message(&mut r).unwrap(), None);
+        // A Hello trickled a byte at a time misses its deadline.
+        let (mut c, mut r) = connect(&s);
+        let mut bytes = Vec::new();
+        hello().encode(&mut bytes).unwrap();
+        let t = Instant::now();
+        for b in &bytes[..8] {
+            if c.write_all(&[*b]).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(60));
+        }
+        assert!(matches!(wire::read_message(&mut r), Ok(None) | Err(_)));
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // Garbage: Malformed, then closed.
+        let (mut c, mut r) = connect(&s);
+        c.write_all(&[0, 0, 0, 1, 0x7f]).unwrap();
+        match wire::read_message(&mut r).unwrap() {
+            Some(Message::Error { code, .. }) => assert_eq!(code, ErrorCode::Malformed),
+            other => panic!("{other:?}"),
+        }
+        // Silence after the Hello: the idle timeout.
+        let (mut c, mut r) = connect(&s);
+        wire::write_message(&mut c, &hello()).unwrap();
+        assert_eq!(wire::read_message(&mut r).unwrap(), Some(hello()));
+        assert_eq!(wire::read_message(&mut r).unwrap(), None);
+        ends_become(&rec, &["Done", "HelloTimeout", "Refused", "Idle"]);
+        let t = Instant::now();
+        while !s.live().is_empty() {
+            assert!(t.elapsed() < T, "connections left in the live set");
+            thread::sleep(Duration::from_millis(10));
+        }
+
+        // Shutdown with a connection open ends it and joins promptly.
+        let (mut c, mut r) = connect(&s);
+        wire::write_message(&mut c, &hello()).unwrap();
+        assert_eq!(wire::read_message(&mut r).unwrap(), Some(hello()));
+        let t = Instant::now();
+        s.shutdown();
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(crate::sync::lock(&rec.ends).len(), 5);
+        assert!(s.live().is_empty());
+        assert!(TcpStream::connect_timeout(&s.local_addr(), T).is_err());
+        s.shutdown(); // idempotent
     }
 }
