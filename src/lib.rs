@@ -1,8 +1,8 @@
 //! p2pfs: peer-to-peer file sharing with a central tracker.
 //!
 //! Layout (each module's top comment says what it owns and may call):
-//! - [`wire`]: frames, messages, limits, name rules. Depends on nothing else here.
-//! - [`chunks`]: chunk geometry, SHA-1, bitmaps. Depends on nothing else here.
+//! - [`wire`]: frames, messages, name rules. Depends on `limits` only.
+//! - [`chunks`]: chunk geometry, SHA-1, bitmaps. Depends on `limits` only.
 //! - [`limits`]: every limit and default, stated once. Depends on nothing.
 //! - [`sync`]: the one poison-ignoring lock helper. Depends on nothing.
 //! - [`net`]: what every connection does whatever is said on it: the server
@@ -14,6 +14,9 @@
 //! - [`peer`]: share index, chunk server handler, picker, download workers,
 //!   assembler, tracker session. Depends on `wire`, `chunks` and `net` only,
 //!   never on `tracker`.
+//! - [`ui`]: the user interface of the `peer` and `tracker` programs
+//!   (command lines, output, progress, signals, the prompt). Depends on the
+//!   engine modules above; none of them depends on it.
 //!
 //! Everything is synchronous std::net with one OS thread per connection;
 //! threads talk over bounded crossbeam channels.
@@ -26,6 +29,7 @@ pub mod net;
 pub mod peer;
 pub mod sync;
 pub mod tracker;
+pub mod ui;
 pub mod wire;
 
 /// An error and its chain of causes on one line ("a: b: c"), skipping a

@@ -27,7 +27,6 @@ pub mod download;
 pub mod node;
 pub mod picker;
 pub mod ratelimit;
-pub mod repl;
 pub mod server;
 pub mod session;
 pub mod share;
@@ -56,6 +55,8 @@ pub enum PeerError {
     Invalid(String),
     /// A download could not finish.
     Download(String),
+    /// Stopped on request (a cancel flag was set) before the work was done.
+    Interrupted(String),
 }
 
 impl PeerError {
@@ -88,6 +89,7 @@ impl fmt::Display for PeerError {
             PeerError::Protocol { who, what } => write!(f, "{who}: protocol error: {what}"),
             PeerError::Invalid(s) => f.write_str(s),
             PeerError::Download(s) => f.write_str(s),
+            PeerError::Interrupted(s) => f.write_str(s),
         }
     }
 }

@@ -240,7 +240,7 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").chars().take(120).collect()
 }
 
-/// target/release next to this example (target/release/examples/bench),
+/// target/release next to the running example (target/release/examples/bench),
 /// after making sure the binaries are built from the current source.
 fn default_bins() -> R<PathBuf> {
     let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
