@@ -73,7 +73,7 @@ fn an_intruder_cannot_replace_a_live_registration() {
         eprintln!("intruder refused after {:?}", started.elapsed());
         // The victim answered the probe at once; the intruder waited less
         // than the probe timeout.
-        assert!(started.elapsed() < Duration::from_millis(900));
+        assert!(started.elapsed() < Duration::from_secs(1));
         // The refused Register bound nothing: ChunkRegister is refused.
         let m = intruder.request(&Message::ChunkRegister {
             name: "victim.bin".into(),
