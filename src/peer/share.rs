@@ -4,8 +4,9 @@
 //! Owns: [`SharedFile`] (one offered file: open handle, geometry, hashes,
 //! which chunks are verified on disk), [`ShareIndex`] (name -> file, the
 //! only way the chunk server finds a file: names from the wire are looked up
-//! here, never joined onto a path), [`scan_dir`] (walk + parallel SHA-1)
-//! and the hash cache file. Calls `wire` (names, FileEntry) and `chunks`
+//! here, never joined onto a path), [`scan_dir`] (walk + parallel SHA-1),
+//! [`open_regular`] (how a file in a shared folder is opened: no symlink
+//! followed, no FIFO waited on) and the hash cache file. Calls `wire` (names, FileEntry) and `chunks`
 //! (geometry, bitmaps, sha1) only.
 //!
 //! Locks: the index's RwLock and each file's have-bitmap Mutex guard only
@@ -41,9 +42,10 @@
 //! publishes the cache file or its temporary files.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, Metadata};
+use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -270,8 +272,12 @@ pub struct Scan {
 /// A file found by the walk, before it is opened.
 struct Candidate {
     name: String,
-    /// Where to open it (may be a symlink that stays inside the folder).
+    /// Where it was found (may be a symlink that stays inside the folder);
+    /// shown to the user.
     path: PathBuf,
+    /// What to open: `path` itself, or a symlink's resolved target. Opened
+    /// without following a link ([`open_regular`]).
+    real: PathBuf,
 }
 
 /// An opened file waiting for its hashes.
@@ -296,7 +302,10 @@ struct Opened {
 /// are not, their files are found under their real path), non-regular
 /// files, names refused by [`wire::validate_name`] (including non-UTF-8),
 /// files needing too many chunks at this chunk size, `*.part` files and
-/// the hash cache, and anything that cannot be read.
+/// the hash cache, and anything that cannot be read. What is opened is
+/// judged on the open handle: a file changed after the walk into a symlink,
+/// FIFO or device, or reached through a folder that became a symlink out of
+/// `dir`, is skipped (see [`open_candidate`]).
 ///
 /// Hashing runs on every core, parallel across the chunks of all files.
 /// `progress(bytes hashed, bytes to hash)` is called from the hashing
@@ -337,21 +346,10 @@ pub fn scan_dir(
     // Open each file and take its geometry; reuse cached hashes.
     let mut opened = Vec::with_capacity(found.len());
     for (name, c) in found {
-        let file = match File::open(&c.path) {
-            Ok(f) => f,
-            Err(e) => {
-                skipped.push((c.path, format!("cannot open: {e}")));
-                continue;
-            }
-        };
-        let meta = match file.metadata() {
-            Ok(m) if m.is_file() => m,
-            Ok(_) => {
-                skipped.push((c.path, "not a regular file".into()));
-                continue;
-            }
-            Err(e) => {
-                skipped.push((c.path, format!("cannot stat: {e}")));
+        let (file, meta) = match open_candidate(&root, &c.real) {
+            Ok(x) => x,
+            Err(why) => {
+                skipped.push((c.path, why));
                 continue;
             }
         };
@@ -547,6 +545,7 @@ fn classify(
     if ft.is_dir() {
         return Some(path);
     }
+    let mut real = path.clone();
     if ft.is_symlink() {
         let target = match fs::canonicalize(&path) {
             Ok(t) => t,
@@ -560,7 +559,7 @@ fn classify(
             return None;
         }
         match fs::metadata(&target) {
-            Ok(m) if m.is_file() => {}
+            Ok(m) if m.is_file() => real = target,
             Ok(m) if m.is_dir() => {
                 skipped.push((
                     path,
@@ -603,8 +602,57 @@ fn classify(
     if name.starts_with(HASH_CACHE_NAME) {
         return None; // our own cache (or its temporary file): silently private
     }
-    found.insert(name.clone(), Candidate { name, path });
+    found.insert(name.clone(), Candidate { name, path, real });
     None
+}
+
+/// Opens `path` for reading the way p2pfs opens every file it reads out of
+/// a shared folder: never through a symlink at the last component
+/// (`O_NOFOLLOW`), never waiting on a FIFO or device (`O_NONBLOCK`; it has
+/// no effect on reads of a regular file), and then only if what was opened
+/// is a regular file (checked on the open handle, not on the path, so a
+/// swap between a check and the open cannot slip through).
+pub(crate) fn open_regular(path: &Path) -> io::Result<(File, Metadata)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                io::Error::new(e.kind(), "is a symbolic link (not followed)")
+            } else {
+                e
+            }
+        })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok((file, meta))
+}
+
+/// Opens a file found by the walk ([`open_regular`]) and checks that the
+/// opened file really is inside `root`: a folder on the way swapped for a
+/// symlink after the walk would otherwise lead outside. Linux says where an
+/// open file is through `/proc/self/fd`; without `/proc` only the last
+/// component is protected. Err is the reason to skip it.
+fn open_candidate(root: &Path, real: &Path) -> std::result::Result<(File, Metadata), String> {
+    let (file, meta) = open_regular(real).map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidInput => e.to_string(),
+        _ => format!("cannot open: {e}"),
+    })?;
+    if let Ok(at) = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) {
+        if !at.starts_with(root) {
+            return Err(format!(
+                "opened {} instead, outside the shared folder (changed during the scan)",
+                at.display()
+            ));
+        }
+    }
+    Ok((file, meta))
 }
 
 /// The wire name of `path` (inside `root`): its components joined by '/'.
@@ -1263,6 +1311,120 @@ mod tests {
         let s = scan_dir(&t.0, &[PathBuf::from("leak")], 1024, &no_progress()).unwrap();
         assert!(s.files.is_empty());
         assert!(s.skipped[0].1.contains("outside"));
+    }
+
+    /// `mkfifo` through the command (std has no safe way to make one).
+    fn mkfifo(p: &Path) {
+        let ok = std::process::Command::new("mkfifo")
+            .arg(p)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mkfifo {}", p.display());
+    }
+
+    /// `f` on its own thread; None if it has not returned within 3 s (the
+    /// thread is then left blocked: the test fails anyway).
+    fn within_3s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(3)).ok()
+    }
+
+    #[test]
+    fn a_file_swapped_after_the_walk_for_a_link_a_fifo_or_a_linked_folder_is_refused() {
+        // What the walk saw (a regular file inside the folder) is replaced
+        // before the open, as a racing attacker would (issue 11, item 1).
+        let t = TempDir::new("swap");
+        let outside = TempDir::new("swap-outside");
+        let root = fs::canonicalize(&t.0).unwrap();
+        let secret = put(&outside.0, "secret", b"the secret, outside the folder");
+        put(&outside.0, "sub/f", b"another secret");
+
+        // The last component became a symlink to a file outside.
+        let zzz = put(&root, "zzz", b"honest");
+        fs::remove_file(&zzz).unwrap();
+        std::os::unix::fs::symlink(&secret, &zzz).unwrap();
+        let why = open_candidate(&root, &zzz).err();
+        assert!(
+            why.as_ref().is_some_and(|w| w.contains("symbolic link")),
+            "{why:?}"
+        );
+
+        // A folder on the way became a symlink to a folder outside.
+        let f = put(&root, "sub/f", b"honest");
+        fs::remove_dir_all(root.join("sub")).unwrap();
+        std::os::unix::fs::symlink(outside.0.join("sub"), root.join("sub")).unwrap();
+        let why = open_candidate(&root, &f).err();
+        assert!(
+            why.as_ref().is_some_and(|w| w.contains("outside")),
+            "{why:?}"
+        );
+
+        // A FIFO: refused at once, not waited on.
+        let fifo = root.join("fifo");
+        mkfifo(&fifo);
+        let r = within_3s({
+            let (root, fifo) = (root.clone(), fifo.clone());
+            move || open_candidate(&root, &fifo).err()
+        });
+        let Some(why) = r else {
+            // Unblock the stuck open so the thread can end.
+            let _ = fs::OpenOptions::new().write(true).open(&fifo);
+            panic!("opening a FIFO blocked");
+        };
+        assert!(
+            why.as_ref()
+                .is_some_and(|w| w.contains("not a regular file")),
+            "{why:?}"
+        );
+    }
+
+    #[test]
+    fn a_symlink_swapped_in_during_scans_never_shares_the_target() {
+        // A thread keeps exchanging `zzz` with a symlink to a secret outside
+        // the folder while the folder is scanned over and over.
+        let t = TempDir::new("swaprace");
+        let outside = TempDir::new("swaprace-outside");
+        let secret = put(&outside.0, "secret", b"30 bytes of secret, not shared");
+        for i in 0..100 {
+            put(&t.0, &format!("f{i:03}"), &pattern(100, i as u8));
+        }
+        put(&t.0, "zzz", b"honest");
+        let link = outside.0.join("link");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let swapper = {
+            let (stop, zzz, link, hold) = (
+                Arc::clone(&stop),
+                t.0.join("zzz"),
+                link.clone(),
+                outside.0.join("hold"),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = fs::rename(&zzz, &hold);
+                    let _ = fs::rename(&link, &zzz);
+                    std::thread::yield_now();
+                    let _ = fs::rename(&zzz, &link);
+                    let _ = fs::rename(&hold, &zzz);
+                }
+            })
+        };
+        let secret_hash = chunks::sha1(&fs::read(&secret).unwrap());
+        let mut leaked = 0;
+        for _ in 0..40 {
+            let s = scan_dir(&t.0, &[], 1024, &no_progress()).unwrap();
+            leaked += s
+                .files
+                .iter()
+                .filter(|f| f.hashes().first() == Some(&secret_hash))
+                .count();
+        }
+        stop.store(true, Ordering::Relaxed);
+        swapper.join().unwrap();
+        assert_eq!(leaked, 0, "the secret was shared {leaked} time(s)");
     }
 
     #[test]
