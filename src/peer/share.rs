@@ -5,7 +5,7 @@
 //! which chunks are verified on disk), [`ShareIndex`] (name -> file, the
 //! only way the chunk server finds a file: names from the wire are looked up
 //! here, never joined onto a path), [`scan_dir`] (walk + parallel SHA-1),
-//! [`open_regular`] (how a file in a shared folder is opened: no symlink
+//! `open_regular` (how a file in a shared folder is opened: no symlink
 //! followed, no FIFO waited on) and the hash cache file. Calls `wire` (names, FileEntry) and `chunks`
 //! (geometry, bitmaps, sha1) only.
 //!
@@ -305,7 +305,7 @@ struct Opened {
 /// the hash cache, and anything that cannot be read. What is opened is
 /// judged on the open handle: a file changed after the walk into a symlink,
 /// FIFO or device, or reached through a folder that became a symlink out of
-/// `dir`, is skipped (see [`open_candidate`]).
+/// `dir`, is skipped (see `open_candidate`).
 ///
 /// Hashing runs on every core, parallel across the chunks of all files.
 /// `progress(bytes hashed, bytes to hash)` is called from the hashing
@@ -1023,7 +1023,11 @@ impl<'a> Cursor<'a> {
 fn store_cache(root: &Path, path: &Path, cache: &Cache) {
     let tmp = root.join(format!("{HASH_CACHE_NAME}.tmp-{}", std::process::id()));
     let write = || -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
+        // Never through a link planted at the temporary name: remove
+        // whatever is there, then create a new file (O_EXCL: fails rather
+        // than follow a link that reappears in between).
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(&encode_cache(cache))?;
         f.sync_all()?;
         fs::rename(&tmp, path)
@@ -1425,6 +1429,28 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         swapper.join().unwrap();
         assert_eq!(leaked, 0, "the secret was shared {leaked} time(s)");
+    }
+
+    #[test]
+    fn a_symlink_planted_at_the_cache_temporary_name_is_not_followed() {
+        // issue 11, item 2: `.p2pfs-hashes.tmp-<pid>` pointing at a file
+        // outside the folder must not be written through.
+        let t = TempDir::new("tmplink");
+        let outside = TempDir::new("tmplink-outside");
+        put(&t.0, "a", &pattern(5000, 3));
+        let victim = outside.0.join("victim");
+        fs::write(&victim, b"precious\n").unwrap();
+        let root = fs::canonicalize(&t.0).unwrap();
+        let tmp = root.join(format!("{HASH_CACHE_NAME}.tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        let s = scan_dir(&t.0, &[], 1024, &no_progress()).unwrap();
+        assert_eq!(names(&s), ["a"]);
+        assert_eq!(fs::read(&victim).unwrap(), b"precious\n");
+        // The cache was still written, as a regular file, and nothing is
+        // left at the temporary name.
+        let cache = fs::symlink_metadata(root.join(HASH_CACHE_NAME)).unwrap();
+        assert!(cache.file_type().is_file());
+        assert!(fs::symlink_metadata(&tmp).is_err());
     }
 
     #[test]
