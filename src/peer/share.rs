@@ -36,14 +36,16 @@
 //! ```
 //!
 //! A cache that cannot be read or parsed is ignored with a warning and
-//! rewritten. It is written to `.p2pfs-hashes.tmp-<pid>` and renamed over
+//! rewritten; so is anything at the cache name that is not a regular file
+//! (it is opened like a shared file, never through a link or waiting on a
+//! FIFO, and read no further than 1 GiB). It is written to `.p2pfs-hashes.tmp-<pid>` and renamed over
 //! the old one, so a crash never leaves a half-written cache. If the folder
 //! is read-only the cache is not written (warning). The scan never
 //! publishes the cache file or its temporary files.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, Metadata, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -881,27 +883,41 @@ struct CacheEntry {
 type Cache = BTreeMap<String, CacheEntry>;
 
 /// Reads the cache; returns (entries, true if a cache existed but was
-/// unusable). Never fails: a bad cache only costs re-hashing.
+/// unusable). Never fails: a bad cache only costs re-hashing. Opened like a
+/// shared file (`open_regular`: a FIFO, device or symlink there is refused,
+/// not waited on or followed) and read no further than
+/// [`MAX_CACHE_BYTES`], whatever its metadata claims.
 fn load_cache(path: &Path) -> (Cache, bool) {
-    match fs::metadata(path) {
+    let (file, meta) = match open_regular(path) {
+        Ok(x) => x,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return (Cache::new(), false),
-        Ok(m) if m.len() > MAX_CACHE_BYTES => {
+        Err(e) => {
             log::warn!(
-                "ignoring hash cache {}: {} bytes is implausibly large",
-                path.display(),
-                m.len()
+                "ignoring hash cache {}: {e}; it will be rewritten",
+                path.display()
             );
             return (Cache::new(), true);
         }
-        _ => {}
-    }
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) => {
-            log::warn!("ignoring unreadable hash cache {}: {e}", path.display());
-            return (Cache::new(), true);
-        }
     };
+    let too_large = || {
+        log::warn!(
+            "ignoring hash cache {}: more than {MAX_CACHE_BYTES} bytes is implausibly large",
+            path.display()
+        );
+        (Cache::new(), true)
+    };
+    if meta.len() > MAX_CACHE_BYTES {
+        return too_large();
+    }
+    let mut bytes = Vec::new();
+    let read = (&file).take(MAX_CACHE_BYTES + 1).read_to_end(&mut bytes);
+    if let Err(e) = read {
+        log::warn!("ignoring unreadable hash cache {}: {e}", path.display());
+        return (Cache::new(), true);
+    }
+    if bytes.len() as u64 > MAX_CACHE_BYTES {
+        return too_large(); // it grew while being read
+    }
     match decode_cache(&bytes) {
         Ok(c) => (c, false),
         Err(why) => {
@@ -1451,6 +1467,36 @@ mod tests {
         let cache = fs::symlink_metadata(root.join(HASH_CACHE_NAME)).unwrap();
         assert!(cache.file_type().is_file());
         assert!(fs::symlink_metadata(&tmp).is_err());
+    }
+
+    #[test]
+    fn a_fifo_or_a_link_to_dev_zero_at_the_cache_name_neither_hangs_nor_reads_forever() {
+        // issue 11, item 3. The FIFO first: before the fix it blocks (and
+        // the link to /dev/zero would read until memory runs out).
+        let t = TempDir::new("cachefifo");
+        put(&t.0, "a", &pattern(3000, 4));
+        let cache = t.0.join(HASH_CACHE_NAME);
+        mkfifo(&cache);
+        let dir = t.0.clone();
+        let Some(s) = within_3s(move || scan_dir(&dir, &[], 1024, &no_progress()).unwrap()) else {
+            let _ = fs::OpenOptions::new().write(true).open(&cache); // unblock it
+            panic!("a FIFO at the cache name blocked the scan");
+        };
+        assert_eq!(names(&s), ["a"]);
+        // Treated as a bad cache: replaced by a real one.
+        assert!(fs::symlink_metadata(&cache).unwrap().file_type().is_file());
+
+        fs::remove_file(&cache).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &cache).unwrap();
+        let dir = t.0.clone();
+        let s = within_3s(move || scan_dir(&dir, &[], 1024, &no_progress()).unwrap())
+            .expect("a link to /dev/zero at the cache name is not read");
+        assert_eq!(names(&s), ["a"]);
+        assert!(fs::symlink_metadata(&cache).unwrap().file_type().is_file());
+        assert_eq!(
+            s.files[0].hashes(),
+            expected_hashes(&pattern(3000, 4), 1024)
+        );
     }
 
     #[test]
