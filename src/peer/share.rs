@@ -15,8 +15,12 @@
 //! # Hash cache (`.p2pfs-hashes` in the share folder)
 //!
 //! Restarting `share` on an unchanged folder must not re-hash it. A file's
-//! digests are reused when its relative name, size, mtime (nanoseconds) and
-//! the chunk size all match the cached entry. Files modified less than
+//! digests are reused when its relative name, size, mtime and ctime
+//! (nanoseconds), device and inode number, and the chunk size all match the
+//! cached entry. The ctime is what catches content rewritten with the old
+//! size and mtime put back (`cp -p`, `tar`, `rsync -t`, `touch -r`): no
+//! program can set it, and every write or metadata change moves it on. The
+//! device and inode catch a file replaced by another one. Files modified less than
 //! [`RACY_WINDOW`] before the scan started are not cached: a write in the
 //! same timestamp tick as the hashing could otherwise leave a stale entry
 //! with a matching mtime ("racy git" problem).
@@ -25,11 +29,11 @@
 //!
 //! ```text
 //! magic    8 bytes  "P2PFSHC\n"
-//! version  u32      1
+//! version  u32      2
 //! count    u32      number of entries
 //! entry * count:
 //!   name_len u16, name (UTF-8, passes wire::validate_name)
-//!   size u64, mtime_ns i64, chunk_size u32,
+//!   size u64, mtime_ns i64, ctime_ns i64, dev u64, ino u64, chunk_size u32,
 //!   hash_count u32 (must equal the chunk count of size/chunk_size),
 //!   hash_count * 20 bytes of SHA-1
 //! checksum 20 bytes SHA-1 of everything before it
@@ -67,7 +71,9 @@ pub const RACY_WINDOW: Duration = Duration::from_secs(2);
 pub const PART_SUFFIX: &str = ".part";
 
 const CACHE_MAGIC: &[u8; 8] = b"P2PFSHC\n";
-const CACHE_VERSION: u32 = 1;
+/// 2: ctime, device and inode added to the key (a version 1 cache is
+/// ignored and rewritten).
+const CACHE_VERSION: u32 = 2;
 /// A cache larger than this is not read (it would describe ~50 PiB of files
 /// at 1 MiB chunks); it is treated as corrupt and rewritten.
 const MAX_CACHE_BYTES: u64 = 1 << 30;
@@ -288,8 +294,8 @@ struct Opened {
     path: PathBuf,
     file: File,
     geometry: Geometry,
-    size: u64,
-    mtime_ns: Option<i64>,
+    /// The cache key; None if the timestamps are out of range (not cached).
+    stamp: Option<Stamp>,
     /// From the cache, or filled in by hashing.
     hashes: Option<Vec<Digest>>,
 }
@@ -363,10 +369,9 @@ pub fn scan_dir(
                 continue;
             }
         };
-        let mtime_ns = mtime_ns(&meta);
+        let stamp = Stamp::of(&meta);
         let hashes = old_cache.get(&name).and_then(|e| {
-            (Some(e.mtime_ns) == mtime_ns
-                && e.size == size
+            (Some(e.stamp) == stamp
                 && e.chunk_size == chunk_size
                 && e.hashes.len() == geometry.count() as usize)
                 .then(|| e.hashes.clone())
@@ -376,8 +381,7 @@ pub fn scan_dir(
             path: dir.join(c.name),
             file,
             geometry,
-            size,
-            mtime_ns,
+            stamp,
             hashes,
         });
     }
@@ -407,13 +411,12 @@ pub fn scan_dir(
             skipped.push((o.path, "not hashed".into()));
             continue;
         };
-        match o.mtime_ns {
-            Some(m) if m < racy_after => {
+        match o.stamp {
+            Some(stamp) if stamp.mtime_ns < racy_after => {
                 new_cache.insert(
                     o.name.clone(),
                     CacheEntry {
-                        size: o.size,
-                        mtime_ns: m,
+                        stamp,
                         chunk_size,
                         hashes: hashes.clone(),
                     },
@@ -677,10 +680,29 @@ fn relative_name(root: &Path, path: &Path) -> std::result::Result<String, String
     Ok(name)
 }
 
-fn mtime_ns(m: &Metadata) -> Option<i64> {
-    m.mtime()
-        .checked_mul(1_000_000_000)?
-        .checked_add(m.mtime_nsec())
+/// What says a file on disk is still the one that was hashed: the hash
+/// cache's key (with the chunk size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    dev: u64,
+    ino: u64,
+}
+
+impl Stamp {
+    /// None if a timestamp does not fit in i64 nanoseconds.
+    fn of(m: &Metadata) -> Option<Stamp> {
+        let ns = |s: i64, n: i64| s.checked_mul(1_000_000_000)?.checked_add(n);
+        Some(Stamp {
+            size: m.len(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec())?,
+            ctime_ns: ns(m.ctime(), m.ctime_nsec())?,
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
 }
 
 // ---- Parallel hashing -----------------------------------------------------
@@ -874,8 +896,7 @@ impl HashCtx<'_> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct CacheEntry {
-    size: u64,
-    mtime_ns: i64,
+    stamp: Stamp,
     chunk_size: u32,
     hashes: Vec<Digest>,
 }
@@ -939,8 +960,11 @@ fn encode_cache(cache: &Cache) -> Vec<u8> {
     for (name, e) in cache {
         let _ = out.write_u16::<BigEndian>(name.len() as u16); // validated names are <= 1024 bytes
         out.extend_from_slice(name.as_bytes());
-        let _ = out.write_u64::<BigEndian>(e.size);
-        let _ = out.write_i64::<BigEndian>(e.mtime_ns);
+        let _ = out.write_u64::<BigEndian>(e.stamp.size);
+        let _ = out.write_i64::<BigEndian>(e.stamp.mtime_ns);
+        let _ = out.write_i64::<BigEndian>(e.stamp.ctime_ns);
+        let _ = out.write_u64::<BigEndian>(e.stamp.dev);
+        let _ = out.write_u64::<BigEndian>(e.stamp.ino);
         let _ = out.write_u32::<BigEndian>(e.chunk_size);
         let _ = out.write_u32::<BigEndian>(e.hashes.len() as u32);
         for h in &e.hashes {
@@ -976,8 +1000,14 @@ fn decode_cache(bytes: &[u8]) -> std::result::Result<Cache, String> {
             .map_err(|_| "name is not UTF-8".to_string())?
             .to_owned();
         wire::validate_name(&name).map_err(|e| format!("{name:?}: {e}"))?;
-        let size = r.u64()?;
-        let mtime_ns = r.u64()? as i64;
+        let stamp = Stamp {
+            size: r.u64()?,
+            mtime_ns: r.u64()? as i64,
+            ctime_ns: r.u64()? as i64,
+            dev: r.u64()?,
+            ino: r.u64()?,
+        };
+        let size = stamp.size;
         let chunk_size = r.u32()?;
         let hash_count = r.u32()?;
         let g = Geometry::with_hashes(size, chunk_size, hash_count as usize)
@@ -994,8 +1024,7 @@ fn decode_cache(bytes: &[u8]) -> std::result::Result<Cache, String> {
         cache.insert(
             name,
             CacheEntry {
-                size,
-                mtime_ns,
+                stamp,
                 chunk_size,
                 hashes,
             },
@@ -1171,16 +1200,7 @@ mod tests {
         let s1 = scan_dir(&t.0, &[], 1024, &no_progress()).unwrap();
         assert_eq!(s1.files[0].hashes(), &expected_hashes(&old, 1024)[..]);
 
-        // Same size, same mtime, new content: the cache is believed.
-        let mtime = fs::metadata(&p).unwrap().modified().unwrap();
-        let new = pattern(4096, 2);
-        fs::write(&p, &new).unwrap();
-        File::options()
-            .write(true)
-            .open(&p)
-            .unwrap()
-            .set_modified(mtime)
-            .unwrap();
+        // Unchanged: the cache is used, nothing is read.
         let hashed = AtomicU64::new(0);
         let prog = |d: u64, _t: u64| {
             hashed.fetch_max(d, Ordering::Relaxed);
@@ -1188,6 +1208,10 @@ mod tests {
         let s2 = scan_dir(&t.0, &[], 1024, &prog).unwrap();
         assert_eq!(s2.files[0].hashes(), &expected_hashes(&old, 1024)[..]);
         assert_eq!(hashed.load(Ordering::Relaxed), 0, "nothing re-hashed");
+
+        let new = pattern(4096, 2);
+        fs::write(&p, &new).unwrap();
+        age(&p);
 
         // Another chunk size is another key: re-hashed.
         let s3 = scan_dir(&t.0, &[], 2048, &no_progress()).unwrap();
@@ -1197,6 +1221,54 @@ mod tests {
         age(&p);
         let s4 = scan_dir(&t.0, &[], 1024, &no_progress()).unwrap();
         assert_eq!(s4.files[0].hashes(), &expected_hashes(&new, 1024)[..]);
+    }
+
+    /// Rewrites `p` with `data` and puts its old mtime back, as `cp -p`,
+    /// `tar`, `rsync -t` and `touch -r` do.
+    fn rewrite_keeping_mtime(p: &Path, data: &[u8]) {
+        let mtime = fs::metadata(p).unwrap().modified().unwrap();
+        // Past the coarse timestamp tick of the first write, so the ctime
+        // moves on (it always does on a real machine: hashing took longer).
+        std::thread::sleep(Duration::from_millis(20));
+        fs::write(p, data).unwrap();
+        File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_eq!(fs::metadata(p).unwrap().modified().unwrap(), mtime);
+    }
+
+    #[test]
+    fn same_size_and_mtime_with_new_content_is_hashed_again() {
+        // issue 11, item 6: the stale cache announced the old hashes.
+        let t = TempDir::new("stale");
+        let old = pattern(3000, 1);
+        let p = put(&t.0, "f", &old);
+        let s1 = scan_dir(&t.0, &[], 1024, &no_progress()).unwrap();
+        assert_eq!(s1.files[0].hashes(), &expected_hashes(&old, 1024)[..]);
+        assert!(fs::metadata(t.0.join(HASH_CACHE_NAME)).is_ok(), "cached");
+
+        // Rewritten in place (same inode): the ctime tells.
+        let new = pattern(3000, 2);
+        rewrite_keeping_mtime(&p, &new);
+        let s2 = scan_dir(&t.0, &[], 1024, &no_progress()).unwrap();
+        assert_eq!(s2.files[0].hashes(), &expected_hashes(&new, 1024)[..]);
+
+        // Replaced by another file (new inode) with the same size and mtime.
+        let newer = pattern(3000, 3);
+        let other = put(&t.0, "other", &newer);
+        File::options()
+            .write(true)
+            .open(&other)
+            .unwrap()
+            .set_modified(fs::metadata(&p).unwrap().modified().unwrap())
+            .unwrap();
+        drop(s2);
+        fs::rename(&other, &p).unwrap();
+        let s3 = scan_dir(&t.0, &[PathBuf::from("f")], 1024, &no_progress()).unwrap();
+        assert_eq!(s3.files[0].hashes(), &expected_hashes(&newer, 1024)[..]);
     }
 
     #[test]
@@ -1240,8 +1312,13 @@ mod tests {
         c.insert(
             "a/b".into(),
             CacheEntry {
-                size: 2049,
-                mtime_ns: -5,
+                stamp: Stamp {
+                    size: 2049,
+                    mtime_ns: -5,
+                    ctime_ns: 7,
+                    dev: u64::MAX,
+                    ino: 12345,
+                },
                 chunk_size: 1024,
                 hashes: vec![[1; 20], [2; 20], [3; 20]],
             },
@@ -1249,8 +1326,13 @@ mod tests {
         c.insert(
             "empty".into(),
             CacheEntry {
-                size: 0,
-                mtime_ns: 1_700_000_000_123_456_789,
+                stamp: Stamp {
+                    size: 0,
+                    mtime_ns: 1_700_000_000_123_456_789,
+                    ctime_ns: 1_700_000_001_000_000_001,
+                    dev: 2049,
+                    ino: 1,
+                },
                 chunk_size: 1 << 20,
                 hashes: vec![],
             },
