@@ -94,6 +94,29 @@ pub struct SharedFile {
     /// rare (once per chunk) and a consistent snapshot is needed for
     /// Register.
     have: Mutex<Bitmap>,
+    /// For a file found by the scan: what [`SharedFile::read_for_upload`]
+    /// checks. None for a download's file, which this peer writes itself
+    /// and verifies chunk by chunk before marking it held.
+    upload_check: Option<Mutex<UploadCheck>>,
+}
+
+/// Which chunks of a scanned file were seen to match their hash while the
+/// file's [`Stamp`] stayed as recorded. Any write or metadata change moves
+/// the ctime on, so a changed stamp clears `verified`.
+#[derive(Debug)]
+struct UploadCheck {
+    stamp: Option<Stamp>,
+    verified: Bitmap,
+}
+
+/// Why [`SharedFile::read_for_upload`] gave no chunk.
+#[derive(Debug)]
+pub enum UploadError {
+    /// The chunk could not be read.
+    Io(io::Error),
+    /// The bytes on disk no longer match the hash this peer announced: the
+    /// file changed after it was hashed.
+    Changed,
 }
 
 impl SharedFile {
@@ -130,7 +153,33 @@ impl SharedFile {
             geometry,
             hashes,
             have: Mutex::new(have),
+            upload_check: None,
         }
+    }
+
+    /// A complete file from the scan, whose chunks are checked against
+    /// their hashes before they are sent (see `read_for_upload`). `stamp` is
+    /// the file's metadata when it was opened; `hashed_now` says its hashes
+    /// were computed from this handle rather than taken from the cache, so
+    /// every chunk starts verified.
+    fn scanned(
+        name: String,
+        path: PathBuf,
+        file: File,
+        geometry: Geometry,
+        hashes: Vec<Digest>,
+        stamp: Option<Stamp>,
+        hashed_now: bool,
+    ) -> SharedFile {
+        let count = geometry.count();
+        let mut f = SharedFile::complete(name, path, file, geometry, hashes);
+        let verified = if hashed_now {
+            Bitmap::full(count)
+        } else {
+            Bitmap::new(count)
+        };
+        f.upload_check = Some(Mutex::new(UploadCheck { stamp, verified }));
+        f
     }
 
     pub fn name(&self) -> &str {
@@ -189,6 +238,45 @@ impl SharedFile {
     /// positional read.
     pub fn read_chunk(&self, i: ChunkIndex, buf: &mut Vec<u8>) -> io::Result<()> {
         chunks::read_chunk(&self.file, &self.geometry, i, buf)
+    }
+
+    /// Reads chunk `i` into `out` (exactly the chunk's length) to send it,
+    /// and for a file from the scan makes sure the bytes are still the ones
+    /// this peer announced: after every read the file's metadata is looked
+    /// at (one `fstat`), and a chunk is hashed when it has not been seen to
+    /// match since the file was hashed or last changed. So a chunk costs a
+    /// SHA-1 once per change of the file, not once per upload.
+    /// `Err(Changed)`: do not send it; the file no longer matches its hashes.
+    pub fn read_for_upload(&self, i: ChunkIndex, out: &mut [u8]) -> Result<(), UploadError> {
+        self.file
+            .read_exact_at(out, self.geometry.offset(i))
+            .map_err(UploadError::Io)?;
+        let Some(check) = &self.upload_check else {
+            return Ok(());
+        };
+        // After the read: a write that the read may have seen has moved the
+        // ctime on by now.
+        let now = self.file.metadata().ok().and_then(|m| Stamp::of(&m));
+        let verified = {
+            let mut c = crate::sync::lock(check);
+            if c.stamp != now || now.is_none() {
+                c.stamp = now;
+                c.verified = Bitmap::new(self.geometry.count());
+            }
+            c.verified.get(i.get())
+        };
+        if verified {
+            return Ok(());
+        }
+        // Hashed outside the lock: other uploads of this file go on.
+        if chunks::sha1(out) != self.hashes[i.get() as usize] {
+            return Err(UploadError::Changed);
+        }
+        let mut c = crate::sync::lock(check);
+        if c.stamp == now {
+            c.verified.set(i.get());
+        }
+        Ok(())
     }
 
     /// This file as announced in a Register.
@@ -250,6 +338,25 @@ impl ShareIndex {
         self.write().remove(name)
     }
 
+    /// Stops sharing `f` because its bytes no longer match its hashes
+    /// ([`UploadError::Changed`]); true if this call removed it (and not a
+    /// newer entry under the same name). The peer serves it no more and does
+    /// not register it again; hashing it again takes a restart of `share`.
+    pub fn withdraw_changed(&self, f: &Arc<SharedFile>) -> bool {
+        let mut files = self.write();
+        if !files.get(f.name()).is_some_and(|g| Arc::ptr_eq(g, f)) {
+            return false;
+        }
+        files.remove(f.name());
+        drop(files);
+        log::warn!(
+            "{} changed on disk after it was hashed: its bytes no longer match the hashes this \
+             peer announced, so it is no longer shared; restart `peer share` to hash it again",
+            f.path().display()
+        );
+        true
+    }
+
     /// Every shared file, sorted by name.
     pub fn files(&self) -> Vec<Arc<SharedFile>> {
         let mut v: Vec<_> = self.read().values().cloned().collect();
@@ -298,6 +405,8 @@ struct Opened {
     stamp: Option<Stamp>,
     /// From the cache, or filled in by hashing.
     hashes: Option<Vec<Digest>>,
+    /// The hashes came from the cache (not computed from this handle).
+    cached: bool,
 }
 
 /// Hashes every regular file under `dir` (recursively; names are paths
@@ -382,6 +491,7 @@ pub fn scan_dir(
             file,
             geometry,
             stamp,
+            cached: hashes.is_some(),
             hashes,
         });
     }
@@ -426,8 +536,8 @@ pub fn scan_dir(
                 new_cache.remove(&o.name);
             }
         }
-        files.push(SharedFile::complete(
-            o.name, o.path, o.file, o.geometry, hashes,
+        files.push(SharedFile::scanned(
+            o.name, o.path, o.file, o.geometry, hashes, o.stamp, !o.cached,
         ));
     }
 
@@ -1579,6 +1689,95 @@ mod tests {
             s.files[0].hashes(),
             expected_hashes(&pattern(3000, 4), 1024)
         );
+    }
+
+    #[test]
+    fn a_scanned_file_that_no_longer_matches_its_hashes_is_never_uploaded() {
+        // issue 11, item 6, second half.
+        let t = TempDir::new("upload");
+        let data = pattern(3000, 5);
+        let p = put(&t.0, "f", &data);
+        let s = scan_dir(&t.0, &[], 1024, &no_progress()).unwrap();
+        let f = &s.files[0];
+        let i = |n| f.geometry().index(n).unwrap();
+        let mut out = vec![0u8; 1024];
+        f.read_for_upload(i(0), &mut out).unwrap();
+        assert_eq!(out, data[..1024]);
+
+        // Changed in place after it was hashed, same size.
+        std::thread::sleep(Duration::from_millis(20));
+        fs::write(&p, pattern(3000, 6)).unwrap();
+        assert!(matches!(
+            f.read_for_upload(i(1), &mut out),
+            Err(UploadError::Changed)
+        ));
+        // Also a chunk that had already been sent once.
+        assert!(matches!(
+            f.read_for_upload(i(0), &mut out),
+            Err(UploadError::Changed)
+        ));
+        drop(s);
+
+        // A stale cache entry (the right key, the wrong hashes): the scan
+        // believes it, the first upload of each chunk does not.
+        let meta = fs::metadata(&p).unwrap();
+        let mut cache = Cache::new();
+        cache.insert(
+            "f".into(),
+            CacheEntry {
+                stamp: Stamp::of(&meta).unwrap(),
+                chunk_size: 1024,
+                hashes: expected_hashes(&data, 1024),
+            },
+        );
+        let root = fs::canonicalize(&t.0).unwrap();
+        store_cache(&root, &root.join(HASH_CACHE_NAME), &cache);
+        let s = scan_dir(&t.0, &[], 1024, &no_progress()).unwrap();
+        let f = &s.files[0];
+        assert_eq!(f.hashes(), &expected_hashes(&data, 1024)[..], "stale");
+        let mut last = vec![0u8; 3000 - 2048];
+        assert!(matches!(
+            f.read_for_upload(f.geometry().index(2).unwrap(), &mut last),
+            Err(UploadError::Changed)
+        ));
+
+        // A file that matches is uploaded, from the cache too.
+        fs::write(&p, &data).unwrap();
+        age(&p);
+        scan_dir(&t.0, &[], 1024, &no_progress()).unwrap(); // caches it
+        let s = scan_dir(&t.0, &[], 1024, &no_progress()).unwrap();
+        let f = &s.files[0];
+        for n in 0..3 {
+            let idx = f.geometry().index(n).unwrap();
+            let mut out = vec![0u8; f.geometry().chunk_len(idx) as usize];
+            f.read_for_upload(idx, &mut out).unwrap();
+            f.read_for_upload(idx, &mut out).unwrap();
+        }
+    }
+
+    #[test]
+    fn withdrawing_a_changed_file_removes_only_that_entry() {
+        let t = TempDir::new("withdraw");
+        put(&t.0, "f", &pattern(100, 1));
+        let idx = ShareIndex::new();
+        let old = Arc::new(
+            scan_dir(&t.0, &[], 1024, &no_progress())
+                .unwrap()
+                .files
+                .remove(0),
+        );
+        idx.insert(Arc::clone(&old));
+        let newer = Arc::new(
+            scan_dir(&t.0, &[], 1024, &no_progress())
+                .unwrap()
+                .files
+                .remove(0),
+        );
+        idx.insert(Arc::clone(&newer));
+        assert!(!idx.withdraw_changed(&old), "a newer entry stays");
+        assert!(idx.get("f").is_some());
+        assert!(idx.withdraw_changed(&newer));
+        assert!(idx.get("f").is_none());
     }
 
     #[test]
