@@ -218,6 +218,41 @@ fn a_sharer_whose_file_changed_after_hashing_refuses_it_and_sends_no_bad_byte() 
     });
 }
 
+fn mkfifo(p: &Path) {
+    let ok = std::process::Command::new("mkfifo")
+        .arg(p)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "mkfifo {}", p.display());
+}
+
+#[test]
+fn fifos_at_the_download_names_are_refused_not_waited_on() {
+    // issue 11, item 1 ("wherever a shared file is opened again"): the file
+    // already under the final name is opened to be verified and shared, and
+    // a `.part.have` to resume. A FIFO at either used to block `peer get`.
+    with_timeout(60, || {
+        let s = Scratch::new("fifo-get");
+        let data = util::pattern(100_000, 3);
+        write(&s.sub("src"), "f", &data);
+        let t = tracker();
+        let _seed = seed(t.local_addr(), &s.path().join("src"), None);
+        let b = downloader(t.local_addr());
+        let dir = s.sub("dl");
+
+        mkfifo(&dir.join("f"));
+        let e = b.download("f", &dir, &opts(), &mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        fs::remove_file(dir.join("f")).unwrap();
+
+        fs::write(dir.join("f.part"), b"someone else's").unwrap();
+        mkfifo(&dir.join("f.part.have"));
+        let e = b.download("f", &dir, &opts(), &mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("not an unfinished download"), "{e}");
+        assert_eq!(fs::read(dir.join("f.part")).unwrap(), b"someone else's");
+    });
+}
+
 #[test]
 fn bad_and_unknown_names_fail_cleanly_and_write_nothing() {
     with_timeout(60, || {

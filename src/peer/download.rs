@@ -34,7 +34,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -301,7 +301,8 @@ fn already_there(
     started: Instant,
 ) -> Result<Summary> {
     let p = &paths.final_path;
-    let file = File::open(p).map_err(|e| PeerError::io("open", p, e))?;
+    // Like a shared file: no link followed, no FIFO waited on.
+    let (file, _) = super::share::open_regular(p).map_err(|e| PeerError::io("open", p, e))?;
     let len = file
         .metadata()
         .map_err(|e| PeerError::io("stat", p, e))?
@@ -360,6 +361,8 @@ fn open_part(paths: &Paths, geometry: Geometry, hashes: &[Digest]) -> Result<(Fi
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
+                // Never through a link swapped in since the check above.
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                 .open(&paths.part)
                 .map_err(|e| PeerError::io("open", &paths.part, e))?;
             (file, Some(claimed))
@@ -466,8 +469,9 @@ fn identity(g: Geometry, hashes: &[Digest]) -> Digest {
 
 fn load_have(path: &Path, id: &Digest, count: u32) -> Option<Bitmap> {
     let mut bytes = Vec::new();
-    File::open(path)
+    super::share::open_regular(path)
         .ok()?
+        .0
         .take(8 + 20 + u64::from(count).div_ceil(8) + 1)
         .read_to_end(&mut bytes)
         .ok()?;
