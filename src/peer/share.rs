@@ -2,15 +2,18 @@
 //! have-bitmaps, and hashing a folder at start (`peer share`).
 //!
 //! Owns: [`SharedFile`] (one offered file: open handle, geometry, hashes,
-//! which chunks are verified on disk), [`ShareIndex`] (name -> file, the
-//! only way the chunk server finds a file: names from the wire are looked up
-//! here, never joined onto a path), [`scan_dir`] (walk + parallel SHA-1),
-//! `open_regular` (how a file in a shared folder is opened: no symlink
-//! followed, no FIFO waited on) and the hash cache file. Calls `wire` (names, FileEntry) and `chunks`
-//! (geometry, bitmaps, sha1) only.
+//! which chunks are verified on disk, and for a scanned file the check that
+//! a chunk still matches its hash before it is uploaded), [`ShareIndex`]
+//! (name -> file, the only way the chunk server finds a file: names from
+//! the wire are looked up here, never joined onto a path), [`scan_dir`]
+//! (walk + parallel SHA-1), `open_regular` (how a file in a shared folder
+//! is opened: no symlink followed, no FIFO waited on) and the hash cache
+//! file. Calls `wire` (names, FileEntry) and `chunks` (geometry, bitmaps,
+//! sha1) only, and the libc crate for open flags.
 //!
-//! Locks: the index's RwLock and each file's have-bitmap Mutex guard only
-//! in-memory data; no I/O happens under either.
+//! Locks: the index's RwLock, each file's have-bitmap Mutex and its upload
+//! check Mutex guard only in-memory data; no I/O (and no hashing) happens
+//! under any of them.
 //!
 //! # Hash cache (`.p2pfs-hashes` in the share folder)
 //!
