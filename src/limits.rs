@@ -112,3 +112,9 @@ pub const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 /// Most sources downloaded from at once; more add little and cost a thread
 /// and a connection each.
 pub const MAX_ACTIVE_SOURCES: usize = 32;
+
+// ---- User interface ---------------------------------------------------------
+
+/// Default width, in characters, of the chunk maps `peer where` and the
+/// prompt's `where` draw (one character per chunk or group of chunks).
+pub const WHERE_MAP_WIDTH: usize = 64;

@@ -923,8 +923,15 @@ impl fmt::Display for NameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
             NameError::Empty => "name is empty",
-            NameError::TooLong => "name is longer than 1024 bytes",
-            NameError::ComponentTooLong => "a name component is longer than 255 bytes",
+            NameError::TooLong => {
+                return write!(f, "name is longer than {MAX_NAME_LEN} bytes");
+            }
+            NameError::ComponentTooLong => {
+                return write!(
+                    f,
+                    "a name component is longer than {MAX_NAME_COMPONENT_LEN} bytes"
+                );
+            }
             NameError::Absolute => "name is absolute (starts with '/')",
             NameError::EmptyComponent => "name has an empty component ('//' or a trailing '/')",
             NameError::DotComponent => "name has a '.' component",
@@ -1547,6 +1554,18 @@ mod tests {
         );
         let long = vec!["a".repeat(200); 6].join("/");
         assert_eq!(validate_name(&long), Err(NameError::TooLong));
+        // The messages state the limits from `limits`, not copies.
+        assert_eq!(
+            NameError::TooLong.to_string(),
+            format!("name is longer than {} bytes", crate::limits::MAX_NAME_LEN)
+        );
+        assert_eq!(
+            NameError::ComponentTooLong.to_string(),
+            format!(
+                "a name component is longer than {} bytes",
+                crate::limits::MAX_NAME_COMPONENT_LEN
+            )
+        );
     }
 
     #[test]

@@ -552,8 +552,8 @@ fn ctrl_c_stops_get_cleanly_and_a_rerun_resumes() {
         first.signal("INT");
         assert_eq!(
             first.wait_exit(15),
-            Some(1),
-            "interrupted get exits non-zero"
+            Some(130),
+            "interrupted get exits with 128 + SIGINT"
         );
         assert!(!dir.join("f").exists());
         assert!(dir.join("f.part").exists() && dir.join("f.part.have").exists());

@@ -8,8 +8,11 @@
 //! the wire are looked up here, never joined onto a path), [`scan_dir`]
 //! (walk + parallel SHA-1), `open_regular` (how a file in a shared folder
 //! is opened: no symlink followed, no FIFO waited on) and the hash cache
-//! file. Calls `wire` (names, FileEntry) and `chunks` (geometry, bitmaps,
-//! sha1) only, and the libc crate for open flags.
+//! file. Calls `wire` (names, FileEntry), `chunks` (geometry, bitmaps,
+//! sha1), the libc crate for open flags and, to leave a download's own
+//! files out of a scan, [`partfile::is_artifact`] (the download's part-file
+//! module, which depends on nothing of `share`, so there is no import
+//! cycle).
 //!
 //! Locks: the index's RwLock, each file's have-bitmap Mutex and its upload
 //! check Mutex guard only in-memory data; no I/O (and no hashing) happens
@@ -23,10 +26,10 @@
 //! cached entry. The ctime is what catches content rewritten with the old
 //! size and mtime put back (`cp -p`, `tar`, `rsync -t`, `touch -r`): no
 //! program can set it, and every write or metadata change moves it on. The
-//! device and inode catch a file replaced by another one. Files modified less than
-//! [`RACY_WINDOW`] before the scan started are not cached: a write in the
-//! same timestamp tick as the hashing could otherwise leave a stale entry
-//! with a matching mtime ("racy git" problem).
+//! device and inode catch a file replaced by another one. Files modified
+//! less than [`RACY_WINDOW`] before the scan started are not cached: a
+//! write in the same timestamp tick as the hashing could otherwise leave a
+//! stale entry with a matching mtime ("racy git" problem).
 //!
 //! Layout, all integers big-endian:
 //!
@@ -45,8 +48,10 @@
 //! A cache that cannot be read or parsed is ignored with a warning and
 //! rewritten; so is anything at the cache name that is not a regular file
 //! (it is opened like a shared file, never through a link or waiting on a
-//! FIFO, and read no further than 1 GiB). It is written to `.p2pfs-hashes.tmp-<pid>` and renamed over
-//! the old one, so a crash never leaves a half-written cache. If the folder
+//! FIFO, and read no further than 1 GiB). It is written to
+//! `.p2pfs-hashes.tmp-<pid>` (removed first, then created new: never
+//! written through a link planted there) and renamed over the old one, so
+//! a crash never leaves a half-written cache. If the folder
 //! is read-only the cache is not written (warning). The scan never
 //! publishes the cache file or its temporary files.
 
@@ -62,6 +67,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use byteorder::{BigEndian, ByteOrder, WriteBytesExt};
 
+use super::download::partfile;
 use super::{PeerError, Result};
 use crate::chunks::{self, Bitmap, ChunkIndex, DIGEST_LEN, Digest, Geometry};
 use crate::wire::{self, FileEntry, Have};
@@ -70,8 +76,6 @@ use crate::wire::{self, FileEntry, Have};
 pub const HASH_CACHE_NAME: &str = ".p2pfs-hashes";
 /// Files modified this recently before a scan are hashed but not cached.
 pub const RACY_WINDOW: Duration = Duration::from_secs(2);
-/// Suffix of files still being downloaded; never shared by a scan.
-pub const PART_SUFFIX: &str = ".part";
 
 const CACHE_MAGIC: &[u8; 8] = b"P2PFSHC\n";
 /// 2: ctime, device and inode added to the key (a version 1 cache is
@@ -439,6 +443,20 @@ pub fn scan_dir(
     chunk_size: u32,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<Scan> {
+    scan_dir_cancellable(dir, only, chunk_size, progress, None)
+}
+
+/// [`scan_dir`] that stops hashing within one chunk per hashing thread
+/// once `cancel` is set, and then fails with [`PeerError::Interrupted`]
+/// (nothing is cached or shared): hashing a large folder takes minutes,
+/// and Ctrl-C must not wait for it.
+pub fn scan_dir_cancellable(
+    dir: &Path,
+    only: &[PathBuf],
+    chunk_size: u32,
+    progress: &(dyn Fn(u64, u64) + Sync),
+    cancel: Option<&AtomicBool>,
+) -> Result<Scan> {
     let started = SystemTime::now();
     Geometry::new(0, chunk_size).map_err(|e| PeerError::Invalid(e.to_string()))?;
     let root = fs::canonicalize(dir).map_err(|e| PeerError::io("open share folder", dir, e))?;
@@ -499,7 +517,10 @@ pub fn scan_dir(
         });
     }
 
-    let failed = hash_missing(&mut opened, progress)?;
+    let failed = hash_missing(&mut opened, progress, cancel)?;
+    if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+        return Err(PeerError::Interrupted("hashing interrupted".into()));
+    }
 
     // Build the result and the new cache.
     let racy_after = started
@@ -709,11 +730,7 @@ fn classify(
             return None;
         }
     };
-    let have_tmp = format!("{}.tmp", super::download::HAVE_SUFFIX);
-    if name.ends_with(PART_SUFFIX)
-        || name.ends_with(super::download::HAVE_SUFFIX)
-        || name.ends_with(&have_tmp)
-    {
+    if partfile::is_artifact(&name) {
         skipped.push((path, "unfinished download (.part)".into()));
         return None;
     }
@@ -825,6 +842,7 @@ impl Stamp {
 fn hash_missing(
     opened: &mut [Opened],
     progress: &(dyn Fn(u64, u64) + Sync),
+    cancel: Option<&AtomicBool>,
 ) -> Result<Vec<Option<String>>> {
     // Work list: (file slot, chunk) for every chunk still to hash. Small:
     // 8 bytes per chunk (4 MiB for a 512 GiB file at 1 MiB chunks).
@@ -854,6 +872,7 @@ fn hash_missing(
             begin: Instant::now(),
             last_report_ms: AtomicU64::new(0),
             progress,
+            cancel,
         };
         let results = std::thread::scope(|s| {
             let mut handles = Vec::new();
@@ -936,6 +955,8 @@ struct HashCtx<'a> {
     begin: Instant,
     last_report_ms: AtomicU64,
     progress: &'a (dyn Fn(u64, u64) + Sync),
+    /// Set: every thread stops at its next chunk.
+    cancel: Option<&'a AtomicBool>,
 }
 
 #[derive(Default)]
@@ -955,6 +976,9 @@ impl HashCtx<'_> {
             let Some(&(slot, chunk)) = self.jobs.get(j) else {
                 return out;
             };
+            if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return out;
+            }
             let s = slot as usize;
             if self.failed[s].load(Ordering::Relaxed) {
                 continue;

@@ -22,7 +22,8 @@
 //! everybody; the refuser drains many sockets at once without blocking, and
 //! sheds load (plain close) when even it is full.
 //!
-//! Calls `wire` only; neither server's module depends on the other.
+//! Calls `wire` and `sync` only; both servers reach it through the skeleton
+//! ([`super::server`]).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};

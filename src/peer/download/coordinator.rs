@@ -1,0 +1,670 @@
+//! The coordinator: runs on the caller's thread and decides which sources a
+//! download uses.
+//!
+//! Owns: every source seen and what is known about it ([`Sources`]: the
+//! chunks it holds, when it may be tried again, whether it is banned, what
+//! it contributed), the workers running ([`Active`]), the availability the
+//! picker ranks by, the location refresh from the tracker, starting and
+//! stopping workers, progress reports, and giving up when nothing has
+//! progressed for [`DownloadOptions::give_up_after`](super::DownloadOptions).
+//!
+//! Calls `wire` (Locations), `chunks` (bitmaps), the peer's `client` (the
+//! tracker connection) and `picker`, and the download's `engine`, `worker`
+//! and `rate`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, Scope, ScopedJoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+use log::{debug, info, warn};
+
+use super::engine::{Engine, Event, Verified, WorkerEnd};
+use super::rate::RateMeter;
+use super::worker::Slot;
+use super::{DownloadContext, MAX_ACTIVE_SOURCES, Progress, SourceStats};
+use crate::chunks::Bitmap;
+use crate::peer::client::{self, Conn};
+use crate::peer::{PeerError, Result};
+use crate::sync::lock;
+use crate::wire::{ErrorCode, Locations};
+
+/// Read/write timeout of the coordinator's tracker queries.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What is remembered about one endpoint.
+struct Known {
+    have: Bitmap,
+    retry_at: Instant,
+    banned: bool,
+    stats: SourceStats,
+}
+
+/// Every source a download has seen. Pure bookkeeping: no I/O, the time is
+/// passed in.
+pub(super) struct Sources {
+    known: HashMap<SocketAddr, Known>,
+}
+
+impl Sources {
+    pub(super) fn new() -> Sources {
+        Sources {
+            known: HashMap::new(),
+        }
+    }
+
+    /// The tracker lists `addr` as holding `have` (its latest word).
+    pub(super) fn listed(&mut self, addr: SocketAddr, have: Bitmap, now: Instant) {
+        let k = self.known.entry(addr).or_insert_with(|| Known {
+            have: Bitmap::new(have.len()),
+            retry_at: now,
+            banned: false,
+            stats: SourceStats {
+                addr,
+                bytes: 0,
+                chunks: 0,
+                hash_failures: 0,
+                dropped: None,
+            },
+        });
+        k.have = have;
+    }
+
+    /// The chunks `addr` holds, if a worker may be started for it now: known,
+    /// not banned, its retry time come, and holding something.
+    pub(super) fn ready(&self, addr: SocketAddr, now: Instant) -> Option<&Bitmap> {
+        self.known
+            .get(&addr)
+            .filter(|k| !k.banned && now >= k.retry_at && k.have.count_ones() > 0)
+            .map(|k| &k.have)
+    }
+
+    /// A chunk of `bytes` from `addr` was written.
+    pub(super) fn written(&mut self, addr: SocketAddr, bytes: u32) {
+        if let Some(k) = self.known.get_mut(&addr) {
+            k.stats.bytes += u64::from(bytes);
+            k.stats.chunks += 1;
+        }
+    }
+
+    /// A chunk from `addr` failed verification.
+    pub(super) fn hash_failure(&mut self, addr: SocketAddr) {
+        if let Some(k) = self.known.get_mut(&addr) {
+            k.stats.hash_failures += 1;
+        }
+    }
+
+    /// The worker for `addr` ended: a lost source may be retried at
+    /// `retry_at`, a banned one never.
+    pub(super) fn ended(&mut self, addr: SocketAddr, end: &WorkerEnd, retry_at: Instant) {
+        let Some(k) = self.known.get_mut(&addr) else {
+            return;
+        };
+        match end {
+            WorkerEnd::Finished => {}
+            WorkerEnd::Lost(why) => {
+                k.retry_at = retry_at;
+                k.stats.dropped = Some(why.clone());
+            }
+            WorkerEnd::Banned(why) => {
+                k.banned = true;
+                k.stats.dropped = Some(why.clone());
+            }
+        }
+    }
+
+    /// The bitmaps of those of `listed` that are not banned: what the
+    /// picker ranks rarity by.
+    pub(super) fn availability<'a>(
+        &'a self,
+        listed: &'a [SocketAddr],
+    ) -> impl Iterator<Item = &'a Bitmap> + 'a {
+        listed
+            .iter()
+            .filter_map(|a| self.known.get(a))
+            .filter(|k| !k.banned)
+            .map(|k| &k.have)
+    }
+
+    pub(super) fn addrs(&self) -> Vec<SocketAddr> {
+        self.known.keys().copied().collect()
+    }
+
+    /// Sources that sent a chunk, failed a check or were dropped, most
+    /// bytes first.
+    pub(super) fn stats(&self) -> Vec<SourceStats> {
+        let mut v: Vec<SourceStats> = self
+            .known
+            .values()
+            .filter(|k| {
+                k.stats.chunks > 0 || k.stats.dropped.is_some() || k.stats.hash_failures > 0
+            })
+            .map(|k| k.stats.clone())
+            .collect();
+        v.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.addr.cmp(&b.addr)));
+        v
+    }
+}
+
+/// A running worker.
+struct Active<'scope> {
+    slot: Arc<Slot>,
+    handle: ScopedJoinHandle<'scope, ()>,
+}
+
+pub(super) struct Coordinator<'scope, 'env: 'scope> {
+    engine: &'env Engine<'env>,
+    scope: &'scope Scope<'scope, 'env>,
+    tracker: Option<Conn>,
+    tracker_addr: SocketAddr,
+    self_addr: Option<SocketAddr>,
+    active: HashMap<SocketAddr, Active<'scope>>,
+    sources: Sources,
+    chunk_tx: Option<Sender<Verified>>,
+    ev_tx: Sender<Event>,
+    bytes_downloaded: u64,
+    duplicates: u32,
+    rate: RateMeter,
+    started: Instant,
+    last_refresh: Instant,
+    refresh_wanted: bool,
+    last_progress: Instant,
+    warned_tracker: bool,
+    done_bytes: u64,
+    cancel: Option<&'env AtomicBool>,
+    late_error: Option<PeerError>,
+}
+
+/// Bytes downloaded, duplicates, and per-source statistics.
+type Outcome = (u64, u32, Vec<SourceStats>);
+
+impl<'scope, 'env> Coordinator<'scope, 'env> {
+    pub(super) fn new(
+        engine: &'env Engine<'env>,
+        scope: &'scope Scope<'scope, 'env>,
+        ctx: &DownloadContext<'env>,
+        tracker: Conn,
+        self_addr: Option<SocketAddr>,
+        chunk_tx: Sender<Verified>,
+        ev_tx: Sender<Event>,
+    ) -> Self {
+        // The tracker connection serves the refreshes, with short timeouts:
+        // the coordinator must not stall for long on an unresponsive tracker.
+        let _ = tracker.stream().set_read_timeout(Some(REFRESH_TIMEOUT));
+        let _ = tracker.stream().set_write_timeout(Some(REFRESH_TIMEOUT));
+        Coordinator {
+            engine,
+            scope,
+            tracker: Some(tracker),
+            tracker_addr: ctx.tracker,
+            self_addr,
+            active: HashMap::new(),
+            sources: Sources::new(),
+            chunk_tx: Some(chunk_tx),
+            ev_tx,
+            bytes_downloaded: 0,
+            duplicates: 0,
+            rate: RateMeter::new(),
+            started: Instant::now(),
+            last_refresh: Instant::now(),
+            refresh_wanted: false,
+            last_progress: Instant::now(),
+            warned_tracker: false,
+            cancel: ctx.cancel,
+            late_error: None,
+            done_bytes: engine.done_bytes(),
+        }
+    }
+
+    /// Runs until the file is complete, cancelled, failed or given up.
+    pub(super) fn drive(
+        &mut self,
+        ev_rx: &Receiver<Event>,
+        on_progress: &mut dyn FnMut(&Progress),
+    ) -> Result<()> {
+        let e = self.engine;
+        let mut last_report: Option<Instant> = None;
+        loop {
+            if lock(&e.picker).is_complete() {
+                return Ok(());
+            }
+            if let Some(err) = lock(&e.flush_error).take() {
+                return Err(PeerError::io("write", &e.paths.part, err));
+            }
+            if self.cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+                return Err(PeerError::Download(format!(
+                    "download of {} interrupted; run the same command again to resume",
+                    e.name
+                )));
+            }
+            let now = Instant::now();
+            let since = now.duration_since(self.last_refresh);
+            if since >= e.opts.refresh_interval
+                || (self.refresh_wanted && since >= Duration::from_millis(250))
+            {
+                self.refresh();
+            }
+            if last_report.is_none_or(|t| now.duration_since(t) >= Duration::from_millis(200)) {
+                self.report(on_progress);
+                last_report = Some(now);
+            }
+            self.check_stuck()?;
+            match ev_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(ev) => self.handle(ev)?,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(PeerError::Download("internal: event channel closed".into()));
+                }
+            }
+            // Handle whatever else is queued without waiting.
+            while let Ok(ev) = ev_rx.try_recv() {
+                self.handle(ev)?;
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: Event) -> Result<()> {
+        match ev {
+            Event::Written { source, bytes } => {
+                self.bytes_downloaded += u64::from(bytes);
+                self.done_bytes += u64::from(bytes);
+                self.rate.add(u64::from(bytes));
+                self.last_progress = Instant::now();
+                self.sources.written(source, bytes);
+            }
+            Event::Duplicate => self.duplicates += 1,
+            Event::HashFailure { source } => self.sources.hash_failure(source),
+            Event::Idle => self.refresh_wanted = true,
+            Event::WorkerDone { source, end } => self.worker_done(source, end),
+            Event::Fatal(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    fn worker_done(&mut self, source: SocketAddr, end: WorkerEnd) {
+        if let Some(a) = self.active.remove(&source) {
+            let _ = a.handle.join();
+        }
+        let name = self.engine.name;
+        match &end {
+            WorkerEnd::Finished => {}
+            WorkerEnd::Lost(why) => info!("{name}: source {source} lost: {why}"),
+            WorkerEnd::Banned(why) => warn!("{name}: dropping source {source}: {why}"),
+        }
+        let retry = Instant::now() + self.engine.opts.retry_after;
+        self.sources.ended(source, &end, retry);
+        self.refresh_wanted = true;
+    }
+
+    fn check_stuck(&self) -> Result<()> {
+        let e = self.engine;
+        if self.last_progress.elapsed() < e.opts.give_up_after {
+            return Ok(());
+        }
+        let p = lock(&e.picker);
+        let missing: Vec<u32> = (0..p.have().len()).filter(|&i| !p.have().get(i)).collect();
+        if missing.iter().any(|&i| p.in_flight(i) > 0) {
+            return Ok(());
+        }
+        let unavailable = p.unavailable();
+        let listed = if unavailable.is_empty() {
+            &missing
+        } else {
+            &unavailable
+        };
+        Err(PeerError::Download(format!(
+            "cannot finish {}: no reachable source for chunk(s) {} ({} of {} missing) after {} s without progress",
+            e.name,
+            list_indices(listed),
+            missing.len(),
+            e.geometry.count(),
+            e.opts.give_up_after.as_secs()
+        )))
+    }
+
+    /// Asks the tracker for fresh locations; keeps going without them if it
+    /// is unreachable.
+    fn refresh(&mut self) {
+        self.last_refresh = Instant::now();
+        self.refresh_wanted = false;
+        if self.tracker.is_none() && !self.reconnect() {
+            self.spawn_ready();
+            return;
+        }
+        let Some(conn) = self.tracker.as_mut() else {
+            return;
+        };
+        match client::locate_on(conn, self.engine.name, false) {
+            Ok(l) => self.apply_locations(l),
+            Err(PeerError::Refused {
+                code: ErrorCode::UnknownFile,
+                ..
+            }) => {
+                debug!(
+                    "{}: the tracker lists no source right now",
+                    self.engine.name
+                );
+                self.spawn_ready();
+            }
+            Err(err) => {
+                warn!("tracker query failed ({err}); continuing with known sources");
+                self.warned_tracker = true;
+                self.tracker = None;
+                self.spawn_ready();
+            }
+        }
+    }
+
+    /// Connects to the tracker again (short timeouts; it is simply tried
+    /// again next refresh).
+    fn reconnect(&mut self) -> bool {
+        match Conn::connect(self.tracker_addr, REFRESH_TIMEOUT) {
+            Ok(c) => {
+                if self.warned_tracker {
+                    info!("tracker {} reachable again", self.tracker_addr);
+                    self.warned_tracker = false;
+                }
+                self.tracker = Some(c);
+                true
+            }
+            Err(err) => {
+                if !self.warned_tracker {
+                    warn!("tracker unreachable ({err}); continuing with known sources");
+                    self.warned_tracker = true;
+                }
+                false
+            }
+        }
+    }
+
+    /// Takes in a Locations reply: every source's chunks, the availability,
+    /// and workers for the sources that have none yet.
+    pub(super) fn apply_locations(&mut self, l: Locations) {
+        let g = self.engine.geometry;
+        if l.length != g.length() || l.chunk_size != g.chunk_size() || l.chunk_count != g.count() {
+            warn!(
+                "{}: the network now describes other content under this name; ignoring it",
+                self.engine.name
+            );
+            return;
+        }
+        let now = Instant::now();
+        let mut listed = Vec::new();
+        for s in l.sources {
+            let addr = SocketAddr::new(s.addr.ip().to_canonical(), s.addr.port());
+            if Some(addr) == self.self_addr || is_self(addr, self.self_addr) {
+                continue;
+            }
+            let Ok(have) = Bitmap::from_bytes(g.count(), &s.have) else {
+                continue;
+            };
+            if let Some(a) = self.active.get(&addr) {
+                *lock(&a.slot.have) = have.clone();
+                let _ = a.slot.wake_tx.try_send(());
+            }
+            self.sources.listed(addr, have, now);
+            listed.push(addr);
+        }
+        // Rarest first across the latest locations (a source just dropped
+        // for lying does not count).
+        lock(&self.engine.picker).set_availability(self.sources.availability(&listed));
+        for addr in listed {
+            self.spawn_if_ready(addr);
+        }
+    }
+
+    /// Restarts workers for known sources whose retry time has come.
+    fn spawn_ready(&mut self) {
+        for a in self.sources.addrs() {
+            self.spawn_if_ready(a);
+        }
+    }
+
+    fn spawn_if_ready(&mut self, addr: SocketAddr) {
+        if self.active.contains_key(&addr)
+            || self.active.len() >= MAX_ACTIVE_SOURCES
+            || self.engine.stop.load(Ordering::SeqCst)
+        {
+            return;
+        }
+        let Some(have) = self.sources.ready(addr, Instant::now()) else {
+            return;
+        };
+        let Some(chunk_tx) = self.chunk_tx.clone() else {
+            return;
+        };
+        let (wake_tx, wake_rx) = bounded(1);
+        let slot = Arc::new(Slot {
+            addr,
+            have: Mutex::new(have.clone()),
+            stream: Mutex::new(None),
+            wake_tx,
+            wake_rx,
+        });
+        let engine = self.engine;
+        let ev = self.ev_tx.clone();
+        let s = Arc::clone(&slot);
+        let spawned = thread::Builder::new()
+            .name(format!("worker-{addr}"))
+            .spawn_scoped(self.scope, move || {
+                let end = engine.work(&s, chunk_tx, &ev);
+                let _ = ev.send(Event::WorkerDone {
+                    source: s.addr,
+                    end,
+                });
+            });
+        match spawned {
+            Ok(handle) => {
+                debug!("{}: downloading from {addr}", engine.name);
+                self.active.insert(addr, Active { slot, handle });
+            }
+            Err(e) => warn!("cannot start a worker for {addr}: {e}"),
+        }
+    }
+
+    /// Stops every worker: flag, close its socket, wake it, and join it,
+    /// while still draining events so a worker or the assembler blocked on
+    /// a full channel can finish.
+    pub(super) fn stop_all(&mut self, ev_rx: &Receiver<Event>) {
+        self.engine.stop.store(true, Ordering::SeqCst);
+        for a in self.active.values() {
+            if let Some(s) = lock(&a.slot.stream).as_ref() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+            let _ = a.slot.wake_tx.try_send(());
+        }
+        while !self.active.is_empty() {
+            match ev_rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(ev) => self.absorb(ev),
+                Err(RecvTimeoutError::Timeout) => self.reap(),
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    }
+
+    /// Joins the workers that have ended.
+    fn reap(&mut self) {
+        let done: Vec<SocketAddr> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.handle.is_finished())
+            .map(|(k, _)| *k)
+            .collect();
+        for k in done {
+            if let Some(a) = self.active.remove(&k) {
+                let _ = a.handle.join();
+            }
+        }
+    }
+
+    /// Drops the coordinator's chunk sender: once the workers' are gone too,
+    /// the assembler ends.
+    pub(super) fn close_chunks(&mut self) {
+        drop(self.chunk_tx.take());
+    }
+
+    /// Handles an event after the main loop ended, keeping the first error.
+    pub(super) fn absorb(&mut self, ev: Event) {
+        if let Err(e) = self.handle(ev) {
+            self.late_error.get_or_insert(e);
+        }
+    }
+
+    /// The first error reported after the main loop ended, if any.
+    pub(super) fn late_error(&mut self) -> Result<()> {
+        self.late_error.take().map_or(Ok(()), Err)
+    }
+
+    pub(super) fn report(&self, on_progress: &mut dyn FnMut(&Progress)) {
+        let chunks_done = lock(&self.engine.picker).have().count_ones();
+        let elapsed = self.started.elapsed();
+        // The picker lock is released: the callback may write to a terminal.
+        on_progress(&Progress {
+            total_bytes: self.engine.geometry.length(),
+            done_bytes: self.done_bytes,
+            chunks_done,
+            chunks_total: self.engine.geometry.count(),
+            active_sources: self.active.len(),
+            elapsed,
+            rate: self.rate.rate(elapsed),
+        });
+    }
+
+    pub(super) fn outcome(&self) -> Outcome {
+        (self.bytes_downloaded, self.duplicates, self.sources.stats())
+    }
+}
+
+/// Whether `addr` is this peer: same port, and the same host as seen by the
+/// tracker (or both loopback, when everything runs on one machine).
+fn is_self(addr: SocketAddr, me: Option<SocketAddr>) -> bool {
+    let Some(me) = me else { return false };
+    addr.port() == me.port()
+        && (addr.ip() == me.ip() || (is_loopback(addr.ip()) && is_loopback(me.ip())))
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+/// "3, 7, 9-12" for a sorted list of indices (at most a few dozen shown).
+pub fn list_indices(v: &[u32]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < v.len() && parts.len() < 20 {
+        let start = v[i];
+        let mut end = start;
+        while i + 1 < v.len() && v[i + 1] == end + 1 {
+            i += 1;
+            end = v[i];
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    let mut s = parts.join(", ");
+    if i < v.len() {
+        s.push_str(", …");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn bits(n: u32, set: &[u32]) -> Bitmap {
+        let mut b = Bitmap::new(n);
+        for &i in set {
+            b.set(i);
+        }
+        b
+    }
+
+    #[test]
+    fn index_lists_are_compact() {
+        assert_eq!(list_indices(&[3, 7, 9, 10, 11, 12]), "3, 7, 9-12");
+        assert_eq!(list_indices(&[]), "");
+        let many: Vec<u32> = (0..100).map(|i| i * 2).collect();
+        assert!(list_indices(&many).ends_with(", …"));
+    }
+
+    #[test]
+    fn self_is_recognised() {
+        let me: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        assert!(is_self("127.0.0.1:5000".parse().unwrap(), Some(me)));
+        assert!(is_self("127.0.0.2:5000".parse().unwrap(), Some(me)));
+        assert!(!is_self("127.0.0.1:5001".parse().unwrap(), Some(me)));
+        assert!(!is_self("10.0.0.1:5000".parse().unwrap(), Some(me)));
+        assert!(!is_self("127.0.0.1:5000".parse().unwrap(), None));
+    }
+
+    #[test]
+    fn a_listed_source_is_ready_only_when_it_holds_something() {
+        let now = Instant::now();
+        let mut s = Sources::new();
+        assert!(s.ready(addr(1), now).is_none(), "unknown");
+        s.listed(addr(1), bits(8, &[]), now);
+        assert!(s.ready(addr(1), now).is_none(), "holds nothing");
+        s.listed(addr(1), bits(8, &[2, 5]), now);
+        assert_eq!(s.ready(addr(1), now), Some(&bits(8, &[2, 5])));
+    }
+
+    #[test]
+    fn a_lost_source_waits_for_its_retry_time_and_a_banned_one_never_returns() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(2);
+        let mut s = Sources::new();
+        s.listed(addr(1), bits(4, &[0]), now);
+        s.listed(addr(2), bits(4, &[1]), now);
+        s.ended(addr(1), &WorkerEnd::Lost("reset".into()), later);
+        s.ended(addr(2), &WorkerEnd::Banned("lied".into()), later);
+        assert!(s.ready(addr(1), now).is_none());
+        assert!(s.ready(addr(1), later).is_some());
+        // Listed again by the tracker: still banned.
+        s.listed(addr(2), bits(4, &[1, 2]), later);
+        assert!(s.ready(addr(2), later + Duration::from_secs(60)).is_none());
+        let listed = [addr(1), addr(2), addr(3)];
+        let avail: Vec<&Bitmap> = s.availability(&listed).collect();
+        assert_eq!(avail, vec![&bits(4, &[0])], "banned and unknown left out");
+        // A finished worker changes nothing.
+        s.ended(
+            addr(1),
+            &WorkerEnd::Finished,
+            later + Duration::from_secs(9),
+        );
+        assert!(s.ready(addr(1), later).is_some());
+    }
+
+    #[test]
+    fn stats_list_contributors_and_dropped_sources_most_bytes_first() {
+        let now = Instant::now();
+        let mut s = Sources::new();
+        for p in 1..=4 {
+            s.listed(addr(p), bits(4, &[0]), now);
+        }
+        s.written(addr(1), 100);
+        s.written(addr(2), 300);
+        s.written(addr(2), 300);
+        s.hash_failure(addr(3));
+        s.written(addr(9), 1); // unknown: ignored
+        let v = s.stats();
+        let order: Vec<u16> = v.iter().map(|x| x.addr.port()).collect();
+        assert_eq!(order, vec![2, 1, 3], "source 4 contributed nothing");
+        assert_eq!((v[0].bytes, v[0].chunks), (600, 2));
+        assert_eq!(v[2].hash_failures, 1);
+        s.ended(addr(4), &WorkerEnd::Lost("timed out".into()), now);
+        assert_eq!(s.stats().len(), 4);
+        assert_eq!(s.stats()[3].dropped.as_deref(), Some("timed out"));
+    }
+}

@@ -1,0 +1,314 @@
+//! One download: a worker thread per source, one assembler, one coordinator.
+//!
+//! Owns: the public entry point [`download`], its options, context, progress
+//! and summary types, and the steps around the engine: ask the tracker what
+//! the file is, accept a complete copy already in place, open or resume the
+//! `.part`, run the engine, move the result into place and serve it.
+//!
+//! ```text
+//!             locations (every ~1.5 s, and when a worker runs dry)
+//!  tracker ─────────────────────────────┐
+//!                                       ▼
+//!                              ┌─ coordinator (caller's thread) ─┐
+//!                              │ sources, availability, progress │
+//!                              └──┬──────────▲──────────────▲────┘
+//!              spawns / wakes     │          │ events       │ events
+//!            ┌────────────────────┼──────┐   │              │
+//!            ▼                    ▼      ▼   │              │
+//!   worker 127.0.0.1:4001   worker …   worker …             │
+//!   (own TCP connection, ≤ depth requests in flight,        │
+//!    picks rarest-first under the picker lock,              │
+//!    checks SHA-1)                                          │
+//!            │ verified chunks (bounded channel)            │
+//!            └──────────────────────────────► assembler ────┘
+//!                                  pwrite at offset, mark have (now served),
+//!                                  register with the tracker, save bitmap
+//! ```
+//!
+//! One file per concern:
+//! - `partfile`: `NAME.part` / `NAME.part.have` (format, identity, resume
+//!   verification, finishing into place) and [`partfile::is_artifact`].
+//! - `engine`: the state the threads share, their messages, and starting
+//!   and joining the threads.
+//! - `coordinator`: sources, availability, refresh, workers, giving up.
+//! - `worker`: one source's connection.
+//! - `assembler`: writing, marking held, registering, saving, flushing.
+//! - `rate`: the rate shown in progress displays.
+//!
+//! Memory stays bounded by sources × (pipeline depth in the socket + one
+//! chunk in hand) + the channel's few chunks, whatever the file size: no
+//! whole-file buffer exists anywhere.
+//!
+//! Calls `wire`, `chunks`, and the peer's `client`, `picker` and `share`.
+
+mod assembler;
+mod coordinator;
+mod engine;
+pub mod partfile;
+mod rate;
+mod worker;
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use log::info;
+
+use super::client::{self, Conn};
+use super::share::{ShareIndex, SharedFile};
+use super::{PeerError, Result};
+use crate::chunks::{Digest, Geometry};
+use crate::sync::lock;
+use crate::wire::{self, ErrorCode, Locations};
+use engine::Engine;
+use partfile::Paths;
+
+pub use crate::limits::{
+    GIVE_UP_AFTER, MAX_ACTIVE_SOURCES, MAX_HASH_FAILURES, PIPELINE_DEPTH, REFRESH_INTERVAL,
+};
+pub use coordinator::list_indices;
+pub use partfile::{HAVE_SUFFIX, PART_SUFFIX};
+
+/// Tunables; `Default` gives the documented values.
+#[derive(Debug, Clone)]
+pub struct DownloadOptions {
+    pub pipeline_depth: usize,
+    pub refresh_interval: Duration,
+    /// A source that leaves a request unanswered this long is dropped.
+    pub io_timeout: Duration,
+    pub max_hash_failures: u32,
+    pub give_up_after: Duration,
+    /// Wait before reconnecting to a source whose connection failed.
+    pub retry_after: Duration,
+}
+
+impl Default for DownloadOptions {
+    fn default() -> Self {
+        DownloadOptions {
+            pipeline_depth: PIPELINE_DEPTH,
+            refresh_interval: REFRESH_INTERVAL,
+            io_timeout: client::IO_TIMEOUT,
+            max_hash_failures: MAX_HASH_FAILURES,
+            give_up_after: GIVE_UP_AFTER,
+            retry_after: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What the caller provides: where the tracker is, the share index to serve
+/// verified chunks from, and how to tell the tracker about each chunk.
+pub struct DownloadContext<'a> {
+    pub tracker: SocketAddr,
+    pub share: &'a ShareIndex,
+    /// This peer's chunk server port, so it never downloads from itself.
+    pub self_port: Option<u16>,
+    /// Called once per verified chunk written (name, index).
+    pub on_chunk: &'a (dyn Fn(&str, u32) + Sync),
+    /// Called when many chunks became available at once (a resume, or a
+    /// complete file found in place): register the whole file, not each chunk.
+    pub on_file: &'a (dyn Fn(&str) + Sync),
+    /// Set from another thread (e.g. on Ctrl-C) to stop the download; the
+    /// verified chunks are kept for a resume.
+    pub cancel: Option<&'a AtomicBool>,
+}
+
+/// A snapshot for progress displays.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub total_bytes: u64,
+    /// Verified bytes on disk, including resumed ones.
+    pub done_bytes: u64,
+    pub chunks_done: u32,
+    pub chunks_total: u32,
+    pub active_sources: usize,
+    pub elapsed: Duration,
+    /// Bytes per second over the last few seconds.
+    pub rate: f64,
+}
+
+/// What one source contributed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceStats {
+    pub addr: SocketAddr,
+    pub bytes: u64,
+    pub chunks: u32,
+    pub hash_failures: u32,
+    /// Why it was dropped, if it was.
+    pub dropped: Option<String>,
+}
+
+/// The result of a finished download.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub name: String,
+    pub path: PathBuf,
+    pub length: u64,
+    pub chunks_total: u32,
+    /// Chunks found verified on disk at start (resume).
+    pub chunks_resumed: u32,
+    /// Chunk bytes received over the network and written.
+    pub bytes_downloaded: u64,
+    /// Copies received twice in endgame and thrown away.
+    pub duplicates: u32,
+    pub elapsed: Duration,
+    /// Sources that sent at least one chunk or were dropped, most bytes first.
+    pub sources: Vec<SourceStats>,
+}
+
+/// What the tracker says the file is.
+struct Described {
+    locations: Locations,
+    geometry: Geometry,
+    hashes: Vec<Digest>,
+}
+
+/// Downloads `name` into `dir/name`. Returns only when the file is complete,
+/// verified, flushed and renamed to its final name, or with the reason it
+/// cannot be.
+pub fn download(
+    ctx: &DownloadContext<'_>,
+    name: &str,
+    dir: &Path,
+    opts: &DownloadOptions,
+    on_progress: &mut dyn FnMut(&Progress),
+) -> Result<Summary> {
+    let started = Instant::now();
+    wire::validate_name(name)
+        .map_err(|e| PeerError::Invalid(format!("invalid name {name:?}: {e}")))?;
+    if ctx.share.get(name).is_some_and(|f| f.is_complete()) {
+        return Err(PeerError::Invalid(format!(
+            "{name} is already shared by this peer"
+        )));
+    }
+    let mut tracker = Conn::connect(ctx.tracker, client::IO_TIMEOUT)?;
+    let d = describe(&mut tracker, ctx.tracker, name)?;
+    let self_addr = ctx.self_port.and_then(|port| {
+        let ip = tracker.stream().local_addr().ok()?.ip();
+        Some(SocketAddr::new(ip.to_canonical(), port))
+    });
+    let paths = Paths::new(dir, name);
+    if let Some(parent) = paths.final_path.parent() {
+        fs::create_dir_all(parent).map_err(|e| PeerError::io("create folder", parent, e))?;
+    }
+    if paths.final_path.exists() {
+        return already_there(ctx, name, &paths, d, started);
+    }
+    let (file, have) = partfile::open(&paths, d.geometry, &d.hashes)?;
+    let resumed = have.count_ones();
+    if resumed > 0 {
+        info!(
+            "{name}: resuming, {resumed} of {} chunks already verified on disk",
+            d.geometry.count()
+        );
+    }
+    let shared = Arc::new(SharedFile::partial(
+        name.to_owned(),
+        paths.part.clone(),
+        file,
+        d.geometry,
+        d.hashes.clone(),
+        have,
+    ));
+    ctx.share.insert(Arc::clone(&shared));
+    // Already verified chunks are announced at once: we are a source of them.
+    if resumed > 0 {
+        (ctx.on_file)(name);
+    }
+    let engine = Engine::new(name, &d.hashes, &shared, opts, &paths);
+    let run = engine.run(ctx, tracker, d.locations, self_addr, resumed, on_progress);
+    let mut summary = run.inspect_err(|_| {
+        // Keep the verified chunks for a later resume, and keep serving
+        // them: they are on disk and the tracker lists us for them.
+        engine.save_have();
+    })?;
+    if let Some(e) = lock(&engine.flush_error).take() {
+        return Err(PeerError::io("write", &paths.part, e));
+    }
+    put_in_place(ctx, name, &paths, &shared, d.hashes)?;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// Asks the tracker where `name` is and what it is (length, chunk size,
+/// hashes).
+fn describe(tracker: &mut Conn, addr: SocketAddr, name: &str) -> Result<Described> {
+    let locations = match client::locate_on(tracker, name, true) {
+        Err(PeerError::Refused {
+            code: ErrorCode::UnknownFile,
+            ..
+        }) => {
+            return Err(PeerError::Download(format!(
+                "no file named {name:?} on the network"
+            )));
+        }
+        r => r?,
+    };
+    let hashes = locations.hashes.clone().unwrap_or_default();
+    let geometry = Geometry::with_hashes(locations.length, locations.chunk_size, hashes.len())
+        .map_err(|e| PeerError::Protocol {
+            who: addr.to_string(),
+            what: format!("bad file description: {e}"),
+        })?;
+    Ok(Described {
+        locations,
+        geometry,
+        hashes,
+    })
+}
+
+/// Moves the finished `.part` into place; from then on it is served as a
+/// complete file under its final name.
+fn put_in_place(
+    ctx: &DownloadContext<'_>,
+    name: &str,
+    paths: &Paths,
+    shared: &SharedFile,
+    hashes: Vec<Digest>,
+) -> Result<()> {
+    partfile::finish(paths, shared.file())?;
+    if let Ok(f) = shared.file().try_clone() {
+        ctx.share.insert(Arc::new(SharedFile::complete(
+            name.to_owned(),
+            paths.final_path.clone(),
+            f,
+            *shared.geometry(),
+            hashes,
+        )));
+    }
+    Ok(())
+}
+
+/// The final file already exists: accept it if every chunk verifies (and
+/// share it), refuse otherwise. Never overwrites a file.
+fn already_there(
+    ctx: &DownloadContext<'_>,
+    name: &str,
+    paths: &Paths,
+    d: Described,
+    started: Instant,
+) -> Result<Summary> {
+    let file = partfile::open_finished(paths, name, d.geometry, &d.hashes)?;
+    let p = &paths.final_path;
+    ctx.share.insert(Arc::new(SharedFile::complete(
+        name.to_owned(),
+        p.clone(),
+        file,
+        d.geometry,
+        d.hashes,
+    )));
+    (ctx.on_file)(name);
+    Ok(Summary {
+        name: name.to_owned(),
+        path: p.clone(),
+        length: d.geometry.length(),
+        chunks_total: d.geometry.count(),
+        chunks_resumed: d.geometry.count(),
+        bytes_downloaded: 0,
+        duplicates: 0,
+        elapsed: started.elapsed(),
+        sources: Vec::new(),
+    })
+}
