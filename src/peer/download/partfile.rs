@@ -14,8 +14,8 @@
 //!
 //! Files that already exist (the final name, `.part.have`, a `.part` being
 //! resumed) are opened the way `share::open_regular` opens a shared file,
-//! with `O_NOFOLLOW | O_NONBLOCK` ([`open_existing_file`]): a symlink there is
-//! not followed and a FIFO is not waited on.
+//! with `O_NOFOLLOW | O_NONBLOCK` (`open_existing_file`): a symlink there
+//! is not followed and a FIFO is not waited on.
 //!
 //! # `NAME.part.have`
 //!
