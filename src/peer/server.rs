@@ -18,16 +18,20 @@
 //! connection reads a chunk straight into `[ChunkData header | chunk]` and
 //! writes that buffer with one `write_all` (or paced pieces when rate
 //! limited).
+//!
+//! A chunk is read with `SharedFile::read_for_upload`, which for a file
+//! from the scan also checks it still matches the announced hash; one that
+//! does not is answered `NotHeld` and the file is withdrawn from the share
+//! index (`ShareIndex::withdraw_changed`), so bad bytes are never sent.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::ratelimit::RateLimiter;
-use super::share::ShareIndex;
+use super::share::{ShareIndex, UploadError};
 use super::{PeerError, Result};
 use crate::net::admission::Limits;
 use crate::net::server::{Flow, Handler, Link, Live, Options, Server};
@@ -234,23 +238,31 @@ fn serve_chunk(
     // Shrinking keeps the capacity; growing only zero-fills the new tail.
     buf.resize(total, 0);
     buf[..CHUNK_DATA_HEADER_LEN].copy_from_slice(&header);
-    if let Err(e) = f
-        .file()
-        .read_exact_at(&mut buf[CHUNK_DATA_HEADER_LEN..], g.offset(i))
-    {
-        log::warn!(
-            "cannot read chunk {index} of {name:?} from {}: {e}",
-            f.path().display()
-        );
+    if let Err(e) = f.read_for_upload(i, &mut buf[CHUNK_DATA_HEADER_LEN..total]) {
         if let Some(p) = peer {
             // Nothing was sent: others must not be turned away for it.
             shared.first_sends.unclaim(name, index, p);
         }
-        return send_error(
-            w,
-            ErrorCode::Internal,
-            format!("cannot read chunk {index} of {name:?}: {e}"),
-        );
+        let (code, message) = match e {
+            UploadError::Io(e) => {
+                log::warn!(
+                    "cannot read chunk {index} of {name:?} from {}: {e}",
+                    f.path().display()
+                );
+                (
+                    ErrorCode::Internal,
+                    format!("cannot read chunk {index} of {name:?}: {e}"),
+                )
+            }
+            UploadError::Changed => {
+                shared.share.withdraw_changed(&f);
+                (
+                    ErrorCode::NotHeld,
+                    format!("{name:?} changed here after it was hashed; no longer shared"),
+                )
+            }
+        };
+        return send_error(w, code, message);
     }
     drop(f);
     send_paced(w, &buf[..total], shared)?;

@@ -8,9 +8,14 @@
 //! matching `.part.have` is refused, never overwritten, and the final name is
 //! never replaced.
 //!
-//! Calls `chunks` (geometry, bitmaps, SHA-1) and the peer's error type only;
-//! nothing else of the download and nothing of `share`, so `share` can ask
-//! [`is_artifact`] without an import cycle.
+//! Calls `chunks` (geometry, bitmaps, SHA-1), the peer's error type and the
+//! libc crate's open flags only; nothing else of the download and nothing
+//! of `share`, so `share` can ask [`is_artifact`] without an import cycle.
+//!
+//! Files that already exist (the final name, `.part.have`, a `.part` being
+//! resumed) are opened the way `share::open_regular` opens a shared file,
+//! with `O_NOFOLLOW | O_NONBLOCK` (`open_existing_file`): a symlink there
+//! is not followed and a FIFO is not waited on.
 //!
 //! # `NAME.part.have`
 //!
@@ -21,6 +26,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::chunks::{self, Bitmap, Digest, Geometry};
@@ -90,11 +96,32 @@ pub(super) fn identity(g: Geometry, hashes: &[Digest]) -> Digest {
     chunks::sha1(&bytes)
 }
 
+/// Opens an existing regular file (read-only, or read-write) without
+/// following a symlink at its name and without waiting on a FIFO or device;
+/// anything but a regular file is refused. The same rule as
+/// `share::open_regular`, which this module cannot call (`share` depends on
+/// it).
+fn open_existing_file(path: &Path, write: bool) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
 /// The saved bitmap at `path`, if it is one for content `id` with `count`
-/// chunks; `None` for anything else (missing, truncated, other content).
+/// chunks; `None` for anything else (missing, truncated, other content, not
+/// a regular file).
 fn load_have(path: &Path, id: &Digest, count: u32) -> Option<Bitmap> {
     let mut bytes = Vec::new();
-    File::open(path)
+    open_existing_file(path, false)
         .ok()?
         .take(8 + 20 + u64::from(count).div_ceil(8) + 1)
         .read_to_end(&mut bytes)
@@ -160,11 +187,9 @@ fn open_existing(paths: &Paths, id: &Digest, geometry: Geometry) -> Result<(File
             "exists but is not an unfinished download of this file (no matching .part.have)",
         ));
     };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&paths.part)
-        .map_err(|e| PeerError::io("open", &paths.part, e))?;
+    // Never through a link swapped in since it was looked at.
+    let file =
+        open_existing_file(&paths.part, true).map_err(|e| PeerError::io("open", &paths.part, e))?;
     Ok((file, claimed))
 }
 
@@ -211,7 +236,8 @@ pub(super) fn open_finished(
     hashes: &[Digest],
 ) -> Result<File> {
     let p = &paths.final_path;
-    let file = File::open(p).map_err(|e| PeerError::io("open", p, e))?;
+    // Like a shared file: no link followed, no FIFO waited on.
+    let file = open_existing_file(p, false).map_err(|e| PeerError::io("open", p, e))?;
     let len = file
         .metadata()
         .map_err(|e| PeerError::io("stat", p, e))?
