@@ -77,6 +77,12 @@ pub const TRACKER_MAX_PER_IP: usize = 256;
 pub const MAX_FILES_PER_PEER: usize = 65_536;
 /// Most chunks one registration may claim, summed over its files.
 pub const MAX_CHUNKS_PER_PEER: u64 = 4 << 20;
+/// Most endpoints of one address (IPv4 address or IPv6 /64) in one
+/// Locations reply when the file has sources on other addresses too: one
+/// host cannot crowd the others out of a reply however many connections it
+/// registers. A file held from one address only (a swarm on one host) gets
+/// up to [`MAX_SOURCES_PER_REPLY`] of them.
+pub const MAX_REPLY_SOURCES_PER_ADDRESS: usize = 8;
 /// Most chunks the registrations of one address (IPv4 address or IPv6 /64)
 /// may claim together, summed over its connections and their files: two
 /// peers' worth, about a sixth of [`MAX_TOTAL_CHUNKS`], so one host cannot

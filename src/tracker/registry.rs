@@ -29,7 +29,8 @@ use crate::wire::{self, ErrorCode, FileEntry, FileOutcome, FileSummary, Have, Na
 pub type ConnId = u64;
 
 pub use crate::limits::{
-    MAX_CHUNKS_PER_ADDRESS, MAX_CHUNKS_PER_PEER, MAX_FILES_PER_PEER, MAX_TOTAL_CHUNKS,
+    MAX_CHUNKS_PER_ADDRESS, MAX_CHUNKS_PER_PEER, MAX_FILES_PER_PEER, MAX_REPLY_SOURCES_PER_ADDRESS,
+    MAX_TOTAL_CHUNKS,
 };
 
 /// The registry's size caps; [`Caps::default`] is the limits of
@@ -44,6 +45,9 @@ pub struct Caps {
     pub chunks_per_address: u64,
     /// Chunks in the whole registry, each file counted once.
     pub total_chunks: u64,
+    /// Endpoints of one address in a Locations reply, when other addresses
+    /// hold the file too.
+    pub reply_sources_per_address: usize,
 }
 
 impl Default for Caps {
@@ -53,6 +57,7 @@ impl Default for Caps {
             chunks_per_peer: MAX_CHUNKS_PER_PEER,
             chunks_per_address: MAX_CHUNKS_PER_ADDRESS,
             total_chunks: MAX_TOTAL_CHUNKS,
+            reply_sources_per_address: MAX_REPLY_SOURCES_PER_ADDRESS,
         }
     }
 }
@@ -456,9 +461,20 @@ impl Registry {
         (files, truncated)
     }
 
-    /// The file's meta and up to `max_sources` sources. When more peers hold
-    /// it, a sample chosen with `seed` (so repeated queries see different
-    /// peers and load spreads). Holders with no chunk are not sources.
+    /// The file's meta and up to `max_sources` sources. Holders with no
+    /// chunk are not sources.
+    ///
+    /// Which sources, when more hold the file: a sample chosen with `seed`
+    /// (so repeated queries see different peers and load spreads) that
+    /// prefers variety of addresses (IPv4 address or IPv6 /64). The sources
+    /// are grouped by address; the addresses and each address's endpoints
+    /// are shuffled; then one endpoint is taken from each address in turn,
+    /// round after round, until the reply is full. When the file has sources
+    /// on more than one address, at most `reply_sources_per_address` rounds
+    /// are taken, so one host with many connections cannot crowd the others
+    /// out (its endpoints are not more likely to be listed than another
+    /// host's single one); a file held from one address only (a swarm on
+    /// one host) gets its full sample.
     ///
     /// A peer that registered from the tracker's own host over loopback is
     /// recorded as 127.0.0.1:PORT; that address means "yourself" to anyone
@@ -475,46 +491,72 @@ impl Registry {
             .files
             .get(name)
             .ok_or_else(|| RegistryError::UnknownFile(name.to_owned()))?;
-        let reachable = |id: &ConnId| {
-            local_requester
-                || self
-                    .peers
-                    .get(id)
-                    .is_some_and(|p| !p.endpoint.ip().to_canonical().is_loopback())
-        };
-        let mut ids: Vec<ConnId> = record
-            .holders
-            .iter()
-            .filter(|(id, b)| is_source(b) && reachable(id))
-            .map(|(&id, _)| id)
-            .collect();
-        if ids.is_empty() {
+        // Sources grouped by address, in a fixed order before shuffling so
+        // that the seed alone decides the sample.
+        let mut by_address: BTreeMap<IpAddr, Vec<(ConnId, SocketAddr)>> = BTreeMap::new();
+        for (&id, b) in &record.holders {
+            let Some(ep) = self.peers.get(&id).map(|p| p.endpoint) else {
+                continue;
+            };
+            let reachable = local_requester || !ep.ip().to_canonical().is_loopback();
+            if is_source(b) && reachable {
+                by_address
+                    .entry(admission::key(ep.ip()))
+                    .or_default()
+                    .push((id, ep));
+            }
+        }
+        if by_address.is_empty() {
             return Err(RegistryError::UnknownFile(name.to_owned()));
         }
-        ids.sort_unstable();
-        if ids.len() > max_sources {
-            // Partial Fisher-Yates with a xorshift stream.
-            let mut x = seed | 1;
-            for i in 0..max_sources {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let j = i + (x % (ids.len() - i) as u64) as usize;
-                ids.swap(i, j);
-            }
-            ids.truncate(max_sources);
+        // Spread the seed over the state's bits (consecutive seeds must not
+        // give the same stream) and keep it non-zero.
+        let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut groups: Vec<Vec<(ConnId, SocketAddr)>> = by_address.into_values().collect();
+        for g in &mut groups {
+            g.sort_unstable();
+            shuffle(g, &mut rng);
         }
-        let sources = ids
-            .iter()
-            .filter_map(|id| {
-                let ep = self.peers.get(id)?.endpoint;
-                Some((ep, record.holders.get(id)?.as_bytes().to_vec()))
-            })
-            .collect();
+        shuffle(&mut groups, &mut rng);
+        let rounds = if groups.len() == 1 {
+            usize::MAX
+        } else {
+            self.caps.reply_sources_per_address.max(1)
+        };
+        let mut sources = Vec::new();
+        'rounds: for round in 0..rounds {
+            let mut any = false;
+            for g in &groups {
+                let Some(&(id, ep)) = g.get(round) else {
+                    continue;
+                };
+                any = true;
+                if sources.len() >= max_sources {
+                    break 'rounds;
+                }
+                if let Some(b) = record.holders.get(&id) {
+                    sources.push((ep, b.as_bytes().to_vec()));
+                }
+            }
+            if !any {
+                break;
+            }
+        }
         Ok(LocateSnapshot {
             meta: record.meta.clone(),
             sources,
         })
+    }
+}
+
+/// Fisher-Yates with a xorshift stream (`state` must not be 0).
+fn shuffle<T>(v: &mut [T], state: &mut u64) {
+    for i in (1..v.len()).rev() {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        let j = (*state % (i as u64 + 1)) as usize;
+        v.swap(i, j);
     }
 }
 
@@ -798,6 +840,7 @@ mod tests {
             chunks_per_peer: 100,
             chunks_per_address: 300,
             total_chunks: 1000,
+            ..Caps::default()
         };
         let mut r = Registry::with_caps(caps);
         let host = |last: u8, port: u16| SocketAddr::from(([10, 0, 0, last], port));
@@ -856,6 +899,89 @@ mod tests {
         assert!(busy_text(&o[0]).is_some(), "{o:?}");
         let (o, _) = r.register(3, v6("2001:db8:0:2::1"), vec![file(3)]);
         assert_eq!(o[0], FileOutcome::Accepted);
+    }
+
+    /// Issue 10 item 4: one host registering many endpoints must not take
+    /// over a file's Locations: at most `reply_sources_per_address` of its
+    /// endpoints in a reply once another address holds the file.
+    #[test]
+    fn one_address_cannot_take_over_a_reply() {
+        let mut r = Registry::new();
+        let crowd = |port: u16| SocketAddr::from(([10, 0, 0, 9], port));
+        let honest = SocketAddr::from(([10, 0, 0, 1], 4000));
+        for i in 0..200u16 {
+            r.register(u64::from(i), crowd(5000 + i), vec![entry("a", 3000, 1)]);
+        }
+        r.register(1000, honest, vec![entry("a", 3000, 1)]);
+        let mut seen = HashSet::new();
+        for seed in 0..50 {
+            let l = r.locate("a", 64, seed, false).unwrap();
+            let eps: Vec<SocketAddr> = l.sources.iter().map(|s| s.0).collect();
+            let from_crowd = eps.iter().filter(|e| e.ip() == crowd(0).ip()).count();
+            assert_eq!(from_crowd, MAX_REPLY_SOURCES_PER_ADDRESS, "seed {seed}");
+            assert!(eps.contains(&honest), "seed {seed}: {eps:?}");
+            assert_eq!(eps.len(), MAX_REPLY_SOURCES_PER_ADDRESS + 1);
+            seen.extend(eps);
+        }
+        // Still a fair sample of the crowd over many replies.
+        assert!(
+            seen.len() > 150,
+            "only {} endpoints ever listed",
+            seen.len()
+        );
+    }
+
+    #[test]
+    fn replies_prefer_variety_and_keep_a_one_host_swarm_whole() {
+        // One host only (a swarm on 127.0.0.1): the full sample.
+        let mut r = Registry::new();
+        for i in 0..100u16 {
+            r.register(u64::from(i), ep(1000 + i), vec![entry("a", 3000, 1)]);
+        }
+        assert_eq!(r.locate("a", 64, 3, true).unwrap().sources.len(), 64);
+        // A second loopback address joins: the first is capped, the swarm
+        // still gets every address.
+        r.register(
+            500,
+            SocketAddr::from(([127, 0, 0, 2], 9)),
+            vec![entry("a", 3000, 1)],
+        );
+        let l = r.locate("a", 64, 3, true).unwrap();
+        assert_eq!(l.sources.len(), MAX_REPLY_SOURCES_PER_ADDRESS + 1);
+        // Many addresses: one endpoint each before any gets a second.
+        let mut r = Registry::new();
+        for h in 0..100u16 {
+            for k in 0..3u16 {
+                let ep = SocketAddr::from(([10, 1, (h >> 8) as u8, h as u8], 7000 + k));
+                r.register(u64::from(h * 3 + k), ep, vec![entry("a", 3000, 1)]);
+            }
+        }
+        let l = r.locate("a", 64, 5, false).unwrap();
+        let ips: HashSet<_> = l.sources.iter().map(|s| s.0.ip()).collect();
+        assert_eq!((l.sources.len(), ips.len()), (64, 64));
+        // Few addresses with a few endpoints each: rounds fill the reply.
+        let mut r = Registry::new();
+        for (h, n) in [(1u8, 20u16), (2, 3), (3, 1)] {
+            for k in 0..n {
+                let ep = SocketAddr::from(([10, 2, 0, h], 7000 + k));
+                r.register(
+                    u64::from(h) * 100 + u64::from(k),
+                    ep,
+                    vec![entry("a", 3000, 1)],
+                );
+            }
+        }
+        let l = r.locate("a", 64, 5, false).unwrap();
+        let count = |h: u8| {
+            l.sources
+                .iter()
+                .filter(|s| s.0.ip() == IpAddr::from([10, 2, 0, h]))
+                .count()
+        };
+        assert_eq!(
+            (count(1), count(2), count(3)),
+            (MAX_REPLY_SOURCES_PER_ADDRESS, 3, 1)
+        );
     }
 
     /// Resident memory of a full registry, by hand (release build; it
