@@ -171,9 +171,9 @@ impl Picker {
     /// source holding a fair share of the rarest chunks (a seed always does)
     /// costs O(1). Only when every draw misses is the group scanned: its list
     /// when that is short, else its words against the source's bitmap, 64
-    /// chunks per operation (8,192 operations at 2^19 chunks, less than
-    /// copying that source's bitmap). Endgame looks at the chunks in flight
-    /// only.
+    /// chunks per operation (8,192 operations at 2^19 chunks, about what
+    /// copying that source's 64 KiB bitmap costs). Endgame looks at the
+    /// chunks in flight only.
     pub fn pick(&mut self, source_has: &Bitmap, endgame: bool) -> Option<Pick> {
         if let Some(i) = self.choose_fresh(source_has) {
             self.set_in_flight(i, 1);

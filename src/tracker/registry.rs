@@ -319,8 +319,13 @@ impl Registry {
             }
             if !same {
                 // Only holders without a single chunk claim the name: they
-                // serve nothing, so the new content takes it over.
+                // serve nothing, so the new content takes it over. This
+                // connection may have been one of them: the new content is
+                // new to it, so the caps apply now.
                 self.forget_file(&f.name);
+                if let Some(e) = self.over_cap(conn, count) {
+                    return Err(e);
+                }
             }
         }
         if !self.files.contains_key(&f.name) {
@@ -882,6 +887,28 @@ mod tests {
         r.register(61, host(4, 1), vec![entry("g", 50 * 1024, 2)]);
         assert_eq!(r.address_chunks(host(3, 0).ip()), 0);
         assert_eq!(r.address_chunks(host(4, 0).ip()), 50);
+    }
+
+    #[test]
+    fn taking_over_a_name_one_holds_without_chunks_is_capped_too() {
+        let caps = Caps {
+            chunks_per_peer: 100,
+            ..Caps::default()
+        };
+        let mut r = Registry::with_caps(caps);
+        let mut empty = entry("a", 50 * 1024, 1);
+        empty.have = Have::Some(vec![0; 7]);
+        assert_eq!(
+            r.register(1, ep(1), vec![empty]).0,
+            vec![FileOutcome::Accepted]
+        );
+        // Other content under the same name, larger than the cap allows.
+        let (o, _) = r.register(1, ep(1), vec![entry("a", 150 * 1024, 2)]);
+        assert!(busy_text(&o[0]).is_some(), "{o:?}");
+        assert_eq!(r.address_chunks(ep(1).ip()), 0);
+        let (o, _) = r.register(1, ep(1), vec![entry("a", 100 * 1024, 2)]);
+        assert_eq!(o, vec![FileOutcome::Accepted]);
+        assert_eq!(r.address_chunks(ep(1).ip()), 100);
     }
 
     #[test]
