@@ -452,13 +452,13 @@ impl Worker {
                 .map_or(self.cfg.keepalive, |t| {
                     t.saturating_duration_since(Instant::now())
                 });
-            // Wake up for overflowed files when they are due.
-            let wait = if lock(&self.overflow).is_empty() {
-                idle.min(LIVENESS_POLL)
+            // Also wake up for overflowed files when they are due.
+            let overflow_wait = if lock(&self.overflow).is_empty() {
+                Duration::MAX
             } else {
-                idle.min(LIVENESS_POLL)
-                    .min(link.overflow_due.saturating_duration_since(Instant::now()))
+                link.overflow_due.saturating_duration_since(Instant::now())
             };
+            let wait = idle.min(LIVENESS_POLL).min(overflow_wait);
             let step = select! {
                 recv(self.stop) -> _ => {
                     self.leave(link);
@@ -474,7 +474,7 @@ impl Worker {
                     }
                 },
                 default(wait) => {
-                    if idle <= LIVENESS_POLL {
+                    if idle <= wait {
                         self.keepalive(link)
                     } else {
                         self.check_open(link)
