@@ -82,7 +82,20 @@ pub const TRACKER_MAX_PER_IP: usize = 256;
 pub const MAX_FILES_PER_PEER: usize = 65_536;
 /// Most chunks one registration may claim, summed over its files.
 pub const MAX_CHUNKS_PER_PEER: u64 = 4 << 20;
-/// Most chunks the whole registry holds; bounds the tracker's memory.
+/// Most endpoints of one address (IPv4 address or IPv6 /64) in one
+/// Locations reply when the file has sources on other addresses too: one
+/// host cannot crowd the others out of a reply however many connections it
+/// registers. A file held from one address only (a swarm on one host) gets
+/// up to [`MAX_SOURCES_PER_REPLY`] of them.
+pub const MAX_REPLY_SOURCES_PER_ADDRESS: usize = 8;
+/// Most chunks the registrations of one address (IPv4 address or IPv6 /64)
+/// may claim together, summed over its connections and their files: two
+/// peers' worth, about a sixth of [`MAX_TOTAL_CHUNKS`], so one host cannot
+/// fill the registry and it takes at least seven to do so.
+pub const MAX_CHUNKS_PER_ADDRESS: u64 = 2 * MAX_CHUNKS_PER_PEER;
+/// Most chunks the whole registry holds (each file counted once); bounds
+/// the tracker's memory: about 20.4 bytes per chunk (its SHA-1, a bit per
+/// holder), so about 1.0 GiB when full (docs/protocol.md §9, Size caps).
 pub const MAX_TOTAL_CHUNKS: u64 = 50 << 20;
 
 // ---- Chunk server caps ------------------------------------------------------

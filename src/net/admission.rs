@@ -153,7 +153,7 @@ impl Drop for Ticket {
 
 /// What addresses are counted together: an IPv4 address (IPv4-mapped IPv6
 /// included), or the /64 of an IPv6 address.
-fn key(ip: IpAddr) -> IpAddr {
+pub fn key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);

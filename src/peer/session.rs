@@ -11,7 +11,12 @@
 //! read at the moment of sending so bitmaps are always current) and `wire`.
 //! Other threads talk to it only through a bounded command channel and never
 //! wait on the network: a full queue falls back to re-registering the file
-//! later (see [`TrackerSession::chunk_registered`]).
+//! later (see [`TrackerSession::chunk_registered`]). Such re-registers are
+//! spaced out (at least [`OVERFLOW_INTERVAL`], longer for big files, see
+//! [`OVERFLOW_RATE`]) and cover the queued updates of that file, which are
+//! then skipped: a download that verifies chunks faster than the tracker
+//! answers must not make the session resend a whole file's hash list (up
+//! to 10 MiB) for every update it handles.
 //!
 //! Why one thread owns the connection: the tracker protocol is strictly
 //! request/reply on one stream, so a single owner needs no locking around the
@@ -45,6 +50,14 @@ const COMMAND_QUEUE: usize = 4096;
 /// must answer a probe well within the tracker's 1 s probe timeout
 /// (`limits::PROBE_TIMEOUT`), or lose its endpoint to whoever announced it.
 const LIVENESS_POLL: Duration = Duration::from_millis(250);
+/// Shortest time between two re-registers of overflowed files.
+const OVERFLOW_INTERVAL: Duration = Duration::from_secs(1);
+/// Bytes per second of Register that re-registering overflowed files may
+/// cost on average: after sending B bytes, the next such round waits
+/// B / this (a file of 2^19 chunks, 10 MiB of hashes: about 10 s), if that
+/// is longer than [`OVERFLOW_INTERVAL`]. Meanwhile the tracker lags behind
+/// on that file's newest chunks; nothing is lost.
+const OVERFLOW_RATE: u64 = 1 << 20;
 
 /// Timing of the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,6 +306,8 @@ struct Link {
     /// retried (an explicit `register_files` retries).
     refused: HashSet<String>,
     last_send: Instant,
+    /// When overflowed files may be re-registered next.
+    overflow_due: Instant,
 }
 
 impl Link {
@@ -426,6 +441,7 @@ impl Worker {
             registered: HashSet::new(),
             refused: HashSet::new(),
             last_send: Instant::now(),
+            overflow_due: Instant::now(),
         };
         // Updates that could not be queued are covered by the full
         // registration below, which reads every bitmap now.
@@ -456,6 +472,13 @@ impl Worker {
                 .map_or(self.cfg.keepalive, |t| {
                     t.saturating_duration_since(Instant::now())
                 });
+            // Also wake up for overflowed files when they are due.
+            let overflow_wait = if lock(&self.overflow).is_empty() {
+                Duration::MAX
+            } else {
+                link.overflow_due.saturating_duration_since(Instant::now())
+            };
+            let wait = idle.min(LIVENESS_POLL).min(overflow_wait);
             let step = select! {
                 recv(self.stop) -> _ => {
                     self.leave(link);
@@ -470,8 +493,8 @@ impl Worker {
                         return End::Leave;
                     }
                 },
-                default(idle.min(LIVENESS_POLL)) => {
-                    if idle <= LIVENESS_POLL {
+                default(wait) => {
+                    if idle <= wait {
                         self.keepalive(link)
                     } else {
                         self.check_open(link)
@@ -503,6 +526,12 @@ impl Worker {
         }
         if !link.registered.contains(&name) {
             return self.register_names(link, vec![name]);
+        }
+        if lock(&self.overflow).contains(&name) {
+            // A re-register of the whole file is pending; it reads the
+            // bitmap when sent, and this chunk was marked held before it
+            // was queued, so it is covered.
+            return Ok(());
         }
         let reply = link.request(&Message::ChunkRegister {
             name: name.clone(),
@@ -630,12 +659,26 @@ impl Worker {
         }
     }
 
-    /// Re-registers files whose updates did not fit in the queue.
+    /// Re-registers files whose updates did not fit in the queue, when
+    /// `link.overflow_due` has come; then sets the next due time from the
+    /// size of what was sent ([`OVERFLOW_RATE`], [`OVERFLOW_INTERVAL`]).
     fn flush_overflow(&self, link: &mut Link) -> Result<(), Lost> {
+        let now = Instant::now();
+        if now < link.overflow_due {
+            return Ok(());
+        }
         let names: Vec<String> = lock(&self.overflow).drain().collect();
         if names.is_empty() {
             return Ok(());
         }
+        // About what the Register carries: a hash and a bitmap bit per chunk.
+        let bytes: u64 = names
+            .iter()
+            .filter_map(|n| self.share.get(n))
+            .map(|f| u64::from(f.geometry().count()) * 21 + 64)
+            .sum();
+        let pause = Duration::from_millis(bytes.saturating_mul(1000) / OVERFLOW_RATE);
+        link.overflow_due = now + pause.max(OVERFLOW_INTERVAL);
         self.register_names(link, names)
     }
 
@@ -1498,6 +1541,67 @@ mod tests {
         assert!(lock(&s.overflow).is_empty());
         s.leave();
         assert_eq!(fake.next_request().1, Message::Leave);
+    }
+
+    /// Issue 11 (suspected, confirmed): while chunks are verified faster
+    /// than the tracker answers ChunkRegisters, the queue stays full, the
+    /// file stays in the overflow set, and every turn of the session loop
+    /// re-sent the whole file's Register (10 MiB of hashes at 2^19 chunks)
+    /// to handle one queued ChunkRegister. Re-registers of overflowed files
+    /// are now spaced out, and queued updates they cover are skipped.
+    #[test]
+    fn a_full_queue_does_not_resend_the_register_every_turn() {
+        let fake = FakeTracker::start(false);
+        let n = 1u32 << 14; // 16,384 chunks: 320 KiB of hashes per Register
+        let big = partial("big", u64::from(n) * 1024, &[]);
+        let share = index(&[Arc::clone(&big), complete("small", 10)]);
+        let s = TrackerSession::start(fake.addr, 5, share, fast(), None).unwrap();
+        let (conn, _, files) = expect_register(fake.next());
+        assert_eq!(names(&files), vec!["small"]);
+        // A download verifying chunks as fast as it can for 1.5 s.
+        let t = Instant::now();
+        let mut i = 0u32;
+        while t.elapsed() < Duration::from_millis(1500) {
+            if let Some(c) = big.geometry().index(i % n) {
+                big.mark_have(c);
+            }
+            s.chunk_registered("big", i % n);
+            i += 1;
+        }
+        assert!(i as usize > 4 * COMMAND_QUEUE, "only {i} chunks queued");
+        assert_eq!(big.have_count(), n);
+        // Everything is announced in the end: the last Register and the
+        // ChunkRegisters after it cover every chunk.
+        wait_until("the overflow is flushed", || lock(&s.overflow).is_empty());
+        s.leave();
+        let mut registers = 0;
+        let mut announced = Bitmap::new(n);
+        loop {
+            match fake.next() {
+                (c, Message::Register { files, .. }) => {
+                    assert_eq!((c, files[0].name.as_str()), (conn, "big"));
+                    registers += 1;
+                    announced = match &files[0].have {
+                        Have::All => Bitmap::full(n),
+                        Have::Some(b) => Bitmap::from_bytes(n, b).unwrap(),
+                    };
+                }
+                (_, Message::ChunkRegister { index, .. }) => {
+                    announced.set(index);
+                }
+                (_, Message::Leave) => break,
+                _ => {}
+            }
+        }
+        assert!(
+            (1..=4).contains(&registers),
+            "{registers} Registers of the whole file in 1.5 s"
+        );
+        assert!(
+            announced.is_full(),
+            "{} of {n} chunks announced",
+            announced.count_ones()
+        );
     }
 
     // ---- Batcher --------------------------------------------------------
