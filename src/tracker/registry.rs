@@ -21,8 +21,8 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::net::admission;
 use crate::chunks::{Bitmap, Digest, Geometry};
+use crate::net::admission;
 use crate::wire::{self, ErrorCode, FileEntry, FileOutcome, FileSummary, Have, NameError};
 
 /// Identifies one control connection (and so one peer) for its lifetime.
