@@ -391,7 +391,7 @@ if ((KEEP)); then
      peer list --tracker \$T
      peer where climbing.jpg --tracker \$T
      peer get bear.jpg --tracker \$T --dir $WORK/mine --listen 127.0.0.1:0
-   or join as an interactive peer, then type help, list, get 1, status, quit:
+   or join as an interactive peer, then type help, list, get #1, status, quit:
      mkdir -p $DEMO/4 && peer share --tracker \$T --dir $DEMO/4 --listen 127.0.0.1:0
 EOF
   STOP=0

@@ -1,9 +1,8 @@
 //! `cargo run --release --example bench -- all`: the benchmark harness of
 //! issue 5. See docs/benchmarks.md for what each scenario measures and
-//! examples/bench/mod.rs for the code.
+//! testkit/src/bench/ for the code (shared with tests/bench_quick.rs).
 
-#[path = "bench/mod.rs"]
-mod bench;
+use testkit::bench;
 
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -1,27 +1,35 @@
 //! p2pfs: peer-to-peer file sharing with a central tracker.
 //!
 //! Layout (each module's top comment says what it owns and may call):
-//! - [`wire`]: frames, messages, limits, name rules. Depends on nothing else here.
-//! - [`chunks`]: chunk geometry, SHA-1, bitmaps. Depends on nothing else here.
-//! - [`tracker`]: the registry (pure data) and the server (sockets, one thread
-//!   per connection). Depends on `wire`, `chunks` and `admission` only.
-//! - [`admission`]: connection caps (total and per address) and the Busy
-//!   refusal, used by both servers. Depends on `wire` only.
-//! - [`peer`]: share index, chunk server, picker, download workers, assembler,
-//!   tracker session. Depends on `wire`, `chunks` and `admission` only, never
-//!   on `tracker`.
+//! - [`wire`]: frames, messages, name rules. Depends on `limits` only.
+//! - [`chunks`]: chunk geometry, SHA-1, bitmaps. Depends on `limits` only.
+//! - [`limits`]: every limit and default, stated once. Depends on nothing.
+//! - [`sync`]: the one poison-ignoring lock helper. Depends on nothing.
+//! - [`net`]: what every connection does whatever is said on it: the server
+//!   skeleton shared by both servers (accept with caps, a thread per
+//!   connection, Hello, timeouts, orderly close, shutdown), connection caps,
+//!   and client connection setup. Depends on `wire` and `limits` only.
+//! - [`tracker`]: the registry (pure data) and the tracker protocol handler.
+//!   Depends on `wire`, `chunks` and `net` only.
+//! - [`peer`]: share index, chunk server handler, picker, download workers,
+//!   assembler, tracker session. Depends on `wire`, `chunks` and `net` only,
+//!   never on `tracker`.
+//! - [`ui`]: the user interface of the `peer` and `tracker` programs
+//!   (command lines, output, progress, signals, the prompt). Depends on the
+//!   engine modules above; none of them depends on it.
 //!
 //! Everything is synchronous std::net with one OS thread per connection;
 //! threads talk over bounded crossbeam channels.
 
 #![forbid(unsafe_code)]
 
-pub mod admission;
 pub mod chunks;
 pub mod limits;
+pub mod net;
 pub mod peer;
 pub mod sync;
 pub mod tracker;
+pub mod ui;
 pub mod wire;
 
 /// An error and its chain of causes on one line ("a: b: c"), skipping a

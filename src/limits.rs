@@ -56,6 +56,11 @@ pub const TRACKER_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The chunk server closes a connection that sends no request this long.
 pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a registered peer has to answer the tracker's Keepalive probe
+/// (sent when another connection registers the same endpoint) before its
+/// registration is found dead, its connection closed and the endpoint given
+/// to the newcomer.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 // ---- Defaults -------------------------------------------------------------
 
@@ -77,7 +82,20 @@ pub const TRACKER_MAX_PER_IP: usize = 256;
 pub const MAX_FILES_PER_PEER: usize = 65_536;
 /// Most chunks one registration may claim, summed over its files.
 pub const MAX_CHUNKS_PER_PEER: u64 = 4 << 20;
-/// Most chunks the whole registry holds; bounds the tracker's memory.
+/// Most endpoints of one address (IPv4 address or IPv6 /64) in one
+/// Locations reply when the file has sources on other addresses too: one
+/// host cannot crowd the others out of a reply however many connections it
+/// registers. A file held from one address only (a swarm on one host) gets
+/// up to [`MAX_SOURCES_PER_REPLY`] of them.
+pub const MAX_REPLY_SOURCES_PER_ADDRESS: usize = 8;
+/// Most chunks the registrations of one address (IPv4 address or IPv6 /64)
+/// may claim together, summed over its connections and their files: two
+/// peers' worth, about a sixth of [`MAX_TOTAL_CHUNKS`], so one host cannot
+/// fill the registry and it takes at least seven to do so.
+pub const MAX_CHUNKS_PER_ADDRESS: u64 = 2 * MAX_CHUNKS_PER_PEER;
+/// Most chunks the whole registry holds (each file counted once); bounds
+/// the tracker's memory: about 20.4 bytes per chunk (its SHA-1, a bit per
+/// holder), so about 1.0 GiB when full (docs/protocol.md §9, Size caps).
 pub const MAX_TOTAL_CHUNKS: u64 = 50 << 20;
 
 // ---- Chunk server caps ------------------------------------------------------
@@ -142,3 +160,9 @@ pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
 /// between the two (it does in any default ones), or both sides would wait
 /// for each other for good.
 pub const MAX_REQUEST_BYTES_IN_FLIGHT: usize = 32 << 10;
+
+// ---- User interface ---------------------------------------------------------
+
+/// Default width, in characters, of the chunk maps `peer where` and the
+/// prompt's `where` draw (one character per chunk or group of chunks).
+pub const WHERE_MAP_WIDTH: usize = 64;

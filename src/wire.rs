@@ -64,6 +64,25 @@ pub mod ty {
     pub const LEAVE: u8 = 0x17;
     pub const CHUNK_REQUEST: u8 = 0x20;
     pub const CHUNK_DATA: u8 = 0x21;
+
+    /// Every type code above, in numeric order: what tests and the fuzzer
+    /// iterate over. A unit test checks that exactly these codes decode.
+    pub const ALL: &[u8] = &[
+        HELLO,
+        ERROR,
+        OK,
+        KEEPALIVE,
+        REGISTER,
+        REGISTER_REPLY,
+        LIST_FILES,
+        FILE_LIST,
+        LOCATE,
+        LOCATIONS,
+        CHUNK_REGISTER,
+        LEAVE,
+        CHUNK_REQUEST,
+        CHUNK_DATA,
+    ];
 }
 
 /// Error codes carried by [`Message::Error`] and by refused files in a
@@ -904,8 +923,15 @@ impl fmt::Display for NameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
             NameError::Empty => "name is empty",
-            NameError::TooLong => "name is longer than 1024 bytes",
-            NameError::ComponentTooLong => "a name component is longer than 255 bytes",
+            NameError::TooLong => {
+                return write!(f, "name is longer than {MAX_NAME_LEN} bytes");
+            }
+            NameError::ComponentTooLong => {
+                return write!(
+                    f,
+                    "a name component is longer than {MAX_NAME_COMPONENT_LEN} bytes"
+                );
+            }
             NameError::Absolute => "name is absolute (starts with '/')",
             NameError::EmptyComponent => "name has an empty component ('//' or a trailing '/')",
             NameError::DotComponent => "name has a '.' component",
@@ -1396,6 +1422,20 @@ mod tests {
     }
 
     #[test]
+    fn ty_all_lists_exactly_the_codes_that_decode() {
+        // Every code in ALL has a decoder (an empty payload may be refused as
+        // truncated, never as an unknown type); every other byte is unknown.
+        for t in 0..=u8::MAX {
+            let unknown = matches!(Message::decode(t, &[]), Err(WireError::UnknownType(_)));
+            assert_eq!(ty::ALL.contains(&t), !unknown, "type 0x{t:02x}");
+        }
+        assert!(
+            ty::ALL.windows(2).all(|w| w[0] < w[1]),
+            "sorted, no repeats"
+        );
+    }
+
+    #[test]
     fn malformed_cases_are_typed_errors() {
         assert!(matches!(
             Message::decode_frame(&[0, 0, 0, 0]),
@@ -1514,6 +1554,18 @@ mod tests {
         );
         let long = vec!["a".repeat(200); 6].join("/");
         assert_eq!(validate_name(&long), Err(NameError::TooLong));
+        // The messages state the limits from `limits`, not copies.
+        assert_eq!(
+            NameError::TooLong.to_string(),
+            format!("name is longer than {} bytes", crate::limits::MAX_NAME_LEN)
+        );
+        assert_eq!(
+            NameError::ComponentTooLong.to_string(),
+            format!(
+                "a name component is longer than {} bytes",
+                crate::limits::MAX_NAME_COMPONENT_LEN
+            )
+        );
     }
 
     #[test]

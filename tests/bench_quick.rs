@@ -1,15 +1,14 @@
-//! Runs the benchmark harness (examples/bench) in `--quick` mode against
-//! the binaries this `cargo test` built, so the harness cannot rot. Asserts
+//! Runs the benchmark harness (`testkit::bench`, the code behind
+//! examples/bench.rs) in `--quick` mode against the binaries this
+//! `cargo test` built, so the harness cannot rot. Asserts
 //! only that every scenario ran and is in the table: speed is the
 //! benchmark's business, never a test's.
-
-#[allow(dead_code)]
-#[path = "../examples/bench/mod.rs"]
-mod bench;
 
 mod util;
 
 use std::path::Path;
+
+use testkit::bench;
 
 #[test]
 fn quick_benchmark_runs_every_scenario() {

@@ -539,9 +539,11 @@ fn useless_sources_on_another_host_do_not_hold_up_an_honest_one() {
             took
         };
         let alone = timed("alone", &honest);
-        // 62 useless sources: with the honest one, all fit in one Locations
-        // reply (at most 64), so every one of them is offered.
-        let useless = UselessSources::start(62);
+        // 200 useless sources on one other host (issue 10, item 4). The
+        // tracker hands out at most 8 endpoints of one address per reply
+        // (tracker side); the downloader starts at most 4 probes to one host
+        // at a time, and backs off from sources that deliver nothing.
+        let useless = UselessSources::start(200);
         let _claims: Vec<TcpStream> = useless
             .endpoints
             .iter()
@@ -552,10 +554,9 @@ fn useless_sources_on_another_host_do_not_hold_up_an_honest_one() {
         honest.leave();
         let honest = seed();
         let l = p2pfs::peer::client::locate(t.local_addr(), "f", false).unwrap();
-        assert_eq!(l.sources.len(), 63);
-        assert_eq!(l.sources[62].addr.port(), honest.local_addr().port());
+        assert!(l.sources.len() > 1, "{l:?}");
         let crowded = timed("crowded", &honest);
-        eprintln!("honest source alone: {alone:?}; with 62 useless ones: {crowded:?}");
+        eprintln!("honest source alone: {alone:?}; with 200 useless ones: {crowded:?}");
         assert!(
             crowded < alone * 2,
             "with useless sources {crowded:?}, alone {alone:?}"

@@ -165,12 +165,10 @@ fn a_lying_source_is_caught_dropped_and_the_file_is_correct() {
         let s = Scratch::new("liar");
         let data = util::pattern(2 << 20, 5);
         write(&s.sub("good"), "f", &data);
-        let liar_file = write(&s.sub("liar"), "f", &data);
         let t = tracker();
         let good = seed(t.local_addr(), &s.path().join("good"), Some(1 << 20));
-        let liar = seed(t.local_addr(), &s.path().join("liar"), None);
-        // Alter the liar's bytes after it registered the true hashes.
-        fs::write(&liar_file, util::pattern(data.len(), 99)).unwrap();
+        // Announces the true hashes, serves other bytes.
+        let liar = util::liar(t.local_addr(), &s.sub("liar"), "f", &data);
         let b = downloader(t.local_addr());
         let sum = get(&b, "f", &s.sub("b"));
         assert_eq!(fs::read(s.path().join("b/f")).unwrap(), data);
@@ -186,6 +184,74 @@ fn a_lying_source_is_caught_dropped_and_the_file_is_correct() {
             "{l:?}"
         );
         assert_eq!(from(&sum, good.local_addr()), data.len() as u64);
+    });
+}
+
+#[test]
+fn a_sharer_whose_file_changed_after_hashing_refuses_it_and_sends_no_bad_byte() {
+    // issue 11, item 6: an honest `peer share` whose file is rewritten
+    // (same size) after it registered the hashes notices before sending.
+    with_timeout(90, || {
+        let s = Scratch::new("changed");
+        let data = util::pattern(2 << 20, 5);
+        write(&s.sub("good"), "f", &data);
+        let changed_file = write(&s.sub("changed"), "f", &data);
+        let t = tracker();
+        let good = seed(t.local_addr(), &s.path().join("good"), Some(1 << 20));
+        let changed = seed(t.local_addr(), &s.path().join("changed"), None);
+        thread::sleep(Duration::from_millis(20)); // a new ctime tick
+        fs::write(&changed_file, util::pattern(data.len(), 99)).unwrap();
+        let b = downloader(t.local_addr());
+        let sum = get(&b, "f", &s.sub("b"));
+        assert_eq!(fs::read(s.path().join("b/f")).unwrap(), data);
+        assert_eq!(
+            changed.uploaded_bytes(),
+            0,
+            "no byte of the changed file was sent"
+        );
+        if let Some(c) = sum.sources.iter().find(|x| x.addr == changed.local_addr()) {
+            assert_eq!(c.hash_failures, 0, "{c:?}");
+            assert_eq!(c.bytes, 0, "{c:?}");
+        }
+        assert!(changed.share().get("f").is_none(), "withdrawn");
+        assert_eq!(from(&sum, good.local_addr()), data.len() as u64);
+    });
+}
+
+fn mkfifo(p: &Path) {
+    let ok = std::process::Command::new("mkfifo")
+        .arg(p)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "mkfifo {}", p.display());
+}
+
+#[test]
+fn fifos_at_the_download_names_are_refused_not_waited_on() {
+    // issue 11, item 1 ("wherever a shared file is opened again"): the file
+    // already under the final name is opened to be verified and shared, and
+    // a `.part.have` (in `.p2pfs/`) to resume. A FIFO at either used to block `peer get`.
+    with_timeout(60, || {
+        let s = Scratch::new("fifo-get");
+        let data = util::pattern(100_000, 3);
+        write(&s.sub("src"), "f", &data);
+        let t = tracker();
+        let _seed = seed(t.local_addr(), &s.path().join("src"), None);
+        let b = downloader(t.local_addr());
+        let dir = s.sub("dl");
+
+        mkfifo(&dir.join("f"));
+        let e = b.download("f", &dir, &opts(), &mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        fs::remove_file(dir.join("f")).unwrap();
+
+        let part = part_path(&dir, "f");
+        fs::create_dir_all(part.parent().unwrap()).unwrap();
+        fs::write(&part, b"someone else's").unwrap();
+        mkfifo(&have_path(&dir, "f"));
+        let e = b.download("f", &dir, &opts(), &mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("not an unfinished download"), "{e}");
+        assert_eq!(fs::read(&part).unwrap(), b"someone else's");
     });
 }
 
@@ -491,8 +557,8 @@ fn ctrl_c_stops_get_cleanly_and_a_rerun_resumes() {
         first.signal("INT");
         assert_eq!(
             first.wait_exit(15),
-            Some(1),
-            "interrupted get exits non-zero"
+            Some(130),
+            "interrupted get exits with 128 + SIGINT"
         );
         assert!(!dir.join("f").exists());
         assert!(part_path(&dir, "f").exists() && have_path(&dir, "f").exists());

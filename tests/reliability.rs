@@ -56,74 +56,21 @@ fn tracker_bin(args: &[&str]) -> Proc {
 
 /// Connects from `src` (a loopback address other than 127.0.0.1), so that
 /// per-address connection caps see another host. std has no bind-before-
-/// connect, so this goes through the C library (no new dependency).
+/// connect, so this goes through socket2.
 fn connect_from(src: Ipv4Addr, dst: SocketAddr) -> io::Result<TcpStream> {
-    use std::os::fd::FromRawFd;
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-    #[repr(C)]
-    struct SockaddrIn {
-        family: u16,
-        port: u16,
-        addr: [u8; 4],
-        zero: [u8; 8],
-    }
-    #[repr(C)]
-    struct Timeval {
-        sec: i64,
-        usec: i64,
-    }
-    unsafe extern "C" {
-        fn socket(domain: i32, ty: i32, protocol: i32) -> i32;
-        fn bind(fd: i32, addr: *const SockaddrIn, len: u32) -> i32;
-        fn connect(fd: i32, addr: *const SockaddrIn, len: u32) -> i32;
-        fn setsockopt(fd: i32, level: i32, name: i32, val: *const Timeval, len: u32) -> i32;
-        fn close(fd: i32) -> i32;
-    }
-    const AF_INET: i32 = 2;
-    const SOCK_STREAM: i32 = 1;
-    const SOCK_CLOEXEC: i32 = 0o2_000_000;
-    const SOL_SOCKET: i32 = 1;
-    const SO_SNDTIMEO: i32 = 21;
-
-    let SocketAddr::V4(dst) = dst else {
+    if !dst.is_ipv4() {
         return Err(io::Error::other("IPv4 only"));
-    };
-    let sa = |ip: Ipv4Addr, port: u16| SockaddrIn {
-        family: AF_INET as u16,
-        port: port.to_be(),
-        addr: ip.octets(),
-        zero: [0; 8],
-    };
-    let len = std::mem::size_of::<SockaddrIn>() as u32;
-    // SAFETY: plain socket calls on a descriptor we own; every pointer is to
-    // a live local of the right layout; the fd is closed on every error path
-    // and otherwise owned by the TcpStream.
-    unsafe {
-        let fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let fail = |fd: i32| {
-            let e = io::Error::last_os_error();
-            close(fd);
-            Err(e)
-        };
-        // Bounds connect() (Linux applies the send timeout to it).
-        let tv = Timeval { sec: 5, usec: 0 };
-        if setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, 16) != 0 {
-            return fail(fd);
-        }
-        if bind(fd, &sa(src, 0), len) != 0 {
-            return fail(fd);
-        }
-        if connect(fd, &sa(*dst.ip(), dst.port()), len) != 0 {
-            return fail(fd);
-        }
-        let s = TcpStream::from_raw_fd(fd);
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.set_write_timeout(Some(Duration::from_secs(10)))?;
-        Ok(s)
     }
+    // socket2 opens sockets close-on-exec, as std does.
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    sock.bind(&SockAddr::from(SocketAddr::from((src, 0))))?;
+    sock.connect_timeout(&SockAddr::from(dst), Duration::from_secs(5))?;
+    let s = TcpStream::from(sock);
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    Ok(s)
 }
 
 /// Hello over `s`; the reply.

@@ -7,7 +7,7 @@ mod util;
 use std::fs;
 use std::sync::Arc;
 
-use p2pfs::peer::repl::{DownloadState, Flow, Repl};
+use p2pfs::ui::repl::{DownloadState, Flow, Repl};
 use util::{Scratch, downloader, opts, seed, tracker, wait_until, with_timeout};
 
 /// Runs one command line; returns what it printed.
@@ -37,7 +37,7 @@ fn list_where_get_status_at_the_prompt() {
 
         let mut out = Vec::new();
         r.run(
-            &mut "help\n\nlist\nwhere 1\nget 1\nget photo.jpg\nfrobnicate\nget\nget 9\nwhere ../x\n"
+            &mut "help\n\nlist\nwhere #1\nget #1\nget photo.jpg\nfrobnicate\nget\nget #9\nwhere ../x\n"
                 .as_bytes(),
             &mut out,
         )
@@ -54,7 +54,7 @@ fn list_where_get_status_at_the_prompt() {
             "already downloading photo.jpg",
             "unknown command \"frobnicate\"",
             "get needs a file",
-            "there is no file 9 in the last list (1 to 1)",
+            "there is no file #9 in the last list (#1 to #1)",
             "\"../x\" is not a valid name",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
@@ -184,6 +184,58 @@ fn a_failed_download_can_be_retried_at_the_prompt() {
             dir.join("big").exists()
         });
         assert_eq!(fs::read(dir.join("big")).unwrap(), data);
+        r.finish();
+    });
+}
+
+/// Issue 11 item 10: a bare word is always a name (a file named `2` is
+/// fetched by `get 2`, before or after `list`), `#N` is the list's number
+/// N, and quotes keep a name's spaces.
+#[test]
+fn names_that_look_like_numbers_and_names_with_spaces_can_be_fetched() {
+    with_timeout(90, || {
+        let s = Scratch::new("repl-names");
+        let files = [("2", 21u64), ("a.txt", 22), (" padded name ", 23)];
+        for (name, seed_no) in files {
+            fs::write(s.sub("seed").join(name), util::pattern(100_000, seed_no)).unwrap();
+        }
+        let t = tracker();
+        let _seed = seed(t.local_addr(), &s.path().join("seed"), None);
+        let me = Arc::new(downloader(t.local_addr()));
+        let dir = s.sub("me");
+        let (mut r, _notices) = Repl::new(Arc::clone(&me), dir.clone(), opts());
+        let fetched = |name: &str, seed_no: u64| {
+            wait_until(30, name, || {
+                fs::read(dir.join(name)).is_ok_and(|d| d == util::pattern(100_000, seed_no))
+            })
+        };
+
+        // Before any list: the file named "2", not a list number.
+        let out = say(&mut r, "get 2");
+        assert!(out.contains("downloading 2 ("), "{out}");
+        fetched("2", 21);
+
+        // After a list, still the name; `#N` is the number.
+        let list = say(&mut r, "list");
+        let number = list
+            .lines()
+            .find(|l| l.contains("a.txt"))
+            .and_then(|l| l.trim().split('.').next())
+            .expect(&list)
+            .to_owned();
+        let out = say(&mut r, "where 2");
+        assert!(out.starts_with("2: 100000 bytes"), "{out}");
+        let out = say(&mut r, &format!("get #{number}"));
+        assert!(out.contains("downloading a.txt ("), "{out}");
+        fetched("a.txt", 22);
+
+        // Quotes keep leading and trailing spaces.
+        let out = say(&mut r, "where \" padded name \"");
+        assert!(out.starts_with(" padded name : 100000 bytes"), "{out}");
+        let out = say(&mut r, "get \" padded name \"\n");
+        assert!(out.contains("downloading  padded name  ("), "{out}");
+        fetched(" padded name ", 23);
+        wait_until(30, "downloads finished", || r.active_downloads() == 0);
         r.finish();
     });
 }

@@ -34,9 +34,7 @@ use proptest::test_runner::{Config, RngSeed};
 
 // ---- Allocation probe ---------------------------------------------------
 
-#[path = "../examples/fuzz/peak_alloc.rs"]
-mod peak_alloc;
-use peak_alloc::{PeakAlloc, peak_alloc};
+use testkit::alloc::{PeakAlloc, peak_alloc};
 
 #[global_allocator]
 static GLOBAL: PeakAlloc = PeakAlloc;
@@ -240,23 +238,6 @@ fn message() -> impl Strategy<Value = Message> {
     ]
 }
 
-const TYPE_CODES: [u8; 14] = [
-    wire::ty::HELLO,
-    wire::ty::ERROR,
-    wire::ty::OK,
-    wire::ty::KEEPALIVE,
-    wire::ty::REGISTER,
-    wire::ty::REGISTER_REPLY,
-    wire::ty::LIST_FILES,
-    wire::ty::FILE_LIST,
-    wire::ty::LOCATE,
-    wire::ty::LOCATIONS,
-    wire::ty::CHUNK_REGISTER,
-    wire::ty::LEAVE,
-    wire::ty::CHUNK_REQUEST,
-    wire::ty::CHUNK_DATA,
-];
-
 // ---- Strategies: damage -------------------------------------------------
 
 #[derive(Debug, Clone)]
@@ -329,9 +310,9 @@ fn fail(what: &str, e: &WireError) -> TestCaseError {
 }
 
 /// Every heap-backed field of a decoded message holds no more than the frame
-/// carried (see the shared `peak_alloc::check_bounded`).
+/// carried (see the shared `testkit::alloc::check_bounded`).
 fn check_bounded(m: &Message, len: usize) -> Result<(), TestCaseError> {
-    peak_alloc::check_bounded(m, len).map_err(TestCaseError::fail)
+    testkit::alloc::check_bounded(m, len).map_err(TestCaseError::fail)
 }
 
 /// Runs every decoder entry point over `bytes` and checks, whatever the
@@ -478,7 +459,7 @@ proptest! {
     /// decoders, not the frame check, see the noise) never panic.
     #[test]
     fn arbitrary_payloads_never_panic(
-        type_code in prop_oneof![3 => proptest::sample::select(&TYPE_CODES[..]), 1 => any::<u8>()],
+        type_code in prop_oneof![3 => proptest::sample::select(wire::ty::ALL), 1 => any::<u8>()],
         payload in vec(any::<u8>(), 0..600),
     ) {
         let mut b = ((payload.len() + 1) as u32).to_be_bytes().to_vec();

@@ -1,5 +1,5 @@
-//! The big wire-decoder fuzz run (see `engine.rs` for what is generated and
-//! what must hold):
+//! The big wire-decoder fuzz run (see testkit/src/fuzz.rs for what is
+//! generated and what must hold):
 //!
 //! ```text
 //! cargo run --release --example fuzz -- --cases 1000000 [--seed N] [--start N] [--threads N]
@@ -10,7 +10,7 @@
 //! (replay it alone with `--start <case> --cases 1`). CI runs a fixed-seed
 //! slice of the same engine as `tests/fuzz_wire.rs`.
 
-mod engine;
+use testkit::fuzz as engine;
 
 use std::process::ExitCode;
 use std::time::Instant;

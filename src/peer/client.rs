@@ -1,18 +1,30 @@
-//! Client side of a connection: connect with a timeout, exchange Hello, then
-//! send requests and read replies; plus the one-shot tracker queries used by
-//! `peer list`, `peer where` and the downloader.
+//! The peer's client connections: [`Conn`] (a greeted connection to a
+//! tracker or a peer, built on [`crate::net::client`], with errors as
+//! [`PeerError`]) and the one-shot tracker queries used by `peer list`,
+//! `peer where` and the downloader.
 //!
-//! Owns: connection setup policy (timeouts, TCP_NODELAY) for every outgoing
-//! connection of a peer. Calls `wire` only.
+//! Owns: the one-shot queries and address resolution. Connection setup
+//! (timeouts, TCP_NODELAY, the Hello) belongs to `net::client`; this module
+//! only forwards to it. Calls `net` and `wire`.
 
-use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use super::{PeerError, Result};
-use crate::wire::{self, FileSummary, Locations, Message, WireError};
+use crate::net::{self, NetError};
+use crate::wire::{FileSummary, Locations, Message};
 
-pub use crate::limits::{CONNECT_TIMEOUT, IO_TIMEOUT};
+pub use crate::net::client::{CONNECT_TIMEOUT, IO_TIMEOUT};
+
+impl From<NetError> for PeerError {
+    fn from(e: NetError) -> PeerError {
+        match e {
+            NetError::Wire { who, source } => PeerError::Net { who, source },
+            NetError::Refused { who, code, message } => PeerError::Refused { who, code, message },
+            NetError::Protocol { who, what } => PeerError::Protocol { who, what },
+        }
+    }
+}
 
 /// Resolves `addr` ("host:port") to its first socket address.
 pub fn resolve(addr: &str) -> Result<SocketAddr> {
@@ -22,120 +34,65 @@ pub fn resolve(addr: &str) -> Result<SocketAddr> {
         .ok_or_else(|| PeerError::Invalid(format!("{addr} resolves to no address")))
 }
 
-/// An open, greeted connection to a tracker or a peer.
-pub struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    addr: SocketAddr,
-}
+/// An open, greeted connection to a tracker or a peer (see
+/// [`net::client::Conn`]; this wrapper only turns its errors into
+/// [`PeerError`]).
+pub struct Conn(net::client::Conn);
 
 impl Conn {
     /// Connects, sets timeouts and TCP_NODELAY, and exchanges Hello.
     pub fn connect(addr: SocketAddr, io_timeout: Duration) -> Result<Conn> {
-        let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
-            .map_err(|e| PeerError::net(addr, WireError::Io(e)))?;
-        Conn::from_stream(stream, io_timeout)
+        Ok(Conn(net::client::Conn::connect(addr, io_timeout)?))
     }
 
     /// Greets over an already connected stream.
     pub fn from_stream(stream: TcpStream, io_timeout: Duration) -> Result<Conn> {
-        let addr = stream.peer_addr().map_err(|e| PeerError::Net {
-            who: "connection".into(),
-            source: WireError::Io(e),
-        })?;
-        let setup = || -> std::io::Result<TcpStream> {
-            stream.set_nodelay(true)?;
-            stream.set_read_timeout(Some(io_timeout))?;
-            stream.set_write_timeout(Some(io_timeout))?;
-            stream.try_clone()
-        };
-        let writer = setup().map_err(|e| PeerError::net(addr, WireError::Io(e)))?;
-        let mut conn = Conn {
-            reader: BufReader::with_capacity(64 * 1024, stream),
-            writer,
-            addr,
-        };
-        match conn.request(&Message::Hello {
-            version: wire::PROTOCOL_VERSION,
-        })? {
-            Message::Hello { version } if version == wire::PROTOCOL_VERSION => Ok(conn),
-            Message::Hello { version } => Err(PeerError::Protocol {
-                who: addr.to_string(),
-                what: format!(
-                    "speaks protocol version {version}, this build speaks {}",
-                    wire::PROTOCOL_VERSION
-                ),
-            }),
-            other => Err(unexpected(addr, &other)),
-        }
+        Ok(Conn(net::client::Conn::from_stream(stream, io_timeout)?))
     }
 
     /// The remote address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.0.addr()
     }
 
     /// The underlying stream (for local_addr, shutdown, timeouts).
     pub fn stream(&self) -> &TcpStream {
-        &self.writer
+        self.0.stream()
     }
 
     /// Writes one message.
     pub fn send(&mut self, m: &Message) -> Result<()> {
-        wire::write_message(&mut self.writer, m).map_err(|e| PeerError::net(self.addr, e))
+        Ok(self.0.send(m)?)
     }
 
     /// Writes raw, already encoded frames (several pipelined requests in one
     /// write).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        self.writer
-            .write_all(bytes)
-            .map_err(|e| PeerError::net(self.addr, WireError::Io(e)))
+        Ok(self.0.send_raw(bytes)?)
     }
 
     /// Reads one message; the other side closing is an error here because
     /// a reply was expected.
     pub fn recv(&mut self) -> Result<Message> {
-        self.recv_into(&mut Vec::new())
+        Ok(self.0.recv()?)
     }
 
-    /// [`Conn::recv`] that reads a ChunkData's bytes into `spare` (taken,
-    /// its capacity reused; see [`wire::read_message_into`]), so a
-    /// download can recycle its chunk buffers.
+    /// [`Conn::recv`] that reads a ChunkData's bytes into `spare` (see
+    /// [`net::client::Conn::recv_into`]).
     pub fn recv_into(&mut self, spare: &mut Vec<u8>) -> Result<Message> {
-        match wire::read_message_into(&mut self.reader, spare) {
-            Ok(Some(m)) => Ok(m),
-            Ok(None) => Err(PeerError::net(
-                self.addr,
-                WireError::Truncated {
-                    what: "connection (closed by the other side)",
-                },
-            )),
-            Err(e) => Err(PeerError::net(self.addr, e)),
-        }
+        Ok(self.0.recv_into(spare)?)
     }
 
     /// Sends `m` and reads the reply; an Error reply becomes
     /// [`PeerError::Refused`].
     pub fn request(&mut self, m: &Message) -> Result<Message> {
-        self.send(m)?;
-        match self.recv()? {
-            Message::Error { code, message } => Err(PeerError::Refused {
-                who: self.addr.to_string(),
-                code,
-                message,
-            }),
-            reply => Ok(reply),
-        }
+        Ok(self.0.request(m)?)
     }
 }
 
 /// The error for a reply of the wrong kind.
 pub fn unexpected(who: SocketAddr, m: &Message) -> PeerError {
-    PeerError::Protocol {
-        who: who.to_string(),
-        what: format!("unexpected {} reply", m.kind()),
-    }
+    net::client::unexpected(who, m).into()
 }
 
 /// Every file on the network, and whether the tracker cut the list short.

@@ -3,17 +3,18 @@
 //! Owns (one file each):
 //! - [`share`]: the share index: which files this peer offers, their hashes
 //!   and have-bitmaps, hashing a folder at start.
-//! - [`server`]: the chunk server: a listener and one thread per connection
-//!   answering ChunkRequest with ChunkData.
+//! - [`server`]: the chunk server: answers ChunkRequest with ChunkData, on
+//!   the shared server skeleton (`net::server`).
 //! - [`ratelimit`]: the upload limiter shared by all of a peer's uploads.
 //! - [`picker`]: rarest-first chunk choice (pure data, no I/O).
 //! - [`download`]: one download: worker thread per source, the assembler.
 //! - [`session`]: the persistent control connection to the tracker.
 //! - [`node`]: a running peer (share index + server + session) and its downloads.
-//! - [`client`]: connecting to a tracker or peer (Hello) and one-shot queries.
+//! - [`client`]: a greeted connection to a tracker or peer (built on
+//!   `net::client`) and the one-shot tracker queries.
 //!
-//! Depends on `wire`, `chunks` and `admission` (the chunk server's connection
-//! caps) only; never on `tracker`.
+//! Depends on `wire`, `chunks` and `net` (server skeleton, connection caps,
+//! client setup) only; never on `tracker`.
 
 use std::fmt;
 use std::io;
@@ -26,7 +27,6 @@ pub mod download;
 pub mod node;
 pub mod picker;
 pub mod ratelimit;
-pub mod repl;
 pub mod server;
 pub mod session;
 pub mod share;
@@ -55,6 +55,8 @@ pub enum PeerError {
     Invalid(String),
     /// A download could not finish.
     Download(String),
+    /// Stopped on request (a cancel flag was set) before the work was done.
+    Interrupted(String),
 }
 
 impl PeerError {
@@ -87,6 +89,7 @@ impl fmt::Display for PeerError {
             PeerError::Protocol { who, what } => write!(f, "{who}: protocol error: {what}"),
             PeerError::Invalid(s) => f.write_str(s),
             PeerError::Download(s) => f.write_str(s),
+            PeerError::Interrupted(s) => f.write_str(s),
         }
     }
 }

@@ -1,59 +1,44 @@
-//! The chunk server: a listener thread and one OS thread per connection,
-//! answering pipelined ChunkRequest frames with ChunkData, in order.
+//! The chunk server: answers pipelined ChunkRequest frames with ChunkData,
+//! in order, on top of the shared server skeleton ([`crate::net::server`]).
 //!
-//! Owns: the server side of the peer-to-peer protocol (Hello, then any
-//! number of ChunkRequest), connection limits (total and per source
-//! address, counted by [`crate::admission`]) and timeouts for incoming
-//! connections, the count of uploaded bytes, and super-seeding while
-//! uploads are capped (`FirstSends`). Calls `wire` (framing),
-//! `admission` (caps, and the Busy refusal off the listener thread),
-//! `peer::share` (the only way a requested name becomes a file: a lookup in
-//! the [`ShareIndex`], never a path join) and `peer::ratelimit` (pacing).
+//! Owns: the server side of the peer-to-peer protocol after the Hello (any
+//! number of ChunkRequest), its connection settings ([`ServerConfig`]), the
+//! count of uploaded bytes, and super-seeding while uploads are capped
+//! (`FirstSends`). Accepting, caps, the Hello, timeouts, closing and
+//! shutdown are the skeleton's. Calls `net` (the skeleton), `wire`
+//! (framing), `peer::share` (the only way a requested name becomes a file: a
+//! lookup in the [`ShareIndex`], never a path join) and `peer::ratelimit`
+//! (pacing).
 //!
-//! Threads: "chunk-server" accepts; each connection runs on "chunk-conn-<n>"
-//! (256 KiB stack: it holds no big stack buffers, the chunk buffer is on
-//! the heap and reused for the connection's whole life). The listener keeps
-//! every connection thread's JoinHandle, reaps finished ones on each
-//! accept, and joins the rest at shutdown. A blocking `accept` is woken for
-//! shutdown by connecting to ourselves; open connections are woken by
-//! shutting their sockets down.
+//! Threads: "chunk-accept" accepts; each connection runs on
+//! "chunk-conn-`n`" (see the skeleton). The chunk buffer is on the heap and
+//! reused for the connection's whole life.
 //!
 //! Memory is bounded by (connections x largest chunk served): each
 //! connection reads a chunk straight into `[ChunkData header | chunk]` and
 //! writes that buffer with one `write_all` (or paced pieces when rate
 //! limited).
+//!
+//! A chunk is read with `SharedFile::read_for_upload`, which for a file
+//! from the scan also checks it still matches the announced hash; one that
+//! does not is answered `NotHeld` and the file is withdrawn from the share
+//! index (`ShareIndex::withdraw_changed`), so bad bytes are never sent.
 
 use std::collections::HashMap;
-use std::io::{BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::FileExt;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::ratelimit::RateLimiter;
-use super::share::ShareIndex;
+use super::share::{ShareIndex, UploadError};
 use super::{PeerError, Result};
-use crate::admission::{Admission, DeadlineReader, Limits, Refuser};
+use crate::net::admission::Limits;
+use crate::net::server::{Flow, Handler, Link, Live, Options, Server};
 use crate::wire::{self, CHUNK_DATA_HEADER_LEN, ErrorCode, Message, WireError};
 
 /// A write that makes no progress for this long means the reader is gone.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Stack of a connection thread (small: thousands may exist).
-const CONN_STACK: usize = 256 * 1024;
-/// Read buffer per connection: requests are small, this holds many.
-const READ_BUF: usize = 16 * 1024;
-/// When closing after an error, how long to drain what the client already
-/// sent, so the close is a FIN (our error reply arrives) and not a RST.
-const LINGER: Duration = Duration::from_millis(200);
-/// Most bytes drained while lingering.
-const LINGER_BYTES: usize = 64 * 1024;
-/// Pause after a failed accept (e.g. out of file descriptors) so the
-/// listener does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-/// How long shutdown waits to connect to its own listener.
-const WAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub use crate::limits::{
     HELLO_TIMEOUT, PEER_IDLE_TIMEOUT as IDLE_TIMEOUT, PEER_MAX_CONNECTIONS as MAX_CONNECTIONS,
@@ -86,41 +71,21 @@ impl Default for ServerConfig {
     }
 }
 
-/// State shared by the listener, the connection threads and the handle.
+/// State shared by the connection threads and the handle.
 struct Shared {
     share: Arc<ShareIndex>,
     limiter: Arc<RateLimiter>,
-    cfg: ServerConfig,
+    /// Set at shutdown: paced sends stop waiting for the limiter.
     stop: AtomicBool,
     uploaded: AtomicU64,
-    /// Live connections (a clone of each socket) so shutdown can wake them.
-    live: Mutex<HashMap<u64, TcpStream>>,
-    admission: Arc<Admission>,
     /// Super-seeding state of the send path (see [`FirstSends`]).
     first_sends: FirstSends,
 }
 
-impl Shared {
-    fn live(&self) -> MutexGuard<'_, HashMap<u64, TcpStream>> {
-        // Poisoning ignored: each critical section is one map operation.
-        crate::sync::lock(&self.live)
-    }
-
-    /// Shuts down every live socket (outside the lock: the map is emptied
-    /// first), so blocked reads and writes return at once.
-    fn close_all(&self) {
-        let streams: Vec<TcpStream> = self.live().drain().map(|(_, s)| s).collect();
-        for s in streams {
-            let _ = s.shutdown(Shutdown::Both);
-        }
-    }
-}
-
 /// A running chunk server. Dropping it shuts it down.
 pub struct ChunkServer {
-    addr: SocketAddr,
+    server: Server,
     shared: Arc<Shared>,
-    listener: Option<JoinHandle<()>>,
 }
 
 impl ChunkServer {
@@ -134,43 +99,33 @@ impl ChunkServer {
     ) -> Result<ChunkServer> {
         let who = || format!("chunk server on {listen}");
         let listener = TcpListener::bind(listen).map_err(|e| PeerError::net(who(), e.into()))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| PeerError::net(who(), e.into()))?;
-        let admission = Admission::new(Limits {
-            max_total: cfg.max_connections,
-            max_per_ip: cfg.max_per_ip,
-        });
-        let refuser = Refuser::start("chunk-server")
-            .map_err(|e| PeerError::Invalid(format!("cannot start the refuser thread: {e}")))?;
+        let opts = Options {
+            name: "chunk",
+            role: "peer",
+            hello_timeout: cfg.hello_timeout,
+            idle_timeout: cfg.idle_timeout,
+            write_timeout: WRITE_TIMEOUT,
+            limits: Limits {
+                max_total: cfg.max_connections,
+                max_per_ip: cfg.max_per_ip,
+            },
+        };
         let shared = Arc::new(Shared {
             share,
             limiter,
-            cfg,
-            admission,
             stop: AtomicBool::new(false),
             uploaded: AtomicU64::new(0),
-            live: Mutex::new(HashMap::new()),
             first_sends: FirstSends::default(),
         });
-        let s = Arc::clone(&shared);
-        let h = std::thread::Builder::new()
-            .name("chunk-server".into())
-            .spawn(move || accept_loop(listener, s, refuser))
-            .map_err(|e| {
-                PeerError::Invalid(format!("cannot start the chunk server thread: {e}"))
-            })?;
-        log::info!("chunk server listening on {addr}");
-        Ok(ChunkServer {
-            addr,
-            shared,
-            listener: Some(h),
-        })
+        let server = Server::start(listener, opts, Arc::clone(&shared))
+            .map_err(|e| PeerError::Invalid(format!("cannot start the chunk server: {e}")))?;
+        log::info!("chunk server listening on {}", server.local_addr());
+        Ok(ChunkServer { server, shared })
     }
 
     /// The address actually bound (with the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.server.local_addr()
     }
 
     /// Total chunk bytes sent (headers not counted).
@@ -180,35 +135,16 @@ impl ChunkServer {
 
     /// Connections currently open.
     pub fn active_connections(&self) -> usize {
-        self.shared.live().len()
+        self.server.live().len()
     }
 
     /// Stops accepting, shuts down every open connection's socket and joins
     /// all threads. Idempotent; also called from Drop.
     pub fn shutdown(&mut self) {
-        let Some(h) = self.listener.take() else {
-            return;
-        };
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept: it sees the flag and leaves its loop.
-        let woke = TcpStream::connect_timeout(&wake_addr(self.addr), WAKE_TIMEOUT);
-        self.shared.close_all();
-        match woke {
-            Ok(_) => {
-                if h.join().is_err() {
-                    log::warn!("the chunk server listener thread panicked");
-                }
-            }
-            Err(e) => {
-                // Joining would hang on accept; leave the thread behind
-                // (it exits when the process does). Connections are closed.
-                log::warn!(
-                    "cannot wake the chunk server listener on {}: {e}",
-                    self.addr
-                );
-            }
+        if !self.shared.stop.swap(true, Ordering::SeqCst) {
+            self.server.shutdown();
+            log::debug!("chunk server on {} stopped", self.local_addr());
         }
-        log::debug!("chunk server on {} stopped", self.addr);
     }
 }
 
@@ -218,232 +154,36 @@ impl Drop for ChunkServer {
     }
 }
 
-/// Where to connect to reach our own listener.
-fn wake_addr(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
-        }
-        _ => addr,
-    }
-}
+impl Handler for Shared {
+    /// The connection's chunk buffer, reused for its whole life.
+    type Conn = Vec<u8>;
 
-/// The "chunk-server" thread.
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>, refuser: Refuser) {
-    let mut conns: Vec<JoinHandle<()>> = Vec::new();
-    let mut next_id: u64 = 0;
-    loop {
-        let accepted = listener.accept();
-        if shared.stop.load(Ordering::SeqCst) {
-            break; // the wake-up connection (or one racing shutdown): dropped
-        }
-        reap(&mut conns);
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                log::warn!("chunk server: accept failed: {e}");
-                std::thread::sleep(ACCEPT_BACKOFF);
-                continue;
-            }
-        };
-        // A ticket per connection, given back when its thread ends (or
-        // when the thread cannot be started).
-        let ticket = match shared.admission.admit(peer.ip()) {
-            Ok(t) => t,
-            Err(why) => {
-                log::debug!("{peer}: refused: {}", why.message());
-                refuser.refuse(stream, &why.message());
-                continue;
-            }
-        };
-        let clone = match stream.try_clone() {
-            Ok(c) => c,
-            Err(e) => {
-                log::warn!("{peer}: cannot set up connection: {e}");
-                continue;
-            }
-        };
-        next_id += 1;
-        let id = next_id;
-        shared.live().insert(id, clone);
-        let s = Arc::clone(&shared);
-        let spawned = std::thread::Builder::new()
-            .name(format!("chunk-conn-{id}"))
-            .stack_size(CONN_STACK)
-            .spawn(move || {
-                let _ticket = ticket;
-                let _guard = LiveGuard { shared: &s, id };
-                run_conn(stream, peer, &s);
-            });
-        match spawned {
-            Ok(h) => conns.push(h),
-            Err(e) => {
-                log::warn!("{peer}: cannot start a connection thread: {e}");
-                if let Some(s) = shared.live().remove(&id) {
-                    let _ = s.shutdown(Shutdown::Both);
-                }
-            }
-        }
-    }
-    drop(listener);
-    shared.close_all();
-    for h in conns {
-        if h.join().is_err() {
-            log::warn!("a chunk connection thread panicked");
-        }
-    }
-}
-
-/// Joins connection threads that have finished, so the Vec stays small.
-fn reap(conns: &mut Vec<JoinHandle<()>>) {
-    let mut i = 0;
-    while i < conns.len() {
-        if conns[i].is_finished() {
-            if conns.swap_remove(i).join().is_err() {
-                log::warn!("a chunk connection thread panicked");
-            }
-        } else {
-            i += 1;
-        }
-    }
-}
-
-/// Removes a connection from the live set when its thread ends, however
-/// it ends.
-struct LiveGuard<'a> {
-    shared: &'a Shared,
-    id: u64,
-}
-
-impl Drop for LiveGuard<'_> {
-    fn drop(&mut self) {
-        self.shared.live().remove(&self.id);
-    }
-}
-
-/// Sends FIN and drains briefly what the client already sent (its Hello,
-/// its pipelined requests) so the kernel does not answer with a RST that
-/// could destroy our last reply before the client reads it.
-fn linger_close(stream: &TcpStream) {
-    let _ = stream.shutdown(Shutdown::Write);
-    let deadline = Instant::now() + LINGER;
-    let mut sink = [0u8; 4096];
-    let mut drained = 0;
-    while drained < LINGER_BYTES {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-            break;
-        }
-        match (&mut &*stream).read(&mut sink) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => drained += n,
-        }
-    }
-}
-
-/// One connection thread: serve, then log how it ended.
-fn run_conn(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
-    log::debug!("{peer}: connected");
-    match serve(&stream, shared) {
-        Ok(()) => log::debug!("{peer}: closed"),
-        Err(e) if e.is_disconnect() || shared.stop.load(Ordering::Relaxed) => {
-            log::debug!("{peer}: gone: {e}")
-        }
-        Err(e) => log::warn!("{peer}: closed: {e}"),
-    }
-}
-
-/// The protocol of one connection. `Ok` for an orderly end (including
-/// after an error reply that ends the connection), `Err` when the stream
-/// failed.
-fn serve(stream: &TcpStream, shared: &Shared) -> Result<(), WireError> {
-    stream.set_nodelay(true)?;
-    // A zero Duration is refused by set_read_timeout; treat it as 1 ms.
-    let idle = shared.cfg.idle_timeout.max(Duration::from_millis(1));
-    let hello = shared.cfg.hello_timeout.max(Duration::from_millis(1));
-    stream.set_read_timeout(Some(hello.min(idle)))?;
-    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    let mut reader = BufReader::with_capacity(READ_BUF, stream);
-    let mut w = stream;
-
-    // The whole Hello must arrive within the Hello timeout, not merely
-    // some byte of it every so often.
-    let first = wire::read_message(&mut DeadlineReader::new(
-        &mut reader,
-        stream,
-        hello.min(idle),
-    ));
-    match first {
-        Ok(Some(Message::Hello { version })) if version == wire::PROTOCOL_VERSION => {
-            wire::write_message(&mut w, &Message::Hello { version })?;
-            stream.set_read_timeout(Some(idle))?;
-        }
-        Ok(Some(Message::Hello { version })) => {
-            let m = format!(
-                "protocol version {version} is not supported; this peer speaks {}",
-                wire::PROTOCOL_VERSION
-            );
-            return refuse(stream, ErrorCode::BadVersion, m);
-        }
-        Ok(Some(other)) => {
-            let m = format!("expected Hello, got {}", other.kind());
-            return refuse(stream, ErrorCode::Unexpected, m);
-        }
-        Ok(None) => return Ok(()),
-        Err(e) if e.is_timeout() => {
-            log::debug!("no Hello within {hello:?}, closing");
-            return Ok(());
-        }
-        Err(e) if e.is_disconnect() => return Err(e),
-        Err(e) => return refuse(stream, ErrorCode::Malformed, e.to_string()),
-    }
-
-    let mut buf = Vec::new();
-    loop {
-        if shared.stop.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let m = match wire::read_message(&mut reader) {
-            Ok(Some(m)) => m,
-            Ok(None) => return Ok(()),
-            Err(e) if e.is_timeout() => {
-                log::debug!("idle for {:?}, closing", shared.cfg.idle_timeout);
-                return Ok(());
-            }
-            Err(e) if e.is_disconnect() => return Err(e),
-            Err(e) => return refuse(stream, ErrorCode::Malformed, e.to_string()),
-        };
+    fn request(
+        &self,
+        link: &Arc<Link>,
+        _live: &Live,
+        buf: &mut Vec<u8>,
+        m: Message,
+    ) -> Result<Flow, WireError> {
         match m {
-            Message::ChunkRequest { name, index } => {
-                serve_chunk(&mut w, shared, &name, index, &mut buf)?
-            }
+            Message::ChunkRequest { name, index } => serve_chunk(link, self, &name, index, buf)?,
             other => send_error(
-                &mut w,
+                link,
                 ErrorCode::Unexpected,
                 format!("{} is not a chunk request", other.kind()),
             )?,
         }
+        Ok(Flow::Continue)
     }
 }
 
-/// Answers with an error that ends the connection, then closes it gently.
-fn refuse(stream: &TcpStream, code: ErrorCode, message: String) -> Result<(), WireError> {
-    log::debug!("refusing connection: {code}: {message}");
-    send_error(&mut &*stream, code, message)?;
-    linger_close(stream);
-    Ok(())
-}
-
-fn send_error(w: &mut &TcpStream, code: ErrorCode, message: String) -> Result<(), WireError> {
-    wire::write_message(w, &Message::error(code, message))
+fn send_error(link: &Link, code: ErrorCode, message: String) -> Result<(), WireError> {
+    link.send(&Message::error(code, message))
 }
 
 /// Answers one ChunkRequest: ChunkData, or an Error in its place.
 fn serve_chunk(
-    w: &mut &TcpStream,
+    w: &Link,
     shared: &Shared,
     name: &str,
     index: u32,
@@ -476,7 +216,7 @@ fn serve_chunk(
     }
     // Super-seeding applies to a complete file behind an upload cap only.
     let peer = if shared.limiter.rate().is_some() && f.is_complete() {
-        w.peer_addr().ok()
+        Some(w.remote())
     } else {
         None
     };
@@ -498,23 +238,31 @@ fn serve_chunk(
     // Shrinking keeps the capacity; growing only zero-fills the new tail.
     buf.resize(total, 0);
     buf[..CHUNK_DATA_HEADER_LEN].copy_from_slice(&header);
-    if let Err(e) = f
-        .file()
-        .read_exact_at(&mut buf[CHUNK_DATA_HEADER_LEN..], g.offset(i))
-    {
-        log::warn!(
-            "cannot read chunk {index} of {name:?} from {}: {e}",
-            f.path().display()
-        );
+    if let Err(e) = f.read_for_upload(i, &mut buf[CHUNK_DATA_HEADER_LEN..total]) {
         if let Some(p) = peer {
             // Nothing was sent: others must not be turned away for it.
             shared.first_sends.unclaim(name, index, p);
         }
-        return send_error(
-            w,
-            ErrorCode::Internal,
-            format!("cannot read chunk {index} of {name:?}: {e}"),
-        );
+        let (code, message) = match e {
+            UploadError::Io(e) => {
+                log::warn!(
+                    "cannot read chunk {index} of {name:?} from {}: {e}",
+                    f.path().display()
+                );
+                (
+                    ErrorCode::Internal,
+                    format!("cannot read chunk {index} of {name:?}: {e}"),
+                )
+            }
+            UploadError::Changed => {
+                shared.share.withdraw_changed(&f);
+                (
+                    ErrorCode::NotHeld,
+                    format!("{name:?} changed here after it was hashed; no longer shared"),
+                )
+            }
+        };
+        return send_error(w, code, message);
     }
     drop(f);
     send_paced(w, &buf[..total], shared)?;
@@ -644,7 +392,7 @@ impl FirstSends {
 
 /// Writes `data` in one `write_all`, or in limiter-sized pieces each after
 /// an `acquire` when uploads are rate limited.
-fn send_paced(w: &mut &TcpStream, data: &[u8], shared: &Shared) -> Result<(), WireError> {
+fn send_paced(w: &Link, data: &[u8], shared: &Shared) -> Result<(), WireError> {
     match shared.limiter.piece_size() {
         None => w.write_all(data)?,
         Some(piece) => {
@@ -669,6 +417,8 @@ mod tests {
     use crate::peer::client::Conn;
     use crate::peer::share::SharedFile;
     use std::fs::{self, File};
+    use std::io::{BufReader, Read, Write};
+    use std::net::TcpStream;
 
     const T: Duration = Duration::from_secs(5);
 

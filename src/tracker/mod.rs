@@ -1,9 +1,10 @@
 //! The tracker: knows which peers hold which chunks of which files.
 //!
 //! - [`registry`]: the state and its rules (pure data).
-//! - [`server`]: sockets, one thread per connection, timeouts, shutdown.
+//! - [`server`]: the tracker protocol: what each request does and answers,
+//!   on top of the shared server skeleton (`net::server`).
 //!
-//! Depends on `wire` and `chunks` only; never on `peer`.
+//! Depends on `wire`, `chunks` and `net` only; never on `peer`.
 
 pub mod registry;
 pub mod server;

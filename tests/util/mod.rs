@@ -292,6 +292,20 @@ pub fn seed(tracker: SocketAddr, dir: &Path, limit: Option<u64>) -> Node {
     start_node(tracker, scan.files, limit, "seed")
 }
 
+/// A lying source: shares `name` in `dir` announced with the hashes of
+/// `data` while the file holds other bytes of the same length. Built
+/// without the scan, so it does not check its own bytes before sending
+/// (an honest `peer share` would notice and refuse): what a broken or
+/// malicious peer does. No upload limit; registered when it returns.
+pub fn liar(tracker: SocketAddr, dir: &Path, name: &str, data: &[u8]) -> Node {
+    let p = write(dir, name, &pattern(data.len(), 99));
+    let g = chunks::Geometry::new(data.len() as u64, CHUNK).expect("geometry");
+    let hashes = data.chunks(CHUNK as usize).map(chunks::sha1).collect();
+    let file = fs::File::open(&p).expect("open liar's file");
+    let f = SharedFile::complete(name.into(), p, file, g, hashes);
+    start_node(tracker, vec![f], None, "liar")
+}
+
 /// A node that shares nothing yet (it serves what it downloads), with no
 /// upload limit; registered when it returns.
 pub fn downloader(tracker: SocketAddr) -> Node {

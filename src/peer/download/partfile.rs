@@ -13,11 +13,16 @@
 //! another download is filling (it holds the file's lock) is refused; and
 //! the final name is never replaced.
 //!
-//! Calls `chunks` (geometry, bitmaps, SHA-1) and the peer's error type only;
-//! nothing else of the download and nothing of `share`, so `share` can ask
-//! [`is_artifact`] without an import cycle.
+//! Calls `chunks` (geometry, bitmaps, SHA-1), the peer's error type, `log`
+//! and the libc crate's open flags only; nothing else of the download and nothing
+//! of `share`, so `share` can ask [`is_artifact`] without an import cycle.
 //!
-//! # `NAME.part.have`
+//! Files that already exist (the final name, `.part.have`, a `.part` being
+//! resumed, and the `.part` again for its lock) are opened the way `share::open_regular` opens a shared file,
+//! with `O_NOFOLLOW | O_NONBLOCK` (`open_existing_file`): a symlink there
+//! is not followed and a FIFO is not waited on.
+//!
+//! # `KEY.part.have`
 //!
 //! `"P2PFHAVE"` | 20-byte identity (SHA-1 over the length, the chunk size and
 //! every chunk hash, so a bitmap saved for other content is never trusted) |
@@ -26,6 +31,7 @@
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -133,11 +139,32 @@ pub(super) fn identity(g: Geometry, hashes: &[Digest]) -> Digest {
     chunks::sha1(&bytes)
 }
 
+/// Opens an existing regular file (read-only, or read-write) without
+/// following a symlink at its name and without waiting on a FIFO or device;
+/// anything but a regular file is refused. The same rule as
+/// `share::open_regular`, which this module cannot call (`share` depends on
+/// it).
+fn open_existing_file(path: &Path, write: bool) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
 /// The saved bitmap at `path`, if it is one for content `id` with `count`
-/// chunks; `None` for anything else (missing, truncated, other content).
+/// chunks; `None` for anything else (missing, truncated, other content, not
+/// a regular file).
 fn load_have(path: &Path, id: &Digest, count: u32) -> Option<Bitmap> {
     let mut bytes = Vec::new();
-    File::open(path)
+    open_existing_file(path, false)
         .ok()?
         .take(8 + 20 + u64::from(count).div_ceil(8) + 1)
         .read_to_end(&mut bytes)
@@ -223,11 +250,9 @@ fn open_existing(
             "exists but is not an unfinished download of this file (no matching .part.have)",
         ));
     };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&paths.part)
-        .map_err(|e| PeerError::io("open", &paths.part, e))?;
+    // Never through a link swapped in since it was looked at.
+    let file =
+        open_existing_file(&paths.part, true).map_err(|e| PeerError::io("open", &paths.part, e))?;
     Ok((file, claimed, lock))
 }
 
@@ -245,7 +270,8 @@ pub(super) struct PartLock {
 
 /// Takes the `.part`'s lock.
 fn lock(paths: &Paths) -> Result<PartLock> {
-    let file = File::open(&paths.part).map_err(|e| PeerError::io("open", &paths.part, e))?;
+    let file = open_existing_file(&paths.part, false)
+        .map_err(|e| PeerError::io("open", &paths.part, e))?;
     match file.try_lock() {
         Ok(()) => Ok(PartLock { _file: Some(file) }),
         Err(TryLockError::WouldBlock) => Err(PeerError::Download(format!(
@@ -340,7 +366,8 @@ pub(super) fn open_finished(
     cancel: Option<&AtomicBool>,
 ) -> Result<File> {
     let p = &paths.final_path;
-    let file = File::open(p).map_err(|e| PeerError::io("open", p, e))?;
+    // Like a shared file: no link followed, no FIFO waited on.
+    let file = open_existing_file(p, false).map_err(|e| PeerError::io("open", p, e))?;
     let len = file
         .metadata()
         .map_err(|e| PeerError::io("stat", p, e))?

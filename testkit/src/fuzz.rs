@@ -1,4 +1,4 @@
-//! The wire-decoder fuzzer shared by `examples/fuzz` (the big run:
+//! The wire-decoder fuzz engine shared by `examples/fuzz` (the big run:
 //! `cargo run --release --example fuzz -- --cases 1000000`) and
 //! `tests/fuzz_wire.rs` (a fixed-seed slice in CI).
 //!
@@ -36,9 +36,7 @@ use p2pfs::wire::{
 
 // ---- Allocation probe ---------------------------------------------------
 
-#[path = "peak_alloc.rs"]
-mod peak_alloc;
-pub use peak_alloc::{PeakAlloc, check_bounded, peak_alloc};
+pub use crate::alloc::{PeakAlloc, check_bounded, peak_alloc};
 
 /// What `read_frame` may reserve before a payload's bytes arrive
 /// (`INITIAL_FRAME_ALLOC` in wire.rs, private there).
@@ -70,7 +68,7 @@ impl Rng {
         Rng(seed)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -80,7 +78,7 @@ impl Rng {
 
     /// Uniform in `0..n` (n > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next_u64() % n as u64) as usize
     }
 
     pub fn chance(&mut self, one_in: usize) -> bool {
@@ -88,7 +86,7 @@ impl Rng {
     }
 
     fn byte(&mut self) -> u8 {
-        self.next() as u8
+        self.next_u64() as u8
     }
 
     fn bytes(&mut self, n: usize) -> Vec<u8> {
@@ -99,7 +97,7 @@ impl Rng {
 /// The seed of case `i` of a run seeded `seed`.
 pub fn case_seed(seed: u64, i: u64) -> u64 {
     let mut r = Rng::new(seed ^ i.wrapping_mul(0xD6E8_FEB8_6659_FD93));
-    r.next()
+    r.next_u64()
 }
 
 // ---- Valid messages -----------------------------------------------------
@@ -142,8 +140,8 @@ fn u64_edge(r: &mut Rng) -> u64 {
     match r.below(6) {
         0 => 0,
         1 => u64::MAX,
-        2 => r.next() & 0xffff,
-        _ => r.next(),
+        2 => r.next_u64() & 0xffff,
+        _ => r.next_u64(),
     }
 }
 
@@ -152,12 +150,12 @@ fn u32_edge(r: &mut Rng) -> u32 {
         0 => 0,
         1 => u32::MAX,
         2 => r.below(64) as u32,
-        _ => r.next() as u32,
+        _ => r.next_u64() as u32,
     }
 }
 
 fn addr(r: &mut Rng) -> SocketAddr {
-    let port = r.next() as u16;
+    let port = r.next_u64() as u16;
     if r.chance(3) {
         let mut ip = [0u8; 16];
         ip.iter_mut().for_each(|b| *b = r.byte());
@@ -178,10 +176,10 @@ fn digest(r: &mut Rng) -> Digest {
 fn bitmap(r: &mut Rng, count: usize) -> Vec<u8> {
     let mut v = r.bytes(count.div_ceil(8));
     let rem = count % 8;
-    if rem != 0
-        && let Some(last) = v.last_mut()
-    {
-        *last &= 0xffu8 << (8 - rem);
+    if rem != 0 {
+        if let Some(last) = v.last_mut() {
+            *last &= 0xffu8 << (8 - rem);
+        }
     }
     v
 }
@@ -190,7 +188,7 @@ fn bitmap(r: &mut Rng, count: usize) -> Vec<u8> {
 /// that is not canonical).
 fn refusal_code(r: &mut Rng) -> ErrorCode {
     if r.chance(4) {
-        ErrorCode::Other(13 + (r.next() % u64::from(u16::MAX - 12)) as u16)
+        ErrorCode::Other(13 + (r.next_u64() % u64::from(u16::MAX - 12)) as u16)
     } else {
         ErrorCode::from_u16(1 + r.below(12) as u16)
     }
@@ -218,7 +216,7 @@ pub fn message(r: &mut Rng) -> Message {
             version: if r.chance(2) {
                 wire::PROTOCOL_VERSION
             } else {
-                r.next() as u16
+                r.next_u64() as u16
             },
         },
         1 => Message::Error {
@@ -403,9 +401,7 @@ fn mutate_once(r: &mut Rng, b: &mut Vec<u8>) {
         8 if n > 5 => {
             // Another type byte on this payload.
             b[4] = if r.chance(2) {
-                [
-                    1u8, 2, 3, 4, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x20, 0x21,
-                ][r.below(14)]
+                wire::ty::ALL[r.below(wire::ty::ALL.len())]
             } else {
                 r.byte()
             };
@@ -474,9 +470,7 @@ pub fn case_bytes(r: &mut Rng) -> (Kind, Vec<u8>) {
             let ty = if r.chance(4) {
                 r.byte()
             } else {
-                [
-                    1u8, 2, 3, 4, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x20, 0x21,
-                ][r.below(14)]
+                wire::ty::ALL[r.below(wire::ty::ALL.len())]
             };
             let k = r.below(200);
             let payload = r.bytes(k);
@@ -649,7 +643,7 @@ fn check(bytes: &[u8], kind: Kind, r: &mut Rng, st: &mut Stats) -> Result<(), St
     }
     let mut dribble = Dribble {
         buf: bytes,
-        rng: Rng::new(r.next()),
+        rng: Rng::new(r.next_u64()),
     };
     for (k, want) in seen.iter().enumerate() {
         let rest = dribble.buf;

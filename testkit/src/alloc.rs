@@ -1,10 +1,16 @@
-//! The allocation checks shared by the fuzzer (examples/fuzz) and the wire
-//! property tests (tests/wire_props.rs): a global allocator that records,
-//! per thread, the largest single request made while the probe is armed, so
-//! "decoding never allocates beyond the limits" is measured, not assumed;
-//! and [`check_bounded`], the size check of a decoded message.
-//! Included with `#[path]` by both; install it with
+//! The allocation checks shared by the fuzzer (`crate::fuzz`, run by
+//! examples/fuzz and tests/fuzz_wire.rs) and the wire property tests
+//! (tests/wire_props.rs): a global allocator that records, per thread, the
+//! largest single request made while the probe is armed, so "decoding never
+//! allocates beyond the limits" is measured, not assumed; and
+//! [`check_bounded`], the size check of a decoded message.
+//! A binary installs it with
 //! `#[global_allocator] static GLOBAL: PeakAlloc = PeakAlloc;`.
+//!
+//! Why `unsafe` is allowed here: `GlobalAlloc` is an unsafe trait. This is
+//! the only module of the testkit (and of the project) that uses it; every
+//! method forwards to `System` unchanged.
+#![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -10,6 +10,7 @@
 //! Used by `examples/bench.rs` (the command) and by `tests/bench_quick.rs`
 //! (the same code in `--quick` mode, so it cannot rot).
 
+pub mod chunks;
 pub mod memory;
 pub mod plot;
 pub mod register;
@@ -35,12 +36,13 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("memory", memory::SCENARIO),
     ("register", register::SCENARIO),
     ("tracker", tracker_load::SCENARIO),
+    ("chunks", chunks::SCENARIO),
 ];
 
 const USAGE: &str = "\
 usage: bench [--quick] [--reps N] [--bin-dir DIR] [--plot FILE.svg] SCENARIO...
 
-SCENARIO: all, or any of: single multi flash memory register tracker
+SCENARIO: all, or any of: single multi flash memory register tracker chunks
   --quick      small files and short runs (what the test suite runs)
   --reps N     repetitions per measurement, the median is reported (default 3)
   --bin-dir D  folder holding the tracker and peer binaries
@@ -198,6 +200,7 @@ pub fn run(args: &[String], out: &mut dyn Write) -> R<Vec<Row>> {
             "memory" => memory::run(&mut ctx, &mut rows),
             "register" => register::run(&mut ctx, &mut rows),
             "tracker" => tracker_load::run(&mut ctx, &mut rows),
+            "chunks" => chunks::run(&mut ctx, &mut rows),
             _ => Ok(()),
         };
         if let Err(e) = r {
@@ -240,7 +243,7 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").chars().take(120).collect()
 }
 
-/// target/release next to this example (target/release/examples/bench),
+/// target/release next to the running example (target/release/examples/bench),
 /// after making sure the binaries are built from the current source.
 fn default_bins() -> R<PathBuf> {
     let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;

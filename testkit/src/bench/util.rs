@@ -663,14 +663,15 @@ fn parse_ss(out: &str, ports: &[u16], per_sock: &mut HashMap<String, (u16, u64)>
                     current = Some((format!("{} {}", f[2], f[3]), port));
                 }
             }
-        } else if let Some((key, port)) = &current
-            && let Some(v) = line
+        } else if let Some((key, port)) = &current {
+            if let Some(v) = line
                 .split_whitespace()
                 .find_map(|w| w.strip_prefix("bytes_acked:"))
                 .and_then(|v| v.parse::<u64>().ok())
-        {
-            let e = per_sock.entry(key.clone()).or_insert((*port, 0));
-            e.1 = e.1.max(v);
+            {
+                let e = per_sock.entry(key.clone()).or_insert((*port, 0));
+                e.1 = e.1.max(v);
+            }
         }
     }
 }
@@ -712,7 +713,7 @@ pub fn rate(bytes_per_s: f64) -> String {
 
 /// Size in binary units: "256 MiB", "4 GiB".
 pub fn size(bytes: u64) -> String {
-    if bytes >= GIB && bytes.is_multiple_of(GIB) {
+    if bytes >= GIB && bytes % GIB == 0 {
         format!("{} GiB", bytes / GIB)
     } else if bytes >= MIB {
         format!("{} MiB", bytes / MIB)
@@ -723,9 +724,9 @@ pub fn size(bytes: u64) -> String {
 
 /// Rate option as the peer CLI reads it ("10M" = 10 MiB/s).
 pub fn rate_arg(bytes_per_s: u64) -> String {
-    if bytes_per_s.is_multiple_of(MIB) {
+    if bytes_per_s % MIB == 0 {
         format!("{}M", bytes_per_s / MIB)
-    } else if bytes_per_s.is_multiple_of(1024) {
+    } else if bytes_per_s % 1024 == 0 {
         format!("{}K", bytes_per_s / 1024)
     } else {
         bytes_per_s.to_string()

@@ -1,0 +1,74 @@
+//! Connection setup and the server skeleton shared by the tracker and the
+//! chunk server: everything about a TCP connection that is not what is said
+//! on it.
+//!
+//! Owns (one file each):
+//! - [`admission`]: connection caps (total and per address) and the polite
+//!   `Error{Busy}` refusal of everything over them.
+//! - [`server`]: the one server skeleton: accept with admission, the set of
+//!   live connections, a named thread per connection, the Hello exchange
+//!   under its deadline, the request loop with its idle timeout, orderly
+//!   (lingering) close, and shutdown that wakes its own `accept` and joins
+//!   every thread. A server supplies only its per-request [`server::Handler`].
+//! - [`client`]: the client side of every outgoing connection (connect with a
+//!   timeout, TCP_NODELAY, read and write timeouts, the Hello exchange).
+//!
+//! So whatever every connection must do first (today the Hello; a handshake
+//! later) is written once on the server side, in [`server`], and once on the
+//! client side, in [`client`].
+//!
+//! Depends on `wire` (framing, Hello), `limits` and `sync` (the lock helper)
+//! only; `tracker` and `peer` build on it and never the other way round.
+
+use std::fmt;
+
+use crate::wire::{ErrorCode, WireError};
+
+pub mod admission;
+pub mod client;
+pub mod server;
+
+/// What can go wrong on a client connection, with the address it concerns.
+#[derive(Debug)]
+pub enum NetError {
+    /// Talking to `who` failed (connect, read, write, or an undecodable reply).
+    Wire { who: String, source: WireError },
+    /// `who` answered with an Error message.
+    Refused {
+        who: String,
+        code: ErrorCode,
+        message: String,
+    },
+    /// `who` sent a valid message that makes no sense here.
+    Protocol { who: String, what: String },
+}
+
+impl NetError {
+    pub fn wire(who: impl fmt::Display, source: impl Into<WireError>) -> NetError {
+        NetError::Wire {
+            who: who.to_string(),
+            source: source.into(),
+        }
+    }
+}
+
+impl fmt::Display for NetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetError::Wire { who, source } => write!(f, "{who}: {source}"),
+            NetError::Refused { who, code, message } => {
+                write!(f, "{who} refused: {code}: {message}")
+            }
+            NetError::Protocol { who, what } => write!(f, "{who}: protocol error: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for NetError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            NetError::Wire { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

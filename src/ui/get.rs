@@ -1,0 +1,52 @@
+//! `peer get`: download one file with a progress bar, print the summary,
+//! and seed it on request.
+//!
+//! Owns: what `peer get` prints. The checks of the name and of the file's
+//! presence are the download's own (its errors say what is wrong); this
+//! file only shows them. Calls `peer::node`, `peer::download` and the other
+//! `ui` modules.
+
+use super::args::GetArgs;
+use super::format::format_summary;
+use super::progress::{GET_BAR_WIDTH, StatusLine, progress_line};
+use super::signals::StopSignals;
+use super::{BoxError, node_config, stopped_by_signal};
+use crate::peer::download::DownloadOptions;
+use crate::peer::node::Node;
+
+pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
+    let cfg = node_config(&a.tracker, a.listen, a.upload_limit)?;
+    let node = Node::start(cfg, Vec::new(), None)?;
+    outln!(
+        "serving chunks on {} while downloading {}",
+        node.local_addr(),
+        a.name
+    )?;
+    let opts = DownloadOptions {
+        pipeline_depth: a.pipeline.max(1),
+        ..DownloadOptions::default()
+    };
+    // Not with -v: its log lines on the same stream would break the bar up.
+    let bar = StatusLine::new(!a.verbose);
+    // Ctrl-C / SIGTERM stop the download cleanly (verified chunks kept for
+    // a resume, Leave sent) rather than killing it mid-write.
+    let result =
+        node.download_cancellable(&a.name, &a.dir, &opts, Some(signals.flag()), &mut |p| {
+            bar.draw(&progress_line(p, GET_BAR_WIDTH))
+        });
+    bar.clear();
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            node.leave();
+            return Err(stopped_by_signal(e, signals, None));
+        }
+    };
+    out!("{}", format_summary(&summary))?;
+    if a.seed {
+        outln!("seeding {} on {} until Ctrl-C", a.name, node.local_addr())?;
+        signals.wait();
+    }
+    node.leave();
+    Ok(())
+}

@@ -1,0 +1,271 @@
+//! The interactive side of `peer share`: one command per line (`list`,
+//! `where`, `get`, `status`, `help`, `quit`) run against a running
+//! [`Node`].
+//!
+//! Three pieces, one file each: [`command`] (the language: a line in, a
+//! command out), [`jobs`] (downloads started here, each on its own thread
+//! so the prompt stays free) and [`text`] (what the answers look like).
+//! This file runs a command: it asks the engine and writes the answer.
+//!
+//! Owns: the numbered list remembered between commands and the upload
+//! counter `status` compares against. Terminal matters (whether stdin is a
+//! terminal, the prompt, signals) stay in [`crate::ui::prompt`], so
+//! everything here works on any `BufRead`/`Write` and is tested without a
+//! terminal.
+//!
+//! Calls `peer::node`, `peer::client`, `peer::download` (types), `wire`
+//! and the other `ui` text modules.
+
+pub mod command;
+pub mod jobs;
+pub mod text;
+
+use std::io::{self, BufRead, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::Receiver;
+
+pub use self::command::{Command, HELP, Target, parse};
+pub use self::jobs::DownloadState;
+use self::jobs::Jobs;
+use self::text::{Mine, explain};
+use crate::error_chain;
+use crate::peer::client::{self, Conn};
+use crate::peer::download::DownloadOptions;
+use crate::peer::node::Node;
+use crate::peer::{PeerError, Result};
+use crate::ui::format::format_locations;
+use crate::wire::{self, FileSummary, Locations};
+
+/// Width of the chunk maps `where` draws.
+const MAP_WIDTH: usize = crate::limits::WHERE_MAP_WIDTH;
+
+/// Whether the prompt goes on after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Quit,
+}
+
+/// The command interpreter of one running peer.
+pub struct Repl {
+    node: Arc<Node>,
+    /// The last `list`, which NUMBERs refer to.
+    listed: Vec<FileSummary>,
+    jobs: Jobs,
+    /// Upload counter at the previous `status`, for its rate.
+    upload_mark: (Instant, u64),
+}
+
+impl Repl {
+    /// An interpreter for `node`, downloading into `dir` (the shared folder,
+    /// so a finished file is shared again after a restart). The receiver
+    /// yields one line per finished or failed background download, for the
+    /// UI to print when it likes.
+    pub fn new(node: Arc<Node>, dir: PathBuf, opts: DownloadOptions) -> (Repl, Receiver<String>) {
+        let (jobs, notices) = Jobs::new(Arc::clone(&node), dir, opts);
+        let mark = (Instant::now(), node.uploaded_bytes());
+        let repl = Repl {
+            node,
+            listed: Vec::new(),
+            jobs,
+            upload_mark: mark,
+        };
+        (repl, notices)
+    }
+
+    /// Runs one command line, writing its answer to `out`. Only a failed
+    /// write to `out` is an error: network and file problems are answered
+    /// with a line, and the prompt goes on.
+    pub fn handle(&mut self, line: &str, out: &mut dyn Write) -> io::Result<Flow> {
+        self.jobs.reap();
+        let cmd = match parse(line) {
+            Ok(Some(c)) => c,
+            Ok(None) => return Ok(Flow::Continue),
+            Err(hint) => {
+                writeln!(out, "{hint}")?;
+                return Ok(Flow::Continue);
+            }
+        };
+        match cmd {
+            Command::List => self.list(out)?,
+            Command::Where(t) => self.where_(&t, out)?,
+            Command::Get(t) => self.get(&t, out)?,
+            Command::Status => self.status(out)?,
+            Command::Help => writeln!(out, "{HELP}")?,
+            Command::Quit => return Ok(Flow::Quit),
+        }
+        out.flush()?;
+        Ok(Flow::Continue)
+    }
+
+    /// Reads commands from `input` until `quit` or the end of input.
+    pub fn run(&mut self, input: &mut dyn BufRead, out: &mut dyn Write) -> io::Result<()> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if input.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            if self.handle(&line, out)? == Flow::Quit {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Every download started here, oldest first, with where it is.
+    pub fn downloads(&self) -> Vec<(String, DownloadState)> {
+        self.jobs.states()
+    }
+
+    /// Downloads still running.
+    pub fn active_downloads(&self) -> usize {
+        self.jobs.active()
+    }
+
+    /// Stops the downloads still running (their verified chunks stay in
+    /// the download folder's `.p2pfs/`, so a later `get` resumes), joins every download thread,
+    /// and returns the names of the downloads it stopped. A thread that
+    /// does not end within a few seconds is left to end with the process.
+    pub fn finish(self) -> Vec<String> {
+        self.jobs.finish()
+    }
+
+    /// A #NUMBER from the last list, or the name as given if it is valid.
+    fn resolve(&self, t: &Target) -> std::result::Result<String, String> {
+        match t {
+            Target::Name(n) => match wire::validate_name(n) {
+                Ok(()) => Ok(n.clone()),
+                Err(e) => Err(format!("{n:?} is not a valid name: {e}")),
+            },
+            Target::Number(_) if self.listed.is_empty() => {
+                Err("no numbered list yet: type list first, then use #NUMBER from it".into())
+            }
+            Target::Number(n) => match n.checked_sub(1).and_then(|i| self.listed.get(i)) {
+                Some(f) => Ok(f.name.clone()),
+                None => Err(format!(
+                    "there is no file #{n} in the last list (#1 to #{}); type list to refresh it",
+                    self.listed.len()
+                )),
+            },
+        }
+    }
+
+    fn list(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        let (files, truncated) = match client::list_files(self.node.tracker()) {
+            Ok(x) => x,
+            Err(e) => return writeln!(out, "cannot list the files: {}", error_chain(&e)),
+        };
+        if files.is_empty() {
+            writeln!(out, "no files on the network")?;
+        }
+        let w = files
+            .iter()
+            .map(|f| f.name.chars().count())
+            .max()
+            .unwrap_or(0);
+        for (i, f) in files.iter().enumerate() {
+            let mine = match self.node.share().get(&f.name) {
+                Some(s) if s.is_complete() => Mine::Complete,
+                Some(_) if self.node.is_downloading(&f.name) => Mine::Downloading,
+                Some(_) => Mine::Partial,
+                None => Mine::No,
+            };
+            writeln!(out, "{}", text::list_line(i + 1, f, w, mine))?;
+        }
+        if truncated {
+            writeln!(out, "(the tracker cut the list short)")?;
+        }
+        self.listed = files;
+        Ok(())
+    }
+
+    fn where_(&mut self, t: &Target, out: &mut dyn Write) -> io::Result<()> {
+        let name = match self.resolve(t) {
+            Ok(n) => n,
+            Err(hint) => return writeln!(out, "{hint}"),
+        };
+        match self.locate(&name) {
+            Ok((l, me)) => match format_locations(&l, MAP_WIDTH, Some(me)) {
+                Ok(text) => write!(out, "{text}"),
+                Err(e) => writeln!(out, "{e}"),
+            },
+            Err(e) => writeln!(out, "{}", explain(&name, &e)),
+        }
+    }
+
+    /// Locations of `name`, and this peer's address as the tracker knows it
+    /// (the local IP of a tracker connection and the serving port), so it
+    /// can be marked.
+    fn locate(&self, name: &str) -> Result<(Locations, SocketAddr), PeerError> {
+        let mut c = Conn::connect(self.node.tracker(), client::IO_TIMEOUT)?;
+        let l = client::locate_on(&mut c, name, false)?;
+        let ip = c
+            .stream()
+            .local_addr()
+            .map(|a| a.ip().to_canonical())
+            .unwrap_or_else(|_| self.node.local_addr().ip());
+        Ok((l, SocketAddr::new(ip, self.node.local_addr().port())))
+    }
+
+    fn get(&mut self, t: &Target, out: &mut dyn Write) -> io::Result<()> {
+        let name = match self.resolve(t) {
+            Ok(n) => n,
+            Err(hint) => return writeln!(out, "{hint}"),
+        };
+        if self.jobs.is_running(&name) || self.node.is_downloading(&name) {
+            return writeln!(out, "already downloading {name}; type status to follow it");
+        }
+        if self
+            .node
+            .share()
+            .get(&name)
+            .is_some_and(|f| f.is_complete())
+        {
+            return writeln!(out, "you already have {name}: it is in the shared folder");
+        }
+        // A partial file left by a failed or stopped download is resumed.
+        // Ask first, so a wrong name is answered here and not later.
+        let l = match self.locate(&name) {
+            Ok((l, _)) => l,
+            Err(e) => return writeln!(out, "{}", explain(&name, &e)),
+        };
+        if let Err(e) = self.jobs.start(&name) {
+            return writeln!(out, "cannot start the download: {e}");
+        }
+        writeln!(
+            out,
+            "{}",
+            text::started_line(&name, l.length, l.sources.len())
+        )
+    }
+
+    fn status(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        let node = &self.node;
+        writeln!(
+            out,
+            "{}",
+            text::serving_line(node.local_addr(), node.tracker(), node.is_connected())
+        )?;
+        write!(out, "{}", text::files_block(&node.share().files()))?;
+        write!(out, "{}", text::downloads_block(&self.jobs.states()))?;
+        let (then, before) = self.upload_mark;
+        let now = (Instant::now(), node.uploaded_bytes());
+        let secs = now.0.duration_since(then).as_secs_f64().max(1e-3);
+        writeln!(
+            out,
+            "{}",
+            text::uploads_line(
+                node.upload_connections(),
+                now.1,
+                now.1.saturating_sub(before),
+                secs
+            )
+        )?;
+        self.upload_mark = now;
+        Ok(())
+    }
+}
