@@ -223,6 +223,8 @@ pub(super) struct Coordinator<'scope, 'env: 'scope> {
     self_addr: Option<SocketAddr>,
     active: HashMap<SocketAddr, Active<'scope>>,
     sources: Sources,
+    /// The sources of the latest locations, in the tracker's order.
+    listed: Vec<SocketAddr>,
     chunk_tx: Option<Sender<Verified>>,
     ev_tx: Sender<Event>,
     bytes_downloaded: u64,
@@ -260,6 +262,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             self_addr,
             active: HashMap::new(),
             sources: Sources::new(),
+            listed: Vec::new(),
             chunk_tx: Some(chunk_tx),
             ev_tx,
             bytes_downloaded: 0,
@@ -338,6 +341,8 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             Event::Duplicate => self.duplicates += 1,
             Event::HashFailure { source } => self.sources.hash_failure(source),
             Event::Idle => self.refresh_wanted = true,
+            // A probe's place is free: the next listed source may start.
+            Event::Settled => self.spawn_listed(),
             Event::WorkerDone { source, end } => self.worker_done(source, end),
             Event::Fatal(e) => return Err(e),
         }
@@ -455,7 +460,14 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         // Rarest first across the latest locations (a source just dropped
         // for lying does not count).
         lock(&self.engine.picker).set_availability(self.sources.availability(&listed));
-        for addr in self.sources.by_preference(&listed) {
+        self.listed = listed;
+        self.spawn_listed();
+    }
+
+    /// Starts workers for the sources of the latest locations that have
+    /// none, best first, as far as the caps allow.
+    fn spawn_listed(&mut self) {
+        for addr in self.sources.by_preference(&self.listed) {
             self.spawn_if_ready(addr);
         }
     }

@@ -75,11 +75,21 @@ impl Rejects {
 
 /// What workers and the assembler tell the coordinator.
 pub(super) enum Event {
-    Written { source: SocketAddr, bytes: u32 },
+    Written {
+        source: SocketAddr,
+        bytes: u32,
+    },
     Duplicate,
-    HashFailure { source: SocketAddr },
+    HashFailure {
+        source: SocketAddr,
+    },
     Idle,
-    WorkerDone { source: SocketAddr, end: WorkerEnd },
+    /// A worker on probation got its first answer (or had nothing to ask).
+    Settled,
+    WorkerDone {
+        source: SocketAddr,
+        end: WorkerEnd,
+    },
     Fatal(PeerError),
 }
 

@@ -194,7 +194,7 @@ impl Worker<'_, '_> {
                 .map_err(|e| WorkerEnd::Lost(e.to_string()))?;
         }
         if self.inflight.is_empty() {
-            self.slot.settled.store(true, Ordering::SeqCst);
+            self.settle();
             if lock(&e.picker).is_complete() {
                 return Err(WorkerEnd::Finished);
             }
@@ -208,10 +208,18 @@ impl Worker<'_, '_> {
         let reply = conn
             .recv_into(&mut self.spare)
             .map_err(|e| WorkerEnd::Lost(e.to_string()))?;
-        self.slot.settled.store(true, Ordering::SeqCst);
+        self.settle();
         match self.inflight.pop_front() {
             Some(expected) => self.handle_reply(expected, reply),
             None => Ok(()),
+        }
+    }
+
+    /// Marks the worker no longer a probe, telling the coordinator the first
+    /// time.
+    fn settle(&self) {
+        if !self.slot.settled.swap(true, Ordering::SeqCst) {
+            let _ = self.ev.try_send(Event::Settled);
         }
     }
 
