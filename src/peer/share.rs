@@ -10,9 +10,9 @@
 //! is opened: no symlink followed, no FIFO waited on) and the hash cache
 //! file. Calls `wire` (names, FileEntry), `chunks` (geometry, bitmaps,
 //! sha1), the libc crate for open flags and, to leave a download's own
-//! files out of a scan, [`partfile::is_artifact`] (the download's part-file
-//! module, which depends on nothing of `share`, so there is no import
-//! cycle).
+//! files out of a scan, [`partfile::is_artifact`] and
+//! [`partfile::WORK_DIR`] (the download's part-file module, which depends
+//! on nothing of `share`, so there is no import cycle).
 //!
 //! Locks: the index's RwLock, each file's have-bitmap Mutex and its upload
 //! check Mutex guard only in-memory data; no I/O (and no hashing) happens
