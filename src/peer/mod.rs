@@ -13,8 +13,8 @@
 //! - [`client`]: a greeted connection to a tracker or peer (built on
 //!   `net::client`) and the one-shot tracker queries.
 //!
-//! Depends on `wire`, `chunks` and `net` (server skeleton, connection caps,
-//! client setup) only; never on `tracker`.
+//! Depends on `wire`, `chunks`, `net` (server skeleton, connection caps,
+//! client setup), `limits` and `sync` only; never on `tracker`.
 
 use std::fmt;
 use std::io;

@@ -3,7 +3,8 @@
 //!
 //! Owns: the pacing policy for chunk bytes a peer sends. The chunk server
 //! (`peer::server`) calls [`RateLimiter::acquire`] before each piece it
-//! writes; nothing else in the crate is paced. Depends on `std` only.
+//! writes; nothing else in the crate is paced. Calls only `sync` (the lock
+//! helper).
 //!
 //! How it works (a "virtual schedule", GCRA-style): the limiter keeps the
 //! time `next` at which the next byte may go. `acquire(n)` reserves the slot

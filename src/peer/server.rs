@@ -6,7 +6,7 @@
 //! count of uploaded bytes, and super-seeding while uploads are capped
 //! (`FirstSends`). Accepting, caps, the Hello, timeouts, closing and
 //! shutdown are the skeleton's. Calls `net` (the skeleton), `wire`
-//! (framing), `peer::share` (the only way a requested name becomes a file: a
+//! (framing), `chunks`, `limits`, `peer::share` (the only way a requested name becomes a file: a
 //! lookup in the [`ShareIndex`], never a path join) and `peer::ratelimit`
 //! (pacing).
 //!

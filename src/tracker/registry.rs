@@ -6,7 +6,8 @@
 //! sockets, no clock, no threads; the server wraps it in a Mutex and holds
 //! the lock only for these calls.
 //!
-//! Calls `wire` (message types, name rule) and `chunks` (geometry, bitmaps).
+//! Calls `wire` (message types, name rule), `chunks` (geometry, bitmaps) and
+//! `limits`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;

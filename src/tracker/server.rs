@@ -8,8 +8,8 @@
 //! soon as the connection ends for any reason: Leave, close, error, or
 //! silence past the idle timeout.
 //!
-//! Calls `net` (the skeleton), `wire` (messages) and [`super::registry`]
-//! (state). The registry Mutex is held only around in-memory registry calls,
+//! Calls `net` (the skeleton), `wire` (messages), `limits`, `sync` and
+//! [`super::registry`] (state). The registry Mutex is held only around in-memory registry calls,
 //! never across a read or write, so a slow client cannot stall anyone else.
 
 use std::fmt;

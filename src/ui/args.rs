@@ -7,7 +7,7 @@
 //! `{NAME}`, and the defaults are those constants too.
 //!
 //! Owns: option names, their parsing and defaults. Calls `limits`,
-//! `peer::ratelimit::parse_rate` and [`super::help`].
+//! `peer::ratelimit::parse_rate`, [`super::help`] and [`super::out`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

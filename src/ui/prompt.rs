@@ -4,7 +4,7 @@
 //! press.
 //!
 //! Owns: the stdin thread and the prompt string. Calls [`super::repl`],
-//! [`super::format`], [`super::signals`] and `peer::node`.
+//! [`super::format`], [`super::signals`], [`super::out`] and `peer::node`.
 
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::PathBuf;

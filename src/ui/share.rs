@@ -1,7 +1,7 @@
 //! `peer share`: hash the folder, start the node, then serve until a
 //! signal, with the prompt on a terminal.
 //!
-//! Owns: what `peer share` prints. Calls `peer::{share, node, client}` and
+//! Owns: what `peer share` prints. Calls `peer::{share, node, session}` and
 //! the other `ui` modules.
 
 use std::io::IsTerminal;

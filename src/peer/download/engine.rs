@@ -8,7 +8,7 @@
 //! buffers ([`ChunkPool`]), and [`Engine::run`], which starts the flusher,
 //! the assembler and the coordinator (the caller's thread) and joins them.
 //!
-//! Calls `chunks`, the peer's `picker`, `share` and `client` (the tracker
+//! Calls `chunks`, `wire` (Locations), the peer's `picker`, `share` and `client` (the tracker
 //! connection handed to the coordinator), and the download's `partfile`,
 //! `coordinator`, `worker` and `assembler`.
 
