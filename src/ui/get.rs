@@ -8,9 +8,9 @@
 
 use super::args::GetArgs;
 use super::format::format_summary;
-use super::progress::{GET_BAR_WIDTH, StatusLine, progress_line};
+use super::progress::StatusLine;
 use super::signals::StopSignals;
-use super::{BoxError, node_config, stopped_by_signal};
+use super::{BoxError, Resumable, node_config, stopped_by_signal};
 use crate::peer::download::DownloadOptions;
 use crate::peer::node::Node;
 
@@ -30,16 +30,26 @@ pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
     let bar = StatusLine::new(!a.verbose);
     // Ctrl-C / SIGTERM stop the download cleanly (verified chunks kept for
     // a resume, Leave sent) rather than killing it mid-write.
+    let mut started = false;
     let result =
         node.download_cancellable(&a.name, &a.dir, &opts, Some(signals.flag()), &mut |p| {
-            bar.draw(&progress_line(p, GET_BAR_WIDTH))
+            started = true;
+            bar.draw_progress(p)
         });
     bar.clear();
     let summary = match result {
         Ok(s) => s,
-        Err(e) => {
+        Err(e) if signals.received().is_some() => {
             node.leave();
             return Err(stopped_by_signal(e, signals, None));
+        }
+        Err(e) => {
+            node.leave();
+            return Err(if started {
+                Box::new(Resumable::new(e, "run the same command again to resume"))
+            } else {
+                Box::new(e)
+            });
         }
     };
     out!("{}", format_summary(&summary))?;

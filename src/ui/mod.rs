@@ -115,6 +115,46 @@ fn stopped_by_signal(
     }
 }
 
+/// A download that failed after it had started: its verified chunks are
+/// kept on disk, and the message says how to go on from them.
+#[derive(Debug)]
+pub struct Resumable {
+    error: crate::peer::PeerError,
+    how: String,
+}
+
+impl Resumable {
+    pub fn new(error: crate::peer::PeerError, how: &str) -> Resumable {
+        Resumable {
+            error,
+            how: how.to_owned(),
+        }
+    }
+
+    /// The line for an error that may already say how to resume (a
+    /// download stopped on request does).
+    pub fn line(error: &crate::peer::PeerError, how: &str) -> String {
+        let text = error_chain(error);
+        if text.contains("to resume") {
+            text
+        } else {
+            format!("{text}; the verified chunks are kept: {how}")
+        }
+    }
+}
+
+impl std::fmt::Display for Resumable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&Resumable::line(&self.error, &self.how))
+    }
+}
+
+impl std::error::Error for Resumable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
 /// The exit status for a command's result; an error is printed first, as
 /// "`program`: error: cause: cause". A closed stdout ends the program
 /// quietly (see [`out`]); an interrupted command says so and exits with

@@ -251,7 +251,8 @@ impl Repl {
             text::serving_line(node.local_addr(), node.tracker(), node.is_connected())
         )?;
         write!(out, "{}", text::files_block(&node.share().files()))?;
-        write!(out, "{}", text::downloads_block(&self.jobs.states()))?;
+        let columns = crate::ui::progress::stdout_columns();
+        write!(out, "{}", text::downloads_block(&self.jobs.states(), columns))?;
         let (then, before) = self.upload_mark;
         let now = (Instant::now(), node.uploaded_bytes());
         let secs = now.0.duration_since(then).as_secs_f64().max(1e-3);

@@ -20,8 +20,6 @@ use crate::wire::{ErrorCode, FileSummary};
 
 /// Width of the chunk maps in `status`: one character per chunk up to 32.
 const STATUS_MAP_WIDTH: usize = 32;
-/// Width of the progress bars in `status`.
-const STATUS_BAR_WIDTH: usize = 24;
 
 /// How this peer stands to a listed file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,8 +86,9 @@ pub fn files_block(files: &[std::sync::Arc<SharedFile>]) -> String {
     s
 }
 
-/// The downloads part of `status` (empty when none were started).
-pub fn downloads_block(jobs: &[(String, DownloadState)]) -> String {
+/// The downloads part of `status` (empty when none were started), each
+/// line fitted to `columns`.
+pub fn downloads_block(jobs: &[(String, DownloadState)], columns: usize) -> String {
     let mut s = String::new();
     if !jobs.is_empty() {
         s.push_str("downloads:\n");
@@ -102,7 +101,7 @@ pub fn downloads_block(jobs: &[(String, DownloadState)]) -> String {
     for (name, st) in jobs {
         let text = match st {
             DownloadState::Starting => "starting".to_owned(),
-            DownloadState::Running(p) => progress_line(p, STATUS_BAR_WIDTH),
+            DownloadState::Running(p) => progress_line(p, columns.saturating_sub(w + 4)),
             DownloadState::Done(s) => format!(
                 "done: {} in {:.1} s from {} peer(s)",
                 human(s.length as f64),
