@@ -252,3 +252,83 @@ fn a_signal_during_hashing_stops_share_promptly_with_the_interrupted_status() {
         }
     });
 }
+
+/// A program as a user runs it: no RUST_LOG from the test environment.
+fn user_bin(name: &str) -> Command {
+    let mut c = Command::new(match name {
+        "tracker" => env!("CARGO_BIN_EXE_tracker"),
+        _ => env!("CARGO_BIN_EXE_peer"),
+    });
+    c.env_remove("RUST_LOG").env_remove("P2PFS_TRACKER");
+    c
+}
+
+/// Reads the child's stdout lines until one contains `needle`.
+fn read_until(r: &mut impl BufRead, needle: &str) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            r.read_line(&mut line).expect("stdout") > 0,
+            "no line with {needle:?}"
+        );
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
+fn sigterm(c: &Child2) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &c.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -TERM");
+}
+
+/// Issue 14: the tracker printed `tracker listening on` twice (a log line
+/// and a plain one); a refused name read "name registered with other
+/// content: the name is already registered with other content" plus a
+/// warning. One plain message per event; log records only when asked for.
+#[test]
+fn one_message_per_event_and_no_log_records_unless_asked() {
+    with_timeout(60, || {
+        let _serial = serial();
+        let mut c = spawn(user_bin("tracker").args(["--listen", "127.0.0.1:0"]));
+        let mut out = BufReader::new(c.0.stdout.take().expect("stdout"));
+        read_until(&mut out, "tracker listening on");
+        sigterm(&c);
+        let (code, err) = finish(&mut c, 10);
+        let mut rest = String::new();
+        out.read_to_string(&mut rest).unwrap();
+        assert_eq!(code, Some(0), "{err}");
+        assert!(err.is_empty(), "no log records by default: {err}");
+        assert!(!rest.contains("listening"), "said once: {rest}");
+
+        let s = Scratch::new("cli-messages");
+        fs::write(s.sub("a").join("f.txt"), b"the first content").unwrap();
+        let b = s.sub("b");
+        fs::write(b.join("f.txt"), b"other content, same name").unwrap();
+        fs::write(b.join("g.txt"), b"fine").unwrap();
+        let t = tracker();
+        let _a = seed(t.local_addr(), &s.path().join("a"), None);
+        let mut c = spawn(
+            user_bin("peer")
+                .args(["share", "--no-prompt", "--tracker", &t.local_addr().to_string()])
+                .args(["--listen", "127.0.0.1:0", "--dir"])
+                .arg(&b),
+        );
+        let mut out = BufReader::new(c.0.stdout.take().expect("stdout"));
+        let refused = read_until(&mut out, "refused");
+        assert_eq!(
+            refused.trim_end(),
+            "refused by the tracker: f.txt: the name is already registered with other \
+             content (17 bytes in 65536-byte chunks)"
+        );
+        sigterm(&c);
+        let (code, err) = finish(&mut c, 10);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(err.is_empty(), "no log records by default: {err}");
+    });
+}

@@ -46,6 +46,15 @@ impl PeerArgs {
             _ => false,
         }
     }
+
+    /// Where log records go instead of stderr, if asked.
+    pub fn log_file(&self) -> Option<&std::path::Path> {
+        match &self.cmd {
+            PeerCommand::Share(a) => a.log_file.as_deref(),
+            PeerCommand::Get(a) => a.log_file.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// Share every regular file under DIR (or only the FILEs named) and serve
@@ -85,9 +94,14 @@ pub struct ShareArgs {
         default = "limits::DEFAULT_CHUNK_SIZE"
     )]
     pub chunk_size: u32,
-    /// log every request (RUST_LOG works too)
+    /// log every connection and every chunk sent, and list each file shared
+    /// (RUST_LOG works too)
     #[argh(switch, short = 'v')]
     pub verbose: bool,
+    /// write the log records of -v to FILE (appended) instead of the
+    /// terminal
+    #[argh(option)]
+    pub log_file: Option<PathBuf>,
     /// do not read commands even on a terminal (use it when running in the
     /// background with `&`, where reading the terminal would stop the peer)
     #[argh(switch)]
@@ -122,9 +136,14 @@ pub struct GetArgs {
     /// requests kept in flight per source (default {PIPELINE_DEPTH})
     #[argh(option, default = "limits::PIPELINE_DEPTH")]
     pub pipeline: usize,
-    /// log which chunk came from which peer (RUST_LOG works too)
+    /// log which chunk came from which peer (RUST_LOG works too); on the
+    /// terminal this replaces the progress bar, unless --log-file is given
     #[argh(switch, short = 'v')]
     pub verbose: bool,
+    /// write the log records of -v to FILE (appended) instead of the
+    /// terminal, keeping the progress bar
+    #[argh(option)]
+    pub log_file: Option<PathBuf>,
 }
 
 /// List every file on the network with its size.
@@ -160,7 +179,7 @@ pub struct WhereArgs {
 /// must send its Hello within {HELLO_TIMEOUT}. At most --max-connections
 /// connections are open at once, and at most --max-per-ip from one IPv4
 /// address (or IPv6 /64); others get Error{Busy} and are closed. Stop it
-/// with Ctrl-C or SIGTERM. Set RUST_LOG=debug for per-request logs.
+/// with Ctrl-C or SIGTERM.
 #[derive(FromArgs)]
 pub struct TrackerArgs {
     /// address to listen on (default 0.0.0.0:{DEFAULT_TRACKER_PORT}; port 0
@@ -181,6 +200,9 @@ pub struct TrackerArgs {
     /// {TRACKER_MAX_PER_IP})
     #[argh(option, default = "limits::TRACKER_MAX_PER_IP")]
     pub max_per_ip: usize,
+    /// log every connection, registration and request (RUST_LOG works too)
+    #[argh(switch, short = 'v')]
+    pub verbose: bool,
 }
 
 /// A chunk size option: a size as for rates ("256K", "1M"), within the

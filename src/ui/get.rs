@@ -26,8 +26,9 @@ pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
         pipeline_depth: a.pipeline.max(1),
         ..DownloadOptions::default()
     };
-    // Not with -v: its log lines on the same stream would break the bar up.
-    let bar = StatusLine::new(!a.verbose);
+    // Not with -v on the terminal: its log lines on the same stream would
+    // break the bar up. With --log-file they go elsewhere.
+    let bar = StatusLine::new(!a.verbose || a.log_file.is_some());
     // Ctrl-C / SIGTERM stop the download cleanly (verified chunks kept for
     // a resume, Leave sent) rather than killing it mid-write.
     let mut started = false;

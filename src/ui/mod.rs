@@ -29,6 +29,7 @@ pub mod args;
 pub mod format;
 pub mod get;
 pub mod help;
+pub mod log;
 pub mod progress;
 pub mod prompt;
 pub mod query;
@@ -49,13 +50,6 @@ use crate::peer::node::NodeConfig;
 /// Any error a command ends with; printed as its chain of causes.
 pub type BoxError = Box<dyn std::error::Error>;
 
-/// Logs to stderr with millisecond timestamps; `default` unless RUST_LOG
-/// says otherwise.
-pub fn init_logging(default: &str) {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
-        .format_timestamp_millis()
-        .init();
-}
 
 /// Runs one `peer` command to its end.
 pub fn run_peer(args: PeerArgs) -> Result<(), BoxError> {
