@@ -315,7 +315,12 @@ fn one_message_per_event_and_no_log_records_unless_asked() {
         let _a = seed(t.local_addr(), &s.path().join("a"), None);
         let mut c = spawn(
             user_bin("peer")
-                .args(["share", "--no-prompt", "--tracker", &t.local_addr().to_string()])
+                .args([
+                    "share",
+                    "--no-prompt",
+                    "--tracker",
+                    &t.local_addr().to_string(),
+                ])
                 .args(["--listen", "127.0.0.1:0", "--dir"])
                 .arg(&b),
         );
@@ -330,5 +335,74 @@ fn one_message_per_event_and_no_log_records_unless_asked() {
         let (code, err) = finish(&mut c, 10);
         assert_eq!(code, Some(0), "{err}");
         assert!(err.is_empty(), "no log records by default: {err}");
+    });
+}
+
+/// Runs `peer share --no-prompt ARGS --dir DIR` against `t` until it is
+/// serving, then stops it with SIGTERM; returns (exit code, stdout, stderr).
+fn share_briefly(t: &str, dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut c = spawn(
+        user_bin("peer")
+            .args([
+                "share",
+                "--no-prompt",
+                "--tracker",
+                t,
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .arg("--dir")
+            .arg(dir),
+    );
+    let mut out = BufReader::new(c.0.stdout.take().expect("stdout"));
+    let mut text = String::new();
+    let mut line = String::new();
+    while !line.contains("serving chunks on") {
+        line.clear();
+        if out.read_line(&mut line).expect("stdout") == 0 {
+            break;
+        }
+        text.push_str(&line);
+    }
+    sigterm(&c);
+    let (code, err) = finish(&mut c, 10);
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    text.push_str(&rest);
+    (code, text, err)
+}
+
+/// Issue 14: `share` printed one `sharing …` line per file (2,001 lines
+/// for a big folder). One summary line; the list only with -v.
+#[test]
+fn share_sums_up_its_files_and_lists_them_only_with_v() {
+    with_timeout(60, || {
+        let _serial = serial();
+        let s = Scratch::new("cli-summary");
+        let d = s.sub("d");
+        fs::write(d.join("a.txt"), vec![1u8; 1000]).unwrap();
+        fs::write(d.join("b.txt"), vec![2u8; 2048]).unwrap();
+        fs::create_dir_all(d.join("sub")).unwrap();
+        fs::write(d.join("sub/c.txt"), b"c").unwrap();
+        let t = tracker();
+        let ta = t.local_addr().to_string();
+        let (code, out, err) = share_briefly(&ta, &d, &[]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("sharing 3 files, 3.0 KiB\n"), "{out}");
+        assert!(!out.contains("a.txt"), "no list without -v: {out}");
+        let log = s.path().join("share.log");
+        let (code, out, err) = share_briefly(&ta, &d, &["-v", "--log-file", log.to_str().unwrap()]);
+        assert_eq!(code, Some(0), "{err}");
+        for f in ["a.txt", "b.txt", "sub/c.txt"] {
+            assert!(
+                out.contains(&format!("  {f}  ")),
+                "{f} listed with -v: {out}"
+            );
+        }
+        assert!(out.contains("sharing 3 files, 3.0 KiB\n"), "{out}");
+        assert!(err.is_empty(), "records go to the log file: {err}");
+        let log = fs::read_to_string(&log).unwrap();
+        assert!(log.contains("chunk server listening on"), "{log}");
     });
 }

@@ -28,6 +28,28 @@ pub fn human(bytes: f64) -> String {
     }
 }
 
+/// A count with thousands separated: "2,001".
+pub fn count(n: u64) -> String {
+    let digits = n.to_string();
+    let mut s = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            s.push(',');
+        }
+        s.push(c);
+    }
+    s
+}
+
+/// "1 chunk", "2,001 chunks": a count and a noun, plural when it is not 1.
+pub fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{} {noun}s", count(n))
+    }
+}
+
 /// "5.1 MiB/s": `bytes` over `secs` (at least a millisecond, so a very
 /// quick transfer does not divide by zero).
 pub fn rate(bytes: u64, secs: f64) -> String {
@@ -160,6 +182,17 @@ pub fn describe_event(ev: &SessionEvent) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_and_plurals() {
+        assert_eq!(count(0), "0");
+        assert_eq!(count(999), "999");
+        assert_eq!(count(2001), "2,001");
+        assert_eq!(count(1_234_567), "1,234,567");
+        assert_eq!(plural(1, "chunk"), "1 chunk");
+        assert_eq!(plural(0, "file"), "0 files");
+        assert_eq!(plural(2001, "file"), "2,001 files");
+    }
 
     #[test]
     fn sizes_and_rates_read_well() {

@@ -50,7 +50,6 @@ use crate::peer::node::NodeConfig;
 /// Any error a command ends with; printed as its chain of causes.
 pub type BoxError = Box<dyn std::error::Error>;
 
-
 /// Runs one `peer` command to its end.
 pub fn run_peer(args: PeerArgs) -> Result<(), BoxError> {
     match args.cmd {

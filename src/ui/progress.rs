@@ -11,8 +11,9 @@ use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::format::human;
+use super::format::{count, human};
 use crate::peer::download::Progress;
+use crate::peer::share::HashProgress;
 
 /// Width assumed when the terminal's cannot be read (not a terminal).
 pub const DEFAULT_COLUMNS: usize = 80;
@@ -173,9 +174,16 @@ impl Drop for StatusLine {
     }
 }
 
-/// The hashing counter of `peer share`: "hashing: 1.2 GiB of 12.0 GiB".
-pub fn hashing_line(done: u64, total: u64) -> String {
-    format!("hashing: {} of {}", human(done as f64), human(total as f64))
+/// The hashing counter of `peer share`:
+/// "hashing: 12 of 2,001 files, 1.2 GiB of 12.0 GiB".
+pub fn hashing_line(p: &HashProgress) -> String {
+    format!(
+        "hashing: {} of {} files, {} of {}",
+        count(p.files_done),
+        count(p.files_total),
+        human(p.bytes_done as f64),
+        human(p.bytes_total as f64)
+    )
 }
 
 #[cfg(test)]
@@ -204,11 +212,27 @@ mod tests {
         assert!(a.contains("]   0.0%"), "{a}");
         // Not full until it is: 99.9% does not round up to a full bar.
         assert!(b.contains(".]  99.9%"), "{b}");
-        assert_eq!(a.chars().count(), b.chars().count(), "the line keeps its width");
+        assert_eq!(
+            a.chars().count(),
+            b.chars().count(),
+            "the line keeps its width"
+        );
         let full = progress_line(&p(1000, 0.0, 1), 80);
-        assert!(full.starts_with("[###") && full.contains("#] 100.0%"), "{full}");
+        assert!(
+            full.starts_with("[###") && full.contains("#] 100.0%"),
+            "{full}"
+        );
         assert!(a.ends_with("2.0 KiB/s  ETA 1s     2 sources"), "{a}");
-        assert_eq!(hashing_line(1536, 1 << 20), "hashing: 1.5 KiB of 1.0 MiB");
+        let h = HashProgress {
+            bytes_done: 1536,
+            bytes_total: 1 << 20,
+            files_done: 12,
+            files_total: 2001,
+        };
+        assert_eq!(
+            hashing_line(&h),
+            "hashing: 12 of 2,001 files, 1.5 KiB of 1.0 MiB"
+        );
     }
 
     /// Issue 14: in a 50-column terminal every update wrapped onto a new

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, bounded, select};
 
 use super::args::ShareArgs;
-use super::format::{describe_event, human};
+use super::format::{describe_event, human, plural};
 use super::progress::{StatusLine, hashing_line};
 use super::signals::StopSignals;
 use super::{BoxError, node_config, prompt, stopped_by_signal};
 use crate::peer::node::Node;
 use crate::peer::session::SessionEvent;
-use crate::peer::share::{self, SharedFile};
+use crate::peer::share::{self, HashProgress, SharedFile};
 
 /// Session events waiting to be printed.
 const EVENT_QUEUE: usize = 16;
@@ -24,12 +24,12 @@ const EVENT_QUEUE: usize = 16;
 pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
     let cfg = node_config(&a.tracker, a.listen, a.upload_limit)?;
     let line = StatusLine::new(true);
-    let progress = |done: u64, total: u64| {
-        if total > 0 {
-            line.draw(&hashing_line(done, total));
+    let progress = |p: &HashProgress| {
+        if p.bytes_total > 0 {
+            line.draw(&hashing_line(p));
         }
     };
-    let scanned = share::scan_dir_cancellable(
+    let scanned = share::scan_dir_reporting(
         &a.dir,
         &a.files,
         a.chunk_size,
@@ -46,9 +46,13 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
     }
     if scan.files.is_empty() {
         outln!("nothing to share in {} (serving anyway)", a.dir.display())?;
+    } else if a.verbose {
+        for f in &scan.files {
+            outln!("{}", sharing_line(f))?;
+        }
     }
-    for f in &scan.files {
-        outln!("{}", sharing_line(f))?;
+    if !scan.files.is_empty() {
+        outln!("{}", summary_line(&scan.files))?;
     }
     let (tx, rx) = bounded(EVENT_QUEUE);
     // Commands only from a person: a pipe or /dev/null means a script or a
@@ -84,11 +88,21 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
 fn sharing_line(f: &SharedFile) -> String {
     let g = f.geometry();
     format!(
-        "sharing {}  {} bytes ({}), {} chunks",
+        "  {}  {} bytes ({}), {}",
         f.name(),
         g.length(),
         human(g.length() as f64),
-        g.count()
+        plural(u64::from(g.count()), "chunk")
+    )
+}
+
+/// "sharing 2,001 files, 1.2 GiB": what the scan found, in one line.
+fn summary_line(files: &[SharedFile]) -> String {
+    let bytes: u64 = files.iter().map(|f| f.geometry().length()).sum();
+    format!(
+        "sharing {}, {}",
+        plural(files.len() as u64, "file"),
+        human(bytes as f64)
     )
 }
 

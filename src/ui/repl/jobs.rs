@@ -104,7 +104,10 @@ impl Jobs {
                     Ok(s) => (text::done_line(&s), DownloadState::Done(s)),
                     Err(e) => {
                         let why = if started {
-                            Resumable::line(&e, &format!("type get {} to resume", super::command::as_typed(&n)))
+                            Resumable::line(
+                                &e,
+                                &format!("type get {} to resume", super::command::as_typed(&n)),
+                            )
                         } else {
                             error_chain(&e)
                         };

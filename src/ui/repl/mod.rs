@@ -252,7 +252,11 @@ impl Repl {
         )?;
         write!(out, "{}", text::files_block(&node.share().files()))?;
         let columns = crate::ui::progress::stdout_columns();
-        write!(out, "{}", text::downloads_block(&self.jobs.states(), columns))?;
+        write!(
+            out,
+            "{}",
+            text::downloads_block(&self.jobs.states(), columns)
+        )?;
         let (then, before) = self.upload_mark;
         let now = (Instant::now(), node.uploaded_bytes());
         let secs = now.0.duration_since(then).as_secs_f64().max(1e-3);
