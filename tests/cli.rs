@@ -406,3 +406,70 @@ fn share_sums_up_its_files_and_lists_them_only_with_v() {
         assert!(log.contains("chunk server listening on"), "{log}");
     });
 }
+
+/// Issue 14: `share -v` promised "log every request" but logged only
+/// connections; `get -v` replaced the bar with its records. Each chunk
+/// sent is logged, and --log-file keeps the records off the terminal.
+#[test]
+fn v_logs_every_chunk_on_both_sides_and_log_file_takes_the_records() {
+    with_timeout(60, || {
+        let _serial = serial();
+        let s = Scratch::new("cli-verbose");
+        let d = s.sub("d");
+        fs::write(d.join("f.bin"), util::pattern(3 << 10, 5)).unwrap();
+        let t = tracker();
+        let ta = t.local_addr().to_string();
+        let share_log = s.path().join("share.log");
+        let mut sharer = spawn(
+            user_bin("peer")
+                .args([
+                    "share",
+                    "--no-prompt",
+                    "--tracker",
+                    &ta,
+                    "--listen",
+                    "127.0.0.1:0",
+                ])
+                .args(["--chunk-size", "1K", "-v", "--log-file"])
+                .arg(&share_log)
+                .arg("--dir")
+                .arg(&d),
+        );
+        let mut out = BufReader::new(sharer.0.stdout.take().expect("stdout"));
+        read_until(&mut out, "registered");
+        let get_log = s.path().join("get.log");
+        let got = s.sub("got");
+        let o = user_bin("peer")
+            .args([
+                "get",
+                "f.bin",
+                "--tracker",
+                &ta,
+                "--listen",
+                "127.0.0.1:0",
+                "-v",
+            ])
+            .arg("--log-file")
+            .arg(&get_log)
+            .arg("--dir")
+            .arg(&got)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        assert!(o.stderr.is_empty(), "records in the file: {o:?}");
+        let log = fs::read_to_string(&get_log).unwrap();
+        for i in 0..3 {
+            assert!(log.contains(&format!("chunk {i} of f.bin from")), "{log}");
+        }
+        sigterm(&sharer);
+        let (code, err) = finish(&mut sharer, 10);
+        assert_eq!(code, Some(0), "{err}");
+        let log = fs::read_to_string(&share_log).unwrap();
+        for i in 0..3 {
+            assert!(
+                log.contains(&format!("sent chunk {i} of \"f.bin\"")),
+                "{log}"
+            );
+        }
+    });
+}

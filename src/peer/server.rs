@@ -174,6 +174,7 @@ impl Handler for Shared {
 }
 
 fn send_error(link: &Link, code: ErrorCode, message: String) -> Result<(), WireError> {
+    log::debug!("{}: answered {code}: {message}", link.remote());
     link.send(&Message::error(code, message))
 }
 
@@ -254,6 +255,10 @@ fn serve_chunk(
     }
     drop(f);
     send_paced(w, &buf[..total], shared)?;
+    log::debug!(
+        "{}: sent chunk {index} of {name:?} ({len} bytes)",
+        w.remote()
+    );
     shared.uploaded.fetch_add(len as u64, Ordering::Relaxed);
     if let Some(p) = peer {
         shared.first_sends.sent(name, index, p);
