@@ -118,28 +118,64 @@ pub fn format_file_list(files: &[FileSummary], truncated: bool) -> String {
     s
 }
 
+/// Whether a download found every chunk on disk and fetched nothing.
+pub fn already_complete(s: &Summary) -> bool {
+    s.bytes_downloaded == 0 && s.chunks_resumed == s.chunks_total
+}
+
+/// How the bytes of a download came: "in 7.49 s, 4.3 MiB/s" for a fresh
+/// one; "622.0 MiB fetched in 6.60 s, 94.2 MiB/s; 402.0 MiB (25 of 64
+/// chunks) already on disk" for a resumed one, whose rate is over the
+/// fetched part only and says so.
+pub fn transfer_phrase(s: &Summary) -> String {
+    let secs = s.elapsed.as_secs_f64().max(1e-3);
+    if s.chunks_resumed == 0 {
+        return format!("in {secs:.2} s, {}", rate(s.bytes_downloaded, secs));
+    }
+    let on_disk = s.length.saturating_sub(s.bytes_downloaded);
+    format!(
+        "{} fetched in {secs:.2} s, {}; {} ({} of {}) already on disk",
+        human(s.bytes_downloaded as f64),
+        rate(s.bytes_downloaded, secs),
+        human(on_disk as f64),
+        count(u64::from(s.chunks_resumed)),
+        plural(u64::from(s.chunks_total), "chunk")
+    )
+}
+
 /// What `peer get` prints when done: totals, then what each source gave.
 pub fn format_summary(s: &Summary) -> String {
-    let secs = s.elapsed.as_secs_f64().max(1e-3);
+    if already_complete(s) {
+        return format!(
+            "{} is already complete: {} ({} bytes), every chunk verified; in {}\n",
+            s.name,
+            human(s.length as f64),
+            s.length,
+            s.path.display()
+        );
+    }
     let mut text = format!(
-        "downloaded {}: {} ({} bytes) in {:.2} s, {}; {} chunks, {} resumed from disk, \
-         {} duplicate(s)\n",
+        "downloaded {}: {} ({} bytes) {}; {}",
         s.name,
         human(s.length as f64),
         s.length,
-        secs,
-        rate(s.bytes_downloaded, secs),
-        s.chunks_total,
-        s.chunks_resumed,
-        s.duplicates
+        transfer_phrase(s),
+        plural(u64::from(s.chunks_total), "chunk"),
     );
+    if s.duplicates > 0 {
+        text.push_str(&format!(
+            ", {} received twice",
+            plural(u64::from(s.duplicates), "duplicate")
+        ));
+    }
+    text.push('\n');
     for src in &s.sources {
         text.push_str(&format!(
-            "  from {}: {} ({} bytes), {} chunk(s)",
+            "  from {}: {} ({} bytes), {}",
             src.addr,
             human(src.bytes as f64),
             src.bytes,
-            src.chunks
+            plural(u64::from(src.chunks), "chunk")
         ));
         if src.hash_failures > 0 {
             text.push_str(&format!(", {} failed verification", src.hash_failures));
@@ -182,6 +218,59 @@ pub fn describe_event(ev: &SessionEvent) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn summary(length: u64, fetched: u64, total: u32, resumed: u32) -> Summary {
+        Summary {
+            name: "f".into(),
+            path: "/d/f".into(),
+            length,
+            chunks_total: total,
+            chunks_resumed: resumed,
+            bytes_downloaded: fetched,
+            duplicates: 0,
+            elapsed: std::time::Duration::from_secs(2),
+            sources: vec![crate::peer::download::SourceStats {
+                addr: "127.0.0.1:7001".parse().unwrap(),
+                bytes: fetched,
+                chunks: total - resumed,
+                hash_failures: 0,
+                dropped: None,
+            }],
+        }
+    }
+
+    /// Issue 14: "in 0.02 s, 0 B/s; 32 chunks, 32 resumed from disk" for a
+    /// file already in place, a rate over the fetched part only without
+    /// saying so for a resumed one, and "1 chunks".
+    #[test]
+    fn summaries_say_plainly_where_the_bytes_came_from() {
+        let fresh = format_summary(&summary(4 << 20, 4 << 20, 4, 0));
+        assert!(
+            fresh.starts_with(
+                "downloaded f: 4.0 MiB (4194304 bytes) in 2.00 s, 2.0 MiB/s; 4 chunks\n"
+            ),
+            "{fresh}"
+        );
+        let resumed = format_summary(&summary(4 << 20, 3 << 20, 4, 1));
+        assert!(
+            resumed.starts_with(
+                "downloaded f: 4.0 MiB (4194304 bytes) 3.0 MiB fetched in 2.00 s, 1.5 MiB/s; \
+                 1.0 MiB (1 of 4 chunks) already on disk; 4 chunks\n"
+            ),
+            "{resumed}"
+        );
+        assert!(resumed.contains("(3145728 bytes), 3 chunks\n"), "{resumed}");
+        let done = format_summary(&summary(4 << 20, 0, 4, 4));
+        assert_eq!(
+            done,
+            "f is already complete: 4.0 MiB (4194304 bytes), every chunk verified; in /d/f\n"
+        );
+        let one = format_summary(&summary(1000, 1000, 1, 0));
+        assert!(
+            one.contains("; 1 chunk\n") && one.contains(", 1 chunk\n"),
+            "{one}"
+        );
+    }
 
     #[test]
     fn counts_and_plurals() {

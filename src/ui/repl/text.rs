@@ -14,7 +14,7 @@ use crate::error_chain;
 use crate::peer::PeerError;
 use crate::peer::download::Summary;
 use crate::peer::share::SharedFile;
-use crate::ui::format::{human, rate};
+use crate::ui::format::{already_complete, human, rate, transfer_phrase};
 use crate::ui::progress::progress_line;
 use crate::wire::{ErrorCode, FileSummary};
 
@@ -136,7 +136,14 @@ pub fn started_line(name: &str, length: u64, sources: usize) -> String {
 
 /// The line announcing a finished background download.
 pub fn done_line(s: &Summary) -> String {
-    let secs = s.elapsed.as_secs_f64().max(1e-3);
+    if already_complete(s) {
+        return format!(
+            "{} ({}) is already complete here, every chunk verified: {}",
+            s.name,
+            human(s.length as f64),
+            s.path.display()
+        );
+    }
     let from: Vec<String> = s
         .sources
         .iter()
@@ -144,12 +151,11 @@ pub fn done_line(s: &Summary) -> String {
         .map(|x| format!("{} from {}", human(x.bytes as f64), x.addr))
         .collect();
     format!(
-        "download finished: {} ({}) in {:.1} s, {}{}{}; saved to {}",
+        "download finished: {} ({}) {}{}{}; saved to {}",
         s.name,
         human(s.length as f64),
-        secs,
-        rate(s.bytes_downloaded, secs),
-        if from.is_empty() { "" } else { ": " },
+        transfer_phrase(s),
+        if from.is_empty() { "" } else { "; " },
         from.join(", "),
         s.path.display()
     )
