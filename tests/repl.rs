@@ -48,7 +48,7 @@ fn list_where_get_status_at_the_prompt() {
             "commands:",
             "  1. photo.jpg",
             "1.0 MiB",
-            "photo.jpg: 1048576 bytes (1.0 MiB), 16 chunks of 64.0 KiB, 1 source(s)",
+            "photo.jpg: 1048576 bytes (1.0 MiB), 16 chunks of 64.0 KiB, 1 source",
             &format!("  {seed_addr:<22}     16/16     ################"),
             "downloading photo.jpg (1.0 MiB) from 1 source in the background",
             "already downloading photo.jpg",

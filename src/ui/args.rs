@@ -6,8 +6,8 @@
 //! default as a number: they name the constant of [`crate::limits`] as
 //! `{NAME}`, and the defaults are those constants too.
 //!
-//! Owns: option names, their parsing and defaults. Calls `limits`,
-//! `peer::ratelimit::parse_rate`, [`super::help`] and [`super::out`].
+//! Owns: option names, their parsing (sizes, rates, addresses) and
+//! defaults. Calls `limits`, [`super::help`] and [`super::out`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,7 +17,6 @@ use argh::{FromArgs, TopLevelCommand};
 
 use super::help::{self, fill};
 use crate::limits;
-use crate::peer::ratelimit::parse_rate;
 
 /// p2pfs peer: share a folder with the network, download files from many
 /// peers at once (rarest chunks first, every chunk SHA-1 verified), and see
@@ -205,19 +204,88 @@ pub struct TrackerArgs {
     pub verbose: bool,
 }
 
-/// A chunk size option: a size as for rates ("256K", "1M"), within the
+/// A number of bytes: digits, maybe with a decimal part, and an optional
+/// unit K, M or G (powers of 1024; "KB", "KiB" and lower case too).
+/// `Err` says what is wrong in words, without naming the option.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ if number.is_empty() => return Err("is not a number".into()),
+        _ => return Err(format!("has an unknown unit {unit:?} (use K, M or G)")),
+    };
+    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && frac.is_empty() || frac.contains('.') {
+        return Err("is not a number".into());
+    }
+    let too_large = || "is too large".to_owned();
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| too_large())?
+    };
+    let mut bytes = whole.checked_mul(mult).ok_or_else(too_large)?;
+    if !frac.is_empty() {
+        // Exact: the fraction times the unit must be a whole number of bytes.
+        let digits = u32::try_from(frac.len()).map_err(|_| too_large())?;
+        let scale = 10u128.checked_pow(digits).ok_or_else(too_large)?;
+        let f: u128 = frac.parse().map_err(|_| too_large())?;
+        let part = f * u128::from(mult);
+        if part % scale != 0 {
+            return Err("is not a whole number of bytes".into());
+        }
+        let part = u64::try_from(part / scale).map_err(|_| too_large())?;
+        bytes = bytes.checked_add(part).ok_or_else(too_large)?;
+    }
+    Ok(bytes)
+}
+
+/// The upload limit: bytes per second ("500K", "10M", "1.5M/s"); 0 means
+/// unlimited.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("/s")
+        .or_else(|| t.strip_suffix("/S"))
+        .unwrap_or(t);
+    parse_bytes(t).map_err(|why| {
+        format!(
+            "the rate {s:?} {why}: give bytes per second such as 500K, 10M or 1G \
+             (0 for unlimited)"
+        )
+    })
+}
+
+/// A chunk size option: a size ("256K", "1M", "1.5M"), within the
 /// protocol's limits.
 pub fn parse_chunk_size(s: &str) -> Result<u32, String> {
-    let v = parse_rate(s)?;
-    let v = u32::try_from(v).map_err(|_| format!("chunk size {s} is too large"))?;
-    if !(limits::MIN_CHUNK_SIZE..=limits::MAX_CHUNK_SIZE).contains(&v) {
-        return Err(format!(
-            "chunk size {s} is outside {}..={}",
+    let range = || {
+        format!(
+            "from {} to {}",
             help::size(limits::MIN_CHUNK_SIZE),
             help::size(limits::MAX_CHUNK_SIZE)
-        ));
+        )
+    };
+    let v = parse_bytes(s).map_err(|why| {
+        format!(
+            "the chunk size {s:?} {why}: give a size such as 256K or 1M, {}",
+            range()
+        )
+    })?;
+    match u32::try_from(v) {
+        Ok(v) if (limits::MIN_CHUNK_SIZE..=limits::MAX_CHUNK_SIZE).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "the chunk size {s:?} is outside the range allowed, {}",
+            range()
+        )),
     }
-    Ok(v)
 }
 
 /// What parsing a command line gave instead of arguments: text for stdout
@@ -381,8 +449,64 @@ mod tests {
     #[test]
     fn chunk_sizes_are_checked_against_the_limits() {
         assert_eq!(parse_chunk_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_chunk_size("1.5M"), Ok(3 << 19));
+        assert_eq!(parse_chunk_size("256KiB"), Ok(256 << 10));
         let e = parse_chunk_size("512").unwrap_err();
-        assert!(e.contains("outside 1K..=16M"), "{e}");
+        assert!(
+            e.contains("outside the range allowed, from 1K to 16M"),
+            "{e}"
+        );
         assert!(parse_chunk_size("32M").is_err());
+    }
+
+    #[test]
+    fn rates_accept_plain_suffixed_and_decimal() {
+        for (s, v) in [
+            ("1000", 1000),
+            ("0", 0),
+            ("512K", 512 << 10),
+            ("512k", 512 << 10),
+            ("10M", 10 << 20),
+            ("10MB", 10 << 20),
+            ("10MiB/s", 10 << 20),
+            ("1G", 1 << 30),
+            (" 3g ", 3 << 30),
+            ("007", 7),
+            ("1.5M", 3 << 19),
+            (".5K", 512),
+            ("17179869183G", 17179869183 << 30),
+        ] {
+            assert_eq!(parse_rate(s), Ok(v), "{s:?}");
+        }
+    }
+
+    /// Issue 14: `--chunk-size 1.5M` was answered with a message about
+    /// rates, and `--upload-limit abc` with "unknown suffix 'C'".
+    #[test]
+    fn bad_sizes_and_rates_are_refused_in_their_own_words() {
+        for bad in [
+            "", "  ", "K", "abc", "-1", "+5", "1T", "1e6", "1..5M", "0.3K",
+        ] {
+            let e = parse_rate(bad).unwrap_err();
+            assert!(e.starts_with(&format!("the rate {bad:?} ")), "{bad:?}: {e}");
+            assert!(e.contains("such as 500K, 10M or 1G"), "{bad:?}: {e}");
+            let e = parse_chunk_size(bad).unwrap_err();
+            assert!(e.starts_with(&format!("the chunk size {bad:?} ")), "{e}");
+            assert!(!e.contains("rate") && !e.contains("per second"), "{e}");
+        }
+        assert_eq!(
+            parse_rate("abc").unwrap_err(),
+            "the rate \"abc\" is not a number: give bytes per second such as 500K, 10M or \
+             1G (0 for unlimited)"
+        );
+        assert!(parse_rate("1T").unwrap_err().contains("unknown unit \"T\""));
+        assert!(
+            parse_rate("0.3K")
+                .unwrap_err()
+                .contains("not a whole number of bytes")
+        );
+        for big in ["18446744073709551616", "17179869184G"] {
+            assert!(parse_rate(big).unwrap_err().contains("too large"), "{big}");
+        }
     }
 }

@@ -12,17 +12,22 @@ use crate::peer::download::Summary;
 use crate::peer::session::SessionEvent;
 use crate::wire::{FileSummary, Locations};
 
-/// "12.3 MiB" style sizes (powers of 1024).
+/// "12.3 MiB" style sizes (powers of 1024). Never four digits before the
+/// point: from 1000 of a unit on, the next unit is used ("0.98 GiB", not
+/// "1001.0 MiB"), with two decimals below 1.
 pub fn human(bytes: f64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes;
     let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
+    // 999.95 would print as "1000.0".
+    while v >= 999.95 && u + 1 < units.len() {
         v /= 1024.0;
         u += 1;
     }
     if u == 0 {
         format!("{v:.0} {}", units[u])
+    } else if v < 0.995 {
+        format!("{v:.2} {}", units[u])
     } else {
         format!("{v:.1} {}", units[u])
     }
@@ -65,13 +70,13 @@ pub fn format_locations(
     me: Option<SocketAddr>,
 ) -> Result<String, String> {
     let mut s = format!(
-        "{}: {} bytes ({}), {} chunks of {}, {} source(s)\n",
+        "{}: {} bytes ({}), {} of {}, {}\n",
         l.name,
         l.length,
         human(l.length as f64),
-        l.chunk_count,
+        plural(u64::from(l.chunk_count), "chunk"),
         human(f64::from(l.chunk_size)),
-        l.sources.len()
+        plural(l.sources.len() as u64, "source")
     );
     for src in &l.sources {
         let b = Bitmap::from_bytes(l.chunk_count, &src.have)
@@ -197,8 +202,8 @@ pub fn describe_event(ev: &SessionEvent) -> Vec<String> {
             let mut v = Vec::new();
             if !accepted.is_empty() {
                 v.push(format!(
-                    "registered {} file(s) with the tracker",
-                    accepted.len()
+                    "registered {} with the tracker",
+                    plural(accepted.len() as u64, "file")
                 ));
             }
             for (name, why) in refused {
@@ -286,11 +291,15 @@ mod tests {
     #[test]
     fn sizes_and_rates_read_well() {
         assert_eq!(human(0.0), "0 B");
-        assert_eq!(human(1023.0), "1023 B");
+        assert_eq!(human(999.0), "999 B");
+        assert_eq!(human(1023.0), "1.0 KiB");
+        assert_eq!(human(1000.0), "0.98 KiB");
+        assert_eq!(human(1001.0 * 1024.0 * 1024.0), "0.98 GiB", "issue 14");
+        assert_eq!(human(999.9 * 1024.0 * 1024.0), "999.9 MiB");
         assert_eq!(human(1536.0), "1.5 KiB");
         assert_eq!(human(32.0 * 1024.0 * 1024.0), "32.0 MiB");
         assert_eq!(rate(3 << 20, 2.0), "1.5 MiB/s");
-        assert_eq!(rate(1, 0.0), "1000 B/s", "no division by zero");
+        assert_eq!(rate(1, 0.0), "0.98 KiB/s", "no division by zero");
     }
 
     #[test]
@@ -321,7 +330,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "f: 10240 bytes (10.0 KiB), 10 chunks of 1.0 KiB, 2 source(s)"
+            "f: 10240 bytes (10.0 KiB), 10 chunks of 1.0 KiB, 2 sources"
         );
         assert!(lines[1].ends_with("10/10     ##########"), "{text}");
         assert!(
