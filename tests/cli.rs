@@ -473,3 +473,29 @@ fn v_logs_every_chunk_on_both_sides_and_log_file_takes_the_records() {
         }
     });
 }
+
+/// Issue 14 (the share side): the `.part` of an interrupted download was
+/// reported as "skipped …: unfinished download (.part)".
+#[test]
+fn share_says_which_downloads_can_be_resumed_and_how() {
+    with_timeout(60, || {
+        let _serial = serial();
+        let s = Scratch::new("cli-unfinished");
+        let d = s.sub("d");
+        fs::write(d.join("a.txt"), b"a").unwrap();
+        for f in ["big.iso.part", "big.iso.part.have"] {
+            fs::write(d.join(f), b"left by an earlier run").unwrap();
+        }
+        let t = tracker();
+        let ta = t.local_addr().to_string();
+        let (code, out, err) = share_briefly(&ta, &d, &[]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(!out.contains("skipped"), "{out}");
+        let want = format!(
+            "unfinished download in {}: big.iso; `peer get NAME --tracker {ta} --dir {}` resumes one",
+            d.display(),
+            d.display()
+        );
+        assert!(out.contains(&want), "{want:?} not in:\n{out}");
+    });
+}

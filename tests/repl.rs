@@ -236,3 +236,25 @@ fn names_that_look_like_numbers_and_names_with_spaces_can_be_fetched() {
         r.finish();
     });
 }
+
+/// Issue 14: after a restart, a `.part` left by a download stopped at the
+/// prompt was skipped with a technical line and `status` showed nothing.
+/// `status` names the downloads that `get NAME` resumes.
+#[test]
+fn status_names_the_unfinished_downloads_to_resume() {
+    with_timeout(30, || {
+        let s = Scratch::new("repl-unfinished");
+        let dir = s.sub("me");
+        for f in ["photo.jpg.part", "photo.jpg.part.have"] {
+            fs::write(dir.join(f), b"left by an earlier run").unwrap();
+        }
+        let t = tracker();
+        let me = Arc::new(downloader(t.local_addr()));
+        let (mut r, _notices) = Repl::new(Arc::clone(&me), dir, opts());
+        let st = say(&mut r, "status");
+        assert!(
+            st.contains("unfinished download: photo.jpg; type get NAME to resume one"),
+            "{st}"
+        );
+    });
+}

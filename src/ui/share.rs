@@ -14,6 +14,7 @@ use super::format::{describe_event, human, plural};
 use super::progress::{StatusLine, hashing_line};
 use super::signals::StopSignals;
 use super::{BoxError, node_config, prompt, stopped_by_signal};
+use crate::peer::download;
 use crate::peer::node::Node;
 use crate::peer::session::SessionEvent;
 use crate::peer::share::{self, HashProgress, SharedFile};
@@ -41,8 +42,16 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
         let what = "stopped while hashing the folder; nothing was shared or registered";
         stopped_by_signal(e, signals, Some(what))
     })?;
+    // A download's own files are not worth a line each: they are named
+    // below as downloads to resume.
     for (path, why) in &scan.skipped {
-        outln!("skipped {}: {why}", path.display())?;
+        let artifact = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(download::is_artifact);
+        if !artifact {
+            outln!("skipped {}: {why}", path.display())?;
+        }
     }
     if scan.files.is_empty() {
         outln!("nothing to share in {} (serving anyway)", a.dir.display())?;
@@ -57,7 +66,12 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
     let (tx, rx) = bounded(EVENT_QUEUE);
     // Commands only from a person: a pipe or /dev/null means a script or a
     // service, which only wants the peer to serve.
-    if !a.no_prompt && std::io::stdin().is_terminal() {
+    let prompt = !a.no_prompt && std::io::stdin().is_terminal();
+    let left = download::unfinished(&a.dir);
+    if !left.is_empty() {
+        outln!("{}", unfinished_hint(&left, prompt, &a))?;
+    }
+    if prompt {
         let node = Arc::new(Node::start(cfg, scan.files, Some(tx))?);
         outln!("{}", serving_line(&node))?;
         return Ok(prompt::run(node, a.dir, rx, signals)?);
@@ -93,6 +107,26 @@ fn sharing_line(f: &SharedFile) -> String {
         g.length(),
         human(g.length() as f64),
         plural(u64::from(g.count()), "chunk")
+    )
+}
+
+/// The downloads an earlier run left unfinished in the folder, and how to
+/// resume them: at the prompt or with `peer get`.
+fn unfinished_hint(names: &[String], prompt: bool, a: &ShareArgs) -> String {
+    if prompt {
+        return super::repl::text::unfinished_line(names);
+    }
+    format!(
+        "unfinished {} in {}: {}; `peer get NAME --tracker {} --dir {}` resumes one",
+        if names.len() == 1 {
+            "download"
+        } else {
+            "downloads"
+        },
+        a.dir.display(),
+        names.join(", "),
+        a.tracker,
+        a.dir.display()
     )
 }
 

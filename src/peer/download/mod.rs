@@ -70,7 +70,7 @@ pub use crate::limits::{
     GIVE_UP_AFTER, MAX_ACTIVE_SOURCES, MAX_HASH_FAILURES, PIPELINE_DEPTH, REFRESH_INTERVAL,
 };
 pub use coordinator::list_indices;
-pub use partfile::{HAVE_SUFFIX, PART_SUFFIX};
+pub use partfile::{HAVE_SUFFIX, PART_SUFFIX, is_artifact, unfinished};
 
 /// Tunables; `Default` gives the documented values.
 #[derive(Debug, Clone)]

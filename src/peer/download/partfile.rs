@@ -8,7 +8,8 @@
 //! matching `.part.have` is refused, never overwritten, and the final name is
 //! never replaced.
 //!
-//! Calls `chunks` (geometry, bitmaps, SHA-1) and the peer's error type only;
+//! Calls `chunks` (geometry, bitmaps, SHA-1), `wire` (the name rule) and the
+//! peer's error type only;
 //! nothing else of the download and nothing of `share`, so `share` can ask
 //! [`is_artifact`] without an import cycle.
 //!
@@ -41,6 +42,42 @@ pub fn is_artifact(name: &str) -> bool {
     [PART_SUFFIX, HAVE_SUFFIX, HAVE_TMP_SUFFIX]
         .iter()
         .any(|s| name.ends_with(s))
+}
+
+/// How deep [`unfinished`] looks into sub-folders.
+const UNFINISHED_MAX_DEPTH: usize = 32;
+
+/// The names of the downloads left unfinished in `dir` (a `.part` with its
+/// saved bitmap), sorted: what `get NAME` would resume. Symlinks are not
+/// followed; unreadable folders are passed over.
+pub fn unfinished(dir: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new(), 0usize)];
+    while let Some((folder, prefix, depth)) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&folder) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let (Ok(ft), Some(file_name)) =
+                (e.file_type(), e.file_name().to_str().map(str::to_owned))
+            else {
+                continue;
+            };
+            let rel = format!("{prefix}{file_name}");
+            if ft.is_dir() && depth < UNFINISHED_MAX_DEPTH {
+                stack.push((e.path(), format!("{rel}/"), depth + 1));
+            } else if ft.is_file() {
+                if let Some(name) = rel.strip_suffix(PART_SUFFIX) {
+                    let have = folder.join(format!("{file_name}.have"));
+                    if have.is_file() && crate::wire::validate_name(name).is_ok() {
+                        names.push(name.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    names.sort();
+    names
 }
 
 /// The three paths a download uses.
@@ -267,6 +304,26 @@ mod tests {
         let g = Geometry::new(10_000, 1024).unwrap();
         let hashes = data.chunks(1024).map(chunks::sha1).collect();
         (data, g, hashes)
+    }
+
+    #[test]
+    fn unfinished_downloads_are_found_by_their_part_and_bitmap() {
+        let dir = TempDir::new("unfinished");
+        for f in [
+            "a.bin.part",
+            "a.bin.part.have",
+            "sub/b.bin.part",
+            "sub/b.bin.part.have",
+        ] {
+            let p = dir.0.join(f);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, b"x").unwrap();
+        }
+        // A .part without its bitmap is not ours; a plain file is nothing.
+        fs::write(dir.0.join("foreign.part"), b"x").unwrap();
+        fs::write(dir.0.join("c.txt"), b"x").unwrap();
+        assert_eq!(unfinished(&dir.0), ["a.bin", "sub/b.bin"]);
+        assert!(unfinished(&dir.0.join("missing")).is_empty());
     }
 
     #[test]

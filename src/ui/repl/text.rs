@@ -115,6 +115,21 @@ pub fn downloads_block(jobs: &[(String, DownloadState)], columns: usize) -> Stri
     s
 }
 
+/// The downloads left unfinished in the folder (an earlier run stopped
+/// them), and how to go on with one.
+pub fn unfinished_line(names: &[String]) -> String {
+    let typed: Vec<String> = names.iter().map(|n| super::command::as_typed(n)).collect();
+    format!(
+        "unfinished {}: {}; type get NAME to resume one",
+        if names.len() == 1 {
+            "download"
+        } else {
+            "downloads"
+        },
+        typed.join(", ")
+    )
+}
+
 /// The last line of `status`: uploads, in all and over `secs` seconds.
 pub fn uploads_line(connections: usize, total: u64, recent: u64, secs: f64) -> String {
     format!(
