@@ -499,3 +499,93 @@ fn share_says_which_downloads_can_be_resumed_and_how() {
         assert!(out.contains(&want), "{want:?} not in:\n{out}");
     });
 }
+
+/// Issue 14, conventions: --version, -h, P2PFS_TRACKER, a host name for
+/// the tracker, -q, and exit statuses that tell failures apart (2 usage,
+/// 3 not found or refused, 4 local I/O, 5 network).
+#[test]
+fn versions_environment_quiet_mode_and_exit_statuses() {
+    with_timeout(90, || {
+        let _serial = serial();
+        let version = format!("{}\n", env!("CARGO_PKG_VERSION"));
+        for (bin, args) in [
+            ("peer", &["--version"][..]),
+            ("peer", &["-V"]),
+            ("tracker", &["--version"]),
+        ] {
+            let o = user_bin(bin).args(args).output().unwrap();
+            assert!(o.status.success(), "{bin} {args:?}: {o:?}");
+            assert_eq!(
+                String::from_utf8_lossy(&o.stdout),
+                format!("{bin} {version}")
+            );
+        }
+        let o = user_bin("peer").args(["get", "-h"]).output().unwrap();
+        assert!(o.status.success());
+        let help = String::from_utf8_lossy(&o.stdout);
+        assert!(help.contains("Usage: peer get"), "{help}");
+        assert!(
+            help.contains("P2PFS_TRACKER"),
+            "the variable is documented: {help}"
+        );
+
+        let s = Scratch::new("cli-conventions");
+        let d = s.sub("d");
+        let data = util::pattern(5000, 9);
+        fs::write(d.join("f.bin"), &data).unwrap();
+        let t = tracker();
+        let port = t.local_addr().port();
+        let _seed = seed(t.local_addr(), &d, None);
+        let run = |args: &[&str], env: Option<String>| {
+            let mut c = user_bin("peer");
+            c.args(args);
+            if let Some(v) = env {
+                c.env("P2PFS_TRACKER", v);
+            }
+            c.output().unwrap()
+        };
+        // The tracker from the environment, by host name.
+        let o = run(&["list"], Some(format!("localhost:{port}")));
+        assert!(o.status.success(), "{o:?}");
+        assert!(String::from_utf8_lossy(&o.stdout).contains("f.bin"));
+        // No tracker at all: a usage error.
+        let o = run(&["list"], None);
+        assert_eq!(o.status.code(), Some(2), "{o:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("P2PFS_TRACKER"));
+        // Usage errors: 2, with the subcommand's help named.
+        let o = run(&["share", "--tracker", "x"], None);
+        assert_eq!(o.status.code(), Some(2), "{o:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("Run peer share --help"));
+        let o = run(&["frobnicate"], None);
+        assert_eq!(o.status.code(), Some(2), "{o:?}");
+        let ta = t.local_addr().to_string();
+        let got = s.sub("got");
+        let get = |name: &str, dir: &std::path::Path, extra: &[&str]| {
+            user_bin("peer")
+                .args(["get", name, "--tracker", &ta, "--listen", "127.0.0.1:0"])
+                .args(extra)
+                .arg("--dir")
+                .arg(dir)
+                .output()
+                .unwrap()
+        };
+        // Not on the network: 3.
+        let o = get("nope.bin", &got, &[]);
+        assert_eq!(o.status.code(), Some(3), "{o:?}");
+        // A folder that cannot be made (a file is in the way): 4.
+        fs::write(s.path().join("a-file"), b"x").unwrap();
+        let o = get("f.bin", &s.path().join("a-file"), &[]);
+        assert_eq!(o.status.code(), Some(4), "{o:?}");
+        // No tracker listening there: 5.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let o = run(&["list", "--tracker", &dead], None);
+        assert_eq!(o.status.code(), Some(5), "{o:?}");
+        // -q: errors only, and the file is there.
+        let o = get("f.bin", &got, &["-q"]);
+        assert!(o.status.success(), "{o:?}");
+        assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{o:?}");
+        assert_eq!(fs::read(got.join("f.bin")).unwrap(), data);
+    });
+}

@@ -9,7 +9,7 @@
 //! Owns: option names, their parsing (sizes, rates, addresses) and
 //! defaults. Calls `limits`, [`super::help`] and [`super::out`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -46,6 +46,15 @@ impl PeerArgs {
         }
     }
 
+    /// Whether -q asks for errors only.
+    pub fn quiet(&self) -> bool {
+        match &self.cmd {
+            PeerCommand::Share(a) => a.quiet,
+            PeerCommand::Get(a) => a.quiet,
+            _ => false,
+        }
+    }
+
     /// Where log records go instead of stderr, if asked.
     pub fn log_file(&self) -> Option<&std::path::Path> {
         match &self.cmd {
@@ -69,17 +78,23 @@ impl PeerArgs {
 #[derive(FromArgs)]
 #[argh(subcommand, name = "share")]
 pub struct ShareArgs {
-    /// tracker address, host:port
+    /// tracker address: host or host:port (port {DEFAULT_TRACKER_PORT} if
+    /// none is given); default $P2PFS_TRACKER
     #[argh(option)]
-    pub tracker: String,
+    pub tracker: Option<String>,
     /// folder to share
     #[argh(option)]
     pub dir: PathBuf,
     /// only these files (paths inside DIR)
     #[argh(positional)]
     pub files: Vec<PathBuf>,
-    /// address to serve chunks on (default 0.0.0.0:0, a free port)
-    #[argh(option, default = "SocketAddr::from(([0, 0, 0, 0], 0))")]
+    /// address to serve chunks on: a port, an IP address, or both
+    /// (default 0.0.0.0:0, a free port)
+    #[argh(
+        option,
+        from_str_fn(parse_listen),
+        default = "SocketAddr::from(([0, 0, 0, 0], 0))"
+    )]
     pub listen: SocketAddr,
     /// upload limit in bytes per second for all uploads together, e.g.
     /// 500K, 10M, 1G (powers of 1024; default unlimited)
@@ -101,6 +116,9 @@ pub struct ShareArgs {
     /// terminal
     #[argh(option)]
     pub log_file: Option<PathBuf>,
+    /// print errors only (for scripts)
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
     /// do not read commands even on a terminal (use it when running in the
     /// background with `&`, where reading the terminal would stop the peer)
     #[argh(switch)]
@@ -117,14 +135,20 @@ pub struct GetArgs {
     /// name of the file on the network
     #[argh(positional)]
     pub name: String,
-    /// tracker address, host:port
+    /// tracker address: host or host:port (port {DEFAULT_TRACKER_PORT} if
+    /// none is given); default $P2PFS_TRACKER
     #[argh(option)]
-    pub tracker: String,
+    pub tracker: Option<String>,
     /// folder to download into
     #[argh(option)]
     pub dir: PathBuf,
-    /// address to serve chunks on (default 0.0.0.0:0, a free port)
-    #[argh(option, default = "SocketAddr::from(([0, 0, 0, 0], 0))")]
+    /// address to serve chunks on: a port, an IP address, or both
+    /// (default 0.0.0.0:0, a free port)
+    #[argh(
+        option,
+        from_str_fn(parse_listen),
+        default = "SocketAddr::from(([0, 0, 0, 0], 0))"
+    )]
     pub listen: SocketAddr,
     /// upload limit in bytes per second, e.g. 500K, 10M (default unlimited)
     #[argh(option, from_str_fn(parse_rate))]
@@ -143,15 +167,19 @@ pub struct GetArgs {
     /// terminal, keeping the progress bar
     #[argh(option)]
     pub log_file: Option<PathBuf>,
+    /// print errors only: no progress bar, no summary (for scripts)
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
 }
 
 /// List every file on the network with its size.
 #[derive(FromArgs)]
 #[argh(subcommand, name = "list")]
 pub struct ListArgs {
-    /// tracker address, host:port
+    /// tracker address: host or host:port (port {DEFAULT_TRACKER_PORT} if
+    /// none is given); default $P2PFS_TRACKER
     #[argh(option)]
-    pub tracker: String,
+    pub tracker: Option<String>,
 }
 
 /// Show each peer holding NAME and a map of the chunks it has
@@ -162,9 +190,10 @@ pub struct WhereArgs {
     /// name of the file on the network
     #[argh(positional)]
     pub name: String,
-    /// tracker address, host:port
+    /// tracker address: host or host:port (port {DEFAULT_TRACKER_PORT} if
+    /// none is given); default $P2PFS_TRACKER
     #[argh(option)]
-    pub tracker: String,
+    pub tracker: Option<String>,
     /// width of the chunk map in characters (default {WHERE_MAP_WIDTH})
     #[argh(option, default = "limits::WHERE_MAP_WIDTH")]
     pub width: usize,
@@ -181,10 +210,11 @@ pub struct WhereArgs {
 /// with Ctrl-C or SIGTERM.
 #[derive(FromArgs)]
 pub struct TrackerArgs {
-    /// address to listen on (default 0.0.0.0:{DEFAULT_TRACKER_PORT}; port 0
-    /// picks a free port)
+    /// address to listen on: a port, an IP address, or both (default
+    /// 0.0.0.0:{DEFAULT_TRACKER_PORT}; port 0 picks a free port)
     #[argh(
         option,
+        from_str_fn(parse_tracker_listen),
         default = "SocketAddr::from(([0, 0, 0, 0], limits::DEFAULT_TRACKER_PORT))"
     )]
     pub listen: SocketAddr,
@@ -288,23 +318,162 @@ pub fn parse_chunk_size(s: &str) -> Result<u32, String> {
     }
 }
 
+/// A listening address: "17005" (a port, on every address), "10.0.0.1"
+/// (an address, port `port`), or both ("10.0.0.1:17005", "[::1]:17005").
+fn listen_addr(s: &str, port: u16) -> Result<SocketAddr, String> {
+    let t = s.trim();
+    if let Ok(p) = t.parse::<u16>() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], p)));
+    }
+    if let Ok(a) = t.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let bare = t.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => Ok(SocketAddr::new(ip, port)),
+        Err(_) => Err(format!(
+            "{s:?} is not a port, an IP address or IP:PORT (e.g. 7001, 0.0.0.0:7001)"
+        )),
+    }
+}
+
+/// `--listen` of a peer: an IP address alone gets a free port.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    listen_addr(s, 0)
+}
+
+/// `--listen` of the tracker: an IP address alone gets the default port.
+pub fn parse_tracker_listen(s: &str) -> Result<SocketAddr, String> {
+    listen_addr(s, limits::DEFAULT_TRACKER_PORT)
+}
+
+/// The tracker's address as `host:port`: `--tracker` if given, else
+/// `$P2PFS_TRACKER`; a host without a port gets the default port. Host
+/// names are resolved later, when connecting.
+pub fn tracker_address(given: Option<&str>) -> Result<String, Usage> {
+    let env = std::env::var(TRACKER_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let Some(t) = given.map(str::to_owned).or(env) else {
+        return Err(Usage(format!(
+            "no tracker given: use --tracker HOST[:PORT] or set {TRACKER_ENV}"
+        )));
+    };
+    let t = t.trim();
+    if t.parse::<SocketAddr>().is_ok() {
+        return Ok(t.to_owned());
+    }
+    let port = limits::DEFAULT_TRACKER_PORT;
+    if let Ok(ip) = t
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        return Ok(SocketAddr::new(ip, port).to_string());
+    }
+    match t.rsplit_once(':') {
+        Some((host, p)) if !host.is_empty() && p.parse::<u16>().is_ok() => Ok(t.to_owned()),
+        Some(_) => Err(Usage(format!(
+            "--tracker {t:?}: expected HOST or HOST:PORT, e.g. 192.168.1.10 or tracker.lan:7000"
+        ))),
+        None if t.is_empty() => Err(Usage("--tracker is empty".into())),
+        None => Ok(format!("{t}:{port}")),
+    }
+}
+
+/// The environment variable that gives `--tracker` when it is left out.
+pub const TRACKER_ENV: &str = "P2PFS_TRACKER";
+
+/// A command line that cannot be used, found after argh parsed it (exit
+/// status 2, like argh's own usage errors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
 /// What parsing a command line gave instead of arguments: text for stdout
-/// (help, asked for) or for stderr (a usage error).
+/// (help or the version, asked for) or for stderr (a usage error).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EarlyExit {
     Help(String),
     Usage(String),
 }
 
+/// Switches of either program (they take no value); every other word
+/// starting with `-` is an option followed by its value.
+const SWITCHES: &[&str] = &[
+    "--help",
+    "-h",
+    "--version",
+    "-V",
+    "-v",
+    "--verbose",
+    "-q",
+    "--quiet",
+    "--seed",
+    "--no-prompt",
+];
+
+/// Subcommands of `peer`, for the "Run peer SUB --help" hint.
+const SUBCOMMANDS: &[&str] = &["share", "get", "list", "where", "completions"];
+
 /// Parses `args` (without the program name) for the command `cmd`, with
-/// the placeholders of help and error texts filled in.
+/// the placeholders of help and error texts filled in. Beyond argh:
+/// `-h` is `--help`, `--version` (or `-V`) prints the version, and a
+/// usage error points at the help of the subcommand it concerns.
 pub fn parse<T: TopLevelCommand>(cmd: &str, args: &[&str]) -> Result<T, EarlyExit> {
-    T::from_args(&[cmd], args).map_err(|e| match e.status {
+    let mut words: Vec<&str> = Vec::with_capacity(args.len());
+    let mut sub: Option<&str> = None;
+    let mut i = 0;
+    while i < args.len() {
+        let w = args[i];
+        i += 1;
+        if w == "--" {
+            words.extend_from_slice(&args[i - 1..]);
+            break;
+        }
+        match w {
+            "-h" => words.push("--help"),
+            "--version" | "-V" => {
+                return Err(EarlyExit::Help(format!(
+                    "{cmd} {}",
+                    env!("CARGO_PKG_VERSION")
+                )));
+            }
+            _ if w.starts_with('-') && w.len() > 1 && !SWITCHES.contains(&w) => {
+                // An option and its value, which may start with '-'.
+                words.push(w);
+                if let Some(v) = args.get(i) {
+                    words.push(v);
+                    i += 1;
+                }
+            }
+            _ => {
+                if sub.is_none() && !w.starts_with('-') && SUBCOMMANDS.contains(&w) {
+                    sub = Some(w);
+                }
+                words.push(w);
+            }
+        }
+    }
+    T::from_args(&[cmd], &words).map_err(|e| match e.status {
         Ok(()) => EarlyExit::Help(fill(&e.output)),
-        Err(()) => EarlyExit::Usage(format!(
-            "{}\nRun {cmd} --help for more information.",
-            fill(&e.output)
-        )),
+        Err(()) => {
+            let which = match sub {
+                Some(s) if cmd == "peer" => format!("{cmd} {s}"),
+                _ => cmd.to_owned(),
+            };
+            EarlyExit::Usage(format!(
+                "{}\nRun {which} --help for more information.",
+                fill(&e.output)
+            ))
+        }
     })
 }
 
@@ -340,7 +509,7 @@ pub fn from_env<T: TopLevelCommand>() -> Result<T, ExitCode> {
         }),
         Err(EarlyExit::Usage(text)) => {
             eprintln!("{text}");
-            Err(ExitCode::FAILURE)
+            Err(ExitCode::from(super::USAGE_STATUS))
         }
     }
 }
@@ -444,6 +613,75 @@ mod tests {
             _ => panic!("usage error expected"),
         }
         assert!(parse::<PeerArgs>("peer", &["list", "--tracker", "x:1"]).is_ok());
+    }
+
+    /// Issue 14: `--version`, `-h` and `-V` were rejected, and a missing
+    /// option of `peer share` pointed at `peer --help`.
+    #[test]
+    fn h_version_and_the_hint_of_the_subcommand() {
+        let help = |args: &[&str]| match parse::<PeerArgs>("peer", args) {
+            Err(EarlyExit::Help(t)) => t,
+            _ => panic!("help expected for {args:?}"),
+        };
+        assert_eq!(help(&["-h"]), help(&["--help"]));
+        assert_eq!(help(&["share", "-h"]), help(&["share", "--help"]));
+        assert!(help(&["share", "-h"]).contains("--dir"));
+        for v in [&["--version"][..], &["-V"], &["get", "--version"]] {
+            assert_eq!(help(v), format!("peer {}", env!("CARGO_PKG_VERSION")));
+        }
+        match parse::<TrackerArgs>("tracker", &["-V"]) {
+            Err(EarlyExit::Help(t)) => assert!(t.starts_with("tracker ")),
+            _ => panic!("version expected"),
+        }
+        match parse::<PeerArgs>("peer", &["share", "--tracker", "t:1"]) {
+            Err(EarlyExit::Usage(t)) => {
+                assert!(t.contains("--dir"), "{t}");
+                assert!(
+                    t.ends_with("Run peer share --help for more information."),
+                    "{t}"
+                );
+            }
+            _ => panic!("usage error expected"),
+        }
+        // A value that looks like a switch is still a value.
+        let a = parse::<PeerArgs>("peer", &["get", "f", "--dir", "-h", "--tracker", "-V"]);
+        match a {
+            Ok(PeerArgs {
+                cmd: PeerCommand::Get(g),
+            }) => {
+                assert_eq!(g.dir, PathBuf::from("-h"));
+                assert_eq!(g.tracker.as_deref(), Some("-V"));
+            }
+            _ => panic!("parsed expected"),
+        }
+    }
+
+    /// Issue 14: `--tracker 127.0.0.1` and `--listen 17005` were refused.
+    #[test]
+    fn addresses_take_the_forms_people_type() {
+        let port = limits::DEFAULT_TRACKER_PORT;
+        for (given, want) in [
+            ("127.0.0.1", format!("127.0.0.1:{port}")),
+            ("127.0.0.1:9", "127.0.0.1:9".to_owned()),
+            ("localhost", format!("localhost:{port}")),
+            ("tracker.lan:7100", "tracker.lan:7100".to_owned()),
+            ("::1", format!("[::1]:{port}")),
+            ("[::1]", format!("[::1]:{port}")),
+            ("[::1]:9", "[::1]:9".to_owned()),
+        ] {
+            assert_eq!(tracker_address(Some(given)), Ok(want), "{given}");
+        }
+        assert!(tracker_address(Some("host:port")).is_err());
+        assert!(tracker_address(Some("")).is_err());
+        assert_eq!(parse_listen("17005"), Ok("0.0.0.0:17005".parse().unwrap()));
+        assert_eq!(parse_listen("10.0.0.1"), Ok("10.0.0.1:0".parse().unwrap()));
+        assert_eq!(parse_listen("[::1]:5"), Ok("[::1]:5".parse().unwrap()));
+        assert_eq!(
+            parse_tracker_listen("127.0.0.1"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+        );
+        assert!(parse_listen("nope").unwrap_err().contains("not a port"));
+        assert!(parse_listen("70000").is_err());
     }
 
     #[test]

@@ -15,9 +15,9 @@ use crate::peer::download::DownloadOptions;
 use crate::peer::node::Node;
 
 pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
-    let cfg = node_config(&a.tracker, a.listen, a.upload_limit)?;
+    let cfg = node_config(a.tracker.as_deref(), a.listen, a.upload_limit)?;
     let node = Node::start(cfg, Vec::new(), None)?;
-    outln!(
+    note!(
         "serving chunks on {} while downloading {}",
         node.local_addr(),
         a.name
@@ -28,7 +28,7 @@ pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
     };
     // Not with -v on the terminal: its log lines on the same stream would
     // break the bar up. With --log-file they go elsewhere.
-    let bar = StatusLine::new(!a.verbose || a.log_file.is_some());
+    let bar = StatusLine::new(!a.quiet && (!a.verbose || a.log_file.is_some()));
     // Ctrl-C / SIGTERM stop the download cleanly (verified chunks kept for
     // a resume, Leave sent) rather than killing it mid-write.
     let mut started = false;
@@ -53,9 +53,9 @@ pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
             });
         }
     };
-    out!("{}", format_summary(&summary))?;
+    note!("{}", format_summary(&summary).trim_end())?;
     if a.seed {
-        outln!("seeding {} on {} until Ctrl-C", a.name, node.local_addr())?;
+        note!("seeding {} on {} until Ctrl-C", a.name, node.local_addr())?;
         signals.wait();
     }
     node.leave();

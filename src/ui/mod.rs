@@ -39,6 +39,8 @@ pub mod signals;
 pub mod tracker;
 
 use std::net::SocketAddr;
+
+pub use self::args::Usage;
 use std::process::ExitCode;
 
 use self::args::{PeerArgs, PeerCommand, TrackerArgs};
@@ -52,6 +54,7 @@ pub type BoxError = Box<dyn std::error::Error>;
 
 /// Runs one `peer` command to its end.
 pub fn run_peer(args: PeerArgs) -> Result<(), BoxError> {
+    out::set_quiet(args.quiet());
     match args.cmd {
         PeerCommand::Share(a) => share::run(a, &StopSignals::install()?),
         PeerCommand::Get(a) => get::run(a, &StopSignals::install()?),
@@ -163,19 +166,101 @@ pub fn exit_status(program: &str, r: Result<(), BoxError>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("{program}: error: {}", error_chain(&*e));
-            ExitCode::FAILURE
+            ExitCode::from(error_status(&*e))
         }
     }
 }
 
 /// A node's settings from the options every peer command shares.
 fn node_config(
-    tracker: &str,
+    tracker: Option<&str>,
     listen: SocketAddr,
     upload_limit: Option<u64>,
 ) -> Result<NodeConfig, BoxError> {
-    let mut cfg = NodeConfig::new(client::resolve(tracker)?);
+    let mut cfg = NodeConfig::new(tracker_addr(tracker)?);
     cfg.listen = listen;
     cfg.upload_limit = upload_limit;
     Ok(cfg)
 }
+
+/// The tracker's socket address from `--tracker` or `$P2PFS_TRACKER` (see
+/// [`args::tracker_address`]), its host name resolved.
+fn tracker_addr(given: Option<&str>) -> Result<SocketAddr, BoxError> {
+    let a = args::tracker_address(given)?;
+    client::resolve(&a).map_err(|e| Box::new(Unreachable(e.to_string())) as BoxError)
+}
+
+/// The network could not be reached (a host name that does not resolve).
+#[derive(Debug)]
+pub struct Unreachable(pub String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+/// Exit status of a command line that cannot be used.
+pub const USAGE_STATUS: u8 = 2;
+/// Exit status when the network said no: no such file, a name or every
+/// file refused by the tracker.
+pub const REFUSED_STATUS: u8 = 3;
+/// Exit status of a local I/O failure: a folder or file that cannot be
+/// read or written, a full disk, an address already in use.
+pub const IO_STATUS: u8 = 4;
+/// Exit status when the network could not be used: the tracker or every
+/// source unreachable, a download that could not finish.
+pub const NETWORK_STATUS: u8 = 5;
+
+/// The exit status an error stands for (see README, "Exit status"): the
+/// first error in its chain whose kind is known decides; anything else
+/// is 1.
+pub fn error_status(e: &(dyn std::error::Error + 'static)) -> u8 {
+    use crate::peer::PeerError;
+    use crate::tracker::TrackerError;
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<args::Usage>() {
+            return USAGE_STATUS;
+        }
+        if err.is::<NotShared>() {
+            return REFUSED_STATUS;
+        }
+        if err.is::<Unreachable>() {
+            return NETWORK_STATUS;
+        }
+        if let Some(p) = err.downcast_ref::<PeerError>() {
+            return match p {
+                PeerError::NotFound(_) | PeerError::Refused { .. } => REFUSED_STATUS,
+                PeerError::Io { .. } => IO_STATUS,
+                PeerError::Net { .. } | PeerError::Protocol { .. } | PeerError::Download(_) => {
+                    NETWORK_STATUS
+                }
+                _ => 1,
+            };
+        }
+        if let Some(TrackerError::Bind { .. }) = err.downcast_ref::<TrackerError>() {
+            return IO_STATUS;
+        }
+        if err.is::<std::io::Error>() {
+            return IO_STATUS;
+        }
+        cur = err.source();
+    }
+    1
+}
+
+/// `peer share` was given files, or found some, and none of them can be
+/// shared: the reasons, one per file.
+#[derive(Debug)]
+pub struct NotShared(pub String);
+
+impl std::fmt::Display for NotShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotShared {}

@@ -23,8 +23,8 @@ use crate::peer::share::{self, HashProgress, SharedFile};
 const EVENT_QUEUE: usize = 16;
 
 pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
-    let cfg = node_config(&a.tracker, a.listen, a.upload_limit)?;
-    let line = StatusLine::new(true);
+    let cfg = node_config(a.tracker.as_deref(), a.listen, a.upload_limit)?;
+    let line = StatusLine::new(!a.quiet);
     let progress = |p: &HashProgress| {
         if p.bytes_total > 0 {
             line.draw(&hashing_line(p));
@@ -50,18 +50,18 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
             .and_then(|n| n.to_str())
             .is_some_and(download::is_artifact);
         if !artifact {
-            outln!("skipped {}: {why}", path.display())?;
+            note!("skipped {}: {why}", path.display())?;
         }
     }
     if scan.files.is_empty() {
-        outln!("nothing to share in {} (serving anyway)", a.dir.display())?;
+        note!("nothing to share in {} (serving anyway)", a.dir.display())?;
     } else if a.verbose {
         for f in &scan.files {
-            outln!("{}", sharing_line(f))?;
+            note!("{}", sharing_line(f))?;
         }
     }
     if !scan.files.is_empty() {
-        outln!("{}", summary_line(&scan.files))?;
+        note!("{}", summary_line(&scan.files))?;
     }
     let (tx, rx) = bounded(EVENT_QUEUE);
     // Commands only from a person: a pipe or /dev/null means a script or a
@@ -69,16 +69,16 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
     let prompt = !a.no_prompt && std::io::stdin().is_terminal();
     let left = download::unfinished(&a.dir);
     if !left.is_empty() {
-        outln!("{}", unfinished_hint(&left, prompt, &a))?;
+        note!("{}", unfinished_hint(&left, prompt, &a))?;
     }
     if prompt {
         let node = Arc::new(Node::start(cfg, scan.files, Some(tx))?);
-        outln!("{}", serving_line(&node))?;
+        note!("{}", serving_line(&node))?;
         return Ok(prompt::run(node, a.dir, rx, signals)?);
     }
     let (printer, mut closed) = print_session_events(rx)?;
     let node = Node::start(cfg, scan.files, Some(tx))?;
-    let served = outln!("{}", serving_line(&node));
+    let served = note!("{}", serving_line(&node));
     if served.is_ok() {
         // Until a signal, or until nobody reads what we print.
         loop {
@@ -95,7 +95,7 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
     node.leave();
     let _ = printer.join();
     served?;
-    outln!("left the network")?;
+    note!("left the network")?;
     Ok(())
 }
 
@@ -117,7 +117,7 @@ fn unfinished_hint(names: &[String], prompt: bool, a: &ShareArgs) -> String {
         return super::repl::text::unfinished_line(names);
     }
     format!(
-        "unfinished {} in {}: {}; `peer get NAME --tracker {} --dir {}` resumes one",
+        "unfinished {} in {}: {}; `peer get NAME{} --dir {}` resumes one",
         if names.len() == 1 {
             "download"
         } else {
@@ -125,7 +125,10 @@ fn unfinished_hint(names: &[String], prompt: bool, a: &ShareArgs) -> String {
         },
         a.dir.display(),
         names.join(", "),
-        a.tracker,
+        a.tracker
+            .as_ref()
+            .map(|t| format!(" --tracker {t}"))
+            .unwrap_or_default(),
         a.dir.display()
     )
 }
@@ -160,7 +163,7 @@ fn print_session_events(
         .spawn(move || {
             for ev in rx {
                 for line in describe_event(&ev) {
-                    if outln!("{line}").is_err() {
+                    if note!("{line}").is_err() {
                         let _ = closed_tx.send(());
                         return;
                     }

@@ -240,7 +240,7 @@ fn describe(tracker: &mut Conn, addr: SocketAddr, name: &str) -> Result<Describe
             code: ErrorCode::UnknownFile,
             ..
         }) => {
-            return Err(PeerError::Download(format!(
+            return Err(PeerError::NotFound(format!(
                 "no file named {name:?} on the network"
             )));
         }
