@@ -589,3 +589,53 @@ fn versions_environment_quiet_mode_and_exit_statuses() {
         assert_eq!(fs::read(got.join("f.bin")).unwrap(), data);
     });
 }
+
+/// Issue 14: shell completions, from the same definitions as --help,
+/// printed by `peer completions SHELL`. The bash one is loaded into bash
+/// and asked to complete.
+#[test]
+fn completions_are_printed_and_complete_in_bash() {
+    with_timeout(60, || {
+        let o = user_bin("peer")
+            .args(["completions", "bash"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        let s = Scratch::new("cli-completions");
+        let script = s.path().join("peer.bash");
+        fs::write(&script, &o.stdout).unwrap();
+        let complete = |words: &str, cword: usize| {
+            let probe = format!(
+                "source {}; COMP_WORDS=({words}); COMP_CWORD={cword}; _peer; echo \"${{COMPREPLY[@]}}\"",
+                script.display()
+            );
+            let r = Command::new("bash").args(["-c", &probe]).output().unwrap();
+            assert!(r.status.success(), "{r:?}");
+            String::from_utf8_lossy(&r.stdout).trim().to_owned()
+        };
+        assert_eq!(complete("peer sh", 1), "share");
+        assert_eq!(complete("peer get --up", 2), "--upload-limit");
+        for (shell, first) in [("zsh", "#compdef peer"), ("fish", "complete")] {
+            let o = user_bin("peer")
+                .args(["completions", shell])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{o:?}");
+            let text = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                text.contains(first) && text.contains("share"),
+                "{shell}: {text}"
+            );
+        }
+        let o = user_bin("peer")
+            .args(["completions", "bash", "tracker"])
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&o.stdout).contains("--max-per-ip"));
+        let o = user_bin("peer")
+            .args(["completions", "tcsh"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{o:?}");
+    });
+}

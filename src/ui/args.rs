@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use argh::{FromArgs, TopLevelCommand};
+use argh::{ArgsInfo, FromArgs, TopLevelCommand};
 
 use super::help::{self, fill};
 use crate::limits;
@@ -21,19 +21,20 @@ use crate::limits;
 /// p2pfs peer: share a folder with the network, download files from many
 /// peers at once (rarest chunks first, every chunk SHA-1 verified), and see
 /// which peer holds which chunks.
-#[derive(FromArgs)]
+#[derive(FromArgs, ArgsInfo)]
 pub struct PeerArgs {
     #[argh(subcommand)]
     pub cmd: PeerCommand,
 }
 
-#[derive(FromArgs)]
+#[derive(FromArgs, ArgsInfo)]
 #[argh(subcommand)]
 pub enum PeerCommand {
     Share(ShareArgs),
     Get(GetArgs),
     List(ListArgs),
     Where(WhereArgs),
+    Completions(CompletionsArgs),
 }
 
 impl PeerArgs {
@@ -75,7 +76,7 @@ impl PeerArgs {
 /// at once, {PEER_MAX_PER_IP} from one IP address (others get Busy), and
 /// closes a connection that sends no Hello within {HELLO_TIMEOUT} or no
 /// request for {PEER_IDLE_TIMEOUT}.
-#[derive(FromArgs)]
+#[derive(FromArgs, ArgsInfo)]
 #[argh(subcommand, name = "share")]
 pub struct ShareArgs {
     /// tracker address: host or host:port (port {DEFAULT_TRACKER_PORT} if
@@ -129,7 +130,7 @@ pub struct ShareArgs {
 /// serving (and registering) each chunk as soon as it is verified. Resumes
 /// from DIR/NAME.part if a previous attempt was interrupted. Exits 0 only
 /// when the whole file is verified and in place.
-#[derive(FromArgs)]
+#[derive(FromArgs, ArgsInfo)]
 #[argh(subcommand, name = "get")]
 pub struct GetArgs {
     /// name of the file on the network
@@ -173,7 +174,7 @@ pub struct GetArgs {
 }
 
 /// List every file on the network with its size.
-#[derive(FromArgs)]
+#[derive(FromArgs, ArgsInfo)]
 #[argh(subcommand, name = "list")]
 pub struct ListArgs {
     /// tracker address: host or host:port (port {DEFAULT_TRACKER_PORT} if
@@ -184,7 +185,7 @@ pub struct ListArgs {
 
 /// Show each peer holding NAME and a map of the chunks it has
 /// ('#' all held, '+' some, '.' none, one character per chunk or group).
-#[derive(FromArgs)]
+#[derive(FromArgs, ArgsInfo)]
 #[argh(subcommand, name = "where")]
 pub struct WhereArgs {
     /// name of the file on the network
@@ -199,6 +200,23 @@ pub struct WhereArgs {
     pub width: usize,
 }
 
+/// Print shell completions for peer (or tracker) built from the same
+/// definitions as --help. Bash: peer completions bash >
+/// ~/.local/share/bash-completion/completions/peer; zsh: peer completions
+/// zsh > ~/.zfunc/_peer (with ~/.zfunc in fpath); fish: peer completions
+/// fish > ~/.config/fish/completions/peer.fish. Add "tracker" for the
+/// tracker's.
+#[derive(FromArgs, ArgsInfo)]
+#[argh(subcommand, name = "completions")]
+pub struct CompletionsArgs {
+    /// the shell: bash, zsh or fish
+    #[argh(positional)]
+    pub shell: String,
+    /// the program to complete: peer (the default) or tracker
+    #[argh(positional, default = "String::from(\"peer\")")]
+    pub program: String,
+}
+
 /// The p2pfs tracker: keeps track of which peers hold which chunks of which
 /// files. Peers register their files and chunks over one persistent
 /// connection each; a peer that leaves, disconnects or stays silent for
@@ -208,7 +226,7 @@ pub struct WhereArgs {
 /// connections are open at once, and at most --max-per-ip from one IPv4
 /// address (or IPv6 /64); others get Error{Busy} and are closed. Stop it
 /// with Ctrl-C or SIGTERM.
-#[derive(FromArgs)]
+#[derive(FromArgs, ArgsInfo)]
 pub struct TrackerArgs {
     /// address to listen on: a port, an IP address, or both (default
     /// 0.0.0.0:{DEFAULT_TRACKER_PORT}; port 0 picks a free port)

@@ -14,6 +14,8 @@
 //!   answers; [`prompt`] puts it on a terminal.
 //! - [`format`](mod@format): sizes, rates, chunk maps, summaries; [`progress`]: the
 //!   progress bar and hashing counter.
+//! - [`completions`]: shell completions from the same definitions.
+//! - [`log`]: log records, apart from what the commands say.
 //! - [`signals`]: Ctrl-C and SIGTERM, set up in one place for both programs.
 //! - [`out`]: stdout, which may be closed under us (`peer list | head -1`);
 //!   nothing here uses `print!`.
@@ -26,6 +28,7 @@
 pub mod out;
 
 pub mod args;
+pub mod completions;
 pub mod format;
 pub mod get;
 pub mod help;
@@ -60,6 +63,7 @@ pub fn run_peer(args: PeerArgs) -> Result<(), BoxError> {
         PeerCommand::Get(a) => get::run(a, &StopSignals::install()?),
         PeerCommand::List(a) => query::list(a),
         PeerCommand::Where(a) => query::where_(a),
+        PeerCommand::Completions(a) => completions::run(a),
     }
 }
 
