@@ -639,3 +639,31 @@ fn completions_are_printed_and_complete_in_bash() {
         assert_eq!(o.status.code(), Some(2), "{o:?}");
     });
 }
+
+/// Issue 14: `--upload-limit 10` means 10 bytes per second, and nothing
+/// said so. The limit is echoed, and one this low is warned about.
+#[test]
+fn the_upload_limit_is_echoed_and_a_tiny_one_is_warned_about() {
+    with_timeout(60, || {
+        let _serial = serial();
+        let s = Scratch::new("cli-limit");
+        let d = s.sub("d");
+        fs::write(d.join("a.txt"), b"a").unwrap();
+        let t = tracker();
+        let ta = t.local_addr().to_string();
+        let (code, out, err) = share_briefly(&ta, &d, &["--upload-limit", "10"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            out.contains("uploads: limited to 10 B/s for all peers together"),
+            "{out}"
+        );
+        assert!(
+            err.contains("warning: at 10 B/s one 1.0 MiB chunk takes 29 h to send"),
+            "{err}"
+        );
+        let (code, out, err) = share_briefly(&ta, &d, &["--upload-limit", "10M"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("uploads: limited to 10.0 MiB/s"), "{out}");
+        assert!(err.is_empty(), "{err}");
+    });
+}

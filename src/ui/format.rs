@@ -61,6 +61,40 @@ pub fn rate(bytes: u64, secs: f64) -> String {
     format!("{}/s", human(bytes as f64 / secs.max(1e-3)))
 }
 
+/// A rough duration for messages: "42 s", "3 min", "29 h", "12 days".
+pub fn duration(secs: f64) -> String {
+    match secs {
+        s if s < 120.0 => format!("{s:.0} s"),
+        s if s < 7200.0 => format!("{:.0} min", s / 60.0),
+        s if s < 172_800.0 => format!("{:.0} h", s / 3600.0),
+        s => format!("{:.0} days", s / 86_400.0),
+    }
+}
+
+/// What the peer says about its upload limit at start: the limit, and a
+/// warning when one chunk of `chunk_size` bytes would take longer than
+/// [`crate::limits::SLOW_CHUNK_WARNING`] to send at it.
+pub fn upload_limit_lines(limit: Option<u64>, chunk_size: u32) -> (String, Option<String>) {
+    let Some(rate_bps) = limit.filter(|&r| r > 0) else {
+        return ("uploads: unlimited".into(), None);
+    };
+    let line = format!(
+        "uploads: limited to {}/s for all peers together",
+        human(rate_bps as f64)
+    );
+    let secs = f64::from(chunk_size) / rate_bps as f64;
+    let slow = (secs > crate::limits::SLOW_CHUNK_WARNING.as_secs_f64()).then(|| {
+        format!(
+            "warning: at {}/s one {} chunk takes {} to send; the limit is in bytes per \
+             second (500K, 10M, 1G)",
+            human(rate_bps as f64),
+            human(f64::from(chunk_size)),
+            duration(secs)
+        )
+    });
+    (line, slow)
+}
+
 /// What `where` prints: a header line, then one line per source with its
 /// chunk count and map (`#` all held, `+` some, `.` none). `me`, if given,
 /// is marked "(this peer)".
@@ -275,6 +309,28 @@ mod tests {
             one.contains("; 1 chunk\n") && one.contains(", 1 chunk\n"),
             "{one}"
         );
+    }
+
+    /// Issue 14: `--upload-limit 10` (10 bytes per second) was accepted
+    /// without a word.
+    #[test]
+    fn upload_limits_are_echoed_and_absurd_ones_warned_about() {
+        assert_eq!(
+            upload_limit_lines(None, 1 << 20),
+            ("uploads: unlimited".into(), None)
+        );
+        assert_eq!(upload_limit_lines(Some(0), 1 << 20).1, None);
+        let (line, warn) = upload_limit_lines(Some(10), 1 << 20);
+        assert_eq!(line, "uploads: limited to 10 B/s for all peers together");
+        let warn = warn.expect("a warning");
+        assert!(
+            warn.contains("one 1.0 MiB chunk takes 29 h to send"),
+            "{warn}"
+        );
+        assert_eq!(upload_limit_lines(Some(10 << 20), 1 << 20).1, None);
+        assert!(upload_limit_lines(Some(100 << 10), 1 << 20).1.is_some());
+        assert_eq!(duration(42.0), "42 s");
+        assert_eq!(duration(600.0), "10 min");
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
         node.local_addr(),
         a.name
     )?;
+    // The file's chunk size is not known yet: warn for the default one.
+    if a.upload_limit.is_some_and(|l| l > 0) {
+        super::share::say_upload_limit(a.upload_limit, crate::limits::DEFAULT_CHUNK_SIZE)?;
+    }
     let opts = DownloadOptions {
         pipeline_depth: a.pipeline.max(1),
         ..DownloadOptions::default()

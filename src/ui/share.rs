@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, bounded, select};
 
 use super::args::ShareArgs;
-use super::format::{describe_event, human, plural};
+use super::format::{describe_event, human, plural, upload_limit_lines};
 use super::progress::{StatusLine, hashing_line};
 use super::signals::StopSignals;
 use super::{BoxError, node_config, prompt, stopped_by_signal};
@@ -71,6 +71,7 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
     if !left.is_empty() {
         note!("{}", unfinished_hint(&left, prompt, &a))?;
     }
+    say_upload_limit(a.upload_limit, a.chunk_size)?;
     if prompt {
         let node = Arc::new(Node::start(cfg, scan.files, Some(tx))?);
         note!("{}", serving_line(&node))?;
@@ -108,6 +109,19 @@ fn sharing_line(f: &SharedFile) -> String {
         human(g.length() as f64),
         plural(u64::from(g.count()), "chunk")
     )
+}
+
+/// Echoes the upload limit, and warns on stderr when it is so low that a
+/// chunk takes more than a few seconds to send.
+pub(super) fn say_upload_limit(limit: Option<u64>, chunk_size: u32) -> std::io::Result<()> {
+    let (line, warning) = upload_limit_lines(limit, chunk_size);
+    note!("{line}")?;
+    if let Some(w) = warning {
+        if !super::out::is_quiet() {
+            eprintln!("{w}");
+        }
+    }
+    Ok(())
 }
 
 /// The downloads an earlier run left unfinished in the folder, and how to
