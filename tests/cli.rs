@@ -667,3 +667,112 @@ fn the_upload_limit_is_echoed_and_a_tiny_one_is_warned_about() {
         assert!(err.is_empty(), "{err}");
     });
 }
+
+/// Issue 14: `peer share --dir d missing.txt` said "nothing to share
+/// (serving anyway)" and kept running, and so did a share whose every file
+/// the tracker refused. Both exit 3 with the reasons; an empty folder
+/// still serves (the prompt's use).
+#[test]
+fn share_exits_when_nothing_it_was_given_can_be_shared() {
+    with_timeout(60, || {
+        let _serial = serial();
+        let s = Scratch::new("cli-nothing");
+        let d = s.sub("d");
+        let t = tracker();
+        let ta = t.local_addr().to_string();
+        let o = user_bin("peer")
+            .args(["share", "--no-prompt", "--tracker", &ta, "--dir"])
+            .arg(&d)
+            .arg("missing.txt")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(3), "{o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("none of the files named can be shared"),
+            "{err}"
+        );
+        assert!(err.contains("missing.txt"), "{err}");
+
+        // Every file refused by the tracker (another peer has the names
+        // with other content).
+        fs::write(s.sub("first").join("f.txt"), b"first").unwrap();
+        let _first = seed(t.local_addr(), &s.path().join("first"), None);
+        fs::write(d.join("f.txt"), b"second, other content").unwrap();
+        let mut c = spawn(
+            user_bin("peer")
+                .args([
+                    "share",
+                    "--no-prompt",
+                    "--tracker",
+                    &ta,
+                    "--listen",
+                    "127.0.0.1:0",
+                ])
+                .arg("--dir")
+                .arg(&d),
+        );
+        let (code, err) = finish(&mut c, 20);
+        assert_eq!(code, Some(3), "{err}");
+        assert!(err.contains("the tracker refused every file"), "{err}");
+        assert!(
+            err.contains("f.txt: the name is already registered"),
+            "{err}"
+        );
+
+        // An empty folder serves until stopped.
+        let (code, out, err) = share_briefly(&ta, &s.sub("empty"), &[]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("nothing to share in"), "{out}");
+    });
+}
+
+/// Issue 14: `peer share` started twice on one folder showed up as two
+/// sources without a word. The second is refused; a lock left by a
+/// killed peer is taken over.
+#[test]
+fn a_second_share_of_the_same_folder_is_refused() {
+    with_timeout(60, || {
+        let _serial = serial();
+        let s = Scratch::new("cli-lock");
+        let d = s.sub("d");
+        fs::write(d.join("a.txt"), b"a").unwrap();
+        let t = tracker();
+        let ta = t.local_addr().to_string();
+        let share = || {
+            let mut c = user_bin("peer");
+            c.args([
+                "share",
+                "--no-prompt",
+                "--tracker",
+                &ta,
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--dir")
+            .arg(&d);
+            c
+        };
+        let mut first = spawn(&mut share());
+        let mut out = BufReader::new(first.0.stdout.take().expect("stdout"));
+        let serving = read_until(&mut out, "serving chunks on");
+        let port = util::addr_in(&serving).port();
+        let o = share().output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("is already shared by another peer")
+                && err.contains(&format!("process {}", first.0.id()))
+                && err.contains(&format!("port {port}")),
+            "{err}"
+        );
+        // Killed: its lock stays, stale; the next share takes it over.
+        first.0.kill().unwrap();
+        first.0.wait().unwrap();
+        assert!(d.join(".p2pfs-lock").exists());
+        let (code, out, err) = share_briefly(&ta, &d, &[]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("sharing 1 file"), "{out}");
+        assert!(!d.join(".p2pfs-lock").exists(), "removed at exit");
+    });
+}

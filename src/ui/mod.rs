@@ -15,7 +15,8 @@
 //! - [`format`](mod@format): sizes, rates, chunk maps, summaries; [`progress`]: the
 //!   progress bar and hashing counter.
 //! - [`completions`]: shell completions from the same definitions.
-//! - [`log`]: log records, apart from what the commands say.
+//! - [`log`]: log records, apart from what the commands say;
+//!   [`lockfile`]: the lock `peer share` holds on its folder.
 //! - [`signals`]: Ctrl-C and SIGTERM, set up in one place for both programs.
 //! - [`out`]: stdout, which may be closed under us (`peer list | head -1`);
 //!   nothing here uses `print!`.
@@ -32,6 +33,7 @@ pub mod completions;
 pub mod format;
 pub mod get;
 pub mod help;
+pub mod lockfile;
 pub mod log;
 pub mod progress;
 pub mod prompt;
