@@ -3,7 +3,8 @@
 //! worth. Pure functions from engine types to strings, so the one-shot
 //! commands and the prompt read the same and are tested without I/O.
 //!
-//! Owns nothing. Calls `peer` (types), `wire` (types) and `chunks`.
+//! Owns nothing. Calls `peer` (types), `wire` (types), `chunks` and
+//! `limits`.
 
 use std::net::SocketAddr;
 

@@ -1,8 +1,11 @@
 //! `peer share`: hash the folder, start the node, then serve until a
 //! signal, with the prompt on a terminal.
 //!
-//! Owns: what `peer share` prints. Calls `peer::{share, node, session}` and
-//! the other `ui` modules.
+//! Owns: what `peer share` prints, and when it gives up (none of the files
+//! named can be shared; the tracker refused every file). Calls
+//! `peer::{share, node, session, download}` (the last for the unfinished
+//! downloads in the folder) and the other `ui` modules, [`super::lockfile`]
+//! among them.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
