@@ -91,10 +91,10 @@ fn hash_folder(a: &ShareArgs, signals: &StopSignals) -> Result<share::Scan, BoxE
         Some(signals.flag()),
     );
     line.clear();
-    Ok(scanned.map_err(|e| {
+    scanned.map_err(|e| {
         let what = "stopped while hashing the folder; nothing was shared or registered";
         stopped_by_signal(e, signals, Some(what))
-    })?)
+    })
 }
 
 /// Says what the scan found: what was skipped and why, the files (with
