@@ -85,7 +85,7 @@ fn list_where_get_status_at_the_prompt() {
             "files (1):",
             "16/16 chunks",
             "done: 1.0 MiB in",
-            "from 1 peer(s)",
+            "from 1 peer",
             "uploads: ",
         ] {
             assert!(st.contains(needle), "missing {needle:?} in:\n{st}");

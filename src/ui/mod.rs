@@ -270,3 +270,46 @@ impl std::fmt::Display for NotShared {
 }
 
 impl std::error::Error for NotShared {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::PeerError;
+
+    /// Issue 14: a download that gave up ("no reachable source … after
+    /// 30 s") gave no hint that running it again resumes.
+    #[test]
+    fn a_failed_download_says_how_to_resume_once() {
+        let gave_up = PeerError::Download("cannot finish f: no reachable source".into());
+        assert_eq!(
+            Resumable::line(&gave_up, "run the same command again to resume"),
+            "cannot finish f: no reachable source; the verified chunks are kept: run the same \
+             command again to resume"
+        );
+        let stopped = PeerError::Download(
+            "download of f interrupted; run the same command again to resume".into(),
+        );
+        assert!(!Resumable::line(&stopped, "x").contains("kept"));
+        let e: BoxError = Box::new(Resumable::new(gave_up, "y"));
+        assert_eq!(error_status(&*e), NETWORK_STATUS);
+    }
+
+    #[test]
+    fn exit_statuses_follow_the_kind_of_error() {
+        let status = |e: BoxError| error_status(&*e);
+        assert_eq!(status(Box::new(Usage("x".into()))), USAGE_STATUS);
+        assert_eq!(
+            status(Box::new(PeerError::NotFound("x".into()))),
+            REFUSED_STATUS
+        );
+        assert_eq!(status(Box::new(NotShared("x".into()))), REFUSED_STATUS);
+        let io = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert_eq!(
+            status(Box::new(PeerError::io("write", "/f", io))),
+            IO_STATUS
+        );
+        assert_eq!(status(Box::new(Unreachable("x".into()))), NETWORK_STATUS);
+        assert_eq!(status(Box::new(PeerError::Invalid("x".into()))), 1);
+        assert_eq!(status("plain".into()), 1);
+    }
+}

@@ -42,9 +42,9 @@ pub fn run(
     } else {
         writeln!(
             out,
-            "stopped {} unfinished download(s): {}; the verified chunks stay in NAME.part, \
-             and `get NAME` resumes from there",
-            stopped.len(),
+            "stopped {}: {}; the verified chunks are kept, and `get NAME` resumes from \
+             there",
+            super::format::plural(stopped.len() as u64, "unfinished download"),
             stopped.join(", ")
         )
     };

@@ -14,7 +14,7 @@ use crate::error_chain;
 use crate::peer::PeerError;
 use crate::peer::download::Summary;
 use crate::peer::share::SharedFile;
-use crate::ui::format::{already_complete, human, rate, transfer_phrase};
+use crate::ui::format::{already_complete, human, plural, rate, transfer_phrase};
 use crate::ui::progress::progress_line;
 use crate::wire::{ErrorCode, FileSummary};
 
@@ -102,11 +102,17 @@ pub fn downloads_block(jobs: &[(String, DownloadState)], columns: usize) -> Stri
         let text = match st {
             DownloadState::Starting => "starting".to_owned(),
             DownloadState::Running(p) => progress_line(p, columns.saturating_sub(w + 4)),
+            DownloadState::Done(s) if already_complete(s) => {
+                format!("done: {} already complete here", human(s.length as f64))
+            }
             DownloadState::Done(s) => format!(
-                "done: {} in {:.1} s from {} peer(s)",
+                "done: {} in {:.1} s from {}",
                 human(s.length as f64),
                 s.elapsed.as_secs_f64(),
-                s.sources.iter().filter(|x| x.bytes > 0).count()
+                plural(
+                    s.sources.iter().filter(|x| x.bytes > 0).count() as u64,
+                    "peer"
+                )
             ),
             DownloadState::Failed(why) => format!("failed: {why}"),
         };
@@ -133,7 +139,8 @@ pub fn unfinished_line(names: &[String]) -> String {
 /// The last line of `status`: uploads, in all and over `secs` seconds.
 pub fn uploads_line(connections: usize, total: u64, recent: u64, secs: f64) -> String {
     format!(
-        "uploads: {connections} peer connection(s) open; {} sent in all, {} over the last {:.1} s",
+        "uploads: {} open; {} sent in all, {} over the last {:.1} s",
+        plural(connections as u64, "peer connection"),
         human(total as f64),
         rate(recent, secs),
         secs.max(1e-3)
