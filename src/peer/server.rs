@@ -11,7 +11,7 @@
 //! (pacing).
 //!
 //! Threads: "chunk-accept" accepts; each connection runs on
-//! "chunk-conn-<n>" (see the skeleton). The chunk buffer is on the heap and
+//! "chunk-conn-N" (see the skeleton). The chunk buffer is on the heap and
 //! reused for the connection's whole life.
 //!
 //! Memory is bounded by (connections x largest chunk served): each

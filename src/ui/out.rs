@@ -19,10 +19,10 @@ use std::fmt;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Set by `-q`: [`note!`] lines are not printed.
+/// Set by `-q`: `note!` lines are not printed.
 static QUIET: AtomicBool = AtomicBool::new(false);
 
-/// Errors only from now on: [`note!`] prints nothing.
+/// Errors only from now on: `note!` prints nothing.
 pub fn set_quiet(quiet: bool) {
     QUIET.store(quiet, Ordering::SeqCst);
 }
