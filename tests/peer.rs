@@ -384,12 +384,19 @@ fn cli_share_list_where_get() {
 
 /// Chunks the saved have-bitmap of the download of NAME into `dir` claims
 /// (0 if none yet):
-/// "P2PFHAVE", a 20-byte identity, then the bitmap.
+/// "P2PFHAVE", a 20-byte identity, the bitmap, the name, the name's length
+/// (`u16`).
 fn saved_chunks(dir: &Path, name: &str) -> u32 {
+    let trailer = name.len() + 2;
     fs::read(have_path(dir, name))
         .ok()
-        .filter(|b| b.len() > 28)
-        .map(|b| b[28..].iter().map(|x| x.count_ones()).sum())
+        .filter(|b| b.len() > 28 + trailer)
+        .map(|b| {
+            b[28..b.len() - trailer]
+                .iter()
+                .map(|x| x.count_ones())
+                .sum()
+        })
         .unwrap_or(0)
 }
 
