@@ -74,6 +74,11 @@ pub const TRACKER_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The chunk server closes a connection that sends no request this long.
 pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a registered peer has to answer the tracker's Keepalive probe
+/// (sent when another connection registers the same endpoint) before its
+/// registration is found dead, its connection closed and the endpoint given
+/// to the newcomer.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 // ---- Defaults -------------------------------------------------------------
 
@@ -95,7 +100,20 @@ pub const TRACKER_MAX_PER_IP: usize = 256;
 pub const MAX_FILES_PER_PEER: usize = 65_536;
 /// Most chunks one registration may claim, summed over its files.
 pub const MAX_CHUNKS_PER_PEER: u64 = 4 << 20;
-/// Most chunks the whole registry holds; bounds the tracker's memory.
+/// Most endpoints of one address (IPv4 address or IPv6 /64) in one
+/// Locations reply when the file has sources on other addresses too: one
+/// host cannot crowd the others out of a reply however many connections it
+/// registers. A file held from one address only (a swarm on one host) gets
+/// up to [`MAX_SOURCES_PER_REPLY`] of them.
+pub const MAX_REPLY_SOURCES_PER_ADDRESS: usize = 8;
+/// Most chunks the registrations of one address (IPv4 address or IPv6 /64)
+/// may claim together, summed over its connections and their files: two
+/// peers' worth, about a sixth of [`MAX_TOTAL_CHUNKS`], so one host cannot
+/// fill the registry and it takes at least seven to do so.
+pub const MAX_CHUNKS_PER_ADDRESS: u64 = 2 * MAX_CHUNKS_PER_PEER;
+/// Most chunks the whole registry holds (each file counted once); bounds
+/// the tracker's memory: about 20.4 bytes per chunk (its SHA-1, a bit per
+/// holder), so about 1.0 GiB when full (docs/protocol.md §9, Size caps).
 pub const MAX_TOTAL_CHUNKS: u64 = 50 << 20;
 
 // ---- Chunk server caps ------------------------------------------------------
@@ -130,9 +148,45 @@ pub const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 /// Most sources downloaded from at once; more add little and cost a thread
 /// and a connection each.
 pub const MAX_ACTIVE_SOURCES: usize = 32;
+/// A chunk a source answered `NotHeld` for is asked of that source again
+/// after this long, doubling on each further `NotHeld` for it up to
+/// [`NOT_HELD_RETRY_MAX`]. Super-seeding turns a chunk away for 3 s after
+/// sending it elsewhere (so that it is fetched from there) and serves
+/// anyone who asks a second time: asking again sooner would only make the
+/// seed send it twice.
+pub const NOT_HELD_RETRY: Duration = Duration::from_secs(3);
+/// The longest wait before asking a source again for a chunk it said it
+/// does not hold.
+pub const NOT_HELD_RETRY_MAX: Duration = Duration::from_secs(8);
+/// A source that has not delivered a chunk to this download yet must accept
+/// the connection and answer Hello within this long; a proven source gets
+/// the full connect and I/O timeouts. Silent, full or unreachable sources
+/// then cost a worker slot for seconds, not the I/O timeout.
+pub const NEW_SOURCE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most workers at once on probation: for a source that has not delivered
+/// to this download yet, from the start of its connection until it answers
+/// a request (or turns out to hold nothing we need). Sources that delivered
+/// then always find a free slot.
+pub const MAX_PROBES: usize = 24;
+/// Most probes at once to one host (IPv4 address or IPv6 /64), so one
+/// host's silent endpoints cannot keep other hosts' sources from being tried.
+pub const MAX_PROBES_PER_HOST: usize = 4;
+/// A source whose connections keep failing without delivering anything is
+/// retried after the retry delay doubled per failure, up to this long.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
+/// Most bytes of requests a download worker leaves unanswered on one
+/// connection, whatever the pipeline depth: the source reads no request
+/// while it writes a reply, so this much must fit in the socket buffers
+/// between the two (it does in any default ones), or both sides would wait
+/// for each other for good.
+pub const MAX_REQUEST_BYTES_IN_FLIGHT: usize = 32 << 10;
 
 // ---- User interface ---------------------------------------------------------
 
 /// Default width, in characters, of the chunk maps `peer where` and the
 /// prompt's `where` draw (one character per chunk or group of chunks).
 pub const WHERE_MAP_WIDTH: usize = 64;
+/// An upload limit at which one chunk takes longer than this to send is
+/// probably a mistake (`--upload-limit 10` is 10 bytes per second): the
+/// peer says so at start.
+pub const SLOW_CHUNK_WARNING: Duration = Duration::from_secs(5);

@@ -338,7 +338,7 @@ fn without_the_key_or_with_another_every_command_fails_clearly_and_writes_nothin
             ];
             for (cmd, out) in runs {
                 let err = stderr(&out);
-                assert_eq!(out.status.code(), Some(1), "{label} {cmd}: {err}");
+                assert_eq!(out.status.code(), Some(3), "{label} {cmd}: {err}");
                 assert!(err.contains(&needle), "{label} {cmd}: {err}");
                 assert!(
                     !String::from_utf8_lossy(&out.stdout).contains("plans.txt"),
@@ -353,7 +353,7 @@ fn without_the_key_or_with_another_every_command_fails_clearly_and_writes_nothin
         let out = peer(Some(&key), &["list", "--tracker", &ct.to_string()], None)
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(out.status.code(), Some(3));
         assert!(
             stderr(&out).contains(&format!(
                 "network key rejected by {ct}: this tracker uses no network key"

@@ -153,7 +153,7 @@ impl Drop for Ticket {
 
 /// What addresses are counted together: an IPv4 address (IPv4-mapped IPv6
 /// included), or the /64 of an IPv6 address.
-fn key(ip: IpAddr) -> IpAddr {
+pub fn key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);
@@ -291,38 +291,6 @@ fn still_lingering(l: &mut Lingering) -> bool {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return false,
         }
-    }
-}
-
-/// A reader that gives up once `deadline` passes, however the bytes
-/// trickle in: before each read the socket's timeout is set to the time
-/// left. Used for the Hello, so a client sending one byte now and then
-/// cannot hold a connection slot past the Hello timeout.
-pub struct DeadlineReader<'a, R> {
-    inner: &'a mut R,
-    stream: &'a TcpStream,
-    deadline: Instant,
-}
-
-impl<'a, R: Read> DeadlineReader<'a, R> {
-    /// `inner` reads from `stream` (e.g. a `BufReader` over it).
-    pub fn new(inner: &'a mut R, stream: &'a TcpStream, limit: Duration) -> Self {
-        DeadlineReader {
-            inner,
-            stream,
-            deadline: Instant::now() + limit,
-        }
-    }
-}
-
-impl<R: Read> Read for DeadlineReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
-        }
-        self.stream.set_read_timeout(Some(left))?;
-        self.inner.read(buf)
     }
 }
 

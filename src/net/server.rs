@@ -14,10 +14,12 @@
 //!   by its first byte, the Noise handshake when the server has a network
 //!   key ([`super::secure`]; a clear client of a keyed server, a keyed
 //!   client of a clear server and a wrong key are each refused with a clear
-//!   `Error` and closed), then the Hello exchange; the request loop under
-//!   the idle timeout, `Error{Malformed}` for anything that cannot be
-//!   decoded, and an orderly close (FIN, then a short drain so the last
-//!   reply is not destroyed by a reset);
+//!   `Error` and closed), then the Hello exchange; the
+//!   request loop under the idle timeout, `Error{Malformed}` for every frame
+//!   that cannot be decoded (a whole frame is read first, so a payload that
+//!   ends inside a field is told apart from a stream that ends inside a
+//!   frame, which is closed quietly), and an orderly close (FIN, then a
+//!   short drain so the last reply is not destroyed by a reset);
 //! - shutdown: set a flag, wake the blocking `accept` by connecting to
 //!   ourselves, shut down every live socket, join every thread.
 //!
@@ -35,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
-use super::admission::{Admission, DeadlineReader, Limits, Refuser};
+use super::admission::{Admission, Limits, Refuser};
 use super::key::{self, NetworkKey};
 use super::secure::{self, HandshakeError, Opener, Opening, Sealer, SecureRead};
 use crate::wire::{self, ErrorCode, Message, WireError};
@@ -139,6 +141,8 @@ pub struct Link {
     write: Mutex<Option<Sealer>>,
     /// Frames received so far (Hello included).
     received: AtomicU64,
+    /// True while the handler is answering a request of this connection.
+    busy: AtomicBool,
 }
 
 impl Link {
@@ -155,6 +159,13 @@ impl Link {
     /// How many frames have been received on this connection so far.
     pub fn received(&self) -> u64 {
         self.received.load(Ordering::SeqCst)
+    }
+
+    /// Whether the handler is answering one of this connection's requests
+    /// right now (so the connection is alive, though it reads nothing
+    /// meanwhile).
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::SeqCst)
     }
 
     /// Encodes and writes one message. A message that cannot be encoded is
@@ -393,6 +404,7 @@ fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>, refuse
             stream: clone,
             write: Mutex::new(None),
             received: AtomicU64::new(0),
+            busy: AtomicBool::new(false),
         });
         shared.live.map().insert(next_id, Arc::clone(&link));
         let s = Arc::clone(&shared);
@@ -504,13 +516,16 @@ fn serve<H: Handler>(shared: &Shared<H>, link: &Arc<Link>, stream: TcpStream) ->
             opener: opener.as_mut(),
             inner: &mut reader,
         };
-        let m = match wire::read_message(&mut input) {
+        let m = match read_request(&mut input) {
             Ok(Some(m)) => m,
             Ok(None) => return End::Closed,
             Err(e) => return read_failed(link, e, End::Idle),
         };
         link.received.fetch_add(1, Ordering::SeqCst);
-        match shared.handler.request(link, &shared.live, &mut state, m) {
+        link.busy.store(true, Ordering::SeqCst);
+        let flow = shared.handler.request(link, &shared.live, &mut state, m);
+        link.busy.store(false, Ordering::SeqCst);
+        match flow {
             Ok(Flow::Continue) => {}
             Ok(Flow::Close) => {
                 linger_close(&link.stream);
@@ -542,7 +557,10 @@ fn greet<H: Handler>(
             Ok(0) => return Err(End::Closed),
             Ok(_) => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(read_failed(link, e.into(), End::HelloTimeout)),
+            Err(e) => {
+                let e = ReadError::Stream(e.into());
+                return Err(read_failed(link, e, End::HelloTimeout));
+            }
         }
     }
     let role = shared.opts.role;
@@ -558,8 +576,8 @@ fn greet<H: Handler>(
         (Opening::Keyed, key) => Some(handshake(link, &mut timed, key.as_ref(), role)?),
     };
     let hello = match opener.as_mut() {
-        None => wire::read_message(&mut (&first[..]).chain(&mut timed)),
-        Some(o) => wire::read_message(&mut SecureRead {
+        None => read_request(&mut (&first[..]).chain(&mut timed)),
+        Some(o) => read_request(&mut SecureRead {
             opener: Some(o),
             inner: &mut timed,
         }),
@@ -582,7 +600,10 @@ fn handshake<R: Read>(
     });
     let (opener, sealer) = match done {
         Ok(halves) => halves,
-        Err(HandshakeError::Io(e)) => return Err(read_failed(link, e.into(), End::HelloTimeout)),
+        Err(HandshakeError::Io(e)) => {
+            let e = ReadError::Stream(e.into());
+            return Err(read_failed(link, e, End::HelloTimeout));
+        }
         Err(HandshakeError::Version(v)) => {
             return Err(refuse(
                 link,
@@ -610,7 +631,7 @@ fn handshake<R: Read>(
 /// Answers the first message, which must be a Hello of our version.
 fn answer_hello(
     link: &Link,
-    first: Result<Option<Message>, WireError>,
+    first: Result<Option<Message>, ReadError>,
     role: &str,
 ) -> Result<(), End> {
     if let Ok(Some(_)) = first {
@@ -638,15 +659,72 @@ fn answer_hello(
     }
 }
 
+/// A reader that gives up once `deadline` passes, however the bytes
+/// trickle in: before each read the socket's timeout is set to the time
+/// left. Used for the Hello, so a client sending one byte now and then
+/// cannot hold a connection slot past the Hello timeout.
+struct DeadlineReader<'a, R> {
+    inner: &'a mut R,
+    stream: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl<'a, R: Read> DeadlineReader<'a, R> {
+    /// `inner` reads from `stream` (e.g. a `BufReader` over it).
+    fn new(inner: &'a mut R, stream: &'a TcpStream, limit: Duration) -> Self {
+        DeadlineReader {
+            inner,
+            stream,
+            deadline: Instant::now() + limit,
+        }
+    }
+}
+
+impl<R: Read> Read for DeadlineReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.inner.read(buf)
+    }
+}
+
+/// Why a request could not be read.
+enum ReadError {
+    /// Reading the frame failed: the stream failed, timed out or ended
+    /// inside the frame, or the length prefix is impossible.
+    Stream(WireError),
+    /// A whole frame arrived but its payload cannot be decoded (including
+    /// a payload that ends inside a field).
+    Undecodable(WireError),
+}
+
+/// Reads one whole frame, then decodes it, so that a frame that arrived
+/// complete but does not decode is never mistaken for a client that went
+/// away. `Ok(None)` on a clean end of stream between frames.
+fn read_request<R: Read>(r: &mut R) -> Result<Option<Message>, ReadError> {
+    match wire::read_frame(r) {
+        Ok(Some(f)) => Message::decode(f.type_code, &f.payload)
+            .map(Some)
+            .map_err(ReadError::Undecodable),
+        Ok(None) => Ok(None),
+        Err(e) => Err(ReadError::Stream(e)),
+    }
+}
+
 /// A read failed: a timeout ends the connection as `on_timeout`, a client
-/// that went away ends it quietly, anything else is answered `Malformed`.
-fn read_failed(link: &Link, e: WireError, on_timeout: End) -> End {
-    if e.is_timeout() {
-        on_timeout
-    } else if e.is_disconnect() {
-        End::Gone(e)
-    } else {
-        refuse(link, ErrorCode::Malformed, e.to_string())
+/// that went away (the stream ended or failed inside a frame) ends it
+/// quietly, and anything that arrived but cannot be decoded is answered
+/// `Malformed`.
+fn read_failed(link: &Link, e: ReadError, on_timeout: End) -> End {
+    match e {
+        ReadError::Stream(e) if e.is_timeout() => on_timeout,
+        ReadError::Stream(e) if e.is_disconnect() => End::Gone(e),
+        ReadError::Stream(e) | ReadError::Undecodable(e) => {
+            refuse(link, ErrorCode::Malformed, e.to_string())
+        }
     }
 }
 
@@ -681,6 +759,150 @@ fn linger_close(stream: &TcpStream) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    const T: Duration = Duration::from_secs(5);
+
+    /// Answers ListFiles with Ok and closes; records how connections end.
+    #[derive(Default)]
+    struct Recorder {
+        ends: Mutex<Vec<String>>,
+    }
+
+    impl Handler for Recorder {
+        type Conn = u32;
+
+        fn request(
+            &self,
+            link: &Arc<Link>,
+            _live: &Live,
+            n: &mut u32,
+            m: Message,
+        ) -> Result<Flow, WireError> {
+            *n += 1;
+            link.send(&Message::Ok)?;
+            Ok(if m == Message::ListFiles {
+                Flow::Close
+            } else {
+                Flow::Continue
+            })
+        }
+
+        fn ended(&self, _link: &Arc<Link>, end: &End) {
+            let what = format!("{end:?}");
+            let kind = what.split(['(', ' ', '{']).next().unwrap_or("").to_owned();
+            crate::sync::lock(&self.ends).push(kind);
+        }
+    }
+
+    fn start(hello: Duration, idle: Duration) -> (Server, Arc<Recorder>) {
+        let rec = Arc::new(Recorder::default());
+        let opts = Options {
+            name: "test",
+            role: "test server",
+            hello_timeout: hello,
+            idle_timeout: idle,
+            write_timeout: T,
+            limits: Limits {
+                max_total: 8,
+                max_per_ip: 8,
+            },
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        (
+            Server::start(listener, opts, Arc::clone(&rec)).unwrap(),
+            rec,
+        )
+    }
+
+    fn connect(s: &Server) -> (TcpStream, BufReader<TcpStream>) {
+        let c = TcpStream::connect_timeout(&s.local_addr(), T).unwrap();
+        c.set_read_timeout(Some(T)).unwrap();
+        let r = BufReader::new(c.try_clone().unwrap());
+        (c, r)
+    }
+
+    fn hello() -> Message {
+        Message::Hello {
+            version: wire::PROTOCOL_VERSION,
+        }
+    }
+
+    fn ends_become(rec: &Recorder, want: &[&str]) {
+        let t = Instant::now();
+        loop {
+            let mut got = crate::sync::lock(&rec.ends).clone();
+            got.sort();
+            let mut w: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+            w.sort();
+            if got == w {
+                return;
+            }
+            assert!(t.elapsed() < T, "ends {got:?}, want {w:?}");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn each_connection_ends_once_with_its_reason() {
+        let (mut s, rec) = start(Duration::from_millis(300), Duration::from_millis(400));
+        // Hello, a request, then the handler closes.
+        let (mut c, mut r) = connect(&s);
+        wire::write_message(&mut c, &hello()).unwrap();
+        assert_eq!(wire::read_message(&mut r).unwrap(), Some(hello()));
+        wire::write_message(&mut c, &Message::Keepalive).unwrap();
+        wire::write_message(&mut c, &Message::ListFiles).unwrap();
+        assert_eq!(wire::read_message(&mut r).unwrap(), Some(Message::Ok));
+        assert_eq!(wire::read_message(&mut r).unwrap(), Some(Message::Ok));
+        assert_eq!(wire::read_message(&mut r).unwrap(), None);
+        // A Hello trickled a byte at a time misses its deadline.
+        let (mut c, mut r) = connect(&s);
+        let mut bytes = Vec::new();
+        hello().encode(&mut bytes).unwrap();
+        let t = Instant::now();
+        for b in &bytes[..8] {
+            if c.write_all(&[*b]).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(60));
+        }
+        assert!(matches!(wire::read_message(&mut r), Ok(None) | Err(_)));
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // Garbage: Malformed, then closed.
+        let (mut c, mut r) = connect(&s);
+        c.write_all(&[0, 0, 0, 1, 0x7f]).unwrap();
+        match wire::read_message(&mut r).unwrap() {
+            Some(Message::Error { code, .. }) => assert_eq!(code, ErrorCode::Malformed),
+            other => panic!("{other:?}"),
+        }
+        // Silence after the Hello: the idle timeout.
+        let (mut c, mut r) = connect(&s);
+        wire::write_message(&mut c, &hello()).unwrap();
+        assert_eq!(wire::read_message(&mut r).unwrap(), Some(hello()));
+        assert_eq!(wire::read_message(&mut r).unwrap(), None);
+        ends_become(&rec, &["Done", "HelloTimeout", "Refused", "Idle"]);
+        let t = Instant::now();
+        while !s.live().is_empty() {
+            assert!(t.elapsed() < T, "connections left in the live set");
+            thread::sleep(Duration::from_millis(10));
+        }
+
+        // Shutdown with a connection open ends it and joins promptly.
+        let (mut c, mut r) = connect(&s);
+        wire::write_message(&mut c, &hello()).unwrap();
+        assert_eq!(wire::read_message(&mut r).unwrap(), Some(hello()));
+        let t = Instant::now();
+        s.shutdown();
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(crate::sync::lock(&rec.ends).len(), 5);
+        assert!(s.live().is_empty());
+        assert!(TcpStream::connect_timeout(&s.local_addr(), T).is_err());
+        s.shutdown(); // idempotent
+    }
+}
+
+#[cfg(test)]
+mod keyed_tests {
     use super::*;
     use crate::net::client::Conn;
 

@@ -6,28 +6,32 @@
 //! count of uploaded bytes, and super-seeding while uploads are capped
 //! (`FirstSends`). Accepting, caps, the Hello, timeouts, closing and
 //! shutdown are the skeleton's. Calls `net` (the skeleton), `wire`
-//! (framing), `peer::share` (the only way a requested name becomes a file: a
+//! (framing), `chunks`, `limits`, `peer::share` (the only way a requested name becomes a file: a
 //! lookup in the [`ShareIndex`], never a path join) and `peer::ratelimit`
 //! (pacing).
 //!
 //! Threads: "chunk-accept" accepts; each connection runs on
-//! "chunk-conn-<n>" (see the skeleton). The chunk buffer is on the heap and
+//! "chunk-conn-N" (see the skeleton). The chunk buffer is on the heap and
 //! reused for the connection's whole life.
 //!
 //! Memory is bounded by (connections x largest chunk served): each
 //! connection reads a chunk straight into `[ChunkData header | chunk]` and
 //! writes that buffer with one `write_all` (or paced pieces when rate
 //! limited).
+//!
+//! A chunk is read with `SharedFile::read_for_upload`, which for a file
+//! from the scan also checks it still matches the announced hash; one that
+//! does not is answered `NotHeld` and the file is withdrawn from the share
+//! index (`ShareIndex::withdraw_changed`), so bad bytes are never sent.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::ratelimit::RateLimiter;
-use super::share::ShareIndex;
+use super::share::{ShareIndex, UploadError};
 use super::{PeerError, Result};
 use crate::net::admission::Limits;
 use crate::net::server::{Flow, Handler, Link, Live, Options, Server};
@@ -174,6 +178,7 @@ impl Handler for Shared {
 }
 
 fn send_error(link: &Link, code: ErrorCode, message: String) -> Result<(), WireError> {
+    log::debug!("{}: answered {code}: {message}", link.remote());
     link.send(&Message::error(code, message))
 }
 
@@ -216,14 +221,14 @@ fn serve_chunk(
     } else {
         None
     };
-    if let Some(p) = peer {
-        if !shared.first_sends.claim(name, index, p) {
-            return send_error(
-                w,
-                ErrorCode::NotHeld,
-                format!("chunk {index} of {name:?} was just sent to another peer; fetch it there"),
-            );
-        }
+    if let Some(p) = peer
+        && !shared.first_sends.claim(name, index, p)
+    {
+        return send_error(
+            w,
+            ErrorCode::NotHeld,
+            format!("chunk {index} of {name:?} was just sent to another peer; fetch it there"),
+        );
     }
     let len = g.chunk_len(i) as usize;
     let header = match wire::chunk_data_header(index, len) {
@@ -234,26 +239,38 @@ fn serve_chunk(
     // Shrinking keeps the capacity; growing only zero-fills the new tail.
     buf.resize(total, 0);
     buf[..CHUNK_DATA_HEADER_LEN].copy_from_slice(&header);
-    if let Err(e) = f
-        .file()
-        .read_exact_at(&mut buf[CHUNK_DATA_HEADER_LEN..], g.offset(i))
-    {
-        log::warn!(
-            "cannot read chunk {index} of {name:?} from {}: {e}",
-            f.path().display()
-        );
+    if let Err(e) = f.read_for_upload(i, &mut buf[CHUNK_DATA_HEADER_LEN..total]) {
         if let Some(p) = peer {
             // Nothing was sent: others must not be turned away for it.
             shared.first_sends.unclaim(name, index, p);
         }
-        return send_error(
-            w,
-            ErrorCode::Internal,
-            format!("cannot read chunk {index} of {name:?}: {e}"),
-        );
+        let (code, message) = match e {
+            UploadError::Io(e) => {
+                log::warn!(
+                    "cannot read chunk {index} of {name:?} from {}: {e}",
+                    f.path().display()
+                );
+                (
+                    ErrorCode::Internal,
+                    format!("cannot read chunk {index} of {name:?}: {e}"),
+                )
+            }
+            UploadError::Changed => {
+                shared.share.withdraw_changed(&f);
+                (
+                    ErrorCode::NotHeld,
+                    format!("{name:?} changed here after it was hashed; no longer shared"),
+                )
+            }
+        };
+        return send_error(w, code, message);
     }
     drop(f);
     send_paced(w, &buf[..total], shared)?;
+    log::debug!(
+        "{}: sent chunk {index} of {name:?} ({len} bytes)",
+        w.remote()
+    );
     shared.uploaded.fetch_add(len as u64, Ordering::Relaxed);
     if let Some(p) = peer {
         shared.first_sends.sent(name, index, p);
@@ -319,16 +336,16 @@ impl FirstSends {
         self.prune(now);
         let mut recent = self.recent();
         let key = (name.to_owned(), index);
-        if let Some(s) = recent.get_mut(&key) {
-            if now.duration_since(s.at) < RESEND_AFTER {
-                if s.to == peer || s.refused.contains(&peer) || s.refused.len() >= REFUSED_MAX {
-                    // The window is not restarted: a peer asking again and
-                    // again cannot keep a chunk from everyone else.
-                    return true;
-                }
-                s.refused.push(peer);
-                return false;
+        if let Some(s) = recent.get_mut(&key)
+            && now.duration_since(s.at) < RESEND_AFTER
+        {
+            if s.to == peer || s.refused.contains(&peer) || s.refused.len() >= REFUSED_MAX {
+                // The window is not restarted: a peer asking again and
+                // again cannot keep a chunk from everyone else.
+                return true;
             }
+            s.refused.push(peer);
+            return false;
         }
         if recent.len() < FIRST_SENDS_MAX || recent.contains_key(&key) {
             recent.insert(
@@ -346,11 +363,12 @@ impl FirstSends {
 
     /// The first send to `peer` ended: the window starts now.
     fn sent(&self, name: &str, index: u32, peer: SocketAddr) {
-        if let Some(s) = self.recent().get_mut(&(name.to_owned(), index)) {
-            if s.to == peer && !s.done {
-                s.at = Instant::now();
-                s.done = true;
-            }
+        if let Some(s) = self.recent().get_mut(&(name.to_owned(), index))
+            && s.to == peer
+            && !s.done
+        {
+            s.at = Instant::now();
+            s.done = true;
         }
     }
 

@@ -11,7 +11,12 @@
 //! read at the moment of sending so bitmaps are always current) and `wire`.
 //! Other threads talk to it only through a bounded command channel and never
 //! wait on the network: a full queue falls back to re-registering the file
-//! later (see [`TrackerSession::chunk_registered`]).
+//! later (see [`TrackerSession::chunk_registered`]). Such re-registers are
+//! spaced out (at least [`OVERFLOW_INTERVAL`], longer for big files, see
+//! [`OVERFLOW_RATE`]) and cover the queued updates of that file, which are
+//! then skipped: a download that verifies chunks faster than the tracker
+//! answers must not make the session resend a whole file's hash list (up
+//! to 10 MiB) for every update it handles.
 //!
 //! Why one thread owns the connection: the tracker protocol is strictly
 //! request/reply on one stream, so a single owner needs no locking around the
@@ -38,10 +43,21 @@ use crate::wire::{self, ErrorCode, FileEntry, FileOutcome, Message};
 /// chunks (a fast download) never fills it while the tracker is answering.
 const COMMAND_QUEUE: usize = 4096;
 /// How often an idle connection is checked for having been closed by the
-/// tracker (a non-blocking peek; nothing is sent). Without it a peer with
-/// nothing to say would notice a tracker restart only at its next
-/// keepalive, up to 10 s later, and stay unregistered that long.
-const LIVENESS_POLL: Duration = Duration::from_secs(1);
+/// tracker, or for the tracker's liveness probe (a non-blocking peek;
+/// nothing is sent unless a probe is there to answer). Without it a peer
+/// with nothing to say would notice a tracker restart only at its next
+/// keepalive, up to 10 s later, and stay unregistered that long; and it
+/// must answer a probe well within the tracker's 1 s probe timeout
+/// (`limits::PROBE_TIMEOUT`), or lose its endpoint to whoever announced it.
+const LIVENESS_POLL: Duration = Duration::from_millis(250);
+/// Shortest time between two re-registers of overflowed files.
+const OVERFLOW_INTERVAL: Duration = Duration::from_secs(1);
+/// Bytes per second of Register that re-registering overflowed files may
+/// cost on average: after sending B bytes, the next such round waits
+/// B / this (a file of 2^19 chunks, 10 MiB of hashes: about 10 s), if that
+/// is longer than [`OVERFLOW_INTERVAL`]. Meanwhile the tracker lags behind
+/// on that file's newest chunks; nothing is lost.
+const OVERFLOW_RATE: u64 = 1 << 20;
 
 /// Timing of the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,14 +306,33 @@ struct Link {
     /// retried (an explicit `register_files` retries).
     refused: HashSet<String>,
     last_send: Instant,
+    /// When overflowed files may be re-registered next.
+    overflow_due: Instant,
 }
 
 impl Link {
     /// Sends a request and reads the reply, recording the send for the
     /// keepalive timer.
+    ///
+    /// A Keepalive arriving first is the tracker's liveness probe (sent
+    /// when another connection registers our endpoint): it is answered at
+    /// once and the reply is still awaited.
     fn request(&mut self, m: &Message) -> Result<Message> {
         self.last_send = Instant::now();
-        self.conn.request(m)
+        self.conn.send(m)?;
+        loop {
+            match self.conn.recv()? {
+                Message::Keepalive => self.conn.send(&Message::Keepalive)?,
+                Message::Error { code, message } => {
+                    return Err(PeerError::Refused {
+                        who: self.conn.addr().to_string(),
+                        code,
+                        message,
+                    });
+                }
+                reply => return Ok(reply),
+            }
+        }
     }
 }
 
@@ -406,6 +441,7 @@ impl Worker {
             registered: HashSet::new(),
             refused: HashSet::new(),
             last_send: Instant::now(),
+            overflow_due: Instant::now(),
         };
         // Updates that could not be queued are covered by the full
         // registration below, which reads every bitmap now.
@@ -436,6 +472,13 @@ impl Worker {
                 .map_or(self.cfg.keepalive, |t| {
                     t.saturating_duration_since(Instant::now())
                 });
+            // Also wake up for overflowed files when they are due.
+            let overflow_wait = if lock(&self.overflow).is_empty() {
+                Duration::MAX
+            } else {
+                link.overflow_due.saturating_duration_since(Instant::now())
+            };
+            let wait = idle.min(LIVENESS_POLL).min(overflow_wait);
             let step = select! {
                 recv(self.stop) -> _ => {
                     self.leave(link);
@@ -450,8 +493,8 @@ impl Worker {
                         return End::Leave;
                     }
                 },
-                default(idle.min(LIVENESS_POLL)) => {
-                    if idle <= LIVENESS_POLL {
+                default(wait) => {
+                    if idle <= wait {
                         self.keepalive(link)
                     } else {
                         self.check_open(link)
@@ -483,6 +526,12 @@ impl Worker {
         }
         if !link.registered.contains(&name) {
             return self.register_names(link, vec![name]);
+        }
+        if lock(&self.overflow).contains(&name) {
+            // A re-register of the whole file is pending; it reads the
+            // bitmap when sent, and this chunk was marked held before it
+            // was queued, so it is covered.
+            return Ok(());
         }
         let reply = link.request(&Message::ChunkRegister {
             name: name.clone(),
@@ -588,7 +637,14 @@ impl Worker {
                     match r {
                         FileOutcome::Accepted => out.accepted.push(name),
                         FileOutcome::Refused { code, reason } => {
-                            out.refused.push((name, format!("{code}: {reason}")));
+                            // The reason is the tracker's sentence; the code's
+                            // own words only when it gave none.
+                            let why = if reason.is_empty() {
+                                code.to_string()
+                            } else {
+                                reason
+                            };
+                            out.refused.push((name, why));
                         }
                     }
                 }
@@ -610,12 +666,26 @@ impl Worker {
         }
     }
 
-    /// Re-registers files whose updates did not fit in the queue.
+    /// Re-registers files whose updates did not fit in the queue, when
+    /// `link.overflow_due` has come; then sets the next due time from the
+    /// size of what was sent ([`OVERFLOW_RATE`], [`OVERFLOW_INTERVAL`]).
     fn flush_overflow(&self, link: &mut Link) -> Result<(), Lost> {
+        let now = Instant::now();
+        if now < link.overflow_due {
+            return Ok(());
+        }
         let names: Vec<String> = lock(&self.overflow).drain().collect();
         if names.is_empty() {
             return Ok(());
         }
+        // About what the Register carries: a hash and a bitmap bit per chunk.
+        let bytes: u64 = names
+            .iter()
+            .filter_map(|n| self.share.get(n))
+            .map(|f| u64::from(f.geometry().count()) * 21 + 64)
+            .sum();
+        let pause = Duration::from_millis(bytes.saturating_mul(1000) / OVERFLOW_RATE);
+        link.overflow_due = now + pause.max(OVERFLOW_INTERVAL);
         self.register_names(link, names)
     }
 
@@ -631,9 +701,10 @@ impl Worker {
             .map_err(|e| e.to_string())
     }
 
-    /// Peeks without blocking: the tracker never speaks unasked, so a
-    /// readable socket means it closed the connection or sent an error
-    /// before closing.
+    /// Peeks without blocking. The tracker speaks unasked only to probe
+    /// (a Keepalive, answered here with a Keepalive) or to say why it
+    /// closes (an Error), so anything else readable means the connection is
+    /// over.
     fn check_open(&self, link: &mut Link) -> Result<(), Lost> {
         let stream = link.conn.stream();
         let mut byte = [0u8; 1];
@@ -649,6 +720,10 @@ impl Worker {
             Err(e) => Err(e.to_string()),
             Ok(0) => Err("the tracker closed the connection".into()),
             Ok(_) => match link.conn.recv() {
+                Ok(Message::Keepalive) => link
+                    .conn
+                    .send(&Message::Keepalive)
+                    .map_err(|e| e.to_string()),
                 Ok(Message::Error { code, message }) => {
                     Err(format!("the tracker said: {code}: {message}"))
                 }
@@ -713,10 +788,10 @@ impl Worker {
     /// Never blocks: a slow or absent listener loses events, not the
     /// session.
     fn emit(&self, e: SessionEvent) {
-        if let Some(tx) = &self.events {
-            if tx.try_send(e).is_err() {
-                debug!("session event dropped (listener full or gone)");
-            }
+        if let Some(tx) = &self.events
+            && tx.try_send(e).is_err()
+        {
+            debug!("session event dropped (listener full or gone)");
         }
     }
 }
@@ -963,10 +1038,10 @@ mod tests {
             };
             let leaving = m == Message::Leave;
             let _ = tx.send_timeout((n, m), WAIT);
-            if let Some(r) = reply {
-                if wire::write_message(&mut w, &r).is_err() {
-                    return;
-                }
+            if let Some(r) = reply
+                && wire::write_message(&mut w, &r).is_err()
+            {
+                return;
             }
             if leaving {
                 return;
@@ -1055,6 +1130,63 @@ mod tests {
     }
 
     // ---- Tests ----------------------------------------------------------
+
+    /// The tracker's liveness probe (an unasked Keepalive) is answered
+    /// with a Keepalive: before the reply to a request, and on an idle
+    /// connection well within the tracker's 1 s probe timeout.
+    #[test]
+    fn answers_the_trackers_probe_before_a_reply_and_when_idle() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let share = index(&[complete("full.bin", 3000)]);
+        let (etx, erx) = bounded(64);
+        let s = TrackerSession::start(
+            listener.local_addr().unwrap(),
+            4321,
+            Arc::clone(&share),
+            fast(),
+            Some(etx),
+        )
+        .unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut r = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut w = stream;
+        let mut read = move || wire::read_message(&mut r).unwrap().unwrap();
+        assert!(matches!(read(), Message::Hello { .. }));
+        let hello = Message::Hello {
+            version: wire::PROTOCOL_VERSION,
+        };
+        wire::write_message(&mut w, &hello).unwrap();
+        assert!(matches!(read(), Message::Register { .. }));
+        // The probe arrives before the reply.
+        wire::write_message(&mut w, &Message::Keepalive).unwrap();
+        assert_eq!(read(), Message::Keepalive);
+        let reply = Message::RegisterReply {
+            results: vec![FileOutcome::Accepted],
+        };
+        wire::write_message(&mut w, &reply).unwrap();
+        assert!(matches!(
+            next_event(&erx),
+            SessionEvent::Registered { accepted, .. } if accepted == ["full.bin"]
+        ));
+        wait_until("connected", || s.is_connected());
+        // Idle now: a probe is answered within the probe timeout.
+        thread::sleep(Duration::from_millis(300));
+        let t = Instant::now();
+        wire::write_message(&mut w, &Message::Keepalive).unwrap();
+        assert_eq!(read(), Message::Keepalive);
+        assert!(
+            t.elapsed() < crate::limits::PROBE_TIMEOUT,
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(s.is_connected());
+        assert!(erx.try_recv().is_err(), "the session reconnected");
+        let leaving = thread::spawn(move || s.leave());
+        assert_eq!(read(), Message::Leave);
+        wire::write_message(&mut w, &Message::Ok).unwrap();
+        leaving.join().unwrap();
+    }
 
     #[test]
     fn registers_share_then_chunks_then_leaves() {
@@ -1416,6 +1548,67 @@ mod tests {
         assert!(lock(&s.overflow).is_empty());
         s.leave();
         assert_eq!(fake.next_request().1, Message::Leave);
+    }
+
+    /// Issue 11 (suspected, confirmed): while chunks are verified faster
+    /// than the tracker answers ChunkRegisters, the queue stays full, the
+    /// file stays in the overflow set, and every turn of the session loop
+    /// re-sent the whole file's Register (10 MiB of hashes at 2^19 chunks)
+    /// to handle one queued ChunkRegister. Re-registers of overflowed files
+    /// are now spaced out, and queued updates they cover are skipped.
+    #[test]
+    fn a_full_queue_does_not_resend_the_register_every_turn() {
+        let fake = FakeTracker::start(false);
+        let n = 1u32 << 14; // 16,384 chunks: 320 KiB of hashes per Register
+        let big = partial("big", u64::from(n) * 1024, &[]);
+        let share = index(&[Arc::clone(&big), complete("small", 10)]);
+        let s = TrackerSession::start(fake.addr, 5, share, fast(), None).unwrap();
+        let (conn, _, files) = expect_register(fake.next());
+        assert_eq!(names(&files), vec!["small"]);
+        // A download verifying chunks as fast as it can for 1.5 s.
+        let t = Instant::now();
+        let mut i = 0u32;
+        while t.elapsed() < Duration::from_millis(1500) {
+            if let Some(c) = big.geometry().index(i % n) {
+                big.mark_have(c);
+            }
+            s.chunk_registered("big", i % n);
+            i += 1;
+        }
+        assert!(i as usize > 4 * COMMAND_QUEUE, "only {i} chunks queued");
+        assert_eq!(big.have_count(), n);
+        // Everything is announced in the end: the last Register and the
+        // ChunkRegisters after it cover every chunk.
+        wait_until("the overflow is flushed", || lock(&s.overflow).is_empty());
+        s.leave();
+        let mut registers = 0;
+        let mut announced = Bitmap::new(n);
+        loop {
+            match fake.next() {
+                (c, Message::Register { files, .. }) => {
+                    assert_eq!((c, files[0].name.as_str()), (conn, "big"));
+                    registers += 1;
+                    announced = match &files[0].have {
+                        Have::All => Bitmap::full(n),
+                        Have::Some(b) => Bitmap::from_bytes(n, b).unwrap(),
+                    };
+                }
+                (_, Message::ChunkRegister { index, .. }) => {
+                    announced.set(index);
+                }
+                (_, Message::Leave) => break,
+                _ => {}
+            }
+        }
+        assert!(
+            (1..=4).contains(&registers),
+            "{registers} Registers of the whole file in 1.5 s"
+        );
+        assert!(
+            announced.is_full(),
+            "{} of {n} chunks announced",
+            announced.count_ones()
+        );
     }
 
     // ---- Batcher --------------------------------------------------------

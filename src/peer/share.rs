@@ -2,52 +2,66 @@
 //! have-bitmaps, and hashing a folder at start (`peer share`).
 //!
 //! Owns: [`SharedFile`] (one offered file: open handle, geometry, hashes,
-//! which chunks are verified on disk), [`ShareIndex`] (name -> file, the
-//! only way the chunk server finds a file: names from the wire are looked up
-//! here, never joined onto a path), [`scan_dir`] (walk + parallel SHA-1)
-//! and the hash cache file. Calls `wire` (names, FileEntry), `chunks`
-//! (geometry, bitmaps, sha1) and, to leave a download's own files out of a
-//! scan, [`partfile::is_artifact`] (the download's part-file module, which
-//! depends on nothing of `share`, so there is no import cycle).
+//! which chunks are verified on disk, and for a scanned file the check that
+//! a chunk still matches its hash before it is uploaded), [`ShareIndex`]
+//! (name -> file, the only way the chunk server finds a file: names from
+//! the wire are looked up here, never joined onto a path), [`scan_dir`]
+//! (walk + parallel SHA-1), `open_regular` (how a file in a shared folder
+//! is opened: no symlink followed, no FIFO waited on) and the hash cache
+//! file. Calls `wire` (names, FileEntry), `chunks` (geometry, bitmaps,
+//! sha1), the libc crate for open flags and, to leave a download's own
+//! files out of a scan, [`partfile::is_artifact`] and
+//! [`partfile::WORK_DIR`] (the download's part-file module, which depends
+//! on nothing of `share`, so there is no import cycle).
 //!
-//! Locks: the index's RwLock and each file's have-bitmap Mutex guard only
-//! in-memory data; no I/O happens under either.
+//! Locks: the index's RwLock, each file's have-bitmap Mutex and its upload
+//! check Mutex guard only in-memory data; no I/O (and no hashing) happens
+//! under any of them.
 //!
 //! # Hash cache (`.p2pfs-hashes` in the share folder)
 //!
 //! Restarting `share` on an unchanged folder must not re-hash it. A file's
-//! digests are reused when its relative name, size, mtime (nanoseconds) and
-//! the chunk size all match the cached entry. Files modified less than
-//! [`RACY_WINDOW`] before the scan started are not cached: a write in the
-//! same timestamp tick as the hashing could otherwise leave a stale entry
-//! with a matching mtime ("racy git" problem).
+//! digests are reused when its relative name, size, mtime and ctime
+//! (nanoseconds), device and inode number, and the chunk size all match the
+//! cached entry. The ctime is what catches content rewritten with the old
+//! size and mtime put back (`cp -p`, `tar`, `rsync -t`, `touch -r`): no
+//! program can set it, and every write or metadata change moves it on. The
+//! device and inode catch a file replaced by another one. Files modified
+//! less than [`RACY_WINDOW`] before the scan started are not cached: a
+//! write in the same timestamp tick as the hashing could otherwise leave a
+//! stale entry with a matching mtime ("racy git" problem).
 //!
 //! Layout, all integers big-endian:
 //!
 //! ```text
 //! magic    8 bytes  "P2PFSHC\n"
-//! version  u32      1
+//! version  u32      2
 //! count    u32      number of entries
 //! entry * count:
 //!   name_len u16, name (UTF-8, passes wire::validate_name)
-//!   size u64, mtime_ns i64, chunk_size u32,
+//!   size u64, mtime_ns i64, ctime_ns i64, dev u64, ino u64, chunk_size u32,
 //!   hash_count u32 (must equal the chunk count of size/chunk_size),
 //!   hash_count * 20 bytes of SHA-1
 //! checksum 20 bytes SHA-1 of everything before it
 //! ```
 //!
 //! A cache that cannot be read or parsed is ignored with a warning and
-//! rewritten. It is written to `.p2pfs-hashes.tmp-<pid>` and renamed over
-//! the old one, so a crash never leaves a half-written cache. If the folder
+//! rewritten; so is anything at the cache name that is not a regular file
+//! (it is opened like a shared file, never through a link or waiting on a
+//! FIFO, and read no further than 1 GiB). It is written to
+//! `.p2pfs-hashes.tmp-<pid>` (removed first, then created new: never
+//! written through a link planted there) and renamed over the old one, so
+//! a crash never leaves a half-written cache. If the folder
 //! is read-only the cache is not written (warning). The scan never
 //! publishes the cache file or its temporary files.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, Metadata};
-use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -60,11 +74,16 @@ use crate::wire::{self, FileEntry, Have};
 
 /// Name of the hash cache file in the root of the share folder.
 pub const HASH_CACHE_NAME: &str = ".p2pfs-hashes";
+/// The lock file `peer share` holds in the folder it shares (see
+/// `ui::share`); never shared.
+pub const LOCK_FILE_NAME: &str = ".p2pfs-lock";
 /// Files modified this recently before a scan are hashed but not cached.
 pub const RACY_WINDOW: Duration = Duration::from_secs(2);
 
 const CACHE_MAGIC: &[u8; 8] = b"P2PFSHC\n";
-const CACHE_VERSION: u32 = 1;
+/// 2: ctime, device and inode added to the key (a version 1 cache is
+/// ignored and rewritten).
+const CACHE_VERSION: u32 = 2;
 /// A cache larger than this is not read (it would describe ~50 PiB of files
 /// at 1 MiB chunks); it is treated as corrupt and rewritten.
 const MAX_CACHE_BYTES: u64 = 1 << 30;
@@ -85,6 +104,29 @@ pub struct SharedFile {
     /// rare (once per chunk) and a consistent snapshot is needed for
     /// Register.
     have: Mutex<Bitmap>,
+    /// For a file found by the scan: what [`SharedFile::read_for_upload`]
+    /// checks. None for a download's file, which this peer writes itself
+    /// and verifies chunk by chunk before marking it held.
+    upload_check: Option<Mutex<UploadCheck>>,
+}
+
+/// Which chunks of a scanned file were seen to match their hash while the
+/// file's [`Stamp`] stayed as recorded. Any write or metadata change moves
+/// the ctime on, so a changed stamp clears `verified`.
+#[derive(Debug)]
+struct UploadCheck {
+    stamp: Option<Stamp>,
+    verified: Bitmap,
+}
+
+/// Why [`SharedFile::read_for_upload`] gave no chunk.
+#[derive(Debug)]
+pub enum UploadError {
+    /// The chunk could not be read.
+    Io(io::Error),
+    /// The bytes on disk no longer match the hash this peer announced: the
+    /// file changed after it was hashed.
+    Changed,
 }
 
 impl SharedFile {
@@ -121,7 +163,33 @@ impl SharedFile {
             geometry,
             hashes,
             have: Mutex::new(have),
+            upload_check: None,
         }
+    }
+
+    /// A complete file from the scan, whose chunks are checked against
+    /// their hashes before they are sent (see `read_for_upload`). `stamp` is
+    /// the file's metadata when it was opened; `hashed_now` says its hashes
+    /// were computed from this handle rather than taken from the cache, so
+    /// every chunk starts verified.
+    fn scanned(
+        name: String,
+        path: PathBuf,
+        file: File,
+        geometry: Geometry,
+        hashes: Vec<Digest>,
+        stamp: Option<Stamp>,
+        hashed_now: bool,
+    ) -> SharedFile {
+        let count = geometry.count();
+        let mut f = SharedFile::complete(name, path, file, geometry, hashes);
+        let verified = if hashed_now {
+            Bitmap::full(count)
+        } else {
+            Bitmap::new(count)
+        };
+        f.upload_check = Some(Mutex::new(UploadCheck { stamp, verified }));
+        f
     }
 
     pub fn name(&self) -> &str {
@@ -180,6 +248,45 @@ impl SharedFile {
     /// positional read.
     pub fn read_chunk(&self, i: ChunkIndex, buf: &mut Vec<u8>) -> io::Result<()> {
         chunks::read_chunk(&self.file, &self.geometry, i, buf)
+    }
+
+    /// Reads chunk `i` into `out` (exactly the chunk's length) to send it,
+    /// and for a file from the scan makes sure the bytes are still the ones
+    /// this peer announced: after every read the file's metadata is looked
+    /// at (one `fstat`), and a chunk is hashed when it has not been seen to
+    /// match since the file was hashed or last changed. So a chunk costs a
+    /// SHA-1 once per change of the file, not once per upload.
+    /// `Err(Changed)`: do not send it; the file no longer matches its hashes.
+    pub fn read_for_upload(&self, i: ChunkIndex, out: &mut [u8]) -> Result<(), UploadError> {
+        self.file
+            .read_exact_at(out, self.geometry.offset(i))
+            .map_err(UploadError::Io)?;
+        let Some(check) = &self.upload_check else {
+            return Ok(());
+        };
+        // After the read: a write that the read may have seen has moved the
+        // ctime on by now.
+        let now = self.file.metadata().ok().and_then(|m| Stamp::of(&m));
+        let verified = {
+            let mut c = crate::sync::lock(check);
+            if c.stamp != now || now.is_none() {
+                c.stamp = now;
+                c.verified = Bitmap::new(self.geometry.count());
+            }
+            c.verified.get(i.get())
+        };
+        if verified {
+            return Ok(());
+        }
+        // Hashed outside the lock: other uploads of this file go on.
+        if chunks::sha1(out) != self.hashes[i.get() as usize] {
+            return Err(UploadError::Changed);
+        }
+        let mut c = crate::sync::lock(check);
+        if c.stamp == now {
+            c.verified.set(i.get());
+        }
+        Ok(())
     }
 
     /// This file as announced in a Register.
@@ -241,6 +348,25 @@ impl ShareIndex {
         self.write().remove(name)
     }
 
+    /// Stops sharing `f` because its bytes no longer match its hashes
+    /// ([`UploadError::Changed`]); true if this call removed it (and not a
+    /// newer entry under the same name). The peer serves it no more and does
+    /// not register it again; hashing it again takes a restart of `share`.
+    pub fn withdraw_changed(&self, f: &Arc<SharedFile>) -> bool {
+        let mut files = self.write();
+        if !files.get(f.name()).is_some_and(|g| Arc::ptr_eq(g, f)) {
+            return false;
+        }
+        files.remove(f.name());
+        drop(files);
+        log::warn!(
+            "{} changed on disk after it was hashed: its bytes no longer match the hashes this \
+             peer announced, so it is no longer shared; restart `peer share` to hash it again",
+            f.path().display()
+        );
+        true
+    }
+
     /// Every shared file, sorted by name.
     pub fn files(&self) -> Vec<Arc<SharedFile>> {
         let mut v: Vec<_> = self.read().values().cloned().collect();
@@ -271,8 +397,12 @@ pub struct Scan {
 /// A file found by the walk, before it is opened.
 struct Candidate {
     name: String,
-    /// Where to open it (may be a symlink that stays inside the folder).
+    /// Where it was found (may be a symlink that stays inside the folder);
+    /// shown to the user.
     path: PathBuf,
+    /// What to open: `path` itself, or a symlink's resolved target. Opened
+    /// without following a link ([`open_regular`]).
+    real: PathBuf,
 }
 
 /// An opened file waiting for its hashes.
@@ -281,10 +411,25 @@ struct Opened {
     path: PathBuf,
     file: File,
     geometry: Geometry,
-    size: u64,
-    mtime_ns: Option<i64>,
+    /// The cache key; None if the timestamps are out of range (not cached).
+    stamp: Option<Stamp>,
     /// From the cache, or filled in by hashing.
     hashes: Option<Vec<Digest>>,
+    /// The hashes came from the cache (not computed from this handle).
+    cached: bool,
+}
+
+/// How far the hashing of a scan is, for a progress display.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HashProgress {
+    /// Bytes hashed so far, of `bytes_total` to hash (cached files do not
+    /// count).
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Files whose hashes are known (from the cache, hashed, or failed), of
+    /// `files_total` found.
+    pub files_done: u64,
+    pub files_total: u64,
 }
 
 /// Hashes every regular file under `dir` (recursively; names are paths
@@ -297,7 +442,10 @@ struct Opened {
 /// are not, their files are found under their real path), non-regular
 /// files, names refused by [`wire::validate_name`] (including non-UTF-8),
 /// files needing too many chunks at this chunk size, `*.part` files and
-/// the hash cache, and anything that cannot be read.
+/// the hash cache, and anything that cannot be read. What is opened is
+/// judged on the open handle: a file changed after the walk into a symlink,
+/// FIFO or device, or reached through a folder that became a symlink out of
+/// `dir`, is skipped (see `open_candidate`).
 ///
 /// Hashing runs on every core, parallel across the chunks of all files.
 /// `progress(bytes hashed, bytes to hash)` is called from the hashing
@@ -323,6 +471,18 @@ pub fn scan_dir_cancellable(
     only: &[PathBuf],
     chunk_size: u32,
     progress: &(dyn Fn(u64, u64) + Sync),
+    cancel: Option<&AtomicBool>,
+) -> Result<Scan> {
+    let bytes = |p: &HashProgress| progress(p.bytes_done, p.bytes_total);
+    scan_dir_reporting(dir, only, chunk_size, &bytes, cancel)
+}
+
+/// [`scan_dir_cancellable`] reporting files as well as bytes.
+pub fn scan_dir_reporting(
+    dir: &Path,
+    only: &[PathBuf],
+    chunk_size: u32,
+    progress: &(dyn Fn(&HashProgress) + Sync),
     cancel: Option<&AtomicBool>,
 ) -> Result<Scan> {
     let started = SystemTime::now();
@@ -352,21 +512,10 @@ pub fn scan_dir_cancellable(
     // Open each file and take its geometry; reuse cached hashes.
     let mut opened = Vec::with_capacity(found.len());
     for (name, c) in found {
-        let file = match File::open(&c.path) {
-            Ok(f) => f,
-            Err(e) => {
-                skipped.push((c.path, format!("cannot open: {e}")));
-                continue;
-            }
-        };
-        let meta = match file.metadata() {
-            Ok(m) if m.is_file() => m,
-            Ok(_) => {
-                skipped.push((c.path, "not a regular file".into()));
-                continue;
-            }
-            Err(e) => {
-                skipped.push((c.path, format!("cannot stat: {e}")));
+        let (file, meta) = match open_candidate(&root, &c.real) {
+            Ok(x) => x,
+            Err(why) => {
+                skipped.push((c.path, why));
                 continue;
             }
         };
@@ -378,10 +527,9 @@ pub fn scan_dir_cancellable(
                 continue;
             }
         };
-        let mtime_ns = mtime_ns(&meta);
+        let stamp = Stamp::of(&meta);
         let hashes = old_cache.get(&name).and_then(|e| {
-            (Some(e.mtime_ns) == mtime_ns
-                && e.size == size
+            (Some(e.stamp) == stamp
                 && e.chunk_size == chunk_size
                 && e.hashes.len() == geometry.count() as usize)
                 .then(|| e.hashes.clone())
@@ -391,8 +539,8 @@ pub fn scan_dir_cancellable(
             path: dir.join(c.name),
             file,
             geometry,
-            size,
-            mtime_ns,
+            stamp,
+            cached: hashes.is_some(),
             hashes,
         });
     }
@@ -425,13 +573,12 @@ pub fn scan_dir_cancellable(
             skipped.push((o.path, "not hashed".into()));
             continue;
         };
-        match o.mtime_ns {
-            Some(m) if m < racy_after => {
+        match o.stamp {
+            Some(stamp) if stamp.mtime_ns < racy_after => {
                 new_cache.insert(
                     o.name.clone(),
                     CacheEntry {
-                        size: o.size,
-                        mtime_ns: m,
+                        stamp,
                         chunk_size,
                         hashes: hashes.clone(),
                     },
@@ -441,8 +588,8 @@ pub fn scan_dir_cancellable(
                 new_cache.remove(&o.name);
             }
         }
-        files.push(SharedFile::complete(
-            o.name, o.path, o.file, o.geometry, hashes,
+        files.push(SharedFile::scanned(
+            o.name, o.path, o.file, o.geometry, hashes, o.stamp, !o.cached,
         ));
     }
 
@@ -563,8 +710,13 @@ fn classify(
     };
     let ft = meta.file_type();
     if ft.is_dir() {
+        // A download folder's unfinished downloads: private, not reported.
+        if path.file_name().is_some_and(|n| n == partfile::WORK_DIR) {
+            return None;
+        }
         return Some(path);
     }
+    let mut real = path.clone();
     if ft.is_symlink() {
         let target = match fs::canonicalize(&path) {
             Ok(t) => t,
@@ -578,7 +730,7 @@ fn classify(
             return None;
         }
         match fs::metadata(&target) {
-            Ok(m) if m.is_file() => {}
+            Ok(m) if m.is_file() => real = target,
             Ok(m) if m.is_dir() => {
                 skipped.push((
                     path,
@@ -614,11 +766,62 @@ fn classify(
         skipped.push((path, "unfinished download (.part)".into()));
         return None;
     }
-    if name.starts_with(HASH_CACHE_NAME) {
-        return None; // our own cache (or its temporary file): silently private
+    if name.starts_with(HASH_CACHE_NAME) || name == LOCK_FILE_NAME {
+        // Our own cache (or its temporary file) and the lock of the peer
+        // sharing this folder: silently private.
+        return None;
     }
-    found.insert(name.clone(), Candidate { name, path });
+    found.insert(name.clone(), Candidate { name, path, real });
     None
+}
+
+/// Opens `path` for reading the way p2pfs opens every file it reads out of
+/// a shared folder: never through a symlink at the last component
+/// (`O_NOFOLLOW`), never waiting on a FIFO or device (`O_NONBLOCK`; it has
+/// no effect on reads of a regular file), and then only if what was opened
+/// is a regular file (checked on the open handle, not on the path, so a
+/// swap between a check and the open cannot slip through).
+pub(crate) fn open_regular(path: &Path) -> io::Result<(File, Metadata)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                io::Error::new(e.kind(), "is a symbolic link (not followed)")
+            } else {
+                e
+            }
+        })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok((file, meta))
+}
+
+/// Opens a file found by the walk ([`open_regular`]) and checks that the
+/// opened file really is inside `root`: a folder on the way swapped for a
+/// symlink after the walk would otherwise lead outside. Linux says where an
+/// open file is through `/proc/self/fd`; without `/proc` only the last
+/// component is protected. Err is the reason to skip it.
+fn open_candidate(root: &Path, real: &Path) -> std::result::Result<(File, Metadata), String> {
+    let (file, meta) = open_regular(real).map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidInput => e.to_string(),
+        _ => format!("cannot open: {e}"),
+    })?;
+    if let Ok(at) = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        && !at.starts_with(root)
+    {
+        return Err(format!(
+            "opened {} instead, outside the shared folder (changed during the scan)",
+            at.display()
+        ));
+    }
+    Ok((file, meta))
 }
 
 /// The wire name of `path` (inside `root`): its components joined by '/'.
@@ -641,10 +844,29 @@ fn relative_name(root: &Path, path: &Path) -> std::result::Result<String, String
     Ok(name)
 }
 
-fn mtime_ns(m: &Metadata) -> Option<i64> {
-    m.mtime()
-        .checked_mul(1_000_000_000)?
-        .checked_add(m.mtime_nsec())
+/// What says a file on disk is still the one that was hashed: the hash
+/// cache's key (with the chunk size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    dev: u64,
+    ino: u64,
+}
+
+impl Stamp {
+    /// None if a timestamp does not fit in i64 nanoseconds.
+    fn of(m: &Metadata) -> Option<Stamp> {
+        let ns = |s: i64, n: i64| s.checked_mul(1_000_000_000)?.checked_add(n);
+        Some(Stamp {
+            size: m.len(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec())?,
+            ctime_ns: ns(m.ctime(), m.ctime_nsec())?,
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
 }
 
 // ---- Parallel hashing -----------------------------------------------------
@@ -653,7 +875,7 @@ fn mtime_ns(m: &Metadata) -> Option<i64> {
 /// on all cores. Returns, per file, `Some(reason)` if it could not be read.
 fn hash_missing(
     opened: &mut [Opened],
-    progress: &(dyn Fn(u64, u64) + Sync),
+    progress: &(dyn Fn(&HashProgress) + Sync),
     cancel: Option<&AtomicBool>,
 ) -> Result<Vec<Option<String>>> {
     // Work list: (file slot, chunk) for every chunk still to hash. Small:
@@ -669,6 +891,13 @@ fn hash_missing(
         }
     }
     let mut errors: Vec<Option<String>> = vec![None; opened.len()];
+    let files_total = opened.len() as u64;
+    // Files with nothing to hash (cached, or empty) are done already.
+    let to_hash = opened
+        .iter()
+        .filter(|o| o.hashes.is_none() && o.geometry.count() > 0)
+        .count() as u64;
+    let files_known = files_total - to_hash;
 
     if !jobs.is_empty() {
         let threads = std::thread::available_parallelism()
@@ -679,6 +908,18 @@ fn hash_missing(
             jobs: &jobs,
             next: AtomicUsize::new(0),
             failed: (0..opened.len()).map(|_| AtomicBool::new(false)).collect(),
+            remaining: opened
+                .iter()
+                .map(|o| {
+                    AtomicU32::new(if o.hashes.is_none() {
+                        o.geometry.count()
+                    } else {
+                        0
+                    })
+                })
+                .collect(),
+            files_done: AtomicU64::new(files_known),
+            files_total,
             done: AtomicU64::new(0),
             total,
             begin: Instant::now(),
@@ -742,7 +983,12 @@ fn hash_missing(
                 }
             }
         }
-        progress(hashed, total);
+        progress(&HashProgress {
+            bytes_done: hashed,
+            bytes_total: total,
+            files_done: files_total,
+            files_total,
+        });
     } else {
         // Zero-length files need no hashing.
         for o in opened.iter_mut() {
@@ -750,7 +996,11 @@ fn hash_missing(
                 o.hashes = Some(Vec::new());
             }
         }
-        progress(0, 0);
+        progress(&HashProgress {
+            files_done: files_total,
+            files_total,
+            ..HashProgress::default()
+        });
     }
     Ok(errors)
 }
@@ -762,11 +1012,16 @@ struct HashCtx<'a> {
     next: AtomicUsize,
     /// A file with a read error: its remaining chunks are skipped.
     failed: Vec<AtomicBool>,
+    /// Chunks of each file not hashed yet.
+    remaining: Vec<AtomicU32>,
+    /// Files whose hashes are known (or that failed).
+    files_done: AtomicU64,
+    files_total: u64,
     done: AtomicU64,
     total: u64,
     begin: Instant,
     last_report_ms: AtomicU64,
-    progress: &'a (dyn Fn(u64, u64) + Sync),
+    progress: &'a (dyn Fn(&HashProgress) + Sync),
     /// Set: every thread stops at its next chunk.
     cancel: Option<&'a AtomicBool>,
 }
@@ -811,11 +1066,16 @@ impl HashCtx<'_> {
             match f.file.read_exact_at(data, f.geometry.offset(i)) {
                 Ok(()) => {
                     out.digests.push((slot, chunk, chunks::sha1(data)));
+                    if self.remaining[s].fetch_sub(1, Ordering::Relaxed) == 1 {
+                        self.files_done.fetch_add(1, Ordering::Relaxed);
+                    }
                     let done = self.done.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
                     self.maybe_report(done);
                 }
                 Err(e) => {
-                    self.failed[s].store(true, Ordering::Relaxed);
+                    if !self.failed[s].swap(true, Ordering::Relaxed) {
+                        self.files_done.fetch_add(1, Ordering::Relaxed);
+                    }
                     let why = if e.kind() == io::ErrorKind::UnexpectedEof {
                         "file shrank while being hashed".to_string()
                     } else {
@@ -836,7 +1096,12 @@ impl HashCtx<'_> {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            (self.progress)(done, self.total);
+            (self.progress)(&HashProgress {
+                bytes_done: done,
+                bytes_total: self.total,
+                files_done: self.files_done.load(Ordering::Relaxed),
+                files_total: self.files_total,
+            });
         }
     }
 }
@@ -845,8 +1110,7 @@ impl HashCtx<'_> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct CacheEntry {
-    size: u64,
-    mtime_ns: i64,
+    stamp: Stamp,
     chunk_size: u32,
     hashes: Vec<Digest>,
 }
@@ -854,27 +1118,41 @@ struct CacheEntry {
 type Cache = BTreeMap<String, CacheEntry>;
 
 /// Reads the cache; returns (entries, true if a cache existed but was
-/// unusable). Never fails: a bad cache only costs re-hashing.
+/// unusable). Never fails: a bad cache only costs re-hashing. Opened like a
+/// shared file (`open_regular`: a FIFO, device or symlink there is refused,
+/// not waited on or followed) and read no further than
+/// [`MAX_CACHE_BYTES`], whatever its metadata claims.
 fn load_cache(path: &Path) -> (Cache, bool) {
-    match fs::metadata(path) {
+    let (file, meta) = match open_regular(path) {
+        Ok(x) => x,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return (Cache::new(), false),
-        Ok(m) if m.len() > MAX_CACHE_BYTES => {
+        Err(e) => {
             log::warn!(
-                "ignoring hash cache {}: {} bytes is implausibly large",
-                path.display(),
-                m.len()
+                "ignoring hash cache {}: {e}; it will be rewritten",
+                path.display()
             );
             return (Cache::new(), true);
         }
-        _ => {}
-    }
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) => {
-            log::warn!("ignoring unreadable hash cache {}: {e}", path.display());
-            return (Cache::new(), true);
-        }
     };
+    let too_large = || {
+        log::warn!(
+            "ignoring hash cache {}: more than {MAX_CACHE_BYTES} bytes is implausibly large",
+            path.display()
+        );
+        (Cache::new(), true)
+    };
+    if meta.len() > MAX_CACHE_BYTES {
+        return too_large();
+    }
+    let mut bytes = Vec::new();
+    let read = (&file).take(MAX_CACHE_BYTES + 1).read_to_end(&mut bytes);
+    if let Err(e) = read {
+        log::warn!("ignoring unreadable hash cache {}: {e}", path.display());
+        return (Cache::new(), true);
+    }
+    if bytes.len() as u64 > MAX_CACHE_BYTES {
+        return too_large(); // it grew while being read
+    }
     match decode_cache(&bytes) {
         Ok(c) => (c, false),
         Err(why) => {
@@ -896,8 +1174,11 @@ fn encode_cache(cache: &Cache) -> Vec<u8> {
     for (name, e) in cache {
         let _ = out.write_u16::<BigEndian>(name.len() as u16); // validated names are <= 1024 bytes
         out.extend_from_slice(name.as_bytes());
-        let _ = out.write_u64::<BigEndian>(e.size);
-        let _ = out.write_i64::<BigEndian>(e.mtime_ns);
+        let _ = out.write_u64::<BigEndian>(e.stamp.size);
+        let _ = out.write_i64::<BigEndian>(e.stamp.mtime_ns);
+        let _ = out.write_i64::<BigEndian>(e.stamp.ctime_ns);
+        let _ = out.write_u64::<BigEndian>(e.stamp.dev);
+        let _ = out.write_u64::<BigEndian>(e.stamp.ino);
         let _ = out.write_u32::<BigEndian>(e.chunk_size);
         let _ = out.write_u32::<BigEndian>(e.hashes.len() as u32);
         for h in &e.hashes {
@@ -933,8 +1214,14 @@ fn decode_cache(bytes: &[u8]) -> std::result::Result<Cache, String> {
             .map_err(|_| "name is not UTF-8".to_string())?
             .to_owned();
         wire::validate_name(&name).map_err(|e| format!("{name:?}: {e}"))?;
-        let size = r.u64()?;
-        let mtime_ns = r.u64()? as i64;
+        let stamp = Stamp {
+            size: r.u64()?,
+            mtime_ns: r.u64()? as i64,
+            ctime_ns: r.u64()? as i64,
+            dev: r.u64()?,
+            ino: r.u64()?,
+        };
+        let size = stamp.size;
         let chunk_size = r.u32()?;
         let hash_count = r.u32()?;
         let g = Geometry::with_hashes(size, chunk_size, hash_count as usize)
@@ -951,8 +1238,7 @@ fn decode_cache(bytes: &[u8]) -> std::result::Result<Cache, String> {
         cache.insert(
             name,
             CacheEntry {
-                size,
-                mtime_ns,
+                stamp,
                 chunk_size,
                 hashes,
             },
@@ -996,7 +1282,11 @@ impl<'a> Cursor<'a> {
 fn store_cache(root: &Path, path: &Path, cache: &Cache) {
     let tmp = root.join(format!("{HASH_CACHE_NAME}.tmp-{}", std::process::id()));
     let write = || -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
+        // Never through a link planted at the temporary name: remove
+        // whatever is there, then create a new file (O_EXCL: fails rather
+        // than follow a link that reappears in between).
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(&encode_cache(cache))?;
         f.sync_all()?;
         fs::rename(&tmp, path)
@@ -1014,6 +1304,7 @@ fn store_cache(root: &Path, path: &Path, cache: &Cache) {
 mod tests {
     use super::*;
     use std::os::unix::fs::FileExt;
+    use std::sync::Mutex;
 
     use crate::peer::testutil::TempDir;
 
@@ -1049,6 +1340,43 @@ mod tests {
 
     fn names(s: &Scan) -> Vec<&str> {
         s.files.iter().map(|f| f.name()).collect()
+    }
+
+    /// Issue 14: hashing showed bytes only; a large folder of small files
+    /// wants files done too. The lock file of the sharing peer is private.
+    #[test]
+    fn hashing_reports_files_and_the_lock_file_is_private() {
+        let t = TempDir::new("scan-files");
+        put(&t.0, "a", &pattern(5000, 1));
+        put(&t.0, "b/c", &pattern(100, 2));
+        put(&t.0, "empty", b"");
+        put(&t.0, LOCK_FILE_NAME, b"123 4567\n");
+        let seen = Mutex::new(Vec::new());
+        let record = |p: &HashProgress| seen.lock().unwrap().push(*p);
+        let s = scan_dir_reporting(&t.0, &[], 1024, &record, None).unwrap();
+        assert_eq!(names(&s), ["a", "b/c", "empty"]);
+        assert!(s.skipped.is_empty(), "{:?}", s.skipped);
+        let seen = seen.into_inner().unwrap();
+        let last = *seen.last().unwrap();
+        assert_eq!(
+            last,
+            HashProgress {
+                bytes_done: 5100,
+                bytes_total: 5100,
+                files_done: 3,
+                files_total: 3
+            }
+        );
+        assert!(seen.windows(2).all(|w| w[0].files_done <= w[1].files_done));
+        // From the cache the second time: every file is known at once.
+        let seen = Mutex::new(Vec::new());
+        let record = |p: &HashProgress| seen.lock().unwrap().push(*p);
+        scan_dir_reporting(&t.0, &[], 1024, &record, None).unwrap();
+        let last = *seen.into_inner().unwrap().last().unwrap();
+        assert_eq!(
+            (last.files_done, last.files_total, last.bytes_total),
+            (3, 3, 0)
+        );
     }
 
     #[test]
@@ -1124,16 +1452,7 @@ mod tests {
         let s1 = scan_dir(&t.0, &[], 1024, &no_progress()).unwrap();
         assert_eq!(s1.files[0].hashes(), &expected_hashes(&old, 1024)[..]);
 
-        // Same size, same mtime, new content: the cache is believed.
-        let mtime = fs::metadata(&p).unwrap().modified().unwrap();
-        let new = pattern(4096, 2);
-        fs::write(&p, &new).unwrap();
-        File::options()
-            .write(true)
-            .open(&p)
-            .unwrap()
-            .set_modified(mtime)
-            .unwrap();
+        // Unchanged: the cache is used, nothing is read.
         let hashed = AtomicU64::new(0);
         let prog = |d: u64, _t: u64| {
             hashed.fetch_max(d, Ordering::Relaxed);
@@ -1141,6 +1460,10 @@ mod tests {
         let s2 = scan_dir(&t.0, &[], 1024, &prog).unwrap();
         assert_eq!(s2.files[0].hashes(), &expected_hashes(&old, 1024)[..]);
         assert_eq!(hashed.load(Ordering::Relaxed), 0, "nothing re-hashed");
+
+        let new = pattern(4096, 2);
+        fs::write(&p, &new).unwrap();
+        age(&p);
 
         // Another chunk size is another key: re-hashed.
         let s3 = scan_dir(&t.0, &[], 2048, &no_progress()).unwrap();
@@ -1150,6 +1473,54 @@ mod tests {
         age(&p);
         let s4 = scan_dir(&t.0, &[], 1024, &no_progress()).unwrap();
         assert_eq!(s4.files[0].hashes(), &expected_hashes(&new, 1024)[..]);
+    }
+
+    /// Rewrites `p` with `data` and puts its old mtime back, as `cp -p`,
+    /// `tar`, `rsync -t` and `touch -r` do.
+    fn rewrite_keeping_mtime(p: &Path, data: &[u8]) {
+        let mtime = fs::metadata(p).unwrap().modified().unwrap();
+        // Past the coarse timestamp tick of the first write, so the ctime
+        // moves on (it always does on a real machine: hashing took longer).
+        std::thread::sleep(Duration::from_millis(20));
+        fs::write(p, data).unwrap();
+        File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_eq!(fs::metadata(p).unwrap().modified().unwrap(), mtime);
+    }
+
+    #[test]
+    fn same_size_and_mtime_with_new_content_is_hashed_again() {
+        // issue 11, item 6: the stale cache announced the old hashes.
+        let t = TempDir::new("stale");
+        let old = pattern(3000, 1);
+        let p = put(&t.0, "f", &old);
+        let s1 = scan_dir(&t.0, &[], 1024, &no_progress()).unwrap();
+        assert_eq!(s1.files[0].hashes(), &expected_hashes(&old, 1024)[..]);
+        assert!(fs::metadata(t.0.join(HASH_CACHE_NAME)).is_ok(), "cached");
+
+        // Rewritten in place (same inode): the ctime tells.
+        let new = pattern(3000, 2);
+        rewrite_keeping_mtime(&p, &new);
+        let s2 = scan_dir(&t.0, &[], 1024, &no_progress()).unwrap();
+        assert_eq!(s2.files[0].hashes(), &expected_hashes(&new, 1024)[..]);
+
+        // Replaced by another file (new inode) with the same size and mtime.
+        let newer = pattern(3000, 3);
+        let other = put(&t.0, "other", &newer);
+        File::options()
+            .write(true)
+            .open(&other)
+            .unwrap()
+            .set_modified(fs::metadata(&p).unwrap().modified().unwrap())
+            .unwrap();
+        drop(s2);
+        fs::rename(&other, &p).unwrap();
+        let s3 = scan_dir(&t.0, &[PathBuf::from("f")], 1024, &no_progress()).unwrap();
+        assert_eq!(s3.files[0].hashes(), &expected_hashes(&newer, 1024)[..]);
     }
 
     #[test]
@@ -1193,8 +1564,13 @@ mod tests {
         c.insert(
             "a/b".into(),
             CacheEntry {
-                size: 2049,
-                mtime_ns: -5,
+                stamp: Stamp {
+                    size: 2049,
+                    mtime_ns: -5,
+                    ctime_ns: 7,
+                    dev: u64::MAX,
+                    ino: 12345,
+                },
                 chunk_size: 1024,
                 hashes: vec![[1; 20], [2; 20], [3; 20]],
             },
@@ -1202,8 +1578,13 @@ mod tests {
         c.insert(
             "empty".into(),
             CacheEntry {
-                size: 0,
-                mtime_ns: 1_700_000_000_123_456_789,
+                stamp: Stamp {
+                    size: 0,
+                    mtime_ns: 1_700_000_000_123_456_789,
+                    ctime_ns: 1_700_000_001_000_000_001,
+                    dev: 2049,
+                    ino: 1,
+                },
                 chunk_size: 1 << 20,
                 hashes: vec![],
             },
@@ -1284,6 +1665,261 @@ mod tests {
         let s = scan_dir(&t.0, &[PathBuf::from("leak")], 1024, &no_progress()).unwrap();
         assert!(s.files.is_empty());
         assert!(s.skipped[0].1.contains("outside"));
+    }
+
+    /// `mkfifo` through the command (std has no safe way to make one).
+    fn mkfifo(p: &Path) {
+        let ok = std::process::Command::new("mkfifo")
+            .arg(p)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mkfifo {}", p.display());
+    }
+
+    /// `f` on its own thread; None if it has not returned within 3 s (the
+    /// thread is then left blocked: the test fails anyway).
+    fn within_3s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(3)).ok()
+    }
+
+    #[test]
+    fn a_file_swapped_after_the_walk_for_a_link_a_fifo_or_a_linked_folder_is_refused() {
+        // What the walk saw (a regular file inside the folder) is replaced
+        // before the open, as a racing attacker would (issue 11, item 1).
+        let t = TempDir::new("swap");
+        let outside = TempDir::new("swap-outside");
+        let root = fs::canonicalize(&t.0).unwrap();
+        let secret = put(&outside.0, "secret", b"the secret, outside the folder");
+        put(&outside.0, "sub/f", b"another secret");
+
+        // The last component became a symlink to a file outside.
+        let zzz = put(&root, "zzz", b"honest");
+        fs::remove_file(&zzz).unwrap();
+        std::os::unix::fs::symlink(&secret, &zzz).unwrap();
+        let why = open_candidate(&root, &zzz).err();
+        assert!(
+            why.as_ref().is_some_and(|w| w.contains("symbolic link")),
+            "{why:?}"
+        );
+
+        // A folder on the way became a symlink to a folder outside.
+        let f = put(&root, "sub/f", b"honest");
+        fs::remove_dir_all(root.join("sub")).unwrap();
+        std::os::unix::fs::symlink(outside.0.join("sub"), root.join("sub")).unwrap();
+        let why = open_candidate(&root, &f).err();
+        assert!(
+            why.as_ref().is_some_and(|w| w.contains("outside")),
+            "{why:?}"
+        );
+
+        // A FIFO: refused at once, not waited on.
+        let fifo = root.join("fifo");
+        mkfifo(&fifo);
+        let r = within_3s({
+            let (root, fifo) = (root.clone(), fifo.clone());
+            move || open_candidate(&root, &fifo).err()
+        });
+        let Some(why) = r else {
+            // Unblock the stuck open so the thread can end.
+            let _ = fs::OpenOptions::new().write(true).open(&fifo);
+            panic!("opening a FIFO blocked");
+        };
+        assert!(
+            why.as_ref()
+                .is_some_and(|w| w.contains("not a regular file")),
+            "{why:?}"
+        );
+    }
+
+    #[test]
+    fn a_symlink_swapped_in_during_scans_never_shares_the_target() {
+        // A thread keeps exchanging `zzz` with a symlink to a secret outside
+        // the folder while the folder is scanned over and over.
+        let t = TempDir::new("swaprace");
+        let outside = TempDir::new("swaprace-outside");
+        let secret = put(&outside.0, "secret", b"30 bytes of secret, not shared");
+        for i in 0..100 {
+            put(&t.0, &format!("f{i:03}"), &pattern(100, i as u8));
+        }
+        put(&t.0, "zzz", b"honest");
+        let link = outside.0.join("link");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let swapper = {
+            let (stop, zzz, link, hold) = (
+                Arc::clone(&stop),
+                t.0.join("zzz"),
+                link.clone(),
+                outside.0.join("hold"),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = fs::rename(&zzz, &hold);
+                    let _ = fs::rename(&link, &zzz);
+                    std::thread::yield_now();
+                    let _ = fs::rename(&zzz, &link);
+                    let _ = fs::rename(&hold, &zzz);
+                }
+            })
+        };
+        let secret_hash = chunks::sha1(&fs::read(&secret).unwrap());
+        let mut leaked = 0;
+        for _ in 0..40 {
+            let s = scan_dir(&t.0, &[], 1024, &no_progress()).unwrap();
+            leaked += s
+                .files
+                .iter()
+                .filter(|f| f.hashes().first() == Some(&secret_hash))
+                .count();
+        }
+        stop.store(true, Ordering::Relaxed);
+        swapper.join().unwrap();
+        assert_eq!(leaked, 0, "the secret was shared {leaked} time(s)");
+    }
+
+    #[test]
+    fn a_symlink_planted_at_the_cache_temporary_name_is_not_followed() {
+        // issue 11, item 2: `.p2pfs-hashes.tmp-<pid>` pointing at a file
+        // outside the folder must not be written through.
+        let t = TempDir::new("tmplink");
+        let outside = TempDir::new("tmplink-outside");
+        put(&t.0, "a", &pattern(5000, 3));
+        let victim = outside.0.join("victim");
+        fs::write(&victim, b"precious\n").unwrap();
+        let root = fs::canonicalize(&t.0).unwrap();
+        let tmp = root.join(format!("{HASH_CACHE_NAME}.tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        let s = scan_dir(&t.0, &[], 1024, &no_progress()).unwrap();
+        assert_eq!(names(&s), ["a"]);
+        assert_eq!(fs::read(&victim).unwrap(), b"precious\n");
+        // The cache was still written, as a regular file, and nothing is
+        // left at the temporary name.
+        let cache = fs::symlink_metadata(root.join(HASH_CACHE_NAME)).unwrap();
+        assert!(cache.file_type().is_file());
+        assert!(fs::symlink_metadata(&tmp).is_err());
+    }
+
+    #[test]
+    fn a_fifo_or_a_link_to_dev_zero_at_the_cache_name_neither_hangs_nor_reads_forever() {
+        // issue 11, item 3. The FIFO first: before the fix it blocks (and
+        // the link to /dev/zero would read until memory runs out).
+        let t = TempDir::new("cachefifo");
+        put(&t.0, "a", &pattern(3000, 4));
+        let cache = t.0.join(HASH_CACHE_NAME);
+        mkfifo(&cache);
+        let dir = t.0.clone();
+        let Some(s) = within_3s(move || scan_dir(&dir, &[], 1024, &no_progress()).unwrap()) else {
+            let _ = fs::OpenOptions::new().write(true).open(&cache); // unblock it
+            panic!("a FIFO at the cache name blocked the scan");
+        };
+        assert_eq!(names(&s), ["a"]);
+        // Treated as a bad cache: replaced by a real one.
+        assert!(fs::symlink_metadata(&cache).unwrap().file_type().is_file());
+
+        fs::remove_file(&cache).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &cache).unwrap();
+        let dir = t.0.clone();
+        let s = within_3s(move || scan_dir(&dir, &[], 1024, &no_progress()).unwrap())
+            .expect("a link to /dev/zero at the cache name is not read");
+        assert_eq!(names(&s), ["a"]);
+        assert!(fs::symlink_metadata(&cache).unwrap().file_type().is_file());
+        assert_eq!(
+            s.files[0].hashes(),
+            expected_hashes(&pattern(3000, 4), 1024)
+        );
+    }
+
+    #[test]
+    fn a_scanned_file_that_no_longer_matches_its_hashes_is_never_uploaded() {
+        // issue 11, item 6, second half.
+        let t = TempDir::new("upload");
+        let data = pattern(3000, 5);
+        let p = put(&t.0, "f", &data);
+        let s = scan_dir(&t.0, &[], 1024, &no_progress()).unwrap();
+        let f = &s.files[0];
+        let i = |n| f.geometry().index(n).unwrap();
+        let mut out = vec![0u8; 1024];
+        f.read_for_upload(i(0), &mut out).unwrap();
+        assert_eq!(out, data[..1024]);
+
+        // Changed in place after it was hashed, same size.
+        std::thread::sleep(Duration::from_millis(20));
+        fs::write(&p, pattern(3000, 6)).unwrap();
+        assert!(matches!(
+            f.read_for_upload(i(1), &mut out),
+            Err(UploadError::Changed)
+        ));
+        // Also a chunk that had already been sent once.
+        assert!(matches!(
+            f.read_for_upload(i(0), &mut out),
+            Err(UploadError::Changed)
+        ));
+        drop(s);
+
+        // A stale cache entry (the right key, the wrong hashes): the scan
+        // believes it, the first upload of each chunk does not.
+        let meta = fs::metadata(&p).unwrap();
+        let mut cache = Cache::new();
+        cache.insert(
+            "f".into(),
+            CacheEntry {
+                stamp: Stamp::of(&meta).unwrap(),
+                chunk_size: 1024,
+                hashes: expected_hashes(&data, 1024),
+            },
+        );
+        let root = fs::canonicalize(&t.0).unwrap();
+        store_cache(&root, &root.join(HASH_CACHE_NAME), &cache);
+        let s = scan_dir(&t.0, &[], 1024, &no_progress()).unwrap();
+        let f = &s.files[0];
+        assert_eq!(f.hashes(), &expected_hashes(&data, 1024)[..], "stale");
+        let mut last = vec![0u8; 3000 - 2048];
+        assert!(matches!(
+            f.read_for_upload(f.geometry().index(2).unwrap(), &mut last),
+            Err(UploadError::Changed)
+        ));
+
+        // A file that matches is uploaded, from the cache too.
+        fs::write(&p, &data).unwrap();
+        age(&p);
+        scan_dir(&t.0, &[], 1024, &no_progress()).unwrap(); // caches it
+        let s = scan_dir(&t.0, &[], 1024, &no_progress()).unwrap();
+        let f = &s.files[0];
+        for n in 0..3 {
+            let idx = f.geometry().index(n).unwrap();
+            let mut out = vec![0u8; f.geometry().chunk_len(idx) as usize];
+            f.read_for_upload(idx, &mut out).unwrap();
+            f.read_for_upload(idx, &mut out).unwrap();
+        }
+    }
+
+    #[test]
+    fn withdrawing_a_changed_file_removes_only_that_entry() {
+        let t = TempDir::new("withdraw");
+        put(&t.0, "f", &pattern(100, 1));
+        let idx = ShareIndex::new();
+        let old = Arc::new(
+            scan_dir(&t.0, &[], 1024, &no_progress())
+                .unwrap()
+                .files
+                .remove(0),
+        );
+        idx.insert(Arc::clone(&old));
+        let newer = Arc::new(
+            scan_dir(&t.0, &[], 1024, &no_progress())
+                .unwrap()
+                .files
+                .remove(0),
+        );
+        idx.insert(Arc::clone(&newer));
+        assert!(!idx.withdraw_changed(&old), "a newer entry stays");
+        assert!(idx.get("f").is_some());
+        assert!(idx.withdraw_changed(&newer));
+        assert!(idx.get("f").is_none());
     }
 
     #[test]

@@ -3,22 +3,26 @@
 //!
 //! Owns: the tracker's connection settings ([`TrackerConfig`]) and its
 //! per-connection handler: what each request does to the registry and what
-//! is answered. Accepting, caps, the Hello, timeouts, closing and shutdown
-//! are the skeleton's. A connection's peer is removed from the registry as
-//! soon as the connection ends for any reason: Leave, close, error, or
-//! silence past the idle timeout.
+//! is answered, and the rule "one endpoint, one live connection" (a
+//! Register for an endpoint held by another connection probes that one
+//! first, see `register` below). Accepting, caps, the Hello, timeouts, closing
+//! and shutdown are the skeleton's. A connection's peer is removed from the
+//! registry as soon as the connection ends for any reason (Leave, close,
+//! error, silence past the idle timeout, a failed probe), and the tracker
+//! never ends a registration without closing its connection.
 //!
-//! Calls `net` (the skeleton), `wire` (messages) and [`super::registry`]
-//! (state). The registry Mutex is held only around in-memory registry calls,
+//! Calls `net` (the skeleton), `wire` (messages), `limits`, `sync` and
+//! [`super::registry`] (state). The registry Mutex is held only around in-memory registry calls,
 //! never across a read or write, so a slow client cannot stall anyone else.
 
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use log::{debug, info};
+use log::{debug, info, warn};
 
 use super::registry::{ConnId, Registry};
 use crate::net::admission::Limits;
@@ -32,8 +36,11 @@ pub const KEEPALIVE_INTERVAL: Duration = wire::KEEPALIVE_INTERVAL;
 pub const IDLE_TIMEOUT: Duration = wire::TRACKER_IDLE_TIMEOUT;
 /// How long one write to a client may block before the client is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a probe looks for the probed connection's answer.
+const PROBE_POLL: Duration = Duration::from_millis(10);
 pub use crate::limits::{
-    HELLO_TIMEOUT, TRACKER_MAX_CONNECTIONS as MAX_CONNECTIONS, TRACKER_MAX_PER_IP as MAX_PER_IP,
+    HELLO_TIMEOUT, PROBE_TIMEOUT, TRACKER_MAX_CONNECTIONS as MAX_CONNECTIONS,
+    TRACKER_MAX_PER_IP as MAX_PER_IP,
 };
 
 /// Tracker settings; `Default` gives the documented production values.
@@ -183,11 +190,11 @@ impl Handler for State {
     fn request(
         &self,
         link: &Arc<Link>,
-        _live: &Live,
+        live: &Live,
         _conn: &mut (),
         m: Message,
     ) -> Result<Flow, WireError> {
-        let (reply, flow) = match handle(self, link.id(), link.remote(), m) {
+        let (reply, flow) = match handle(self, link, live, m) {
             Next::Reply(m) => (Some(m), Flow::Continue),
             Next::Silent => (None, Flow::Continue),
             Next::Close(m) => (Some(m), Flow::Close),
@@ -223,10 +230,11 @@ enum Next {
     Close(Message),
 }
 
-fn handle(shared: &State, id: ConnId, remote: SocketAddr, m: Message) -> Next {
+fn handle(shared: &State, link: &Link, live: &Live, m: Message) -> Next {
+    let (id, remote) = (link.id(), link.remote());
     match m {
         Message::Keepalive => Next::Silent,
-        Message::Register { endpoint, files } => register(shared, id, remote, endpoint, files),
+        Message::Register { endpoint, files } => register(shared, link, live, endpoint, files),
         Message::ChunkRegister { name, index } => {
             match shared.registry().chunk_register(id, &name, index) {
                 Ok(()) => Next::Reply(Message::Ok),
@@ -254,13 +262,23 @@ fn handle(shared: &State, id: ConnId, remote: SocketAddr, m: Message) -> Next {
 }
 
 /// Register: binds the connection to its endpoint and adds its files.
+///
+/// An endpoint already bound to another connection is taken over only if
+/// that connection fails a liveness probe ([`probe`]): a live registration
+/// can never be removed or replaced by somebody else (e.g. another process
+/// on the same host announcing the same port), while a peer whose old
+/// connection died half-open gets its endpoint back within
+/// [`PROBE_TIMEOUT`]. A Register refused this way is answered
+/// `Error{Busy}` as a whole (no file is added, the endpoint is not bound)
+/// and the connection stays open.
 fn register(
     shared: &State,
-    id: ConnId,
-    remote: SocketAddr,
+    link: &Link,
+    live: &Live,
     endpoint: SocketAddr,
     files: Vec<wire::FileEntry>,
 ) -> Next {
+    let id = link.id();
     if endpoint.port() == 0 {
         return Next::Reply(Message::error(
             ErrorCode::Malformed,
@@ -269,17 +287,40 @@ fn register(
     }
     // Trust the address the connection comes from, not the announced
     // one: a peer must not point the swarm at somebody else's host.
-    let observed = SocketAddr::new(remote.ip().to_canonical(), endpoint.port());
+    let observed = SocketAddr::new(link.remote().ip().to_canonical(), endpoint.port());
     if endpoint.ip() != observed.ip() && !endpoint.ip().is_unspecified() {
         debug!(
             "connection {id}: announced {endpoint}, recording {observed} (the address it connects from)"
         );
     }
-    let n = files.len();
-    let (results, evicted) = shared.registry().register(id, observed, files);
-    if let Some(old) = evicted {
-        info!("peer {observed} reconnected; dropped its stale connection {old}");
+    let holder = shared.registry().holder(observed).filter(|&h| h != id);
+    if let Some(other) = holder {
+        if probe(live, other) {
+            warn!(
+                "connection {id} from {}: Register for {observed} refused: \
+                 connection {other} holds it and answered the probe",
+                link.remote()
+            );
+            return Next::Reply(endpoint_in_use(observed));
+        }
+        info!("peer {observed}: connection {other} did not answer the probe; closing it");
+        if let Some(l) = live.get(other) {
+            l.close();
+        }
     }
+    let n = files.len();
+    let mut registry = shared.registry();
+    match registry.holder(observed) {
+        // Found dead above (its own thread may not have removed it yet).
+        Some(h) if Some(h) == holder => {
+            registry.remove_peer(h);
+        }
+        // Somebody else bound it while we probed.
+        Some(h) if h != id => return Next::Reply(endpoint_in_use(observed)),
+        _ => {}
+    }
+    let (results, _) = registry.register(id, observed, files);
+    drop(registry);
     let refused = results
         .iter()
         .filter(|r| !matches!(r, wire::FileOutcome::Accepted))
@@ -294,6 +335,41 @@ fn register(
         }
     );
     Next::Reply(Message::RegisterReply { results })
+}
+
+fn endpoint_in_use(endpoint: SocketAddr) -> Message {
+    Message::error(
+        ErrorCode::Busy,
+        format!("endpoint {endpoint} is registered by another connection that is still alive"),
+    )
+}
+
+/// Is connection `id` alive? Sends it a Keepalive, which a registered peer
+/// must answer (with a Keepalive, or any other frame) within
+/// [`PROBE_TIMEOUT`]. Any frame received after the probe was sent counts,
+/// and so does a request of its own being handled meanwhile (its thread
+/// reads nothing while it handles one, e.g. while it probes somebody
+/// else). A connection that is gone, cannot be written to, or stays silent
+/// is not alive.
+fn probe(live: &Live, id: ConnId) -> bool {
+    let Some(link) = live.get(id) else {
+        return false;
+    };
+    let before = link.received();
+    if link.send(&Message::Keepalive).is_err() {
+        return false;
+    }
+    let deadline = Instant::now() + PROBE_TIMEOUT;
+    while Instant::now() < deadline {
+        thread::sleep(PROBE_POLL);
+        if link.received() > before || link.is_busy() {
+            return true;
+        }
+        if live.get(id).is_none() {
+            return false;
+        }
+    }
+    false
 }
 
 /// Locate: a sample of the sources of `name`, with its hashes if asked.

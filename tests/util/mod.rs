@@ -292,6 +292,20 @@ pub fn seed(tracker: SocketAddr, dir: &Path, limit: Option<u64>) -> Node {
     start_node(tracker, scan.files, limit, "seed")
 }
 
+/// A lying source: shares `name` in `dir` announced with the hashes of
+/// `data` while the file holds other bytes of the same length. Built
+/// without the scan, so it does not check its own bytes before sending
+/// (an honest `peer share` would notice and refuse): what a broken or
+/// malicious peer does. No upload limit; registered when it returns.
+pub fn liar(tracker: SocketAddr, dir: &Path, name: &str, data: &[u8]) -> Node {
+    let p = write(dir, name, &pattern(data.len(), 99));
+    let g = chunks::Geometry::new(data.len() as u64, CHUNK).expect("geometry");
+    let hashes = data.chunks(CHUNK as usize).map(chunks::sha1).collect();
+    let file = fs::File::open(&p).expect("open liar's file");
+    let f = SharedFile::complete(name.into(), p, file, g, hashes);
+    start_node(tracker, vec![f], None, "liar")
+}
+
 /// A node that shares nothing yet (it serves what it downloads), with no
 /// upload limit; registered when it returns.
 pub fn downloader(tracker: SocketAddr) -> Node {
@@ -385,4 +399,28 @@ pub fn get_command(t: SocketAddr, name: &str, dir: &Path) -> Command {
 /// Runs [`get_command`] to the end; its exit status and output.
 pub fn peer_get(t: SocketAddr, name: &str, dir: &Path) -> Output {
     get_command(t, name, dir).output().unwrap()
+}
+
+/// The bytes of a download's saved bitmap (`KEY.part.have`) in the layout
+/// that `p2pfs::peer::download::partfile` documents: magic, content
+/// identity, bitmap, name, name length.
+pub fn saved_bitmap(id: &[u8; 20], bitmap: &[u8], name: &str) -> Vec<u8> {
+    let mut have = b"P2PFHAVE".to_vec();
+    have.extend_from_slice(id);
+    have.extend_from_slice(bitmap);
+    have.extend_from_slice(name.as_bytes());
+    have.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    have
+}
+
+/// Leaves in `dir` what an interrupted download of `name` leaves: its
+/// `.part` and its saved bitmap in the work folder. The identity is zeros:
+/// enough to be listed as unfinished, never enough to be trusted for a
+/// resume.
+pub fn plant_unfinished(dir: &Path, name: &str) {
+    let part = p2pfs::peer::download::part_path(dir, name);
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+    std::fs::write(&part, b"left by an earlier run").unwrap();
+    let have = saved_bitmap(&[0; 20], &[0], name);
+    std::fs::write(p2pfs::peer::download::have_path(dir, name), have).unwrap();
 }

@@ -6,8 +6,9 @@
 //! `.part`, run the engine, move the result into place and serve it.
 //!
 //! ```text
-//!             locations (every ~1.5 s, and when a worker runs dry)
-//!  tracker ─────────────────────────────┐
+//!           locations (asked every ~1.5 s, and when a worker runs dry;
+//!           a silent tracker costs the locator thread, never the rest)
+//!  tracker ◄──► locator ────────────────┐
 //!                                       ▼
 //!                              ┌─ coordinator (caller's thread) ─┐
 //!                              │ sources, availability, progress │
@@ -26,11 +27,13 @@
 //! ```
 //!
 //! One file per concern:
-//! - `partfile`: `NAME.part` / `NAME.part.have` (format, identity, resume
-//!   verification, finishing into place) and [`partfile::is_artifact`].
+//! - `partfile`: the unfinished file and its saved bitmap in `.p2pfs/`
+//!   (format, identity, resume verification, finishing into place) and
+//!   [`partfile::is_artifact`].
 //! - `engine`: the state the threads share, their messages, and starting
 //!   and joining the threads.
-//! - `coordinator`: sources, availability, refresh, workers, giving up.
+//! - `coordinator`: sources, availability, workers, giving up.
+//! - `locator`: location refreshes from the tracker, on their own thread.
 //! - `worker`: one source's connection.
 //! - `assembler`: writing, marking held, registering, saving, flushing.
 //! - `rate`: the rate shown in progress displays.
@@ -44,6 +47,7 @@
 mod assembler;
 mod coordinator;
 mod engine;
+mod locator;
 pub mod partfile;
 mod rate;
 mod worker;
@@ -67,10 +71,13 @@ use engine::Engine;
 use partfile::Paths;
 
 pub use crate::limits::{
-    GIVE_UP_AFTER, MAX_ACTIVE_SOURCES, MAX_HASH_FAILURES, PIPELINE_DEPTH, REFRESH_INTERVAL,
+    GIVE_UP_AFTER, MAX_ACTIVE_SOURCES, MAX_HASH_FAILURES, NEW_SOURCE_TIMEOUT, PIPELINE_DEPTH,
+    REFRESH_INTERVAL,
 };
 pub use coordinator::list_indices;
-pub use partfile::{HAVE_SUFFIX, PART_SUFFIX};
+pub use partfile::{
+    HAVE_SUFFIX, PART_SUFFIX, WORK_DIR, have_path, is_artifact, part_path, unfinished,
+};
 
 /// Tunables; `Default` gives the documented values.
 #[derive(Debug, Clone)]
@@ -79,6 +86,9 @@ pub struct DownloadOptions {
     pub refresh_interval: Duration,
     /// A source that leaves a request unanswered this long is dropped.
     pub io_timeout: Duration,
+    /// A source that has not delivered to this download yet must accept
+    /// and answer Hello within this long.
+    pub new_source_timeout: Duration,
     pub max_hash_failures: u32,
     pub give_up_after: Duration,
     /// Wait before reconnecting to a source whose connection failed.
@@ -91,6 +101,7 @@ impl Default for DownloadOptions {
             pipeline_depth: PIPELINE_DEPTH,
             refresh_interval: REFRESH_INTERVAL,
             io_timeout: client::IO_TIMEOUT,
+            new_source_timeout: NEW_SOURCE_TIMEOUT,
             max_hash_failures: MAX_HASH_FAILURES,
             give_up_after: GIVE_UP_AFTER,
             retry_after: Duration::from_secs(2),
@@ -135,6 +146,8 @@ pub struct SourceStats {
     pub addr: SocketAddr,
     pub bytes: u64,
     pub chunks: u32,
+    /// Strikes: chunks it sent that failed verification (hash, length, or
+    /// not the chunk asked).
     pub hash_failures: u32,
     /// Why it was dropped, if it was.
     pub dropped: Option<String>,
@@ -196,7 +209,8 @@ pub fn download(
     if paths.final_path.exists() {
         return already_there(ctx, name, &paths, d, started);
     }
-    let (file, have) = partfile::open(&paths, d.geometry, &d.hashes)?;
+    // Held until this function returns, whatever happens.
+    let (file, have, _lock) = partfile::open(&paths, d.geometry, &d.hashes, ctx.cancel)?;
     let resumed = have.count_ones();
     if resumed > 0 {
         info!(
@@ -228,6 +242,11 @@ pub fn download(
         return Err(PeerError::io("write", &paths.part, e));
     }
     put_in_place(ctx, name, &paths, &shared, d.hashes)?;
+    if d.geometry.count() == 0 {
+        // An empty file has no chunk to register one by one: register the
+        // file, so this peer is listed (and seeds it) like any holder.
+        (ctx.on_file)(name);
+    }
     summary.elapsed = started.elapsed();
     Ok(summary)
 }
@@ -240,7 +259,7 @@ fn describe(tracker: &mut Conn, addr: SocketAddr, name: &str) -> Result<Describe
             code: ErrorCode::UnknownFile,
             ..
         }) => {
-            return Err(PeerError::Download(format!(
+            return Err(PeerError::NotFound(format!(
                 "no file named {name:?} on the network"
             )));
         }
@@ -290,7 +309,7 @@ fn already_there(
     d: Described,
     started: Instant,
 ) -> Result<Summary> {
-    let file = partfile::open_finished(paths, name, d.geometry, &d.hashes)?;
+    let file = partfile::open_finished(paths, name, d.geometry, &d.hashes, ctx.cancel)?;
     let p = &paths.final_path;
     ctx.share.insert(Arc::new(SharedFile::complete(
         name.to_owned(),

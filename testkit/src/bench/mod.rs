@@ -10,6 +10,7 @@
 //! Used by `examples/bench.rs` (the command) and by `tests/bench_quick.rs`
 //! (the same code in `--quick` mode, so it cannot rot).
 
+pub mod chunks;
 pub mod memory;
 pub mod plot;
 pub mod private;
@@ -36,13 +37,14 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("memory", memory::SCENARIO),
     ("register", register::SCENARIO),
     ("tracker", tracker_load::SCENARIO),
+    ("chunks", chunks::SCENARIO),
     ("private", private::SCENARIO),
 ];
 
 const USAGE: &str = "\
 usage: bench [--quick] [--reps N] [--bin-dir DIR] [--plot FILE.svg] SCENARIO...
 
-SCENARIO: all, or any of: single multi flash memory register tracker private
+SCENARIO: all, or any of: single multi flash memory register tracker chunks private
   --quick      small files and short runs (what the test suite runs)
   --reps N     repetitions per measurement, the median is reported (default 3)
   --bin-dir D  folder holding the tracker and peer binaries
@@ -204,6 +206,7 @@ pub fn run(args: &[String], out: &mut dyn Write) -> R<Vec<Row>> {
             "memory" => memory::run(&mut ctx, &mut rows),
             "register" => register::run(&mut ctx, &mut rows),
             "tracker" => tracker_load::run(&mut ctx, &mut rows),
+            "chunks" => chunks::run(&mut ctx, &mut rows),
             "private" => private::run(&mut ctx, &mut rows),
             _ => Ok(()),
         };
@@ -410,6 +413,42 @@ impl SeedProc {
         proc.wait_line(Stream::Out, "registered", STARTUP)?;
         Ok(SeedProc { proc, addr, ready })
     }
+}
+
+/// A fresh folder beside `dir` holding hard links to everything in it
+/// (copies where linking fails), for one more seed of the same files:
+/// `peer share` refuses a folder that another one shares.
+pub fn own_folder(dir: &Path) -> R<std::path::PathBuf> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("share");
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let own = dir.with_file_name(format!("{name}-seed{n}"));
+    let _ = std::fs::remove_dir_all(&own);
+    link_tree(dir, &own)?;
+    Ok(own)
+}
+
+fn link_tree(from: &Path, to: &Path) -> R<()> {
+    link_tree_io(from, to)
+        .map_err(|e| format!("linking {} to {}: {e}", from.display(), to.display()))
+}
+
+fn link_tree_io(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_name() == p2pfs::peer::share::LOCK_FILE_NAME {
+            continue; // the other seed's lock: not ours
+        }
+        if e.file_type()?.is_dir() {
+            link_tree_io(&src, &dst)?;
+        } else if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
 }
 
 /// Starts `peer get NAME` into `dir`.

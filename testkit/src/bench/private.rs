@@ -1,4 +1,4 @@
-//! Scenario 7: a private network (issue 12), measured against the open
+//! Scenario 8: a private network (issue 12), measured against the open
 //! network in the same run.
 //!
 //! Single source, no limit, 1 GiB: two trackers and two seeds of the same
@@ -22,7 +22,7 @@ use snow::resolvers::{CryptoResolver, DefaultResolver, FallbackResolver, RingRes
 use super::util::{GIB, MIB, R, Scratch, Stream, clear_dir, median, rate, size, write_file};
 use super::{Ctx, Row, SeedProc, TrackerProc, single, spawn_get, swarm};
 
-pub const SCENARIO: &str = "7 private network";
+pub const SCENARIO: &str = "8 private network";
 
 /// One download: (seconds, downloader CPU s, seed CPU s).
 type Measured = (f64, f64, f64);
