@@ -55,6 +55,12 @@ impl Conn {
         self.0.addr()
     }
 
+    /// Whether received bytes wait in the read buffer (see
+    /// [`net::client::Conn::has_buffered`]).
+    pub fn has_buffered(&self) -> bool {
+        self.0.has_buffered()
+    }
+
     /// The underlying stream (for local_addr, shutdown, timeouts).
     pub fn stream(&self) -> &TcpStream {
         self.0.stream()

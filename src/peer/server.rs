@@ -109,6 +109,8 @@ impl ChunkServer {
                 max_total: cfg.max_connections,
                 max_per_ip: cfg.max_per_ip,
             },
+            // Requests are at most PEER_MAX_REQUEST_LEN: no budget needed.
+            frame_budget: None,
         };
         let shared = Arc::new(Shared {
             share,
@@ -157,6 +159,9 @@ impl Drop for ChunkServer {
 impl Handler for Shared {
     /// The connection's chunk buffer, reused for its whole life.
     type Conn = Vec<u8>;
+
+    /// A `ChunkRequest` with the longest name: nothing longer is read.
+    const MAX_REQUEST_LEN: u32 = crate::limits::PEER_MAX_REQUEST_LEN;
 
     fn request(
         &self,

@@ -50,6 +50,9 @@ const COMMAND_QUEUE: usize = 4096;
 /// must answer a probe well within the tracker's 1 s probe timeout
 /// (`limits::PROBE_TIMEOUT`), or lose its endpoint to whoever announced it.
 const LIVENESS_POLL: Duration = Duration::from_millis(250);
+/// Most frames one idle check reads before answering (a tracker sends at
+/// most one probe at a time; this only bounds one check's work).
+const MAX_PROBES_PER_CHECK: usize = 4096;
 /// Shortest time between two re-registers of overflowed files.
 const OVERFLOW_INTERVAL: Duration = Duration::from_secs(1);
 /// Bytes per second of Register that re-registering overflowed files may
@@ -315,14 +318,28 @@ impl Link {
     /// keepalive timer.
     ///
     /// A Keepalive arriving first is the tracker's liveness probe (sent
-    /// when another connection registers our endpoint): it is answered at
-    /// once and the reply is still awaited.
+    /// when another connection registers our endpoint): it is answered
+    /// once the read buffer holds no more frames (one Keepalive answers a
+    /// batch of probes) and the reply is still awaited. Frames that arrive
+    /// behind the reply are left for [`Worker::check_open`].
     fn request(&mut self, m: &Message) -> Result<Message> {
         self.last_send = Instant::now();
         self.conn.send(m)?;
+        let mut owed = false;
         loop {
-            match self.conn.recv()? {
-                Message::Keepalive => self.conn.send(&Message::Keepalive)?,
+            let got = self.conn.recv()?;
+            if got == Message::Keepalive {
+                owed = true;
+                if !self.conn.has_buffered() {
+                    self.conn.send(&Message::Keepalive)?;
+                    owed = false;
+                }
+                continue;
+            }
+            if owed {
+                self.conn.send(&Message::Keepalive)?;
+            }
+            match got {
                 Message::Error { code, message } => {
                     return Err(PeerError::Refused {
                         who: self.conn.addr().to_string(),
@@ -694,36 +711,32 @@ impl Worker {
             .map_err(|e| e.to_string())
     }
 
-    /// Peeks without blocking. The tracker speaks unasked only to probe
-    /// (a Keepalive, answered here with a Keepalive) or to say why it
-    /// closes (an Error), so anything else readable means the connection is
-    /// over.
+    /// Reads every frame that has arrived: those already in the
+    /// connection's read buffer (a peek at the socket does not see them)
+    /// and those the socket has, without waiting for more. The tracker
+    /// speaks unasked only to probe (a Keepalive) or to say why it closes
+    /// (an Error), so anything else means the connection is over. However
+    /// many probes were read, one Keepalive answers them all.
     fn check_open(&self, link: &mut Link) -> Result<(), Lost> {
-        let stream = link.conn.stream();
-        let mut byte = [0u8; 1];
-        stream
-            .set_nonblocking(true)
-            .map_err(|e| format!("cannot poll the tracker connection: {e}"))?;
-        let peeked = stream.peek(&mut byte);
-        stream
-            .set_nonblocking(false)
-            .map_err(|e| format!("cannot poll the tracker connection: {e}"))?;
-        match peeked {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) => Err(e.to_string()),
-            Ok(0) => Err("the tracker closed the connection".into()),
-            Ok(_) => match link.conn.recv() {
-                Ok(Message::Keepalive) => link
-                    .conn
-                    .send(&Message::Keepalive)
-                    .map_err(|e| e.to_string()),
+        let mut probes = 0usize;
+        while probes < MAX_PROBES_PER_CHECK
+            && (link.conn.has_buffered() || readable(link.conn.stream())?)
+        {
+            match link.conn.recv() {
+                Ok(Message::Keepalive) => probes += 1,
                 Ok(Message::Error { code, message }) => {
-                    Err(format!("the tracker said: {code}: {message}"))
+                    return Err(format!("the tracker said: {code}: {message}"));
                 }
-                Ok(other) => Err(format!("the tracker sent an unasked {}", other.kind())),
-                Err(e) => Err(e.to_string()),
-            },
+                Ok(other) => return Err(format!("the tracker sent an unasked {}", other.kind())),
+                Err(e) => return Err(e.to_string()),
+            }
         }
+        if probes > 0 {
+            link.conn
+                .send(&Message::Keepalive)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     fn leave(&self, link: &mut Link) {
@@ -786,6 +799,25 @@ impl Worker {
         {
             debug!("session event dropped (listener full or gone)");
         }
+    }
+}
+
+/// Whether the socket has bytes to read (or has been closed: an error),
+/// without waiting.
+fn readable(stream: &std::net::TcpStream) -> Result<bool, Lost> {
+    let mut byte = [0u8; 1];
+    stream
+        .set_nonblocking(true)
+        .map_err(|e| format!("cannot poll the tracker connection: {e}"))?;
+    let peeked = stream.peek(&mut byte);
+    stream
+        .set_nonblocking(false)
+        .map_err(|e| format!("cannot poll the tracker connection: {e}"))?;
+    match peeked {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e.to_string()),
+        Ok(0) => Err("the tracker closed the connection".into()),
+        Ok(_) => Ok(true),
     }
 }
 
@@ -1179,6 +1211,99 @@ mod tests {
         assert_eq!(read(), Message::Leave);
         wire::write_message(&mut w, &Message::Ok).unwrap();
         leaving.join().unwrap();
+    }
+
+    /// Accepts the session's connection on `listener`, answers its Hello
+    /// and reads its first Register: (reader, writer).
+    fn fake_greeted(listener: &TcpListener) -> (std::io::BufReader<TcpStream>, TcpStream) {
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut r = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut w = stream;
+        assert!(matches!(
+            wire::read_message(&mut r).unwrap().unwrap(),
+            Message::Hello { .. }
+        ));
+        let hello = Message::Hello {
+            version: wire::PROTOCOL_VERSION,
+        };
+        wire::write_message(&mut w, &hello).unwrap();
+        assert!(matches!(
+            wire::read_message(&mut r).unwrap().unwrap(),
+            Message::Register { .. }
+        ));
+        (r, w)
+    }
+
+    /// Review 1, finding 2: a probe that arrives in the same segment as a
+    /// reply lands in the connection's read buffer with it; the idle check
+    /// must find it there (a peek at the socket does not) and answer it
+    /// within the probe timeout.
+    #[test]
+    fn answers_a_probe_that_arrives_right_after_a_reply() {
+        use std::io::Write;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let share = index(&[complete("full.bin", 3000)]);
+        let addr = listener.local_addr().unwrap();
+        let s = TrackerSession::start(addr, 4321, Arc::clone(&share), fast(), None).unwrap();
+        let (mut r, mut w) = fake_greeted(&listener);
+        // The reply and, right behind it, a probe: one write, one segment.
+        let mut both = Vec::new();
+        Message::RegisterReply {
+            results: vec![FileOutcome::Accepted],
+        }
+        .encode(&mut both)
+        .unwrap();
+        Message::Keepalive.encode(&mut both).unwrap();
+        let t = Instant::now();
+        w.write_all(&both).unwrap();
+        w.set_read_timeout(Some(crate::limits::PROBE_TIMEOUT))
+            .unwrap();
+        let got = wire::read_message(&mut r);
+        assert!(
+            matches!(got, Ok(Some(Message::Keepalive))),
+            "probe not answered within {:?}: {got:?} after {:?}",
+            crate::limits::PROBE_TIMEOUT,
+            t.elapsed()
+        );
+        drop(s);
+    }
+
+    /// Review 1, finding 3: a batch of probes that arrived together is read
+    /// at once and answered with one Keepalive, so no backlog builds up.
+    #[test]
+    fn a_batch_of_probes_is_answered_with_one_keepalive() {
+        use std::io::Write;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let share = index(&[complete("full.bin", 3000)]);
+        let addr = listener.local_addr().unwrap();
+        let s = TrackerSession::start(addr, 4321, Arc::clone(&share), fast(), None).unwrap();
+        let (mut r, mut w) = fake_greeted(&listener);
+        let reply = Message::RegisterReply {
+            results: vec![FileOutcome::Accepted],
+        };
+        wire::write_message(&mut w, &reply).unwrap();
+        wait_until("connected", || s.is_connected());
+        let mut probes = Vec::new();
+        for _ in 0..500 {
+            Message::Keepalive.encode(&mut probes).unwrap();
+        }
+        w.write_all(&probes).unwrap();
+        w.set_read_timeout(Some(crate::limits::PROBE_TIMEOUT))
+            .unwrap();
+        assert_eq!(
+            wire::read_message(&mut r).unwrap(),
+            Some(Message::Keepalive)
+        );
+        // Nothing more: the session's own keepalive comes only after
+        // `fast().keepalive` of silence.
+        w.set_read_timeout(Some(Duration::from_millis(600)))
+            .unwrap();
+        match wire::read_message(&mut r) {
+            Err(e) if e.is_timeout() => {}
+            other => panic!("more than one answer: {other:?}"),
+        }
+        drop(s);
     }
 
     #[test]
