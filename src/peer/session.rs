@@ -1303,6 +1303,20 @@ mod tests {
             Err(e) if e.is_timeout() => {}
             other => panic!("more than one answer: {other:?}"),
         }
+        // No backlog is left to be answered at the next request either.
+        s.chunk_registered("full.bin", 0);
+        w.set_read_timeout(Some(WAIT)).unwrap();
+        assert!(matches!(
+            wire::read_message(&mut r).unwrap(),
+            Some(Message::ChunkRegister { .. })
+        ));
+        wire::write_message(&mut w, &Message::Ok).unwrap();
+        w.set_read_timeout(Some(Duration::from_millis(600)))
+            .unwrap();
+        match wire::read_message(&mut r) {
+            Err(e) if e.is_timeout() => {}
+            other => panic!("a backlog of probes was answered: {other:?}"),
+        }
         drop(s);
     }
 
