@@ -3,7 +3,8 @@
 //! of a long frame is alive; a flood of Registers for one endpoint costs
 //! its holder about one probe per quiet period; a probe never waits behind
 //! a reply being written; the chunk server refuses a frame larger than any
-//! request on its header alone; the tracker's budget for large frames.
+//! request on its header alone; the tracker's budget for large frames; a
+//! file withdrawn because it changed on disk is withdrawn at the tracker.
 
 mod util;
 
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use p2pfs::net::budget::BudgetLimits;
 use p2pfs::tracker::{TrackerConfig, server::PROBE_QUIET};
 use p2pfs::wire::{self, ErrorCode, FileEntry, Have, Message};
-use util::{Client, tracker, tracker_with, with_timeout};
+use util::{Client, Scratch, pattern, seed, tracker, tracker_with, wait_until, with_timeout};
 
 fn code(m: &Message) -> Option<ErrorCode> {
     match m {
@@ -338,5 +339,51 @@ fn the_tracker_budgets_large_frames_per_address() {
         assert!(matches!(a.recv(), Some(Message::RegisterReply { .. })));
         let mut b = Client::connect(t.local_addr());
         assert!(matches!(b.request(&b_msg), Message::RegisterReply { .. }));
+    });
+}
+
+fn listed(c: &mut Client) -> Vec<String> {
+    match c.request(&Message::ListFiles) {
+        Message::FileList { files, .. } => files.into_iter().map(|f| f.name).collect(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Review 1, finding 6: a sharer that finds a file changed on disk (its
+/// bytes no longer match the hashes it announced) answers `NotHeld`, stops
+/// serving it and withdraws it at the tracker, so it is neither listed nor
+/// located from that peer any more; its other files stay.
+#[test]
+fn a_file_that_changed_on_disk_is_withdrawn_at_the_tracker() {
+    with_timeout(60, || {
+        let t = tracker();
+        let dir = Scratch::new("changed");
+        let data = pattern(100_000, 3);
+        let path = util::write(dir.path(), "f.bin", &data);
+        util::write(dir.path(), "g.bin", &pattern(1000, 4));
+        let s = seed(t.local_addr(), dir.path(), None);
+        let mut q = Client::connect(t.local_addr());
+        assert_eq!(listed(&mut q), ["f.bin", "g.bin"]);
+        // Same size, other bytes.
+        let mut other = data.clone();
+        other[10] ^= 0xff;
+        std::fs::write(&path, &other).unwrap();
+        let mut c = Client::connect(s.local_addr());
+        let m = c.request(&Message::ChunkRequest {
+            name: "f.bin".into(),
+            index: 0,
+        });
+        assert_eq!(code(&m), Some(ErrorCode::NotHeld), "{m:?}");
+        let started = Instant::now();
+        wait_until(5, "f.bin withdrawn at the tracker", || {
+            listed(&mut q) == ["g.bin"]
+        });
+        eprintln!("withdrawn after {:?}", started.elapsed());
+        let m = q.request(&Message::Locate {
+            name: "f.bin".into(),
+            with_hashes: false,
+        });
+        assert_eq!(code(&m), Some(ErrorCode::UnknownFile), "{m:?}");
+        assert!(s.is_connected());
     });
 }

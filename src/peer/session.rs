@@ -3,7 +3,9 @@
 //! Owns: the "tracker-session" thread and everything sent on that
 //! connection: Register (at connect, for files added later, and for a
 //! download's first chunk), ChunkRegister for each newly verified chunk,
-//! Keepalive when idle, and Leave at shutdown. Also owns the reconnect policy
+//! Keepalive when idle, the withdrawal of files the share index dropped
+//! because they changed on disk (a Register with an all-zero bitmap), and
+//! Leave at shutdown. Also owns the reconnect policy
 //! (exponential backoff) and which files the tracker accepted on the current
 //! connection.
 //!
@@ -461,8 +463,10 @@ impl Worker {
             overflow_due: Instant::now(),
         };
         // Updates that could not be queued are covered by the full
-        // registration below, which reads every bitmap now.
+        // registration below, which reads every bitmap now; files withdrawn
+        // so far are no longer in the index, so they are not registered.
         drop(mem::take(&mut *lock(&self.overflow)));
+        drop(self.share.take_withdrawn());
         let files: Vec<Arc<SharedFile>> = self
             .share
             .files()
@@ -481,6 +485,9 @@ impl Worker {
                 return End::Leave;
             }
             if let Err(why) = self.flush_overflow(link) {
+                return End::Lost(why);
+            }
+            if let Err(why) = self.withdraw(link) {
                 return End::Lost(why);
             }
             let idle = link
@@ -697,6 +704,32 @@ impl Worker {
         let pause = Duration::from_millis(bytes.saturating_mul(1000) / OVERFLOW_RATE);
         link.overflow_due = now + pause.max(OVERFLOW_INTERVAL);
         self.register_names(link, names)
+    }
+
+    /// Withdraws at the tracker the files the share index dropped because
+    /// they changed on disk: each is registered again with an all-zero
+    /// bitmap, which replaces ours, so the tracker no longer gives this
+    /// peer as a source of it (and no longer lists it, if nobody else holds
+    /// it). A file with no chunks cannot be withdrawn this way (it is a
+    /// source of itself) and is never found changed.
+    fn withdraw(&self, link: &mut Link) -> Result<(), Lost> {
+        for f in self.share.take_withdrawn() {
+            let name = f.name();
+            if !link.registered.contains(name) || self.share.get(name).is_some() {
+                continue; // never registered here, or shared again since
+            }
+            let mut entry = f.to_entry();
+            let count = f.geometry().count() as usize;
+            if count == 0 {
+                continue;
+            }
+            entry.have = wire::Have::Some(vec![0; count.div_ceil(8)]);
+            let mut out = Outcome::default();
+            self.send_register(link, vec![entry], &mut out)?;
+            link.registered.remove(name);
+            info!("withdrew {name} at tracker {}", self.tracker);
+        }
+        Ok(())
     }
 
     /// Checks that the tracker has not closed the connection, then sends a
