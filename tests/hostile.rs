@@ -387,3 +387,43 @@ fn a_file_that_changed_on_disk_is_withdrawn_at_the_tracker() {
         assert!(s.is_connected());
     });
 }
+
+/// Review 1, finding 8a (docs/protocol.md §9): a connection bound to one
+/// endpoint that is refused `Busy` for another keeps its own endpoint and
+/// files: nothing about it changes.
+#[test]
+fn a_refused_rebind_leaves_the_connection_as_it_was() {
+    with_timeout(30, || {
+        let t = tracker();
+        let ep = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let mut a = Client::connect(t.local_addr());
+        assert!(matches!(
+            a.request(&register(ep(40_351), vec![])),
+            Message::RegisterReply { .. }
+        ));
+        let mut b = Client::connect(t.local_addr());
+        let mine = util::entry("rb-b", &pattern(5000, 5));
+        assert!(matches!(
+            b.request(&register(ep(40_352), vec![mine])),
+            Message::RegisterReply { .. }
+        ));
+        // A was heard from just now: alive without a probe.
+        let m = b.request(&register(ep(40_351), vec![]));
+        assert_eq!(code(&m), Some(ErrorCode::Busy), "{m:?}");
+        let m = b.request(&Message::ChunkRegister {
+            name: "rb-b".into(),
+            index: 0,
+        });
+        assert_eq!(m, Message::Ok);
+        match b.request(&Message::Locate {
+            name: "rb-b".into(),
+            with_hashes: false,
+        }) {
+            Message::Locations(l) => {
+                let addrs: Vec<SocketAddr> = l.sources.iter().map(|s| s.addr).collect();
+                assert_eq!(addrs, [ep(40_352)]);
+            }
+            other => panic!("{other:?}"),
+        }
+    });
+}

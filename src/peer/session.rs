@@ -45,8 +45,9 @@ use crate::wire::{self, ErrorCode, FileEntry, FileOutcome, Message};
 /// chunks (a fast download) never fills it while the tracker is answering.
 const COMMAND_QUEUE: usize = 4096;
 /// How often an idle connection is checked for having been closed by the
-/// tracker, or for the tracker's liveness probe (a non-blocking peek;
-/// nothing is sent unless a probe is there to answer). Without it a peer
+/// tracker, or for the tracker's liveness probes (frames already in the
+/// read buffer, then a non-blocking peek at the socket; nothing is sent
+/// unless a probe is there to answer). Without it a peer
 /// with nothing to say would notice a tracker restart only at its next
 /// keepalive, up to 10 s later, and stay unregistered that long; and it
 /// must answer a probe well within the tracker's 1 s probe timeout
