@@ -559,7 +559,7 @@ fn serve<H: Handler>(shared: &Shared<H>, link: &Arc<Link>, stream: TcpStream) ->
         if shared.stopping.load(Ordering::Relaxed) {
             return End::Stopped;
         }
-        let (m, charge) = match next_request::<H>(shared, link, &mut reader, idle) {
+        let (m, charge) = match next_request::<H, _>(shared, link, &mut reader, idle) {
             Ok(Some(m)) => m,
             Ok(None) => return End::Closed,
             Err(e) => return read_failed(link, e, End::Idle),
@@ -708,15 +708,16 @@ fn decode(type_code: u8, payload: &[u8]) -> Result<Message, ReadError> {
     Message::decode(type_code, payload).map_err(ReadError::Undecodable)
 }
 
-/// Reads the next request after the Hello, counting its bytes as they
+/// Reads the next request after the Hello from `reader` (the connection's
+/// buffered stream, or a layer over it), counting its bytes as they
 /// arrive ([`Link::bytes_received`]). A frame larger than the budget's
 /// exempt size is charged to the frame budget (the charge is returned with
 /// the message, to be dropped once it is answered) and must arrive whole
 /// within [`frame_allowance`]`(idle, len)`.
-fn next_request<'s, H: Handler>(
+fn next_request<'s, H: Handler, R: Read>(
     shared: &'s Shared<H>,
     link: &Link,
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut R,
     idle: Duration,
 ) -> Result<Option<(Message, Option<Reservation<'s>>)>, ReadError> {
     let mut input = Counted {
