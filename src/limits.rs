@@ -75,7 +75,14 @@ pub const PROBE_QUIET: Duration = PROBE_TIMEOUT;
 /// reply at most `I/O timeout + len / MIN_TRANSFER_RATE`. A party that
 /// trickles a few bytes now and then cannot hold a frame's memory, a write
 /// lock or a client for longer (64 KiB/s: a maximal frame gets 256 s more).
+/// `ChunkData` gets [`MIN_CHUNK_TRANSFER_RATE`] instead.
 pub const MIN_TRANSFER_RATE: u64 = 64 * 1024;
+/// [`MIN_TRANSFER_RATE`] for `ChunkData` (the chunk server writing one, a
+/// downloader reading one): lower, because a sharer with an upload cap
+/// splits it among all its downloaders (a 1 MiB/s cap shared by 100 of
+/// them is about 10 KiB/s each), and a downloader may be on a slow link. A
+/// 1 MiB chunk gets 128 s on top of the I/O or write timeout.
+pub const MIN_CHUNK_TRANSFER_RATE: u64 = 8 * 1024;
 
 // ---- Defaults -------------------------------------------------------------
 

@@ -7,9 +7,10 @@
 //! on a connection before the first request (today the Hello) is done in
 //! [`Conn::from_stream`] and nowhere else. Every frame read (the Hello
 //! reply included) must arrive whole within the read timeout plus its
-//! length at `limits::MIN_TRANSFER_RATE`, and every frame written must
-//! leave within the write timeout plus the same ([`super::deadline`]), so a
-//! server that trickles its bytes cannot hold a client for long. Calls
+//! length at `limits::MIN_TRANSFER_RATE` (`MIN_CHUNK_TRANSFER_RATE` for a
+//! `ChunkData`), and every frame written must leave within the write
+//! timeout plus its length at `MIN_TRANSFER_RATE` ([`super::deadline`]), so
+//! a server that trickles its bytes cannot hold a client for long. Calls
 //! `wire`, `limits` and [`super::deadline`] only.
 
 use std::io::{BufReader, Write};
@@ -131,8 +132,9 @@ impl Conn {
     /// download can recycle its chunk buffers.
     ///
     /// The frame must arrive whole within the read timeout (as set on the
-    /// stream now) plus its length at `limits::MIN_TRANSFER_RATE`, however
-    /// its bytes trickle in.
+    /// stream now) plus its length at `limits::MIN_TRANSFER_RATE` (a
+    /// `ChunkData`: `MIN_CHUNK_TRANSFER_RATE`), however its bytes trickle
+    /// in.
     pub fn recv_into(&mut self, spare: &mut Vec<u8>) -> Result<Message> {
         let per_read = self
             .writer

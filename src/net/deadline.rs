@@ -2,7 +2,8 @@
 //! timeouts.
 //!
 //! Owns: the rule "a frame of `len` bytes may take at most `timeout + len /
-//! MIN_TRANSFER_RATE`" ([`frame_allowance`]) and the two adapters that apply
+//! MIN_TRANSFER_RATE`" ([`frame_allowance`]; `MIN_CHUNK_TRANSFER_RATE` for
+//! `ChunkData`, [`chunk_allowance`]) and the two adapters that apply
 //! it by lowering the socket's timeout before each call as the deadline
 //! nears: [`DeadlineWriter`] (a server's replies, a client's requests) and
 //! [`FrameDeadline`] (a client reading one reply). A per-call timeout alone
@@ -11,18 +12,28 @@
 //!
 //! Each adapter puts the socket's timeout back to its per-call value when
 //! dropped, so code that sets the timeouts once keeps seeing them. Calls
-//! `limits` only.
+//! `limits` and `wire` (the `ChunkData` type code) only.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::limits::MIN_TRANSFER_RATE;
+use crate::limits::{MIN_CHUNK_TRANSFER_RATE, MIN_TRANSFER_RATE};
 
 /// How long a frame of `len` bytes may take to cross: `timeout` plus
 /// `len` at [`MIN_TRANSFER_RATE`].
 pub fn frame_allowance(timeout: Duration, len: u64) -> Duration {
-    let ms = len.saturating_mul(1000) / MIN_TRANSFER_RATE;
+    allowance(timeout, len, MIN_TRANSFER_RATE)
+}
+
+/// [`frame_allowance`] for a `ChunkData` frame: `len` at
+/// [`MIN_CHUNK_TRANSFER_RATE`].
+pub fn chunk_allowance(timeout: Duration, len: u64) -> Duration {
+    allowance(timeout, len, MIN_CHUNK_TRANSFER_RATE)
+}
+
+fn allowance(timeout: Duration, len: u64, rate: u64) -> Duration {
+    let ms = len.saturating_mul(1000) / rate.max(1);
     timeout.saturating_add(Duration::from_millis(ms))
 }
 
@@ -89,8 +100,9 @@ impl Drop for DeadlineWriter<'_> {
 /// Reads exactly one frame from `inner` (which reads from `stream`, e.g. a
 /// `BufReader` over it) under a deadline: its 4-byte length must arrive
 /// within `per_read` of the start, and the whole frame within
-/// [`frame_allowance`]`(per_read, len)`. Must be created at a frame
-/// boundary: it learns `len` from the first four bytes read through it.
+/// [`frame_allowance`]`(per_read, len)` ([`chunk_allowance`] once its type
+/// byte says `ChunkData`). Must be created at a frame boundary: it learns
+/// `len` and the type from the first five bytes read through it.
 pub struct FrameDeadline<'a, R> {
     inner: &'a mut R,
     stream: &'a TcpStream,
@@ -98,7 +110,7 @@ pub struct FrameDeadline<'a, R> {
     current: Duration,
     start: Instant,
     deadline: Instant,
-    header: [u8; 4],
+    header: [u8; 5],
     seen: usize,
 }
 
@@ -114,7 +126,7 @@ impl<'a, R: Read> FrameDeadline<'a, R> {
             current: per_read,
             start,
             deadline: start + per_read,
-            header: [0; 4],
+            header: [0; 5],
             seen: 0,
         }
     }
@@ -132,13 +144,18 @@ impl<R: Read> Read for FrameDeadline<'_, R> {
             self.current = want;
         }
         let n = self.inner.read(buf)?;
-        if self.seen < 4 {
-            let take = n.min(4 - self.seen);
-            self.header[self.seen..self.seen + take].copy_from_slice(&buf[..take]);
+        let before = self.seen;
+        if before < 5 {
+            let take = n.min(5 - before);
+            self.header[before..before + take].copy_from_slice(&buf[..take]);
             self.seen += take;
-            if self.seen == 4 {
-                let len = u32::from_be_bytes(self.header);
-                self.deadline = self.start + frame_allowance(self.per_read, u64::from(len));
+            let [a, b, c, d, ty] = self.header;
+            let len = u64::from(u32::from_be_bytes([a, b, c, d]));
+            if before < 4 && self.seen >= 4 {
+                self.deadline = self.start + frame_allowance(self.per_read, len);
+            }
+            if self.seen == 5 && ty == crate::wire::ty::CHUNK_DATA {
+                self.deadline = self.start + chunk_allowance(self.per_read, len);
             }
         }
         Ok(n)
@@ -234,5 +251,38 @@ mod tests {
         assert_eq!(s.write_timeout().unwrap(), Some(per_write));
         drop(s);
         reader.join().unwrap();
+    }
+
+    /// A ChunkData frame gets the chunk rate, any other frame the general
+    /// one: the same bytes at the same pace pass as the one and not as the
+    /// other.
+    #[test]
+    fn chunk_data_gets_the_lower_rate() {
+        for (ty, passes) in [(crate::wire::ty::CHUNK_DATA, true), (0x13, false)] {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let sender = thread::spawn(move || {
+                let (mut s, _) = l.accept().unwrap();
+                let mut head = 4001u32.to_be_bytes().to_vec();
+                head.push(ty);
+                let _ = s.write_all(&head);
+                for _ in 0..4 {
+                    thread::sleep(Duration::from_millis(200));
+                    if s.write_all(&[0u8; 1000]).is_err() {
+                        return;
+                    }
+                }
+                thread::sleep(Duration::from_millis(500));
+            });
+            let s = TcpStream::connect(addr).unwrap();
+            let per_read = Duration::from_millis(500);
+            s.set_read_timeout(Some(per_read)).unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut buf = vec![0u8; 4005];
+            let got = FrameDeadline::new(&mut r, &s, per_read).read_exact(&mut buf);
+            assert_eq!(got.is_ok(), passes, "type {ty:#x}: {got:?}");
+            drop(s);
+            sender.join().unwrap();
+        }
     }
 }

@@ -43,7 +43,7 @@ use log::{debug, info, warn};
 
 use super::admission::{Admission, Limits, Refuser};
 use super::budget::{BudgetLimits, FrameBudget, Reservation};
-use super::deadline::{DeadlineWriter, frame_allowance};
+use super::deadline::{DeadlineWriter, chunk_allowance, frame_allowance};
 use crate::wire::{self, ErrorCode, Message, WireError};
 
 /// Stack of a connection thread (small: thousands may exist).
@@ -248,8 +248,18 @@ impl Link {
     /// reader that takes a little now and then cannot hold the reply's
     /// memory and this connection's write lock for longer.
     pub fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
+        self.write_by(bytes, frame_allowance)
+    }
+
+    /// [`Link::write_all`] for a `ChunkData` frame or a piece of one: the
+    /// deadline is [`chunk_allowance`]`(write timeout, bytes.len())`.
+    pub fn write_chunk_data(&self, bytes: &[u8]) -> io::Result<()> {
+        self.write_by(bytes, chunk_allowance)
+    }
+
+    fn write_by(&self, bytes: &[u8], allowance: fn(Duration, u64) -> Duration) -> io::Result<()> {
         let _w = crate::sync::lock(&self.write);
-        let deadline = Instant::now() + frame_allowance(self.write_timeout, bytes.len() as u64);
+        let deadline = Instant::now() + allowance(self.write_timeout, bytes.len() as u64);
         DeadlineWriter::new(&self.stream, self.write_timeout, deadline).write_all(bytes)
     }
 

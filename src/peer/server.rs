@@ -399,7 +399,7 @@ impl FirstSends {
 /// an `acquire` when uploads are rate limited.
 fn send_paced(w: &Link, data: &[u8], shared: &Shared) -> Result<(), WireError> {
     match shared.limiter.piece_size() {
-        None => w.write_all(data)?,
+        None => w.write_chunk_data(data)?,
         Some(piece) => {
             for part in data.chunks(piece.max(1)) {
                 if !shared.limiter.acquire_cancellable(part.len(), &shared.stop) {
@@ -408,7 +408,7 @@ fn send_paced(w: &Link, data: &[u8], shared: &Shared) -> Result<(), WireError> {
                         "chunk server shutting down",
                     )));
                 }
-                w.write_all(part)?;
+                w.write_chunk_data(part)?;
             }
         }
     }
