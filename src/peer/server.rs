@@ -22,7 +22,12 @@
 //! A chunk is read with `SharedFile::read_for_upload`, which for a file
 //! from the scan also checks it still matches the announced hash; one that
 //! does not is answered `NotHeld` and the file is withdrawn from the share
-//! index (`ShareIndex::withdraw_changed`), so bad bytes are never sent.
+//! index (`ShareIndex::withdraw_changed`; the tracker session then
+//! withdraws it at the tracker), so bad bytes are never sent.
+//!
+//! Requests are read only up to `limits::PEER_MAX_REQUEST_LEN` (1,031
+//! bytes, a `ChunkRequest` with a maximal name): a longer frame is refused
+//! on its header by the skeleton, so a request never costs more memory.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
