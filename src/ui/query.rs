@@ -9,13 +9,13 @@ use super::format::{format_file_list, format_locations};
 use crate::peer::client;
 
 pub fn list(a: ListArgs) -> Result<(), BoxError> {
-    let (files, truncated) = client::list_files(client::resolve(&a.tracker)?)?;
+    let (files, truncated) = client::list_files(super::tracker_addr(a.tracker.as_deref())?)?;
     out!("{}", format_file_list(&files, truncated))?;
     Ok(())
 }
 
 pub fn where_(a: WhereArgs) -> Result<(), BoxError> {
-    let l = client::locate(client::resolve(&a.tracker)?, &a.name, false)?;
+    let l = client::locate(super::tracker_addr(a.tracker.as_deref())?, &a.name, false)?;
     out!("{}", format_locations(&l, a.width.max(1), None)?)?;
     Ok(())
 }

@@ -9,7 +9,7 @@
 //! the assembler and the coordinator (the caller's thread; it starts the
 //! locator and the workers) and joins them.
 //!
-//! Calls `chunks`, the peer's `picker`, `share` and `client` (the tracker
+//! Calls `chunks`, `wire` (Locations), the peer's `picker`, `share` and `client` (the tracker
 //! connection handed to the coordinator), and the download's `partfile`,
 //! `coordinator`, `worker` and `assembler`.
 

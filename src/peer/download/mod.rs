@@ -75,7 +75,9 @@ pub use crate::limits::{
     REFRESH_INTERVAL,
 };
 pub use coordinator::list_indices;
-pub use partfile::{HAVE_SUFFIX, PART_SUFFIX, WORK_DIR, have_path, part_path};
+pub use partfile::{
+    HAVE_SUFFIX, PART_SUFFIX, WORK_DIR, have_path, is_artifact, part_path, unfinished,
+};
 
 /// Tunables; `Default` gives the documented values.
 #[derive(Debug, Clone)]
@@ -257,7 +259,7 @@ fn describe(tracker: &mut Conn, addr: SocketAddr, name: &str) -> Result<Describe
             code: ErrorCode::UnknownFile,
             ..
         }) => {
-            return Err(PeerError::Download(format!(
+            return Err(PeerError::NotFound(format!(
                 "no file named {name:?} on the network"
             )));
         }
