@@ -57,6 +57,8 @@ pub enum PeerError {
     Download(String),
     /// Stopped on request (a cancel flag was set) before the work was done.
     Interrupted(String),
+    /// None of several trackers answered: each one and why.
+    NoTracker(String),
 }
 
 impl PeerError {
@@ -90,6 +92,7 @@ impl fmt::Display for PeerError {
             PeerError::Invalid(s) => f.write_str(s),
             PeerError::Download(s) => f.write_str(s),
             PeerError::Interrupted(s) => f.write_str(s),
+            PeerError::NoTracker(s) => write!(f, "no tracker answers ({s})"),
         }
     }
 }

@@ -1,6 +1,9 @@
-//! The peer's one persistent control connection to the tracker.
+//! The peer's persistent control connection to one tracker. A peer given
+//! several trackers runs one session per tracker (`peer::node` starts them
+//! and sends every update to each); the sessions know nothing of each
+//! other, and each tracker keeps its own soft state.
 //!
-//! Owns: the "tracker-session" thread and everything sent on that
+//! Owns: the "session-ADDR" thread and everything sent on that
 //! connection: Register (at connect, for files added later, and for a
 //! download's first chunk), ChunkRegister for each newly verified chunk,
 //! Keepalive when idle, and Leave at shutdown. Also owns the reconnect policy
@@ -92,13 +95,26 @@ pub enum SessionEvent {
     /// first downloaded later): which names the tracker accepted, and which
     /// were refused, with the reason.
     Registered {
+        tracker: SocketAddr,
         accepted: Vec<String>,
         refused: Vec<(String, String)>,
     },
     /// The connection went down (or the first attempt failed): why.
-    Disconnected(String),
+    Disconnected { tracker: SocketAddr, why: String },
     /// The connection is up again after a [`SessionEvent::Disconnected`].
-    Reconnected,
+    Reconnected { tracker: SocketAddr },
+}
+
+impl SessionEvent {
+    /// The tracker whose session this event comes from (a peer with
+    /// several trackers has one session each).
+    pub fn tracker(&self) -> SocketAddr {
+        match self {
+            SessionEvent::Registered { tracker, .. }
+            | SessionEvent::Disconnected { tracker, .. }
+            | SessionEvent::Reconnected { tracker } => *tracker,
+        }
+    }
 }
 
 enum Command {
@@ -120,7 +136,7 @@ pub struct TrackerSession {
 }
 
 impl TrackerSession {
-    /// Starts the "tracker-session" thread, which connects, registers every
+    /// Starts the "session-ADDR" thread, which connects, registers every
     /// file of `share` holding at least one chunk (or zero-length), with
     /// endpoint (local IP of the connection, `listen_port`), then keeps the
     /// connection alive and reconnects with backoff when it breaks.
@@ -169,9 +185,9 @@ impl TrackerSession {
             connected: Arc::clone(&connected),
         };
         let handle = thread::Builder::new()
-            .name("tracker-session".into())
+            .name(format!("session-{tracker}"))
             .spawn(move || worker.run())
-            .map_err(|e| PeerError::io("start thread", "tracker-session", e))?;
+            .map_err(|e| PeerError::io("start thread", "session", e))?;
         Ok(TrackerSession {
             commands,
             stop,
@@ -232,12 +248,29 @@ impl TrackerSession {
         self.shutdown();
     }
 
+    /// [`TrackerSession::leave`] for several sessions at once: every one is
+    /// told to stop before any is joined, so the sessions' Leaves are sent
+    /// and awaited in parallel (a tracker that does not answer costs its
+    /// io timeout once, not once per session after it).
+    pub fn leave_all(sessions: Vec<TrackerSession>) {
+        for s in &sessions {
+            s.request_stop();
+        }
+        for s in sessions {
+            s.leave();
+        }
+    }
+
+    fn request_stop(&self) {
+        // Full only if a stop is already pending; either way it is seen.
+        let _ = self.stop.try_send(());
+    }
+
     fn shutdown(&mut self) {
         let Some(handle) = self.handle.take() else {
             return;
         };
-        // Full only if a stop is already pending; either way it is seen.
-        let _ = self.stop.try_send(());
+        self.request_stop();
         if handle.join().is_err() {
             warn!("tracker session thread panicked");
         }
@@ -373,7 +406,9 @@ impl Worker {
                     }
                     failures = 0;
                     if mem::replace(&mut down, false) {
-                        self.emit(SessionEvent::Reconnected);
+                        self.emit(SessionEvent::Reconnected {
+                            tracker: self.tracker,
+                        });
                     }
                     self.report(outcome);
                     let end = self.serve(&mut link);
@@ -387,7 +422,10 @@ impl Worker {
                                 self.tracker
                             );
                             down = true;
-                            self.emit(SessionEvent::Disconnected(why));
+                            self.emit(SessionEvent::Disconnected {
+                            tracker: self.tracker,
+                            why,
+                        });
                             // A connection that stayed up a while resets the
                             // backoff; one that breaks at once (a tracker in
                             // a crash loop) keeps growing it.
@@ -414,7 +452,10 @@ impl Worker {
                     }
                     if !down {
                         down = true;
-                        self.emit(SessionEvent::Disconnected(why));
+                        self.emit(SessionEvent::Disconnected {
+                            tracker: self.tracker,
+                            why,
+                        });
                     }
                 }
             }
@@ -773,6 +814,7 @@ impl Worker {
             );
         }
         self.emit(SessionEvent::Registered {
+            tracker: self.tracker,
             accepted: outcome.accepted,
             refused: outcome.refused,
         });
@@ -1206,7 +1248,9 @@ mod tests {
         let zero = files.iter().find(|f| f.name == "zero").unwrap();
         assert!(zero.hashes.is_empty());
         match next_event(&erx) {
-            SessionEvent::Registered { accepted, refused } => {
+            SessionEvent::Registered {
+                accepted, refused, ..
+            } => {
                 assert_eq!(accepted.len(), 3);
                 assert!(refused.is_empty());
             }
@@ -1307,8 +1351,11 @@ mod tests {
         // Added without register_files: the re-registration covers it.
         share.insert(partial("b", 4096, &[3]));
         fake.kick();
-        assert!(matches!(next_event(&erx), SessionEvent::Disconnected(_)));
-        assert_eq!(next_event(&erx), SessionEvent::Reconnected);
+        assert!(matches!(next_event(&erx), SessionEvent::Disconnected { .. }));
+        assert!(matches!(
+            next_event(&erx),
+            SessionEvent::Reconnected { .. }
+        ));
         match next_event(&erx) {
             SessionEvent::Registered { mut accepted, .. } => {
                 accepted.sort();
@@ -1341,14 +1388,17 @@ mod tests {
         let (etx, erx) = bounded(64);
         let s = TrackerSession::start(fake.addr, 5, index(&[complete("a", 10)]), fast(), Some(etx))
             .unwrap();
-        assert!(matches!(next_event(&erx), SessionEvent::Disconnected(_)));
+        assert!(matches!(next_event(&erx), SessionEvent::Disconnected { .. }));
         assert!(!s.is_connected());
         // Updates while down are dropped, not queued forever.
         s.chunk_registered("a", 0);
         fake.refuse.store(false, Ordering::SeqCst);
         let (_, _, files) = expect_register(fake.next());
         assert_eq!(names(&files), vec!["a"]);
-        assert_eq!(next_event(&erx), SessionEvent::Reconnected);
+        assert!(matches!(
+            next_event(&erx),
+            SessionEvent::Reconnected { .. }
+        ));
         assert!(matches!(next_event(&erx), SessionEvent::Registered { .. }));
         wait_until("connected", || s.is_connected());
         s.leave();
@@ -1369,7 +1419,7 @@ mod tests {
             ..fast()
         };
         let s = TrackerSession::start(port, 5, index(&[]), cfg, Some(etx)).unwrap();
-        assert!(matches!(next_event(&erx), SessionEvent::Disconnected(_)));
+        assert!(matches!(next_event(&erx), SessionEvent::Disconnected { .. }));
         let t = Instant::now();
         s.leave();
         assert!(
@@ -1388,7 +1438,9 @@ mod tests {
         let (conn, _, files) = expect_register(fake.next());
         assert_eq!(names(&files), vec!["bad/x", "good"]);
         match next_event(&erx) {
-            SessionEvent::Registered { accepted, refused } => {
+            SessionEvent::Registered {
+                accepted, refused, ..
+            } => {
                 assert_eq!(accepted, vec!["good"]);
                 assert_eq!(refused.len(), 1);
                 assert_eq!(refused[0].0, "bad/x");
@@ -1477,7 +1529,9 @@ mod tests {
             vec!["s0", "s1", "s2", "s3", "s4", "t0", "t1", "t2"]
         );
         match next_event(&erx) {
-            SessionEvent::Registered { accepted, refused } => {
+            SessionEvent::Registered {
+                accepted, refused, ..
+            } => {
                 assert_eq!(accepted.len(), 8);
                 assert!(refused.is_empty());
             }

@@ -61,7 +61,8 @@ impl PeerArgs {
 #[derive(FromArgs)]
 #[argh(subcommand, name = "share")]
 pub struct ShareArgs {
-    /// tracker address, host:port
+    /// tracker address, host:port; several, comma-separated (A,B,C), are
+    /// each registered with and asked, and any one of them is enough
     #[argh(option)]
     pub tracker: String,
     /// folder to share
@@ -104,7 +105,8 @@ pub struct GetArgs {
     /// name of the file on the network
     #[argh(positional)]
     pub name: String,
-    /// tracker address, host:port
+    /// tracker address, host:port; several, comma-separated (A,B,C), are
+    /// each registered with and asked, and any one of them is enough
     #[argh(option)]
     pub tracker: String,
     /// folder to download into
@@ -131,7 +133,8 @@ pub struct GetArgs {
 #[derive(FromArgs)]
 #[argh(subcommand, name = "list")]
 pub struct ListArgs {
-    /// tracker address, host:port
+    /// tracker address, host:port; several, comma-separated (A,B,C), are
+    /// each registered with and asked, and any one of them is enough
     #[argh(option)]
     pub tracker: String,
 }
@@ -144,7 +147,8 @@ pub struct WhereArgs {
     /// name of the file on the network
     #[argh(positional)]
     pub name: String,
-    /// tracker address, host:port
+    /// tracker address, host:port; several, comma-separated (A,B,C), are
+    /// each registered with and asked, and any one of them is enough
     #[argh(option)]
     pub tracker: String,
     /// width of the chunk map in characters (default {WHERE_MAP_WIDTH})
@@ -194,6 +198,25 @@ pub fn parse_chunk_size(s: &str) -> Result<u32, String> {
             help::size(limits::MIN_CHUNK_SIZE),
             help::size(limits::MAX_CHUNK_SIZE)
         ));
+    }
+    Ok(v)
+}
+
+/// The trackers of `--tracker A,B,C`: each element trimmed, in the order
+/// given, repeats dropped. An empty element (`A,,B`, a trailing comma) is
+/// refused, naming the option.
+pub fn tracker_list(s: &str) -> Result<Vec<String>, String> {
+    let mut v: Vec<String> = Vec::new();
+    for t in s.split(',').map(str::trim) {
+        if t.is_empty() {
+            return Err(format!(
+                "--tracker {s:?}: an empty address in the list (give HOST:PORT, or several \
+                 separated by commas)"
+            ));
+        }
+        if !v.iter().any(|x| x == t) {
+            v.push(t.to_owned());
+        }
     }
     Ok(v)
 }
@@ -354,6 +377,19 @@ mod tests {
             _ => panic!("usage error expected"),
         }
         assert!(parse::<PeerArgs>("peer", &["list", "--tracker", "x:1"]).is_ok());
+    }
+
+    #[test]
+    fn tracker_lists_are_split_trimmed_and_deduplicated() {
+        assert_eq!(tracker_list("a:1"), Ok(vec!["a:1".to_owned()]));
+        assert_eq!(
+            tracker_list("a:1, b:2,a:1 ,c:3"),
+            Ok(vec!["a:1".to_owned(), "b:2".to_owned(), "c:3".to_owned()])
+        );
+        for bad in ["", "a:1,", ",a:1", "a:1,,b:2", " , "] {
+            let e = tracker_list(bad).unwrap_err();
+            assert!(e.contains("empty address"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -135,24 +135,32 @@ pub fn format_summary(s: &Summary) -> String {
 /// round that neither accepted nor refused anything).
 pub fn describe_event(ev: &SessionEvent) -> Vec<String> {
     match ev {
-        SessionEvent::Registered { accepted, refused } => {
+        SessionEvent::Registered {
+            tracker,
+            accepted,
+            refused,
+        } => {
             let mut v = Vec::new();
             if !accepted.is_empty() {
                 v.push(format!(
-                    "registered {} file(s) with the tracker",
+                    "registered {} file(s) with the tracker {tracker}",
                     accepted.len()
                 ));
             }
             for (name, why) in refused {
-                v.push(format!("refused by the tracker: {name}: {why}"));
+                v.push(format!("refused by the tracker {tracker}: {name}: {why}"));
             }
             v
         }
-        SessionEvent::Disconnected(why) => {
-            vec![format!("tracker connection lost ({why}); reconnecting")]
+        SessionEvent::Disconnected { tracker, why } => {
+            vec![format!(
+                "connection to the tracker {tracker} lost ({why}); reconnecting"
+            )]
         }
-        SessionEvent::Reconnected => {
-            vec!["reconnected to the tracker; files registered again".into()]
+        SessionEvent::Reconnected { tracker } => {
+            vec![format!(
+                "reconnected to the tracker {tracker}; files registered again"
+            )]
         }
     }
 }

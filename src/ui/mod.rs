@@ -141,8 +141,33 @@ fn node_config(
     listen: SocketAddr,
     upload_limit: Option<u64>,
 ) -> Result<NodeConfig, BoxError> {
-    let mut cfg = NodeConfig::new(client::resolve(tracker)?);
+    let mut cfg = NodeConfig::with_trackers(trackers(tracker)?);
     cfg.listen = listen;
     cfg.upload_limit = upload_limit;
     Ok(cfg)
+}
+
+/// The trackers of `--tracker A,B,C` (see [`args::tracker_list`]), each
+/// resolved. One whose name does not resolve is left out with a warning on
+/// stderr, as long as another one resolves: with several trackers, any one
+/// is enough.
+fn trackers(given: &str) -> Result<Vec<SocketAddr>, BoxError> {
+    let list = args::tracker_list(given)?;
+    let mut addrs = Vec::new();
+    let mut failed = Vec::new();
+    for t in &list {
+        match client::resolve(t) {
+            Ok(a) if !addrs.contains(&a) => addrs.push(a),
+            Ok(_) => {}
+            Err(e) => failed.push(e),
+        }
+    }
+    if addrs.is_empty() {
+        let why: Vec<String> = failed.iter().map(|e| e.to_string()).collect();
+        return Err(why.join("; ").into());
+    }
+    for e in failed {
+        eprintln!("peer: warning: {e}; going on with the other trackers");
+    }
+    Ok(addrs)
 }
