@@ -423,9 +423,9 @@ impl Worker {
                             );
                             down = true;
                             self.emit(SessionEvent::Disconnected {
-                            tracker: self.tracker,
-                            why,
-                        });
+                                tracker: self.tracker,
+                                why,
+                            });
                             // A connection that stayed up a while resets the
                             // backoff; one that breaks at once (a tracker in
                             // a crash loop) keeps growing it.
@@ -1351,11 +1351,11 @@ mod tests {
         // Added without register_files: the re-registration covers it.
         share.insert(partial("b", 4096, &[3]));
         fake.kick();
-        assert!(matches!(next_event(&erx), SessionEvent::Disconnected { .. }));
         assert!(matches!(
             next_event(&erx),
-            SessionEvent::Reconnected { .. }
+            SessionEvent::Disconnected { .. }
         ));
+        assert!(matches!(next_event(&erx), SessionEvent::Reconnected { .. }));
         match next_event(&erx) {
             SessionEvent::Registered { mut accepted, .. } => {
                 accepted.sort();
@@ -1388,17 +1388,17 @@ mod tests {
         let (etx, erx) = bounded(64);
         let s = TrackerSession::start(fake.addr, 5, index(&[complete("a", 10)]), fast(), Some(etx))
             .unwrap();
-        assert!(matches!(next_event(&erx), SessionEvent::Disconnected { .. }));
+        assert!(matches!(
+            next_event(&erx),
+            SessionEvent::Disconnected { .. }
+        ));
         assert!(!s.is_connected());
         // Updates while down are dropped, not queued forever.
         s.chunk_registered("a", 0);
         fake.refuse.store(false, Ordering::SeqCst);
         let (_, _, files) = expect_register(fake.next());
         assert_eq!(names(&files), vec!["a"]);
-        assert!(matches!(
-            next_event(&erx),
-            SessionEvent::Reconnected { .. }
-        ));
+        assert!(matches!(next_event(&erx), SessionEvent::Reconnected { .. }));
         assert!(matches!(next_event(&erx), SessionEvent::Registered { .. }));
         wait_until("connected", || s.is_connected());
         s.leave();
@@ -1419,7 +1419,10 @@ mod tests {
             ..fast()
         };
         let s = TrackerSession::start(port, 5, index(&[]), cfg, Some(etx)).unwrap();
-        assert!(matches!(next_event(&erx), SessionEvent::Disconnected { .. }));
+        assert!(matches!(
+            next_event(&erx),
+            SessionEvent::Disconnected { .. }
+        ));
         let t = Instant::now();
         s.leave();
         assert!(

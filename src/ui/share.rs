@@ -94,7 +94,11 @@ fn sharing_line(f: &SharedFile) -> String {
 
 fn serving_line(node: &Node) -> String {
     let trackers: Vec<String> = node.trackers().iter().map(|t| t.to_string()).collect();
-    let word = if trackers.len() == 1 { "tracker" } else { "trackers" };
+    let word = if trackers.len() == 1 {
+        "tracker"
+    } else {
+        "trackers"
+    };
     format!(
         "serving chunks on {} ({word} {})",
         node.local_addr(),

@@ -446,7 +446,9 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         match answer {
             Located::Found(l) if describes(g, &l) => t.latest = Some(l),
             Located::Found(_) => {
-                warn!("{name}: tracker {addr} now describes other content under this name; ignoring it");
+                warn!(
+                    "{name}: tracker {addr} now describes other content under this name; ignoring it"
+                );
                 t.latest = None;
             }
             Located::NoSources => {
@@ -598,7 +600,9 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
     /// a full channel can finish.
     pub(super) fn stop_all(&mut self, ev_rx: &Receiver<Event>) {
         self.engine.stop.store(true, Ordering::SeqCst);
-        self.trackers.iter_mut().for_each(|t| t.locator.begin_stop());
+        self.trackers
+            .iter_mut()
+            .for_each(|t| t.locator.begin_stop());
         self.trackers.iter_mut().for_each(|t| t.locator.stop());
         for a in self.active.values() {
             if let Some(s) = lock(&a.slot.stream).as_ref() {

@@ -49,7 +49,11 @@ pub fn list_line(number: usize, f: &FileSummary, w: usize, mine: Mine) -> String
 
 /// The first line of `status`: where chunks are served, and each tracker
 /// with whether its session is connected.
-pub fn serving_line(local: SocketAddr, trackers: &[SocketAddr], connected: &[SocketAddr]) -> String {
+pub fn serving_line(
+    local: SocketAddr,
+    trackers: &[SocketAddr],
+    connected: &[SocketAddr],
+) -> String {
     let each: Vec<String> = trackers
         .iter()
         .map(|t| {
@@ -61,7 +65,11 @@ pub fn serving_line(local: SocketAddr, trackers: &[SocketAddr], connected: &[Soc
             format!("{t} ({state})")
         })
         .collect();
-    let word = if trackers.len() == 1 { "tracker" } else { "trackers" };
+    let word = if trackers.len() == 1 {
+        "tracker"
+    } else {
+        "trackers"
+    };
     format!("serving chunks on {local}; {word} {}", each.join(", "))
 }
 
