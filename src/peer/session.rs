@@ -27,7 +27,7 @@
 
 use std::collections::HashSet;
 use std::mem;
-use std::net::{Shutdown, SocketAddr};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -61,6 +61,12 @@ const OVERFLOW_INTERVAL: Duration = Duration::from_secs(1);
 /// is longer than [`OVERFLOW_INTERVAL`]. Meanwhile the tracker lags behind
 /// on that file's newest chunks; nothing is lost.
 const OVERFLOW_RATE: u64 = 1 << 20;
+/// How long leaving waits for the session thread to send Leave and read
+/// the tracker's Ok (or to finish whatever it is sending) before cutting
+/// its connection: a tracker that accepts and never answers must not hold
+/// a peer's exit for the whole io timeout. Leave is a courtesy; the tracker
+/// forgets the peer when the connection closes anyway.
+pub const LEAVE_WAIT: Duration = Duration::from_secs(1);
 
 /// Timing of the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +138,11 @@ pub struct TrackerSession {
     /// dropped ChunkRegister.
     overflow: Arc<Mutex<HashSet<String>>>,
     connected: Arc<AtomicBool>,
+    /// The thread's current tracker socket, so leaving can cut it.
+    stream: Arc<Mutex<Option<TcpStream>>>,
+    /// Set when leaving has cut the connection: a socket the thread opens
+    /// afterwards is shut at once.
+    cut: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -172,7 +183,11 @@ impl TrackerSession {
         let (stop, stop_rx) = bounded(1);
         let overflow = Arc::new(Mutex::new(HashSet::new()));
         let connected = Arc::new(AtomicBool::new(false));
+        let stream = Arc::new(Mutex::new(None));
+        let cut = Arc::new(AtomicBool::new(false));
         let worker = Worker {
+            stream: Arc::clone(&stream),
+            cut: Arc::clone(&cut),
             tracker,
             listen_port,
             share,
@@ -193,6 +208,8 @@ impl TrackerSession {
             stop,
             overflow,
             connected,
+            stream,
+            cut,
             handle: Some(handle),
         })
     }
@@ -241,9 +258,9 @@ impl TrackerSession {
         self.connected.load(Ordering::SeqCst)
     }
 
-    /// Sends Leave (waiting for the tracker's Ok at most the io timeout),
-    /// closes the connection and joins the thread. During a reconnect
-    /// backoff this returns at once.
+    /// Sends Leave (waiting for the tracker's Ok at most [`LEAVE_WAIT`],
+    /// then cutting the connection), closes the connection and joins the
+    /// thread. During a reconnect backoff this returns at once.
     pub fn leave(mut self) {
         self.shutdown();
     }
@@ -256,8 +273,9 @@ impl TrackerSession {
         for s in &sessions {
             s.request_stop();
         }
-        for s in sessions {
-            s.leave();
+        let deadline = Instant::now() + LEAVE_WAIT;
+        for mut s in sessions {
+            s.finish(deadline);
         }
     }
 
@@ -267,10 +285,26 @@ impl TrackerSession {
     }
 
     fn shutdown(&mut self) {
+        self.request_stop();
+        self.finish(Instant::now() + LEAVE_WAIT);
+    }
+
+    /// Joins the thread (already asked to stop), cutting its connection if
+    /// it is still talking at `deadline`. A connect in progress still takes
+    /// up to its own timeout.
+    fn finish(&mut self, deadline: Instant) {
         let Some(handle) = self.handle.take() else {
             return;
         };
-        self.request_stop();
+        while !handle.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        if !handle.is_finished() {
+            self.cut.store(true, Ordering::SeqCst);
+            if let Some(s) = lock(&self.stream).as_ref() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
         if handle.join().is_err() {
             warn!("tracker session thread panicked");
         }
@@ -381,6 +415,8 @@ struct Worker {
     stop: Receiver<()>,
     overflow: Arc<Mutex<HashSet<String>>>,
     connected: Arc<AtomicBool>,
+    stream: Arc<Mutex<Option<TcpStream>>>,
+    cut: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -471,7 +507,13 @@ impl Worker {
 
     /// Connects, binds the endpoint and registers every announceable file.
     fn establish(&self) -> Result<(Link, Outcome), Lost> {
-        let conn = Conn::connect(self.tracker, self.cfg.io_timeout).map_err(|e| e.to_string())?;
+        let stream = crate::net::client::connect_stream(self.tracker)
+            .map_err(|e| PeerError::from(e).to_string())?;
+        *lock(&self.stream) = stream.try_clone().ok();
+        if self.cut.load(Ordering::SeqCst) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        let conn = Conn::from_stream(stream, self.cfg.io_timeout).map_err(|e| e.to_string())?;
         let local = conn
             .stream()
             .local_addr()
@@ -1403,6 +1445,30 @@ mod tests {
         wait_until("connected", || s.is_connected());
         s.leave();
         assert_eq!(fake.next_request().1, Message::Leave);
+    }
+
+    /// A tracker that accepts connections and never answers (stopped, or
+    /// its accept backlog full) held leaving for the whole io timeout, and
+    /// so held a peer's exit; with several trackers, any one of them did.
+    #[test]
+    fn leave_cuts_a_tracker_that_never_answers() {
+        // Listening (the kernel completes the handshake) but never reading.
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let cfg = SessionConfig {
+            io_timeout: Duration::from_secs(30),
+            ..fast()
+        };
+        let s =
+            TrackerSession::start(silent.local_addr().unwrap(), 5, index(&[]), cfg, None).unwrap();
+        // Let it connect and block on the Hello.
+        thread::sleep(Duration::from_millis(200));
+        let t = Instant::now();
+        s.leave();
+        assert!(
+            t.elapsed() < LEAVE_WAIT + Duration::from_secs(1),
+            "leave took {:?}",
+            t.elapsed()
+        );
     }
 
     #[test]
