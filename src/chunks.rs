@@ -2,7 +2,7 @@
 //!
 //! Owns: how a file of `length` bytes is cut into chunks of `chunk_size`
 //! bytes ([`Geometry`]), the validated chunk index newtype ([`ChunkIndex`]),
-//! the per-chunk SHA-1 digest ([`Digest`], [`sha1`]) and the compact bitmap of
+//! the per-chunk SHA-1 digest ([`Digest`], [`sha1()`]) and the compact bitmap of
 //! which chunks someone holds ([`Bitmap`]).
 //!
 //! Depends on nothing else in the crate (only `std` and `sha1`), so the

@@ -174,3 +174,7 @@ pub const MAX_REQUEST_BYTES_IN_FLIGHT: usize = 32 << 10;
 /// Default width, in characters, of the chunk maps `peer where` and the
 /// prompt's `where` draw (one character per chunk or group of chunks).
 pub const WHERE_MAP_WIDTH: usize = 64;
+/// An upload limit at which one chunk takes longer than this to send is
+/// probably a mistake (`--upload-limit 10` is 10 bytes per second): the
+/// peer says so at start.
+pub const SLOW_CHUNK_WARNING: Duration = Duration::from_secs(5);

@@ -745,9 +745,8 @@ fn checking_a_large_file_already_on_disk_stops_promptly_when_cancelled() {
         for h in &hashes {
             id.extend_from_slice(h);
         }
-        let mut have = b"P2PFHAVE".to_vec();
-        have.extend_from_slice(&p2pfs::chunks::sha1(&id));
-        have.extend(std::iter::repeat_n(0xffu8, hashes.len() / 8));
+        let bitmap = vec![0xffu8; hashes.len() / 8];
+        let have = util::saved_bitmap(&p2pfs::chunks::sha1(&id), &bitmap, "huge.img");
         fs::write(p2pfs::peer::download::have_path(&dir, "huge.img"), &have).unwrap();
         let (e, took) = cancel_during_check(t.local_addr(), "huge.img", &dir);
         eprintln!("resume: stopped {took:?} after the cancel: {e}");

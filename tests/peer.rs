@@ -384,12 +384,19 @@ fn cli_share_list_where_get() {
 
 /// Chunks the saved have-bitmap of the download of NAME into `dir` claims
 /// (0 if none yet):
-/// "P2PFHAVE", a 20-byte identity, then the bitmap.
+/// "P2PFHAVE", a 20-byte identity, the bitmap, the name, the name's length
+/// (`u16`).
 fn saved_chunks(dir: &Path, name: &str) -> u32 {
+    let trailer = name.len() + 2;
     fs::read(have_path(dir, name))
         .ok()
-        .filter(|b| b.len() > 28)
-        .map(|b| b[28..].iter().map(|x| x.count_ones()).sum())
+        .filter(|b| b.len() > 28 + trailer)
+        .map(|b| {
+            b[28..b.len() - trailer]
+                .iter()
+                .map(|x| x.count_ones())
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -453,11 +460,12 @@ fn a_killed_downloader_resumes_without_refetching_verified_chunks() {
         );
         assert_eq!(fs::read(dir.join("f")).unwrap(), data);
         no_leftovers(&dir);
-        // "…; 64 chunks, R resumed from disk, …" and "from ADDR: … (B bytes)".
+        // "…; 1.0 MiB (R of 64 chunks) already on disk" and
+        // "from ADDR: … (B bytes)".
         let resumed: u64 = text
-            .split(" resumed from disk")
+            .split(" of 64 chunks) already on disk")
             .next()
-            .and_then(|h| h.rsplit(' ').next())
+            .and_then(|h| h.rsplit('(').next())
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no resumed count in {text}"));
         assert!(resumed >= 16, "{text}");
@@ -575,6 +583,6 @@ fn ctrl_c_stops_get_cleanly_and_a_rerun_resumes() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(fs::read(dir.join("f")).unwrap(), data);
-        assert!(!text.contains(", 0 resumed from disk"), "{text}");
+        assert!(text.contains("chunks) already on disk"), "{text}");
     });
 }

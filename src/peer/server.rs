@@ -6,12 +6,12 @@
 //! count of uploaded bytes, and super-seeding while uploads are capped
 //! (`FirstSends`). Accepting, caps, the Hello, timeouts, closing and
 //! shutdown are the skeleton's. Calls `net` (the skeleton), `wire`
-//! (framing), `peer::share` (the only way a requested name becomes a file: a
+//! (framing), `chunks`, `limits`, `peer::share` (the only way a requested name becomes a file: a
 //! lookup in the [`ShareIndex`], never a path join) and `peer::ratelimit`
 //! (pacing).
 //!
 //! Threads: "chunk-accept" accepts; each connection runs on
-//! "chunk-conn-`n`" (see the skeleton). The chunk buffer is on the heap and
+//! "chunk-conn-N" (see the skeleton). The chunk buffer is on the heap and
 //! reused for the connection's whole life.
 //!
 //! Memory is bounded by (connections x largest chunk served): each
@@ -178,6 +178,7 @@ impl Handler for Shared {
 }
 
 fn send_error(link: &Link, code: ErrorCode, message: String) -> Result<(), WireError> {
+    log::debug!("{}: answered {code}: {message}", link.remote());
     link.send(&Message::error(code, message))
 }
 
@@ -266,6 +267,10 @@ fn serve_chunk(
     }
     drop(f);
     send_paced(w, &buf[..total], shared)?;
+    log::debug!(
+        "{}: sent chunk {index} of {name:?} ({len} bytes)",
+        w.remote()
+    );
     shared.uploaded.fetch_add(len as u64, Ordering::Relaxed);
     if let Some(p) = peer {
         shared.first_sends.sent(name, index, p);

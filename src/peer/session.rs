@@ -720,7 +720,14 @@ impl Worker {
                     match r {
                         FileOutcome::Accepted => out.accepted.push(name),
                         FileOutcome::Refused { code, reason } => {
-                            out.refused.push((name, format!("{code}: {reason}")));
+                            // The reason is the tracker's sentence; the code's
+                            // own words only when it gave none.
+                            let why = if reason.is_empty() {
+                                code.to_string()
+                            } else {
+                                reason
+                            };
+                            out.refused.push((name, why));
                         }
                     }
                 }

@@ -14,7 +14,7 @@
 //! admission) are summed and capped at [`MAX_CHUNKS_PER_ADDRESS`].
 //!
 //! Calls `wire` (message types, name rule), `chunks` (geometry, bitmaps)
-//! and `admission` (which addresses count as one host).
+//! `limits` and `net::admission` (which addresses count as one host).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;

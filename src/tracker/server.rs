@@ -11,8 +11,8 @@
 //! error, silence past the idle timeout, a failed probe), and the tracker
 //! never ends a registration without closing its connection.
 //!
-//! Calls `net` (the skeleton), `wire` (messages) and [`super::registry`]
-//! (state). The registry Mutex is held only around in-memory registry calls,
+//! Calls `net` (the skeleton), `wire` (messages), `limits`, `sync` and
+//! [`super::registry`] (state). The registry Mutex is held only around in-memory registry calls,
 //! never across a read or write, so a slow client cannot stall anyone else.
 
 use std::fmt;

@@ -71,6 +71,16 @@ pub fn size(bytes: u32) -> String {
 /// argh doubles the braces of a subcommand's description in the list of
 /// commands, so `{{NAME}}` is replaced too.
 pub fn try_fill(text: &str) -> Result<String, Vec<String>> {
+    let (out, unknown) = fill_parts(text);
+    if unknown.is_empty() {
+        Ok(out)
+    } else {
+        Err(unknown)
+    }
+}
+
+/// The text with the known placeholders filled, and the unknown names.
+fn fill_parts(text: &str) -> (String, Vec<String>) {
     let table = placeholders();
     let mut out = String::with_capacity(text.len());
     let mut unknown = Vec::new();
@@ -100,11 +110,14 @@ pub fn try_fill(text: &str) -> Result<String, Vec<String>> {
         rest = &after[name_len + close.len()..];
     }
     out.push_str(rest);
-    if unknown.is_empty() {
-        Ok(out)
-    } else {
-        Err(unknown)
-    }
+    (out, unknown)
+}
+
+/// `text` with every known `{NAME}` replaced by its value and everything
+/// else (other braces, unknown names) left as it is: for texts that are
+/// not only help, like a completion script.
+pub fn fill_known(text: &str) -> String {
+    fill_parts(text).0
 }
 
 /// [`try_fill`], leaving an unknown placeholder as it is (the unit test

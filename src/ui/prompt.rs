@@ -4,7 +4,7 @@
 //! press.
 //!
 //! Owns: the stdin thread and the prompt string. Calls [`super::repl`],
-//! [`super::format`], [`super::signals`] and `peer::node`.
+//! [`super::format`], [`super::signals`], [`super::out`] and `peer::node`.
 
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -20,7 +20,8 @@ use crate::peer::download::DownloadOptions;
 use crate::peer::node::Node;
 use crate::peer::session::SessionEvent;
 
-const PROMPT: &str = "p2pfs> ";
+/// What the prompt shows while it waits for a command.
+pub const PROMPT: &str = "p2pfs> ";
 
 /// Runs the prompt until `quit`, the end of input, a signal or a closed
 /// stdout, then stops the downloads started here and leaves the network.
@@ -34,15 +35,16 @@ pub fn run(
     let mut out = Stdout;
     // Whatever ended the loop, the downloads stop and the node leaves.
     let looped = prompt_loop(&mut repl, &mut out, events, notices, signals);
+    super::log::set_prompt_shown(false);
     let stopped = repl.finish();
     let said = if stopped.is_empty() {
         Ok(())
     } else {
         writeln!(
             out,
-            "stopped {} unfinished download(s): {}; the verified chunks stay in .p2pfs/, \
-             and `get NAME` resumes from there",
-            stopped.len(),
+            "stopped {}: {}; the verified chunks stay in .p2pfs/, and `get NAME` resumes from \
+             there",
+            super::format::plural(stopped.len() as u64, "unfinished download"),
             stopped.join(", ")
         )
     };
@@ -72,15 +74,19 @@ fn prompt_loop(
     writeln!(out, "type help for the commands")?;
     write!(out, "{PROMPT}")?;
     out.flush()?;
+    // Log records written while the prompt waits redraw it (see ui::log).
+    super::log::set_prompt_shown(tty);
     loop {
         select! {
             recv(lines) -> line => match line {
                 Ok(line) => {
+                    super::log::set_prompt_shown(false);
                     if repl.handle(&line, out)? == Flow::Quit {
                         return Ok(());
                     }
                     write!(out, "{PROMPT}")?;
                     out.flush()?;
+                    super::log::set_prompt_shown(tty);
                 }
                 // End of input (Ctrl-D): like quit.
                 Err(_) => return writeln!(out),

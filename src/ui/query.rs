@@ -12,7 +12,7 @@ use super::format::{format_file_list, format_locations};
 use crate::peer::{PeerError, client};
 
 pub fn list(a: ListArgs) -> Result<(), BoxError> {
-    let merged = client::list_files_all(&super::trackers(&a.tracker)?)?;
+    let merged = client::list_files_all(&super::trackers(a.tracker.as_deref())?)?;
     warn_unanswered(&merged.failed);
     let (files, truncated) = merged.value;
     out!("{}", format_file_list(&files, truncated))?;
@@ -20,7 +20,7 @@ pub fn list(a: ListArgs) -> Result<(), BoxError> {
 }
 
 pub fn where_(a: WhereArgs) -> Result<(), BoxError> {
-    let merged = client::locate_all(&super::trackers(&a.tracker)?, &a.name, false)?;
+    let merged = client::locate_all(&super::trackers(a.tracker.as_deref())?, &a.name, false)?;
     warn_unanswered(&merged.failed);
     let (l, _) = merged.value;
     out!("{}", format_locations(&l, a.width.max(1), None)?)?;

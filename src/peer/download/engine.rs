@@ -9,7 +9,8 @@
 //! the assembler and the coordinator (the caller's thread; it starts the
 //! locator and the workers) and joins them.
 //!
-//! Calls `chunks`, the peer's `picker` and `share`, and the download's `partfile`,
+//! Calls `chunks`, `wire` (Locations), the peer's `picker` and `share`, and the
+//! download's `partfile`,
 //! `coordinator`, `worker` and `assembler`.
 
 use std::net::SocketAddr;

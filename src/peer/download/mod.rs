@@ -76,7 +76,9 @@ pub use crate::limits::{
     REFRESH_INTERVAL,
 };
 pub use coordinator::list_indices;
-pub use partfile::{HAVE_SUFFIX, PART_SUFFIX, WORK_DIR, have_path, part_path};
+pub use partfile::{
+    HAVE_SUFFIX, PART_SUFFIX, WORK_DIR, have_path, is_artifact, part_path, unfinished,
+};
 
 /// Tunables; `Default` gives the documented values.
 #[derive(Debug, Clone)]
@@ -259,7 +261,7 @@ fn describe(trackers: &[SocketAddr], name: &str) -> Result<(Described, IpAddr)> 
             code: ErrorCode::UnknownFile,
             ..
         }) => {
-            return Err(PeerError::Download(format!(
+            return Err(PeerError::NotFound(format!(
                 "no file named {name:?} on the network"
             )));
         }

@@ -14,7 +14,7 @@
 //! the final name is never replaced.
 //!
 //! Calls `chunks` (geometry, bitmaps, SHA-1), the peer's error type, `log`
-//! and the libc crate's open flags only; nothing else of the download and nothing
+//! `wire` (the name rule) and the libc crate's open flags only; nothing else of the download and nothing
 //! of `share`, so `share` can ask [`is_artifact`] without an import cycle.
 //!
 //! Files that already exist (the final name, `.part.have`, a `.part` being
@@ -26,7 +26,8 @@
 //!
 //! `"P2PFHAVE"` | 20-byte identity (SHA-1 over the length, the chunk size and
 //! every chunk hash, so a bitmap saved for other content is never trusted) |
-//! the bitmap's bytes. Written to `KEY.part.have.tmp` (never following a
+//! the bitmap's bytes | the file's name (UTF-8) | `u16` name length, big-endian
+//! (so [`unfinished`] can name the download a KEY belongs to). Written to `KEY.part.have.tmp` (never following a
 //! link planted there) and renamed over the old one.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -38,6 +39,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use log::warn;
 
 use crate::chunks::{self, Bitmap, Digest, Geometry};
+use crate::limits::{MAX_CHUNKS_PER_FILE, MAX_NAME_LEN};
 use crate::peer::{PeerError, Result};
 
 /// The folder, in the download folder, holding unfinished downloads.
@@ -71,6 +73,30 @@ pub fn have_path(dir: &Path, name: &str) -> PathBuf {
     Paths::new(dir, name).have
 }
 
+/// The names of the downloads left unfinished in `dir` (a `KEY.part` in
+/// its [`WORK_DIR`] with a saved bitmap that names it), sorted: what
+/// `get NAME` would resume. Links are not followed; anything unreadable or
+/// not matching its KEY is passed over.
+pub fn unfinished(dir: &Path) -> Vec<String> {
+    let work = dir.join(WORK_DIR);
+    let Ok(entries) = fs::read_dir(&work) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let file_name = e.file_name().into_string().ok()?;
+            let key = file_name.strip_suffix(HAVE_SUFFIX)?;
+            let name = saved_name(&e.path())?;
+            let paths = Paths::new(dir, &name);
+            let matches = paths.have.file_name()? == e.file_name().as_os_str() && !key.is_empty();
+            (matches && open_existing_file(&paths.part, false).is_ok()).then_some(name)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 /// The paths a download uses.
 pub(super) struct Paths {
     pub(super) final_path: PathBuf,
@@ -78,6 +104,9 @@ pub(super) struct Paths {
     work: PathBuf,
     pub(super) part: PathBuf,
     pub(super) have: PathBuf,
+    /// The file's name, recorded in the saved bitmap so that
+    /// [`unfinished`] can say which download a KEY belongs to.
+    name: String,
 }
 
 impl Paths {
@@ -94,6 +123,7 @@ impl Paths {
             have: work.join(format!("{key}{HAVE_SUFFIX}")),
             work,
             final_path,
+            name: name.to_owned(),
         }
     }
 
@@ -117,7 +147,7 @@ impl Paths {
 
     /// Saves `have` as the verified chunks of the `.part`.
     pub(super) fn save_have(&self, id: &Digest, have: &Bitmap) -> std::io::Result<()> {
-        save_have(&self.have, id, have)
+        save_have(&self.have, id, have, &self.name)
     }
 
     fn refuse(&self, why: &str) -> PeerError {
@@ -163,19 +193,54 @@ fn open_existing_file(path: &Path, write: bool) -> std::io::Result<File> {
 /// chunks; `None` for anything else (missing, truncated, other content, not
 /// a regular file).
 fn load_have(path: &Path, id: &Digest, count: u32) -> Option<Bitmap> {
+    let bitmap_len = usize::try_from(count.div_ceil(8)).ok()?;
+    let bytes = read_have(path, bitmap_len)?;
+    if bytes[8..28] != id[..] || bytes.len() < 28 + bitmap_len + 2 {
+        return None;
+    }
+    let name_len = trailer_name_len(&bytes);
+    if bytes.len() != 28 + bitmap_len + name_len + 2 {
+        return None;
+    }
+    Bitmap::from_bytes(count, &bytes[28..28 + bitmap_len]).ok()
+}
+
+/// The start of the saved bitmap at `path` (magic checked), read no further
+/// than a bitmap of `bitmap_len` bytes and the longest name allow (plus one
+/// byte, so an overlong file is seen as such).
+fn read_have(path: &Path, bitmap_len: usize) -> Option<Vec<u8>> {
+    let limit = 28 + bitmap_len + MAX_NAME_LEN + 2 + 1;
     let mut bytes = Vec::new();
     open_existing_file(path, false)
         .ok()?
-        .take(8 + 20 + u64::from(count).div_ceil(8) + 1)
+        .take(u64::try_from(limit).ok()?)
         .read_to_end(&mut bytes)
         .ok()?;
-    if bytes.len() < 28 || &bytes[..8] != HAVE_MAGIC || bytes[8..28] != id[..] {
-        return None;
-    }
-    Bitmap::from_bytes(count, &bytes[28..]).ok()
+    (bytes.len() >= 30 && bytes.len() < limit && &bytes[..8] == HAVE_MAGIC).then_some(bytes)
 }
 
-fn save_have(path: &Path, id: &Digest, have: &Bitmap) -> std::io::Result<()> {
+/// The name length recorded in the last two bytes of a saved bitmap.
+fn trailer_name_len(bytes: &[u8]) -> usize {
+    usize::from(u16::from_be_bytes([
+        bytes[bytes.len() - 2],
+        bytes[bytes.len() - 1],
+    ]))
+}
+
+/// The file name recorded in the saved bitmap at `path`, if it holds a valid
+/// one.
+fn saved_name(path: &Path) -> Option<String> {
+    let max_bitmap = usize::try_from(MAX_CHUNKS_PER_FILE.div_ceil(8)).ok()?;
+    let bytes = read_have(path, max_bitmap)?;
+    let name_len = trailer_name_len(&bytes);
+    let end = bytes.len() - 2;
+    let start = end.checked_sub(name_len).filter(|&st| st >= 28)?;
+    let name = std::str::from_utf8(&bytes[start..end]).ok()?;
+    crate::wire::validate_name(name).ok()?;
+    Some(name.to_owned())
+}
+
+fn save_have(path: &Path, id: &Digest, have: &Bitmap, name: &str) -> std::io::Result<()> {
     let mut tmp = path.to_path_buf().into_os_string();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -186,6 +251,10 @@ fn save_have(path: &Path, id: &Digest, have: &Bitmap) -> std::io::Result<()> {
     bytes.extend_from_slice(HAVE_MAGIC);
     bytes.extend_from_slice(id);
     bytes.extend_from_slice(have.as_bytes());
+    bytes.extend_from_slice(name.as_bytes());
+    // A valid name is at most MAX_NAME_LEN (1 KiB) bytes, so this fits.
+    let name_len = u16::try_from(name.len()).unwrap_or(u16::MAX);
+    bytes.extend_from_slice(&name_len.to_be_bytes());
     f.write_all(&bytes)?;
     fs::rename(&tmp, path)
 }
@@ -312,7 +381,7 @@ fn create(paths: &Paths, id: &Digest, geometry: Geometry) -> Result<(File, PartL
             Err(e) => return Err(PeerError::io("create", &paths.part, e)),
         }
     };
-    if let Err(e) = save_have(&paths.have, id, &Bitmap::new(geometry.count())) {
+    if let Err(e) = paths.save_have(id, &Bitmap::new(geometry.count())) {
         // Without its .have a later run would refuse the .part.
         let _ = fs::remove_file(&paths.part);
         return Err(PeerError::io("create", &paths.have, e));
@@ -431,6 +500,37 @@ mod tests {
     }
 
     #[test]
+    fn unfinished_downloads_are_found_by_their_part_and_bitmap() {
+        let dir = TempDir::new("unfinished");
+        let (_, g, hashes) = content();
+        let long = format!("sub/{}", "x".repeat(255));
+        for name in ["a.bin", long.as_str()] {
+            let paths = Paths::new(&dir.0, name);
+            let (file, _, lock) = open(&paths, g, &hashes, None).unwrap();
+            drop((file, lock));
+        }
+        // A .part without its bitmap, a bitmap whose name does not match
+        // its KEY, and a plain file are not unfinished downloads.
+        let stray = Paths::new(&dir.0, "stray");
+        fs::write(&stray.part, b"x").unwrap();
+        let liar = Paths::new(&dir.0, "liar");
+        fs::write(&liar.part, b"x").unwrap();
+        save_have(&liar.have, &[0; 20], &Bitmap::new(1), "a.bin").unwrap();
+        fs::write(dir.0.join("c.txt"), b"x").unwrap();
+        assert_eq!(unfinished(&dir.0), ["a.bin".to_owned(), long.clone()]);
+        assert!(unfinished(&dir.0.join("missing")).is_empty());
+        // Once finished, it is no longer listed.
+        let paths = Paths::new(&dir.0, "a.bin");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&paths.part)
+            .unwrap();
+        finish(&paths, &file).unwrap();
+        assert_eq!(unfinished(&dir.0), [long]);
+    }
+
+    #[test]
     fn have_file_round_trips_and_rejects_other_content() {
         let dir = TempDir::new("have");
         let p = dir.0.join("x.part.have");
@@ -440,7 +540,7 @@ mod tests {
         let mut b = Bitmap::new(10);
         b.set(3);
         b.set(9);
-        save_have(&p, &id, &b).unwrap();
+        save_have(&p, &id, &b, "f").unwrap();
         assert_eq!(load_have(&p, &id, 10), Some(b));
         let other = identity(g, &[[2u8; 20]; 10]);
         assert_eq!(load_have(&p, &other, 10), None);
@@ -457,7 +557,7 @@ mod tests {
         let id = identity(g, &hashes);
         let mut b = Bitmap::new(10);
         b.set(0);
-        save_have(&p, &id, &b).unwrap();
+        save_have(&p, &id, &b, "f").unwrap();
         let full = fs::read(&p).unwrap();
         for cut in [0, 7, 8, 27, 28, full.len() - 1] {
             fs::write(&p, &full[..cut]).unwrap();
@@ -472,7 +572,7 @@ mod tests {
         fs::write(&victim, b"precious").unwrap();
         let p = dir.0.join("x.part.have");
         std::os::unix::fs::symlink(&victim, dir.0.join("x.part.have.tmp")).unwrap();
-        save_have(&p, &[0; 20], &Bitmap::new(3)).unwrap();
+        save_have(&p, &[0; 20], &Bitmap::new(3), "f").unwrap();
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
     }
 
@@ -553,7 +653,7 @@ mod tests {
         assert!(e.to_string().contains(".part"), "{e}");
         // A .part.have for other content.
         let other = identity(g, &[[9u8; 20]; 10]);
-        save_have(&paths.have, &other, &Bitmap::new(10)).unwrap();
+        save_have(&paths.have, &other, &Bitmap::new(10), "f").unwrap();
         assert!(open(&paths, g, &hashes, None).is_err());
         assert_eq!(fs::read(&paths.part).unwrap(), b"not yours");
         // Not a regular file.

@@ -18,6 +18,7 @@ use crate::error_chain;
 use crate::peer::download::{DownloadOptions, Progress, Summary};
 use crate::peer::node::Node;
 use crate::sync::lock;
+use crate::ui::Resumable;
 
 /// Finished-download notices waiting for the UI. Far more than downloads
 /// anyone starts by hand; when full, a notice is dropped (status still
@@ -94,13 +95,22 @@ impl Jobs {
         let handle = thread::Builder::new()
             .name(format!("get {name}"))
             .spawn(move || {
+                let mut started = false;
                 let r = node.download_cancellable(&n, &dir, &opts, Some(&c), &mut |p| {
+                    started = true;
                     *lock(&st) = DownloadState::Running(p.clone());
                 });
                 let (notice, end) = match r {
                     Ok(s) => (text::done_line(&s), DownloadState::Done(s)),
                     Err(e) => {
-                        let why = error_chain(&e);
+                        let why = if started {
+                            Resumable::line(
+                                &e,
+                                &format!("type get {} to resume", super::command::as_typed(&n)),
+                            )
+                        } else {
+                            error_chain(&e)
+                        };
                         (
                             format!("download of {n} failed: {why}"),
                             DownloadState::Failed(why),

@@ -34,7 +34,7 @@ use self::jobs::Jobs;
 use self::text::{Mine, explain};
 use crate::error_chain;
 use crate::peer::client;
-use crate::peer::download::DownloadOptions;
+use crate::peer::download::{DownloadOptions, unfinished};
 use crate::peer::node::Node;
 use crate::peer::{PeerError, Result};
 use crate::ui::format::format_locations;
@@ -56,6 +56,8 @@ pub struct Repl {
     /// The last `list`, which NUMBERs refer to.
     listed: Vec<FileSummary>,
     jobs: Jobs,
+    /// Where downloads go (the shared folder).
+    dir: PathBuf,
     /// Upload counter at the previous `status`, for its rate.
     upload_mark: (Instant, u64),
 }
@@ -66,12 +68,13 @@ impl Repl {
     /// yields one line per finished or failed background download, for the
     /// UI to print when it likes.
     pub fn new(node: Arc<Node>, dir: PathBuf, opts: DownloadOptions) -> (Repl, Receiver<String>) {
-        let (jobs, notices) = Jobs::new(Arc::clone(&node), dir, opts);
+        let (jobs, notices) = Jobs::new(Arc::clone(&node), dir.clone(), opts);
         let mark = (Instant::now(), node.uploaded_bytes());
         let repl = Repl {
             node,
             listed: Vec::new(),
             jobs,
+            dir,
             upload_mark: mark,
         };
         (repl, notices)
@@ -255,7 +258,19 @@ impl Repl {
             )
         )?;
         write!(out, "{}", text::files_block(&node.share().files()))?;
-        write!(out, "{}", text::downloads_block(&self.jobs.states()))?;
+        let columns = crate::ui::progress::stdout_columns();
+        write!(
+            out,
+            "{}",
+            text::downloads_block(&self.jobs.states(), columns)
+        )?;
+        let waiting: Vec<String> = unfinished(&self.dir)
+            .into_iter()
+            .filter(|n| !self.jobs.is_running(n) && !node.is_downloading(n))
+            .collect();
+        if !waiting.is_empty() {
+            writeln!(out, "{}", text::unfinished_line(&waiting))?;
+        }
         let (then, before) = self.upload_mark;
         let now = (Instant::now(), node.uploaded_bytes());
         let secs = now.0.duration_since(then).as_secs_f64().max(1e-3);
