@@ -252,8 +252,9 @@ fn print_session_events(
     let printer = std::thread::Builder::new()
         .name("session-events".into())
         .spawn(move || {
+            let several = refusals.trackers > 1;
             for ev in rx {
-                for line in describe_event(&ev) {
+                for line in describe_event(&ev, several) {
                     if note!("{line}").is_err() {
                         let _ = end_tx.send(PrinterEnd::Closed);
                         return;
