@@ -39,6 +39,7 @@ use log::{debug, info, warn};
 use super::client::{Conn, unexpected};
 use super::share::{ShareIndex, SharedFile};
 use super::{PeerError, Result};
+pub use crate::limits::LEAVE_WAIT;
 use crate::sync::lock;
 use crate::wire::{self, ErrorCode, FileEntry, FileOutcome, Message};
 
@@ -61,12 +62,6 @@ const OVERFLOW_INTERVAL: Duration = Duration::from_secs(1);
 /// is longer than [`OVERFLOW_INTERVAL`]. Meanwhile the tracker lags behind
 /// on that file's newest chunks; nothing is lost.
 const OVERFLOW_RATE: u64 = 1 << 20;
-/// How long leaving waits for the session thread to send Leave and read
-/// the tracker's Ok (or to finish whatever it is sending) before cutting
-/// its connection: a tracker that accepts and never answers must not hold
-/// a peer's exit for the whole io timeout. Leave is a courtesy; the tracker
-/// forgets the peer when the connection closes anyway.
-pub const LEAVE_WAIT: Duration = Duration::from_secs(1);
 
 /// Timing of the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
