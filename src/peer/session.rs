@@ -444,6 +444,7 @@ impl Worker {
                     self.report(outcome);
                     let end = self.serve(&mut link);
                     let _ = link.conn.stream().shutdown(Shutdown::Both);
+                    self.forget_stream();
                     self.connected.store(false, Ordering::SeqCst);
                     match end {
                         End::Leave => return,
@@ -467,20 +468,11 @@ impl Worker {
                     }
                 }
                 Err(why) => {
+                    // The connection is dropped; so is the clone kept for
+                    // leaving, or it would hold the socket open.
+                    self.forget_stream();
                     failures = failures.saturating_add(1);
-                    if failures == 1 {
-                        warn!(
-                            "cannot reach tracker {}: {why}; retrying in the background \
-                             (this peer keeps serving, but new downloaders cannot find it \
-                             until the tracker answers)",
-                            self.tracker
-                        );
-                    } else {
-                        debug!(
-                            "tracker {} still unreachable (attempt {failures}): {why}",
-                            self.tracker
-                        );
-                    }
+                    self.log_unreachable(failures, &why);
                     if !down {
                         down = true;
                         self.emit(SessionEvent::Disconnected {
@@ -840,6 +832,26 @@ impl Worker {
                 default(left) => return false,
             }
         }
+    }
+
+    fn log_unreachable(&self, failures: u32, why: &str) {
+        if failures == 1 {
+            warn!(
+                "cannot reach tracker {}: {why}; retrying in the background \
+                 (this peer keeps serving, but new downloaders cannot find it \
+                 until the tracker answers)",
+                self.tracker
+            );
+        } else {
+            debug!(
+                "tracker {} still unreachable (attempt {failures}): {why}",
+                self.tracker
+            );
+        }
+    }
+
+    fn forget_stream(&self) {
+        *lock(&self.stream) = None;
     }
 
     fn stop_requested(&self) -> bool {
