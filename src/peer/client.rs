@@ -268,8 +268,19 @@ pub fn none_answered(mut failed: Vec<(SocketAddr, PeerError)>) -> PeerError {
     if failed.len() == 1 {
         return failed.remove(0).1;
     }
-    let why: Vec<String> = failed.iter().map(|(t, e)| format!("{t}: {e}")).collect();
+    let why: Vec<String> = failed.iter().map(|(t, e)| about(*t, e)).collect();
     PeerError::NoTracker(why.join("; "))
+}
+
+/// "ADDR: why", for what went wrong with tracker `t` (without saying the
+/// address twice when the error already starts with it).
+pub fn about(t: SocketAddr, e: &PeerError) -> String {
+    let text = e.to_string();
+    if text.starts_with(&t.to_string()) {
+        text
+    } else {
+        format!("{t}: {text}")
+    }
 }
 
 /// Every file on the network as the trackers in `trackers` list it,

@@ -31,6 +31,9 @@ pub fn where_(a: WhereArgs) -> Result<(), BoxError> {
 /// comes from the others).
 pub fn warn_unanswered(failed: &[(SocketAddr, PeerError)]) {
     for (t, e) in failed {
-        eprintln!("peer: warning: tracker {t} left out ({e}); showing what the others say");
+        eprintln!(
+            "peer: warning: tracker left out ({}); showing what the others say",
+            client::about(*t, e)
+        );
     }
 }

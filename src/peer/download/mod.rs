@@ -268,7 +268,10 @@ fn describe(trackers: &[SocketAddr], name: &str) -> Result<(Described, IpAddr)> 
         r => r?,
     };
     for (t, e) in &merged.failed {
-        warn!("{name}: tracker {t} left out: {e}; going on with the others");
+        warn!(
+            "{name}: tracker left out ({}); going on with the others",
+            client::about(*t, e)
+        );
     }
     let (locations, ip) = merged.value;
     let hashes = locations.hashes.clone().unwrap_or_default();

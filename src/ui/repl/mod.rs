@@ -161,7 +161,7 @@ impl Repl {
         let (files, truncated) = match client::list_files_all(self.node.trackers()) {
             Ok(m) => {
                 for (t, e) in &m.failed {
-                    writeln!(out, "(tracker {t} left out: {})", error_chain(e))?;
+                    writeln!(out, "(tracker left out: {})", client::about(*t, e))?;
                 }
                 m.value
             }
