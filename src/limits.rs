@@ -157,6 +157,18 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// side is considered gone; a source that leaves a request unanswered this
 /// long is dropped.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a peer leaving waits for each tracker session to send Leave and
+/// read the tracker's Ok (or finish what it is sending) before cutting the
+/// connection: a tracker that accepts and never answers must not hold a
+/// peer's exit for the whole io timeout. Leave is a courtesy; a tracker
+/// forgets a peer when its connection closes anyway.
+pub const LEAVE_WAIT: Duration = Duration::from_secs(1);
+/// A question put to several trackers at once (`peer list`, `peer where`,
+/// the start of a download) waits at most this long for the others once
+/// one has answered; the rest are left out, named, so one tracker that
+/// accepts connections and never answers does not hold every command for
+/// [`IO_TIMEOUT`].
+pub const TRACKER_GRACE: Duration = Duration::from_secs(1);
 
 // ---- Download engine ----------------------------------------------------------
 

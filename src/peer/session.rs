@@ -1,6 +1,9 @@
-//! The peer's one persistent control connection to the tracker.
+//! The peer's persistent control connection to one tracker. A peer given
+//! several trackers runs one session per tracker (`peer::node` starts them
+//! and sends every update to each); the sessions know nothing of each
+//! other, and each tracker keeps its own soft state.
 //!
-//! Owns: the "tracker-session" thread and everything sent on that
+//! Owns: the "session-ADDR" thread and everything sent on that
 //! connection: Register (at connect, for files added later, and for a
 //! download's first chunk), ChunkRegister for each newly verified chunk,
 //! Keepalive when idle, the withdrawal of files the share index dropped
@@ -26,7 +29,7 @@
 
 use std::collections::HashSet;
 use std::mem;
-use std::net::{Shutdown, SocketAddr};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -38,6 +41,7 @@ use log::{debug, info, warn};
 use super::client::{Conn, unexpected};
 use super::share::{ShareIndex, SharedFile};
 use super::{PeerError, Result};
+pub use crate::limits::LEAVE_WAIT;
 use crate::sync::lock;
 use crate::wire::{self, ErrorCode, FileEntry, FileOutcome, Message};
 
@@ -98,13 +102,26 @@ pub enum SessionEvent {
     /// first downloaded later): which names the tracker accepted, and which
     /// were refused, with the reason.
     Registered {
+        tracker: SocketAddr,
         accepted: Vec<String>,
         refused: Vec<(String, String)>,
     },
     /// The connection went down (or the first attempt failed): why.
-    Disconnected(String),
+    Disconnected { tracker: SocketAddr, why: String },
     /// The connection is up again after a [`SessionEvent::Disconnected`].
-    Reconnected,
+    Reconnected { tracker: SocketAddr },
+}
+
+impl SessionEvent {
+    /// The tracker whose session this event comes from (a peer with
+    /// several trackers has one session each).
+    pub fn tracker(&self) -> SocketAddr {
+        match self {
+            SessionEvent::Registered { tracker, .. }
+            | SessionEvent::Disconnected { tracker, .. }
+            | SessionEvent::Reconnected { tracker } => *tracker,
+        }
+    }
 }
 
 enum Command {
@@ -122,11 +139,16 @@ pub struct TrackerSession {
     /// dropped ChunkRegister.
     overflow: Arc<Mutex<HashSet<String>>>,
     connected: Arc<AtomicBool>,
+    /// The thread's current tracker socket, so leaving can cut it.
+    stream: Arc<Mutex<Option<TcpStream>>>,
+    /// Set when leaving has cut the connection: a socket the thread opens
+    /// afterwards is shut at once.
+    cut: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl TrackerSession {
-    /// Starts the "tracker-session" thread, which connects, registers every
+    /// Starts the "session-ADDR" thread, which connects, registers every
     /// file of `share` holding at least one chunk (or zero-length), with
     /// endpoint (local IP of the connection, `listen_port`), then keeps the
     /// connection alive and reconnects with backoff when it breaks.
@@ -162,7 +184,11 @@ impl TrackerSession {
         let (stop, stop_rx) = bounded(1);
         let overflow = Arc::new(Mutex::new(HashSet::new()));
         let connected = Arc::new(AtomicBool::new(false));
+        let stream = Arc::new(Mutex::new(None));
+        let cut = Arc::new(AtomicBool::new(false));
         let worker = Worker {
+            stream: Arc::clone(&stream),
+            cut: Arc::clone(&cut),
             tracker,
             listen_port,
             share,
@@ -175,14 +201,16 @@ impl TrackerSession {
             connected: Arc::clone(&connected),
         };
         let handle = thread::Builder::new()
-            .name("tracker-session".into())
+            .name(format!("session-{tracker}"))
             .spawn(move || worker.run())
-            .map_err(|e| PeerError::io("start thread", "tracker-session", e))?;
+            .map_err(|e| PeerError::io("start thread", "session", e))?;
         Ok(TrackerSession {
             commands,
             stop,
             overflow,
             connected,
+            stream,
+            cut,
             handle: Some(handle),
         })
     }
@@ -231,19 +259,53 @@ impl TrackerSession {
         self.connected.load(Ordering::SeqCst)
     }
 
-    /// Sends Leave (waiting for the tracker's Ok at most the io timeout),
-    /// closes the connection and joins the thread. During a reconnect
-    /// backoff this returns at once.
+    /// Sends Leave (waiting for the tracker's Ok at most [`LEAVE_WAIT`],
+    /// then cutting the connection), closes the connection and joins the
+    /// thread. During a reconnect backoff this returns at once.
     pub fn leave(mut self) {
         self.shutdown();
     }
 
+    /// [`TrackerSession::leave`] for several sessions at once: every one is
+    /// told to stop before any is joined, so the sessions' Leaves are sent
+    /// and awaited in parallel (a tracker that does not answer costs its
+    /// io timeout once, not once per session after it).
+    pub fn leave_all(sessions: Vec<TrackerSession>) {
+        for s in &sessions {
+            s.request_stop();
+        }
+        let deadline = Instant::now() + LEAVE_WAIT;
+        for mut s in sessions {
+            s.finish(deadline);
+        }
+    }
+
+    fn request_stop(&self) {
+        // Full only if a stop is already pending; either way it is seen.
+        let _ = self.stop.try_send(());
+    }
+
     fn shutdown(&mut self) {
+        self.request_stop();
+        self.finish(Instant::now() + LEAVE_WAIT);
+    }
+
+    /// Joins the thread (already asked to stop), cutting its connection if
+    /// it is still talking at `deadline`. A connect in progress still takes
+    /// up to its own timeout.
+    fn finish(&mut self, deadline: Instant) {
         let Some(handle) = self.handle.take() else {
             return;
         };
-        // Full only if a stop is already pending; either way it is seen.
-        let _ = self.stop.try_send(());
+        while !handle.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        if !handle.is_finished() {
+            self.cut.store(true, Ordering::SeqCst);
+            if let Some(s) = lock(&self.stream).as_ref() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
         if handle.join().is_err() {
             warn!("tracker session thread panicked");
         }
@@ -368,6 +430,8 @@ struct Worker {
     stop: Receiver<()>,
     overflow: Arc<Mutex<HashSet<String>>>,
     connected: Arc<AtomicBool>,
+    stream: Arc<Mutex<Option<TcpStream>>>,
+    cut: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -393,11 +457,14 @@ impl Worker {
                     }
                     failures = 0;
                     if mem::replace(&mut down, false) {
-                        self.emit(SessionEvent::Reconnected);
+                        self.emit(SessionEvent::Reconnected {
+                            tracker: self.tracker,
+                        });
                     }
                     self.report(outcome);
                     let end = self.serve(&mut link);
                     let _ = link.conn.stream().shutdown(Shutdown::Both);
+                    self.forget_stream();
                     self.connected.store(false, Ordering::SeqCst);
                     match end {
                         End::Leave => return,
@@ -407,7 +474,10 @@ impl Worker {
                                 self.tracker
                             );
                             down = true;
-                            self.emit(SessionEvent::Disconnected(why));
+                            self.emit(SessionEvent::Disconnected {
+                                tracker: self.tracker,
+                                why,
+                            });
                             // A connection that stayed up a while resets the
                             // backoff; one that breaks at once (a tracker in
                             // a crash loop) keeps growing it.
@@ -418,23 +488,17 @@ impl Worker {
                     }
                 }
                 Err(why) => {
+                    // The connection is dropped; so is the clone kept for
+                    // leaving, or it would hold the socket open.
+                    self.forget_stream();
                     failures = failures.saturating_add(1);
-                    if failures == 1 {
-                        warn!(
-                            "cannot reach tracker {}: {why}; retrying in the background \
-                             (this peer keeps serving, but new downloaders cannot find it \
-                             until the tracker answers)",
-                            self.tracker
-                        );
-                    } else {
-                        debug!(
-                            "tracker {} still unreachable (attempt {failures}): {why}",
-                            self.tracker
-                        );
-                    }
+                    self.log_unreachable(failures, &why);
                     if !down {
                         down = true;
-                        self.emit(SessionEvent::Disconnected(why));
+                        self.emit(SessionEvent::Disconnected {
+                            tracker: self.tracker,
+                            why,
+                        });
                     }
                 }
             }
@@ -450,7 +514,13 @@ impl Worker {
 
     /// Connects, binds the endpoint and registers every announceable file.
     fn establish(&self) -> Result<(Link, Outcome), Lost> {
-        let conn = Conn::connect(self.tracker, self.cfg.io_timeout).map_err(|e| e.to_string())?;
+        let stream = crate::net::client::connect_stream(self.tracker)
+            .map_err(|e| PeerError::from(e).to_string())?;
+        *lock(&self.stream) = stream.try_clone().ok();
+        if self.cut.load(Ordering::SeqCst) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        let conn = Conn::from_stream(stream, self.cfg.io_timeout).map_err(|e| e.to_string())?;
         let local = conn
             .stream()
             .local_addr()
@@ -811,6 +881,26 @@ impl Worker {
         }
     }
 
+    fn log_unreachable(&self, failures: u32, why: &str) {
+        if failures == 1 {
+            warn!(
+                "cannot reach tracker {}: {why}; retrying in the background \
+                 (this peer keeps serving, but new downloaders cannot find it \
+                 until the tracker answers)",
+                self.tracker
+            );
+        } else {
+            debug!(
+                "tracker {} still unreachable (attempt {failures}): {why}",
+                self.tracker
+            );
+        }
+    }
+
+    fn forget_stream(&self) {
+        *lock(&self.stream) = None;
+    }
+
     fn stop_requested(&self) -> bool {
         !matches!(self.stop.try_recv(), Err(TryRecvError::Empty))
     }
@@ -827,6 +917,7 @@ impl Worker {
             );
         }
         self.emit(SessionEvent::Registered {
+            tracker: self.tracker,
             accepted: outcome.accepted,
             refused: outcome.refused,
         });
@@ -1386,7 +1477,9 @@ mod tests {
         let zero = files.iter().find(|f| f.name == "zero").unwrap();
         assert!(zero.hashes.is_empty());
         match next_event(&erx) {
-            SessionEvent::Registered { accepted, refused } => {
+            SessionEvent::Registered {
+                accepted, refused, ..
+            } => {
                 assert_eq!(accepted.len(), 3);
                 assert!(refused.is_empty());
             }
@@ -1487,8 +1580,11 @@ mod tests {
         // Added without register_files: the re-registration covers it.
         share.insert(partial("b", 4096, &[3]));
         fake.kick();
-        assert!(matches!(next_event(&erx), SessionEvent::Disconnected(_)));
-        assert_eq!(next_event(&erx), SessionEvent::Reconnected);
+        assert!(matches!(
+            next_event(&erx),
+            SessionEvent::Disconnected { .. }
+        ));
+        assert!(matches!(next_event(&erx), SessionEvent::Reconnected { .. }));
         match next_event(&erx) {
             SessionEvent::Registered { mut accepted, .. } => {
                 accepted.sort();
@@ -1521,18 +1617,45 @@ mod tests {
         let (etx, erx) = bounded(64);
         let s = TrackerSession::start(fake.addr, 5, index(&[complete("a", 10)]), fast(), Some(etx))
             .unwrap();
-        assert!(matches!(next_event(&erx), SessionEvent::Disconnected(_)));
+        assert!(matches!(
+            next_event(&erx),
+            SessionEvent::Disconnected { .. }
+        ));
         assert!(!s.is_connected());
         // Updates while down are dropped, not queued forever.
         s.chunk_registered("a", 0);
         fake.refuse.store(false, Ordering::SeqCst);
         let (_, _, files) = expect_register(fake.next());
         assert_eq!(names(&files), vec!["a"]);
-        assert_eq!(next_event(&erx), SessionEvent::Reconnected);
+        assert!(matches!(next_event(&erx), SessionEvent::Reconnected { .. }));
         assert!(matches!(next_event(&erx), SessionEvent::Registered { .. }));
         wait_until("connected", || s.is_connected());
         s.leave();
         assert_eq!(fake.next_request().1, Message::Leave);
+    }
+
+    /// A tracker that accepts connections and never answers (stopped, or
+    /// its accept backlog full) held leaving for the whole io timeout, and
+    /// so held a peer's exit; with several trackers, any one of them did.
+    #[test]
+    fn leave_cuts_a_tracker_that_never_answers() {
+        // Listening (the kernel completes the handshake) but never reading.
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let cfg = SessionConfig {
+            io_timeout: Duration::from_secs(30),
+            ..fast()
+        };
+        let s =
+            TrackerSession::start(silent.local_addr().unwrap(), 5, index(&[]), cfg, None).unwrap();
+        // Let it connect and block on the Hello.
+        thread::sleep(Duration::from_millis(200));
+        let t = Instant::now();
+        s.leave();
+        assert!(
+            t.elapsed() < LEAVE_WAIT + Duration::from_secs(1),
+            "leave took {:?}",
+            t.elapsed()
+        );
     }
 
     #[test]
@@ -1549,7 +1672,10 @@ mod tests {
             ..fast()
         };
         let s = TrackerSession::start(port, 5, index(&[]), cfg, Some(etx)).unwrap();
-        assert!(matches!(next_event(&erx), SessionEvent::Disconnected(_)));
+        assert!(matches!(
+            next_event(&erx),
+            SessionEvent::Disconnected { .. }
+        ));
         let t = Instant::now();
         s.leave();
         assert!(
@@ -1568,7 +1694,9 @@ mod tests {
         let (conn, _, files) = expect_register(fake.next());
         assert_eq!(names(&files), vec!["bad/x", "good"]);
         match next_event(&erx) {
-            SessionEvent::Registered { accepted, refused } => {
+            SessionEvent::Registered {
+                accepted, refused, ..
+            } => {
                 assert_eq!(accepted, vec!["good"]);
                 assert_eq!(refused.len(), 1);
                 assert_eq!(refused[0].0, "bad/x");
@@ -1657,7 +1785,9 @@ mod tests {
             vec!["s0", "s1", "s2", "s3", "s4", "t0", "t1", "t2"]
         );
         match next_event(&erx) {
-            SessionEvent::Registered { accepted, refused } => {
+            SessionEvent::Registered {
+                accepted, refused, ..
+            } => {
                 assert_eq!(accepted.len(), 8);
                 assert!(refused.is_empty());
             }
