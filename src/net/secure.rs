@@ -344,6 +344,12 @@ impl Opener {
         }
     }
 
+    /// Whether received bytes wait here: plaintext not yet read, or part of
+    /// a record.
+    pub fn has_buffered(&self) -> bool {
+        self.plain_pos < self.plain.len() || self.header_got > 0 || self.record_got > 0
+    }
+
     /// `Read::read` of the plaintext, pulling records from `r`. `Ok(0)`
     /// only when `r` ends between two records.
     pub fn read<R: Read + ?Sized>(&mut self, r: &mut R, buf: &mut [u8]) -> io::Result<usize> {

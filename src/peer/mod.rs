@@ -62,6 +62,8 @@ pub enum PeerError {
     NotFound(String),
     /// Stopped on request (a cancel flag was set) before the work was done.
     Interrupted(String),
+    /// None of several trackers answered: each one and why.
+    NoTracker(String),
 }
 
 impl PeerError {
@@ -97,6 +99,7 @@ impl fmt::Display for PeerError {
             PeerError::Download(s) => f.write_str(s),
             PeerError::NotFound(s) => f.write_str(s),
             PeerError::Interrupted(s) => f.write_str(s),
+            PeerError::NoTracker(s) => write!(f, "no tracker answers ({s})"),
         }
     }
 }

@@ -22,7 +22,12 @@
 //! A chunk is read with `SharedFile::read_for_upload`, which for a file
 //! from the scan also checks it still matches the announced hash; one that
 //! does not is answered `NotHeld` and the file is withdrawn from the share
-//! index (`ShareIndex::withdraw_changed`), so bad bytes are never sent.
+//! index (`ShareIndex::withdraw_changed`; the tracker session then
+//! withdraws it at the tracker), so bad bytes are never sent.
+//!
+//! Requests are read only up to `limits::PEER_MAX_REQUEST_LEN` (1,031
+//! bytes, a `ChunkRequest` with a maximal name): a longer frame is refused
+//! on its header by the skeleton, so a request never costs more memory.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -109,6 +114,8 @@ impl ChunkServer {
                 max_total: cfg.max_connections,
                 max_per_ip: cfg.max_per_ip,
             },
+            // Requests are at most PEER_MAX_REQUEST_LEN: no budget needed.
+            frame_budget: None,
         };
         let shared = Arc::new(Shared {
             share,
@@ -157,6 +164,9 @@ impl Drop for ChunkServer {
 impl Handler for Shared {
     /// The connection's chunk buffer, reused for its whole life.
     type Conn = Vec<u8>;
+
+    /// A `ChunkRequest` with the longest name: nothing longer is read.
+    const MAX_REQUEST_LEN: u32 = crate::limits::PEER_MAX_REQUEST_LEN;
 
     fn request(
         &self,
@@ -399,7 +409,7 @@ impl FirstSends {
 /// an `acquire` when uploads are rate limited.
 fn send_paced(w: &Link, data: &[u8], shared: &Shared) -> Result<(), WireError> {
     match shared.limiter.piece_size() {
-        None => w.write_all(data)?,
+        None => w.write_chunk_data(data)?,
         Some(piece) => {
             for part in data.chunks(piece.max(1)) {
                 if !shared.limiter.acquire_cancellable(part.len(), &shared.stop) {
@@ -408,7 +418,7 @@ fn send_paced(w: &Link, data: &[u8], shared: &Shared) -> Result<(), WireError> {
                         "chunk server shutting down",
                     )));
                 }
-                w.write_all(part)?;
+                w.write_chunk_data(part)?;
             }
         }
     }

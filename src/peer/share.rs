@@ -316,6 +316,9 @@ impl SharedFile {
 #[derive(Debug, Default)]
 pub struct ShareIndex {
     files: RwLock<HashMap<String, Arc<SharedFile>>>,
+    /// Files withdrawn by [`ShareIndex::withdraw_changed`] that the tracker
+    /// session has not withdrawn at the tracker yet.
+    withdrawn: std::sync::Mutex<Vec<Arc<SharedFile>>>,
 }
 
 impl ShareIndex {
@@ -352,6 +355,8 @@ impl ShareIndex {
     /// ([`UploadError::Changed`]); true if this call removed it (and not a
     /// newer entry under the same name). The peer serves it no more and does
     /// not register it again; hashing it again takes a restart of `share`.
+    /// The file is also queued for the tracker session, which withdraws it
+    /// at the tracker ([`ShareIndex::take_withdrawn`]).
     pub fn withdraw_changed(&self, f: &Arc<SharedFile>) -> bool {
         let mut files = self.write();
         if !files.get(f.name()).is_some_and(|g| Arc::ptr_eq(g, f)) {
@@ -359,12 +364,19 @@ impl ShareIndex {
         }
         files.remove(f.name());
         drop(files);
+        crate::sync::lock(&self.withdrawn).push(Arc::clone(f));
         log::warn!(
             "{} changed on disk after it was hashed: its bytes no longer match the hashes this \
              peer announced, so it is no longer shared; restart `peer share` to hash it again",
             f.path().display()
         );
         true
+    }
+
+    /// The files withdrawn since the last call, for the tracker session to
+    /// withdraw at the tracker.
+    pub fn take_withdrawn(&self) -> Vec<Arc<SharedFile>> {
+        std::mem::take(&mut *crate::sync::lock(&self.withdrawn))
     }
 
     /// Every shared file, sorted by name.

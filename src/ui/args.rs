@@ -92,7 +92,8 @@ impl PeerArgs {
 #[argh(subcommand, name = "share")]
 pub struct ShareArgs {
     /// tracker address: host or host:port (port {DEFAULT_TRACKER_PORT} if
-    /// none is given); default $P2PFS_TRACKER
+    /// none is given), or several separated by commas (A,B,C), each
+    /// registered with and asked; default $P2PFS_TRACKER
     #[argh(option)]
     pub tracker: Option<String>,
     /// folder to share
@@ -154,7 +155,8 @@ pub struct GetArgs {
     #[argh(positional)]
     pub name: String,
     /// tracker address: host or host:port (port {DEFAULT_TRACKER_PORT} if
-    /// none is given); default $P2PFS_TRACKER
+    /// none is given), or several separated by commas (A,B,C), each
+    /// registered with and asked; default $P2PFS_TRACKER
     #[argh(option)]
     pub tracker: Option<String>,
     /// folder to download into
@@ -200,7 +202,8 @@ pub struct GetArgs {
 #[argh(subcommand, name = "list")]
 pub struct ListArgs {
     /// tracker address: host or host:port (port {DEFAULT_TRACKER_PORT} if
-    /// none is given); default $P2PFS_TRACKER
+    /// none is given), or several separated by commas (A,B,C), each
+    /// registered with and asked; default $P2PFS_TRACKER
     #[argh(option)]
     pub tracker: Option<String>,
     /// network key file of a private network (made by `peer keygen`;
@@ -219,7 +222,8 @@ pub struct WhereArgs {
     #[argh(positional)]
     pub name: String,
     /// tracker address: host or host:port (port {DEFAULT_TRACKER_PORT} if
-    /// none is given); default $P2PFS_TRACKER
+    /// none is given), or several separated by commas (A,B,C), each
+    /// registered with and asked; default $P2PFS_TRACKER
     #[argh(option)]
     pub tracker: Option<String>,
     /// width of the chunk map in characters (default {WHERE_MAP_WIDTH})
@@ -464,6 +468,36 @@ impl std::fmt::Display for Usage {
 }
 
 impl std::error::Error for Usage {}
+
+/// The trackers: `--tracker` if given, else `$P2PFS_TRACKER`, either one
+/// address or several separated by commas (`A,B,C`), each element as
+/// [`tracker_address`] reads it (a host without a port gets the default
+/// port), in the order given, repeats dropped. An empty element (`A,,B`,
+/// a trailing comma) is refused.
+pub fn tracker_addresses(given: Option<&str>) -> Result<Vec<String>, Usage> {
+    let env = std::env::var(TRACKER_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let Some(list) = given.map(str::to_owned).or(env) else {
+        return Err(Usage(format!(
+            "no tracker given: use --tracker HOST[:PORT][,HOST[:PORT]...] or set {TRACKER_ENV}"
+        )));
+    };
+    let mut v: Vec<String> = Vec::new();
+    for t in list.split(',').map(str::trim) {
+        if t.is_empty() {
+            return Err(Usage(format!(
+                "--tracker {list:?}: an empty address in the list (give HOST[:PORT], or \
+                 several separated by commas)"
+            )));
+        }
+        let a = tracker_address(Some(t))?;
+        if !v.contains(&a) {
+            v.push(a);
+        }
+    }
+    Ok(v)
+}
 
 /// What parsing a command line gave instead of arguments: text for stdout
 /// (help or the version, asked for) or for stderr (a usage error).
@@ -757,6 +791,30 @@ mod tests {
         );
         assert!(parse_listen("nope").unwrap_err().contains("not a port"));
         assert!(parse_listen("70000").is_err());
+    }
+
+    #[test]
+    fn tracker_lists_are_split_trimmed_and_deduplicated() {
+        let port = limits::DEFAULT_TRACKER_PORT;
+        let list = |s: &str| tracker_addresses(Some(s)).map_err(|u| u.0);
+        assert_eq!(list("a:1"), Ok(vec!["a:1".to_owned()]));
+        assert_eq!(
+            list("a:1, b,a:1 ,127.0.0.1,c:3"),
+            Ok(vec![
+                "a:1".to_owned(),
+                format!("b:{port}"),
+                format!("127.0.0.1:{port}"),
+                "c:3".to_owned()
+            ])
+        );
+        for bad in ["", "a:1,", ",a:1", "a:1,,b:2", " , "] {
+            let e = list(bad).unwrap_err();
+            assert!(
+                e.contains("empty address") || e.contains("empty"),
+                "{bad:?}: {e}"
+            );
+        }
+        assert!(list("a:1,host:port").unwrap_err().contains("host:port"));
     }
 
     #[test]

@@ -230,27 +230,48 @@ pub fn format_summary(s: &Summary) -> String {
 }
 
 /// The lines a tracker-session event is worth (none for a registration
-/// round that neither accepted nor refused anything).
-pub fn describe_event(ev: &SessionEvent) -> Vec<String> {
+/// round that neither accepted nor refused anything). With `several`
+/// trackers, each line names the tracker it is about.
+pub fn describe_event(ev: &SessionEvent, several: bool) -> Vec<String> {
+    let the = |t: &std::net::SocketAddr| {
+        if several {
+            format!("the tracker {t}")
+        } else {
+            "the tracker".to_owned()
+        }
+    };
     match ev {
-        SessionEvent::Registered { accepted, refused } => {
+        SessionEvent::Registered {
+            tracker,
+            accepted,
+            refused,
+        } => {
             let mut v = Vec::new();
             if !accepted.is_empty() {
                 v.push(format!(
-                    "registered {} with the tracker",
-                    plural(accepted.len() as u64, "file")
+                    "registered {} with {}",
+                    plural(accepted.len() as u64, "file"),
+                    the(tracker)
                 ));
             }
             for (name, why) in refused {
-                v.push(format!("refused by the tracker: {name}: {why}"));
+                v.push(format!("refused by {}: {name}: {why}", the(tracker)));
             }
             v
         }
-        SessionEvent::Disconnected(why) => {
+        SessionEvent::Disconnected { tracker, why } if several => {
+            vec![format!(
+                "connection to the tracker {tracker} lost ({why}); reconnecting"
+            )]
+        }
+        SessionEvent::Disconnected { why, .. } => {
             vec![format!("tracker connection lost ({why}); reconnecting")]
         }
-        SessionEvent::Reconnected => {
-            vec!["reconnected to the tracker; files registered again".into()]
+        SessionEvent::Reconnected { tracker } => {
+            vec![format!(
+                "reconnected to {}; files registered again",
+                the(tracker)
+            )]
         }
     }
 }
@@ -343,6 +364,46 @@ mod tests {
         assert_eq!(plural(1, "chunk"), "1 chunk");
         assert_eq!(plural(0, "file"), "0 files");
         assert_eq!(plural(2001, "file"), "2,001 files");
+    }
+
+    #[test]
+    fn session_events_name_the_tracker_only_when_there_are_several() {
+        let tracker: std::net::SocketAddr = "10.0.0.1:7000".parse().unwrap();
+        let reg = SessionEvent::Registered {
+            tracker,
+            accepted: vec!["a".into()],
+            refused: vec![("b".into(), "conflict".into())],
+        };
+        assert_eq!(
+            describe_event(&reg, false),
+            [
+                "registered 1 file with the tracker",
+                "refused by the tracker: b: conflict"
+            ]
+        );
+        assert_eq!(
+            describe_event(&reg, true),
+            [
+                "registered 1 file with the tracker 10.0.0.1:7000",
+                "refused by the tracker 10.0.0.1:7000: b: conflict"
+            ]
+        );
+        let lost = SessionEvent::Disconnected {
+            tracker,
+            why: "reset".into(),
+        };
+        assert_eq!(
+            describe_event(&lost, false),
+            ["tracker connection lost (reset); reconnecting"]
+        );
+        assert_eq!(
+            describe_event(&lost, true),
+            ["connection to the tracker 10.0.0.1:7000 lost (reset); reconnecting"]
+        );
+        assert_eq!(
+            describe_event(&SessionEvent::Reconnected { tracker }, true),
+            ["reconnected to the tracker 10.0.0.1:7000; files registered again"]
+        );
     }
 
     #[test]

@@ -190,23 +190,58 @@ fn node_config(
     listen: SocketAddr,
     upload_limit: Option<u64>,
 ) -> Result<NodeConfig, BoxError> {
-    let tracker = tracker_addr(tracker)?;
+    let trackers = trackers(tracker)?;
     // A key mismatch is final: say so now, before hashing or creating any
     // file, instead of retrying in the background.
-    client::check_key(tracker)?;
-    let mut cfg = NodeConfig::new(tracker);
+    check_keys(&trackers)?;
+    let mut cfg = NodeConfig::with_trackers(trackers);
     cfg.listen = listen;
     cfg.upload_limit = upload_limit;
     Ok(cfg)
 }
 
-/// The tracker's socket address from `--tracker` or `$P2PFS_TRACKER` (see
-/// [`args::tracker_address`]), its host name resolved.
-fn tracker_addr(given: Option<&str>) -> Result<SocketAddr, BoxError> {
-    let a = args::tracker_address(given)?;
-    client::resolve(&a).map_err(|e| Box::new(Unreachable(e.to_string())) as BoxError)
+/// Fails if any of `trackers` refuses our network key (or our lack of
+/// one); asks them all at once, so an unreachable one costs no more than
+/// its connect timeout.
+fn check_keys(trackers: &[SocketAddr]) -> Result<(), BoxError> {
+    let results: Vec<_> = std::thread::scope(|s| {
+        let asks: Vec<_> = trackers
+            .iter()
+            .map(|&t| s.spawn(move || client::check_key(t)))
+            .collect();
+        asks.into_iter()
+            .map(|h| h.join().unwrap_or(Ok(())))
+            .collect()
+    });
+    for r in results {
+        r?;
+    }
+    Ok(())
 }
 
+/// The trackers of `--tracker A,B,C` or `$P2PFS_TRACKER` (see
+/// [`args::tracker_addresses`]), each resolved. One whose name does not
+/// resolve is left out with a warning on stderr, as long as another one
+/// resolves: with several trackers, any one is enough.
+fn trackers(given: Option<&str>) -> Result<Vec<SocketAddr>, BoxError> {
+    let list = args::tracker_addresses(given)?;
+    let mut addrs = Vec::new();
+    let mut failed = Vec::new();
+    for t in &list {
+        match client::resolve(t) {
+            Ok(a) if !addrs.contains(&a) => addrs.push(a),
+            Ok(_) => {}
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    if addrs.is_empty() {
+        return Err(Box::new(Unreachable(failed.join("; "))));
+    }
+    for e in failed {
+        eprintln!("peer: warning: {e}; going on with the other trackers");
+    }
+    Ok(addrs)
+}
 /// The network could not be reached (a host name that does not resolve).
 #[derive(Debug)]
 pub struct Unreachable(pub String);
@@ -254,9 +289,10 @@ pub fn error_status(e: &(dyn std::error::Error + 'static)) -> u8 {
                     REFUSED_STATUS
                 }
                 PeerError::Io { .. } => IO_STATUS,
-                PeerError::Net { .. } | PeerError::Protocol { .. } | PeerError::Download(_) => {
-                    NETWORK_STATUS
-                }
+                PeerError::Net { .. }
+                | PeerError::Protocol { .. }
+                | PeerError::Download(_)
+                | PeerError::NoTracker(_) => NETWORK_STATUS,
                 _ => 1,
             };
         }
@@ -322,6 +358,10 @@ mod tests {
             IO_STATUS
         );
         assert_eq!(status(Box::new(Unreachable("x".into()))), NETWORK_STATUS);
+        assert_eq!(
+            status(Box::new(PeerError::NoTracker("a: x; b: y".into()))),
+            NETWORK_STATUS
+        );
         assert_eq!(status(Box::new(PeerError::Invalid("x".into()))), 1);
         assert_eq!(status("plain".into()), 1);
     }

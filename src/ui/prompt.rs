@@ -34,7 +34,8 @@ pub fn run(
     let (mut repl, notices) = Repl::new(Arc::clone(&node), dir, DownloadOptions::default());
     let mut out = Stdout;
     // Whatever ended the loop, the downloads stop and the node leaves.
-    let looped = prompt_loop(&mut repl, &mut out, events, notices, signals);
+    let several = node.trackers().len() > 1;
+    let looped = prompt_loop(&mut repl, &mut out, (events, several), notices, signals);
     super::log::set_prompt_shown(false);
     let stopped = repl.finish();
     let said = if stopped.is_empty() {
@@ -64,7 +65,7 @@ pub fn run(
 fn prompt_loop(
     repl: &mut Repl,
     out: &mut Stdout,
-    events: Receiver<SessionEvent>,
+    (events, several): (Receiver<SessionEvent>, bool),
     notices: Receiver<String>,
     signals: &StopSignals,
 ) -> io::Result<()> {
@@ -97,7 +98,7 @@ fn prompt_loop(
             },
             recv(events) -> ev => match ev {
                 Ok(ev) => {
-                    for l in describe_event(&ev) {
+                    for l in describe_event(&ev, several) {
                         notice(out, tty, &l)?;
                     }
                 }

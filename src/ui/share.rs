@@ -2,12 +2,14 @@
 //! signal, with the prompt on a terminal.
 //!
 //! Owns: what `peer share` prints, and when it gives up (none of the files
-//! named can be shared; the tracker refused every file). Calls
+//! named can be shared; every tracker refused every file). Calls
 //! `peer::{share, node, session, download}` (the last for the unfinished
 //! downloads in the folder) and the other `ui` modules, [`super::lockfile`]
 //! among them.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, bounded, select};
@@ -41,6 +43,7 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
     }
     say_upload_limit(a.upload_limit, a.chunk_size)?;
     let count = scan.files.len();
+    let trackers = cfg.trackers.len();
     if prompt {
         let node = Arc::new(Node::start(cfg, scan.files, Some(tx))?);
         if let Some(l) = &lock {
@@ -51,7 +54,7 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
         drop(lock);
         return Ok(r?);
     }
-    let (printer, ended) = print_session_events(rx, count)?;
+    let (printer, ended) = print_session_events(rx, AllRefused::new(count, trackers))?;
     let node = Node::start(cfg, scan.files, Some(tx))?;
     if let Some(l) = &lock {
         l.serving(node.local_addr().port());
@@ -66,8 +69,13 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
     let _ = printer.join();
     served?;
     if let Some(why) = refused {
+        let who = if trackers == 1 {
+            "the tracker"
+        } else {
+            "every tracker"
+        };
         return Err(Box::new(NotShared(format!(
-            "the tracker refused every file; left the network: {why}"
+            "{who} refused every file; left the network: {why}"
         ))));
     }
     note!("left the network")?;
@@ -210,10 +218,16 @@ fn summary_line(files: &[SharedFile]) -> String {
 }
 
 fn serving_line(node: &Node) -> String {
+    let trackers: Vec<String> = node.trackers().iter().map(|t| t.to_string()).collect();
+    let word = if trackers.len() == 1 {
+        "tracker"
+    } else {
+        "trackers"
+    };
     format!(
-        "serving chunks on {} (tracker {})",
+        "serving chunks on {} ({word} {})",
         node.local_addr(),
-        node.tracker()
+        trackers.join(", ")
     )
 }
 
@@ -226,40 +240,141 @@ enum PrinterEnd {
     AllRefused(String),
 }
 
-/// Prints registration outcomes as the session reports them, until the
-/// session ends (it drops its sender when the node leaves). The receiver
+/// Prints registration outcomes as the sessions report them, until they
+/// end (they drop their sender when the node leaves). The receiver
 /// returned gets a message if stdout is closed (the thread then ends) or
-/// once the tracker has answered for all `count` files and accepted none.
+/// once `refusals` says every tracker refused every file.
 fn print_session_events(
     rx: Receiver<SessionEvent>,
-    count: usize,
+    mut refusals: AllRefused,
 ) -> std::io::Result<(std::thread::JoinHandle<()>, Receiver<PrinterEnd>)> {
     let (end_tx, ended) = bounded(1);
     let printer = std::thread::Builder::new()
         .name("session-events".into())
         .spawn(move || {
-            let (mut answered, mut accepted, mut reasons) = (0usize, 0usize, Vec::new());
+            let several = refusals.trackers > 1;
             for ev in rx {
-                for line in describe_event(&ev) {
+                for line in describe_event(&ev, several) {
                     if note!("{line}").is_err() {
                         let _ = end_tx.send(PrinterEnd::Closed);
                         return;
                     }
                 }
-                if let SessionEvent::Registered {
-                    accepted: a,
-                    refused,
-                } = &ev
-                    && answered < count
-                {
-                    answered += a.len() + refused.len();
-                    accepted += a.len();
-                    reasons.extend(refused.iter().map(|(n, why)| format!("{n}: {why}")));
-                    if answered >= count && accepted == 0 {
-                        let _ = end_tx.send(PrinterEnd::AllRefused(reasons.join("; ")));
-                    }
+                if let Some(why) = refusals.add(&ev) {
+                    let _ = end_tx.send(PrinterEnd::AllRefused(why));
                 }
             }
         })?;
     Ok((printer, ended))
+}
+
+/// Whether every tracker has refused every file shared (pure). Each
+/// tracker keeps its own state, so one refusing (a name another peer holds
+/// there with other content) while another accepts is no reason to stop;
+/// nor is a tracker that has not answered yet (it may accept when it
+/// comes back).
+struct AllRefused {
+    files: usize,
+    trackers: usize,
+    /// Per tracker: files answered for, files accepted, at its first
+    /// registration round(s).
+    seen: HashMap<SocketAddr, (usize, usize)>,
+    reasons: Vec<String>,
+    said: bool,
+}
+
+impl AllRefused {
+    fn new(files: usize, trackers: usize) -> AllRefused {
+        AllRefused {
+            files,
+            trackers,
+            seen: HashMap::new(),
+            reasons: Vec::new(),
+            said: false,
+        }
+    }
+
+    /// Takes in one event; the reasons, once, when every tracker has
+    /// answered for every file and accepted none.
+    fn add(&mut self, ev: &SessionEvent) -> Option<String> {
+        let SessionEvent::Registered {
+            tracker,
+            accepted,
+            refused,
+        } = ev
+        else {
+            return None;
+        };
+        let (answered, ok) = self.seen.entry(*tracker).or_default();
+        if self.files == 0 || *answered >= self.files {
+            return None;
+        }
+        *answered += accepted.len() + refused.len();
+        *ok += accepted.len();
+        let several = self.trackers > 1;
+        self.reasons.extend(refused.iter().map(|(n, why)| {
+            if several {
+                format!("{tracker}: {n}: {why}")
+            } else {
+                format!("{n}: {why}")
+            }
+        }));
+        let all = self.seen.len() >= self.trackers
+            && self
+                .seen
+                .values()
+                .all(|&(a, ok)| a >= self.files && ok == 0);
+        if all && !self.said {
+            self.said = true;
+            return Some(self.reasons.join("; "));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(t: &str, accepted: &[&str], refused: &[&str]) -> SessionEvent {
+        SessionEvent::Registered {
+            tracker: t.parse().unwrap(),
+            accepted: accepted.iter().map(|s| s.to_string()).collect(),
+            refused: refused
+                .iter()
+                .map(|s| (s.to_string(), "conflict".to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn one_tracker_refusing_everything_ends_the_share() {
+        let mut r = AllRefused::new(2, 1);
+        assert_eq!(r.add(&reg("10.0.0.1:7000", &[], &["a"])), None);
+        assert_eq!(
+            r.add(&reg("10.0.0.1:7000", &[], &["b"])).as_deref(),
+            Some("a: conflict; b: conflict")
+        );
+        assert_eq!(
+            r.add(&reg("10.0.0.1:7000", &[], &["a", "b"])),
+            None,
+            "said once"
+        );
+    }
+
+    #[test]
+    fn with_several_trackers_only_all_of_them_refusing_ends_it() {
+        let mut r = AllRefused::new(1, 2);
+        assert_eq!(
+            r.add(&reg("10.0.0.1:7000", &[], &["a"])),
+            None,
+            "the other may accept"
+        );
+        assert_eq!(r.add(&reg("10.0.0.2:7000", &["a"], &[])), None);
+        let mut r = AllRefused::new(1, 2);
+        r.add(&reg("10.0.0.1:7000", &[], &["a"]));
+        let why = r.add(&reg("10.0.0.2:7000", &[], &["a"])).unwrap();
+        assert!(why.contains("10.0.0.1:7000: a: conflict"), "{why}");
+        assert!(why.contains("10.0.0.2:7000: a: conflict"), "{why}");
+    }
 }

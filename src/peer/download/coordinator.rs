@@ -7,15 +7,17 @@
 //! contributed), the workers running ([`Active`]) and which sources get one
 //! first (those that delivered; at most `limits::MAX_PROBES` on probation,
 //! `MAX_PROBES_PER_HOST` to one host), the availability the picker ranks
-//! by, asking the locator for fresh locations and taking in its answers,
+//! by, asking the locators (one per tracker) for fresh locations and
+//! merging their answers (each tracker's latest word, a tracker that fails
+//! or knows nothing contributing nothing until it answers again),
 //! progress reports, and giving up when nothing has progressed for
 //! [`DownloadOptions::give_up_after`](super::DownloadOptions).
 //!
-//! Calls `wire` (Locations), `chunks` (bitmaps), the peer's `client` (the
-//! tracker connection, handed to the locator) and `picker`, and the
-//! download's `engine`, `locator`, `worker` and `rate`. Never talks to the
-//! tracker itself: the locator thread does, so a silent tracker cannot
-//! stall the events that workers and the assembler send here.
+//! Calls `wire` (Locations), `chunks` (bitmaps), the peer's `client`
+//! (merging Locations) and `picker`, and the download's `engine`,
+//! `locator`, `worker` and `rate`. Never talks to a tracker itself: the
+//! locator threads do, so a silent tracker cannot stall the events that
+//! workers and the assembler send here.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Shutdown, SocketAddr};
@@ -34,7 +36,7 @@ use super::worker::Slot;
 use super::{DownloadContext, MAX_ACTIVE_SOURCES, Progress, SourceStats};
 use crate::chunks::Bitmap;
 use crate::limits::{MAX_PROBES, MAX_PROBES_PER_HOST, RETRY_AFTER_MAX};
-use crate::peer::client::Conn;
+use crate::peer::client;
 use crate::peer::{PeerError, Result};
 use crate::sync::lock;
 use crate::wire::Locations;
@@ -216,10 +218,22 @@ struct Active<'scope> {
     handle: ScopedJoinHandle<'scope, ()>,
 }
 
+/// One tracker as the download sees it.
+struct Tracked<'scope> {
+    addr: SocketAddr,
+    locator: Locator<'scope>,
+    /// Its latest usable Locations (None: not asked yet, failed, knows no
+    /// source, or describes other content).
+    latest: Option<Locations>,
+    /// Its last query failed (warned once, until it answers).
+    down: bool,
+}
+
 pub(super) struct Coordinator<'scope, 'env: 'scope> {
     engine: &'env Engine<'env>,
     scope: &'scope Scope<'scope, 'env>,
-    locator: Locator<'scope>,
+    /// One per tracker, in the order given.
+    trackers: Vec<Tracked<'scope>>,
     self_addr: Option<SocketAddr>,
     active: HashMap<SocketAddr, Active<'scope>>,
     sources: Sources,
@@ -234,8 +248,6 @@ pub(super) struct Coordinator<'scope, 'env: 'scope> {
     last_refresh: Instant,
     refresh_wanted: bool,
     last_progress: Instant,
-    /// The tracker's last query failed (warned once, until it answers).
-    tracker_down: bool,
     done_bytes: u64,
     cancel: Option<&'env AtomicBool>,
     late_error: Option<PeerError>,
@@ -249,16 +261,30 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         engine: &'env Engine<'env>,
         scope: &'scope Scope<'scope, 'env>,
         ctx: &DownloadContext<'env>,
-        tracker: Conn,
         self_addr: Option<SocketAddr>,
         chunk_tx: Sender<Verified>,
         ev_tx: Sender<Event>,
     ) -> Result<Self> {
-        let locator = Locator::start(scope, tracker, ctx.tracker, engine.name)?;
+        let mut trackers: Vec<Tracked<'scope>> = Vec::with_capacity(ctx.trackers.len());
+        for &addr in ctx.trackers {
+            match Locator::start(scope, addr, engine.name) {
+                Ok(locator) => trackers.push(Tracked {
+                    addr,
+                    locator,
+                    latest: None,
+                    down: false,
+                }),
+                Err(e) => {
+                    trackers.iter_mut().for_each(|t| t.locator.begin_stop());
+                    trackers.iter_mut().for_each(|t| t.locator.stop());
+                    return Err(e);
+                }
+            }
+        }
         Ok(Coordinator {
             engine,
             scope,
-            locator,
+            trackers,
             self_addr,
             active: HashMap::new(),
             sources: Sources::new(),
@@ -272,7 +298,6 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             last_refresh: Instant::now(),
             refresh_wanted: false,
             last_progress: Instant::now(),
-            tracker_down: false,
             cancel: ctx.cancel,
             late_error: None,
             done_bytes: engine.done_bytes(),
@@ -307,8 +332,10 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             {
                 self.refresh();
             }
-            while let Some(answer) = self.locator.answer() {
-                self.located(answer);
+            for i in 0..self.trackers.len() {
+                while let Some(answer) = self.trackers[i].locator.answer() {
+                    self.located(i, answer);
+                }
             }
             if last_report.is_none_or(|t| now.duration_since(t) >= Duration::from_millis(200)) {
                 self.report(on_progress);
@@ -391,41 +418,66 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         )))
     }
 
-    /// Asks the locator for fresh locations (answered later, in
-    /// [`Coordinator::located`]). While the tracker does not answer, known
-    /// sources whose retry time has come are connected to again.
+    /// Asks every locator for fresh locations (answered later, in
+    /// [`Coordinator::located`]). While no tracker answers, known sources
+    /// whose retry time has come are connected to again.
     fn refresh(&mut self) {
         self.last_refresh = Instant::now();
         self.refresh_wanted = false;
-        self.locator.ask();
-        if self.tracker_down {
+        for t in &self.trackers {
+            t.locator.ask();
+        }
+        if self.trackers.iter().all(|t| t.down) {
             self.spawn_ready();
         }
     }
 
-    /// Takes in the locator's answer.
-    fn located(&mut self, answer: Located) {
+    /// Takes in the answer of tracker `i`'s locator.
+    fn located(&mut self, i: usize, answer: Located) {
         let name = self.engine.name;
-        match answer {
-            Located::Found(_) | Located::NoSources if self.tracker_down => {
-                info!("{name}: the tracker answers again");
-                self.tracker_down = false;
-            }
-            _ => {}
+        let several = self.trackers.len() > 1;
+        let g = self.engine.geometry;
+        let t = &mut self.trackers[i];
+        let addr = t.addr;
+        if t.down && !matches!(answer, Located::Failed(_)) {
+            info!("{name}: tracker {addr} answers again");
+            t.down = false;
         }
         match answer {
-            Located::Found(l) => self.apply_locations(l),
+            Located::Found(l) if describes(g, &l) => t.latest = Some(l),
+            Located::Found(_) => {
+                warn!(
+                    "{name}: tracker {addr} now describes other content under this name; ignoring it"
+                );
+                t.latest = None;
+            }
             Located::NoSources => {
-                debug!("{name}: the tracker lists no source right now");
-                self.spawn_ready();
+                debug!("{name}: tracker {addr} lists no source right now");
+                t.latest = None;
             }
             Located::Failed(why) => {
-                if !self.tracker_down {
-                    warn!("{name}: {why}; continuing with known sources");
-                    self.tracker_down = true;
+                t.latest = None;
+                if !t.down {
+                    t.down = true;
+                    let others = if several && self.trackers.iter().any(|o| !o.down) {
+                        "the other trackers"
+                    } else {
+                        "known sources"
+                    };
+                    warn!("{name}: tracker {addr}: {why}; continuing with {others}");
                 }
-                self.spawn_ready();
             }
+        }
+        let answers: Vec<(SocketAddr, Locations)> = self
+            .trackers
+            .iter()
+            .filter_map(|t| t.latest.clone().map(|l| (t.addr, l)))
+            .collect();
+        if answers.is_empty() {
+            self.spawn_ready();
+        } else {
+            let (merged, _) = client::merge_locations(answers);
+            self.apply_locations(merged);
         }
     }
 
@@ -433,7 +485,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
     /// and workers for the sources that have none yet.
     pub(super) fn apply_locations(&mut self, l: Locations) {
         let g = self.engine.geometry;
-        if l.length != g.length() || l.chunk_size != g.chunk_size() || l.chunk_count != g.count() {
+        if !describes(g, &l) {
             warn!(
                 "{}: the network now describes other content under this name; ignoring it",
                 self.engine.name
@@ -548,7 +600,10 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
     /// a full channel can finish.
     pub(super) fn stop_all(&mut self, ev_rx: &Receiver<Event>) {
         self.engine.stop.store(true, Ordering::SeqCst);
-        self.locator.stop();
+        self.trackers
+            .iter_mut()
+            .for_each(|t| t.locator.begin_stop());
+        self.trackers.iter_mut().for_each(|t| t.locator.stop());
         for a in self.active.values() {
             if let Some(s) = lock(&a.slot.stream).as_ref() {
                 let _ = s.shutdown(Shutdown::Both);
@@ -615,6 +670,12 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
     pub(super) fn outcome(&self) -> Outcome {
         (self.bytes_downloaded, self.duplicates, self.sources.stats())
     }
+}
+
+/// Whether `l` describes the file of geometry `g` (same length, chunk size
+/// and count).
+fn describes(g: crate::chunks::Geometry, l: &Locations) -> bool {
+    l.length == g.length() && l.chunk_size == g.chunk_size() && l.chunk_count == g.count()
 }
 
 /// Whether `addr` is this peer: same port, and the same host as seen by the

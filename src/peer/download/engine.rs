@@ -9,8 +9,8 @@
 //! the assembler and the coordinator (the caller's thread; it starts the
 //! locator and the workers) and joins them.
 //!
-//! Calls `chunks`, `wire` (Locations), the peer's `picker`, `share` and `client` (the tracker
-//! connection handed to the coordinator), and the download's `partfile`,
+//! Calls `chunks`, `wire` (Locations), the peer's `picker` and `share`, and the
+//! download's `partfile`,
 //! `coordinator`, `worker` and `assembler`.
 
 use std::net::SocketAddr;
@@ -26,7 +26,6 @@ use super::coordinator::Coordinator;
 use super::partfile::Paths;
 use super::{DownloadContext, DownloadOptions, Progress, Summary};
 use crate::chunks::{Digest, Geometry};
-use crate::peer::client::Conn;
 use crate::peer::picker::Picker;
 use crate::peer::share::SharedFile;
 use crate::peer::{PeerError, Result};
@@ -232,7 +231,6 @@ impl Engine<'_> {
     pub(super) fn run(
         &self,
         ctx: &DownloadContext<'_>,
-        tracker: Conn,
         first: Locations,
         self_addr: Option<SocketAddr>,
         resumed: u32,
@@ -249,7 +247,7 @@ impl Engine<'_> {
             let assembler = spawn(scope, "assembler", move || {
                 self.assemble(chunk_rx, asm_ev, flush_tx, ctx.on_chunk)
             })?;
-            let mut co = Coordinator::new(self, scope, ctx, tracker, self_addr, chunk_tx, ev_tx)?;
+            let mut co = Coordinator::new(self, scope, ctx, self_addr, chunk_tx, ev_tx)?;
             co.apply_locations(first);
             let result = co.drive(&ev_rx, on_progress);
             co.stop_all(&ev_rx);

@@ -1,9 +1,12 @@
-//! The locator: the download's conversation with the tracker after the
+//! The locator: the download's conversation with one tracker after the
 //! start, on its own thread, so that a slow or silent tracker never stalls
-//! the data path.
+//! the data path. A download with several trackers runs one locator per
+//! tracker; each backs off on its own, and the coordinator merges their
+//! answers.
 //!
-//! Owns: the tracker connection used for location refreshes, reconnecting
-//! it, and backing off while the tracker does not answer. The coordinator
+//! Owns: the tracker connection used for location refreshes (opened by the
+//! thread itself, at the first request), reconnecting it, and backing off
+//! while the tracker does not answer. The coordinator
 //! asks ([`Locator::ask`]) and collects answers ([`Locator::answer`]); neither
 //! call blocks, and between answers the coordinator goes on with the
 //! sources it knows.
@@ -52,26 +55,24 @@ pub(super) struct Locator<'scope> {
 }
 
 impl<'scope> Locator<'scope> {
-    /// Starts the "locator" thread on `tracker`, already greeted.
+    /// Starts the "locator-ADDR" thread for the tracker at `addr`; it
+    /// connects when first asked.
     pub(super) fn start<'env>(
         scope: &'scope Scope<'scope, 'env>,
-        tracker: Conn,
         addr: SocketAddr,
         name: &'env str,
     ) -> Result<Locator<'scope>> {
-        let _ = tracker.stream().set_read_timeout(Some(REFRESH_TIMEOUT));
-        let _ = tracker.stream().set_write_timeout(Some(REFRESH_TIMEOUT));
-        let stream = Arc::new(Mutex::new(tracker.stream().try_clone().ok()));
+        let stream = Arc::new(Mutex::new(None));
         let (ask_tx, ask_rx) = bounded(1);
         let (answer_tx, answer_rx) = bounded(1);
         let thread = Thread {
-            conn: Some(tracker),
+            conn: None,
             addr,
             name,
             stream: Arc::clone(&stream),
         };
         let handle = thread::Builder::new()
-            .name("locator".into())
+            .name(format!("locator-{addr}"))
             .spawn_scoped(scope, move || thread.run(&ask_rx, &answer_tx))
             .map_err(|e| PeerError::Download(format!("cannot start the locator thread: {e}")))?;
         Ok(Locator {
@@ -94,12 +95,18 @@ impl<'scope> Locator<'scope> {
         self.answer_rx.try_recv().ok()
     }
 
-    /// Ends the thread: no more requests, its socket shut, joined.
-    pub(super) fn stop(&mut self) {
+    /// Tells the thread to end (no more requests, its socket shut) without
+    /// waiting for it, so several locators end in parallel.
+    pub(super) fn begin_stop(&mut self) {
         drop(self.ask_tx.take());
         if let Some(s) = lock(&self.stream).as_ref() {
             let _ = s.shutdown(Shutdown::Both);
         }
+    }
+
+    /// Ends the thread: no more requests, its socket shut, joined.
+    pub(super) fn stop(&mut self) {
+        self.begin_stop();
         let Some(h) = self.handle.take() else {
             return;
         };

@@ -7,7 +7,8 @@
 //!
 //! ```text
 //!           locations (asked every ~1.5 s, and when a worker runs dry;
-//!           a silent tracker costs the locator thread, never the rest)
+//!           a silent tracker costs its locator thread, never the rest;
+//!           one locator per tracker, answers merged by the coordinator)
 //!  tracker ◄──► locator ────────────────┐
 //!                                       ▼
 //!                              ┌─ coordinator (caller's thread) ─┐
@@ -53,15 +54,15 @@ mod rate;
 mod worker;
 
 use std::fs;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use log::info;
+use log::{info, warn};
 
-use super::client::{self, Conn};
+use super::client;
 use super::share::{ShareIndex, SharedFile};
 use super::{PeerError, Result};
 use crate::chunks::{Digest, Geometry};
@@ -109,10 +110,12 @@ impl Default for DownloadOptions {
     }
 }
 
-/// What the caller provides: where the tracker is, the share index to serve
-/// verified chunks from, and how to tell the tracker about each chunk.
+/// What the caller provides: where the trackers are, the share index to
+/// serve verified chunks from, and how to tell the trackers about each chunk.
 pub struct DownloadContext<'a> {
-    pub tracker: SocketAddr,
+    /// Every tracker to ask (at least one). Each is asked at the start and
+    /// by its own locator thread afterwards; their sources are merged.
+    pub trackers: &'a [SocketAddr],
     pub share: &'a ShareIndex,
     /// This peer's chunk server port, so it never downloads from itself.
     pub self_port: Option<u16>,
@@ -196,12 +199,8 @@ pub fn download(
             "{name} is already shared by this peer"
         )));
     }
-    let mut tracker = Conn::connect(ctx.tracker, client::IO_TIMEOUT)?;
-    let d = describe(&mut tracker, ctx.tracker, name)?;
-    let self_addr = ctx.self_port.and_then(|port| {
-        let ip = tracker.stream().local_addr().ok()?.ip();
-        Some(SocketAddr::new(ip.to_canonical(), port))
-    });
+    let (d, local_ip) = describe(ctx.trackers, name)?;
+    let self_addr = ctx.self_port.map(|port| SocketAddr::new(local_ip, port));
     let paths = Paths::new(dir, name);
     if let Some(parent) = paths.final_path.parent() {
         fs::create_dir_all(parent).map_err(|e| PeerError::io("create folder", parent, e))?;
@@ -232,7 +231,7 @@ pub fn download(
         (ctx.on_file)(name);
     }
     let engine = Engine::new(name, &d.hashes, &shared, opts, &paths);
-    let run = engine.run(ctx, tracker, d.locations, self_addr, resumed, on_progress);
+    let run = engine.run(ctx, d.locations, self_addr, resumed, on_progress);
     let mut summary = run.inspect_err(|_| {
         // Keep the verified chunks for a later resume, and keep serving
         // them: they are on disk and the tracker lists us for them.
@@ -251,10 +250,13 @@ pub fn download(
     Ok(summary)
 }
 
-/// Asks the tracker where `name` is and what it is (length, chunk size,
-/// hashes).
-fn describe(tracker: &mut Conn, addr: SocketAddr, name: &str) -> Result<Described> {
-    let locations = match client::locate_on(tracker, name, true) {
+/// Asks every tracker at once where `name` is and what it is (length,
+/// chunk size, hashes): the first tracker (in the order given) that knows
+/// the name says what the file is, and the sources of every tracker that
+/// agrees are merged. Also returns the local IP this host reached that
+/// tracker from. Only when no tracker answers is it an error.
+fn describe(trackers: &[SocketAddr], name: &str) -> Result<(Described, IpAddr)> {
+    let merged = match client::locate_all(trackers, name, true) {
         Err(PeerError::Refused {
             code: ErrorCode::UnknownFile,
             ..
@@ -265,17 +267,25 @@ fn describe(tracker: &mut Conn, addr: SocketAddr, name: &str) -> Result<Describe
         }
         r => r?,
     };
+    for (t, e) in &merged.failed {
+        warn!(
+            "{name}: tracker left out ({}); going on with the others",
+            client::about(*t, e)
+        );
+    }
+    let (locations, ip) = merged.value;
     let hashes = locations.hashes.clone().unwrap_or_default();
     let geometry = Geometry::with_hashes(locations.length, locations.chunk_size, hashes.len())
         .map_err(|e| PeerError::Protocol {
-            who: addr.to_string(),
+            who: "the tracker".to_string(),
             what: format!("bad file description: {e}"),
         })?;
-    Ok(Described {
+    let d = Described {
         locations,
         geometry,
         hashes,
-    })
+    };
+    Ok((d, ip))
 }
 
 /// Moves the finished `.part` into place; from then on it is served as a

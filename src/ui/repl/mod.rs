@@ -33,7 +33,7 @@ pub use self::jobs::DownloadState;
 use self::jobs::Jobs;
 use self::text::{Mine, explain};
 use crate::error_chain;
-use crate::peer::client::{self, Conn};
+use crate::peer::client;
 use crate::peer::download::{DownloadOptions, unfinished};
 use crate::peer::node::Node;
 use crate::peer::{PeerError, Result};
@@ -158,8 +158,13 @@ impl Repl {
     }
 
     fn list(&mut self, out: &mut dyn Write) -> io::Result<()> {
-        let (files, truncated) = match client::list_files(self.node.tracker()) {
-            Ok(x) => x,
+        let (files, truncated) = match client::list_files_all(self.node.trackers()) {
+            Ok(m) => {
+                for (t, e) in &m.failed {
+                    writeln!(out, "(tracker left out: {})", client::about(*t, e))?;
+                }
+                m.value
+            }
             Err(e) => return writeln!(out, "cannot list the files: {}", error_chain(&e)),
         };
         if files.is_empty() {
@@ -200,17 +205,12 @@ impl Repl {
         }
     }
 
-    /// Locations of `name`, and this peer's address as the tracker knows it
-    /// (the local IP of a tracker connection and the serving port), so it
-    /// can be marked.
+    /// Locations of `name` from every tracker, merged, and this peer's
+    /// address as the trackers know it (the local IP of a tracker
+    /// connection and the serving port), so it can be marked.
     fn locate(&self, name: &str) -> Result<(Locations, SocketAddr), PeerError> {
-        let mut c = Conn::connect(self.node.tracker(), client::IO_TIMEOUT)?;
-        let l = client::locate_on(&mut c, name, false)?;
-        let ip = c
-            .stream()
-            .local_addr()
-            .map(|a| a.ip().to_canonical())
-            .unwrap_or_else(|_| self.node.local_addr().ip());
+        let m = client::locate_all(self.node.trackers(), name, false)?;
+        let (l, ip) = m.value;
         Ok((l, SocketAddr::new(ip, self.node.local_addr().port())))
     }
 
@@ -251,7 +251,11 @@ impl Repl {
         writeln!(
             out,
             "{}",
-            text::serving_line(node.local_addr(), node.tracker(), node.is_connected())
+            text::serving_line(
+                node.local_addr(),
+                node.trackers(),
+                &node.connected_trackers()
+            )
         )?;
         write!(out, "{}", text::files_block(&node.share().files()))?;
         let columns = crate::ui::progress::stdout_columns();

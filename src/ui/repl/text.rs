@@ -45,16 +45,30 @@ pub fn list_line(number: usize, f: &FileSummary, w: usize, mine: Mine) -> String
     )
 }
 
-/// The first line of `status`.
-pub fn serving_line(local: SocketAddr, tracker: SocketAddr, connected: bool) -> String {
-    format!(
-        "serving chunks on {local}; tracker {tracker} ({})",
-        if connected {
-            "connected"
-        } else {
-            "not connected, retrying"
-        }
-    )
+/// The first line of `status`: where chunks are served, and each tracker
+/// with whether its session is connected.
+pub fn serving_line(
+    local: SocketAddr,
+    trackers: &[SocketAddr],
+    connected: &[SocketAddr],
+) -> String {
+    let each: Vec<String> = trackers
+        .iter()
+        .map(|t| {
+            let state = if connected.contains(t) {
+                "connected"
+            } else {
+                "not connected, retrying"
+            };
+            format!("{t} ({state})")
+        })
+        .collect();
+    let word = if trackers.len() == 1 {
+        "tracker"
+    } else {
+        "trackers"
+    };
+    format!("serving chunks on {local}; {word} {}", each.join(", "))
 }
 
 /// The files part of `status`: a header, then one line per file with its
