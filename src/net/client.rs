@@ -302,10 +302,15 @@ fn handshake_failed(addr: SocketAddr, e: HandshakeError) -> NetError {
 /// Connects to `addr` once to find out whether our network key (or lack
 /// of one) is accepted there: `Err` only for a key mismatch, so a command
 /// can fail at once with the reason instead of retrying in the
-/// background. Any other failure (unreachable, busy) is left to the
-/// caller's normal handling.
-pub fn check_key(addr: SocketAddr, io_timeout: Duration) -> Result<()> {
-    match Conn::connect(addr, io_timeout) {
+/// background. Any other failure (unreachable, busy, no answer within
+/// `timeout`, which bounds the connect and each read and write) is left to
+/// the caller's normal handling: a server answers a key mismatch at once,
+/// so a short `timeout` only ever skips the check, never fails it.
+pub fn check_key(addr: SocketAddr, timeout: Duration) -> Result<()> {
+    let Ok(stream) = TcpStream::connect_timeout(&addr, timeout) else {
+        return Ok(());
+    };
+    match Conn::from_stream(stream, timeout) {
         Err(e) if e.is_key_mismatch() => Err(e),
         _ => Ok(()),
     }

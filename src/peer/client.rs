@@ -39,9 +39,11 @@ impl From<NetError> for PeerError {
 }
 
 /// Fails only if `addr` refuses our network key or our lack of one (see
-/// [`net::client::check_key`]).
+/// [`net::client::check_key`]); gives up asking after
+/// `limits::TRACKER_GRACE` (a tracker that does not answer by then is
+/// left to the command's normal handling).
 pub fn check_key(addr: SocketAddr) -> Result<()> {
-    Ok(net::client::check_key(addr, IO_TIMEOUT)?)
+    Ok(net::client::check_key(addr, crate::limits::TRACKER_GRACE)?)
 }
 
 /// Resolves `addr` ("host:port") to its first socket address.

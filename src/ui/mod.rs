@@ -201,8 +201,8 @@ fn node_config(
 }
 
 /// Fails if any of `trackers` refuses our network key (or our lack of
-/// one); asks them all at once, so an unreachable one costs no more than
-/// its connect timeout.
+/// one); asks them all at once, each for at most `limits::TRACKER_GRACE`,
+/// so a tracker that is down or hangs delays the start by no more.
 fn check_keys(trackers: &[SocketAddr]) -> Result<(), BoxError> {
     let results: Vec<_> = std::thread::scope(|s| {
         let asks: Vec<_> = trackers
