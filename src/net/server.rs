@@ -2,6 +2,8 @@
 //!
 //! Owns everything about a server's connections that is not what is said on
 //! them:
+//! - the listening socket ([`listen`]: a backlog deep enough for a
+//!   reconnect storm);
 //! - the "`name`-accept" thread: accept, admission against the caps
 //!   ([`super::admission`]; refused connections get `Error{Busy}` from the
 //!   refuser thread), one named thread "`name`-conn-`id`" per admitted
@@ -20,7 +22,7 @@
 //!   ourselves, shut down every live socket, join every thread.
 //!
 //! A server supplies only a [`Handler`]: what to do with one request, and
-//! what to do when a connection ends. Calls `wire`, `sync` and
+//! what to do when a connection ends. Calls `wire`, `sync`, `limits` and
 //! [`super::admission`] only.
 
 use std::collections::HashMap;
@@ -332,6 +334,21 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// Binds `addr` and listens with a backlog of [`LISTEN_BACKLOG`] (std's
+/// `TcpListener::bind` always asks for 128). Like std, sets SO_REUSEADDR so
+/// a restarted server can bind its port while old connections linger in
+/// TIME_WAIT.
+///
+/// [`LISTEN_BACKLOG`]: crate::limits::LISTEN_BACKLOG
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(crate::limits::LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
 /// The accept thread.
 fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>, refuser: Refuser) {
     let name = shared.opts.name;
@@ -361,18 +378,15 @@ fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>, refuse
                 continue;
             }
         };
-        let clone = match stream.try_clone() {
-            Ok(c) => c,
-            Err(e) => {
-                warn!("{name}: {remote}: cannot set up the connection: {e}");
-                continue;
-            }
-        };
         next_id += 1;
+        // One descriptor per connection: the connection's thread reads
+        // through the same socket everybody writes to (`&TcpStream` is
+        // both Read and Write), so a tracker with N peers needs N
+        // descriptors, not 2N.
         let link = Arc::new(Link {
             id: next_id,
             remote,
-            stream: clone,
+            stream,
             write: Mutex::new(()),
             received: AtomicU64::new(0),
             busy: AtomicBool::new(false),
@@ -388,7 +402,7 @@ fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>, refuse
                     live: &s.live,
                     id: link.id,
                 };
-                run_conn(&s, &link, stream);
+                run_conn(&s, &link);
             });
         match spawned {
             Ok(h) => threads.push(h),
@@ -437,11 +451,11 @@ impl Drop for LiveGuard<'_> {
 }
 
 /// One connection thread: serve, tell the handler how it ended, close.
-fn run_conn<H: Handler>(shared: &Shared<H>, link: &Arc<Link>, stream: TcpStream) {
+fn run_conn<H: Handler>(shared: &Shared<H>, link: &Arc<Link>) {
     let name = shared.opts.name;
     let remote = link.remote;
     debug!("{name}: connection {} from {remote}", link.id);
-    let end = serve(shared, link, stream);
+    let end = serve(shared, link);
     match &end {
         End::Refused { code, message } => {
             info!("{name}: {remote}: answered {code} ({message}) and closed")
@@ -457,7 +471,8 @@ fn run_conn<H: Handler>(shared: &Shared<H>, link: &Arc<Link>, stream: TcpStream)
 
 /// The protocol of one connection: setup, Hello, then requests until the
 /// connection ends.
-fn serve<H: Handler>(shared: &Shared<H>, link: &Arc<Link>, stream: TcpStream) -> End {
+fn serve<H: Handler>(shared: &Shared<H>, link: &Arc<Link>) -> End {
+    let stream = &link.stream;
     let o = &shared.opts;
     // A zero Duration is refused by set_read_timeout; treat it as 1 ms.
     let idle = o.idle_timeout.max(Duration::from_millis(1));
@@ -508,7 +523,7 @@ fn serve<H: Handler>(shared: &Shared<H>, link: &Arc<Link>, stream: TcpStream) ->
 fn greet<H: Handler>(
     shared: &Shared<H>,
     link: &Link,
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<&TcpStream>,
     limit: Duration,
 ) -> Option<End> {
     // The whole Hello must arrive within the Hello timeout, not merely

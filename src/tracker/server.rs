@@ -17,7 +17,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -122,7 +122,7 @@ pub struct Tracker {
 impl Tracker {
     /// Binds `cfg.listen` (port 0 picks a free port) and starts accepting.
     pub fn start(cfg: TrackerConfig) -> Result<Tracker, TrackerError> {
-        let listener = TcpListener::bind(cfg.listen).map_err(|source| TrackerError::Bind {
+        let listener = crate::net::server::listen(cfg.listen).map_err(|source| TrackerError::Bind {
             addr: cfg.listen,
             source,
         })?;

@@ -49,6 +49,8 @@ SCENARIO: all, or any of: single multi flash memory register tracker chunks
                (default: the release binaries next to this example, built
                first with `cargo build --release --bins` when run by cargo)
   --plot F     write the multi-source / flash-crowd plot as SVG to F
+  --scale-plot F  write the cost-against-peers plot (tracker memory and
+               CPU, flash crowd against its bound) as SVG to F
 ";
 
 /// Options and shared state of one harness run.
@@ -126,6 +128,7 @@ pub fn run(args: &[String], out: &mut dyn Write) -> R<Vec<Row>> {
     let mut reps = 3usize;
     let mut bin_dir: Option<PathBuf> = None;
     let mut plot_path: Option<PathBuf> = None;
+    let mut scale_plot: Option<PathBuf> = None;
     let mut names: Vec<String> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -147,6 +150,12 @@ pub fn run(args: &[String], out: &mut dyn Write) -> R<Vec<Row>> {
             "--plot" => {
                 plot_path = Some(PathBuf::from(
                     it.next().ok_or(format!("--plot needs a file\n{USAGE}"))?,
+                ))
+            }
+            "--scale-plot" => {
+                scale_plot = Some(PathBuf::from(
+                    it.next()
+                        .ok_or(format!("--scale-plot needs a file\n{USAGE}"))?,
                 ))
             }
             "-h" | "--help" | "help" => return Err(USAGE.into()),
@@ -234,6 +243,10 @@ pub fn run(args: &[String], out: &mut dyn Write) -> R<Vec<Row>> {
     .map_err(|e| format!("write table: {e}"))?;
     if let Some(p) = plot_path {
         plot::write_svg(&p, &ctx.plot, ctx.quick)?;
+        eprintln!("bench: wrote {}", p.display());
+    }
+    if let Some(p) = scale_plot {
+        plot::write_scaling_svg(&p, &ctx.plot, ctx.quick)?;
         eprintln!("bench: wrote {}", p.display());
     }
     Ok(rows)
