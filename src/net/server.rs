@@ -742,6 +742,31 @@ mod tests {
         }
     }
 
+    /// A burst of connections larger than std's backlog of 128, none
+    /// accepted yet, is held by the kernel: none has its SYN dropped (which
+    /// would cost it a second).
+    #[test]
+    fn the_listen_backlog_holds_a_reconnect_storm() {
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        if somaxconn < 512 {
+            eprintln!("net.core.somaxconn is {somaxconn}: the kernel caps the backlog, skipped");
+            return;
+        }
+        let l = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut held = Vec::new();
+        for i in 0..400 {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+                Ok(c) => held.push(c),
+                Err(e) => panic!("connection {i} not taken into the backlog: {e}"),
+            }
+        }
+        drop(l);
+    }
+
     #[test]
     fn each_connection_ends_once_with_its_reason() {
         let (mut s, rec) = start(Duration::from_millis(300), Duration::from_millis(400));
