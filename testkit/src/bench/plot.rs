@@ -317,11 +317,10 @@ fn render_scaling(d: &PlotData, quick: bool) -> String {
         None,
     );
     let cpu: Vec<f64> = d.tracker.iter().map(|(_, r)| r.paced_cpu_pct).collect();
-    let p99: Vec<f64> = d.tracker.iter().map(|(_, r)| r.p99_ms).collect();
     let lab: Vec<String> = d
         .tracker
         .iter()
-        .map(|(_, r)| format!("{:.0}% / p99 {:.1} ms", r.paced_cpu_pct, r.p99_ms))
+        .map(|(_, r)| format!("Locate p99 {:.1} ms", r.p99_ms))
         .collect();
     bars(
         &mut s,
@@ -332,19 +331,23 @@ fn render_scaling(d: &PlotData, quick: bool) -> String {
             ph: 280.0,
             title: "Tracker CPU, 1 chunk register/s per peer",
             xl: "connected peers",
-            yl: "% of one core; Locate p99 ms",
+            yl: "% of one core",
         },
         &xs,
-        &[("#1f6fb4", &cpu), ("#e08a1e", &p99)],
+        &[("#1f6fb4", &cpu)],
         &lab,
-        Some(("#e08a1e", "CPU % (blue), Locate p99 ms (orange); target p99 5 ms")),
+        Some((
+            "#555",
+            "plus 100 Locates/s of a file every peer holds (p99 above)",
+        )),
     );
     let fx: Vec<String> = d.flash.iter().map(|(n, _, _)| format!("N={n}")).collect();
-    let ratio: Vec<f64> = d.flash.iter().map(|&(_, a, b)| b / a).collect();
+    let bound: Vec<f64> = d.flash.iter().map(|&(_, _, b)| b).collect();
+    let last: Vec<f64> = d.flash.iter().map(|&(_, a, _)| a).collect();
     let fl: Vec<String> = d
         .flash
         .iter()
-        .map(|&(_, a, b)| format!("{a:.1} s / {b:.1} s"))
+        .map(|&(_, a, b)| format!("{:.2} of bound", b / a))
         .collect();
     bars(
         &mut s,
@@ -353,14 +356,17 @@ fn render_scaling(d: &PlotData, quick: bool) -> String {
             y0: 40.0,
             pw: 300.0,
             ph: 280.0,
-            title: "Flash crowd: bound / last finisher",
+            title: "Flash crowd: last finisher against bound",
             xl: "downloaders (one capped seed)",
-            yl: "bound / actual (1 = ideal)",
+            yl: "seconds",
         },
         &fx,
-        &[("#1f6fb4", &ratio)],
+        &[("#bbb", &bound), ("#1f6fb4", &last)],
         &fl,
-        Some(("#888", "labels: last finisher / bound")),
+        Some((
+            "#555",
+            "grey: bound F/U; blue: last finisher (median)",
+        )),
     );
     s.push_str("</svg>\n");
     s
