@@ -1,7 +1,8 @@
 //! The tracker's registry: which peer holds which chunks of which file.
 //!
 //! Owns: the in-memory tables (files by name, peers by connection id,
-//! endpoints) and the rules for changing them (registration, conflicts,
+//! endpoints; per file, its sources grouped by address, which Locate
+//! samples from) and the rules for changing them (registration, conflicts,
 //! chunk registers, removal of a peer with all its chunks). Pure data: no
 //! sockets, no clock, no threads; the server wraps it in a Mutex and holds
 //! the lock only for these calls.
@@ -539,6 +540,12 @@ impl Registry {
     /// out (its endpoints are not more likely to be listed than another
     /// host's single one); a file held from one address only (a swarm on
     /// one host) gets its full sample.
+    ///
+    /// Cost: the groups come from the file's source index (kept up to date
+    /// as holders change) and only the endpoints taken are drawn, each
+    /// group's as the prefix of a shuffle, so a Locate costs the number of
+    /// the file's addresses plus the sample, not the number of its holders:
+    /// it runs under the registry lock.
     ///
     /// A peer that registered from the tracker's own host over loopback is
     /// recorded as 127.0.0.1:PORT; that address means "yourself" to anyone
