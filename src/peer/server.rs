@@ -98,7 +98,8 @@ impl ChunkServer {
         cfg: ServerConfig,
     ) -> Result<ChunkServer> {
         let who = || format!("chunk server on {listen}");
-        let listener = crate::net::server::listen(listen).map_err(|e| PeerError::net(who(), e.into()))?;
+        let listener =
+            crate::net::server::listen(listen).map_err(|e| PeerError::net(who(), e.into()))?;
         let opts = Options {
             name: "chunk",
             role: "peer",

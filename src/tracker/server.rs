@@ -122,10 +122,11 @@ pub struct Tracker {
 impl Tracker {
     /// Binds `cfg.listen` (port 0 picks a free port) and starts accepting.
     pub fn start(cfg: TrackerConfig) -> Result<Tracker, TrackerError> {
-        let listener = crate::net::server::listen(cfg.listen).map_err(|source| TrackerError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
+        let listener =
+            crate::net::server::listen(cfg.listen).map_err(|source| TrackerError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
         let local_addr = listener.local_addr().map_err(|source| TrackerError::Bind {
             addr: cfg.listen,
             source,

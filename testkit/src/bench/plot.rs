@@ -363,10 +363,7 @@ fn render_scaling(d: &PlotData, quick: bool) -> String {
         &fx,
         &[("#bbb", &bound), ("#1f6fb4", &last)],
         &fl,
-        Some((
-            "#555",
-            "grey: bound F/U; blue: last finisher (median)",
-        )),
+        Some(("#555", "grey: bound F/U; blue: last finisher (median)")),
     );
     s.push_str("</svg>\n");
     s

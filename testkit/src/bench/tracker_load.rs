@@ -154,7 +154,11 @@ pub struct Rep {
 
 /// The peer counts measured.
 fn sizes(ctx: &Ctx) -> Vec<usize> {
-    if ctx.quick { vec![50] } else { vec![1000, 4000, 10_000] }
+    if ctx.quick {
+        vec![50]
+    } else {
+        vec![1000, 4000, 10_000]
+    }
 }
 
 pub fn run(ctx: &mut Ctx, rows: &mut Vec<Row>) -> R<()> {
@@ -239,7 +243,10 @@ fn push_rows(rows: &mut Vec<Row>, peers: usize, m: &Rep) {
         format!("{peers} peers, a chunk register/s each: Locate p50 / p99"),
         format!("{:.2} / {:.2} ms", m.p50_ms, m.p99_ms),
     )
-    .baseline(format!("idle: {:.2} / {:.2} ms", m.idle_p50_ms, m.idle_p99_ms));
+    .baseline(format!(
+        "idle: {:.2} / {:.2} ms",
+        m.idle_p50_ms, m.idle_p99_ms
+    ));
     rows.push(p99.target("p99 < 5 ms", m.p99_ms < 5.0));
     rows.push(Row::new(
         SCENARIO,
