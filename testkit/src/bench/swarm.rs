@@ -8,7 +8,7 @@
 //! every 100 ms.
 //!
 //! 3 (flash): one seed and N = 4, 8, 50, 100 downloaders (`peer get
-//! --seed`, which keep serving after they finish; `--quick`: 4, 8, 12)
+//! --seed`, which keep serving after they finish; `--quick`: 4 and 8)
 //! started together, every upload capped at U. Bound max(F/U, N F / (U +
 //! N U)); the figure is the time until the last downloader prints
 //! "downloaded". Also the bytes the seed uploaded, in copies of the file
@@ -184,7 +184,7 @@ fn multi_once(
 fn flash_runs(ctx: &Ctx) -> Vec<(usize, u64, u64, u64)> {
     let (len, u, chunk) = params(ctx);
     if ctx.quick {
-        vec![(4, len, u, chunk), (8, len, u, chunk), (12, len, u, chunk)]
+        vec![(4, len, u, chunk), (8, len, u, chunk)]
     } else {
         let big = (32 * MIB, MIB, 128 * 1024);
         vec![

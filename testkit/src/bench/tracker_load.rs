@@ -163,7 +163,7 @@ fn sizes(ctx: &Ctx) -> Vec<usize> {
 
 pub fn run(ctx: &mut Ctx, rows: &mut Vec<Row>) -> R<()> {
     let window = if ctx.quick {
-        Duration::from_millis(700)
+        Duration::from_millis(300)
     } else {
         Duration::from_secs(5)
     };
@@ -528,7 +528,7 @@ fn phase(
             hs.push(h);
         }
         let result = (|| -> R<Phase> {
-            let warm = Instant::now() + Duration::from_millis(500);
+            let warm = Instant::now() + window.min(Duration::from_millis(500));
             while Instant::now() < warm {
                 locate_ms(q, NAME)?;
             }
