@@ -58,8 +58,6 @@ pub struct Ctx {
     pub quick: bool,
     pub reps: usize,
     pub bin_dir: PathBuf,
-    /// The tracker's per-IP connection cap option, if this build has one.
-    pub per_ip_flag: Option<String>,
     pub plot: plot::PlotData,
 }
 
@@ -186,12 +184,10 @@ pub fn run(args: &[String], out: &mut dyn Write) -> R<Vec<Row>> {
             "bench: warning: this harness is a debug build; in-process baselines will be slow (use --release)"
         );
     }
-    let per_ip_flag = detect_per_ip_flag(&bin_dir.join("tracker"));
     let mut ctx = Ctx {
         quick,
         reps,
         bin_dir,
-        per_ip_flag,
         plot: plot::PlotData::default(),
     };
     let started = Instant::now();
@@ -277,18 +273,6 @@ fn default_bins() -> R<PathBuf> {
         }
     }
     Ok(dir)
-}
-
-/// The tracker's per-IP connection cap option (added by another issue), if
-/// its --help lists one: the load scenario opens 1,000 connections from
-/// 127.0.0.1 and must lift it.
-fn detect_per_ip_flag(tracker: &Path) -> Option<String> {
-    let out = Command::new(tracker).arg("--help").output().ok()?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    text.split(|c: char| c.is_whitespace() || c == '[' || c == ']')
-        .find(|w| w.starts_with("--") && w.contains("per-ip"))
-        .map(str::to_owned)
 }
 
 fn write_table(
