@@ -2,7 +2,7 @@
 //!
 //! Owns: how a file of `length` bytes is cut into chunks of `chunk_size`
 //! bytes ([`Geometry`]), the validated chunk index newtype ([`ChunkIndex`]),
-//! the per-chunk SHA-1 digest ([`Digest`], [`sha1`]) and the compact bitmap of
+//! the per-chunk SHA-1 digest ([`Digest`], [`sha1()`]) and the compact bitmap of
 //! which chunks someone holds ([`Bitmap`]).
 //!
 //! Depends on nothing else in the crate (only `std` and `sha1`), so the
@@ -248,10 +248,10 @@ impl Bitmap {
 
     fn clear_padding(&mut self) {
         let rem = self.len % 8;
-        if rem != 0 {
-            if let Some(last) = self.bits.last_mut() {
-                *last &= 0xffu8 << (8 - rem);
-            }
+        if rem != 0
+            && let Some(last) = self.bits.last_mut()
+        {
+            *last &= 0xffu8 << (8 - rem);
         }
     }
 

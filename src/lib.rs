@@ -8,18 +8,21 @@
 //! - [`net`]: what every connection does whatever is said on it: the server
 //!   skeleton shared by both servers (accept with caps, a thread per
 //!   connection, Hello, timeouts, orderly close, shutdown), connection caps,
-//!   and client connection setup. Depends on `wire` and `limits` only.
+//!   and client connection setup. Depends on `wire`, `limits` and `sync`
+//!   only.
 //! - [`tracker`]: the registry (pure data) and the tracker protocol handler.
-//!   Depends on `wire`, `chunks` and `net` only.
-//! - [`peer`]: share index, chunk server handler, picker, download workers,
-//!   assembler, tracker session. Depends on `wire`, `chunks` and `net` only,
-//!   never on `tracker`.
+//!   Depends on `wire`, `chunks`, `net`, `limits` and `sync` only.
+//! - [`peer`]: share index, chunk server handler, upload limiter, picker,
+//!   tracker session, download engine, node. Depends on `wire`, `chunks`,
+//!   `net`, `limits` and `sync` only, never on `tracker`.
 //! - [`ui`]: the user interface of the `peer` and `tracker` programs
 //!   (command lines, output, progress, signals, the prompt). Depends on the
 //!   engine modules above; none of them depends on it.
 //!
 //! Everything is synchronous std::net with one OS thread per connection;
-//! threads talk over bounded crossbeam channels.
+//! threads talk over bounded crossbeam channels. docs/architecture.md draws
+//! the threads and channels of each process, the lock rules and the order
+//! things stop in.
 
 #![forbid(unsafe_code)]
 

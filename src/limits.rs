@@ -62,6 +62,28 @@ pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// to the newcomer.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// A peer from which the tracker received any byte this recently is alive:
+/// a Register for its endpoint is refused `Busy` without probing it. Also
+/// how long a connection refused `Busy` for an endpoint is refused again
+/// without a new probe, so many connections cannot make the tracker probe
+/// one holder more than about once per this period.
+pub const PROBE_QUIET: Duration = PROBE_TIMEOUT;
+/// Slowest transfer a whole frame is allowed, in bytes per second, on top
+/// of the per-read or per-write timeout: a reply must be written within
+/// `write timeout + len / MIN_TRANSFER_RATE`, a large request must arrive
+/// within `idle timeout + len / MIN_TRANSFER_RATE`, and a client waits for a
+/// reply at most `I/O timeout + len / MIN_TRANSFER_RATE`. A party that
+/// trickles a few bytes now and then cannot hold a frame's memory, a write
+/// lock or a client for longer (64 KiB/s: a maximal frame gets 256 s more).
+/// `ChunkData` gets [`MIN_CHUNK_TRANSFER_RATE`] instead.
+pub const MIN_TRANSFER_RATE: u64 = 64 * 1024;
+/// [`MIN_TRANSFER_RATE`] for `ChunkData` (the chunk server writing one, a
+/// downloader reading one): lower, because a sharer with an upload cap
+/// splits it among all its downloaders (a 1 MiB/s cap shared by 100 of
+/// them is about 10 KiB/s each), and a downloader may be on a slow link. A
+/// 1 MiB chunk gets 128 s on top of the I/O or write timeout.
+pub const MIN_CHUNK_TRANSFER_RATE: u64 = 8 * 1024;
+
 // ---- Defaults -------------------------------------------------------------
 
 /// Default chunk size (1 MiB): big enough that per-chunk overhead (a request,
@@ -104,12 +126,34 @@ pub const MAX_CHUNKS_PER_ADDRESS: u64 = 2 * MAX_CHUNKS_PER_PEER;
 /// holder), so about 1.0 GiB when full (docs/protocol.md §9, Size caps).
 pub const MAX_TOTAL_CHUNKS: u64 = 50 << 20;
 
+/// Frames whose `len` is at most this are read without a share of the
+/// tracker's frame budget (the connection cap bounds them: 4,096 x 16 KiB
+/// is 64 MiB).
+pub const FRAME_BUDGET_EXEMPT_LEN: u32 = 16 * 1024;
+/// Most bytes of larger request frames the tracker receives and handles at
+/// once, summed over all connections (`len` is charged when the header
+/// arrives and given back when the request has been answered): sixteen
+/// maximal frames. A frame that does not fit is answered `Error{Busy}` and
+/// the connection closed.
+pub const TRACKER_FRAME_BUDGET: u64 = 256 << 20;
+/// The part of [`TRACKER_FRAME_BUDGET`] the connections of one address
+/// (IPv4 address or IPv6 /64) may hold at once: four maximal frames, so it
+/// takes at least four hosts to spend the whole budget.
+pub const TRACKER_FRAME_BUDGET_PER_ADDRESS: u64 = 64 << 20;
+
 // ---- Chunk server caps ------------------------------------------------------
 
 /// Most chunk-server connections at once (each is a thread).
 pub const PEER_MAX_CONNECTIONS: usize = 256;
 /// Most chunk-server connections from one address (IPv6: one /64).
 pub const PEER_MAX_PER_IP: usize = 64;
+/// Largest request frame (its `len`) the chunk server reads: a
+/// `ChunkRequest` with a name at [`MAX_NAME_LEN`] (type, name length,
+/// name, index: 1 + 2 + 1,024 + 4 = 1,031). It is the largest request a
+/// chunk server accepts (a `Hello` is 7); a header announcing more is
+/// answered `Error{Malformed}` and the connection closed before any of
+/// the payload is read.
+pub const PEER_MAX_REQUEST_LEN: u32 = 1 + 2 + MAX_NAME_LEN as u32 + 4;
 
 // ---- Client side ------------------------------------------------------------
 
@@ -119,6 +163,18 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// side is considered gone; a source that leaves a request unanswered this
 /// long is dropped.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a peer leaving waits for each tracker session to send Leave and
+/// read the tracker's Ok (or finish what it is sending) before cutting the
+/// connection: a tracker that accepts and never answers must not hold a
+/// peer's exit for the whole io timeout. Leave is a courtesy; a tracker
+/// forgets a peer when its connection closes anyway.
+pub const LEAVE_WAIT: Duration = Duration::from_secs(1);
+/// A question put to several trackers at once (`peer list`, `peer where`,
+/// the start of a download) waits at most this long for the others once
+/// one has answered; the rest are left out, named, so one tracker that
+/// accepts connections and never answers does not hold every command for
+/// [`IO_TIMEOUT`].
+pub const TRACKER_GRACE: Duration = Duration::from_secs(1);
 
 // ---- Download engine ----------------------------------------------------------
 
@@ -136,9 +192,45 @@ pub const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 /// Most sources downloaded from at once; more add little and cost a thread
 /// and a connection each.
 pub const MAX_ACTIVE_SOURCES: usize = 32;
+/// A chunk a source answered `NotHeld` for is asked of that source again
+/// after this long, doubling on each further `NotHeld` for it up to
+/// [`NOT_HELD_RETRY_MAX`]. Super-seeding turns a chunk away for 3 s after
+/// sending it elsewhere (so that it is fetched from there) and serves
+/// anyone who asks a second time: asking again sooner would only make the
+/// seed send it twice.
+pub const NOT_HELD_RETRY: Duration = Duration::from_secs(3);
+/// The longest wait before asking a source again for a chunk it said it
+/// does not hold.
+pub const NOT_HELD_RETRY_MAX: Duration = Duration::from_secs(8);
+/// A source that has not delivered a chunk to this download yet must accept
+/// the connection and answer Hello within this long; a proven source gets
+/// the full connect and I/O timeouts. Silent, full or unreachable sources
+/// then cost a worker slot for seconds, not the I/O timeout.
+pub const NEW_SOURCE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most workers at once on probation: for a source that has not delivered
+/// to this download yet, from the start of its connection until it answers
+/// a request (or turns out to hold nothing we need). Sources that delivered
+/// then always find a free slot.
+pub const MAX_PROBES: usize = 24;
+/// Most probes at once to one host (IPv4 address or IPv6 /64), so one
+/// host's silent endpoints cannot keep other hosts' sources from being tried.
+pub const MAX_PROBES_PER_HOST: usize = 4;
+/// A source whose connections keep failing without delivering anything is
+/// retried after the retry delay doubled per failure, up to this long.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
+/// Most bytes of requests a download worker leaves unanswered on one
+/// connection, whatever the pipeline depth: the source reads no request
+/// while it writes a reply, so this much must fit in the socket buffers
+/// between the two (it does in any default ones), or both sides would wait
+/// for each other for good.
+pub const MAX_REQUEST_BYTES_IN_FLIGHT: usize = 32 << 10;
 
 // ---- User interface ---------------------------------------------------------
 
 /// Default width, in characters, of the chunk maps `peer where` and the
 /// prompt's `where` draw (one character per chunk or group of chunks).
 pub const WHERE_MAP_WIDTH: usize = 64;
+/// An upload limit at which one chunk takes longer than this to send is
+/// probably a mistake (`--upload-limit 10` is 10 bytes per second): the
+/// peer says so at start.
+pub const SLOW_CHUNK_WARNING: Duration = Duration::from_secs(5);

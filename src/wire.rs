@@ -416,40 +416,7 @@ impl Message {
                 put_str(out, name, MAX_NAME_LEN, "name")?;
                 out.push(u8::from(*with_hashes));
             }
-            Message::Locations(l) => {
-                put_str(out, &l.name, MAX_NAME_LEN, "name")?;
-                out.write_u64::<BigEndian>(l.length)?;
-                out.write_u32::<BigEndian>(l.chunk_size)?;
-                put_count32(
-                    out,
-                    l.chunk_count as usize,
-                    MAX_CHUNKS_PER_FILE,
-                    "chunks per file",
-                )?;
-                match &l.hashes {
-                    None => out.push(0),
-                    Some(hashes) => {
-                        if hashes.len() != l.chunk_count as usize {
-                            return Err(WireError::Invalid("hash count differs from chunk count"));
-                        }
-                        out.push(1);
-                        for h in hashes {
-                            out.extend_from_slice(h);
-                        }
-                    }
-                }
-                put_count16(
-                    out,
-                    l.sources.len(),
-                    MAX_SOURCES_PER_REPLY,
-                    "sources per reply",
-                )?;
-                for s in &l.sources {
-                    put_addr(out, &s.addr)?;
-                    check_bitmap(&s.have, l.chunk_count)?;
-                    out.extend_from_slice(&s.have);
-                }
-            }
+            Message::Locations(l) => put_locations(out, l, l.hashes.as_deref())?,
             Message::ChunkRegister { name, index } | Message::ChunkRequest { name, index } => {
                 put_str(out, name, MAX_NAME_LEN, "name")?;
                 out.write_u32::<BigEndian>(*index)?;
@@ -460,15 +427,7 @@ impl Message {
                 out.extend_from_slice(data);
             }
         }
-        let len = out.len() - start - 4;
-        if len > MAX_FRAME_LEN as usize {
-            return Err(WireError::FrameTooLarge {
-                len: len as u64,
-                max: MAX_FRAME_LEN,
-            });
-        }
-        BigEndian::write_u32(&mut out[start..start + 4], len as u32);
-        Ok(())
+        finish_frame(out, start)
     }
 
     /// Decodes one frame's payload given its type byte. The payload must be
@@ -643,6 +602,79 @@ impl Message {
     }
 }
 
+/// Writes the length of the frame that starts at `start` of `out`.
+fn finish_frame(out: &mut [u8], start: usize) -> Result<(), WireError> {
+    let len = out.len() - start - 4;
+    if len > MAX_FRAME_LEN as usize {
+        return Err(WireError::FrameTooLarge {
+            len: len as u64,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    BigEndian::write_u32(&mut out[start..start + 4], len as u32);
+    Ok(())
+}
+
+/// The payload of a `Locations`, with `hashes` in place of `l.hashes`.
+fn put_locations(
+    out: &mut Vec<u8>,
+    l: &Locations,
+    hashes: Option<&[Digest]>,
+) -> Result<(), WireError> {
+    put_str(out, &l.name, MAX_NAME_LEN, "name")?;
+    out.write_u64::<BigEndian>(l.length)?;
+    out.write_u32::<BigEndian>(l.chunk_size)?;
+    put_count32(
+        out,
+        l.chunk_count as usize,
+        MAX_CHUNKS_PER_FILE,
+        "chunks per file",
+    )?;
+    match hashes {
+        None => out.push(0),
+        Some(hashes) => {
+            if hashes.len() != l.chunk_count as usize {
+                return Err(WireError::Invalid("hash count differs from chunk count"));
+            }
+            out.push(1);
+            for h in hashes {
+                out.extend_from_slice(h);
+            }
+        }
+    }
+    put_count16(
+        out,
+        l.sources.len(),
+        MAX_SOURCES_PER_REPLY,
+        "sources per reply",
+    )?;
+    for s in &l.sources {
+        put_addr(out, &s.addr)?;
+        check_bitmap(&s.have, l.chunk_count)?;
+        out.extend_from_slice(&s.have);
+    }
+    Ok(())
+}
+
+/// Appends a whole `Locations` frame whose hash list is `hashes`, given
+/// apart from `l` (whose own `hashes` is ignored) so that a list shared
+/// with someone else (the tracker's registry) is encoded without being
+/// copied first. The same bytes as `Message::Locations` with those hashes.
+pub fn encode_locations(
+    l: &Locations,
+    hashes: Option<&[Digest]>,
+    out: &mut Vec<u8>,
+) -> Result<(), WireError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.push(ty::LOCATIONS);
+    let r = put_locations(out, l, hashes).and_then(|()| finish_frame(out, start));
+    if r.is_err() {
+        out.truncate(start);
+    }
+    r
+}
+
 /// Smallest encoding of one Register file entry: empty name (2), length (8),
 /// chunk size (4), count (4), have flag (1).
 const FILE_ENTRY_MIN_LEN: usize = 2 + 8 + 4 + 4 + 1;
@@ -684,6 +716,21 @@ pub fn read_frame<R: Read + ?Sized>(r: &mut R) -> Result<Option<Frame>, WireErro
     };
     let payload = read_payload(r, len as usize - 1, Vec::new())?;
     Ok(Some(Frame { type_code, payload }))
+}
+
+/// Reads one frame's header, its length and type byte: `(len, type)`,
+/// `len` checked against [`MAX_FRAME_LEN`]; `Ok(None)` on a clean end of
+/// stream before the first byte. Nothing of the payload is read, so a
+/// server can refuse a frame on its header alone; read the payload with
+/// [`read_frame_payload`] (`len - 1` bytes).
+pub fn read_frame_header<R: Read + ?Sized>(r: &mut R) -> Result<Option<(u32, u8)>, WireError> {
+    read_header(r)
+}
+
+/// Reads a frame's payload of `want` bytes, after [`read_frame_header`],
+/// with the same allocation bound as [`read_frame`].
+pub fn read_frame_payload<R: Read + ?Sized>(r: &mut R, want: usize) -> Result<Vec<u8>, WireError> {
+    read_payload(r, want, Vec::new())
 }
 
 /// Reads a frame's length and type byte: `(len, type)`, `len` checked.
@@ -1185,6 +1232,36 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `encode_locations` with the hashes given apart writes the same bytes
+    /// as the message holding them, and refuses the same mistakes.
+    #[test]
+    fn locations_with_shared_hashes_encode_like_the_message() {
+        let hashes: Vec<Digest> = (0..3u8).map(|i| [i; 20]).collect();
+        let mut l = Locations {
+            name: "f".into(),
+            length: 2500,
+            chunk_size: 1024,
+            chunk_count: 3,
+            hashes: Some(hashes.clone()),
+            sources: vec![Source {
+                addr: "127.0.0.1:9".parse().unwrap(),
+                have: vec![0b1010_0000],
+            }],
+        };
+        for with in [true, false] {
+            let mut want = Vec::new();
+            l.hashes = with.then(|| hashes.clone());
+            Message::Locations(l.clone()).encode(&mut want).unwrap();
+            let mut got = vec![9u8];
+            l.hashes = None;
+            encode_locations(&l, with.then_some(&hashes[..]), &mut got).unwrap();
+            assert_eq!(&got[1..], &want[..]);
+        }
+        let mut out = vec![1u8];
+        assert!(encode_locations(&l, Some(&hashes[..2]), &mut out).is_err());
+        assert_eq!(out, [1]);
+    }
 
     fn frame(m: &Message) -> Vec<u8> {
         let mut b = Vec::new();

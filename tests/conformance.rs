@@ -129,7 +129,11 @@ fn a_half_open_registration_gives_way_to_the_reconnecting_peer_within_2s() {
             Message::RegisterReply { results } => assert_eq!(results, vec![FileOutcome::Accepted]),
             other => panic!("{other:?}"),
         }
-        // `old` now goes silent: it reads nothing and answers nothing.
+        // `old` now goes silent: it reads nothing and answers nothing. A
+        // connection heard from within PROBE_QUIET counts as alive without
+        // a probe; a dead one has been silent longer than that by the time
+        // its peer reconnects.
+        std::thread::sleep(p2pfs::tracker::server::PROBE_QUIET);
 
         let started = Instant::now();
         let mut new = Client::connect(t.local_addr());

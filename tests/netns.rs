@@ -222,7 +222,7 @@ fn a_swarm_across_network_namespaces() {
                     .any(|l| l.contains(&a.to_string()) && l.contains("48/48"))
             })
         });
-        assert!(text.contains("3 source(s)"), "{text}");
+        assert!(text.contains("3 sources"), "{text}");
         assert!(!text.contains("127.0.0.1"), "{text}");
         assert!(!text.contains("0.0.0.0"), "{text}");
         println!("{text}");

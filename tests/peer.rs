@@ -13,7 +13,7 @@ use std::thread;
 use std::time::Duration;
 
 use p2pfs::chunks;
-use p2pfs::peer::download::{DownloadOptions, Summary};
+use p2pfs::peer::download::{DownloadOptions, Summary, have_path, part_path};
 use p2pfs::peer::node::Node;
 use util::{
     CHUNK, Proc, Scratch, downloader, entry, from, get_command, opts, peer_bin, seed, start_share,
@@ -29,7 +29,7 @@ fn no_leftovers(dir: &Path) {
     for e in fs::read_dir(dir).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
         assert!(
-            !name.ends_with(".part") && !name.ends_with(".have"),
+            !name.ends_with(".part") && !name.ends_with(".have") && name != ".p2pfs",
             "left behind: {name}"
         );
     }
@@ -230,7 +230,7 @@ fn mkfifo(p: &Path) {
 fn fifos_at_the_download_names_are_refused_not_waited_on() {
     // issue 11, item 1 ("wherever a shared file is opened again"): the file
     // already under the final name is opened to be verified and shared, and
-    // a `.part.have` to resume. A FIFO at either used to block `peer get`.
+    // a `.part.have` (in `.p2pfs/`) to resume. A FIFO at either used to block `peer get`.
     with_timeout(60, || {
         let s = Scratch::new("fifo-get");
         let data = util::pattern(100_000, 3);
@@ -245,11 +245,13 @@ fn fifos_at_the_download_names_are_refused_not_waited_on() {
         assert!(e.to_string().contains("not a regular file"), "{e}");
         fs::remove_file(dir.join("f")).unwrap();
 
-        fs::write(dir.join("f.part"), b"someone else's").unwrap();
-        mkfifo(&dir.join("f.part.have"));
+        let part = part_path(&dir, "f");
+        fs::create_dir_all(part.parent().unwrap()).unwrap();
+        fs::write(&part, b"someone else's").unwrap();
+        mkfifo(&have_path(&dir, "f"));
         let e = b.download("f", &dir, &opts(), &mut |_| {}).unwrap_err();
         assert!(e.to_string().contains("not an unfinished download"), "{e}");
-        assert_eq!(fs::read(dir.join("f.part")).unwrap(), b"someone else's");
+        assert_eq!(fs::read(&part).unwrap(), b"someone else's");
     });
 }
 
@@ -380,13 +382,21 @@ fn cli_share_list_where_get() {
     });
 }
 
-/// Chunks the saved have-bitmap of `dir/NAME.part` claims (0 if none yet):
-/// "P2PFHAVE", a 20-byte identity, then the bitmap.
+/// Chunks the saved have-bitmap of the download of NAME into `dir` claims
+/// (0 if none yet):
+/// "P2PFHAVE", a 20-byte identity, the bitmap, the name, the name's length
+/// (`u16`).
 fn saved_chunks(dir: &Path, name: &str) -> u32 {
-    fs::read(dir.join(format!("{name}.part.have")))
+    let trailer = name.len() + 2;
+    fs::read(have_path(dir, name))
         .ok()
-        .filter(|b| b.len() > 28)
-        .map(|b| b[28..].iter().map(|x| x.count_ones()).sum())
+        .filter(|b| b.len() > 28 + trailer)
+        .map(|b| {
+            b[28..b.len() - trailer]
+                .iter()
+                .map(|x| x.count_ones())
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -439,7 +449,7 @@ fn a_killed_downloader_resumes_without_refetching_verified_chunks() {
             !dir.join("f").exists(),
             "no partial file under the final name"
         );
-        assert!(dir.join("f.part").exists());
+        assert!(part_path(&dir, "f").exists());
 
         let out = get_cmd().output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -450,11 +460,12 @@ fn a_killed_downloader_resumes_without_refetching_verified_chunks() {
         );
         assert_eq!(fs::read(dir.join("f")).unwrap(), data);
         no_leftovers(&dir);
-        // "…; 64 chunks, R resumed from disk, …" and "from ADDR: … (B bytes)".
+        // "…; 1.0 MiB (R of 64 chunks) already on disk" and
+        // "from ADDR: … (B bytes)".
         let resumed: u64 = text
-            .split(" resumed from disk")
+            .split(" of 64 chunks) already on disk")
             .next()
-            .and_then(|h| h.rsplit(' ').next())
+            .and_then(|h| h.rsplit('(').next())
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no resumed count in {text}"));
         assert!(resumed >= 16, "{text}");
@@ -484,15 +495,17 @@ fn a_foreign_part_file_is_never_taken_over() {
         let b = downloader(t.local_addr());
         let dir = s.sub("b");
         // Somebody else's unfinished download, under the name we would use.
-        fs::write(dir.join("movie.part"), b"not yours").unwrap();
+        let part = part_path(&dir, "movie");
+        fs::create_dir_all(part.parent().unwrap()).unwrap();
+        fs::write(&part, b"not yours").unwrap();
         let e = b
             .download("movie", &dir, &opts(), &mut |_| {})
             .expect_err("refused");
-        assert!(e.to_string().contains("movie.part"), "{e}");
-        assert_eq!(fs::read(dir.join("movie.part")).unwrap(), b"not yours");
+        assert!(e.to_string().contains(&part.display().to_string()), "{e}");
+        assert_eq!(fs::read(&part).unwrap(), b"not yours");
         assert!(!dir.join("movie").exists());
         // Moved away: the download goes through.
-        fs::remove_file(dir.join("movie.part")).unwrap();
+        fs::remove_file(&part).unwrap();
         get(&b, "movie", &dir);
         assert_eq!(fs::read(dir.join("movie")).unwrap(), data);
     });
@@ -556,7 +569,7 @@ fn ctrl_c_stops_get_cleanly_and_a_rerun_resumes() {
             "interrupted get exits with 128 + SIGINT"
         );
         assert!(!dir.join("f").exists());
-        assert!(dir.join("f.part").exists() && dir.join("f.part.have").exists());
+        assert!(part_path(&dir, "f").exists() && have_path(&dir, "f").exists());
         // It left the tracker: only the seed is listed now.
         wait_until(10, "downloader gone from the tracker", || {
             p2pfs::peer::client::locate(t.local_addr(), "f", false)
@@ -570,6 +583,6 @@ fn ctrl_c_stops_get_cleanly_and_a_rerun_resumes() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(fs::read(dir.join("f")).unwrap(), data);
-        assert!(!text.contains(", 0 resumed from disk"), "{text}");
+        assert!(text.contains("chunks) already on disk"), "{text}");
     });
 }

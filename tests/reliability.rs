@@ -641,7 +641,7 @@ enum Hostile {
 
 fn hostile_bytes(kind: Hostile, n: u64) -> Vec<u8> {
     let mut b = Vec::new();
-    let with_hello = n % 2 == 0;
+    let with_hello = n.is_multiple_of(2);
     if with_hello || matches!(kind, Hostile::Half) {
         Message::Hello {
             version: wire::PROTOCOL_VERSION,
@@ -744,10 +744,10 @@ fn flood(
                                 failures.fetch_add(1, Ordering::Relaxed);
                             }
                         }
-                        if open.len() > ring {
-                            if let Some(s) = open.pop_front() {
-                                note(s);
-                            }
+                        if open.len() > ring
+                            && let Some(s) = open.pop_front()
+                        {
+                            note(s);
                         }
                     }
                     for s in open {

@@ -48,7 +48,7 @@ fn list_where_get_status_at_the_prompt() {
             "commands:",
             "  1. photo.jpg",
             "1.0 MiB",
-            "photo.jpg: 1048576 bytes (1.0 MiB), 16 chunks of 64.0 KiB, 1 source(s)",
+            "photo.jpg: 1048576 bytes (1.0 MiB), 16 chunks of 64.0 KiB, 1 source",
             &format!("  {seed_addr:<22}     16/16     ################"),
             "downloading photo.jpg (1.0 MiB) from 1 source in the background",
             "already downloading photo.jpg",
@@ -85,7 +85,7 @@ fn list_where_get_status_at_the_prompt() {
             "files (1):",
             "16/16 chunks",
             "done: 1.0 MiB in",
-            "from 1 peer(s)",
+            "from 1 peer",
             "uploads: ",
         ] {
             assert!(st.contains(needle), "missing {needle:?} in:\n{st}");
@@ -136,13 +136,16 @@ fn quitting_during_a_download_stops_it_and_keeps_its_part_file() {
         let text = String::from_utf8(out).unwrap();
         assert!(!text.contains("serving chunks"), "stopped at quit: {text}");
         wait_until(10, "some chunks on disk", || {
-            fs::metadata(dir.join("big.part.have")).is_ok()
+            fs::metadata(p2pfs::peer::download::have_path(&dir, "big")).is_ok()
         });
         // Stopped and joined: the node is ours alone again, so it can leave.
         assert_eq!(r.finish(), vec!["big".to_owned()]);
         assert_eq!(Arc::strong_count(&me), 1);
         assert!(!dir.join("big").exists());
-        assert!(dir.join("big.part").exists(), "kept for a resume");
+        assert!(
+            p2pfs::peer::download::part_path(&dir, "big").exists(),
+            "kept for a resume"
+        );
         drop(seed);
     });
 }
@@ -165,7 +168,7 @@ fn a_failed_download_can_be_retried_at_the_prompt() {
         let (mut r, _notices) = Repl::new(Arc::clone(&me), dir.clone(), o);
         assert!(say(&mut r, "get big").contains("big"));
         wait_until(30, "some chunks on disk", || {
-            fs::read(dir.join("big.part.have"))
+            fs::read(p2pfs::peer::download::have_path(&dir, "big"))
                 .is_ok_and(|b| b.len() > 28 && b[28..].iter().any(|x| *x != 0))
         });
         slow.leave();
@@ -234,5 +237,25 @@ fn names_that_look_like_numbers_and_names_with_spaces_can_be_fetched() {
         fetched(" padded name ", 23);
         wait_until(30, "downloads finished", || r.active_downloads() == 0);
         r.finish();
+    });
+}
+
+/// Issue 14: after a restart, a `.part` left by a download stopped at the
+/// prompt was skipped with a technical line and `status` showed nothing.
+/// `status` names the downloads that `get NAME` resumes.
+#[test]
+fn status_names_the_unfinished_downloads_to_resume() {
+    with_timeout(30, || {
+        let s = Scratch::new("repl-unfinished");
+        let dir = s.sub("me");
+        util::plant_unfinished(&dir, "photo.jpg");
+        let t = tracker();
+        let me = Arc::new(downloader(t.local_addr()));
+        let (mut r, _notices) = Repl::new(Arc::clone(&me), dir, opts());
+        let st = say(&mut r, "status");
+        assert!(
+            st.contains("unfinished download: photo.jpg; type get NAME to resume one"),
+            "{st}"
+        );
     });
 }

@@ -128,10 +128,10 @@ fn digest() -> impl Strategy<Value = Digest> {
 fn bitmap(count: usize) -> impl Strategy<Value = Vec<u8>> {
     vec(any::<u8>(), count.div_ceil(8)).prop_map(move |mut v| {
         let rem = count % 8;
-        if rem != 0 {
-            if let Some(last) = v.last_mut() {
-                *last &= 0xffu8 << (8 - rem);
-            }
+        if rem != 0
+            && let Some(last) = v.last_mut()
+        {
+            *last &= 0xffu8 << (8 - rem);
         }
         v
     })

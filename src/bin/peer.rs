@@ -10,10 +10,8 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(status) => return status,
     };
-    ui::init_logging(if args.verbose() {
-        "info,p2pfs=debug"
-    } else {
-        "warn"
-    });
+    if let Err(e) = ui::log::init(args.verbose(), args.log_file()) {
+        return ui::exit_status("peer", Err(e.into()));
+    }
     ui::exit_status("peer", ui::run_peer(args))
 }

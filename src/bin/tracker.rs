@@ -6,10 +6,12 @@ use std::process::ExitCode;
 use p2pfs::ui::{self, args::TrackerArgs};
 
 fn main() -> ExitCode {
-    ui::init_logging("info");
     let args: TrackerArgs = match ui::args::from_env() {
         Ok(a) => a,
         Err(status) => return status,
     };
+    if let Err(e) = ui::log::init(args.verbose, None) {
+        return ui::exit_status("tracker", Err(e.into()));
+    }
     ui::exit_status("tracker", ui::run_tracker(args))
 }

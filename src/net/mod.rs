@@ -10,6 +10,10 @@
 //!   under its deadline, the request loop with its idle timeout, orderly
 //!   (lingering) close, and shutdown that wakes its own `accept` and joins
 //!   every thread. A server supplies only its per-request [`server::Handler`].
+//! - [`budget`]: the bytes of large request frames a server holds at once,
+//!   in total and per address.
+//! - [`deadline`]: deadlines for whole frames written and read, on top of
+//!   the per-call socket timeouts.
 //! - [`client`]: the client side of every outgoing connection (connect with a
 //!   timeout, TCP_NODELAY, read and write timeouts, the Hello exchange).
 //!
@@ -25,7 +29,9 @@ use std::fmt;
 use crate::wire::{ErrorCode, WireError};
 
 pub mod admission;
+pub mod budget;
 pub mod client;
+pub mod deadline;
 pub mod server;
 
 /// What can go wrong on a client connection, with the address it concerns.

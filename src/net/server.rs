@@ -11,19 +11,27 @@
 //!   reaping of finished threads on every accept;
 //! - the set of live connections ([`Live`]), each a [`Link`] through which
 //!   anyone may write to it (one write lock per connection) or close it;
-//! - per connection: TCP_NODELAY, the write timeout, the Hello exchange under
+//! - per connection: TCP_NODELAY, the write timeout and a deadline for each
+//!   whole message written ([`super::deadline`]), the Hello exchange under
 //!   its deadline (the whole Hello must arrive within the Hello timeout), the
-//!   request loop under the idle timeout, `Error{Malformed}` for every frame
-//!   that cannot be decoded (a whole frame is read first, so a payload that
-//!   ends inside a field is told apart from a stream that ends inside a
-//!   frame, which is closed quietly), and an orderly close (FIN, then a
-//!   short drain so the last reply is not destroyed by a reset);
+//!   request loop under the idle timeout, the handler's largest request
+//!   ([`Handler::MAX_REQUEST_LEN`], checked on the header), the frame budget
+//!   ([`super::budget`]) and a deadline for large request frames,
+//!   `Error{Malformed}` for every frame that cannot be decoded (a whole
+//!   frame is read first, so a payload that ends inside a field is told
+//!   apart from a stream that ends inside a frame, which is closed quietly),
+//!   and an orderly close (FIN, then a short drain so the last reply is not
+//!   destroyed by a reset);
+//! - what a liveness check needs to know of a connection: bytes received
+//!   and when the last one arrived, whether a request of it is being
+//!   handled, and a write that never waits for another writer
+//!   ([`Link::try_send_within`]);
 //! - shutdown: set a flag, wake the blocking `accept` by connecting to
 //!   ourselves, shut down every live socket, join every thread.
 //!
 //! A server supplies only a [`Handler`]: what to do with one request, and
-//! what to do when a connection ends. Calls `wire`, `sync`, `limits` and
-//! [`super::admission`] only.
+//! what to do when a connection ends. Calls `wire`, `sync`, `limits`,
+//! [`super::admission`], [`super::budget`] and [`super::deadline`] only.
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
@@ -36,6 +44,8 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 
 use super::admission::{Admission, Limits, Refuser};
+use super::budget::{BudgetLimits, FrameBudget, Reservation};
+use super::deadline::{DeadlineWriter, chunk_allowance, frame_allowance};
 use crate::wire::{self, ErrorCode, Message, WireError};
 
 /// Stack of a connection thread (small: thousands may exist).
@@ -70,6 +80,9 @@ pub struct Options {
     pub write_timeout: Duration,
     /// Connections open at once, in total and per address.
     pub limits: Limits,
+    /// Bytes of large request frames received and handled at once (`None`:
+    /// no budget; the handler's [`Handler::MAX_REQUEST_LEN`] bounds them).
+    pub frame_budget: Option<BudgetLimits>,
 }
 
 /// What to do after one request.
@@ -110,6 +123,11 @@ pub trait Handler: Send + Sync + 'static {
     /// created when the Hello has been answered.
     type Conn: Default;
 
+    /// The largest request frame (`len`) this server reads. A header
+    /// announcing more is answered `Error{Malformed}` and the connection is
+    /// closed before any of the payload is read.
+    const MAX_REQUEST_LEN: u32 = wire::MAX_FRAME_LEN;
+
     /// Answers one request received on `link` after the Hello, by writing
     /// through `link`. `live` reaches the server's other connections. An
     /// `Err` is a failed stream and ends the connection.
@@ -136,6 +154,15 @@ pub struct Link {
     write: Mutex<()>,
     /// Frames received so far (Hello included).
     received: AtomicU64,
+    /// Bytes of requests received so far (after the Hello), counted as they
+    /// are read, so a frame still arriving counts.
+    bytes_in: AtomicU64,
+    /// When the last of them arrived: milliseconds after `born`.
+    last_in_ms: AtomicU64,
+    born: Instant,
+    /// The socket's write timeout (each write call); a whole message gets
+    /// more, see [`Link::write_all`].
+    write_timeout: Duration,
     /// True while the handler is answering a request of this connection.
     busy: AtomicBool,
 }
@@ -156,11 +183,50 @@ impl Link {
         self.received.load(Ordering::SeqCst)
     }
 
+    /// Bytes received after the Hello so far, including those of a frame
+    /// still arriving.
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_in.load(Ordering::SeqCst)
+    }
+
+    /// How long ago the last byte was received (since the connection was
+    /// accepted, if none was).
+    pub fn since_receipt(&self) -> Duration {
+        let last = Duration::from_millis(self.last_in_ms.load(Ordering::SeqCst));
+        self.born.elapsed().saturating_sub(last)
+    }
+
+    fn note_received(&self, n: usize) {
+        self.bytes_in.fetch_add(n as u64, Ordering::SeqCst);
+        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_in_ms.fetch_max(ms, Ordering::SeqCst);
+    }
+
     /// Whether the handler is answering one of this connection's requests
     /// right now (so the connection is alive, though it reads nothing
     /// meanwhile).
     pub fn is_busy(&self) -> bool {
         self.busy.load(Ordering::SeqCst)
+    }
+
+    /// Writes `m` only if nobody is writing to this connection now, and
+    /// gives up after `limit` however slowly the bytes leave. `None` when
+    /// another write holds the connection (nothing was written); an `Err`
+    /// may leave part of the frame written, so the caller must close the
+    /// connection then.
+    pub fn try_send_within(&self, m: &Message, limit: Duration) -> Option<Result<(), WireError>> {
+        let mut buf = Vec::new();
+        if let Err(e) = m.encode(&mut buf) {
+            return Some(Err(e));
+        }
+        let _w = match self.write.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        let deadline = Instant::now() + limit;
+        let mut out = DeadlineWriter::new(&self.stream, self.write_timeout, deadline);
+        Some(out.write_all(&buf).map_err(WireError::Io))
     }
 
     /// Encodes and writes one message. A message that cannot be encoded is
@@ -178,10 +244,25 @@ impl Link {
     }
 
     /// Writes bytes that are a whole number of frames (or one frame's
-    /// pieces, when only this connection's thread writes).
+    /// pieces, when only this connection's thread writes). Besides the
+    /// write timeout (each write call), the whole of `bytes` must be out
+    /// within [`frame_allowance`]`(write timeout, bytes.len())`, so a
+    /// reader that takes a little now and then cannot hold the reply's
+    /// memory and this connection's write lock for longer.
     pub fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
+        self.write_by(bytes, frame_allowance)
+    }
+
+    /// [`Link::write_all`] for a `ChunkData` frame or a piece of one: the
+    /// deadline is [`chunk_allowance`]`(write timeout, bytes.len())`.
+    pub fn write_chunk_data(&self, bytes: &[u8]) -> io::Result<()> {
+        self.write_by(bytes, chunk_allowance)
+    }
+
+    fn write_by(&self, bytes: &[u8], allowance: fn(Duration, u64) -> Duration) -> io::Result<()> {
         let _w = crate::sync::lock(&self.write);
-        (&self.stream).write_all(bytes)
+        let deadline = Instant::now() + allowance(self.write_timeout, bytes.len() as u64);
+        DeadlineWriter::new(&self.stream, self.write_timeout, deadline).write_all(bytes)
     }
 
     /// Shuts the socket down both ways: the connection's thread sees its
@@ -234,6 +315,7 @@ struct Shared<H> {
     live: Arc<Live>,
     admission: Arc<Admission>,
     stopping: Arc<AtomicBool>,
+    budget: Option<FrameBudget>,
 }
 
 /// A running server. Dropping it shuts it down.
@@ -258,6 +340,7 @@ impl Server {
         let refuser = Refuser::start(name)?;
         let shared = Arc::new(Shared {
             admission: Admission::new(opts.limits),
+            budget: opts.frame_budget.map(FrameBudget::new),
             opts,
             handler,
             live: Arc::new(Live::default()),
@@ -389,6 +472,10 @@ fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>, refuse
             stream,
             write: Mutex::new(()),
             received: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            last_in_ms: AtomicU64::new(0),
+            born: Instant::now(),
+            write_timeout: write_timeout(&shared.opts),
             busy: AtomicBool::new(false),
         });
         shared.live.map().insert(next_id, Arc::clone(&link));
@@ -480,7 +567,7 @@ fn serve<H: Handler>(shared: &Shared<H>, link: &Arc<Link>) -> End {
     let setup = || -> io::Result<()> {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(hello))?;
-        stream.set_write_timeout(Some(o.write_timeout.max(Duration::from_millis(1))))
+        stream.set_write_timeout(Some(write_timeout(o)))
     };
     if let Err(e) = setup() {
         return End::Failed(e.into());
@@ -497,7 +584,7 @@ fn serve<H: Handler>(shared: &Shared<H>, link: &Arc<Link>) -> End {
         if shared.stopping.load(Ordering::Relaxed) {
             return End::Stopped;
         }
-        let m = match read_request(&mut reader) {
+        let (m, charge) = match next_request::<H, _>(shared, link, &mut reader, idle) {
             Ok(Some(m)) => m,
             Ok(None) => return End::Closed,
             Err(e) => return read_failed(link, e, End::Idle),
@@ -506,6 +593,7 @@ fn serve<H: Handler>(shared: &Shared<H>, link: &Arc<Link>) -> End {
         link.busy.store(true, Ordering::SeqCst);
         let flow = shared.handler.request(link, &shared.live, &mut state, m);
         link.busy.store(false, Ordering::SeqCst);
+        drop(charge);
         match flow {
             Ok(Flow::Continue) => {}
             Ok(Flow::Close) => {
@@ -528,7 +616,10 @@ fn greet<H: Handler>(
 ) -> Option<End> {
     // The whole Hello must arrive within the Hello timeout, not merely
     // some byte of it every so often.
-    let first = read_request(&mut DeadlineReader::new(reader, &link.stream, limit));
+    let first = read_request(
+        &mut DeadlineReader::new(reader, &link.stream, limit),
+        H::MAX_REQUEST_LEN,
+    );
     if let Ok(Some(_)) = first {
         link.received.fetch_add(1, Ordering::SeqCst);
     }
@@ -590,26 +681,125 @@ impl<R: Read> Read for DeadlineReader<'_, R> {
     }
 }
 
+/// The write timeout of every connection (a zero Duration is refused by
+/// set_write_timeout; treat it as 1 ms).
+fn write_timeout(o: &Options) -> Duration {
+    o.write_timeout.max(Duration::from_millis(1))
+}
+
 /// Why a request could not be read.
 enum ReadError {
     /// Reading the frame failed: the stream failed, timed out or ended
     /// inside the frame, or the length prefix is impossible.
     Stream(WireError),
     /// A whole frame arrived but its payload cannot be decoded (including
-    /// a payload that ends inside a field).
+    /// a payload that ends inside a field), or its header announces more
+    /// than this server reads.
     Undecodable(WireError),
+    /// The frame is refused with this code (no room in the frame budget);
+    /// the connection is closed.
+    Refused(ErrorCode, String),
 }
 
 /// Reads one whole frame, then decodes it, so that a frame that arrived
 /// complete but does not decode is never mistaken for a client that went
-/// away. `Ok(None)` on a clean end of stream between frames.
-fn read_request<R: Read>(r: &mut R) -> Result<Option<Message>, ReadError> {
-    match wire::read_frame(r) {
-        Ok(Some(f)) => Message::decode(f.type_code, &f.payload)
-            .map(Some)
-            .map_err(ReadError::Undecodable),
-        Ok(None) => Ok(None),
+/// away. A header whose `len` exceeds `max_len` is refused before the
+/// payload is read. `Ok(None)` on a clean end of stream between frames.
+fn read_request<R: Read>(r: &mut R, max_len: u32) -> Result<Option<Message>, ReadError> {
+    let Some((len, type_code)) = read_header(r, max_len)? else {
+        return Ok(None);
+    };
+    let payload = wire::read_frame_payload(r, len as usize - 1).map_err(ReadError::Stream)?;
+    decode(type_code, &payload).map(Some)
+}
+
+fn read_header<R: Read>(r: &mut R, max_len: u32) -> Result<Option<(u32, u8)>, ReadError> {
+    match wire::read_frame_header(r) {
+        Ok(Some((len, _))) if len > max_len => {
+            Err(ReadError::Undecodable(WireError::FrameTooLarge {
+                len: u64::from(len),
+                max: max_len,
+            }))
+        }
+        Ok(header) => Ok(header),
+        Err(e @ (WireError::FrameTooLarge { .. } | WireError::EmptyFrame)) => {
+            Err(ReadError::Undecodable(e))
+        }
         Err(e) => Err(ReadError::Stream(e)),
+    }
+}
+
+fn decode(type_code: u8, payload: &[u8]) -> Result<Message, ReadError> {
+    Message::decode(type_code, payload).map_err(ReadError::Undecodable)
+}
+
+/// Reads the next request after the Hello from `reader` (the connection's
+/// buffered stream, or a layer over it), counting its bytes as they
+/// arrive ([`Link::bytes_received`]). A frame larger than the budget's
+/// exempt size is charged to the frame budget (the charge is returned with
+/// the message, to be dropped once it is answered) and must arrive whole
+/// within [`frame_allowance`]`(idle, len)`.
+fn next_request<'s, H: Handler, R: Read>(
+    shared: &'s Shared<H>,
+    link: &Link,
+    reader: &mut R,
+    idle: Duration,
+) -> Result<Option<(Message, Option<Reservation<'s>>)>, ReadError> {
+    let mut input = Counted {
+        inner: reader,
+        link,
+        deadline: None,
+    };
+    let Some((len, type_code)) = read_header(&mut input, H::MAX_REQUEST_LEN)? else {
+        return Ok(None);
+    };
+    let charge = match &shared.budget {
+        None => None,
+        Some(b) => b
+            .reserve(link.remote.ip(), len)
+            .map_err(|over| ReadError::Refused(ErrorCode::Busy, over.message(len)))?,
+    };
+    if charge.is_some() {
+        input.deadline = Some((Instant::now() + frame_allowance(idle, u64::from(len)), idle));
+    }
+    let payload = wire::read_frame_payload(&mut input, len as usize - 1);
+    if input.deadline.is_some() {
+        link.stream
+            .set_read_timeout(Some(idle))
+            .map_err(|e| ReadError::Stream(e.into()))?;
+    }
+    let m = decode(type_code, &payload.map_err(ReadError::Stream)?)?;
+    Ok(Some((m, charge)))
+}
+
+/// Reads through `inner`, recording each byte received on the link; with
+/// a deadline `(when, per_read)`, each read waits at most the shorter of
+/// `per_read` and the time left.
+struct Counted<'a, R> {
+    inner: &'a mut R,
+    link: &'a Link,
+    deadline: Option<(Instant, Duration)>,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some((when, per_read)) = self.deadline {
+            let left = when.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "frame deadline passed",
+                ));
+            }
+            self.link
+                .stream
+                .set_read_timeout(Some(left.min(per_read)))?;
+        }
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.link.note_received(n);
+        }
+        Ok(n)
     }
 }
 
@@ -624,6 +814,7 @@ fn read_failed(link: &Link, e: ReadError, on_timeout: End) -> End {
         ReadError::Stream(e) | ReadError::Undecodable(e) => {
             refuse(link, ErrorCode::Malformed, e.to_string())
         }
+        ReadError::Refused(code, message) => refuse(link, code, message),
     }
 }
 
@@ -706,6 +897,7 @@ mod tests {
                 max_total: 8,
                 max_per_ip: 8,
             },
+            frame_budget: None,
         };
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         (

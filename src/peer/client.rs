@@ -1,18 +1,29 @@
 //! The peer's client connections: [`Conn`] (a greeted connection to a
 //! tracker or a peer, built on [`crate::net::client`], with errors as
 //! [`PeerError`]) and the one-shot tracker queries used by `peer list`,
-//! `peer where` and the downloader.
+//! `peer where` and the downloader, to one tracker or to several at once
+//! ([`list_files_all`], [`locate_all`]: asked in parallel, answers merged,
+//! the trackers that did not answer named).
 //!
-//! Owns: the one-shot queries and address resolution. Connection setup
+//! Owns: the one-shot queries, merging several trackers' answers (pure:
+//! [`merge_file_lists`], [`merge_locations`]) and address resolution. Connection setup
 //! (timeouts, TCP_NODELAY, the Hello) belongs to `net::client`; this module
 //! only forwards to it. Calls `net` and `wire`.
 
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io;
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crossbeam_channel::RecvTimeoutError;
 use std::time::Duration;
 
 use super::{PeerError, Result};
+use crate::limits::TRACKER_GRACE;
 use crate::net::{self, NetError};
-use crate::wire::{FileSummary, Locations, Message};
+use crate::sync::lock;
+use crate::wire::{ErrorCode, FileSummary, Locations, Message, WireError};
 
 pub use crate::net::client::{CONNECT_TIMEOUT, IO_TIMEOUT};
 
@@ -53,6 +64,12 @@ impl Conn {
     /// The remote address.
     pub fn addr(&self) -> SocketAddr {
         self.0.addr()
+    }
+
+    /// Whether received bytes wait in the read buffer (see
+    /// [`net::client::Conn::has_buffered`]).
+    pub fn has_buffered(&self) -> bool {
+        self.0.has_buffered()
     }
 
     /// The underlying stream (for local_addr, shutdown, timeouts).
@@ -118,5 +135,498 @@ pub fn locate_on(c: &mut Conn, name: &str, with_hashes: bool) -> Result<Location
     })? {
         Message::Locations(l) => Ok(l),
         other => Err(unexpected(c.addr(), &other)),
+    }
+}
+
+/// A question put to several trackers: the merged answer, and the trackers
+/// that did not answer (or answered something unusable), with why.
+#[derive(Debug)]
+pub struct Merged<T> {
+    pub value: T,
+    pub failed: Vec<(SocketAddr, PeerError)>,
+}
+
+/// One tracker's answer to a question put to several, with the local IP
+/// its connection left from (how that tracker sees this host).
+type Answer<T> = Result<(T, IpAddr)>;
+
+/// Asks every tracker in `trackers` the same question, all at once (a
+/// thread each, "ask-ADDR", joined before returning), so a tracker that
+/// does not answer costs its timeout once, not once per tracker after it.
+/// Once one tracker has answered, the others get [`TRACKER_GRACE`] more;
+/// those still silent then have their connection shut and are reported as
+/// not answering in time. Answers come back in the order of `trackers`.
+pub fn ask_all<T: Send>(
+    trackers: &[SocketAddr],
+    question: impl Fn(&mut Conn) -> Result<T> + Sync,
+) -> Vec<(SocketAddr, Answer<T>)> {
+    let streams: Vec<Mutex<Option<TcpStream>>> =
+        trackers.iter().map(|_| Mutex::new(None)).collect();
+    let cut = AtomicBool::new(false);
+    let ask = |i: usize| -> Answer<T> {
+        let t = trackers[i];
+        let s = net::client::connect_stream(t)?;
+        *lock(&streams[i]) = s.try_clone().ok();
+        if cut.load(Ordering::SeqCst) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        let mut c = Conn::from_stream(s, IO_TIMEOUT)?;
+        let v = question(&mut c)?;
+        let ip = c
+            .stream()
+            .local_addr()
+            .map(|a| a.ip().to_canonical())
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        Ok((v, ip))
+    };
+    if trackers.len() == 1 {
+        return vec![(trackers[0], ask(0))];
+    }
+    let mut answers: Vec<Option<Answer<T>>> = trackers.iter().map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let (tx, rx) = crossbeam_channel::bounded(trackers.len());
+        for (i, t) in trackers.iter().enumerate() {
+            let tx = tx.clone();
+            let ask = &ask;
+            let spawned = std::thread::Builder::new()
+                .name(format!("ask-{t}"))
+                .spawn_scoped(scope, move || {
+                    let _ = tx.send((i, ask(i)));
+                });
+            if spawned.is_err() {
+                // No thread to spare: ask on this one.
+                answers[i] = Some(ask(i));
+            }
+        }
+        drop(tx);
+        let late = wait_answers(&rx, &mut answers, |i| {
+            cut.store(true, Ordering::SeqCst);
+            if let Some(s) = lock(&streams[i]).as_ref() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        });
+        for i in late {
+            if matches!(answers[i], Some(Ok(_))) {
+                continue;
+            }
+            answers[i] = Some(Err(PeerError::net(
+                trackers[i],
+                WireError::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no answer within {} ms of another tracker's",
+                        TRACKER_GRACE.as_millis()
+                    ),
+                )),
+            )));
+        }
+    });
+    trackers
+        .iter()
+        .zip(answers)
+        .map(|(&t, a)| {
+            let a = a.unwrap_or_else(|| Err(PeerError::Invalid(format!("asking {t}: no answer"))));
+            (t, a)
+        })
+        .collect()
+}
+
+/// Collects the answers of [`ask_all`]'s threads into `answers` until every
+/// thread has ended; once one answer is good, waits at most
+/// [`TRACKER_GRACE`] for the rest, then calls `cut_off` for each tracker
+/// still silent (which makes its thread end) and returns them.
+fn wait_answers<T>(
+    rx: &crossbeam_channel::Receiver<(usize, Answer<T>)>,
+    answers: &mut [Option<Answer<T>>],
+    cut_off: impl Fn(usize),
+) -> Vec<usize> {
+    let mut deadline = None;
+    let mut late = Vec::new();
+    loop {
+        let got = match deadline {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(d) => rx.recv_deadline(d),
+        };
+        match got {
+            Ok((i, a)) => {
+                if a.is_ok() && deadline.is_none() && late.is_empty() {
+                    deadline = Some(Instant::now() + TRACKER_GRACE);
+                }
+                answers[i] = Some(a);
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                deadline = None;
+                for (i, a) in answers.iter().enumerate() {
+                    if a.is_none() {
+                        late.push(i);
+                        cut_off(i);
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return late,
+        }
+    }
+}
+
+/// The error for a question no tracker answered: with one tracker, its own
+/// error; with several, one line naming each and why.
+pub fn none_answered(mut failed: Vec<(SocketAddr, PeerError)>) -> PeerError {
+    if failed.len() == 1 {
+        return failed.remove(0).1;
+    }
+    let why: Vec<String> = failed.iter().map(|(t, e)| about(*t, e)).collect();
+    PeerError::NoTracker(why.join("; "))
+}
+
+/// "ADDR: why", for what went wrong with tracker `t` (without saying the
+/// address twice when the error already starts with it).
+pub fn about(t: SocketAddr, e: &PeerError) -> String {
+    let text = e.to_string();
+    if text.starts_with(&t.to_string()) {
+        text
+    } else {
+        format!("{t}: {text}")
+    }
+}
+
+/// Every file on the network as the trackers in `trackers` list it,
+/// merged: each name once (the first tracker's entry wins if two disagree
+/// on its length), sorted by name; cut short if any tracker cut its list
+/// short. An error only when no tracker answers.
+pub fn list_files_all(trackers: &[SocketAddr]) -> Result<Merged<(Vec<FileSummary>, bool)>> {
+    let mut lists = Vec::new();
+    let mut failed = Vec::new();
+    for (t, r) in ask_all(trackers, |c| match c.request(&Message::ListFiles)? {
+        Message::FileList { files, truncated } => Ok((files, truncated)),
+        other => Err(unexpected(c.addr(), &other)),
+    }) {
+        match r {
+            Ok((l, _)) => lists.push(l),
+            Err(e) => failed.push((t, e)),
+        }
+    }
+    if lists.is_empty() {
+        return Err(none_answered(failed));
+    }
+    Ok(Merged {
+        value: merge_file_lists(lists),
+        failed,
+    })
+}
+
+/// Merges file lists (pure): each name once, the first list's entry
+/// winning, sorted by name; truncated if any was.
+pub fn merge_file_lists(lists: Vec<(Vec<FileSummary>, bool)>) -> (Vec<FileSummary>, bool) {
+    let mut by_name = std::collections::BTreeMap::new();
+    let mut truncated = false;
+    for (files, cut) in lists {
+        truncated |= cut;
+        for f in files {
+            by_name.entry(f.name.clone()).or_insert(f);
+        }
+    }
+    (by_name.into_values().collect(), truncated)
+}
+
+/// Where `name` is held according to every tracker in `trackers`, merged
+/// (see [`merge_locations`]), and the local IP this host reached the first
+/// answering tracker from. Trackers that do not know the name are not
+/// failures; if none knows it, the first one's UnknownFile is the error.
+/// Trackers describing other content under the name are left out and
+/// listed in `failed`.
+pub fn locate_all(
+    trackers: &[SocketAddr],
+    name: &str,
+    with_hashes: bool,
+) -> Result<Merged<(Locations, IpAddr)>> {
+    let mut found = Vec::new();
+    let mut unknown = None;
+    let mut failed = Vec::new();
+    for (t, r) in ask_all(trackers, |c| locate_on(c, name, with_hashes)) {
+        match r {
+            Ok((l, ip)) => found.push((t, l, ip)),
+            Err(
+                e @ PeerError::Refused {
+                    code: ErrorCode::UnknownFile,
+                    ..
+                },
+            ) => {
+                unknown.get_or_insert(e);
+            }
+            Err(e) => failed.push((t, e)),
+        }
+    }
+    let Some(&(_, _, ip)) = found.first() else {
+        return Err(match unknown {
+            Some(e) => e,
+            None => none_answered(failed),
+        });
+    };
+    let (merged, others) = merge_locations(found.into_iter().map(|(t, l, _)| (t, l)).collect());
+    for t in others {
+        failed.push((
+            t,
+            PeerError::Protocol {
+                who: t.to_string(),
+                what: format!("describes other content under the name {name:?}; left out"),
+            },
+        ));
+    }
+    Ok(Merged {
+        value: (merged, ip),
+        failed,
+    })
+}
+
+/// Merges several trackers' Locations of one name (pure). The first
+/// answer says what the file is; an answer describing other content (its
+/// length, chunk size, chunk count, or hashes where both carry them,
+/// differ) is left out, and its tracker returned. Sources are merged by
+/// address, in order of first appearance; a source listed by several
+/// trackers holds what any of them says it holds (trackers lag
+/// differently behind its ChunkRegisters).
+///
+/// With no answer at all, an empty Locations.
+pub fn merge_locations(answers: Vec<(SocketAddr, Locations)>) -> (Locations, Vec<SocketAddr>) {
+    let mut it = answers.into_iter();
+    let Some((_, mut merged)) = it.next() else {
+        return (
+            Locations {
+                name: String::new(),
+                length: 0,
+                chunk_size: 0,
+                chunk_count: 0,
+                hashes: None,
+                sources: Vec::new(),
+            },
+            Vec::new(),
+        );
+    };
+    let mut others = Vec::new();
+    let mut index: std::collections::HashMap<SocketAddr, usize> = merged
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.addr, i))
+        .collect();
+    for (t, l) in it {
+        let same = l.length == merged.length
+            && l.chunk_size == merged.chunk_size
+            && l.chunk_count == merged.chunk_count
+            && match (&l.hashes, &merged.hashes) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            };
+        if !same {
+            others.push(t);
+            continue;
+        }
+        if merged.hashes.is_none() {
+            merged.hashes = l.hashes;
+        }
+        for s in l.sources {
+            match index.get(&s.addr) {
+                Some(&i) => {
+                    let have = &mut merged.sources[i].have;
+                    if have.len() == s.have.len() {
+                        for (a, b) in have.iter_mut().zip(&s.have) {
+                            *a |= b;
+                        }
+                    }
+                }
+                None => {
+                    index.insert(s.addr, merged.sources.len());
+                    merged.sources.push(s);
+                }
+            }
+        }
+    }
+    (merged, others)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{self, Source};
+    use std::net::TcpListener;
+    use std::thread;
+    use std::time::Duration;
+
+    fn file(name: &str, length: u64) -> FileSummary {
+        FileSummary {
+            name: name.into(),
+            length,
+        }
+    }
+
+    fn locs(length: u64, sources: &[(&str, &[u8])]) -> Locations {
+        Locations {
+            name: "f".into(),
+            length,
+            chunk_size: 1024,
+            chunk_count: length.div_ceil(1024) as u32,
+            hashes: None,
+            sources: sources
+                .iter()
+                .map(|(a, have)| Source {
+                    addr: a.parse().unwrap(),
+                    have: have.to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn file_lists_merge_by_name_first_tracker_winning() {
+        let (files, cut) = merge_file_lists(vec![
+            (vec![file("b", 2), file("c", 3)], false),
+            (vec![file("a", 1), file("b", 99)], true),
+            (vec![], false),
+        ]);
+        assert_eq!(files, vec![file("a", 1), file("b", 2), file("c", 3)]);
+        assert!(cut, "one list was cut short");
+        assert_eq!(merge_file_lists(vec![]), (vec![], false));
+    }
+
+    #[test]
+    fn locations_merge_sources_and_or_their_bitmaps() {
+        let t1 = addr("10.0.0.1:7000");
+        let t2 = addr("10.0.0.2:7000");
+        let t3 = addr("10.0.0.3:7000");
+        let (m, others) = merge_locations(vec![
+            (
+                t1,
+                locs(
+                    8192,
+                    &[("1.1.1.1:1", &[0b1000_0000]), ("2.2.2.2:2", &[0xff])],
+                ),
+            ),
+            // Lags behind on 1.1.1.1, knows 3.3.3.3 too.
+            (
+                t2,
+                locs(
+                    8192,
+                    &[("3.3.3.3:3", &[0x0f]), ("1.1.1.1:1", &[0b0100_0000])],
+                ),
+            ),
+            // Other content under the name: left out.
+            (t3, locs(4096, &[("4.4.4.4:4", &[0xf0])])),
+        ]);
+        assert_eq!(others, vec![t3]);
+        assert_eq!(m.length, 8192);
+        let got: Vec<(String, Vec<u8>)> = m
+            .sources
+            .iter()
+            .map(|s| (s.addr.to_string(), s.have.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("1.1.1.1:1".into(), vec![0b1100_0000]),
+                ("2.2.2.2:2".into(), vec![0xff]),
+                ("3.3.3.3:3".into(), vec![0x0f]),
+            ]
+        );
+    }
+
+    #[test]
+    fn locations_with_other_hashes_are_other_content() {
+        let mut a = locs(1024, &[("1.1.1.1:1", &[0x80])]);
+        let mut b = locs(1024, &[("2.2.2.2:2", &[0x80])]);
+        a.hashes = Some(vec![crate::chunks::sha1(b"a")]);
+        b.hashes = Some(vec![crate::chunks::sha1(b"b")]);
+        let t2 = addr("10.0.0.2:7000");
+        let (m, others) = merge_locations(vec![(addr("10.0.0.1:7000"), a.clone()), (t2, b)]);
+        assert_eq!(others, vec![t2]);
+        assert_eq!(m, a);
+        // Hashes only in a later answer are taken.
+        let mut c = a.clone();
+        a.hashes = None;
+        c.sources.clear();
+        let (m, others) = merge_locations(vec![(addr("10.0.0.1:7000"), a), (t2, c.clone())]);
+        assert!(others.is_empty());
+        assert_eq!(m.hashes, c.hashes);
+    }
+
+    /// A tracker that answers one ListFiles with `names`.
+    fn answering(names: &'static [&'static str]) -> (SocketAddr, thread::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        let h = thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            assert!(matches!(
+                wire::read_message(&mut r),
+                Ok(Some(Message::Hello { .. }))
+            ));
+            wire::write_message(
+                &mut s,
+                &Message::Hello {
+                    version: wire::PROTOCOL_VERSION,
+                },
+            )
+            .unwrap();
+            assert_eq!(
+                wire::read_message(&mut r).unwrap(),
+                Some(Message::ListFiles)
+            );
+            let files = names.iter().map(|n| file(n, 1)).collect();
+            let reply = Message::FileList {
+                files,
+                truncated: false,
+            };
+            wire::write_message(&mut s, &reply).unwrap();
+        });
+        (a, h)
+    }
+
+    /// An address nothing listens on.
+    fn dead() -> SocketAddr {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_silent_tracker_costs_the_grace_not_the_timeout_and_a_dead_one_is_named() {
+        // Accepts (the kernel does) and never answers.
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = silent.local_addr().unwrap();
+        let (good, h) = answering(&["x", "y"]);
+        let d = dead();
+        let t0 = Instant::now();
+        let m = list_files_all(&[s, good, d]).unwrap();
+        let took = t0.elapsed();
+        h.join().unwrap();
+        assert_eq!(m.value.0, vec![file("x", 1), file("y", 1)]);
+        let failed: Vec<SocketAddr> = m.failed.iter().map(|(t, _)| *t).collect();
+        assert_eq!(failed, vec![s, d]);
+        assert!(
+            m.failed[0].1.to_string().contains("no answer within"),
+            "{}",
+            m.failed[0].1
+        );
+        assert!(took < TRACKER_GRACE + Duration::from_secs(2), "{took:?}");
+    }
+
+    #[test]
+    fn no_tracker_answering_is_one_clear_error() {
+        let (a, b) = (dead(), dead());
+        let e = list_files_all(&[a, b]).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, PeerError::NoTracker(_)), "{text}");
+        assert!(text.starts_with("no tracker answers"), "{text}");
+        assert!(
+            text.contains(&a.to_string()) && text.contains(&b.to_string()),
+            "{text}"
+        );
+        // One tracker: its own error, as before.
+        let e = list_files_all(&[a]).unwrap_err();
+        assert!(matches!(e, PeerError::Net { .. }), "{e}");
     }
 }

@@ -13,8 +13,8 @@
 //! - [`client`]: a greeted connection to a tracker or peer (built on
 //!   `net::client`) and the one-shot tracker queries.
 //!
-//! Depends on `wire`, `chunks` and `net` (server skeleton, connection caps,
-//! client setup) only; never on `tracker`.
+//! Depends on `wire`, `chunks`, `net` (server skeleton, connection caps,
+//! client setup), `limits` and `sync` only; never on `tracker`.
 
 use std::fmt;
 use std::io;
@@ -55,8 +55,12 @@ pub enum PeerError {
     Invalid(String),
     /// A download could not finish.
     Download(String),
+    /// What was asked for is not on the network (no file of that name).
+    NotFound(String),
     /// Stopped on request (a cancel flag was set) before the work was done.
     Interrupted(String),
+    /// None of several trackers answered: each one and why.
+    NoTracker(String),
 }
 
 impl PeerError {
@@ -89,7 +93,9 @@ impl fmt::Display for PeerError {
             PeerError::Protocol { who, what } => write!(f, "{who}: protocol error: {what}"),
             PeerError::Invalid(s) => f.write_str(s),
             PeerError::Download(s) => f.write_str(s),
+            PeerError::NotFound(s) => f.write_str(s),
             PeerError::Interrupted(s) => f.write_str(s),
+            PeerError::NoTracker(s) => write!(f, "no tracker answers ({s})"),
         }
     }
 }

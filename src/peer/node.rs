@@ -1,10 +1,13 @@
-//! A running peer: share index + chunk server + tracker session, and the
-//! downloads it runs. What `peer share` and `peer get` are made of, and what
-//! the tests start in-process.
+//! A running peer: share index + chunk server + one tracker session per
+//! tracker, and the downloads it runs. What `peer share` and `peer get` are
+//! made of, and what the tests start in-process.
 //!
 //! Owns: the start and stop order (serve first so the registered port is
-//! live; leave the tracker before closing the server). Calls the other peer
-//! modules only.
+//! live; leave the trackers before closing the server), and fanning every
+//! registration out to each tracker's session. Several trackers are
+//! independent: each gets the same Register and ChunkRegisters on its own
+//! control connection, and one that is down is retried by its own session
+//! while the others carry on. Calls the other peer modules only.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -25,7 +28,9 @@ use crate::sync::lock;
 /// How to start a peer.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    pub tracker: SocketAddr,
+    /// Every tracker to register with and ask (at least one; duplicates are
+    /// ignored).
+    pub trackers: Vec<SocketAddr>,
     /// Where the chunk server listens; port 0 picks a free one, and the port
     /// actually bound is the one registered.
     pub listen: SocketAddr,
@@ -37,8 +42,13 @@ pub struct NodeConfig {
 
 impl NodeConfig {
     pub fn new(tracker: SocketAddr) -> NodeConfig {
+        NodeConfig::with_trackers(vec![tracker])
+    }
+
+    /// A peer that registers with, and asks, each of `trackers`.
+    pub fn with_trackers(trackers: Vec<SocketAddr>) -> NodeConfig {
         NodeConfig {
-            tracker,
+            trackers,
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             upload_limit: None,
             server: ServerConfig::default(),
@@ -47,20 +57,22 @@ impl NodeConfig {
     }
 }
 
-/// A running peer. Dropping it leaves the tracker and stops serving.
+/// A running peer. Dropping it leaves the trackers and stops serving.
 pub struct Node {
-    tracker: SocketAddr,
+    trackers: Vec<SocketAddr>,
     share: Arc<ShareIndex>,
     server: ChunkServer,
-    session: Option<TrackerSession>,
+    /// One per tracker, in the order of `trackers`.
+    sessions: Vec<TrackerSession>,
     /// Names with a download running, so one name is never fetched twice
     /// at once into the same `.part`.
     downloading: Mutex<HashSet<String>>,
 }
 
 impl Node {
-    /// Shares `files`, starts serving, then connects to the tracker (in the
-    /// background: an unreachable tracker is retried, not fatal).
+    /// Shares `files`, starts serving, then connects to every tracker (in
+    /// the background: an unreachable tracker is retried, not fatal). Events
+    /// of every session go to `events`; each names its tracker.
     pub fn start(
         cfg: NodeConfig,
         files: Vec<SharedFile>,
@@ -71,19 +83,33 @@ impl Node {
             share.insert(Arc::new(f));
         }
         let limiter = Arc::new(RateLimiter::new(cfg.upload_limit));
+        let trackers = dedup(cfg.trackers);
+        if trackers.is_empty() {
+            return Err(PeerError::Invalid("no tracker given".into()));
+        }
         let server = ChunkServer::start(cfg.listen, Arc::clone(&share), limiter, cfg.server)?;
-        let session = TrackerSession::start(
-            cfg.tracker,
-            server.local_addr().port(),
-            Arc::clone(&share),
-            cfg.session,
-            events,
-        )?;
+        let mut sessions = Vec::with_capacity(trackers.len());
+        for &t in &trackers {
+            let started = TrackerSession::start(
+                t,
+                server.local_addr().port(),
+                Arc::clone(&share),
+                cfg.session,
+                events.clone(),
+            );
+            match started {
+                Ok(s) => sessions.push(s),
+                Err(e) => {
+                    TrackerSession::leave_all(sessions);
+                    return Err(e);
+                }
+            }
+        }
         Ok(Node {
-            tracker: cfg.tracker,
+            trackers,
             share,
             server,
-            session: Some(session),
+            sessions,
             downloading: Mutex::new(HashSet::new()),
         })
     }
@@ -97,8 +123,14 @@ impl Node {
         &self.share
     }
 
+    /// The first tracker given.
     pub fn tracker(&self) -> SocketAddr {
-        self.tracker
+        self.trackers[0]
+    }
+
+    /// Every tracker, in the order given.
+    pub fn trackers(&self) -> &[SocketAddr] {
+        &self.trackers
     }
 
     /// Chunk bytes this peer has uploaded.
@@ -112,9 +144,19 @@ impl Node {
         self.server.active_connections()
     }
 
-    /// Whether the tracker session is connected and registered.
+    /// Whether at least one tracker session is connected and registered.
     pub fn is_connected(&self) -> bool {
-        self.session.as_ref().is_some_and(|s| s.is_connected())
+        self.sessions.iter().any(|s| s.is_connected())
+    }
+
+    /// The trackers whose session is connected and registered right now.
+    pub fn connected_trackers(&self) -> Vec<SocketAddr> {
+        self.trackers
+            .iter()
+            .zip(&self.sessions)
+            .filter(|(_, s)| s.is_connected())
+            .map(|(t, _)| *t)
+            .collect()
     }
 
     /// Whether a download of `name` is running in this peer right now.
@@ -149,19 +191,19 @@ impl Node {
                 "{name} is already being downloaded"
             )));
         }
-        let session = self.session.as_ref();
+        let sessions = &self.sessions;
         let on_chunk = |n: &str, i: u32| {
-            if let Some(s) = session {
+            for s in sessions {
                 s.chunk_registered(n, i);
             }
         };
         let on_file = |n: &str| {
-            if let Some(s) = session {
+            for s in sessions {
                 s.register_files(vec![n.to_owned()]);
             }
         };
         let ctx = DownloadContext {
-            tracker: self.tracker,
+            trackers: &self.trackers,
             share: &self.share,
             self_port: Some(self.local_addr().port()),
             on_chunk: &on_chunk,
@@ -173,17 +215,21 @@ impl Node {
         r
     }
 
-    /// Leaves the tracker, then stops serving and joins every thread.
+    /// Leaves every tracker, then stops serving and joins every thread.
     pub fn leave(mut self) {
         self.stop();
     }
 
     fn stop(&mut self) {
-        if let Some(s) = self.session.take() {
-            s.leave();
-        }
+        TrackerSession::leave_all(std::mem::take(&mut self.sessions));
         self.server.shutdown();
     }
+}
+
+/// `v` without repeats, in its order.
+fn dedup(v: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let mut seen = HashSet::new();
+    v.into_iter().filter(|a| seen.insert(*a)).collect()
 }
 
 impl Drop for Node {

@@ -1,9 +1,9 @@
-//! The upload limiter shared by every upload of one peer, and the parser for
-//! the rate option (`parse_rate`).
+//! The upload limiter shared by every upload of one peer.
 //!
 //! Owns: the pacing policy for chunk bytes a peer sends. The chunk server
 //! (`peer::server`) calls [`RateLimiter::acquire`] before each piece it
-//! writes; nothing else in the crate is paced. Depends on `std` only.
+//! writes; nothing else in the crate is paced. Calls only `sync` (the lock
+//! helper).
 //!
 //! How it works (a "virtual schedule", GCRA-style): the limiter keeps the
 //! time `next` at which the next byte may go. `acquire(n)` reserves the slot
@@ -149,74 +149,10 @@ fn duration_for(n: u64, rate: u64) -> Duration {
     d.min(MAX_RESERVATION)
 }
 
-/// Parses a rate in bytes per second: a plain number ("1000") or a number
-/// with a K, M or G suffix in powers of 1024 ("512K", "10m", "1G").
-/// Surrounding whitespace is ignored; anything else is refused with a
-/// message that says what is accepted.
-pub fn parse_rate(s: &str) -> Result<u64, String> {
-    const FORMS: &str = "a number of bytes per second such as 1000, 512K, 10M or 1G";
-    let t = s.trim();
-    let Some(last) = t.chars().last() else {
-        return Err(format!("empty rate: expected {FORMS}"));
-    };
-    let (digits, mult, unit) = match last.to_ascii_uppercase() {
-        'K' => (&t[..t.len() - 1], 1u64 << 10, "K"),
-        'M' => (&t[..t.len() - 1], 1u64 << 20, "M"),
-        'G' => (&t[..t.len() - 1], 1u64 << 30, "G"),
-        c if c.is_ascii_digit() => (t, 1, ""),
-        c => {
-            return Err(format!(
-                "rate {s:?} has an unknown suffix {c:?}: expected {FORMS}"
-            ));
-        }
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("rate {s:?} is not {FORMS}"));
-    }
-    let too_large = || {
-        format!(
-            "rate {s:?} is too large (at most {} bytes per second)",
-            u64::MAX
-        )
-    };
-    let n: u64 = digits.parse().map_err(|_| too_large())?;
-    let bytes = n.checked_mul(mult).ok_or_else(too_large)?;
-    log::trace!("parsed rate {s:?} as {n}{unit} = {bytes} B/s");
-    Ok(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
-
-    #[test]
-    fn parse_rate_accepts_plain_and_suffixed() {
-        assert_eq!(parse_rate("1000"), Ok(1000));
-        assert_eq!(parse_rate("0"), Ok(0));
-        assert_eq!(parse_rate("512K"), Ok(512 * 1024));
-        assert_eq!(parse_rate("512k"), Ok(512 * 1024));
-        assert_eq!(parse_rate("10M"), Ok(10 << 20));
-        assert_eq!(parse_rate("10m"), Ok(10 << 20));
-        assert_eq!(parse_rate("1G"), Ok(1 << 30));
-        assert_eq!(parse_rate(" 3g "), Ok(3 << 30));
-        assert_eq!(parse_rate("007"), Ok(7));
-    }
-
-    #[test]
-    fn parse_rate_refuses_bad_input_clearly() {
-        for bad in [
-            "", "  ", "K", "abc", "1.5M", "-1", "+5", "10 M", "10KB", "1T", "1e6",
-        ] {
-            let e = parse_rate(bad).unwrap_err();
-            assert!(e.contains("1000, 512K"), "{bad:?}: {e}");
-        }
-        let e = parse_rate("18446744073709551616").unwrap_err();
-        assert!(e.contains("too large"), "{e}");
-        let e = parse_rate("17179869184G").unwrap_err(); // 2^34 * 2^30 = 2^64
-        assert!(e.contains("too large"), "{e}");
-        assert_eq!(parse_rate("17179869183G"), Ok(17179869183 << 30));
-    }
 
     #[test]
     fn unlimited_and_zero_do_not_block() {

@@ -6,12 +6,12 @@
 //! count of uploaded bytes, and super-seeding while uploads are capped
 //! (`FirstSends`). Accepting, caps, the Hello, timeouts, closing and
 //! shutdown are the skeleton's. Calls `net` (the skeleton), `wire`
-//! (framing), `peer::share` (the only way a requested name becomes a file: a
+//! (framing), `chunks`, `limits`, `peer::share` (the only way a requested name becomes a file: a
 //! lookup in the [`ShareIndex`], never a path join) and `peer::ratelimit`
 //! (pacing).
 //!
 //! Threads: "chunk-accept" accepts; each connection runs on
-//! "chunk-conn-`n`" (see the skeleton). The chunk buffer is on the heap and
+//! "chunk-conn-N" (see the skeleton). The chunk buffer is on the heap and
 //! reused for the connection's whole life.
 //!
 //! Memory is bounded by (connections x largest chunk served): each
@@ -22,7 +22,12 @@
 //! A chunk is read with `SharedFile::read_for_upload`, which for a file
 //! from the scan also checks it still matches the announced hash; one that
 //! does not is answered `NotHeld` and the file is withdrawn from the share
-//! index (`ShareIndex::withdraw_changed`), so bad bytes are never sent.
+//! index (`ShareIndex::withdraw_changed`; the tracker session then
+//! withdraws it at the tracker), so bad bytes are never sent.
+//!
+//! Requests are read only up to `limits::PEER_MAX_REQUEST_LEN` (1,031
+//! bytes, a `ChunkRequest` with a maximal name): a longer frame is refused
+//! on its header by the skeleton, so a request never costs more memory.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -110,6 +115,8 @@ impl ChunkServer {
                 max_total: cfg.max_connections,
                 max_per_ip: cfg.max_per_ip,
             },
+            // Requests are at most PEER_MAX_REQUEST_LEN: no budget needed.
+            frame_budget: None,
         };
         let shared = Arc::new(Shared {
             share,
@@ -159,6 +166,9 @@ impl Handler for Shared {
     /// The connection's chunk buffer, reused for its whole life.
     type Conn = Vec<u8>;
 
+    /// A `ChunkRequest` with the longest name: nothing longer is read.
+    const MAX_REQUEST_LEN: u32 = crate::limits::PEER_MAX_REQUEST_LEN;
+
     fn request(
         &self,
         link: &Arc<Link>,
@@ -179,6 +189,7 @@ impl Handler for Shared {
 }
 
 fn send_error(link: &Link, code: ErrorCode, message: String) -> Result<(), WireError> {
+    log::debug!("{}: answered {code}: {message}", link.remote());
     link.send(&Message::error(code, message))
 }
 
@@ -221,14 +232,14 @@ fn serve_chunk(
     } else {
         None
     };
-    if let Some(p) = peer {
-        if !shared.first_sends.claim(name, index, p) {
-            return send_error(
-                w,
-                ErrorCode::NotHeld,
-                format!("chunk {index} of {name:?} was just sent to another peer; fetch it there"),
-            );
-        }
+    if let Some(p) = peer
+        && !shared.first_sends.claim(name, index, p)
+    {
+        return send_error(
+            w,
+            ErrorCode::NotHeld,
+            format!("chunk {index} of {name:?} was just sent to another peer; fetch it there"),
+        );
     }
     let len = g.chunk_len(i) as usize;
     let header = match wire::chunk_data_header(index, len) {
@@ -267,6 +278,10 @@ fn serve_chunk(
     }
     drop(f);
     send_paced(w, &buf[..total], shared)?;
+    log::debug!(
+        "{}: sent chunk {index} of {name:?} ({len} bytes)",
+        w.remote()
+    );
     shared.uploaded.fetch_add(len as u64, Ordering::Relaxed);
     if let Some(p) = peer {
         shared.first_sends.sent(name, index, p);
@@ -332,16 +347,16 @@ impl FirstSends {
         self.prune(now);
         let mut recent = self.recent();
         let key = (name.to_owned(), index);
-        if let Some(s) = recent.get_mut(&key) {
-            if now.duration_since(s.at) < RESEND_AFTER {
-                if s.to == peer || s.refused.contains(&peer) || s.refused.len() >= REFUSED_MAX {
-                    // The window is not restarted: a peer asking again and
-                    // again cannot keep a chunk from everyone else.
-                    return true;
-                }
-                s.refused.push(peer);
-                return false;
+        if let Some(s) = recent.get_mut(&key)
+            && now.duration_since(s.at) < RESEND_AFTER
+        {
+            if s.to == peer || s.refused.contains(&peer) || s.refused.len() >= REFUSED_MAX {
+                // The window is not restarted: a peer asking again and
+                // again cannot keep a chunk from everyone else.
+                return true;
             }
+            s.refused.push(peer);
+            return false;
         }
         if recent.len() < FIRST_SENDS_MAX || recent.contains_key(&key) {
             recent.insert(
@@ -359,11 +374,12 @@ impl FirstSends {
 
     /// The first send to `peer` ended: the window starts now.
     fn sent(&self, name: &str, index: u32, peer: SocketAddr) {
-        if let Some(s) = self.recent().get_mut(&(name.to_owned(), index)) {
-            if s.to == peer && !s.done {
-                s.at = Instant::now();
-                s.done = true;
-            }
+        if let Some(s) = self.recent().get_mut(&(name.to_owned(), index))
+            && s.to == peer
+            && !s.done
+        {
+            s.at = Instant::now();
+            s.done = true;
         }
     }
 
@@ -394,7 +410,7 @@ impl FirstSends {
 /// an `acquire` when uploads are rate limited.
 fn send_paced(w: &Link, data: &[u8], shared: &Shared) -> Result<(), WireError> {
     match shared.limiter.piece_size() {
-        None => w.write_all(data)?,
+        None => w.write_chunk_data(data)?,
         Some(piece) => {
             for part in data.chunks(piece.max(1)) {
                 if !shared.limiter.acquire_cancellable(part.len(), &shared.stop) {
@@ -403,7 +419,7 @@ fn send_paced(w: &Link, data: &[u8], shared: &Shared) -> Result<(), WireError> {
                         "chunk server shutting down",
                     )));
                 }
-                w.write_all(part)?;
+                w.write_chunk_data(part)?;
             }
         }
     }

@@ -1,9 +1,14 @@
-//! The peer's one persistent control connection to the tracker.
+//! The peer's persistent control connection to one tracker. A peer given
+//! several trackers runs one session per tracker (`peer::node` starts them
+//! and sends every update to each); the sessions know nothing of each
+//! other, and each tracker keeps its own soft state.
 //!
-//! Owns: the "tracker-session" thread and everything sent on that
+//! Owns: the "session-ADDR" thread and everything sent on that
 //! connection: Register (at connect, for files added later, and for a
 //! download's first chunk), ChunkRegister for each newly verified chunk,
-//! Keepalive when idle, and Leave at shutdown. Also owns the reconnect policy
+//! Keepalive when idle, the withdrawal of files the share index dropped
+//! because they changed on disk (a Register with an all-zero bitmap), and
+//! Leave at shutdown. Also owns the reconnect policy
 //! (exponential backoff) and which files the tracker accepted on the current
 //! connection.
 //!
@@ -24,7 +29,7 @@
 
 use std::collections::HashSet;
 use std::mem;
-use std::net::{Shutdown, SocketAddr};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -36,6 +41,7 @@ use log::{debug, info, warn};
 use super::client::{Conn, unexpected};
 use super::share::{ShareIndex, SharedFile};
 use super::{PeerError, Result};
+pub use crate::limits::LEAVE_WAIT;
 use crate::sync::lock;
 use crate::wire::{self, ErrorCode, FileEntry, FileOutcome, Message};
 
@@ -43,13 +49,17 @@ use crate::wire::{self, ErrorCode, FileEntry, FileOutcome, Message};
 /// chunks (a fast download) never fills it while the tracker is answering.
 const COMMAND_QUEUE: usize = 4096;
 /// How often an idle connection is checked for having been closed by the
-/// tracker, or for the tracker's liveness probe (a non-blocking peek;
-/// nothing is sent unless a probe is there to answer). Without it a peer
+/// tracker, or for the tracker's liveness probes (frames already in the
+/// read buffer, then a non-blocking peek at the socket; nothing is sent
+/// unless a probe is there to answer). Without it a peer
 /// with nothing to say would notice a tracker restart only at its next
 /// keepalive, up to 10 s later, and stay unregistered that long; and it
 /// must answer a probe well within the tracker's 1 s probe timeout
 /// (`limits::PROBE_TIMEOUT`), or lose its endpoint to whoever announced it.
 const LIVENESS_POLL: Duration = Duration::from_millis(250);
+/// Most frames one idle check reads before answering (a tracker sends at
+/// most one probe at a time; this only bounds one check's work).
+const MAX_PROBES_PER_CHECK: usize = 4096;
 /// Shortest time between two re-registers of overflowed files.
 const OVERFLOW_INTERVAL: Duration = Duration::from_secs(1);
 /// Bytes per second of Register that re-registering overflowed files may
@@ -92,13 +102,26 @@ pub enum SessionEvent {
     /// first downloaded later): which names the tracker accepted, and which
     /// were refused, with the reason.
     Registered {
+        tracker: SocketAddr,
         accepted: Vec<String>,
         refused: Vec<(String, String)>,
     },
     /// The connection went down (or the first attempt failed): why.
-    Disconnected(String),
+    Disconnected { tracker: SocketAddr, why: String },
     /// The connection is up again after a [`SessionEvent::Disconnected`].
-    Reconnected,
+    Reconnected { tracker: SocketAddr },
+}
+
+impl SessionEvent {
+    /// The tracker whose session this event comes from (a peer with
+    /// several trackers has one session each).
+    pub fn tracker(&self) -> SocketAddr {
+        match self {
+            SessionEvent::Registered { tracker, .. }
+            | SessionEvent::Disconnected { tracker, .. }
+            | SessionEvent::Reconnected { tracker } => *tracker,
+        }
+    }
 }
 
 enum Command {
@@ -116,11 +139,16 @@ pub struct TrackerSession {
     /// dropped ChunkRegister.
     overflow: Arc<Mutex<HashSet<String>>>,
     connected: Arc<AtomicBool>,
+    /// The thread's current tracker socket, so leaving can cut it.
+    stream: Arc<Mutex<Option<TcpStream>>>,
+    /// Set when leaving has cut the connection: a socket the thread opens
+    /// afterwards is shut at once.
+    cut: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl TrackerSession {
-    /// Starts the "tracker-session" thread, which connects, registers every
+    /// Starts the "session-ADDR" thread, which connects, registers every
     /// file of `share` holding at least one chunk (or zero-length), with
     /// endpoint (local IP of the connection, `listen_port`), then keeps the
     /// connection alive and reconnects with backoff when it breaks.
@@ -156,7 +184,11 @@ impl TrackerSession {
         let (stop, stop_rx) = bounded(1);
         let overflow = Arc::new(Mutex::new(HashSet::new()));
         let connected = Arc::new(AtomicBool::new(false));
+        let stream = Arc::new(Mutex::new(None));
+        let cut = Arc::new(AtomicBool::new(false));
         let worker = Worker {
+            stream: Arc::clone(&stream),
+            cut: Arc::clone(&cut),
             tracker,
             listen_port,
             share,
@@ -169,14 +201,16 @@ impl TrackerSession {
             connected: Arc::clone(&connected),
         };
         let handle = thread::Builder::new()
-            .name("tracker-session".into())
+            .name(format!("session-{tracker}"))
             .spawn(move || worker.run())
-            .map_err(|e| PeerError::io("start thread", "tracker-session", e))?;
+            .map_err(|e| PeerError::io("start thread", "session", e))?;
         Ok(TrackerSession {
             commands,
             stop,
             overflow,
             connected,
+            stream,
+            cut,
             handle: Some(handle),
         })
     }
@@ -225,19 +259,53 @@ impl TrackerSession {
         self.connected.load(Ordering::SeqCst)
     }
 
-    /// Sends Leave (waiting for the tracker's Ok at most the io timeout),
-    /// closes the connection and joins the thread. During a reconnect
-    /// backoff this returns at once.
+    /// Sends Leave (waiting for the tracker's Ok at most [`LEAVE_WAIT`],
+    /// then cutting the connection), closes the connection and joins the
+    /// thread. During a reconnect backoff this returns at once.
     pub fn leave(mut self) {
         self.shutdown();
     }
 
+    /// [`TrackerSession::leave`] for several sessions at once: every one is
+    /// told to stop before any is joined, so the sessions' Leaves are sent
+    /// and awaited in parallel (a tracker that does not answer costs its
+    /// io timeout once, not once per session after it).
+    pub fn leave_all(sessions: Vec<TrackerSession>) {
+        for s in &sessions {
+            s.request_stop();
+        }
+        let deadline = Instant::now() + LEAVE_WAIT;
+        for mut s in sessions {
+            s.finish(deadline);
+        }
+    }
+
+    fn request_stop(&self) {
+        // Full only if a stop is already pending; either way it is seen.
+        let _ = self.stop.try_send(());
+    }
+
     fn shutdown(&mut self) {
+        self.request_stop();
+        self.finish(Instant::now() + LEAVE_WAIT);
+    }
+
+    /// Joins the thread (already asked to stop), cutting its connection if
+    /// it is still talking at `deadline`. A connect in progress still takes
+    /// up to its own timeout.
+    fn finish(&mut self, deadline: Instant) {
         let Some(handle) = self.handle.take() else {
             return;
         };
-        // Full only if a stop is already pending; either way it is seen.
-        let _ = self.stop.try_send(());
+        while !handle.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        if !handle.is_finished() {
+            self.cut.store(true, Ordering::SeqCst);
+            if let Some(s) = lock(&self.stream).as_ref() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
         if handle.join().is_err() {
             warn!("tracker session thread panicked");
         }
@@ -315,14 +383,28 @@ impl Link {
     /// keepalive timer.
     ///
     /// A Keepalive arriving first is the tracker's liveness probe (sent
-    /// when another connection registers our endpoint): it is answered at
-    /// once and the reply is still awaited.
+    /// when another connection registers our endpoint): it is answered
+    /// once the read buffer holds no more frames (one Keepalive answers a
+    /// batch of probes) and the reply is still awaited. Frames that arrive
+    /// behind the reply are left for [`Worker::check_open`].
     fn request(&mut self, m: &Message) -> Result<Message> {
         self.last_send = Instant::now();
         self.conn.send(m)?;
+        let mut owed = false;
         loop {
-            match self.conn.recv()? {
-                Message::Keepalive => self.conn.send(&Message::Keepalive)?,
+            let got = self.conn.recv()?;
+            if got == Message::Keepalive {
+                owed = true;
+                if !self.conn.has_buffered() {
+                    self.conn.send(&Message::Keepalive)?;
+                    owed = false;
+                }
+                continue;
+            }
+            if owed {
+                self.conn.send(&Message::Keepalive)?;
+            }
+            match got {
                 Message::Error { code, message } => {
                     return Err(PeerError::Refused {
                         who: self.conn.addr().to_string(),
@@ -348,6 +430,8 @@ struct Worker {
     stop: Receiver<()>,
     overflow: Arc<Mutex<HashSet<String>>>,
     connected: Arc<AtomicBool>,
+    stream: Arc<Mutex<Option<TcpStream>>>,
+    cut: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -373,11 +457,14 @@ impl Worker {
                     }
                     failures = 0;
                     if mem::replace(&mut down, false) {
-                        self.emit(SessionEvent::Reconnected);
+                        self.emit(SessionEvent::Reconnected {
+                            tracker: self.tracker,
+                        });
                     }
                     self.report(outcome);
                     let end = self.serve(&mut link);
                     let _ = link.conn.stream().shutdown(Shutdown::Both);
+                    self.forget_stream();
                     self.connected.store(false, Ordering::SeqCst);
                     match end {
                         End::Leave => return,
@@ -387,7 +474,10 @@ impl Worker {
                                 self.tracker
                             );
                             down = true;
-                            self.emit(SessionEvent::Disconnected(why));
+                            self.emit(SessionEvent::Disconnected {
+                                tracker: self.tracker,
+                                why,
+                            });
                             // A connection that stayed up a while resets the
                             // backoff; one that breaks at once (a tracker in
                             // a crash loop) keeps growing it.
@@ -398,23 +488,17 @@ impl Worker {
                     }
                 }
                 Err(why) => {
+                    // The connection is dropped; so is the clone kept for
+                    // leaving, or it would hold the socket open.
+                    self.forget_stream();
                     failures = failures.saturating_add(1);
-                    if failures == 1 {
-                        warn!(
-                            "cannot reach tracker {}: {why}; retrying in the background \
-                             (this peer keeps serving, but new downloaders cannot find it \
-                             until the tracker answers)",
-                            self.tracker
-                        );
-                    } else {
-                        debug!(
-                            "tracker {} still unreachable (attempt {failures}): {why}",
-                            self.tracker
-                        );
-                    }
+                    self.log_unreachable(failures, &why);
                     if !down {
                         down = true;
-                        self.emit(SessionEvent::Disconnected(why));
+                        self.emit(SessionEvent::Disconnected {
+                            tracker: self.tracker,
+                            why,
+                        });
                     }
                 }
             }
@@ -430,7 +514,13 @@ impl Worker {
 
     /// Connects, binds the endpoint and registers every announceable file.
     fn establish(&self) -> Result<(Link, Outcome), Lost> {
-        let conn = Conn::connect(self.tracker, self.cfg.io_timeout).map_err(|e| e.to_string())?;
+        let stream = crate::net::client::connect_stream(self.tracker)
+            .map_err(|e| PeerError::from(e).to_string())?;
+        *lock(&self.stream) = stream.try_clone().ok();
+        if self.cut.load(Ordering::SeqCst) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        let conn = Conn::from_stream(stream, self.cfg.io_timeout).map_err(|e| e.to_string())?;
         let local = conn
             .stream()
             .local_addr()
@@ -444,8 +534,10 @@ impl Worker {
             overflow_due: Instant::now(),
         };
         // Updates that could not be queued are covered by the full
-        // registration below, which reads every bitmap now.
+        // registration below, which reads every bitmap now; files withdrawn
+        // so far are no longer in the index, so they are not registered.
         drop(mem::take(&mut *lock(&self.overflow)));
+        drop(self.share.take_withdrawn());
         let files: Vec<Arc<SharedFile>> = self
             .share
             .files()
@@ -464,6 +556,9 @@ impl Worker {
                 return End::Leave;
             }
             if let Err(why) = self.flush_overflow(link) {
+                return End::Lost(why);
+            }
+            if let Err(why) = self.withdraw(link) {
                 return End::Lost(why);
             }
             let idle = link
@@ -637,7 +732,14 @@ impl Worker {
                     match r {
                         FileOutcome::Accepted => out.accepted.push(name),
                         FileOutcome::Refused { code, reason } => {
-                            out.refused.push((name, format!("{code}: {reason}")));
+                            // The reason is the tracker's sentence; the code's
+                            // own words only when it gave none.
+                            let why = if reason.is_empty() {
+                                code.to_string()
+                            } else {
+                                reason
+                            };
+                            out.refused.push((name, why));
                         }
                     }
                 }
@@ -682,6 +784,32 @@ impl Worker {
         self.register_names(link, names)
     }
 
+    /// Withdraws at the tracker the files the share index dropped because
+    /// they changed on disk: each is registered again with an all-zero
+    /// bitmap, which replaces ours, so the tracker no longer gives this
+    /// peer as a source of it (and no longer lists it, if nobody else holds
+    /// it). A file with no chunks cannot be withdrawn this way (it is a
+    /// source of itself) and is never found changed.
+    fn withdraw(&self, link: &mut Link) -> Result<(), Lost> {
+        for f in self.share.take_withdrawn() {
+            let name = f.name();
+            if !link.registered.contains(name) || self.share.get(name).is_some() {
+                continue; // never registered here, or shared again since
+            }
+            let mut entry = f.to_entry();
+            let count = f.geometry().count() as usize;
+            if count == 0 {
+                continue;
+            }
+            entry.have = wire::Have::Some(vec![0; count.div_ceil(8)]);
+            let mut out = Outcome::default();
+            self.send_register(link, vec![entry], &mut out)?;
+            link.registered.remove(name);
+            info!("withdrew {name} at tracker {}", self.tracker);
+        }
+        Ok(())
+    }
+
     /// Checks that the tracker has not closed the connection, then sends a
     /// Keepalive. The check matters because a write to a closed socket can
     /// still succeed once; without it a tracker restart would go unnoticed
@@ -694,36 +822,32 @@ impl Worker {
             .map_err(|e| e.to_string())
     }
 
-    /// Peeks without blocking. The tracker speaks unasked only to probe
-    /// (a Keepalive, answered here with a Keepalive) or to say why it
-    /// closes (an Error), so anything else readable means the connection is
-    /// over.
+    /// Reads every frame that has arrived: those already in the
+    /// connection's read buffer (a peek at the socket does not see them)
+    /// and those the socket has, without waiting for more. The tracker
+    /// speaks unasked only to probe (a Keepalive) or to say why it closes
+    /// (an Error), so anything else means the connection is over. However
+    /// many probes were read, one Keepalive answers them all.
     fn check_open(&self, link: &mut Link) -> Result<(), Lost> {
-        let stream = link.conn.stream();
-        let mut byte = [0u8; 1];
-        stream
-            .set_nonblocking(true)
-            .map_err(|e| format!("cannot poll the tracker connection: {e}"))?;
-        let peeked = stream.peek(&mut byte);
-        stream
-            .set_nonblocking(false)
-            .map_err(|e| format!("cannot poll the tracker connection: {e}"))?;
-        match peeked {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) => Err(e.to_string()),
-            Ok(0) => Err("the tracker closed the connection".into()),
-            Ok(_) => match link.conn.recv() {
-                Ok(Message::Keepalive) => link
-                    .conn
-                    .send(&Message::Keepalive)
-                    .map_err(|e| e.to_string()),
+        let mut probes = 0usize;
+        while probes < MAX_PROBES_PER_CHECK
+            && (link.conn.has_buffered() || readable(link.conn.stream())?)
+        {
+            match link.conn.recv() {
+                Ok(Message::Keepalive) => probes += 1,
                 Ok(Message::Error { code, message }) => {
-                    Err(format!("the tracker said: {code}: {message}"))
+                    return Err(format!("the tracker said: {code}: {message}"));
                 }
-                Ok(other) => Err(format!("the tracker sent an unasked {}", other.kind())),
-                Err(e) => Err(e.to_string()),
-            },
+                Ok(other) => return Err(format!("the tracker sent an unasked {}", other.kind())),
+                Err(e) => return Err(e.to_string()),
+            }
         }
+        if probes > 0 {
+            link.conn
+                .send(&Message::Keepalive)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     fn leave(&self, link: &mut Link) {
@@ -757,6 +881,26 @@ impl Worker {
         }
     }
 
+    fn log_unreachable(&self, failures: u32, why: &str) {
+        if failures == 1 {
+            warn!(
+                "cannot reach tracker {}: {why}; retrying in the background \
+                 (this peer keeps serving, but new downloaders cannot find it \
+                 until the tracker answers)",
+                self.tracker
+            );
+        } else {
+            debug!(
+                "tracker {} still unreachable (attempt {failures}): {why}",
+                self.tracker
+            );
+        }
+    }
+
+    fn forget_stream(&self) {
+        *lock(&self.stream) = None;
+    }
+
     fn stop_requested(&self) -> bool {
         !matches!(self.stop.try_recv(), Err(TryRecvError::Empty))
     }
@@ -773,6 +917,7 @@ impl Worker {
             );
         }
         self.emit(SessionEvent::Registered {
+            tracker: self.tracker,
             accepted: outcome.accepted,
             refused: outcome.refused,
         });
@@ -781,11 +926,30 @@ impl Worker {
     /// Never blocks: a slow or absent listener loses events, not the
     /// session.
     fn emit(&self, e: SessionEvent) {
-        if let Some(tx) = &self.events {
-            if tx.try_send(e).is_err() {
-                debug!("session event dropped (listener full or gone)");
-            }
+        if let Some(tx) = &self.events
+            && tx.try_send(e).is_err()
+        {
+            debug!("session event dropped (listener full or gone)");
         }
+    }
+}
+
+/// Whether the socket has bytes to read (or has been closed: an error),
+/// without waiting.
+fn readable(stream: &std::net::TcpStream) -> Result<bool, Lost> {
+    let mut byte = [0u8; 1];
+    stream
+        .set_nonblocking(true)
+        .map_err(|e| format!("cannot poll the tracker connection: {e}"))?;
+    let peeked = stream.peek(&mut byte);
+    stream
+        .set_nonblocking(false)
+        .map_err(|e| format!("cannot poll the tracker connection: {e}"))?;
+    match peeked {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e.to_string()),
+        Ok(0) => Err("the tracker closed the connection".into()),
+        Ok(_) => Ok(true),
     }
 }
 
@@ -1031,10 +1195,10 @@ mod tests {
             };
             let leaving = m == Message::Leave;
             let _ = tx.send_timeout((n, m), WAIT);
-            if let Some(r) = reply {
-                if wire::write_message(&mut w, &r).is_err() {
-                    return;
-                }
+            if let Some(r) = reply
+                && wire::write_message(&mut w, &r).is_err()
+            {
+                return;
             }
             if leaving {
                 return;
@@ -1181,6 +1345,113 @@ mod tests {
         leaving.join().unwrap();
     }
 
+    /// Accepts the session's connection on `listener`, answers its Hello
+    /// and reads its first Register: (reader, writer).
+    fn fake_greeted(listener: &TcpListener) -> (std::io::BufReader<TcpStream>, TcpStream) {
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut r = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut w = stream;
+        assert!(matches!(
+            wire::read_message(&mut r).unwrap().unwrap(),
+            Message::Hello { .. }
+        ));
+        let hello = Message::Hello {
+            version: wire::PROTOCOL_VERSION,
+        };
+        wire::write_message(&mut w, &hello).unwrap();
+        assert!(matches!(
+            wire::read_message(&mut r).unwrap().unwrap(),
+            Message::Register { .. }
+        ));
+        (r, w)
+    }
+
+    /// Review 1, finding 2: a probe that arrives in the same segment as a
+    /// reply lands in the connection's read buffer with it; the idle check
+    /// must find it there (a peek at the socket does not) and answer it
+    /// within the probe timeout.
+    #[test]
+    fn answers_a_probe_that_arrives_right_after_a_reply() {
+        use std::io::Write;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let share = index(&[complete("full.bin", 3000)]);
+        let addr = listener.local_addr().unwrap();
+        let s = TrackerSession::start(addr, 4321, Arc::clone(&share), fast(), None).unwrap();
+        let (mut r, mut w) = fake_greeted(&listener);
+        // The reply and, right behind it, a probe: one write, one segment.
+        let mut both = Vec::new();
+        Message::RegisterReply {
+            results: vec![FileOutcome::Accepted],
+        }
+        .encode(&mut both)
+        .unwrap();
+        Message::Keepalive.encode(&mut both).unwrap();
+        let t = Instant::now();
+        w.write_all(&both).unwrap();
+        w.set_read_timeout(Some(crate::limits::PROBE_TIMEOUT))
+            .unwrap();
+        let got = wire::read_message(&mut r);
+        assert!(
+            matches!(got, Ok(Some(Message::Keepalive))),
+            "probe not answered within {:?}: {got:?} after {:?}",
+            crate::limits::PROBE_TIMEOUT,
+            t.elapsed()
+        );
+        drop(s);
+    }
+
+    /// Review 1, finding 3: a batch of probes that arrived together is read
+    /// at once and answered with one Keepalive, so no backlog builds up.
+    #[test]
+    fn a_batch_of_probes_is_answered_with_one_keepalive() {
+        use std::io::Write;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let share = index(&[complete("full.bin", 3000)]);
+        let addr = listener.local_addr().unwrap();
+        let s = TrackerSession::start(addr, 4321, Arc::clone(&share), fast(), None).unwrap();
+        let (mut r, mut w) = fake_greeted(&listener);
+        let reply = Message::RegisterReply {
+            results: vec![FileOutcome::Accepted],
+        };
+        wire::write_message(&mut w, &reply).unwrap();
+        wait_until("connected", || s.is_connected());
+        let mut probes = Vec::new();
+        for _ in 0..500 {
+            Message::Keepalive.encode(&mut probes).unwrap();
+        }
+        w.write_all(&probes).unwrap();
+        w.set_read_timeout(Some(crate::limits::PROBE_TIMEOUT))
+            .unwrap();
+        assert_eq!(
+            wire::read_message(&mut r).unwrap(),
+            Some(Message::Keepalive)
+        );
+        // Nothing more: the session's own keepalive comes only after
+        // `fast().keepalive` of silence.
+        w.set_read_timeout(Some(Duration::from_millis(600)))
+            .unwrap();
+        match wire::read_message(&mut r) {
+            Err(e) if e.is_timeout() => {}
+            other => panic!("more than one answer: {other:?}"),
+        }
+        // No backlog is left to be answered at the next request either.
+        s.chunk_registered("full.bin", 0);
+        w.set_read_timeout(Some(WAIT)).unwrap();
+        assert!(matches!(
+            wire::read_message(&mut r).unwrap(),
+            Some(Message::ChunkRegister { .. })
+        ));
+        wire::write_message(&mut w, &Message::Ok).unwrap();
+        w.set_read_timeout(Some(Duration::from_millis(600)))
+            .unwrap();
+        match wire::read_message(&mut r) {
+            Err(e) if e.is_timeout() => {}
+            other => panic!("a backlog of probes was answered: {other:?}"),
+        }
+        drop(s);
+    }
+
     #[test]
     fn registers_share_then_chunks_then_leaves() {
         let fake = FakeTracker::start(false);
@@ -1206,7 +1477,9 @@ mod tests {
         let zero = files.iter().find(|f| f.name == "zero").unwrap();
         assert!(zero.hashes.is_empty());
         match next_event(&erx) {
-            SessionEvent::Registered { accepted, refused } => {
+            SessionEvent::Registered {
+                accepted, refused, ..
+            } => {
                 assert_eq!(accepted.len(), 3);
                 assert!(refused.is_empty());
             }
@@ -1307,8 +1580,11 @@ mod tests {
         // Added without register_files: the re-registration covers it.
         share.insert(partial("b", 4096, &[3]));
         fake.kick();
-        assert!(matches!(next_event(&erx), SessionEvent::Disconnected(_)));
-        assert_eq!(next_event(&erx), SessionEvent::Reconnected);
+        assert!(matches!(
+            next_event(&erx),
+            SessionEvent::Disconnected { .. }
+        ));
+        assert!(matches!(next_event(&erx), SessionEvent::Reconnected { .. }));
         match next_event(&erx) {
             SessionEvent::Registered { mut accepted, .. } => {
                 accepted.sort();
@@ -1341,18 +1617,45 @@ mod tests {
         let (etx, erx) = bounded(64);
         let s = TrackerSession::start(fake.addr, 5, index(&[complete("a", 10)]), fast(), Some(etx))
             .unwrap();
-        assert!(matches!(next_event(&erx), SessionEvent::Disconnected(_)));
+        assert!(matches!(
+            next_event(&erx),
+            SessionEvent::Disconnected { .. }
+        ));
         assert!(!s.is_connected());
         // Updates while down are dropped, not queued forever.
         s.chunk_registered("a", 0);
         fake.refuse.store(false, Ordering::SeqCst);
         let (_, _, files) = expect_register(fake.next());
         assert_eq!(names(&files), vec!["a"]);
-        assert_eq!(next_event(&erx), SessionEvent::Reconnected);
+        assert!(matches!(next_event(&erx), SessionEvent::Reconnected { .. }));
         assert!(matches!(next_event(&erx), SessionEvent::Registered { .. }));
         wait_until("connected", || s.is_connected());
         s.leave();
         assert_eq!(fake.next_request().1, Message::Leave);
+    }
+
+    /// A tracker that accepts connections and never answers (stopped, or
+    /// its accept backlog full) held leaving for the whole io timeout, and
+    /// so held a peer's exit; with several trackers, any one of them did.
+    #[test]
+    fn leave_cuts_a_tracker_that_never_answers() {
+        // Listening (the kernel completes the handshake) but never reading.
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let cfg = SessionConfig {
+            io_timeout: Duration::from_secs(30),
+            ..fast()
+        };
+        let s =
+            TrackerSession::start(silent.local_addr().unwrap(), 5, index(&[]), cfg, None).unwrap();
+        // Let it connect and block on the Hello.
+        thread::sleep(Duration::from_millis(200));
+        let t = Instant::now();
+        s.leave();
+        assert!(
+            t.elapsed() < LEAVE_WAIT + Duration::from_secs(1),
+            "leave took {:?}",
+            t.elapsed()
+        );
     }
 
     #[test]
@@ -1369,7 +1672,10 @@ mod tests {
             ..fast()
         };
         let s = TrackerSession::start(port, 5, index(&[]), cfg, Some(etx)).unwrap();
-        assert!(matches!(next_event(&erx), SessionEvent::Disconnected(_)));
+        assert!(matches!(
+            next_event(&erx),
+            SessionEvent::Disconnected { .. }
+        ));
         let t = Instant::now();
         s.leave();
         assert!(
@@ -1388,7 +1694,9 @@ mod tests {
         let (conn, _, files) = expect_register(fake.next());
         assert_eq!(names(&files), vec!["bad/x", "good"]);
         match next_event(&erx) {
-            SessionEvent::Registered { accepted, refused } => {
+            SessionEvent::Registered {
+                accepted, refused, ..
+            } => {
                 assert_eq!(accepted, vec!["good"]);
                 assert_eq!(refused.len(), 1);
                 assert_eq!(refused[0].0, "bad/x");
@@ -1477,7 +1785,9 @@ mod tests {
             vec!["s0", "s1", "s2", "s3", "s4", "t0", "t1", "t2"]
         );
         match next_event(&erx) {
-            SessionEvent::Registered { accepted, refused } => {
+            SessionEvent::Registered {
+                accepted, refused, ..
+            } => {
                 assert_eq!(accepted.len(), 8);
                 assert!(refused.is_empty());
             }

@@ -10,9 +10,9 @@
 //! is opened: no symlink followed, no FIFO waited on) and the hash cache
 //! file. Calls `wire` (names, FileEntry), `chunks` (geometry, bitmaps,
 //! sha1), the libc crate for open flags and, to leave a download's own
-//! files out of a scan, [`partfile::is_artifact`] (the download's part-file
-//! module, which depends on nothing of `share`, so there is no import
-//! cycle).
+//! files out of a scan, [`partfile::is_artifact`] and
+//! [`partfile::WORK_DIR`] (the download's part-file module, which depends
+//! on nothing of `share`, so there is no import cycle).
 //!
 //! Locks: the index's RwLock, each file's have-bitmap Mutex and its upload
 //! check Mutex guard only in-memory data; no I/O (and no hashing) happens
@@ -61,7 +61,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -74,6 +74,9 @@ use crate::wire::{self, FileEntry, Have};
 
 /// Name of the hash cache file in the root of the share folder.
 pub const HASH_CACHE_NAME: &str = ".p2pfs-hashes";
+/// The lock file `peer share` holds in the folder it shares (see
+/// `ui::share`); never shared.
+pub const LOCK_FILE_NAME: &str = ".p2pfs-lock";
 /// Files modified this recently before a scan are hashed but not cached.
 pub const RACY_WINDOW: Duration = Duration::from_secs(2);
 
@@ -313,6 +316,9 @@ impl SharedFile {
 #[derive(Debug, Default)]
 pub struct ShareIndex {
     files: RwLock<HashMap<String, Arc<SharedFile>>>,
+    /// Files withdrawn by [`ShareIndex::withdraw_changed`] that the tracker
+    /// session has not withdrawn at the tracker yet.
+    withdrawn: std::sync::Mutex<Vec<Arc<SharedFile>>>,
 }
 
 impl ShareIndex {
@@ -349,6 +355,8 @@ impl ShareIndex {
     /// ([`UploadError::Changed`]); true if this call removed it (and not a
     /// newer entry under the same name). The peer serves it no more and does
     /// not register it again; hashing it again takes a restart of `share`.
+    /// The file is also queued for the tracker session, which withdraws it
+    /// at the tracker ([`ShareIndex::take_withdrawn`]).
     pub fn withdraw_changed(&self, f: &Arc<SharedFile>) -> bool {
         let mut files = self.write();
         if !files.get(f.name()).is_some_and(|g| Arc::ptr_eq(g, f)) {
@@ -356,12 +364,19 @@ impl ShareIndex {
         }
         files.remove(f.name());
         drop(files);
+        crate::sync::lock(&self.withdrawn).push(Arc::clone(f));
         log::warn!(
             "{} changed on disk after it was hashed: its bytes no longer match the hashes this \
              peer announced, so it is no longer shared; restart `peer share` to hash it again",
             f.path().display()
         );
         true
+    }
+
+    /// The files withdrawn since the last call, for the tracker session to
+    /// withdraw at the tracker.
+    pub fn take_withdrawn(&self) -> Vec<Arc<SharedFile>> {
+        std::mem::take(&mut *crate::sync::lock(&self.withdrawn))
     }
 
     /// Every shared file, sorted by name.
@@ -416,6 +431,19 @@ struct Opened {
     cached: bool,
 }
 
+/// How far the hashing of a scan is, for a progress display.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HashProgress {
+    /// Bytes hashed so far, of `bytes_total` to hash (cached files do not
+    /// count).
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Files whose hashes are known (from the cache, hashed, or failed), of
+    /// `files_total` found.
+    pub files_done: u64,
+    pub files_total: u64,
+}
+
 /// Hashes every regular file under `dir` (recursively; names are paths
 /// relative to `dir` with `/` separators), or only the paths in `only`
 /// (relative to `dir`, or absolute but inside it; a folder in `only` shares
@@ -455,6 +483,18 @@ pub fn scan_dir_cancellable(
     only: &[PathBuf],
     chunk_size: u32,
     progress: &(dyn Fn(u64, u64) + Sync),
+    cancel: Option<&AtomicBool>,
+) -> Result<Scan> {
+    let bytes = |p: &HashProgress| progress(p.bytes_done, p.bytes_total);
+    scan_dir_reporting(dir, only, chunk_size, &bytes, cancel)
+}
+
+/// [`scan_dir_cancellable`] reporting files as well as bytes.
+pub fn scan_dir_reporting(
+    dir: &Path,
+    only: &[PathBuf],
+    chunk_size: u32,
+    progress: &(dyn Fn(&HashProgress) + Sync),
     cancel: Option<&AtomicBool>,
 ) -> Result<Scan> {
     let started = SystemTime::now();
@@ -682,6 +722,10 @@ fn classify(
     };
     let ft = meta.file_type();
     if ft.is_dir() {
+        // A download folder's unfinished downloads: private, not reported.
+        if path.file_name().is_some_and(|n| n == partfile::WORK_DIR) {
+            return None;
+        }
         return Some(path);
     }
     let mut real = path.clone();
@@ -734,8 +778,10 @@ fn classify(
         skipped.push((path, "unfinished download (.part)".into()));
         return None;
     }
-    if name.starts_with(HASH_CACHE_NAME) {
-        return None; // our own cache (or its temporary file): silently private
+    if name.starts_with(HASH_CACHE_NAME) || name == LOCK_FILE_NAME {
+        // Our own cache (or its temporary file) and the lock of the peer
+        // sharing this folder: silently private.
+        return None;
     }
     found.insert(name.clone(), Candidate { name, path, real });
     None
@@ -779,13 +825,13 @@ fn open_candidate(root: &Path, real: &Path) -> std::result::Result<(File, Metada
         io::ErrorKind::InvalidInput => e.to_string(),
         _ => format!("cannot open: {e}"),
     })?;
-    if let Ok(at) = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) {
-        if !at.starts_with(root) {
-            return Err(format!(
-                "opened {} instead, outside the shared folder (changed during the scan)",
-                at.display()
-            ));
-        }
+    if let Ok(at) = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        && !at.starts_with(root)
+    {
+        return Err(format!(
+            "opened {} instead, outside the shared folder (changed during the scan)",
+            at.display()
+        ));
     }
     Ok((file, meta))
 }
@@ -841,7 +887,7 @@ impl Stamp {
 /// on all cores. Returns, per file, `Some(reason)` if it could not be read.
 fn hash_missing(
     opened: &mut [Opened],
-    progress: &(dyn Fn(u64, u64) + Sync),
+    progress: &(dyn Fn(&HashProgress) + Sync),
     cancel: Option<&AtomicBool>,
 ) -> Result<Vec<Option<String>>> {
     // Work list: (file slot, chunk) for every chunk still to hash. Small:
@@ -857,6 +903,13 @@ fn hash_missing(
         }
     }
     let mut errors: Vec<Option<String>> = vec![None; opened.len()];
+    let files_total = opened.len() as u64;
+    // Files with nothing to hash (cached, or empty) are done already.
+    let to_hash = opened
+        .iter()
+        .filter(|o| o.hashes.is_none() && o.geometry.count() > 0)
+        .count() as u64;
+    let files_known = files_total - to_hash;
 
     if !jobs.is_empty() {
         let threads = std::thread::available_parallelism()
@@ -867,6 +920,18 @@ fn hash_missing(
             jobs: &jobs,
             next: AtomicUsize::new(0),
             failed: (0..opened.len()).map(|_| AtomicBool::new(false)).collect(),
+            remaining: opened
+                .iter()
+                .map(|o| {
+                    AtomicU32::new(if o.hashes.is_none() {
+                        o.geometry.count()
+                    } else {
+                        0
+                    })
+                })
+                .collect(),
+            files_done: AtomicU64::new(files_known),
+            files_total,
             done: AtomicU64::new(0),
             total,
             begin: Instant::now(),
@@ -930,7 +995,12 @@ fn hash_missing(
                 }
             }
         }
-        progress(hashed, total);
+        progress(&HashProgress {
+            bytes_done: hashed,
+            bytes_total: total,
+            files_done: files_total,
+            files_total,
+        });
     } else {
         // Zero-length files need no hashing.
         for o in opened.iter_mut() {
@@ -938,7 +1008,11 @@ fn hash_missing(
                 o.hashes = Some(Vec::new());
             }
         }
-        progress(0, 0);
+        progress(&HashProgress {
+            files_done: files_total,
+            files_total,
+            ..HashProgress::default()
+        });
     }
     Ok(errors)
 }
@@ -950,11 +1024,16 @@ struct HashCtx<'a> {
     next: AtomicUsize,
     /// A file with a read error: its remaining chunks are skipped.
     failed: Vec<AtomicBool>,
+    /// Chunks of each file not hashed yet.
+    remaining: Vec<AtomicU32>,
+    /// Files whose hashes are known (or that failed).
+    files_done: AtomicU64,
+    files_total: u64,
     done: AtomicU64,
     total: u64,
     begin: Instant,
     last_report_ms: AtomicU64,
-    progress: &'a (dyn Fn(u64, u64) + Sync),
+    progress: &'a (dyn Fn(&HashProgress) + Sync),
     /// Set: every thread stops at its next chunk.
     cancel: Option<&'a AtomicBool>,
 }
@@ -999,11 +1078,16 @@ impl HashCtx<'_> {
             match f.file.read_exact_at(data, f.geometry.offset(i)) {
                 Ok(()) => {
                     out.digests.push((slot, chunk, chunks::sha1(data)));
+                    if self.remaining[s].fetch_sub(1, Ordering::Relaxed) == 1 {
+                        self.files_done.fetch_add(1, Ordering::Relaxed);
+                    }
                     let done = self.done.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
                     self.maybe_report(done);
                 }
                 Err(e) => {
-                    self.failed[s].store(true, Ordering::Relaxed);
+                    if !self.failed[s].swap(true, Ordering::Relaxed) {
+                        self.files_done.fetch_add(1, Ordering::Relaxed);
+                    }
                     let why = if e.kind() == io::ErrorKind::UnexpectedEof {
                         "file shrank while being hashed".to_string()
                     } else {
@@ -1024,7 +1108,12 @@ impl HashCtx<'_> {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            (self.progress)(done, self.total);
+            (self.progress)(&HashProgress {
+                bytes_done: done,
+                bytes_total: self.total,
+                files_done: self.files_done.load(Ordering::Relaxed),
+                files_total: self.files_total,
+            });
         }
     }
 }
@@ -1227,6 +1316,7 @@ fn store_cache(root: &Path, path: &Path, cache: &Cache) {
 mod tests {
     use super::*;
     use std::os::unix::fs::FileExt;
+    use std::sync::Mutex;
 
     use crate::peer::testutil::TempDir;
 
@@ -1262,6 +1352,43 @@ mod tests {
 
     fn names(s: &Scan) -> Vec<&str> {
         s.files.iter().map(|f| f.name()).collect()
+    }
+
+    /// Issue 14: hashing showed bytes only; a large folder of small files
+    /// wants files done too. The lock file of the sharing peer is private.
+    #[test]
+    fn hashing_reports_files_and_the_lock_file_is_private() {
+        let t = TempDir::new("scan-files");
+        put(&t.0, "a", &pattern(5000, 1));
+        put(&t.0, "b/c", &pattern(100, 2));
+        put(&t.0, "empty", b"");
+        put(&t.0, LOCK_FILE_NAME, b"123 4567\n");
+        let seen = Mutex::new(Vec::new());
+        let record = |p: &HashProgress| seen.lock().unwrap().push(*p);
+        let s = scan_dir_reporting(&t.0, &[], 1024, &record, None).unwrap();
+        assert_eq!(names(&s), ["a", "b/c", "empty"]);
+        assert!(s.skipped.is_empty(), "{:?}", s.skipped);
+        let seen = seen.into_inner().unwrap();
+        let last = *seen.last().unwrap();
+        assert_eq!(
+            last,
+            HashProgress {
+                bytes_done: 5100,
+                bytes_total: 5100,
+                files_done: 3,
+                files_total: 3
+            }
+        );
+        assert!(seen.windows(2).all(|w| w[0].files_done <= w[1].files_done));
+        // From the cache the second time: every file is known at once.
+        let seen = Mutex::new(Vec::new());
+        let record = |p: &HashProgress| seen.lock().unwrap().push(*p);
+        scan_dir_reporting(&t.0, &[], 1024, &record, None).unwrap();
+        let last = *seen.into_inner().unwrap().last().unwrap();
+        assert_eq!(
+            (last.files_done, last.files_total, last.bytes_total),
+            (3, 3, 0)
+        );
     }
 
     #[test]

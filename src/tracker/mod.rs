@@ -4,7 +4,8 @@
 //! - [`server`]: the tracker protocol: what each request does and answers,
 //!   on top of the shared server skeleton (`net::server`).
 //!
-//! Depends on `wire`, `chunks` and `net` only; never on `peer`.
+//! Depends on `wire`, `chunks`, `net`, `limits` and `sync` only; never on
+//! `peer`.
 
 pub mod registry;
 pub mod server;

@@ -15,7 +15,7 @@
 //! admission) are summed and capped at [`MAX_CHUNKS_PER_ADDRESS`].
 //!
 //! Calls `wire` (message types, name rule), `chunks` (geometry, bitmaps)
-//! and `admission` (which addresses count as one host).
+//! `limits` and `net::admission` (which addresses count as one host).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -303,11 +303,11 @@ impl Registry {
         files: Vec<FileEntry>,
     ) -> (Vec<FileOutcome>, Option<ConnId>) {
         let mut evicted = None;
-        if let Some(&other) = self.endpoints.get(&endpoint) {
-            if other != conn {
-                self.remove_peer(other);
-                evicted = Some(other);
-            }
+        if let Some(&other) = self.endpoints.get(&endpoint)
+            && other != conn
+        {
+            self.remove_peer(other);
+            evicted = Some(other);
         }
         let peer = self.peers.entry(conn).or_insert_with(|| PeerRecord {
             endpoint,
@@ -356,10 +356,10 @@ impl Registry {
         let Some(peer) = self.peers.get(&conn) else {
             return Err(RegistryError::NotRegistered);
         };
-        if !peer.files.contains(&f.name) {
-            if let Some(e) = self.over_cap(conn, count) {
-                return Err(e);
-            }
+        if !peer.files.contains(&f.name)
+            && let Some(e) = self.over_cap(conn, count)
+        {
+            return Err(e);
         }
         if let Some(r) = self.files.get(&f.name) {
             let same = r.meta.geometry == geometry && *r.meta.hashes == *f.hashes;

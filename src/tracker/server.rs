@@ -5,20 +5,22 @@
 //! per-connection handler: what each request does to the registry and what
 //! is answered, and the rule "one endpoint, one live connection" (a
 //! Register for an endpoint held by another connection probes that one
-//! first, see `register` below). Accepting, caps, the Hello, timeouts, closing
+//! first, see `register` and `probe` below: at most one probe in flight per
+//! holder, none when it was heard from within `PROBE_QUIET`). Accepting, caps, the Hello, timeouts, closing
 //! and shutdown are the skeleton's. A connection's peer is removed from the
 //! registry as soon as the connection ends for any reason (Leave, close,
 //! error, silence past the idle timeout, a failed probe), and the tracker
 //! never ends a registration without closing its connection.
 //!
-//! Calls `net` (the skeleton), `wire` (messages) and [`super::registry`]
-//! (state). The registry Mutex is held only around in-memory registry calls,
+//! Calls `net` (the skeleton), `wire` (messages), `limits`, `sync` and
+//! [`super::registry`] (state). The registry Mutex is held only around in-memory registry calls,
 //! never across a read or write, so a slow client cannot stall anyone else.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +28,7 @@ use log::{debug, info, warn};
 
 use super::registry::{ConnId, Registry};
 use crate::net::admission::Limits;
+use crate::net::budget::BudgetLimits;
 use crate::net::server::{End, Flow, Handler, Link, Live, Options, Server};
 use crate::wire::{self, ErrorCode, Locations, Message, Source, WireError};
 
@@ -39,7 +42,7 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a probe looks for the probed connection's answer.
 const PROBE_POLL: Duration = Duration::from_millis(10);
 pub use crate::limits::{
-    HELLO_TIMEOUT, PROBE_TIMEOUT, TRACKER_MAX_CONNECTIONS as MAX_CONNECTIONS,
+    HELLO_TIMEOUT, PROBE_QUIET, PROBE_TIMEOUT, TRACKER_MAX_CONNECTIONS as MAX_CONNECTIONS,
     TRACKER_MAX_PER_IP as MAX_PER_IP,
 };
 
@@ -57,6 +60,9 @@ pub struct TrackerConfig {
     pub max_connections: usize,
     /// Connections open at once from one IPv4 address or IPv6 /64.
     pub max_per_ip: usize,
+    /// Bytes of large request frames received and handled at once, in
+    /// total and per address.
+    pub frame_budget: BudgetLimits,
 }
 
 impl Default for TrackerConfig {
@@ -68,6 +74,11 @@ impl Default for TrackerConfig {
             write_timeout: WRITE_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
             max_per_ip: MAX_PER_IP,
+            frame_budget: BudgetLimits {
+                exempt_len: crate::limits::FRAME_BUDGET_EXEMPT_LEN,
+                total: crate::limits::TRACKER_FRAME_BUDGET,
+                per_address: crate::limits::TRACKER_FRAME_BUDGET_PER_ADDRESS,
+            },
         }
     }
 }
@@ -100,9 +111,55 @@ impl std::error::Error for TrackerError {
     }
 }
 
-/// The tracker's per-connection behaviour and its state: the registry.
+/// The tracker's per-connection behaviour and its state: the registry,
+/// and the probes in flight.
 struct State {
     registry: Mutex<Registry>,
+    /// Probes in flight, by probed connection: every Register that needs
+    /// one while it runs waits for its outcome instead of sending another.
+    probes: Mutex<HashMap<ConnId, Arc<ProbeSlot>>>,
+}
+
+/// The outcome of one probe, for everyone waiting on it.
+#[derive(Default)]
+struct ProbeSlot {
+    alive: Mutex<Option<bool>>,
+    done: Condvar,
+}
+
+impl ProbeSlot {
+    fn finish(&self, alive: bool) {
+        *crate::sync::lock(&self.alive) = Some(alive);
+        self.done.notify_all();
+    }
+
+    /// The outcome, waiting at most `limit`; alive if it does not come
+    /// (a registration is never ended on a guess).
+    fn wait(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut alive = crate::sync::lock(&self.alive);
+        loop {
+            if let Some(a) = *alive {
+                return a;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            alive = match self.done.wait_timeout(alive, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+}
+
+/// Per-connection state of the tracker protocol.
+#[derive(Default)]
+struct ConnState {
+    /// The endpoint this connection was last refused `Busy` for, and when:
+    /// asking again within [`PROBE_QUIET`] is refused without a new probe.
+    refused: Option<(SocketAddr, Instant)>,
 }
 
 impl State {
@@ -141,9 +198,11 @@ impl Tracker {
                 max_total: cfg.max_connections,
                 max_per_ip: cfg.max_per_ip,
             },
+            frame_budget: Some(cfg.frame_budget),
         };
         let state = Arc::new(State {
             registry: Mutex::new(Registry::new()),
+            probes: Mutex::new(HashMap::new()),
         });
         let server =
             Server::start(listener, opts, Arc::clone(&state)).map_err(TrackerError::Spawn)?;
@@ -186,16 +245,20 @@ impl Drop for Tracker {
 }
 
 impl Handler for State {
-    type Conn = ();
+    type Conn = ConnState;
 
     fn request(
         &self,
         link: &Arc<Link>,
         live: &Live,
-        _conn: &mut (),
+        conn: &mut ConnState,
         m: Message,
     ) -> Result<Flow, WireError> {
-        let (reply, flow) = match handle(self, link, live, m) {
+        let (reply, flow) = match handle(self, link, live, conn, m) {
+            Next::Raw(bytes) => {
+                link.write_all(&bytes)?;
+                return Ok(Flow::Continue);
+            }
             Next::Reply(m) => (Some(m), Flow::Continue),
             Next::Silent => (None, Flow::Continue),
             Next::Close(m) => (Some(m), Flow::Close),
@@ -225,17 +288,21 @@ impl Handler for State {
 /// What to do after handling one request.
 enum Next {
     Reply(Message),
+    /// An already encoded reply.
+    Raw(Vec<u8>),
     /// Nothing to send (Keepalive).
     Silent,
     /// Send this, then close (Leave, fatal errors).
     Close(Message),
 }
 
-fn handle(shared: &State, link: &Link, live: &Live, m: Message) -> Next {
+fn handle(shared: &State, link: &Link, live: &Live, conn: &mut ConnState, m: Message) -> Next {
     let (id, remote) = (link.id(), link.remote());
     match m {
         Message::Keepalive => Next::Silent,
-        Message::Register { endpoint, files } => register(shared, link, live, endpoint, files),
+        Message::Register { endpoint, files } => {
+            register(shared, link, live, conn, endpoint, files)
+        }
         Message::ChunkRegister { name, index } => {
             match shared.registry().chunk_register(id, &name, index) {
                 Ok(()) => Next::Reply(Message::Ok),
@@ -246,7 +313,7 @@ fn handle(shared: &State, link: &Link, live: &Live, m: Message) -> Next {
             let (files, truncated) = shared.registry().list(wire::MAX_LIST_FILES);
             Next::Reply(Message::FileList { files, truncated })
         }
-        Message::Locate { name, with_hashes } => locate(shared, id, remote, name, with_hashes),
+        Message::Locate { name, with_hashes } => locate(shared, link, remote, name, with_hashes),
         Message::Leave => {
             let ep = shared.registry().endpoint(id);
             shared.registry().remove_peer(id);
@@ -265,17 +332,20 @@ fn handle(shared: &State, link: &Link, live: &Live, m: Message) -> Next {
 /// Register: binds the connection to its endpoint and adds its files.
 ///
 /// An endpoint already bound to another connection is taken over only if
-/// that connection fails a liveness probe ([`probe`]): a live registration
-/// can never be removed or replaced by somebody else (e.g. another process
-/// on the same host announcing the same port), while a peer whose old
+/// that connection is found dead ([`probe`]): a live registration can
+/// never be removed or replaced by somebody else (e.g. another process on
+/// the same host announcing the same port), while a peer whose old
 /// connection died half-open gets its endpoint back within
 /// [`PROBE_TIMEOUT`]. A Register refused this way is answered
-/// `Error{Busy}` as a whole (no file is added, the endpoint is not bound)
-/// and the connection stays open.
+/// `Error{Busy}` as a whole (nothing of it is registered, nothing about
+/// this connection changes) and the connection stays open; the same
+/// connection asking for the same endpoint again within [`PROBE_QUIET`]
+/// is refused without a new probe.
 fn register(
     shared: &State,
     link: &Link,
     live: &Live,
+    conn: &mut ConnState,
     endpoint: SocketAddr,
     files: Vec<wire::FileEntry>,
 ) -> Next {
@@ -296,12 +366,18 @@ fn register(
     }
     let holder = shared.registry().holder(observed).filter(|&h| h != id);
     if let Some(other) = holder {
-        if probe(live, other) {
-            warn!(
+        let recently_refused = conn
+            .refused
+            .is_some_and(|(ep, at)| ep == observed && at.elapsed() < PROBE_QUIET);
+        if recently_refused || probe(shared, live, other) {
+            debug!(
                 "connection {id} from {}: Register for {observed} refused: \
-                 connection {other} holds it and answered the probe",
+                 connection {other} holds it and is alive",
                 link.remote()
             );
+            if !recently_refused {
+                conn.refused = Some((observed, Instant::now()));
+            }
             return Next::Reply(endpoint_in_use(observed));
         }
         info!("peer {observed}: connection {other} did not answer the probe; closing it");
@@ -322,6 +398,7 @@ fn register(
     }
     let (results, _) = registry.register(id, observed, files);
     drop(registry);
+    conn.refused = None;
     let refused = results
         .iter()
         .filter(|r| !matches!(r, wire::FileOutcome::Accepted))
@@ -345,37 +422,79 @@ fn endpoint_in_use(endpoint: SocketAddr) -> Message {
     )
 }
 
-/// Is connection `id` alive? Sends it a Keepalive, which a registered peer
-/// must answer (with a Keepalive, or any other frame) within
-/// [`PROBE_TIMEOUT`]. Any frame received after the probe was sent counts,
-/// and so does a request of its own being handled meanwhile (its thread
-/// reads nothing while it handles one, e.g. while it probes somebody
-/// else). A connection that is gone, cannot be written to, or stays silent
-/// is not alive.
-fn probe(live: &Live, id: ConnId) -> bool {
+/// Is connection `id` alive? It is, without a probe, while a request of
+/// its own is being handled, or when any byte arrived from it within
+/// [`PROBE_QUIET`]. Otherwise it is probed: sent a Keepalive, which a
+/// registered peer must answer (with a Keepalive, or anything else) within
+/// [`PROBE_TIMEOUT`]; any byte received after the probe was sent counts.
+/// At most one probe per connection is in flight: a Register that needs
+/// one while another runs waits for that one's outcome. The probe never
+/// waits for the connection's write lock: if a reply is being written to
+/// it, it is being served, so it is alive. A connection that is gone,
+/// cannot be written to within the probe timeout, or stays silent is not
+/// alive.
+fn probe(shared: &State, live: &Live, id: ConnId) -> bool {
     let Some(link) = live.get(id) else {
         return false;
     };
-    let before = link.received();
-    if link.send(&Message::Keepalive).is_err() {
-        return false;
+    if link.is_busy() || link.since_receipt() < PROBE_QUIET {
+        return true;
     }
-    let deadline = Instant::now() + PROBE_TIMEOUT;
-    while Instant::now() < deadline {
-        thread::sleep(PROBE_POLL);
-        if link.received() > before || link.is_busy() {
-            return true;
+    let (slot, mine) = {
+        let mut probes = crate::sync::lock(&shared.probes);
+        match probes.get(&id) {
+            Some(s) => (Arc::clone(s), false),
+            None => {
+                let s = Arc::new(ProbeSlot::default());
+                probes.insert(id, Arc::clone(&s));
+                (s, true)
+            }
         }
-        if live.get(id).is_none() {
+    };
+    if !mine {
+        return slot.wait(PROBE_TIMEOUT * 2);
+    }
+    let alive = run_probe(live, &link, id);
+    crate::sync::lock(&shared.probes).remove(&id);
+    slot.finish(alive);
+    alive
+}
+
+/// Sends the probe and watches for an answer (see [`probe`]).
+fn run_probe(live: &Live, link: &Link, id: ConnId) -> bool {
+    let deadline = Instant::now() + PROBE_TIMEOUT;
+    let before = link.bytes_received();
+    match link.try_send_within(&Message::Keepalive, PROBE_TIMEOUT) {
+        // A reply is being written to it: it is being served.
+        None => return true,
+        Some(Err(e)) => {
+            debug!("connection {id}: cannot send the probe: {e}");
             return false;
         }
+        Some(Ok(())) => {}
     }
-    false
+    loop {
+        if link.bytes_received() > before || link.is_busy() {
+            return true;
+        }
+        if live.get(id).is_none() || Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(PROBE_POLL);
+    }
 }
 
 /// Locate: a sample of the sources of `name`, with its hashes if asked.
-fn locate(shared: &State, id: ConnId, remote: SocketAddr, name: String, with_hashes: bool) -> Next {
-    let seed = id
+/// The reply is encoded straight from the registry's shared hash list (no
+/// copy of it is made first) and written here.
+fn locate(
+    shared: &State,
+    link: &Link,
+    remote: SocketAddr,
+    name: String,
+    with_hashes: bool,
+) -> Next {
+    let seed = link.id()
         ^ SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -386,21 +505,30 @@ fn locate(shared: &State, id: ConnId, remote: SocketAddr, name: String, with_has
         seed,
         remote.ip().to_canonical().is_loopback(),
     );
-    match snap {
-        Err(e) => Next::Reply(Message::error(e.code(), e.to_string())),
-        // Built after the lock is released: copying hashes is the
-        // expensive part.
-        Ok(s) => Next::Reply(Message::Locations(Locations {
-            name,
-            length: s.meta.geometry.length(),
-            chunk_size: s.meta.geometry.chunk_size(),
-            chunk_count: s.meta.geometry.count(),
-            hashes: with_hashes.then(|| s.meta.hashes.to_vec()),
-            sources: s
-                .sources
-                .into_iter()
-                .map(|(addr, have)| Source { addr, have })
-                .collect(),
-        })),
+    let s = match snap {
+        Err(e) => return Next::Reply(Message::error(e.code(), e.to_string())),
+        Ok(s) => s,
+    };
+    // Built after the lock is released.
+    let l = Locations {
+        name,
+        length: s.meta.geometry.length(),
+        chunk_size: s.meta.geometry.chunk_size(),
+        chunk_count: s.meta.geometry.count(),
+        hashes: None,
+        sources: s
+            .sources
+            .into_iter()
+            .map(|(addr, have)| Source { addr, have })
+            .collect(),
+    };
+    let mut buf = Vec::new();
+    let hashes = with_hashes.then_some(&s.meta.hashes[..]);
+    match wire::encode_locations(&l, hashes, &mut buf) {
+        Ok(()) => Next::Raw(buf),
+        Err(e) => {
+            warn!("cannot encode Locations: {e}");
+            Next::Reply(Message::error(ErrorCode::Internal, e.to_string()))
+        }
     }
 }

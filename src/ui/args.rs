@@ -6,35 +6,35 @@
 //! default as a number: they name the constant of [`crate::limits`] as
 //! `{NAME}`, and the defaults are those constants too.
 //!
-//! Owns: option names, their parsing and defaults. Calls `limits`,
-//! `peer::ratelimit::parse_rate` and [`super::help`].
+//! Owns: option names, their parsing (sizes, rates, addresses) and
+//! defaults. Calls `limits`, [`super::help`] and [`super::out`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use argh::{FromArgs, TopLevelCommand};
+use argh::{ArgsInfo, FromArgs, TopLevelCommand};
 
 use super::help::{self, fill};
 use crate::limits;
-use crate::peer::ratelimit::parse_rate;
 
 /// p2pfs peer: share a folder with the network, download files from many
 /// peers at once (rarest chunks first, every chunk SHA-1 verified), and see
 /// which peer holds which chunks.
-#[derive(FromArgs)]
+#[derive(FromArgs, ArgsInfo)]
 pub struct PeerArgs {
     #[argh(subcommand)]
     pub cmd: PeerCommand,
 }
 
-#[derive(FromArgs)]
+#[derive(FromArgs, ArgsInfo)]
 #[argh(subcommand)]
 pub enum PeerCommand {
     Share(ShareArgs),
     Get(GetArgs),
     List(ListArgs),
     Where(WhereArgs),
+    Completions(CompletionsArgs),
 }
 
 impl PeerArgs {
@@ -44,6 +44,24 @@ impl PeerArgs {
             PeerCommand::Share(a) => a.verbose,
             PeerCommand::Get(a) => a.verbose,
             _ => false,
+        }
+    }
+
+    /// Whether -q asks for errors only.
+    pub fn quiet(&self) -> bool {
+        match &self.cmd {
+            PeerCommand::Share(a) => a.quiet,
+            PeerCommand::Get(a) => a.quiet,
+            _ => false,
+        }
+    }
+
+    /// Where log records go instead of stderr, if asked.
+    pub fn log_file(&self) -> Option<&std::path::Path> {
+        match &self.cmd {
+            PeerCommand::Share(a) => a.log_file.as_deref(),
+            PeerCommand::Get(a) => a.log_file.as_deref(),
+            _ => None,
         }
     }
 }
@@ -58,20 +76,27 @@ impl PeerArgs {
 /// at once, {PEER_MAX_PER_IP} from one IP address (others get Busy), and
 /// closes a connection that sends no Hello within {HELLO_TIMEOUT} or no
 /// request for {PEER_IDLE_TIMEOUT}.
-#[derive(FromArgs)]
+#[derive(FromArgs, ArgsInfo)]
 #[argh(subcommand, name = "share")]
 pub struct ShareArgs {
-    /// tracker address, host:port
+    /// tracker address: host or host:port (port {DEFAULT_TRACKER_PORT} if
+    /// none is given), or several separated by commas (A,B,C), each
+    /// registered with and asked; default $P2PFS_TRACKER
     #[argh(option)]
-    pub tracker: String,
+    pub tracker: Option<String>,
     /// folder to share
     #[argh(option)]
     pub dir: PathBuf,
     /// only these files (paths inside DIR)
     #[argh(positional)]
     pub files: Vec<PathBuf>,
-    /// address to serve chunks on (default 0.0.0.0:0, a free port)
-    #[argh(option, default = "SocketAddr::from(([0, 0, 0, 0], 0))")]
+    /// address to serve chunks on: a port, an IP address, or both
+    /// (default 0.0.0.0:0, a free port)
+    #[argh(
+        option,
+        from_str_fn(parse_listen),
+        default = "SocketAddr::from(([0, 0, 0, 0], 0))"
+    )]
     pub listen: SocketAddr,
     /// upload limit in bytes per second for all uploads together, e.g.
     /// 500K, 10M, 1G (powers of 1024; default unlimited)
@@ -85,9 +110,17 @@ pub struct ShareArgs {
         default = "limits::DEFAULT_CHUNK_SIZE"
     )]
     pub chunk_size: u32,
-    /// log every request (RUST_LOG works too)
+    /// log every connection and every chunk sent, and list each file shared
+    /// (RUST_LOG works too)
     #[argh(switch, short = 'v')]
     pub verbose: bool,
+    /// write the log records of -v to FILE (appended) instead of the
+    /// terminal
+    #[argh(option)]
+    pub log_file: Option<PathBuf>,
+    /// print errors only (for scripts)
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
     /// do not read commands even on a terminal (use it when running in the
     /// background with `&`, where reading the terminal would stop the peer)
     #[argh(switch)]
@@ -96,22 +129,29 @@ pub struct ShareArgs {
 
 /// Download NAME into DIR/NAME from every peer that has chunks of it,
 /// serving (and registering) each chunk as soon as it is verified. Resumes
-/// from DIR/NAME.part if a previous attempt was interrupted. Exits 0 only
+/// from DIR/.p2pfs/ if a previous attempt was interrupted. Exits 0 only
 /// when the whole file is verified and in place.
-#[derive(FromArgs)]
+#[derive(FromArgs, ArgsInfo)]
 #[argh(subcommand, name = "get")]
 pub struct GetArgs {
     /// name of the file on the network
     #[argh(positional)]
     pub name: String,
-    /// tracker address, host:port
+    /// tracker address: host or host:port (port {DEFAULT_TRACKER_PORT} if
+    /// none is given), or several separated by commas (A,B,C), each
+    /// registered with and asked; default $P2PFS_TRACKER
     #[argh(option)]
-    pub tracker: String,
+    pub tracker: Option<String>,
     /// folder to download into
     #[argh(option)]
     pub dir: PathBuf,
-    /// address to serve chunks on (default 0.0.0.0:0, a free port)
-    #[argh(option, default = "SocketAddr::from(([0, 0, 0, 0], 0))")]
+    /// address to serve chunks on: a port, an IP address, or both
+    /// (default 0.0.0.0:0, a free port)
+    #[argh(
+        option,
+        from_str_fn(parse_listen),
+        default = "SocketAddr::from(([0, 0, 0, 0], 0))"
+    )]
     pub listen: SocketAddr,
     /// upload limit in bytes per second, e.g. 500K, 10M (default unlimited)
     #[argh(option, from_str_fn(parse_rate))]
@@ -122,34 +162,63 @@ pub struct GetArgs {
     /// requests kept in flight per source (default {PIPELINE_DEPTH})
     #[argh(option, default = "limits::PIPELINE_DEPTH")]
     pub pipeline: usize,
-    /// log which chunk came from which peer (RUST_LOG works too)
+    /// log which chunk came from which peer (RUST_LOG works too); on the
+    /// terminal this replaces the progress bar, unless --log-file is given
     #[argh(switch, short = 'v')]
     pub verbose: bool,
+    /// write the log records of -v to FILE (appended) instead of the
+    /// terminal, keeping the progress bar
+    #[argh(option)]
+    pub log_file: Option<PathBuf>,
+    /// print errors only: no progress bar, no summary (for scripts)
+    #[argh(switch, short = 'q')]
+    pub quiet: bool,
 }
 
 /// List every file on the network with its size.
-#[derive(FromArgs)]
+#[derive(FromArgs, ArgsInfo)]
 #[argh(subcommand, name = "list")]
 pub struct ListArgs {
-    /// tracker address, host:port
+    /// tracker address: host or host:port (port {DEFAULT_TRACKER_PORT} if
+    /// none is given), or several separated by commas (A,B,C), each
+    /// registered with and asked; default $P2PFS_TRACKER
     #[argh(option)]
-    pub tracker: String,
+    pub tracker: Option<String>,
 }
 
 /// Show each peer holding NAME and a map of the chunks it has
 /// ('#' all held, '+' some, '.' none, one character per chunk or group).
-#[derive(FromArgs)]
+#[derive(FromArgs, ArgsInfo)]
 #[argh(subcommand, name = "where")]
 pub struct WhereArgs {
     /// name of the file on the network
     #[argh(positional)]
     pub name: String,
-    /// tracker address, host:port
+    /// tracker address: host or host:port (port {DEFAULT_TRACKER_PORT} if
+    /// none is given), or several separated by commas (A,B,C), each
+    /// registered with and asked; default $P2PFS_TRACKER
     #[argh(option)]
-    pub tracker: String,
+    pub tracker: Option<String>,
     /// width of the chunk map in characters (default {WHERE_MAP_WIDTH})
     #[argh(option, default = "limits::WHERE_MAP_WIDTH")]
     pub width: usize,
+}
+
+/// Print shell completions for peer (or tracker) built from the same
+/// definitions as --help. Bash: peer completions bash >
+/// ~/.local/share/bash-completion/completions/peer; zsh: peer completions
+/// zsh > ~/.zfunc/_peer (with ~/.zfunc in fpath); fish: peer completions
+/// fish > ~/.config/fish/completions/peer.fish. Add "tracker" for the
+/// tracker's.
+#[derive(FromArgs, ArgsInfo)]
+#[argh(subcommand, name = "completions")]
+pub struct CompletionsArgs {
+    /// the shell: bash, zsh or fish
+    #[argh(positional)]
+    pub shell: String,
+    /// the program to complete: peer (the default) or tracker
+    #[argh(positional, default = "String::from(\"peer\")")]
+    pub program: String,
 }
 
 /// The p2pfs tracker: keeps track of which peers hold which chunks of which
@@ -160,13 +229,14 @@ pub struct WhereArgs {
 /// must send its Hello within {HELLO_TIMEOUT}. At most --max-connections
 /// connections are open at once, and at most --max-per-ip from one IPv4
 /// address (or IPv6 /64); others get Error{Busy} and are closed. Stop it
-/// with Ctrl-C or SIGTERM. Set RUST_LOG=debug for per-request logs.
-#[derive(FromArgs)]
+/// with Ctrl-C or SIGTERM.
+#[derive(FromArgs, ArgsInfo)]
 pub struct TrackerArgs {
-    /// address to listen on (default 0.0.0.0:{DEFAULT_TRACKER_PORT}; port 0
-    /// picks a free port)
+    /// address to listen on: a port, an IP address, or both (default
+    /// 0.0.0.0:{DEFAULT_TRACKER_PORT}; port 0 picks a free port)
     #[argh(
         option,
+        from_str_fn(parse_tracker_listen),
         default = "SocketAddr::from(([0, 0, 0, 0], limits::DEFAULT_TRACKER_PORT))"
     )]
     pub listen: SocketAddr,
@@ -181,40 +251,281 @@ pub struct TrackerArgs {
     /// {TRACKER_MAX_PER_IP})
     #[argh(option, default = "limits::TRACKER_MAX_PER_IP")]
     pub max_per_ip: usize,
+    /// log every connection, registration and request (RUST_LOG works too)
+    #[argh(switch, short = 'v')]
+    pub verbose: bool,
 }
 
-/// A chunk size option: a size as for rates ("256K", "1M"), within the
+/// A number of bytes: digits, maybe with a decimal part, and an optional
+/// unit K, M or G (powers of 1024; "KB", "KiB" and lower case too).
+/// `Err` says what is wrong in words, without naming the option.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ if number.is_empty() => return Err("is not a number".into()),
+        _ => return Err(format!("has an unknown unit {unit:?} (use K, M or G)")),
+    };
+    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && frac.is_empty() || frac.contains('.') {
+        return Err("is not a number".into());
+    }
+    let too_large = || "is too large".to_owned();
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| too_large())?
+    };
+    let mut bytes = whole.checked_mul(mult).ok_or_else(too_large)?;
+    if !frac.is_empty() {
+        // Exact: the fraction times the unit must be a whole number of bytes.
+        let digits = u32::try_from(frac.len()).map_err(|_| too_large())?;
+        let scale = 10u128.checked_pow(digits).ok_or_else(too_large)?;
+        let f: u128 = frac.parse().map_err(|_| too_large())?;
+        let part = f * u128::from(mult);
+        if !part.is_multiple_of(scale) {
+            return Err("is not a whole number of bytes".into());
+        }
+        let part = u64::try_from(part / scale).map_err(|_| too_large())?;
+        bytes = bytes.checked_add(part).ok_or_else(too_large)?;
+    }
+    Ok(bytes)
+}
+
+/// The upload limit: bytes per second ("500K", "10M", "1.5M/s"); 0 means
+/// unlimited.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("/s")
+        .or_else(|| t.strip_suffix("/S"))
+        .unwrap_or(t);
+    parse_bytes(t).map_err(|why| {
+        format!(
+            "the rate {s:?} {why}: give bytes per second such as 500K, 10M or 1G \
+             (0 for unlimited)"
+        )
+    })
+}
+
+/// A chunk size option: a size ("256K", "1M", "1.5M"), within the
 /// protocol's limits.
 pub fn parse_chunk_size(s: &str) -> Result<u32, String> {
-    let v = parse_rate(s)?;
-    let v = u32::try_from(v).map_err(|_| format!("chunk size {s} is too large"))?;
-    if !(limits::MIN_CHUNK_SIZE..=limits::MAX_CHUNK_SIZE).contains(&v) {
-        return Err(format!(
-            "chunk size {s} is outside {}..={}",
+    let range = || {
+        format!(
+            "from {} to {}",
             help::size(limits::MIN_CHUNK_SIZE),
             help::size(limits::MAX_CHUNK_SIZE)
-        ));
+        )
+    };
+    let v = parse_bytes(s).map_err(|why| {
+        format!(
+            "the chunk size {s:?} {why}: give a size such as 256K or 1M, {}",
+            range()
+        )
+    })?;
+    match u32::try_from(v) {
+        Ok(v) if (limits::MIN_CHUNK_SIZE..=limits::MAX_CHUNK_SIZE).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "the chunk size {s:?} is outside the range allowed, {}",
+            range()
+        )),
+    }
+}
+
+/// A listening address: "17005" (a port, on every address), "10.0.0.1"
+/// (an address, port `port`), or both ("10.0.0.1:17005", "[::1]:17005").
+fn listen_addr(s: &str, port: u16) -> Result<SocketAddr, String> {
+    let t = s.trim();
+    if let Ok(p) = t.parse::<u16>() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], p)));
+    }
+    if let Ok(a) = t.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let bare = t.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => Ok(SocketAddr::new(ip, port)),
+        Err(_) => Err(format!(
+            "{s:?} is not a port, an IP address or IP:PORT (e.g. 7001, 0.0.0.0:7001)"
+        )),
+    }
+}
+
+/// `--listen` of a peer: an IP address alone gets a free port.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    listen_addr(s, 0)
+}
+
+/// `--listen` of the tracker: an IP address alone gets the default port.
+pub fn parse_tracker_listen(s: &str) -> Result<SocketAddr, String> {
+    listen_addr(s, limits::DEFAULT_TRACKER_PORT)
+}
+
+/// The tracker's address as `host:port`: `--tracker` if given, else
+/// `$P2PFS_TRACKER`; a host without a port gets the default port. Host
+/// names are resolved later, when connecting.
+pub fn tracker_address(given: Option<&str>) -> Result<String, Usage> {
+    let env = std::env::var(TRACKER_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let Some(t) = given.map(str::to_owned).or(env) else {
+        return Err(Usage(format!(
+            "no tracker given: use --tracker HOST[:PORT] or set {TRACKER_ENV}"
+        )));
+    };
+    let t = t.trim();
+    if t.parse::<SocketAddr>().is_ok() {
+        return Ok(t.to_owned());
+    }
+    let port = limits::DEFAULT_TRACKER_PORT;
+    if let Ok(ip) = t
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        return Ok(SocketAddr::new(ip, port).to_string());
+    }
+    match t.rsplit_once(':') {
+        Some((host, p)) if !host.is_empty() && p.parse::<u16>().is_ok() => Ok(t.to_owned()),
+        Some(_) => Err(Usage(format!(
+            "--tracker {t:?}: expected HOST or HOST:PORT, e.g. 192.168.1.10 or tracker.lan:7000"
+        ))),
+        None if t.is_empty() => Err(Usage("--tracker is empty".into())),
+        None => Ok(format!("{t}:{port}")),
+    }
+}
+
+/// The environment variable that gives `--tracker` when it is left out.
+pub const TRACKER_ENV: &str = "P2PFS_TRACKER";
+
+/// A command line that cannot be used, found after argh parsed it (exit
+/// status 2, like argh's own usage errors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// The trackers: `--tracker` if given, else `$P2PFS_TRACKER`, either one
+/// address or several separated by commas (`A,B,C`), each element as
+/// [`tracker_address`] reads it (a host without a port gets the default
+/// port), in the order given, repeats dropped. An empty element (`A,,B`,
+/// a trailing comma) is refused.
+pub fn tracker_addresses(given: Option<&str>) -> Result<Vec<String>, Usage> {
+    let env = std::env::var(TRACKER_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let Some(list) = given.map(str::to_owned).or(env) else {
+        return Err(Usage(format!(
+            "no tracker given: use --tracker HOST[:PORT][,HOST[:PORT]...] or set {TRACKER_ENV}"
+        )));
+    };
+    let mut v: Vec<String> = Vec::new();
+    for t in list.split(',').map(str::trim) {
+        if t.is_empty() {
+            return Err(Usage(format!(
+                "--tracker {list:?}: an empty address in the list (give HOST[:PORT], or \
+                 several separated by commas)"
+            )));
+        }
+        let a = tracker_address(Some(t))?;
+        if !v.contains(&a) {
+            v.push(a);
+        }
     }
     Ok(v)
 }
 
 /// What parsing a command line gave instead of arguments: text for stdout
-/// (help, asked for) or for stderr (a usage error).
+/// (help or the version, asked for) or for stderr (a usage error).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EarlyExit {
     Help(String),
     Usage(String),
 }
 
+/// Switches of either program (they take no value); every other word
+/// starting with `-` is an option followed by its value.
+const SWITCHES: &[&str] = &[
+    "--help",
+    "-h",
+    "--version",
+    "-V",
+    "-v",
+    "--verbose",
+    "-q",
+    "--quiet",
+    "--seed",
+    "--no-prompt",
+];
+
+/// Subcommands of `peer`, for the "Run peer SUB --help" hint.
+const SUBCOMMANDS: &[&str] = &["share", "get", "list", "where", "completions"];
+
 /// Parses `args` (without the program name) for the command `cmd`, with
-/// the placeholders of help and error texts filled in.
+/// the placeholders of help and error texts filled in. Beyond argh:
+/// `-h` is `--help`, `--version` (or `-V`) prints the version, and a
+/// usage error points at the help of the subcommand it concerns.
 pub fn parse<T: TopLevelCommand>(cmd: &str, args: &[&str]) -> Result<T, EarlyExit> {
-    T::from_args(&[cmd], args).map_err(|e| match e.status {
+    let mut words: Vec<&str> = Vec::with_capacity(args.len());
+    let mut sub: Option<&str> = None;
+    let mut i = 0;
+    while i < args.len() {
+        let w = args[i];
+        i += 1;
+        if w == "--" {
+            words.extend_from_slice(&args[i - 1..]);
+            break;
+        }
+        match w {
+            "-h" => words.push("--help"),
+            "--version" | "-V" => {
+                return Err(EarlyExit::Help(format!(
+                    "{cmd} {}",
+                    env!("CARGO_PKG_VERSION")
+                )));
+            }
+            _ if w.starts_with('-') && w.len() > 1 && !SWITCHES.contains(&w) => {
+                // An option and its value, which may start with '-'.
+                words.push(w);
+                if let Some(v) = args.get(i) {
+                    words.push(v);
+                    i += 1;
+                }
+            }
+            _ => {
+                if sub.is_none() && !w.starts_with('-') && SUBCOMMANDS.contains(&w) {
+                    sub = Some(w);
+                }
+                words.push(w);
+            }
+        }
+    }
+    T::from_args(&[cmd], &words).map_err(|e| match e.status {
         Ok(()) => EarlyExit::Help(fill(&e.output)),
-        Err(()) => EarlyExit::Usage(format!(
-            "{}\nRun {cmd} --help for more information.",
-            fill(&e.output)
-        )),
+        Err(()) => {
+            let which = match sub {
+                Some(s) if cmd == "peer" => format!("{cmd} {s}"),
+                _ => cmd.to_owned(),
+            };
+            EarlyExit::Usage(format!(
+                "{}\nRun {which} --help for more information.",
+                fill(&e.output)
+            ))
+        }
     })
 }
 
@@ -250,7 +561,7 @@ pub fn from_env<T: TopLevelCommand>() -> Result<T, ExitCode> {
         }),
         Err(EarlyExit::Usage(text)) => {
             eprintln!("{text}");
-            Err(ExitCode::FAILURE)
+            Err(ExitCode::from(super::USAGE_STATUS))
         }
     }
 }
@@ -356,11 +667,160 @@ mod tests {
         assert!(parse::<PeerArgs>("peer", &["list", "--tracker", "x:1"]).is_ok());
     }
 
+    /// Issue 14: `--version`, `-h` and `-V` were rejected, and a missing
+    /// option of `peer share` pointed at `peer --help`.
+    #[test]
+    fn h_version_and_the_hint_of_the_subcommand() {
+        let help = |args: &[&str]| match parse::<PeerArgs>("peer", args) {
+            Err(EarlyExit::Help(t)) => t,
+            _ => panic!("help expected for {args:?}"),
+        };
+        assert_eq!(help(&["-h"]), help(&["--help"]));
+        assert_eq!(help(&["share", "-h"]), help(&["share", "--help"]));
+        assert!(help(&["share", "-h"]).contains("--dir"));
+        for v in [&["--version"][..], &["-V"], &["get", "--version"]] {
+            assert_eq!(help(v), format!("peer {}", env!("CARGO_PKG_VERSION")));
+        }
+        match parse::<TrackerArgs>("tracker", &["-V"]) {
+            Err(EarlyExit::Help(t)) => assert!(t.starts_with("tracker ")),
+            _ => panic!("version expected"),
+        }
+        match parse::<PeerArgs>("peer", &["share", "--tracker", "t:1"]) {
+            Err(EarlyExit::Usage(t)) => {
+                assert!(t.contains("--dir"), "{t}");
+                assert!(
+                    t.ends_with("Run peer share --help for more information."),
+                    "{t}"
+                );
+            }
+            _ => panic!("usage error expected"),
+        }
+        // A value that looks like a switch is still a value.
+        let a = parse::<PeerArgs>("peer", &["get", "f", "--dir", "-h", "--tracker", "-V"]);
+        match a {
+            Ok(PeerArgs {
+                cmd: PeerCommand::Get(g),
+            }) => {
+                assert_eq!(g.dir, PathBuf::from("-h"));
+                assert_eq!(g.tracker.as_deref(), Some("-V"));
+            }
+            _ => panic!("parsed expected"),
+        }
+    }
+
+    /// Issue 14: `--tracker 127.0.0.1` and `--listen 17005` were refused.
+    #[test]
+    fn addresses_take_the_forms_people_type() {
+        let port = limits::DEFAULT_TRACKER_PORT;
+        for (given, want) in [
+            ("127.0.0.1", format!("127.0.0.1:{port}")),
+            ("127.0.0.1:9", "127.0.0.1:9".to_owned()),
+            ("localhost", format!("localhost:{port}")),
+            ("tracker.lan:7100", "tracker.lan:7100".to_owned()),
+            ("::1", format!("[::1]:{port}")),
+            ("[::1]", format!("[::1]:{port}")),
+            ("[::1]:9", "[::1]:9".to_owned()),
+        ] {
+            assert_eq!(tracker_address(Some(given)), Ok(want), "{given}");
+        }
+        assert!(tracker_address(Some("host:port")).is_err());
+        assert!(tracker_address(Some("")).is_err());
+        assert_eq!(parse_listen("17005"), Ok("0.0.0.0:17005".parse().unwrap()));
+        assert_eq!(parse_listen("10.0.0.1"), Ok("10.0.0.1:0".parse().unwrap()));
+        assert_eq!(parse_listen("[::1]:5"), Ok("[::1]:5".parse().unwrap()));
+        assert_eq!(
+            parse_tracker_listen("127.0.0.1"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+        );
+        assert!(parse_listen("nope").unwrap_err().contains("not a port"));
+        assert!(parse_listen("70000").is_err());
+    }
+
+    #[test]
+    fn tracker_lists_are_split_trimmed_and_deduplicated() {
+        let port = limits::DEFAULT_TRACKER_PORT;
+        let list = |s: &str| tracker_addresses(Some(s)).map_err(|u| u.0);
+        assert_eq!(list("a:1"), Ok(vec!["a:1".to_owned()]));
+        assert_eq!(
+            list("a:1, b,a:1 ,127.0.0.1,c:3"),
+            Ok(vec![
+                "a:1".to_owned(),
+                format!("b:{port}"),
+                format!("127.0.0.1:{port}"),
+                "c:3".to_owned()
+            ])
+        );
+        for bad in ["", "a:1,", ",a:1", "a:1,,b:2", " , "] {
+            let e = list(bad).unwrap_err();
+            assert!(
+                e.contains("empty address") || e.contains("empty"),
+                "{bad:?}: {e}"
+            );
+        }
+        assert!(list("a:1,host:port").unwrap_err().contains("host:port"));
+    }
+
     #[test]
     fn chunk_sizes_are_checked_against_the_limits() {
         assert_eq!(parse_chunk_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_chunk_size("1.5M"), Ok(3 << 19));
+        assert_eq!(parse_chunk_size("256KiB"), Ok(256 << 10));
         let e = parse_chunk_size("512").unwrap_err();
-        assert!(e.contains("outside 1K..=16M"), "{e}");
+        assert!(
+            e.contains("outside the range allowed, from 1K to 16M"),
+            "{e}"
+        );
         assert!(parse_chunk_size("32M").is_err());
+    }
+
+    #[test]
+    fn rates_accept_plain_suffixed_and_decimal() {
+        for (s, v) in [
+            ("1000", 1000),
+            ("0", 0),
+            ("512K", 512 << 10),
+            ("512k", 512 << 10),
+            ("10M", 10 << 20),
+            ("10MB", 10 << 20),
+            ("10MiB/s", 10 << 20),
+            ("1G", 1 << 30),
+            (" 3g ", 3 << 30),
+            ("007", 7),
+            ("1.5M", 3 << 19),
+            (".5K", 512),
+            ("17179869183G", 17179869183 << 30),
+        ] {
+            assert_eq!(parse_rate(s), Ok(v), "{s:?}");
+        }
+    }
+
+    /// Issue 14: `--chunk-size 1.5M` was answered with a message about
+    /// rates, and `--upload-limit abc` with "unknown suffix 'C'".
+    #[test]
+    fn bad_sizes_and_rates_are_refused_in_their_own_words() {
+        for bad in [
+            "", "  ", "K", "abc", "-1", "+5", "1T", "1e6", "1..5M", "0.3K",
+        ] {
+            let e = parse_rate(bad).unwrap_err();
+            assert!(e.starts_with(&format!("the rate {bad:?} ")), "{bad:?}: {e}");
+            assert!(e.contains("such as 500K, 10M or 1G"), "{bad:?}: {e}");
+            let e = parse_chunk_size(bad).unwrap_err();
+            assert!(e.starts_with(&format!("the chunk size {bad:?} ")), "{e}");
+            assert!(!e.contains("rate") && !e.contains("per second"), "{e}");
+        }
+        assert_eq!(
+            parse_rate("abc").unwrap_err(),
+            "the rate \"abc\" is not a number: give bytes per second such as 500K, 10M or \
+             1G (0 for unlimited)"
+        );
+        assert!(parse_rate("1T").unwrap_err().contains("unknown unit \"T\""));
+        assert!(
+            parse_rate("0.3K")
+                .unwrap_err()
+                .contains("not a whole number of bytes")
+        );
+        for big in ["18446744073709551616", "17179869184G"] {
+            assert!(parse_rate(big).unwrap_err().contains("too large"), "{big}");
+        }
     }
 }

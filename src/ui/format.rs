@@ -3,7 +3,8 @@
 //! worth. Pure functions from engine types to strings, so the one-shot
 //! commands and the prompt read the same and are tested without I/O.
 //!
-//! Owns nothing. Calls `peer` (types), `wire` (types) and `chunks`.
+//! Owns nothing. Calls `peer` (types), `wire` (types), `chunks` and
+//! `limits`.
 
 use std::net::SocketAddr;
 
@@ -12,19 +13,46 @@ use crate::peer::download::Summary;
 use crate::peer::session::SessionEvent;
 use crate::wire::{FileSummary, Locations};
 
-/// "12.3 MiB" style sizes (powers of 1024).
+/// "12.3 MiB" style sizes (powers of 1024). Never four digits before the
+/// point: from 1000 of a unit on, the next unit is used ("0.98 GiB", not
+/// "1001.0 MiB"), with two decimals below 1.
 pub fn human(bytes: f64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes;
     let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
+    // 999.95 would print as "1000.0".
+    while v >= 999.95 && u + 1 < units.len() {
         v /= 1024.0;
         u += 1;
     }
     if u == 0 {
         format!("{v:.0} {}", units[u])
+    } else if v < 0.995 {
+        format!("{v:.2} {}", units[u])
     } else {
         format!("{v:.1} {}", units[u])
+    }
+}
+
+/// A count with thousands separated: "2,001".
+pub fn count(n: u64) -> String {
+    let digits = n.to_string();
+    let mut s = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            s.push(',');
+        }
+        s.push(c);
+    }
+    s
+}
+
+/// "1 chunk", "2,001 chunks": a count and a noun, plural when it is not 1.
+pub fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{} {noun}s", count(n))
     }
 }
 
@@ -32,6 +60,40 @@ pub fn human(bytes: f64) -> String {
 /// quick transfer does not divide by zero).
 pub fn rate(bytes: u64, secs: f64) -> String {
     format!("{}/s", human(bytes as f64 / secs.max(1e-3)))
+}
+
+/// A rough duration for messages: "42 s", "3 min", "29 h", "12 days".
+pub fn duration(secs: f64) -> String {
+    match secs {
+        s if s < 120.0 => format!("{s:.0} s"),
+        s if s < 7200.0 => format!("{:.0} min", s / 60.0),
+        s if s < 172_800.0 => format!("{:.0} h", s / 3600.0),
+        s => format!("{:.0} days", s / 86_400.0),
+    }
+}
+
+/// What the peer says about its upload limit at start: the limit, and a
+/// warning when one chunk of `chunk_size` bytes would take longer than
+/// [`crate::limits::SLOW_CHUNK_WARNING`] to send at it.
+pub fn upload_limit_lines(limit: Option<u64>, chunk_size: u32) -> (String, Option<String>) {
+    let Some(rate_bps) = limit.filter(|&r| r > 0) else {
+        return ("uploads: unlimited".into(), None);
+    };
+    let line = format!(
+        "uploads: limited to {}/s for all peers together",
+        human(rate_bps as f64)
+    );
+    let secs = f64::from(chunk_size) / rate_bps as f64;
+    let slow = (secs > crate::limits::SLOW_CHUNK_WARNING.as_secs_f64()).then(|| {
+        format!(
+            "warning: at {}/s one {} chunk takes {} to send; the limit is in bytes per \
+             second (500K, 10M, 1G)",
+            human(rate_bps as f64),
+            human(f64::from(chunk_size)),
+            duration(secs)
+        )
+    });
+    (line, slow)
 }
 
 /// What `where` prints: a header line, then one line per source with its
@@ -43,13 +105,13 @@ pub fn format_locations(
     me: Option<SocketAddr>,
 ) -> Result<String, String> {
     let mut s = format!(
-        "{}: {} bytes ({}), {} chunks of {}, {} source(s)\n",
+        "{}: {} bytes ({}), {} of {}, {}\n",
         l.name,
         l.length,
         human(l.length as f64),
-        l.chunk_count,
+        plural(u64::from(l.chunk_count), "chunk"),
         human(f64::from(l.chunk_size)),
-        l.sources.len()
+        plural(l.sources.len() as u64, "source")
     );
     for src in &l.sources {
         let b = Bitmap::from_bytes(l.chunk_count, &src.have)
@@ -96,28 +158,64 @@ pub fn format_file_list(files: &[FileSummary], truncated: bool) -> String {
     s
 }
 
+/// Whether a download found every chunk on disk and fetched nothing.
+pub fn already_complete(s: &Summary) -> bool {
+    s.bytes_downloaded == 0 && s.chunks_resumed == s.chunks_total
+}
+
+/// How the bytes of a download came: "in 7.49 s, 4.3 MiB/s" for a fresh
+/// one; "622.0 MiB fetched in 6.60 s, 94.2 MiB/s; 402.0 MiB (25 of 64
+/// chunks) already on disk" for a resumed one, whose rate is over the
+/// fetched part only and says so.
+pub fn transfer_phrase(s: &Summary) -> String {
+    let secs = s.elapsed.as_secs_f64().max(1e-3);
+    if s.chunks_resumed == 0 {
+        return format!("in {secs:.2} s, {}", rate(s.bytes_downloaded, secs));
+    }
+    let on_disk = s.length.saturating_sub(s.bytes_downloaded);
+    format!(
+        "{} fetched in {secs:.2} s, {}; {} ({} of {}) already on disk",
+        human(s.bytes_downloaded as f64),
+        rate(s.bytes_downloaded, secs),
+        human(on_disk as f64),
+        count(u64::from(s.chunks_resumed)),
+        plural(u64::from(s.chunks_total), "chunk")
+    )
+}
+
 /// What `peer get` prints when done: totals, then what each source gave.
 pub fn format_summary(s: &Summary) -> String {
-    let secs = s.elapsed.as_secs_f64().max(1e-3);
+    if already_complete(s) {
+        return format!(
+            "{} is already complete: {} ({} bytes), every chunk verified; in {}\n",
+            s.name,
+            human(s.length as f64),
+            s.length,
+            s.path.display()
+        );
+    }
     let mut text = format!(
-        "downloaded {}: {} ({} bytes) in {:.2} s, {}; {} chunks, {} resumed from disk, \
-         {} duplicate(s)\n",
+        "downloaded {}: {} ({} bytes) {}; {}",
         s.name,
         human(s.length as f64),
         s.length,
-        secs,
-        rate(s.bytes_downloaded, secs),
-        s.chunks_total,
-        s.chunks_resumed,
-        s.duplicates
+        transfer_phrase(s),
+        plural(u64::from(s.chunks_total), "chunk"),
     );
+    if s.duplicates > 0 {
+        text.push_str(&format!(
+            ", {} received twice",
+            plural(u64::from(s.duplicates), "duplicate")
+        ));
+    }
+    text.push('\n');
     for src in &s.sources {
         text.push_str(&format!(
-            "  from {}: {} ({} bytes), {} chunk(s)",
+            "  from {}: {} ({} bytes), {}",
             src.addr,
             human(src.bytes as f64),
             src.bytes,
-            src.chunks
+            plural(u64::from(src.chunks), "chunk")
         ));
         if src.hash_failures > 0 {
             text.push_str(&format!(", {} failed verification", src.hash_failures));
@@ -132,27 +230,48 @@ pub fn format_summary(s: &Summary) -> String {
 }
 
 /// The lines a tracker-session event is worth (none for a registration
-/// round that neither accepted nor refused anything).
-pub fn describe_event(ev: &SessionEvent) -> Vec<String> {
+/// round that neither accepted nor refused anything). With `several`
+/// trackers, each line names the tracker it is about.
+pub fn describe_event(ev: &SessionEvent, several: bool) -> Vec<String> {
+    let the = |t: &std::net::SocketAddr| {
+        if several {
+            format!("the tracker {t}")
+        } else {
+            "the tracker".to_owned()
+        }
+    };
     match ev {
-        SessionEvent::Registered { accepted, refused } => {
+        SessionEvent::Registered {
+            tracker,
+            accepted,
+            refused,
+        } => {
             let mut v = Vec::new();
             if !accepted.is_empty() {
                 v.push(format!(
-                    "registered {} file(s) with the tracker",
-                    accepted.len()
+                    "registered {} with {}",
+                    plural(accepted.len() as u64, "file"),
+                    the(tracker)
                 ));
             }
             for (name, why) in refused {
-                v.push(format!("refused by the tracker: {name}: {why}"));
+                v.push(format!("refused by {}: {name}: {why}", the(tracker)));
             }
             v
         }
-        SessionEvent::Disconnected(why) => {
+        SessionEvent::Disconnected { tracker, why } if several => {
+            vec![format!(
+                "connection to the tracker {tracker} lost ({why}); reconnecting"
+            )]
+        }
+        SessionEvent::Disconnected { why, .. } => {
             vec![format!("tracker connection lost ({why}); reconnecting")]
         }
-        SessionEvent::Reconnected => {
-            vec!["reconnected to the tracker; files registered again".into()]
+        SessionEvent::Reconnected { tracker } => {
+            vec![format!(
+                "reconnected to {}; files registered again",
+                the(tracker)
+            )]
         }
     }
 }
@@ -161,14 +280,144 @@ pub fn describe_event(ev: &SessionEvent) -> Vec<String> {
 mod tests {
     use super::*;
 
+    fn summary(length: u64, fetched: u64, total: u32, resumed: u32) -> Summary {
+        Summary {
+            name: "f".into(),
+            path: "/d/f".into(),
+            length,
+            chunks_total: total,
+            chunks_resumed: resumed,
+            bytes_downloaded: fetched,
+            duplicates: 0,
+            elapsed: std::time::Duration::from_secs(2),
+            sources: vec![crate::peer::download::SourceStats {
+                addr: "127.0.0.1:7001".parse().unwrap(),
+                bytes: fetched,
+                chunks: total - resumed,
+                hash_failures: 0,
+                dropped: None,
+            }],
+        }
+    }
+
+    /// Issue 14: "in 0.02 s, 0 B/s; 32 chunks, 32 resumed from disk" for a
+    /// file already in place, a rate over the fetched part only without
+    /// saying so for a resumed one, and "1 chunks".
+    #[test]
+    fn summaries_say_plainly_where_the_bytes_came_from() {
+        let fresh = format_summary(&summary(4 << 20, 4 << 20, 4, 0));
+        assert!(
+            fresh.starts_with(
+                "downloaded f: 4.0 MiB (4194304 bytes) in 2.00 s, 2.0 MiB/s; 4 chunks\n"
+            ),
+            "{fresh}"
+        );
+        let resumed = format_summary(&summary(4 << 20, 3 << 20, 4, 1));
+        assert!(
+            resumed.starts_with(
+                "downloaded f: 4.0 MiB (4194304 bytes) 3.0 MiB fetched in 2.00 s, 1.5 MiB/s; \
+                 1.0 MiB (1 of 4 chunks) already on disk; 4 chunks\n"
+            ),
+            "{resumed}"
+        );
+        assert!(resumed.contains("(3145728 bytes), 3 chunks\n"), "{resumed}");
+        let done = format_summary(&summary(4 << 20, 0, 4, 4));
+        assert_eq!(
+            done,
+            "f is already complete: 4.0 MiB (4194304 bytes), every chunk verified; in /d/f\n"
+        );
+        let one = format_summary(&summary(1000, 1000, 1, 0));
+        assert!(
+            one.contains("; 1 chunk\n") && one.contains(", 1 chunk\n"),
+            "{one}"
+        );
+    }
+
+    /// Issue 14: `--upload-limit 10` (10 bytes per second) was accepted
+    /// without a word.
+    #[test]
+    fn upload_limits_are_echoed_and_absurd_ones_warned_about() {
+        assert_eq!(
+            upload_limit_lines(None, 1 << 20),
+            ("uploads: unlimited".into(), None)
+        );
+        assert_eq!(upload_limit_lines(Some(0), 1 << 20).1, None);
+        let (line, warn) = upload_limit_lines(Some(10), 1 << 20);
+        assert_eq!(line, "uploads: limited to 10 B/s for all peers together");
+        let warn = warn.expect("a warning");
+        assert!(
+            warn.contains("one 1.0 MiB chunk takes 29 h to send"),
+            "{warn}"
+        );
+        assert_eq!(upload_limit_lines(Some(10 << 20), 1 << 20).1, None);
+        assert!(upload_limit_lines(Some(100 << 10), 1 << 20).1.is_some());
+        assert_eq!(duration(42.0), "42 s");
+        assert_eq!(duration(600.0), "10 min");
+    }
+
+    #[test]
+    fn counts_and_plurals() {
+        assert_eq!(count(0), "0");
+        assert_eq!(count(999), "999");
+        assert_eq!(count(2001), "2,001");
+        assert_eq!(count(1_234_567), "1,234,567");
+        assert_eq!(plural(1, "chunk"), "1 chunk");
+        assert_eq!(plural(0, "file"), "0 files");
+        assert_eq!(plural(2001, "file"), "2,001 files");
+    }
+
+    #[test]
+    fn session_events_name_the_tracker_only_when_there_are_several() {
+        let tracker: std::net::SocketAddr = "10.0.0.1:7000".parse().unwrap();
+        let reg = SessionEvent::Registered {
+            tracker,
+            accepted: vec!["a".into()],
+            refused: vec![("b".into(), "conflict".into())],
+        };
+        assert_eq!(
+            describe_event(&reg, false),
+            [
+                "registered 1 file with the tracker",
+                "refused by the tracker: b: conflict"
+            ]
+        );
+        assert_eq!(
+            describe_event(&reg, true),
+            [
+                "registered 1 file with the tracker 10.0.0.1:7000",
+                "refused by the tracker 10.0.0.1:7000: b: conflict"
+            ]
+        );
+        let lost = SessionEvent::Disconnected {
+            tracker,
+            why: "reset".into(),
+        };
+        assert_eq!(
+            describe_event(&lost, false),
+            ["tracker connection lost (reset); reconnecting"]
+        );
+        assert_eq!(
+            describe_event(&lost, true),
+            ["connection to the tracker 10.0.0.1:7000 lost (reset); reconnecting"]
+        );
+        assert_eq!(
+            describe_event(&SessionEvent::Reconnected { tracker }, true),
+            ["reconnected to the tracker 10.0.0.1:7000; files registered again"]
+        );
+    }
+
     #[test]
     fn sizes_and_rates_read_well() {
         assert_eq!(human(0.0), "0 B");
-        assert_eq!(human(1023.0), "1023 B");
+        assert_eq!(human(999.0), "999 B");
+        assert_eq!(human(1023.0), "1.0 KiB");
+        assert_eq!(human(1000.0), "0.98 KiB");
+        assert_eq!(human(1001.0 * 1024.0 * 1024.0), "0.98 GiB", "issue 14");
+        assert_eq!(human(999.9 * 1024.0 * 1024.0), "999.9 MiB");
         assert_eq!(human(1536.0), "1.5 KiB");
         assert_eq!(human(32.0 * 1024.0 * 1024.0), "32.0 MiB");
         assert_eq!(rate(3 << 20, 2.0), "1.5 MiB/s");
-        assert_eq!(rate(1, 0.0), "1000 B/s", "no division by zero");
+        assert_eq!(rate(1, 0.0), "0.98 KiB/s", "no division by zero");
     }
 
     #[test]
@@ -199,7 +448,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "f: 10240 bytes (10.0 KiB), 10 chunks of 1.0 KiB, 2 source(s)"
+            "f: 10240 bytes (10.0 KiB), 10 chunks of 1.0 KiB, 2 sources"
         );
         assert!(lines[1].ends_with("10/10     ##########"), "{text}");
         assert!(

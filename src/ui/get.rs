@@ -8,43 +8,58 @@
 
 use super::args::GetArgs;
 use super::format::format_summary;
-use super::progress::{GET_BAR_WIDTH, StatusLine, progress_line};
+use super::progress::StatusLine;
 use super::signals::StopSignals;
-use super::{BoxError, node_config, stopped_by_signal};
+use super::{BoxError, Resumable, node_config, stopped_by_signal};
 use crate::peer::download::DownloadOptions;
 use crate::peer::node::Node;
 
 pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
-    let cfg = node_config(&a.tracker, a.listen, a.upload_limit)?;
+    let cfg = node_config(a.tracker.as_deref(), a.listen, a.upload_limit)?;
     let node = Node::start(cfg, Vec::new(), None)?;
-    outln!(
+    note!(
         "serving chunks on {} while downloading {}",
         node.local_addr(),
         a.name
     )?;
+    // The file's chunk size is not known yet: warn for the default one.
+    if a.upload_limit.is_some_and(|l| l > 0) {
+        super::share::say_upload_limit(a.upload_limit, crate::limits::DEFAULT_CHUNK_SIZE)?;
+    }
     let opts = DownloadOptions {
         pipeline_depth: a.pipeline.max(1),
         ..DownloadOptions::default()
     };
-    // Not with -v: its log lines on the same stream would break the bar up.
-    let bar = StatusLine::new(!a.verbose);
+    // Not with -v on the terminal: its log lines on the same stream would
+    // break the bar up. With --log-file they go elsewhere.
+    let bar = StatusLine::new(!a.quiet && (!a.verbose || a.log_file.is_some()));
     // Ctrl-C / SIGTERM stop the download cleanly (verified chunks kept for
     // a resume, Leave sent) rather than killing it mid-write.
+    let mut started = false;
     let result =
         node.download_cancellable(&a.name, &a.dir, &opts, Some(signals.flag()), &mut |p| {
-            bar.draw(&progress_line(p, GET_BAR_WIDTH))
+            started = true;
+            bar.draw_progress(p)
         });
     bar.clear();
     let summary = match result {
         Ok(s) => s,
-        Err(e) => {
+        Err(e) if signals.received().is_some() => {
             node.leave();
             return Err(stopped_by_signal(e, signals, None));
         }
+        Err(e) => {
+            node.leave();
+            return Err(if started {
+                Box::new(Resumable::new(e, "run the same command again to resume"))
+            } else {
+                Box::new(e)
+            });
+        }
     };
-    out!("{}", format_summary(&summary))?;
+    note!("{}", format_summary(&summary).trim_end())?;
     if a.seed {
-        outln!("seeding {} on {} until Ctrl-C", a.name, node.local_addr())?;
+        note!("seeding {} on {} until Ctrl-C", a.name, node.local_addr())?;
         signals.wait();
     }
     node.leave();

@@ -57,9 +57,9 @@ pub fn secs(d: Duration) -> String {
 
 /// A size as the options take it: "16M", "1K", or bytes.
 pub fn size(bytes: u32) -> String {
-    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
         format!("{}M", bytes >> 20)
-    } else if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
+    } else if bytes >= 1 << 10 && bytes.is_multiple_of(1 << 10) {
         format!("{}K", bytes >> 10)
     } else {
         bytes.to_string()
@@ -71,6 +71,16 @@ pub fn size(bytes: u32) -> String {
 /// argh doubles the braces of a subcommand's description in the list of
 /// commands, so `{{NAME}}` is replaced too.
 pub fn try_fill(text: &str) -> Result<String, Vec<String>> {
+    let (out, unknown) = fill_parts(text);
+    if unknown.is_empty() {
+        Ok(out)
+    } else {
+        Err(unknown)
+    }
+}
+
+/// The text with the known placeholders filled, and the unknown names.
+fn fill_parts(text: &str) -> (String, Vec<String>) {
     let table = placeholders();
     let mut out = String::with_capacity(text.len());
     let mut unknown = Vec::new();
@@ -100,11 +110,14 @@ pub fn try_fill(text: &str) -> Result<String, Vec<String>> {
         rest = &after[name_len + close.len()..];
     }
     out.push_str(rest);
-    if unknown.is_empty() {
-        Ok(out)
-    } else {
-        Err(unknown)
-    }
+    (out, unknown)
+}
+
+/// `text` with every known `{NAME}` replaced by its value and everything
+/// else (other braces, unknown names) left as it is: for texts that are
+/// not only help, like a completion script.
+pub fn fill_known(text: &str) -> String {
+    fill_parts(text).0
 }
 
 /// [`try_fill`], leaving an unknown placeholder as it is (the unit test

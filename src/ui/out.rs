@@ -8,11 +8,29 @@
 //! [`CLOSED_STATUS`], as a shell reports for `ls | head`. A broken pipe on
 //! a network socket is not this error and is still reported.
 //!
-//! Owns: the stdout writer and the closed-stdout error. Calls std only.
+//! What a command says along the way (as opposed to its result, like the
+//! list `peer list` prints) goes through `note!`, which `-q` silences.
+//!
+//! Owns: the stdout writer, the closed-stdout error and the quiet flag.
+//! Calls std only.
 
 use std::error::Error;
 use std::fmt;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set by `-q`: `note!` lines are not printed.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Errors only from now on: `note!` prints nothing.
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::SeqCst);
+}
+
+/// Whether `-q` asked for errors only.
+pub fn is_quiet() -> bool {
+    QUIET.load(Ordering::SeqCst)
+}
 
 /// The exit status after stdout was closed: 128 + SIGPIPE, what a shell
 /// shows for a program that SIGPIPE ended (`ls | head`).
@@ -67,10 +85,10 @@ pub fn is_stdout_closed(e: &(dyn Error + 'static)) -> bool {
         if err.is::<StdoutClosed>() {
             return true;
         }
-        if let Some(io) = err.downcast_ref::<io::Error>() {
-            if io.get_ref().is_some_and(|inner| inner.is::<StdoutClosed>()) {
-                return true;
-            }
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && io.get_ref().is_some_and(|inner| inner.is::<StdoutClosed>())
+        {
+            return true;
         }
         cur = err.source();
     }
@@ -88,6 +106,18 @@ macro_rules! outln {
             &mut $crate::ui::out::Stdout,
             format!("{}\n", format_args!($($arg)*)).as_bytes(),
         )
+    };
+}
+
+/// [`outln!`] for what a command says along the way (not its result):
+/// nothing with `-q`.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        if $crate::ui::out::is_quiet() {
+            ::std::io::Result::Ok(())
+        } else {
+            outln!($($arg)*)
+        }
     };
 }
 

@@ -1,38 +1,120 @@
 //! Progress shown while a command works: the download bar (`peer get`, and
 //! each download in the prompt's `status`) and the hashing counter of
 //! `peer share`. Both redraw one stderr line in place, and only on a
-//! terminal: a pipe or a log file gets no carriage returns.
+//! terminal: a pipe or a log file gets no carriage returns. The line is cut
+//! to the terminal's width, so a redraw never wraps onto a new line.
 //!
 //! Owns: the bar's layout and when to draw it. Calls `peer::download`
-//! (the `Progress` type) and [`super::format`].
+//! (the `Progress` type), [`super::format`] and `terminal_size`.
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use super::format::human;
+use super::format::{count, human};
 use crate::peer::download::Progress;
+use crate::peer::share::HashProgress;
 
-/// `[#####.....]  42.0%   13.4 MiB / 32.0 MiB    5.1 MiB/s  2 sources` with
-/// a bar `width` characters wide. Fixed-width numbers, so a line redrawn in
-/// place does not jitter.
-pub fn progress_line(p: &Progress, width: usize) -> String {
+/// Width assumed when the terminal's cannot be read (not a terminal).
+pub const DEFAULT_COLUMNS: usize = 80;
+/// Widest bar drawn, however wide the terminal.
+const MAX_BAR: usize = 30;
+/// Narrowest bar worth drawing; below it the bar is left out.
+const MIN_BAR: usize = 8;
+
+/// The width of the terminal on stderr, or [`DEFAULT_COLUMNS`].
+pub fn stderr_columns() -> usize {
+    columns(terminal_size::terminal_size_of(std::io::stderr()))
+}
+
+/// The width of the terminal on stdout, or [`DEFAULT_COLUMNS`].
+pub fn stdout_columns() -> usize {
+    columns(terminal_size::terminal_size_of(std::io::stdout()))
+}
+
+fn columns(size: Option<(terminal_size::Width, terminal_size::Height)>) -> usize {
+    match size {
+        Some((terminal_size::Width(w), _)) if w > 0 => usize::from(w),
+        _ => DEFAULT_COLUMNS,
+    }
+}
+
+/// Time left at the current rate, if there is a rate to speak of.
+pub fn eta(p: &Progress) -> Option<Duration> {
+    let left = p.total_bytes.saturating_sub(p.done_bytes);
+    if left == 0 || p.rate < 1.0 {
+        return None;
+    }
+    let secs = left as f64 / p.rate;
+    (secs < 100.0 * 3600.0).then(|| Duration::from_secs_f64(secs.ceil()))
+}
+
+/// "ETA 42s", "ETA 3m05s", "ETA 2h03m"; "ETA --" without a rate.
+pub fn eta_text(eta: Option<Duration>) -> String {
+    let Some(d) = eta else {
+        return "ETA --".to_owned();
+    };
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("ETA {s}s"),
+        60..3600 => format!("ETA {}m{:02}s", s / 60, s % 60),
+        _ => format!("ETA {}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// "2 sources", or "waiting for sources" while none is sending (every
+/// source gone, or none found yet).
+fn sources_text(p: &Progress) -> String {
+    match p.active_sources {
+        0 => "waiting for sources".to_owned(),
+        1 => "1 source".to_owned(),
+        n => format!("{n} sources"),
+    }
+}
+
+/// `[#####.....]  42.0%   13.4 MiB / 32.0 MiB    5.1 MiB/s  ETA 3m05s  2 sources`,
+/// cut to fit `columns` (the last column is left free so the cursor never
+/// wraps): first the bar narrows, then it goes, then the sizes, then the
+/// rate. Fixed-width numbers, so a line redrawn in place does not jitter.
+pub fn progress_line(p: &Progress, columns: usize) -> String {
     let frac = if p.total_bytes == 0 {
         1.0
     } else {
         (p.done_bytes as f64 / p.total_bytes as f64).clamp(0.0, 1.0)
     };
-    let filled = ((frac * width as f64).floor() as usize).min(width);
-    format!(
-        "[{}{}] {:5.1}%  {:>9} / {}  {:>11}  {} source{}",
-        "#".repeat(filled),
-        ".".repeat(width - filled),
-        frac * 100.0,
+    let pct = format!("{:5.1}%", frac * 100.0);
+    let sizes = format!(
+        "{:>9} / {}",
         human(p.done_bytes as f64),
-        human(p.total_bytes as f64),
-        format!("{}/s", human(p.rate)),
-        p.active_sources,
-        if p.active_sources == 1 { "" } else { "s" }
-    )
+        human(p.total_bytes as f64)
+    );
+    let rate = format!("{:>11}", format!("{}/s", human(p.rate)));
+    let eta = format!("{:<9}", eta_text(eta(p)));
+    let src = sources_text(p);
+    let room = columns.saturating_sub(1);
+    let tail = [pct.as_str(), &sizes, &rate, &eta, &src].join("  ");
+    // "[" bar "] " tail
+    let bar = room.saturating_sub(tail.chars().count() + 3).min(MAX_BAR);
+    if bar >= MIN_BAR {
+        let filled = ((frac * bar as f64).floor() as usize).min(bar);
+        return format!(
+            "[{}{}] {tail}",
+            "#".repeat(filled),
+            ".".repeat(bar - filled)
+        );
+    }
+    let candidates = [
+        tail,
+        [pct.as_str(), &rate, &eta, &src].join("  "),
+        [pct.as_str(), &eta, &src].join("  "),
+        [pct.as_str(), eta.trim_end()].join("  "),
+    ];
+    for c in &candidates {
+        if c.chars().count() <= room {
+            return c.clone();
+        }
+    }
+    pct.chars().take(room).collect()
 }
 
 /// One line of stderr redrawn in place, or nothing at all when stderr is
@@ -52,13 +134,27 @@ impl StatusLine {
         }
     }
 
-    /// Replaces the line with `text`.
+    /// Whether anything is drawn at all.
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
+    /// Replaces the line with `text`, cut to the terminal's width.
     pub fn draw(&self, text: &str) {
         if self.on {
+            let room = stderr_columns().saturating_sub(1);
+            let text: String = text.chars().take(room).collect();
             let mut e = std::io::stderr().lock();
             let _ = write!(e, "\r{text}\x1b[K");
             let _ = e.flush();
             self.drawn.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Replaces the line with a progress bar fitted to the terminal.
+    pub fn draw_progress(&self, p: &Progress) {
+        if self.on {
+            self.draw(&progress_line(p, stderr_columns()));
         }
     }
 
@@ -78,39 +174,98 @@ impl Drop for StatusLine {
     }
 }
 
-/// Characters in the progress bar of `peer get`: the whole line then fits
-/// an 80-column terminal, so redrawing it in place never wraps.
-pub const GET_BAR_WIDTH: usize = 20;
-
-/// The hashing counter of `peer share`: "hashing: 1.2 GiB of 12.0 GiB".
-pub fn hashing_line(done: u64, total: u64) -> String {
-    format!("hashing: {} of {}", human(done as f64), human(total as f64))
+/// The hashing counter of `peer share`:
+/// "hashing: 12 of 2,001 files, 1.2 GiB of 12.0 GiB".
+pub fn hashing_line(p: &HashProgress) -> String {
+    format!(
+        "hashing: {} of {} files, {} of {}",
+        count(p.files_done),
+        count(p.files_total),
+        human(p.bytes_done as f64),
+        human(p.bytes_total as f64)
+    )
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
-    #[test]
-    fn bars_keep_their_width_and_never_round_up_to_full() {
-        let p = |done: u64| Progress {
+    fn p(done: u64, rate: f64, sources: usize) -> Progress {
+        Progress {
             total_bytes: 1000,
             done_bytes: done,
             chunks_done: 0,
             chunks_total: 10,
-            active_sources: 2,
+            active_sources: sources,
             elapsed: Duration::ZERO,
-            rate: 2048.0,
-        };
-        let (a, b) = (progress_line(&p(0), 10), progress_line(&p(999), 10));
-        assert!(a.starts_with("[..........]   0.0%"), "{a}");
+            rate,
+        }
+    }
+
+    #[test]
+    fn bars_keep_their_width_and_never_round_up_to_full() {
+        let (a, b) = (
+            progress_line(&p(0, 2048.0, 2), 80),
+            progress_line(&p(999, 2048.0, 2), 80),
+        );
+        assert!(a.starts_with("[......"), "{a}");
+        assert!(a.contains("]   0.0%"), "{a}");
         // Not full until it is: 99.9% does not round up to a full bar.
-        assert!(b.starts_with("[#########.]  99.9%"), "{b}");
-        assert_eq!(a.len(), b.len(), "the line keeps its width");
-        assert!(progress_line(&p(1000), 10).starts_with("[##########] 100.0%"));
-        assert!(a.ends_with("2.0 KiB/s  2 sources"), "{a}");
-        assert_eq!(hashing_line(1536, 1 << 20), "hashing: 1.5 KiB of 1.0 MiB");
+        assert!(b.contains(".]  99.9%"), "{b}");
+        assert_eq!(
+            a.chars().count(),
+            b.chars().count(),
+            "the line keeps its width"
+        );
+        let full = progress_line(&p(1000, 0.0, 1), 80);
+        assert!(
+            full.starts_with("[###") && full.contains("#] 100.0%"),
+            "{full}"
+        );
+        assert!(a.ends_with("2.0 KiB/s  ETA 1s     2 sources"), "{a}");
+        let h = HashProgress {
+            bytes_done: 1536,
+            bytes_total: 1 << 20,
+            files_done: 12,
+            files_total: 2001,
+        };
+        assert_eq!(
+            hashing_line(&h),
+            "hashing: 12 of 2,001 files, 1.5 KiB of 1.0 MiB"
+        );
+    }
+
+    /// Issue 14: in a 50-column terminal every update wrapped onto a new
+    /// line.
+    #[test]
+    fn the_line_fits_the_terminal() {
+        for cols in [200, 100, 80, 60, 50, 40, 30, 20, 10, 1, 0] {
+            for q in [p(0, 0.0, 0), p(500, 123_456_789.0, 12), p(1000, 1.0, 1)] {
+                let l = progress_line(&q, cols);
+                assert!(
+                    l.chars().count() < cols.max(1),
+                    "{cols} columns: {l:?} ({} chars)",
+                    l.chars().count()
+                );
+            }
+        }
+        assert!(progress_line(&p(500, 10.0, 1), 50).contains("ETA"));
+        assert!(progress_line(&p(500, 10.0, 1), 100).starts_with('['));
+    }
+
+    /// Issue 14: no ETA; and with every source gone, the bar kept showing
+    /// the last rate and "0 sources".
+    #[test]
+    fn eta_and_waiting_for_sources() {
+        assert_eq!(eta(&p(500, 100.0, 1)), Some(Duration::from_secs(5)));
+        assert_eq!(eta(&p(500, 0.0, 0)), None);
+        assert_eq!(eta(&p(1000, 5.0, 1)), None);
+        assert_eq!(eta_text(Some(Duration::from_secs(42))), "ETA 42s");
+        assert_eq!(eta_text(Some(Duration::from_secs(185))), "ETA 3m05s");
+        assert_eq!(eta_text(Some(Duration::from_secs(7380))), "ETA 2h03m");
+        let gone = progress_line(&p(500, 0.0, 0), 100);
+        assert!(gone.contains("0 B/s") && gone.contains("ETA --"), "{gone}");
+        assert!(gone.ends_with("waiting for sources"), "{gone}");
+        assert!(!gone.contains("0 sources"), "{gone}");
     }
 }

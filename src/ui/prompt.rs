@@ -4,7 +4,7 @@
 //! press.
 //!
 //! Owns: the stdin thread and the prompt string. Calls [`super::repl`],
-//! [`super::format`], [`super::signals`] and `peer::node`.
+//! [`super::format`], [`super::signals`], [`super::out`] and `peer::node`.
 
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -20,7 +20,8 @@ use crate::peer::download::DownloadOptions;
 use crate::peer::node::Node;
 use crate::peer::session::SessionEvent;
 
-const PROMPT: &str = "p2pfs> ";
+/// What the prompt shows while it waits for a command.
+pub const PROMPT: &str = "p2pfs> ";
 
 /// Runs the prompt until `quit`, the end of input, a signal or a closed
 /// stdout, then stops the downloads started here and leaves the network.
@@ -33,16 +34,18 @@ pub fn run(
     let (mut repl, notices) = Repl::new(Arc::clone(&node), dir, DownloadOptions::default());
     let mut out = Stdout;
     // Whatever ended the loop, the downloads stop and the node leaves.
-    let looped = prompt_loop(&mut repl, &mut out, events, notices, signals);
+    let several = node.trackers().len() > 1;
+    let looped = prompt_loop(&mut repl, &mut out, (events, several), notices, signals);
+    super::log::set_prompt_shown(false);
     let stopped = repl.finish();
     let said = if stopped.is_empty() {
         Ok(())
     } else {
         writeln!(
             out,
-            "stopped {} unfinished download(s): {}; the verified chunks stay in NAME.part, \
-             and `get NAME` resumes from there",
-            stopped.len(),
+            "stopped {}: {}; the verified chunks stay in .p2pfs/, and `get NAME` resumes from \
+             there",
+            super::format::plural(stopped.len() as u64, "unfinished download"),
             stopped.join(", ")
         )
     };
@@ -62,7 +65,7 @@ pub fn run(
 fn prompt_loop(
     repl: &mut Repl,
     out: &mut Stdout,
-    events: Receiver<SessionEvent>,
+    (events, several): (Receiver<SessionEvent>, bool),
     notices: Receiver<String>,
     signals: &StopSignals,
 ) -> io::Result<()> {
@@ -72,15 +75,19 @@ fn prompt_loop(
     writeln!(out, "type help for the commands")?;
     write!(out, "{PROMPT}")?;
     out.flush()?;
+    // Log records written while the prompt waits redraw it (see ui::log).
+    super::log::set_prompt_shown(tty);
     loop {
         select! {
             recv(lines) -> line => match line {
                 Ok(line) => {
+                    super::log::set_prompt_shown(false);
                     if repl.handle(&line, out)? == Flow::Quit {
                         return Ok(());
                     }
                     write!(out, "{PROMPT}")?;
                     out.flush()?;
+                    super::log::set_prompt_shown(tty);
                 }
                 // End of input (Ctrl-D): like quit.
                 Err(_) => return writeln!(out),
@@ -91,7 +98,7 @@ fn prompt_loop(
             },
             recv(events) -> ev => match ev {
                 Ok(ev) => {
-                    for l in describe_event(&ev) {
+                    for l in describe_event(&ev, several) {
                         notice(out, tty, &l)?;
                     }
                 }

@@ -1,35 +1,97 @@
 //! `peer share`: hash the folder, start the node, then serve until a
 //! signal, with the prompt on a terminal.
 //!
-//! Owns: what `peer share` prints. Calls `peer::{share, node, client}` and
-//! the other `ui` modules.
+//! Owns: what `peer share` prints, and when it gives up (none of the files
+//! named can be shared; every tracker refused every file). Calls
+//! `peer::{share, node, session, download}` (the last for the unfinished
+//! downloads in the folder) and the other `ui` modules, [`super::lockfile`]
+//! among them.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, bounded, select};
 
 use super::args::ShareArgs;
-use super::format::{describe_event, human};
+use super::format::{describe_event, human, plural, upload_limit_lines};
+use super::lockfile::FolderLock;
 use super::progress::{StatusLine, hashing_line};
 use super::signals::StopSignals;
-use super::{BoxError, node_config, prompt, stopped_by_signal};
+use super::{BoxError, NotShared, node_config, prompt, stopped_by_signal};
+use crate::peer::download;
 use crate::peer::node::Node;
 use crate::peer::session::SessionEvent;
-use crate::peer::share::{self, SharedFile};
+use crate::peer::share::{self, HashProgress, SharedFile};
 
 /// Session events waiting to be printed.
 const EVENT_QUEUE: usize = 16;
 
 pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
-    let cfg = node_config(&a.tracker, a.listen, a.upload_limit)?;
-    let line = StatusLine::new(true);
-    let progress = |done: u64, total: u64| {
-        if total > 0 {
-            line.draw(&hashing_line(done, total));
+    let cfg = node_config(a.tracker.as_deref(), a.listen, a.upload_limit)?;
+    let lock = FolderLock::acquire(&a.dir)?;
+    let scan = hash_folder(&a, signals)?;
+    report_scan(&a, &scan)?;
+    let (tx, rx) = bounded(EVENT_QUEUE);
+    // Commands only from a person: a pipe or /dev/null means a script or a
+    // service, which only wants the peer to serve.
+    let prompt = !a.no_prompt && std::io::stdin().is_terminal();
+    let left = download::unfinished(&a.dir);
+    if !left.is_empty() {
+        note!("{}", unfinished_hint(&left, prompt, &a))?;
+    }
+    say_upload_limit(a.upload_limit, a.chunk_size)?;
+    let count = scan.files.len();
+    let trackers = cfg.trackers.len();
+    if prompt {
+        let node = Arc::new(Node::start(cfg, scan.files, Some(tx))?);
+        if let Some(l) = &lock {
+            l.serving(node.local_addr().port());
+        }
+        note!("{}", serving_line(&node))?;
+        let r = prompt::run(node, a.dir, rx, signals);
+        drop(lock);
+        return Ok(r?);
+    }
+    let (printer, ended) = print_session_events(rx, AllRefused::new(count, trackers))?;
+    let node = Node::start(cfg, scan.files, Some(tx))?;
+    if let Some(l) = &lock {
+        l.serving(node.local_addr().port());
+    }
+    let served = note!("{}", serving_line(&node));
+    let refused = match served {
+        Ok(()) => serve_until_stopped(signals, ended),
+        Err(_) => None,
+    };
+    node.leave();
+    drop(lock);
+    let _ = printer.join();
+    served?;
+    if let Some(why) = refused {
+        let who = if trackers == 1 {
+            "the tracker"
+        } else {
+            "every tracker"
+        };
+        return Err(Box::new(NotShared(format!(
+            "{who} refused every file; left the network: {why}"
+        ))));
+    }
+    note!("left the network")?;
+    Ok(())
+}
+
+/// Hashes the folder (or the files named), showing progress on a terminal;
+/// a signal stops it.
+fn hash_folder(a: &ShareArgs, signals: &StopSignals) -> Result<share::Scan, BoxError> {
+    let line = StatusLine::new(!a.quiet);
+    let progress = |p: &HashProgress| {
+        if p.bytes_total > 0 {
+            line.draw(&hashing_line(p));
         }
     };
-    let scanned = share::scan_dir_cancellable(
+    let scanned = share::scan_dir_reporting(
         &a.dir,
         &a.files,
         a.chunk_size,
@@ -37,87 +99,282 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
         Some(signals.flag()),
     );
     line.clear();
-    let scan = scanned.map_err(|e| {
+    scanned.map_err(|e| {
         let what = "stopped while hashing the folder; nothing was shared or registered";
         stopped_by_signal(e, signals, Some(what))
-    })?;
-    for (path, why) in &scan.skipped {
-        outln!("skipped {}: {why}", path.display())?;
+    })
+}
+
+/// Says what the scan found: what was skipped and why, the files (with
+/// -v), a summary. Files named on the command line of which none can be
+/// shared are an error; an empty folder is not (the prompt's use).
+fn report_scan(a: &ShareArgs, scan: &share::Scan) -> Result<(), BoxError> {
+    // A download's own files are not worth a line each: they are named
+    // as downloads to resume.
+    let skipped: Vec<String> = scan
+        .skipped
+        .iter()
+        .filter(|(path, _)| {
+            !path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(download::is_artifact)
+        })
+        .map(|(path, why)| format!("{}: {why}", path.display()))
+        .collect();
+    if !a.files.is_empty() && scan.files.is_empty() {
+        return Err(Box::new(NotShared(format!(
+            "none of the files named can be shared: {}",
+            skipped.join("; ")
+        ))));
+    }
+    for s in &skipped {
+        note!("skipped {s}")?;
     }
     if scan.files.is_empty() {
-        outln!("nothing to share in {} (serving anyway)", a.dir.display())?;
+        note!("nothing to share in {} (serving anyway)", a.dir.display())?;
+        return Ok(());
     }
-    for f in &scan.files {
-        outln!("{}", sharing_line(f))?;
-    }
-    let (tx, rx) = bounded(EVENT_QUEUE);
-    // Commands only from a person: a pipe or /dev/null means a script or a
-    // service, which only wants the peer to serve.
-    if !a.no_prompt && std::io::stdin().is_terminal() {
-        let node = Arc::new(Node::start(cfg, scan.files, Some(tx))?);
-        outln!("{}", serving_line(&node))?;
-        return Ok(prompt::run(node, a.dir, rx, signals)?);
-    }
-    let (printer, mut closed) = print_session_events(rx)?;
-    let node = Node::start(cfg, scan.files, Some(tx))?;
-    let served = outln!("{}", serving_line(&node));
-    if served.is_ok() {
-        // Until a signal, or until nobody reads what we print.
-        loop {
-            select! {
-                recv(signals.receiver()) -> _ => break,
-                recv(closed) -> m => match m {
-                    Ok(()) => break,
-                    // The printer ended without finding stdout closed.
-                    Err(_) => closed = crossbeam_channel::never(),
-                },
-            }
+    if a.verbose {
+        for f in &scan.files {
+            note!("{}", sharing_line(f))?;
         }
     }
-    node.leave();
-    let _ = printer.join();
-    served?;
-    outln!("left the network")?;
+    note!("{}", summary_line(&scan.files))?;
     Ok(())
+}
+
+/// Serves until a signal, until nobody reads what we print, or until the
+/// tracker has refused every file (then its reasons).
+fn serve_until_stopped(signals: &StopSignals, mut ended: Receiver<PrinterEnd>) -> Option<String> {
+    loop {
+        select! {
+            recv(signals.receiver()) -> _ => return None,
+            recv(ended) -> m => match m {
+                Ok(PrinterEnd::Closed) => return None,
+                Ok(PrinterEnd::AllRefused(why)) => return Some(why),
+                // The printer ended without news.
+                Err(_) => ended = crossbeam_channel::never(),
+            },
+        }
+    }
 }
 
 fn sharing_line(f: &SharedFile) -> String {
     let g = f.geometry();
     format!(
-        "sharing {}  {} bytes ({}), {} chunks",
+        "  {}  {} bytes ({}), {}",
         f.name(),
         g.length(),
         human(g.length() as f64),
-        g.count()
+        plural(u64::from(g.count()), "chunk")
+    )
+}
+
+/// Echoes the upload limit, and warns on stderr when it is so low that a
+/// chunk takes more than a few seconds to send.
+pub(super) fn say_upload_limit(limit: Option<u64>, chunk_size: u32) -> std::io::Result<()> {
+    let (line, warning) = upload_limit_lines(limit, chunk_size);
+    note!("{line}")?;
+    if let Some(w) = warning
+        && !super::out::is_quiet()
+    {
+        eprintln!("{w}");
+    }
+    Ok(())
+}
+
+/// The downloads an earlier run left unfinished in the folder, and how to
+/// resume them: at the prompt or with `peer get`.
+fn unfinished_hint(names: &[String], prompt: bool, a: &ShareArgs) -> String {
+    if prompt {
+        return super::repl::text::unfinished_line(names);
+    }
+    format!(
+        "unfinished {} in {}: {}; `peer get NAME{} --dir {}` resumes one",
+        if names.len() == 1 {
+            "download"
+        } else {
+            "downloads"
+        },
+        a.dir.display(),
+        names.join(", "),
+        a.tracker
+            .as_ref()
+            .map(|t| format!(" --tracker {t}"))
+            .unwrap_or_default(),
+        a.dir.display()
+    )
+}
+
+/// "sharing 2,001 files, 1.2 GiB": what the scan found, in one line.
+fn summary_line(files: &[SharedFile]) -> String {
+    let bytes: u64 = files.iter().map(|f| f.geometry().length()).sum();
+    format!(
+        "sharing {}, {}",
+        plural(files.len() as u64, "file"),
+        human(bytes as f64)
     )
 }
 
 fn serving_line(node: &Node) -> String {
+    let trackers: Vec<String> = node.trackers().iter().map(|t| t.to_string()).collect();
+    let word = if trackers.len() == 1 {
+        "tracker"
+    } else {
+        "trackers"
+    };
     format!(
-        "serving chunks on {} (tracker {})",
+        "serving chunks on {} ({word} {})",
         node.local_addr(),
-        node.tracker()
+        trackers.join(", ")
     )
 }
 
-/// Prints registration outcomes as the session reports them, until the
-/// session ends (it drops its sender when the node leaves). The receiver
-/// returned gets a message if stdout is closed; the thread then ends.
+/// Why the session-event printer stopped before the session ended.
+enum PrinterEnd {
+    /// Stdout is closed.
+    Closed,
+    /// The tracker refused every one of the files shared, for these
+    /// reasons.
+    AllRefused(String),
+}
+
+/// Prints registration outcomes as the sessions report them, until they
+/// end (they drop their sender when the node leaves). The receiver
+/// returned gets a message if stdout is closed (the thread then ends) or
+/// once `refusals` says every tracker refused every file.
 fn print_session_events(
     rx: Receiver<SessionEvent>,
-) -> std::io::Result<(std::thread::JoinHandle<()>, Receiver<()>)> {
-    let (closed_tx, closed) = bounded(1);
+    mut refusals: AllRefused,
+) -> std::io::Result<(std::thread::JoinHandle<()>, Receiver<PrinterEnd>)> {
+    let (end_tx, ended) = bounded(1);
     let printer = std::thread::Builder::new()
         .name("session-events".into())
         .spawn(move || {
+            let several = refusals.trackers > 1;
             for ev in rx {
-                for line in describe_event(&ev) {
-                    if outln!("{line}").is_err() {
-                        let _ = closed_tx.send(());
+                for line in describe_event(&ev, several) {
+                    if note!("{line}").is_err() {
+                        let _ = end_tx.send(PrinterEnd::Closed);
                         return;
                     }
                 }
+                if let Some(why) = refusals.add(&ev) {
+                    let _ = end_tx.send(PrinterEnd::AllRefused(why));
+                }
             }
         })?;
-    Ok((printer, closed))
+    Ok((printer, ended))
+}
+
+/// Whether every tracker has refused every file shared (pure). Each
+/// tracker keeps its own state, so one refusing (a name another peer holds
+/// there with other content) while another accepts is no reason to stop;
+/// nor is a tracker that has not answered yet (it may accept when it
+/// comes back).
+struct AllRefused {
+    files: usize,
+    trackers: usize,
+    /// Per tracker: files answered for, files accepted, at its first
+    /// registration round(s).
+    seen: HashMap<SocketAddr, (usize, usize)>,
+    reasons: Vec<String>,
+    said: bool,
+}
+
+impl AllRefused {
+    fn new(files: usize, trackers: usize) -> AllRefused {
+        AllRefused {
+            files,
+            trackers,
+            seen: HashMap::new(),
+            reasons: Vec::new(),
+            said: false,
+        }
+    }
+
+    /// Takes in one event; the reasons, once, when every tracker has
+    /// answered for every file and accepted none.
+    fn add(&mut self, ev: &SessionEvent) -> Option<String> {
+        let SessionEvent::Registered {
+            tracker,
+            accepted,
+            refused,
+        } = ev
+        else {
+            return None;
+        };
+        let (answered, ok) = self.seen.entry(*tracker).or_default();
+        if self.files == 0 || *answered >= self.files {
+            return None;
+        }
+        *answered += accepted.len() + refused.len();
+        *ok += accepted.len();
+        let several = self.trackers > 1;
+        self.reasons.extend(refused.iter().map(|(n, why)| {
+            if several {
+                format!("{tracker}: {n}: {why}")
+            } else {
+                format!("{n}: {why}")
+            }
+        }));
+        let all = self.seen.len() >= self.trackers
+            && self
+                .seen
+                .values()
+                .all(|&(a, ok)| a >= self.files && ok == 0);
+        if all && !self.said {
+            self.said = true;
+            return Some(self.reasons.join("; "));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(t: &str, accepted: &[&str], refused: &[&str]) -> SessionEvent {
+        SessionEvent::Registered {
+            tracker: t.parse().unwrap(),
+            accepted: accepted.iter().map(|s| s.to_string()).collect(),
+            refused: refused
+                .iter()
+                .map(|s| (s.to_string(), "conflict".to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn one_tracker_refusing_everything_ends_the_share() {
+        let mut r = AllRefused::new(2, 1);
+        assert_eq!(r.add(&reg("10.0.0.1:7000", &[], &["a"])), None);
+        assert_eq!(
+            r.add(&reg("10.0.0.1:7000", &[], &["b"])).as_deref(),
+            Some("a: conflict; b: conflict")
+        );
+        assert_eq!(
+            r.add(&reg("10.0.0.1:7000", &[], &["a", "b"])),
+            None,
+            "said once"
+        );
+    }
+
+    #[test]
+    fn with_several_trackers_only_all_of_them_refusing_ends_it() {
+        let mut r = AllRefused::new(1, 2);
+        assert_eq!(
+            r.add(&reg("10.0.0.1:7000", &[], &["a"])),
+            None,
+            "the other may accept"
+        );
+        assert_eq!(r.add(&reg("10.0.0.2:7000", &["a"], &[])), None);
+        let mut r = AllRefused::new(1, 2);
+        r.add(&reg("10.0.0.1:7000", &[], &["a"]));
+        let why = r.add(&reg("10.0.0.2:7000", &[], &["a"])).unwrap();
+        assert!(why.contains("10.0.0.1:7000: a: conflict"), "{why}");
+        assert!(why.contains("10.0.0.2:7000: a: conflict"), "{why}");
+    }
 }

@@ -400,3 +400,27 @@ pub fn get_command(t: SocketAddr, name: &str, dir: &Path) -> Command {
 pub fn peer_get(t: SocketAddr, name: &str, dir: &Path) -> Output {
     get_command(t, name, dir).output().unwrap()
 }
+
+/// The bytes of a download's saved bitmap (`KEY.part.have`) in the layout
+/// that `p2pfs::peer::download::partfile` documents: magic, content
+/// identity, bitmap, name, name length.
+pub fn saved_bitmap(id: &[u8; 20], bitmap: &[u8], name: &str) -> Vec<u8> {
+    let mut have = b"P2PFHAVE".to_vec();
+    have.extend_from_slice(id);
+    have.extend_from_slice(bitmap);
+    have.extend_from_slice(name.as_bytes());
+    have.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    have
+}
+
+/// Leaves in `dir` what an interrupted download of `name` leaves: its
+/// `.part` and its saved bitmap in the work folder. The identity is zeros:
+/// enough to be listed as unfinished, never enough to be trusted for a
+/// resume.
+pub fn plant_unfinished(dir: &Path, name: &str) {
+    let part = p2pfs::peer::download::part_path(dir, name);
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+    std::fs::write(&part, b"left by an earlier run").unwrap();
+    let have = saved_bitmap(&[0; 20], &[0], name);
+    std::fs::write(p2pfs::peer::download::have_path(dir, name), have).unwrap();
+}

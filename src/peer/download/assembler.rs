@@ -104,12 +104,12 @@ impl Assembler<'_, '_> {
             e.pool.give(v.data);
             return;
         }
-        if let Some(rejects) = &v.check {
-            if chunks::sha1(&v.data) != e.hashes[v.index as usize] {
-                e.reject(v.source, v.index, rejects, &self.ev);
-                e.pool.give(v.data);
-                return;
-            }
+        if let Some(rejects) = &v.check
+            && chunks::sha1(&v.data) != e.hashes[v.index as usize]
+        {
+            e.reject(v.source, v.index, "failed verification", rejects, &self.ev);
+            e.pool.give(v.data);
+            return;
         }
         self.write(v, i);
     }

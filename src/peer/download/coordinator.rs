@@ -2,15 +2,22 @@
 //! download uses.
 //!
 //! Owns: every source seen and what is known about it ([`Sources`]: the
-//! chunks it holds, when it may be tried again, whether it is banned, what
-//! it contributed), the workers running ([`Active`]), the availability the
-//! picker ranks by, the location refresh from the tracker, starting and
-//! stopping workers, progress reports, and giving up when nothing has
-//! progressed for [`DownloadOptions::give_up_after`](super::DownloadOptions).
+//! chunks it holds, when it may be tried again (backing off while it
+//! delivers nothing), whether it is banned, its strikes, what it
+//! contributed), the workers running ([`Active`]) and which sources get one
+//! first (those that delivered; at most `limits::MAX_PROBES` on probation,
+//! `MAX_PROBES_PER_HOST` to one host), the availability the picker ranks
+//! by, asking the locators (one per tracker) for fresh locations and
+//! merging their answers (each tracker's latest word, a tracker that fails
+//! or knows nothing contributing nothing until it answers again),
+//! progress reports, and giving up when nothing has progressed for
+//! [`DownloadOptions::give_up_after`](super::DownloadOptions).
 //!
-//! Calls `wire` (Locations), `chunks` (bitmaps), the peer's `client` (the
-//! tracker connection) and `picker`, and the download's `engine`, `worker`
-//! and `rate`.
+//! Calls `wire` (Locations), `chunks` (bitmaps), the peer's `client`
+//! (merging Locations) and `picker`, and the download's `engine`,
+//! `locator`, `worker` and `rate`. Never talks to a tracker itself: the
+//! locator threads do, so a silent tracker cannot stall the events that
+//! workers and the assembler send here.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Shutdown, SocketAddr};
@@ -23,23 +30,26 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use log::{debug, info, warn};
 
 use super::engine::{Engine, Event, Verified, WorkerEnd};
+use super::locator::{Located, Locator};
 use super::rate::RateMeter;
 use super::worker::Slot;
 use super::{DownloadContext, MAX_ACTIVE_SOURCES, Progress, SourceStats};
 use crate::chunks::Bitmap;
-use crate::peer::client::{self, Conn};
+use crate::limits::{MAX_PROBES, MAX_PROBES_PER_HOST, RETRY_AFTER_MAX};
+use crate::peer::client;
 use crate::peer::{PeerError, Result};
 use crate::sync::lock;
-use crate::wire::{ErrorCode, Locations};
-
-/// Read/write timeout of the coordinator's tracker queries.
-const REFRESH_TIMEOUT: Duration = Duration::from_secs(3);
+use crate::wire::Locations;
 
 /// What is remembered about one endpoint.
 struct Known {
     have: Bitmap,
     retry_at: Instant,
     banned: bool,
+    /// Connections in a row that ended without delivering a chunk.
+    failures: u32,
+    /// `stats.chunks` when its current worker started.
+    chunks_at_start: u32,
     stats: SourceStats,
 }
 
@@ -62,6 +72,8 @@ impl Sources {
             have: Bitmap::new(have.len()),
             retry_at: now,
             banned: false,
+            failures: 0,
+            chunks_at_start: 0,
             stats: SourceStats {
                 addr,
                 bytes: 0,
@@ -82,6 +94,44 @@ impl Sources {
             .map(|k| &k.have)
     }
 
+    /// Whether `addr` has delivered a chunk to this download.
+    pub(super) fn proven(&self, addr: SocketAddr) -> bool {
+        self.known.get(&addr).is_some_and(|k| k.stats.chunks > 0)
+    }
+
+    /// `addrs` in the order workers should be started for them: sources
+    /// that delivered (most bytes first), then those never tried or that
+    /// failed least often; ties keep the order of `addrs` (the tracker's,
+    /// a random sample), so no address is favoured for its value.
+    pub(super) fn by_preference(&self, addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+        let mut seen = std::collections::HashSet::new();
+        let mut v: Vec<(&Known, SocketAddr)> = addrs
+            .iter()
+            .filter(|a| seen.insert(**a))
+            .filter_map(|a| self.known.get(a).map(|k| (k, *a)))
+            .collect();
+        v.sort_by_key(|(k, _)| {
+            (
+                k.stats.chunks == 0,
+                k.failures,
+                std::cmp::Reverse(k.stats.bytes),
+            )
+        });
+        v.into_iter().map(|(_, a)| a).collect()
+    }
+
+    /// A worker for `addr` starts.
+    pub(super) fn started(&mut self, addr: SocketAddr) {
+        if let Some(k) = self.known.get_mut(&addr) {
+            k.chunks_at_start = k.stats.chunks;
+        }
+    }
+
+    /// Chunks `addr` sent bad so far (its strikes).
+    pub(super) fn strikes(&self, addr: SocketAddr) -> u32 {
+        self.known.get(&addr).map_or(0, |k| k.stats.hash_failures)
+    }
+
     /// A chunk of `bytes` from `addr` was written.
     pub(super) fn written(&mut self, addr: SocketAddr, bytes: u32) {
         if let Some(k) = self.known.get_mut(&addr) {
@@ -97,16 +147,29 @@ impl Sources {
         }
     }
 
-    /// The worker for `addr` ended: a lost source may be retried at
-    /// `retry_at`, a banned one never.
-    pub(super) fn ended(&mut self, addr: SocketAddr, end: &WorkerEnd, retry_at: Instant) {
+    /// The worker for `addr` ended at `now`: a lost source may be retried
+    /// after `retry_after`, doubled for each connection in a row that
+    /// delivered nothing (up to [`RETRY_AFTER_MAX`]); a banned one never.
+    pub(super) fn ended(
+        &mut self,
+        addr: SocketAddr,
+        end: &WorkerEnd,
+        now: Instant,
+        retry_after: Duration,
+    ) {
         let Some(k) = self.known.get_mut(&addr) else {
             return;
         };
         match end {
             WorkerEnd::Finished => {}
             WorkerEnd::Lost(why) => {
-                k.retry_at = retry_at;
+                if k.stats.chunks > k.chunks_at_start {
+                    k.failures = 0;
+                } else {
+                    k.failures = k.failures.saturating_add(1);
+                }
+                let doubled = 2u32.saturating_pow(k.failures.saturating_sub(1).min(16));
+                k.retry_at = now + retry_after.saturating_mul(doubled).min(RETRY_AFTER_MAX);
                 k.stats.dropped = Some(why.clone());
             }
             WorkerEnd::Banned(why) => {
@@ -155,14 +218,27 @@ struct Active<'scope> {
     handle: ScopedJoinHandle<'scope, ()>,
 }
 
+/// One tracker as the download sees it.
+struct Tracked<'scope> {
+    addr: SocketAddr,
+    locator: Locator<'scope>,
+    /// Its latest usable Locations (None: not asked yet, failed, knows no
+    /// source, or describes other content).
+    latest: Option<Locations>,
+    /// Its last query failed (warned once, until it answers).
+    down: bool,
+}
+
 pub(super) struct Coordinator<'scope, 'env: 'scope> {
     engine: &'env Engine<'env>,
     scope: &'scope Scope<'scope, 'env>,
-    tracker: Option<Conn>,
-    tracker_addr: SocketAddr,
+    /// One per tracker, in the order given.
+    trackers: Vec<Tracked<'scope>>,
     self_addr: Option<SocketAddr>,
     active: HashMap<SocketAddr, Active<'scope>>,
     sources: Sources,
+    /// The sources of the latest locations, in the tracker's order.
+    listed: Vec<SocketAddr>,
     chunk_tx: Option<Sender<Verified>>,
     ev_tx: Sender<Event>,
     bytes_downloaded: u64,
@@ -172,7 +248,6 @@ pub(super) struct Coordinator<'scope, 'env: 'scope> {
     last_refresh: Instant,
     refresh_wanted: bool,
     last_progress: Instant,
-    warned_tracker: bool,
     done_bytes: u64,
     cancel: Option<&'env AtomicBool>,
     late_error: Option<PeerError>,
@@ -186,23 +261,34 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         engine: &'env Engine<'env>,
         scope: &'scope Scope<'scope, 'env>,
         ctx: &DownloadContext<'env>,
-        tracker: Conn,
         self_addr: Option<SocketAddr>,
         chunk_tx: Sender<Verified>,
         ev_tx: Sender<Event>,
-    ) -> Self {
-        // The tracker connection serves the refreshes, with short timeouts:
-        // the coordinator must not stall for long on an unresponsive tracker.
-        let _ = tracker.stream().set_read_timeout(Some(REFRESH_TIMEOUT));
-        let _ = tracker.stream().set_write_timeout(Some(REFRESH_TIMEOUT));
-        Coordinator {
+    ) -> Result<Self> {
+        let mut trackers: Vec<Tracked<'scope>> = Vec::with_capacity(ctx.trackers.len());
+        for &addr in ctx.trackers {
+            match Locator::start(scope, addr, engine.name) {
+                Ok(locator) => trackers.push(Tracked {
+                    addr,
+                    locator,
+                    latest: None,
+                    down: false,
+                }),
+                Err(e) => {
+                    trackers.iter_mut().for_each(|t| t.locator.begin_stop());
+                    trackers.iter_mut().for_each(|t| t.locator.stop());
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Coordinator {
             engine,
             scope,
-            tracker: Some(tracker),
-            tracker_addr: ctx.tracker,
+            trackers,
             self_addr,
             active: HashMap::new(),
             sources: Sources::new(),
+            listed: Vec::new(),
             chunk_tx: Some(chunk_tx),
             ev_tx,
             bytes_downloaded: 0,
@@ -212,11 +298,10 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             last_refresh: Instant::now(),
             refresh_wanted: false,
             last_progress: Instant::now(),
-            warned_tracker: false,
             cancel: ctx.cancel,
             late_error: None,
             done_bytes: engine.done_bytes(),
-        }
+        })
     }
 
     /// Runs until the file is complete, cancelled, failed or given up.
@@ -246,6 +331,11 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
                 || (self.refresh_wanted && since >= Duration::from_millis(250))
             {
                 self.refresh();
+            }
+            for i in 0..self.trackers.len() {
+                while let Some(answer) = self.trackers[i].locator.answer() {
+                    self.located(i, answer);
+                }
             }
             if last_report.is_none_or(|t| now.duration_since(t) >= Duration::from_millis(200)) {
                 self.report(on_progress);
@@ -278,6 +368,8 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             Event::Duplicate => self.duplicates += 1,
             Event::HashFailure { source } => self.sources.hash_failure(source),
             Event::Idle => self.refresh_wanted = true,
+            // A probe's place is free: the next listed source may start.
+            Event::Settled => self.spawn_listed(),
             Event::WorkerDone { source, end } => self.worker_done(source, end),
             Event::Fatal(e) => return Err(e),
         }
@@ -294,8 +386,9 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             WorkerEnd::Lost(why) => info!("{name}: source {source} lost: {why}"),
             WorkerEnd::Banned(why) => warn!("{name}: dropping source {source}: {why}"),
         }
-        let retry = Instant::now() + self.engine.opts.retry_after;
-        self.sources.ended(source, &end, retry);
+        let retry_after = self.engine.opts.retry_after;
+        self.sources
+            .ended(source, &end, Instant::now(), retry_after);
         self.refresh_wanted = true;
     }
 
@@ -325,58 +418,66 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         )))
     }
 
-    /// Asks the tracker for fresh locations; keeps going without them if it
-    /// is unreachable.
+    /// Asks every locator for fresh locations (answered later, in
+    /// [`Coordinator::located`]). While no tracker answers, known sources
+    /// whose retry time has come are connected to again.
     fn refresh(&mut self) {
         self.last_refresh = Instant::now();
         self.refresh_wanted = false;
-        if self.tracker.is_none() && !self.reconnect() {
-            self.spawn_ready();
-            return;
+        for t in &self.trackers {
+            t.locator.ask();
         }
-        let Some(conn) = self.tracker.as_mut() else {
-            return;
-        };
-        match client::locate_on(conn, self.engine.name, false) {
-            Ok(l) => self.apply_locations(l),
-            Err(PeerError::Refused {
-                code: ErrorCode::UnknownFile,
-                ..
-            }) => {
-                debug!(
-                    "{}: the tracker lists no source right now",
-                    self.engine.name
-                );
-                self.spawn_ready();
-            }
-            Err(err) => {
-                warn!("tracker query failed ({err}); continuing with known sources");
-                self.warned_tracker = true;
-                self.tracker = None;
-                self.spawn_ready();
-            }
+        if self.trackers.iter().all(|t| t.down) {
+            self.spawn_ready();
         }
     }
 
-    /// Connects to the tracker again (short timeouts; it is simply tried
-    /// again next refresh).
-    fn reconnect(&mut self) -> bool {
-        match Conn::connect(self.tracker_addr, REFRESH_TIMEOUT) {
-            Ok(c) => {
-                if self.warned_tracker {
-                    info!("tracker {} reachable again", self.tracker_addr);
-                    self.warned_tracker = false;
-                }
-                self.tracker = Some(c);
-                true
+    /// Takes in the answer of tracker `i`'s locator.
+    fn located(&mut self, i: usize, answer: Located) {
+        let name = self.engine.name;
+        let several = self.trackers.len() > 1;
+        let g = self.engine.geometry;
+        let t = &mut self.trackers[i];
+        let addr = t.addr;
+        if t.down && !matches!(answer, Located::Failed(_)) {
+            info!("{name}: tracker {addr} answers again");
+            t.down = false;
+        }
+        match answer {
+            Located::Found(l) if describes(g, &l) => t.latest = Some(l),
+            Located::Found(_) => {
+                warn!(
+                    "{name}: tracker {addr} now describes other content under this name; ignoring it"
+                );
+                t.latest = None;
             }
-            Err(err) => {
-                if !self.warned_tracker {
-                    warn!("tracker unreachable ({err}); continuing with known sources");
-                    self.warned_tracker = true;
-                }
-                false
+            Located::NoSources => {
+                debug!("{name}: tracker {addr} lists no source right now");
+                t.latest = None;
             }
+            Located::Failed(why) => {
+                t.latest = None;
+                if !t.down {
+                    t.down = true;
+                    let others = if several && self.trackers.iter().any(|o| !o.down) {
+                        "the other trackers"
+                    } else {
+                        "known sources"
+                    };
+                    warn!("{name}: tracker {addr}: {why}; continuing with {others}");
+                }
+            }
+        }
+        let answers: Vec<(SocketAddr, Locations)> = self
+            .trackers
+            .iter()
+            .filter_map(|t| t.latest.clone().map(|l| (t.addr, l)))
+            .collect();
+        if answers.is_empty() {
+            self.spawn_ready();
+        } else {
+            let (merged, _) = client::merge_locations(answers);
+            self.apply_locations(merged);
         }
     }
 
@@ -384,7 +485,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
     /// and workers for the sources that have none yet.
     pub(super) fn apply_locations(&mut self, l: Locations) {
         let g = self.engine.geometry;
-        if l.length != g.length() || l.chunk_size != g.chunk_size() || l.chunk_count != g.count() {
+        if !describes(g, &l) {
             warn!(
                 "{}: the network now describes other content under this name; ignoring it",
                 self.engine.name
@@ -411,14 +512,21 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         // Rarest first across the latest locations (a source just dropped
         // for lying does not count).
         lock(&self.engine.picker).set_availability(self.sources.availability(&listed));
-        for addr in listed {
+        self.listed = listed;
+        self.spawn_listed();
+    }
+
+    /// Starts workers for the sources of the latest locations that have
+    /// none, best first, as far as the caps allow.
+    fn spawn_listed(&mut self) {
+        for addr in self.sources.by_preference(&self.listed) {
             self.spawn_if_ready(addr);
         }
     }
 
     /// Restarts workers for known sources whose retry time has come.
     fn spawn_ready(&mut self) {
-        for a in self.sources.addrs() {
+        for a in self.sources.by_preference(&self.sources.addrs()) {
             self.spawn_if_ready(a);
         }
     }
@@ -430,9 +538,17 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         {
             return;
         }
+        let proven = self.sources.proven(addr);
+        if !proven
+            && (self.probes(None) >= MAX_PROBES
+                || self.probes(Some(host(addr.ip()))) >= MAX_PROBES_PER_HOST)
+        {
+            return;
+        }
         let Some(have) = self.sources.ready(addr, Instant::now()) else {
             return;
         };
+        let strikes = self.sources.strikes(addr);
         let Some(chunk_tx) = self.chunk_tx.clone() else {
             return;
         };
@@ -441,6 +557,9 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             addr,
             have: Mutex::new(have.clone()),
             stream: Mutex::new(None),
+            strikes,
+            proven,
+            settled: AtomicBool::new(false),
             wake_tx,
             wake_rx,
         });
@@ -459,10 +578,21 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         match spawned {
             Ok(handle) => {
                 debug!("{}: downloading from {addr}", engine.name);
+                self.sources.started(addr);
                 self.active.insert(addr, Active { slot, handle });
             }
             Err(e) => warn!("cannot start a worker for {addr}: {e}"),
         }
+    }
+
+    /// Workers on probation (to host `on`, if given): their source has not
+    /// delivered to this download and has not answered yet.
+    fn probes(&self, on: Option<IpAddr>) -> usize {
+        self.active
+            .iter()
+            .filter(|(a, _)| on.is_none_or(|h| host(a.ip()) == h))
+            .filter(|(a, w)| !w.slot.settled.load(Ordering::SeqCst) && !self.sources.proven(**a))
+            .count()
     }
 
     /// Stops every worker: flag, close its socket, wake it, and join it,
@@ -470,6 +600,10 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
     /// a full channel can finish.
     pub(super) fn stop_all(&mut self, ev_rx: &Receiver<Event>) {
         self.engine.stop.store(true, Ordering::SeqCst);
+        self.trackers
+            .iter_mut()
+            .for_each(|t| t.locator.begin_stop());
+        self.trackers.iter_mut().for_each(|t| t.locator.stop());
         for a in self.active.values() {
             if let Some(s) = lock(&a.slot.stream).as_ref() {
                 let _ = s.shutdown(Shutdown::Both);
@@ -538,12 +672,30 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
     }
 }
 
+/// Whether `l` describes the file of geometry `g` (same length, chunk size
+/// and count).
+fn describes(g: crate::chunks::Geometry, l: &Locations) -> bool {
+    l.length == g.length() && l.chunk_size == g.chunk_size() && l.chunk_count == g.count()
+}
+
 /// Whether `addr` is this peer: same port, and the same host as seen by the
 /// tracker (or both loopback, when everything runs on one machine).
 fn is_self(addr: SocketAddr, me: Option<SocketAddr>) -> bool {
     let Some(me) = me else { return false };
     addr.port() == me.port()
         && (addr.ip() == me.ip() || (is_loopback(addr.ip()) && is_loopback(me.ip())))
+}
+
+/// The host an address belongs to: the IPv4 address, or the IPv6 /64 (one
+/// host is usually given a whole /64).
+fn host(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+        }
+        v4 => v4,
+    }
 }
 
 fn is_loopback(ip: IpAddr) -> bool {
@@ -600,6 +752,16 @@ mod tests {
     }
 
     #[test]
+    fn hosts_are_ipv4_addresses_or_ipv6_64s() {
+        let h = |s: &str| host(s.parse().unwrap());
+        assert_eq!(h("10.0.0.1"), h("10.0.0.1"));
+        assert_ne!(h("10.0.0.1"), h("10.0.0.2"));
+        assert_eq!(h("2001:db8:1:2::1"), h("2001:db8:1:2:ffff::9"));
+        assert_ne!(h("2001:db8:1:2::1"), h("2001:db8:1:3::1"));
+        assert_eq!(h("::ffff:10.0.0.1"), h("10.0.0.1"));
+    }
+
+    #[test]
     fn self_is_recognised() {
         let me: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         assert!(is_self("127.0.0.1:5000".parse().unwrap(), Some(me)));
@@ -627,8 +789,9 @@ mod tests {
         let mut s = Sources::new();
         s.listed(addr(1), bits(4, &[0]), now);
         s.listed(addr(2), bits(4, &[1]), now);
-        s.ended(addr(1), &WorkerEnd::Lost("reset".into()), later);
-        s.ended(addr(2), &WorkerEnd::Banned("lied".into()), later);
+        let two = Duration::from_secs(2);
+        s.ended(addr(1), &WorkerEnd::Lost("reset".into()), now, two);
+        s.ended(addr(2), &WorkerEnd::Banned("lied".into()), now, two);
         assert!(s.ready(addr(1), now).is_none());
         assert!(s.ready(addr(1), later).is_some());
         // Listed again by the tracker: still banned.
@@ -638,12 +801,64 @@ mod tests {
         let avail: Vec<&Bitmap> = s.availability(&listed).collect();
         assert_eq!(avail, vec![&bits(4, &[0])], "banned and unknown left out");
         // A finished worker changes nothing.
+        s.ended(addr(1), &WorkerEnd::Finished, later, two);
+        assert!(s.ready(addr(1), later).is_some());
+    }
+
+    #[test]
+    fn strikes_are_counted_per_source_across_its_connections() {
+        let now = Instant::now();
+        let mut s = Sources::new();
+        s.listed(addr(1), bits(4, &[0]), now);
+        assert_eq!(s.strikes(addr(1)), 0);
+        s.hash_failure(addr(1));
         s.ended(
             addr(1),
-            &WorkerEnd::Finished,
-            later + Duration::from_secs(9),
+            &WorkerEnd::Lost("closed".into()),
+            now,
+            Duration::ZERO,
         );
-        assert!(s.ready(addr(1), later).is_some());
+        s.hash_failure(addr(1));
+        assert_eq!(s.strikes(addr(1)), 2);
+        assert_eq!(s.strikes(addr(2)), 0, "unknown");
+    }
+
+    #[test]
+    fn sources_that_fail_without_delivering_back_off_and_come_last() {
+        let now = Instant::now();
+        let base = Duration::from_secs(2);
+        let lost = WorkerEnd::Lost("Hello timed out".into());
+        let mut s = Sources::new();
+        for p in 1..=4 {
+            s.listed(addr(p), bits(4, &[0]), now);
+        }
+        // 1 never answers: 2 s, 4 s, 8 s, ... up to the cap.
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            s.started(addr(1));
+            s.ended(addr(1), &lost, now, base);
+            let wait = (1..=120u64)
+                .map(Duration::from_secs)
+                .find(|d| s.ready(addr(1), now + *d).is_some())
+                .unwrap();
+            waits.push(wait.as_secs());
+        }
+        assert_eq!(waits, vec![2, 4, 8, 16, 32, 60, 60, 60]);
+        // 2 delivered, then lost its connection: back after the base delay.
+        s.started(addr(2));
+        s.written(addr(2), 1000);
+        s.ended(addr(2), &lost, now, base);
+        assert!(s.ready(addr(2), now + base).is_some());
+        assert!(s.proven(addr(2)) && !s.proven(addr(3)));
+        // 3 failed once; 4 was never tried.
+        s.started(addr(3));
+        s.ended(addr(3), &lost, now, base);
+        let all = [addr(1), addr(3), addr(4), addr(2), addr(9)];
+        assert_eq!(
+            s.by_preference(&all),
+            vec![addr(2), addr(4), addr(3), addr(1)],
+            "delivered first, then by failures; unknown left out"
+        );
     }
 
     #[test]
@@ -663,7 +878,12 @@ mod tests {
         assert_eq!(order, vec![2, 1, 3], "source 4 contributed nothing");
         assert_eq!((v[0].bytes, v[0].chunks), (600, 2));
         assert_eq!(v[2].hash_failures, 1);
-        s.ended(addr(4), &WorkerEnd::Lost("timed out".into()), now);
+        s.ended(
+            addr(4),
+            &WorkerEnd::Lost("timed out".into()),
+            now,
+            Duration::ZERO,
+        );
         assert_eq!(s.stats().len(), 4);
         assert_eq!(s.stats()[3].dropped.as_deref(), Some("timed out"));
     }

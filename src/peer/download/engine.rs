@@ -6,10 +6,11 @@
 //! [`Event`]), the per-source record of bad chunks ([`Rejects`]) with the one
 //! function that rejects a bad chunk ([`Engine::reject`]), the recycled chunk
 //! buffers ([`ChunkPool`]), and [`Engine::run`], which starts the flusher,
-//! the assembler and the coordinator (the caller's thread) and joins them.
+//! the assembler and the coordinator (the caller's thread; it starts the
+//! locator and the workers) and joins them.
 //!
-//! Calls `chunks`, the peer's `picker`, `share` and `client` (the tracker
-//! connection handed to the coordinator), and the download's `partfile`,
+//! Calls `chunks`, `wire` (Locations), the peer's `picker` and `share`, and the
+//! download's `partfile`,
 //! `coordinator`, `worker` and `assembler`.
 
 use std::net::SocketAddr;
@@ -25,7 +26,6 @@ use super::coordinator::Coordinator;
 use super::partfile::Paths;
 use super::{DownloadContext, DownloadOptions, Progress, Summary};
 use crate::chunks::{Digest, Geometry};
-use crate::peer::client::Conn;
 use crate::peer::picker::Picker;
 use crate::peer::share::SharedFile;
 use crate::peer::{PeerError, Result};
@@ -52,6 +52,15 @@ pub(super) struct Rejects {
 }
 
 impl Rejects {
+    /// A record that starts at `strikes` (bad chunks the source sent on
+    /// earlier connections of this download).
+    pub(super) fn starting_at(strikes: u32) -> Rejects {
+        Rejects {
+            count: AtomicU32::new(strikes),
+            indices: Mutex::new(Vec::new()),
+        }
+    }
+
     /// Records a bad chunk; returns the number of bad chunks so far.
     fn record(&self, index: u32) -> u32 {
         lock(&self.indices).push(index);
@@ -65,11 +74,21 @@ impl Rejects {
 
 /// What workers and the assembler tell the coordinator.
 pub(super) enum Event {
-    Written { source: SocketAddr, bytes: u32 },
+    Written {
+        source: SocketAddr,
+        bytes: u32,
+    },
     Duplicate,
-    HashFailure { source: SocketAddr },
+    HashFailure {
+        source: SocketAddr,
+    },
     Idle,
-    WorkerDone { source: SocketAddr, end: WorkerEnd },
+    /// A worker on probation got its first answer (or had nothing to ask).
+    Settled,
+    WorkerDone {
+        source: SocketAddr,
+        end: WorkerEnd,
+    },
     Fatal(PeerError),
 }
 
@@ -171,14 +190,16 @@ impl Engine<'_> {
         }
     }
 
-    /// Rejects chunk `index` from `source`, which failed verification: frees
-    /// it to be requested again, records the strike against the source,
-    /// tells the coordinator (up to the limit; past it the worker is already
-    /// dropping the source) and logs it. Returns the source's strikes so far.
+    /// Rejects chunk `index` from `source`, which failed verification (`why`
+    /// says how): frees it to be requested again, records the strike against
+    /// the source, tells the coordinator (up to the limit; past it the worker
+    /// is already dropping the source) and logs it. Returns the source's
+    /// strikes so far. The chunk's data is never kept.
     pub(super) fn reject(
         &self,
         source: SocketAddr,
         index: u32,
+        why: &str,
         rejects: &Rejects,
         ev: &Sender<Event>,
     ) -> u32 {
@@ -188,7 +209,7 @@ impl Engine<'_> {
             let _ = ev.send(Event::HashFailure { source });
         }
         warn!(
-            "{source}: chunk {index} of {} failed verification ({n} of {} allowed)",
+            "{source}: chunk {index} of {} {why} ({n} of {} allowed)",
             self.name, self.opts.max_hash_failures
         );
         n
@@ -210,7 +231,6 @@ impl Engine<'_> {
     pub(super) fn run(
         &self,
         ctx: &DownloadContext<'_>,
-        tracker: Conn,
         first: Locations,
         self_addr: Option<SocketAddr>,
         resumed: u32,
@@ -227,7 +247,7 @@ impl Engine<'_> {
             let assembler = spawn(scope, "assembler", move || {
                 self.assemble(chunk_rx, asm_ev, flush_tx, ctx.on_chunk)
             })?;
-            let mut co = Coordinator::new(self, scope, ctx, tracker, self_addr, chunk_tx, ev_tx);
+            let mut co = Coordinator::new(self, scope, ctx, self_addr, chunk_tx, ev_tx)?;
             co.apply_locations(first);
             let result = co.drive(&ev_rx, on_progress);
             co.stop_all(&ev_rx);

@@ -6,8 +6,10 @@
 //! `.part`, run the engine, move the result into place and serve it.
 //!
 //! ```text
-//!             locations (every ~1.5 s, and when a worker runs dry)
-//!  tracker ─────────────────────────────┐
+//!           locations (asked every ~1.5 s, and when a worker runs dry;
+//!           a silent tracker costs its locator thread, never the rest;
+//!           one locator per tracker, answers merged by the coordinator)
+//!  tracker ◄──► locator ────────────────┐
 //!                                       ▼
 //!                              ┌─ coordinator (caller's thread) ─┐
 //!                              │ sources, availability, progress │
@@ -26,11 +28,13 @@
 //! ```
 //!
 //! One file per concern:
-//! - `partfile`: `NAME.part` / `NAME.part.have` (format, identity, resume
-//!   verification, finishing into place) and [`partfile::is_artifact`].
+//! - `partfile`: the unfinished file and its saved bitmap in `.p2pfs/`
+//!   (format, identity, resume verification, finishing into place) and
+//!   [`partfile::is_artifact`].
 //! - `engine`: the state the threads share, their messages, and starting
 //!   and joining the threads.
-//! - `coordinator`: sources, availability, refresh, workers, giving up.
+//! - `coordinator`: sources, availability, workers, giving up.
+//! - `locator`: location refreshes from the tracker, on their own thread.
 //! - `worker`: one source's connection.
 //! - `assembler`: writing, marking held, registering, saving, flushing.
 //! - `rate`: the rate shown in progress displays.
@@ -44,20 +48,21 @@
 mod assembler;
 mod coordinator;
 mod engine;
+mod locator;
 pub mod partfile;
 mod rate;
 mod worker;
 
 use std::fs;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use log::info;
+use log::{info, warn};
 
-use super::client::{self, Conn};
+use super::client;
 use super::share::{ShareIndex, SharedFile};
 use super::{PeerError, Result};
 use crate::chunks::{Digest, Geometry};
@@ -67,10 +72,13 @@ use engine::Engine;
 use partfile::Paths;
 
 pub use crate::limits::{
-    GIVE_UP_AFTER, MAX_ACTIVE_SOURCES, MAX_HASH_FAILURES, PIPELINE_DEPTH, REFRESH_INTERVAL,
+    GIVE_UP_AFTER, MAX_ACTIVE_SOURCES, MAX_HASH_FAILURES, NEW_SOURCE_TIMEOUT, PIPELINE_DEPTH,
+    REFRESH_INTERVAL,
 };
 pub use coordinator::list_indices;
-pub use partfile::{HAVE_SUFFIX, PART_SUFFIX};
+pub use partfile::{
+    HAVE_SUFFIX, PART_SUFFIX, WORK_DIR, have_path, is_artifact, part_path, unfinished,
+};
 
 /// Tunables; `Default` gives the documented values.
 #[derive(Debug, Clone)]
@@ -79,6 +87,9 @@ pub struct DownloadOptions {
     pub refresh_interval: Duration,
     /// A source that leaves a request unanswered this long is dropped.
     pub io_timeout: Duration,
+    /// A source that has not delivered to this download yet must accept
+    /// and answer Hello within this long.
+    pub new_source_timeout: Duration,
     pub max_hash_failures: u32,
     pub give_up_after: Duration,
     /// Wait before reconnecting to a source whose connection failed.
@@ -91,6 +102,7 @@ impl Default for DownloadOptions {
             pipeline_depth: PIPELINE_DEPTH,
             refresh_interval: REFRESH_INTERVAL,
             io_timeout: client::IO_TIMEOUT,
+            new_source_timeout: NEW_SOURCE_TIMEOUT,
             max_hash_failures: MAX_HASH_FAILURES,
             give_up_after: GIVE_UP_AFTER,
             retry_after: Duration::from_secs(2),
@@ -98,10 +110,12 @@ impl Default for DownloadOptions {
     }
 }
 
-/// What the caller provides: where the tracker is, the share index to serve
-/// verified chunks from, and how to tell the tracker about each chunk.
+/// What the caller provides: where the trackers are, the share index to
+/// serve verified chunks from, and how to tell the trackers about each chunk.
 pub struct DownloadContext<'a> {
-    pub tracker: SocketAddr,
+    /// Every tracker to ask (at least one). Each is asked at the start and
+    /// by its own locator thread afterwards; their sources are merged.
+    pub trackers: &'a [SocketAddr],
     pub share: &'a ShareIndex,
     /// This peer's chunk server port, so it never downloads from itself.
     pub self_port: Option<u16>,
@@ -135,6 +149,8 @@ pub struct SourceStats {
     pub addr: SocketAddr,
     pub bytes: u64,
     pub chunks: u32,
+    /// Strikes: chunks it sent that failed verification (hash, length, or
+    /// not the chunk asked).
     pub hash_failures: u32,
     /// Why it was dropped, if it was.
     pub dropped: Option<String>,
@@ -183,12 +199,8 @@ pub fn download(
             "{name} is already shared by this peer"
         )));
     }
-    let mut tracker = Conn::connect(ctx.tracker, client::IO_TIMEOUT)?;
-    let d = describe(&mut tracker, ctx.tracker, name)?;
-    let self_addr = ctx.self_port.and_then(|port| {
-        let ip = tracker.stream().local_addr().ok()?.ip();
-        Some(SocketAddr::new(ip.to_canonical(), port))
-    });
+    let (d, local_ip) = describe(ctx.trackers, name)?;
+    let self_addr = ctx.self_port.map(|port| SocketAddr::new(local_ip, port));
     let paths = Paths::new(dir, name);
     if let Some(parent) = paths.final_path.parent() {
         fs::create_dir_all(parent).map_err(|e| PeerError::io("create folder", parent, e))?;
@@ -196,7 +208,8 @@ pub fn download(
     if paths.final_path.exists() {
         return already_there(ctx, name, &paths, d, started);
     }
-    let (file, have) = partfile::open(&paths, d.geometry, &d.hashes)?;
+    // Held until this function returns, whatever happens.
+    let (file, have, _lock) = partfile::open(&paths, d.geometry, &d.hashes, ctx.cancel)?;
     let resumed = have.count_ones();
     if resumed > 0 {
         info!(
@@ -218,7 +231,7 @@ pub fn download(
         (ctx.on_file)(name);
     }
     let engine = Engine::new(name, &d.hashes, &shared, opts, &paths);
-    let run = engine.run(ctx, tracker, d.locations, self_addr, resumed, on_progress);
+    let run = engine.run(ctx, d.locations, self_addr, resumed, on_progress);
     let mut summary = run.inspect_err(|_| {
         // Keep the verified chunks for a later resume, and keep serving
         // them: they are on disk and the tracker lists us for them.
@@ -228,35 +241,51 @@ pub fn download(
         return Err(PeerError::io("write", &paths.part, e));
     }
     put_in_place(ctx, name, &paths, &shared, d.hashes)?;
+    if d.geometry.count() == 0 {
+        // An empty file has no chunk to register one by one: register the
+        // file, so this peer is listed (and seeds it) like any holder.
+        (ctx.on_file)(name);
+    }
     summary.elapsed = started.elapsed();
     Ok(summary)
 }
 
-/// Asks the tracker where `name` is and what it is (length, chunk size,
-/// hashes).
-fn describe(tracker: &mut Conn, addr: SocketAddr, name: &str) -> Result<Described> {
-    let locations = match client::locate_on(tracker, name, true) {
+/// Asks every tracker at once where `name` is and what it is (length,
+/// chunk size, hashes): the first tracker (in the order given) that knows
+/// the name says what the file is, and the sources of every tracker that
+/// agrees are merged. Also returns the local IP this host reached that
+/// tracker from. Only when no tracker answers is it an error.
+fn describe(trackers: &[SocketAddr], name: &str) -> Result<(Described, IpAddr)> {
+    let merged = match client::locate_all(trackers, name, true) {
         Err(PeerError::Refused {
             code: ErrorCode::UnknownFile,
             ..
         }) => {
-            return Err(PeerError::Download(format!(
+            return Err(PeerError::NotFound(format!(
                 "no file named {name:?} on the network"
             )));
         }
         r => r?,
     };
+    for (t, e) in &merged.failed {
+        warn!(
+            "{name}: tracker left out ({}); going on with the others",
+            client::about(*t, e)
+        );
+    }
+    let (locations, ip) = merged.value;
     let hashes = locations.hashes.clone().unwrap_or_default();
     let geometry = Geometry::with_hashes(locations.length, locations.chunk_size, hashes.len())
         .map_err(|e| PeerError::Protocol {
-            who: addr.to_string(),
+            who: "the tracker".to_string(),
             what: format!("bad file description: {e}"),
         })?;
-    Ok(Described {
+    let d = Described {
         locations,
         geometry,
         hashes,
-    })
+    };
+    Ok((d, ip))
 }
 
 /// Moves the finished `.part` into place; from then on it is served as a
@@ -290,7 +319,7 @@ fn already_there(
     d: Described,
     started: Instant,
 ) -> Result<Summary> {
-    let file = partfile::open_finished(paths, name, d.geometry, &d.hashes)?;
+    let file = partfile::open_finished(paths, name, d.geometry, &d.hashes, ctx.cancel)?;
     let p = &paths.final_path;
     ctx.share.insert(Arc::new(SharedFile::complete(
         name.to_owned(),

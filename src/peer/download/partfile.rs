@@ -1,37 +1,49 @@
 //! The on-disk state of an unfinished download and moving it into place.
 //!
-//! Owns: `NAME.part` (the preallocated file being filled), `NAME.part.have`
-//! (the saved have-bitmap that makes a restart resume instead of starting
-//! over), their suffixes, and [`is_artifact`], which the share scan asks so
-//! that it never offers one of them. Also owns the rules that keep a
-//! download from taking over a file that is not its own: a `.part` without a
-//! matching `.part.have` is refused, never overwritten, and the final name is
-//! never replaced.
+//! Owns: the work folder [`WORK_DIR`] (`.p2pfs/` in the download folder) and
+//! in it, for each unfinished download, `KEY.part` (the preallocated file
+//! being filled) and `KEY.part.have` (the saved have-bitmap that makes a
+//! restart resume instead of starting over), where KEY is the hex SHA-1 of
+//! the file's name: 55 bytes at most, so every name the tracker accepts
+//! (components up to 255 bytes) can be downloaded on a file system with
+//! 255-byte names. Also owns their suffixes and [`is_artifact`], which the
+//! share scan asks so that it never offers one of them, and the rules that
+//! keep a download from taking over a file that is not its own: a `.part`
+//! without a matching `.part.have` is refused, never overwritten; a `.part`
+//! another download is filling (it holds the file's lock) is refused; and
+//! the final name is never replaced.
 //!
-//! Calls `chunks` (geometry, bitmaps, SHA-1), the peer's error type and the
-//! libc crate's open flags only; nothing else of the download and nothing
+//! Calls `chunks` (geometry, bitmaps, SHA-1), the peer's error type, `log`
+//! `wire` (the name rule) and the libc crate's open flags only; nothing else of the download and nothing
 //! of `share`, so `share` can ask [`is_artifact`] without an import cycle.
 //!
 //! Files that already exist (the final name, `.part.have`, a `.part` being
-//! resumed) are opened the way `share::open_regular` opens a shared file,
+//! resumed, and the `.part` again for its lock) are opened the way `share::open_regular` opens a shared file,
 //! with `O_NOFOLLOW | O_NONBLOCK` (`open_existing_file`): a symlink there
 //! is not followed and a FIFO is not waited on.
 //!
-//! # `NAME.part.have`
+//! # `KEY.part.have`
 //!
 //! `"P2PFHAVE"` | 20-byte identity (SHA-1 over the length, the chunk size and
 //! every chunk hash, so a bitmap saved for other content is never trusted) |
-//! the bitmap's bytes. Written to `NAME.part.have.tmp` (never following a
+//! the bitmap's bytes | the file's name (UTF-8) | `u16` name length, big-endian
+//! (so [`unfinished`] can name the download a KEY belongs to). Written to `KEY.part.have.tmp` (never following a
 //! link planted there) and renamed over the old one.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use log::warn;
 
 use crate::chunks::{self, Bitmap, Digest, Geometry};
+use crate::limits::{MAX_CHUNKS_PER_FILE, MAX_NAME_LEN};
 use crate::peer::{PeerError, Result};
 
+/// The folder, in the download folder, holding unfinished downloads.
+pub const WORK_DIR: &str = ".p2pfs";
 /// Suffix of a file still being downloaded.
 pub const PART_SUFFIX: &str = ".part";
 /// Suffix of the saved have-bitmap beside it.
@@ -41,40 +53,101 @@ const HAVE_TMP_SUFFIX: &str = ".part.have.tmp";
 
 const HAVE_MAGIC: &[u8; 8] = b"P2PFHAVE";
 
-/// Whether a file named `name` is a download's own state (an unfinished
-/// `.part`, its saved bitmap or that bitmap's temporary file): never shared.
+/// Whether the file at relative `name` ('/'-separated) is a download's own
+/// state (anything in a [`WORK_DIR`], an unfinished `.part`, its saved
+/// bitmap or that bitmap's temporary file): never shared.
 pub fn is_artifact(name: &str) -> bool {
-    [PART_SUFFIX, HAVE_SUFFIX, HAVE_TMP_SUFFIX]
-        .iter()
-        .any(|s| name.ends_with(s))
+    name.split('/').any(|c| c == WORK_DIR)
+        || [PART_SUFFIX, HAVE_SUFFIX, HAVE_TMP_SUFFIX]
+            .iter()
+            .any(|s| name.ends_with(s))
 }
 
-/// The three paths a download uses.
+/// Where the download of `name` into `dir` keeps its unfinished file.
+pub fn part_path(dir: &Path, name: &str) -> PathBuf {
+    Paths::new(dir, name).part
+}
+
+/// Where the download of `name` into `dir` keeps its saved have-bitmap.
+pub fn have_path(dir: &Path, name: &str) -> PathBuf {
+    Paths::new(dir, name).have
+}
+
+/// The names of the downloads left unfinished in `dir` (a `KEY.part` in
+/// its [`WORK_DIR`] with a saved bitmap that names it), sorted: what
+/// `get NAME` would resume. Links are not followed; anything unreadable or
+/// not matching its KEY is passed over.
+pub fn unfinished(dir: &Path) -> Vec<String> {
+    let work = dir.join(WORK_DIR);
+    let Ok(entries) = fs::read_dir(&work) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let file_name = e.file_name().into_string().ok()?;
+            let key = file_name.strip_suffix(HAVE_SUFFIX)?;
+            let name = saved_name(&e.path())?;
+            let paths = Paths::new(dir, &name);
+            let matches = paths.have.file_name()? == e.file_name().as_os_str() && !key.is_empty();
+            (matches && open_existing_file(&paths.part, false).is_ok()).then_some(name)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// The paths a download uses.
 pub(super) struct Paths {
     pub(super) final_path: PathBuf,
+    /// The [`WORK_DIR`] of the download folder.
+    work: PathBuf,
     pub(super) part: PathBuf,
     pub(super) have: PathBuf,
+    /// The file's name, recorded in the saved bitmap so that
+    /// [`unfinished`] can say which download a KEY belongs to.
+    name: String,
 }
 
 impl Paths {
     pub(super) fn new(dir: &Path, name: &str) -> Paths {
         // `name` passed validate_name: relative, no `..`, so this stays in `dir`.
         let final_path = dir.join(name);
-        let with = |suffix: &str| {
-            let mut s = final_path.clone().into_os_string();
-            s.push(suffix);
-            PathBuf::from(s)
-        };
+        let work = dir.join(WORK_DIR);
+        let key: String = chunks::sha1(name.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         Paths {
-            part: with(PART_SUFFIX),
-            have: with(HAVE_SUFFIX),
+            part: work.join(format!("{key}{PART_SUFFIX}")),
+            have: work.join(format!("{key}{HAVE_SUFFIX}")),
+            work,
             final_path,
+            name: name.to_owned(),
+        }
+    }
+
+    /// Makes sure the work folder exists and is a real folder (never a
+    /// link to somewhere else).
+    fn make_work_dir(&self) -> Result<()> {
+        match fs::create_dir(&self.work) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(PeerError::io("create folder", &self.work, e)),
+        }
+        match fs::symlink_metadata(&self.work) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(PeerError::Download(format!(
+                "{} exists and is not a folder; move it away or use another --dir",
+                self.work.display()
+            ))),
+            Err(e) => Err(PeerError::io("inspect", &self.work, e)),
         }
     }
 
     /// Saves `have` as the verified chunks of the `.part`.
     pub(super) fn save_have(&self, id: &Digest, have: &Bitmap) -> std::io::Result<()> {
-        save_have(&self.have, id, have)
+        save_have(&self.have, id, have, &self.name)
     }
 
     fn refuse(&self, why: &str) -> PeerError {
@@ -120,19 +193,54 @@ fn open_existing_file(path: &Path, write: bool) -> std::io::Result<File> {
 /// chunks; `None` for anything else (missing, truncated, other content, not
 /// a regular file).
 fn load_have(path: &Path, id: &Digest, count: u32) -> Option<Bitmap> {
+    let bitmap_len = usize::try_from(count.div_ceil(8)).ok()?;
+    let bytes = read_have(path, bitmap_len)?;
+    if bytes[8..28] != id[..] || bytes.len() < 28 + bitmap_len + 2 {
+        return None;
+    }
+    let name_len = trailer_name_len(&bytes);
+    if bytes.len() != 28 + bitmap_len + name_len + 2 {
+        return None;
+    }
+    Bitmap::from_bytes(count, &bytes[28..28 + bitmap_len]).ok()
+}
+
+/// The start of the saved bitmap at `path` (magic checked), read no further
+/// than a bitmap of `bitmap_len` bytes and the longest name allow (plus one
+/// byte, so an overlong file is seen as such).
+fn read_have(path: &Path, bitmap_len: usize) -> Option<Vec<u8>> {
+    let limit = 28 + bitmap_len + MAX_NAME_LEN + 2 + 1;
     let mut bytes = Vec::new();
     open_existing_file(path, false)
         .ok()?
-        .take(8 + 20 + u64::from(count).div_ceil(8) + 1)
+        .take(u64::try_from(limit).ok()?)
         .read_to_end(&mut bytes)
         .ok()?;
-    if bytes.len() < 28 || &bytes[..8] != HAVE_MAGIC || bytes[8..28] != id[..] {
-        return None;
-    }
-    Bitmap::from_bytes(count, &bytes[28..]).ok()
+    (bytes.len() >= 30 && bytes.len() < limit && &bytes[..8] == HAVE_MAGIC).then_some(bytes)
 }
 
-fn save_have(path: &Path, id: &Digest, have: &Bitmap) -> std::io::Result<()> {
+/// The name length recorded in the last two bytes of a saved bitmap.
+fn trailer_name_len(bytes: &[u8]) -> usize {
+    usize::from(u16::from_be_bytes([
+        bytes[bytes.len() - 2],
+        bytes[bytes.len() - 1],
+    ]))
+}
+
+/// The file name recorded in the saved bitmap at `path`, if it holds a valid
+/// one.
+fn saved_name(path: &Path) -> Option<String> {
+    let max_bitmap = usize::try_from(MAX_CHUNKS_PER_FILE.div_ceil(8)).ok()?;
+    let bytes = read_have(path, max_bitmap)?;
+    let name_len = trailer_name_len(&bytes);
+    let end = bytes.len() - 2;
+    let start = end.checked_sub(name_len).filter(|&st| st >= 28)?;
+    let name = std::str::from_utf8(&bytes[start..end]).ok()?;
+    crate::wire::validate_name(name).ok()?;
+    Some(name.to_owned())
+}
+
+fn save_have(path: &Path, id: &Digest, have: &Bitmap, name: &str) -> std::io::Result<()> {
     let mut tmp = path.to_path_buf().into_os_string();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -143,6 +251,10 @@ fn save_have(path: &Path, id: &Digest, have: &Bitmap) -> std::io::Result<()> {
     bytes.extend_from_slice(HAVE_MAGIC);
     bytes.extend_from_slice(id);
     bytes.extend_from_slice(have.as_bytes());
+    bytes.extend_from_slice(name.as_bytes());
+    // A valid name is at most MAX_NAME_LEN (1 KiB) bytes, so this fits.
+    let name_len = u16::try_from(name.len()).unwrap_or(u16::MAX);
+    bytes.extend_from_slice(&name_len.to_be_bytes());
     f.write_all(&bytes)?;
     fs::rename(&tmp, path)
 }
@@ -152,17 +264,31 @@ fn save_have(path: &Path, id: &Digest, have: &Bitmap) -> std::io::Result<()> {
 /// those the saved bitmap claims and whose hash checks out now. A `.part`
 /// without a matching `.part.have` is somebody else's file: refused, never
 /// overwritten.
-pub(super) fn open(paths: &Paths, geometry: Geometry, hashes: &[Digest]) -> Result<(File, Bitmap)> {
+///
+/// Checking the saved chunks reads them all; `cancel` set meanwhile stops it
+/// within a chunk, with an error (the `.part` is kept for a resume).
+///
+/// Also returns the `.part`'s lock: the caller holds it for as long as it
+/// fills the file.
+pub(super) fn open(
+    paths: &Paths,
+    geometry: Geometry,
+    hashes: &[Digest],
+    cancel: Option<&AtomicBool>,
+) -> Result<(File, Bitmap, PartLock)> {
     let id = identity(geometry, hashes);
-    let (file, claimed) = match fs::symlink_metadata(&paths.part) {
+    let (file, claimed, lock) = match fs::symlink_metadata(&paths.part) {
         Ok(m) if !m.file_type().is_file() => {
             return Err(paths.refuse("exists and is not a regular file"));
         }
         Ok(_) => {
-            let (file, claimed) = open_existing(paths, &id, geometry)?;
-            (file, Some(claimed))
+            let (file, claimed, lock) = open_existing(paths, &id, geometry)?;
+            (file, Some(claimed), lock)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (create(paths, &id, geometry)?, None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (file, lock) = create(paths, &id, geometry)?;
+            (file, None, lock)
+        }
         Err(e) => return Err(PeerError::io("inspect", &paths.part, e)),
     };
     let len = file
@@ -174,14 +300,20 @@ pub(super) fn open(paths: &Paths, geometry: Geometry, hashes: &[Digest]) -> Resu
             .map_err(|e| PeerError::io("preallocate", &paths.part, e))?;
     }
     let have = match claimed {
-        Some(c) => verify(&file, geometry, hashes, Some(&c)),
+        Some(c) => verify(&file, geometry, hashes, Some(&c), cancel)
+            .ok_or_else(|| interrupted(&paths.final_path))?,
         None => Bitmap::new(geometry.count()),
     };
-    Ok((file, have))
+    Ok((file, have, lock))
 }
 
 /// An existing `.part`: ours only if its saved bitmap names this content.
-fn open_existing(paths: &Paths, id: &Digest, geometry: Geometry) -> Result<(File, Bitmap)> {
+fn open_existing(
+    paths: &Paths,
+    id: &Digest,
+    geometry: Geometry,
+) -> Result<(File, Bitmap, PartLock)> {
+    let lock = lock(paths)?;
     let Some(claimed) = load_have(&paths.have, id, geometry.count()) else {
         return Err(paths.refuse(
             "exists but is not an unfinished download of this file (no matching .part.have)",
@@ -190,33 +322,90 @@ fn open_existing(paths: &Paths, id: &Digest, geometry: Geometry) -> Result<(File
     // Never through a link swapped in since it was looked at.
     let file =
         open_existing_file(&paths.part, true).map_err(|e| PeerError::io("open", &paths.part, e))?;
-    Ok((file, claimed))
+    Ok((file, claimed, lock))
+}
+
+/// The lock of a `.part`: while a download holds it, a second download of
+/// the same file into the same folder, by another process or this one,
+/// stops at once instead of writing into it too. Released when dropped.
+///
+/// It is taken on a handle of its own, never on the handle that reads and
+/// writes chunks: that one is kept open to serve the verified chunks after
+/// a failed download, which must not keep a retry out.
+#[derive(Debug)]
+pub(super) struct PartLock {
+    _file: Option<File>,
+}
+
+/// Takes the `.part`'s lock.
+fn lock(paths: &Paths) -> Result<PartLock> {
+    let file = open_existing_file(&paths.part, false)
+        .map_err(|e| PeerError::io("open", &paths.part, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(PartLock { _file: Some(file) }),
+        Err(TryLockError::WouldBlock) => Err(PeerError::Download(format!(
+            "{} is already being downloaded into this folder by another download \
+             ({} is locked); wait for it to finish, or use another --dir",
+            paths.final_path.display(),
+            paths.part.display()
+        ))),
+        // A file system without locks: download anyway, unguarded.
+        Err(TryLockError::Error(e)) => {
+            warn!("cannot lock {}: {e}", paths.part.display());
+            Ok(PartLock { _file: None })
+        }
+    }
 }
 
 /// A new `.part`, marked as ours at once so a restart right away resumes.
-fn create(paths: &Paths, id: &Digest, geometry: Geometry) -> Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&paths.part)
-        .map_err(|e| PeerError::io("create", &paths.part, e))?;
-    if let Err(e) = save_have(&paths.have, id, &Bitmap::new(geometry.count())) {
+fn create(paths: &Paths, id: &Digest, geometry: Geometry) -> Result<(File, PartLock)> {
+    let mut attempts = 0;
+    let (file, lock) = loop {
+        paths.make_work_dir()?;
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&paths.part);
+        match opened {
+            Ok(f) => match lock(paths) {
+                Ok(l) => break (f, l),
+                Err(e) => {
+                    // Someone opened it in the instant since we created it.
+                    let _ = fs::remove_file(&paths.part);
+                    return Err(e);
+                }
+            },
+            // Another download finishing removed the (then empty) folder.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
+            Err(e) => return Err(PeerError::io("create", &paths.part, e)),
+        }
+    };
+    if let Err(e) = paths.save_have(id, &Bitmap::new(geometry.count())) {
         // Without its .have a later run would refuse the .part.
         let _ = fs::remove_file(&paths.part);
         return Err(PeerError::io("create", &paths.have, e));
     }
-    Ok(file)
+    Ok((file, lock))
 }
 
 /// Hashes the chunks of `file` (only those set in `only`, if given) and
-/// returns which match.
-pub(super) fn verify(file: &File, g: Geometry, hashes: &[Digest], only: Option<&Bitmap>) -> Bitmap {
+/// returns which match; `None` as soon as `cancel` is set.
+pub(super) fn verify(
+    file: &File,
+    g: Geometry,
+    hashes: &[Digest],
+    only: Option<&Bitmap>,
+    cancel: Option<&AtomicBool>,
+) -> Option<Bitmap> {
     let mut good = Bitmap::new(g.count());
     let mut buf = Vec::new();
     for i in g.indices() {
         if only.is_some_and(|b| !b.get(i.get())) {
             continue;
+        }
+        if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+            return None;
         }
         if chunks::read_chunk(file, &g, i, &mut buf).is_ok()
             && chunks::sha1(&buf) == hashes[i.get() as usize]
@@ -224,16 +413,26 @@ pub(super) fn verify(file: &File, g: Geometry, hashes: &[Digest], only: Option<&
             good.set(i.get());
         }
     }
-    good
+    Some(good)
+}
+
+/// The error of a check of `path` stopped by the cancel flag.
+fn interrupted(path: &Path) -> PeerError {
+    PeerError::Download(format!(
+        "interrupted while checking the chunks of {} already on disk; run the same command again to resume",
+        path.display()
+    ))
 }
 
 /// The file already under the final name, if it is exactly this content
-/// (every chunk verifies); refused otherwise, and never overwritten.
+/// (every chunk verifies); refused otherwise, and never overwritten. The
+/// check stops within a chunk once `cancel` is set.
 pub(super) fn open_finished(
     paths: &Paths,
     name: &str,
     geometry: Geometry,
     hashes: &[Digest],
+    cancel: Option<&AtomicBool>,
 ) -> Result<File> {
     let p = &paths.final_path;
     // Like a shared file: no link followed, no FIFO waited on.
@@ -242,8 +441,11 @@ pub(super) fn open_finished(
         .metadata()
         .map_err(|e| PeerError::io("stat", p, e))?
         .len();
-    if len == geometry.length() && verify(&file, geometry, hashes, None).is_full() {
-        return Ok(file);
+    if len == geometry.length() {
+        let good = verify(&file, geometry, hashes, None, cancel).ok_or_else(|| interrupted(p))?;
+        if good.is_full() {
+            return Ok(file);
+        }
     }
     Err(PeerError::Download(format!(
         "{} already exists and is not the network's {name}; move it away or use another --dir",
@@ -273,6 +475,8 @@ pub(super) fn finish(paths: &Paths, file: &File) -> Result<()> {
             .map_err(|e| PeerError::io("rename", &paths.part, e))?,
     }
     let _ = fs::remove_file(&paths.have);
+    // Only when no other download is using it.
+    let _ = fs::remove_dir(&paths.work);
     if let Some(dir) = paths.final_path.parent() {
         // Make the new name durable; failure here loses nothing.
         if let Ok(d) = File::open(dir) {
@@ -296,6 +500,37 @@ mod tests {
     }
 
     #[test]
+    fn unfinished_downloads_are_found_by_their_part_and_bitmap() {
+        let dir = TempDir::new("unfinished");
+        let (_, g, hashes) = content();
+        let long = format!("sub/{}", "x".repeat(255));
+        for name in ["a.bin", long.as_str()] {
+            let paths = Paths::new(&dir.0, name);
+            let (file, _, lock) = open(&paths, g, &hashes, None).unwrap();
+            drop((file, lock));
+        }
+        // A .part without its bitmap, a bitmap whose name does not match
+        // its KEY, and a plain file are not unfinished downloads.
+        let stray = Paths::new(&dir.0, "stray");
+        fs::write(&stray.part, b"x").unwrap();
+        let liar = Paths::new(&dir.0, "liar");
+        fs::write(&liar.part, b"x").unwrap();
+        save_have(&liar.have, &[0; 20], &Bitmap::new(1), "a.bin").unwrap();
+        fs::write(dir.0.join("c.txt"), b"x").unwrap();
+        assert_eq!(unfinished(&dir.0), ["a.bin".to_owned(), long.clone()]);
+        assert!(unfinished(&dir.0.join("missing")).is_empty());
+        // Once finished, it is no longer listed.
+        let paths = Paths::new(&dir.0, "a.bin");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&paths.part)
+            .unwrap();
+        finish(&paths, &file).unwrap();
+        assert_eq!(unfinished(&dir.0), [long]);
+    }
+
+    #[test]
     fn have_file_round_trips_and_rejects_other_content() {
         let dir = TempDir::new("have");
         let p = dir.0.join("x.part.have");
@@ -305,7 +540,7 @@ mod tests {
         let mut b = Bitmap::new(10);
         b.set(3);
         b.set(9);
-        save_have(&p, &id, &b).unwrap();
+        save_have(&p, &id, &b, "f").unwrap();
         assert_eq!(load_have(&p, &id, 10), Some(b));
         let other = identity(g, &[[2u8; 20]; 10]);
         assert_eq!(load_have(&p, &other, 10), None);
@@ -322,7 +557,7 @@ mod tests {
         let id = identity(g, &hashes);
         let mut b = Bitmap::new(10);
         b.set(0);
-        save_have(&p, &id, &b).unwrap();
+        save_have(&p, &id, &b, "f").unwrap();
         let full = fs::read(&p).unwrap();
         for cut in [0, 7, 8, 27, 28, full.len() - 1] {
             fs::write(&p, &full[..cut]).unwrap();
@@ -337,7 +572,7 @@ mod tests {
         fs::write(&victim, b"precious").unwrap();
         let p = dir.0.join("x.part.have");
         std::os::unix::fs::symlink(&victim, dir.0.join("x.part.have.tmp")).unwrap();
-        save_have(&p, &[0; 20], &Bitmap::new(3)).unwrap();
+        save_have(&p, &[0; 20], &Bitmap::new(3), "f").unwrap();
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
     }
 
@@ -346,7 +581,7 @@ mod tests {
         let dir = TempDir::new("part-resume");
         let (data, g, hashes) = content();
         let paths = Paths::new(&dir.0, "f");
-        let (file, have) = open(&paths, g, &hashes).unwrap();
+        let (file, have, lock) = open(&paths, g, &hashes, None).unwrap();
         assert_eq!(have.count_ones(), 0);
         assert_eq!(fs::metadata(&paths.part).unwrap().len(), 10_000);
         assert_eq!(
@@ -362,9 +597,48 @@ mod tests {
             claimed.set(i);
         }
         paths.save_have(&identity(g, &hashes), &claimed).unwrap();
-        drop(file);
-        let (_, have) = open(&paths, g, &hashes).unwrap();
+        drop((file, lock));
+        let (_, have, _) = open(&paths, g, &hashes, None).unwrap();
         assert_eq!(have.iter_ones().collect::<Vec<_>>(), vec![2, 9]);
+    }
+
+    #[test]
+    fn a_part_being_filled_is_refused_to_a_second_download() {
+        let dir = TempDir::new("part-lock");
+        let (_, g, hashes) = content();
+        let paths = Paths::new(&dir.0, "f");
+        let (file, _, lock) = open(&paths, g, &hashes, None).unwrap();
+        let e = open(&paths, g, &hashes, None).unwrap_err();
+        assert!(e.to_string().contains("already being downloaded"), "{e}");
+        assert!(paths.part.exists() && paths.have.exists());
+        drop(lock);
+        // The handle that serves the chunks stays open: no matter.
+        assert!(open(&paths, g, &hashes, None).is_ok(), "free again");
+        drop(file);
+    }
+
+    #[test]
+    fn checking_stops_when_cancelled() {
+        let dir = TempDir::new("part-cancel");
+        let (data, g, hashes) = content();
+        let paths = Paths::new(&dir.0, "f");
+        fs::write(&paths.final_path, &data).unwrap();
+        let stop = AtomicBool::new(true);
+        let e = open_finished(&paths, "f", g, &hashes, Some(&stop)).unwrap_err();
+        assert!(e.to_string().contains("interrupted"), "{e}");
+        let (file, _, lock) = open(&paths, g, &hashes, None).unwrap();
+        paths
+            .save_have(&identity(g, &hashes), &Bitmap::full(10))
+            .unwrap();
+        drop((file, lock));
+        let e = open(&paths, g, &hashes, Some(&stop)).unwrap_err();
+        assert!(e.to_string().contains("interrupted"), "{e}");
+        assert!(
+            paths.part.exists() && paths.have.exists(),
+            "kept for a resume"
+        );
+        stop.store(false, Ordering::SeqCst);
+        assert!(open_finished(&paths, "f", g, &hashes, Some(&stop)).is_ok());
     }
 
     #[test]
@@ -373,18 +647,19 @@ mod tests {
         let (_, g, hashes) = content();
         let paths = Paths::new(&dir.0, "f");
         // No .part.have at all.
+        fs::create_dir(dir.0.join(WORK_DIR)).unwrap();
         fs::write(&paths.part, b"not yours").unwrap();
-        let e = open(&paths, g, &hashes).unwrap_err();
-        assert!(e.to_string().contains("f.part"), "{e}");
+        let e = open(&paths, g, &hashes, None).unwrap_err();
+        assert!(e.to_string().contains(".part"), "{e}");
         // A .part.have for other content.
         let other = identity(g, &[[9u8; 20]; 10]);
-        save_have(&paths.have, &other, &Bitmap::new(10)).unwrap();
-        assert!(open(&paths, g, &hashes).is_err());
+        save_have(&paths.have, &other, &Bitmap::new(10), "f").unwrap();
+        assert!(open(&paths, g, &hashes, None).is_err());
         assert_eq!(fs::read(&paths.part).unwrap(), b"not yours");
         // Not a regular file.
         fs::remove_file(&paths.part).unwrap();
         fs::create_dir(&paths.part).unwrap();
-        let e = open(&paths, g, &hashes).unwrap_err();
+        let e = open(&paths, g, &hashes, None).unwrap_err();
         assert!(e.to_string().contains("not a regular file"), "{e}");
     }
 
@@ -393,15 +668,15 @@ mod tests {
         let dir = TempDir::new("part-finish");
         let (data, g, hashes) = content();
         let paths = Paths::new(&dir.0, "f");
-        let (file, _) = open(&paths, g, &hashes).unwrap();
+        let (file, _, _lock) = open(&paths, g, &hashes, None).unwrap();
         use std::os::unix::fs::FileExt;
         file.write_all_at(&data, 0).unwrap();
         finish(&paths, &file).unwrap();
         assert_eq!(fs::read(&paths.final_path).unwrap(), data);
         assert!(!paths.part.exists() && !paths.have.exists());
-        assert!(open_finished(&paths, "f", g, &hashes).is_ok());
+        assert!(open_finished(&paths, "f", g, &hashes, None).is_ok());
         // A second download whose final name is taken meanwhile keeps its .part.
-        let (file, _) = open(&Paths::new(&dir.0, "f"), g, &hashes).unwrap();
+        let (file, _, _) = open(&Paths::new(&dir.0, "f"), g, &hashes, None).unwrap();
         let e = finish(&paths, &file).unwrap_err();
         assert!(
             e.to_string().contains("appeared during the download"),
@@ -418,17 +693,62 @@ mod tests {
         let paths = Paths::new(&dir.0, "f");
         data[5000] ^= 1;
         fs::write(&paths.final_path, &data).unwrap();
-        assert!(open_finished(&paths, "f", g, &hashes).is_err());
+        assert!(open_finished(&paths, "f", g, &hashes, None).is_err());
         fs::write(&paths.final_path, &data[..100]).unwrap();
-        assert!(open_finished(&paths, "f", g, &hashes).is_err());
+        assert!(open_finished(&paths, "f", g, &hashes, None).is_err());
+    }
+
+    #[test]
+    fn every_accepted_name_gets_short_work_file_names() {
+        let dir = Path::new("/d");
+        let long = format!("{}/{}", "a".repeat(255), "b".repeat(255));
+        for name in ["f", "sub/f.bin", long.as_str()] {
+            let p = Paths::new(dir, name);
+            assert_eq!(p.final_path, dir.join(name));
+            for f in [&p.part, &p.have] {
+                assert_eq!(f.parent(), Some(dir.join(WORK_DIR).as_path()));
+                let n = f.file_name().unwrap().len();
+                assert!(n + ".tmp".len() <= 60, "{}", f.display());
+            }
+            assert_eq!(part_path(dir, name), p.part);
+            assert_eq!(have_path(dir, name), p.have);
+        }
+        assert_ne!(part_path(dir, "a"), part_path(dir, "b"));
+    }
+
+    #[test]
+    fn the_work_folder_must_be_a_real_folder() {
+        let dir = TempDir::new("workdir");
+        let (_, g, hashes) = content();
+        let elsewhere = dir.0.join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.0.join(WORK_DIR)).unwrap();
+        let e = open(&Paths::new(&dir.0, "f"), g, &hashes, None).unwrap_err();
+        assert!(e.to_string().contains("is not a folder"), "{e}");
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
     }
 
     #[test]
     fn artifacts_are_recognised() {
-        for n in ["a.part", "d/a.bin.part", "a.part.have", "a.part.have.tmp"] {
+        for n in [
+            ".p2pfs/x",
+            "d/.p2pfs/y",
+            "a.part",
+            "d/a.bin.part",
+            "a.part.have",
+            "a.part.have.tmp",
+        ] {
             assert!(is_artifact(n), "{n}");
         }
-        for n in ["a", "part", "a.partial", "a.have", "a.part.x"] {
+        for n in [
+            "a",
+            "part",
+            "a.partial",
+            "a.have",
+            "a.part.x",
+            ".p2pfsx/a",
+            "x.p2pfs",
+        ] {
             assert!(!is_artifact(n), "{n}");
         }
     }

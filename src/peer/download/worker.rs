@@ -1,25 +1,32 @@
 //! One worker: the connection to one source.
 //!
-//! Owns: the worker thread's loop over its own TCP connection: fill the
-//! pipeline (pick rarest-first under the picker lock, up to the pipeline
-//! depth of requests in flight), read a reply, and either verify the chunk
-//! here or hand it to the assembler to hash ([`Worker::verify_or_hand_off`]),
-//! then pass it on through the bounded chunk channel. Also owns [`Slot`], the
-//! coordinator's and the worker's shared view of the source.
+//! Owns: the worker thread's loop over its own TCP connection: connect and
+//! greet (a short deadline for a source on probation), fill the pipeline
+//! (pick rarest-first under the picker lock, up to the pipeline depth and
+//! never more than `limits::MAX_REQUEST_BYTES_IN_FLIGHT` of requests), read
+//! a reply, and either verify the chunk here or hand it to the assembler to
+//! hash ([`Worker::verify_or_hand_off`]), then pass it on through the
+//! bounded chunk channel. Also owns the per-connection retry rules of
+//! docs/protocol.md §10: a strike for a bad chunk or a reply for another
+//! chunk (asked again, of this source only when nothing else is left), a
+//! chunk put off after `NotHeld`, and dropping the source at its strike
+//! limit. And [`Slot`], the coordinator's and the worker's shared view of
+//! the source.
 //!
 //! Calls `wire` (requests), `chunks` (SHA-1), the peer's `client` (the
 //! connection) and `picker`, and the download's `engine`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use super::engine::{Engine, Event, Rejects, Verified, WorkerEnd};
 use crate::chunks::{self, Bitmap};
+use crate::limits::{MAX_REQUEST_BYTES_IN_FLIGHT, NOT_HELD_RETRY, NOT_HELD_RETRY_MAX};
 use crate::peer::client::{self, Conn};
 use crate::peer::picker::Picker;
 use crate::sync::lock;
@@ -32,6 +39,16 @@ pub(super) struct Slot {
     pub(super) have: Mutex<Bitmap>,
     /// A clone of the worker's socket, so stopping can unblock its read.
     pub(super) stream: Mutex<Option<TcpStream>>,
+    /// Chunks the source sent bad on earlier connections of this download:
+    /// its strikes start there.
+    pub(super) strikes: u32,
+    /// Whether the source has delivered a chunk to this download: if not,
+    /// it must connect and greet within the short
+    /// [`DownloadOptions::new_source_timeout`](super::DownloadOptions).
+    pub(super) proven: bool,
+    /// Set once the source answered a request, or held nothing to ask it
+    /// for: the worker is then no longer a probe (see `limits::MAX_PROBES`).
+    pub(super) settled: AtomicBool,
     /// Wakes an idle worker (new locations, or stopping).
     pub(super) wake_tx: Sender<()>,
     pub(super) wake_rx: Receiver<()>,
@@ -43,6 +60,8 @@ struct Worker<'a, 'e> {
     slot: &'a Slot,
     chunk_tx: &'a Sender<Verified>,
     ev: &'a Sender<Event>,
+    /// Requests kept in flight: the pipeline depth, but never more than
+    /// [`MAX_REQUEST_BYTES_IN_FLIGHT`] of them.
     depth: usize,
     /// Requests sent and not answered yet, in order.
     inflight: VecDeque<u32>,
@@ -50,6 +69,9 @@ struct Worker<'a, 'e> {
     rejects: Arc<Rejects>,
     /// The chunks in `rejects`, never asked of this source again.
     avoid: Vec<u32>,
+    /// Chunks the source answered `NotHeld` for: not asked of it again
+    /// before `until`; `wait` doubles with each further `NotHeld`.
+    deferred: HashMap<u32, Deferred>,
     /// Chunks verified here and queued for the assembler but not yet
     /// written: the picker still counts them in flight, so without this the
     /// endgame would ask this same source for them again.
@@ -58,6 +80,12 @@ struct Worker<'a, 'e> {
     batch: Vec<u8>,
     /// The buffer the next chunk is read into.
     spare: Vec<u8>,
+}
+
+/// A chunk put off after `NotHeld`.
+struct Deferred {
+    until: Instant,
+    wait: Duration,
 }
 
 impl Engine<'_> {
@@ -69,7 +97,14 @@ impl Engine<'_> {
         chunk_tx: Sender<Verified>,
         ev: &Sender<Event>,
     ) -> WorkerEnd {
-        let stream = match TcpStream::connect_timeout(&slot.addr, client::CONNECT_TIMEOUT) {
+        let io_timeout = self.opts.io_timeout;
+        let (connect_timeout, hello_timeout) = if slot.proven {
+            (client::CONNECT_TIMEOUT, io_timeout)
+        } else {
+            let t = self.opts.new_source_timeout;
+            (client::CONNECT_TIMEOUT.min(t), io_timeout.min(t))
+        };
+        let stream = match TcpStream::connect_timeout(&slot.addr, connect_timeout) {
             Ok(s) => s,
             Err(e) => return WorkerEnd::Lost(format!("cannot connect: {e}")),
         };
@@ -79,19 +114,29 @@ impl Engine<'_> {
         if self.stop.load(Ordering::SeqCst) {
             return WorkerEnd::Finished;
         }
-        let mut conn = match Conn::from_stream(stream, self.opts.io_timeout) {
+        let mut conn = match Conn::from_stream(stream, hello_timeout) {
             Ok(c) => c,
             Err(e) => return WorkerEnd::Lost(e.to_string()),
         };
+        if hello_timeout != io_timeout {
+            let s = conn.stream();
+            if let Err(e) = s
+                .set_read_timeout(Some(io_timeout))
+                .and_then(|()| s.set_write_timeout(Some(io_timeout)))
+            {
+                return WorkerEnd::Lost(e.to_string());
+            }
+        }
         let mut w = Worker {
             engine: self,
             slot,
             chunk_tx: &chunk_tx,
             ev,
-            depth: self.opts.pipeline_depth.max(1),
+            depth: self.depth(),
             inflight: VecDeque::new(),
-            rejects: Arc::new(Rejects::default()),
+            rejects: Arc::new(Rejects::starting_at(slot.strikes)),
             avoid: Vec::new(),
+            deferred: HashMap::new(),
             handed: Vec::new(),
             batch: Vec::new(),
             spare: Vec::new(),
@@ -110,6 +155,21 @@ impl Engine<'_> {
             return WorkerEnd::Finished;
         }
         end
+    }
+}
+
+impl Engine<'_> {
+    /// The pipeline depth, bounded so the requests in flight never exceed
+    /// [`MAX_REQUEST_BYTES_IN_FLIGHT`] (all of one worker's requests have
+    /// the same length: only the index differs).
+    fn depth(&self) -> usize {
+        let mut one = Vec::new();
+        let req = Message::ChunkRequest {
+            name: self.name.to_owned(),
+            index: 0,
+        };
+        let len = req.encode(&mut one).map_or(usize::MAX, |()| one.len());
+        (MAX_REQUEST_BYTES_IN_FLIGHT / len.max(1)).clamp(1, self.opts.pipeline_depth.max(1))
     }
 }
 
@@ -134,6 +194,7 @@ impl Worker<'_, '_> {
                 .map_err(|e| WorkerEnd::Lost(e.to_string()))?;
         }
         if self.inflight.is_empty() {
+            self.settle();
             if lock(&e.picker).is_complete() {
                 return Err(WorkerEnd::Finished);
             }
@@ -147,9 +208,18 @@ impl Worker<'_, '_> {
         let reply = conn
             .recv_into(&mut self.spare)
             .map_err(|e| WorkerEnd::Lost(e.to_string()))?;
+        self.settle();
         match self.inflight.pop_front() {
             Some(expected) => self.handle_reply(expected, reply),
             None => Ok(()),
+        }
+    }
+
+    /// Marks the worker no longer a probe, telling the coordinator the first
+    /// time.
+    fn settle(&self) {
+        if !self.slot.settled.swap(true, Ordering::SeqCst) {
+            let _ = self.ev.try_send(Event::Settled);
         }
     }
 
@@ -161,11 +231,20 @@ impl Worker<'_, '_> {
         if self.inflight.len() >= self.depth {
             return Ok(());
         }
-        let mut has = lock(&self.slot.have).clone();
-        self.handed
-            .retain(|&i| e.geometry.index(i).is_some_and(|c| !e.file.has(c)));
+        let source_has = lock(&self.slot.have).clone();
+        let missing = |i: &u32| e.geometry.index(*i).is_some_and(|c| !e.file.has(c));
+        self.handed.retain(missing);
+        self.avoid.retain(missing);
+        self.deferred.retain(|i, _| missing(i));
+        let now = Instant::now();
+        let mut has = source_has.clone();
         for &i in self.inflight.iter().chain(&self.avoid).chain(&self.handed) {
             has.clear(i);
+        }
+        for (&i, d) in &self.deferred {
+            if now < d.until {
+                has.clear(i);
+            }
         }
         let mut p = lock(&e.picker);
         while self.inflight.len() < self.depth {
@@ -176,14 +255,55 @@ impl Worker<'_, '_> {
                 break;
             };
             has.clear(pick.index);
-            self.inflight.push_back(pick.index);
-            let req = Message::ChunkRequest {
-                name: e.name.to_owned(),
-                index: pick.index,
-            };
-            if req.encode(&mut self.batch).is_err() {
-                return Err(WorkerEnd::Banned("cannot encode a request".into()));
+            self.request(pick.index)?;
+        }
+        if self.inflight.is_empty() && !self.avoid.is_empty() {
+            // Nothing else to ask of this source: the chunks it sent bad are
+            // asked of it again, unless a request for them is in flight
+            // elsewhere (never an endgame duplicate).
+            let mut retry = Bitmap::new(source_has.len());
+            for &i in self.avoid.iter().filter(|&&i| source_has.get(i)) {
+                retry.set(i);
             }
+            while let Some(pick) = p.pick(&retry, false) {
+                retry.clear(pick.index);
+                self.avoid.retain(|&i| i != pick.index);
+                self.request(pick.index)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a request for chunk `index` to the batch.
+    fn request(&mut self, index: u32) -> Result<(), WorkerEnd> {
+        self.inflight.push_back(index);
+        let req = Message::ChunkRequest {
+            name: self.engine.name.to_owned(),
+            index,
+        };
+        req.encode(&mut self.batch)
+            .map_err(|_| WorkerEnd::Banned("cannot encode a request".into()))
+    }
+
+    /// Puts chunk `index` off after a `NotHeld`.
+    fn defer(&mut self, index: u32) {
+        let now = Instant::now();
+        let d = self.deferred.entry(index).or_insert(Deferred {
+            until: now,
+            wait: NOT_HELD_RETRY / 2,
+        });
+        d.wait = (d.wait * 2).min(NOT_HELD_RETRY_MAX);
+        d.until = now + d.wait;
+    }
+
+    /// A strike against the source for chunk `index` (bad data, or a reply
+    /// for another chunk): the data is dropped and the chunk asked again;
+    /// at the strike limit the source is dropped for good.
+    fn strike(&mut self, index: u32, why: &str) -> Result<(), WorkerEnd> {
+        let e = self.engine;
+        let n = e.reject(self.slot.addr, index, why, &self.rejects, self.ev);
+        if n >= e.opts.max_hash_failures {
+            return Err(WorkerEnd::Banned(format!("{n} chunks failed verification")));
         }
         Ok(())
     }
@@ -196,18 +316,18 @@ impl Worker<'_, '_> {
                 self.verify_or_hand_off(index, data)
             }
             Message::ChunkData { index, .. } => {
-                lock(&e.picker).release(expected);
-                Err(WorkerEnd::Banned(format!(
-                    "answered chunk {index} when chunk {expected} was next"
-                )))
+                let why = format!("was answered with chunk {index}");
+                self.strike(expected, &why)
             }
             Message::Error {
                 code: ErrorCode::NotHeld,
                 ..
             } => {
-                // Our view of the source was stale: forget that bit.
+                // Not now (super-seeding, or our view of the source is
+                // stale): free the chunk for other sources and ask this one
+                // again later, never dropping it from what the source holds.
                 lock(&e.picker).release(expected);
-                lock(&self.slot.have).clear(expected);
+                self.defer(expected);
                 Ok(())
             }
             Message::Error { code, message } => {
@@ -246,12 +366,8 @@ impl Worker<'_, '_> {
                 .is_ok();
         let good = check || (right_size && chunks::sha1(&data) == e.hashes[index as usize]);
         if !good {
-            let n = e.reject(self.slot.addr, index, &self.rejects, self.ev);
-            if n >= e.opts.max_hash_failures {
-                return Err(WorkerEnd::Banned(format!("{n} chunks failed verification")));
-            }
             self.spare = data; // read the next chunk into it
-            return Ok(());
+            return self.strike(index, "failed verification");
         }
         let v = Verified {
             source: self.slot.addr,

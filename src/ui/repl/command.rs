@@ -69,6 +69,24 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
     }
 }
 
+/// `name` as it must be typed after `get` or `where`: bare, or in quotes
+/// when it starts with `#` or `"` or has spaces at either end.
+pub fn as_typed(name: &str) -> String {
+    let plain = !name.starts_with(['#', '"']) && name.trim() == name && !name.is_empty();
+    if plain {
+        return name.to_owned();
+    }
+    let mut s = String::from('"');
+    for c in name.chars() {
+        if c == '"' || c == '\\' {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s.push('"');
+    s
+}
+
 /// The file a command names. `#` and digits: a number from the last list.
 /// A double quote: the name up to the closing quote, exactly (spaces kept;
 /// `\"` and `\\` stand for a quote and a backslash). Anything else: the
@@ -192,6 +210,19 @@ mod tests {
         for form in ["get 2024", "get #2", "double quotes"] {
             assert!(HELP.contains(form), "{form}");
         }
+    }
+
+    #[test]
+    fn names_are_shown_as_they_must_be_typed() {
+        for name in ["a.txt", "my photo.jpg", "#1", " pad ", "say \"hi\"", "a\\b"] {
+            let typed = as_typed(name);
+            assert_eq!(
+                parse(&format!("get {typed}")),
+                Ok(Some(Command::Get(Target::Name(name.into())))),
+                "{name:?} typed as {typed}"
+            );
+        }
+        assert_eq!(as_typed("2024"), "2024");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::error_chain;
 use crate::peer::download::{DownloadOptions, Progress, Summary};
 use crate::peer::node::Node;
 use crate::sync::lock;
+use crate::ui::Resumable;
 
 /// Finished-download notices waiting for the UI. Far more than downloads
 /// anyone starts by hand; when full, a notice is dropped (status still
@@ -94,13 +95,22 @@ impl Jobs {
         let handle = thread::Builder::new()
             .name(format!("get {name}"))
             .spawn(move || {
+                let mut started = false;
                 let r = node.download_cancellable(&n, &dir, &opts, Some(&c), &mut |p| {
+                    started = true;
                     *lock(&st) = DownloadState::Running(p.clone());
                 });
                 let (notice, end) = match r {
                     Ok(s) => (text::done_line(&s), DownloadState::Done(s)),
                     Err(e) => {
-                        let why = error_chain(&e);
+                        let why = if started {
+                            Resumable::line(
+                                &e,
+                                &format!("type get {} to resume", super::command::as_typed(&n)),
+                            )
+                        } else {
+                            error_chain(&e)
+                        };
                         (
                             format!("download of {n} failed: {why}"),
                             DownloadState::Failed(why),
@@ -140,19 +150,17 @@ impl Jobs {
     /// Joins the threads of finished downloads (their state stays listed).
     pub fn reap(&mut self) {
         for j in &mut self.jobs {
-            if j.handle.as_ref().is_some_and(|h| h.is_finished()) {
-                if let Some(h) = j.handle.take() {
-                    if h.join().is_err() {
-                        *lock(&j.state) =
-                            DownloadState::Failed("the download thread panicked".into());
-                    }
-                }
+            if j.handle.as_ref().is_some_and(|h| h.is_finished())
+                && let Some(h) = j.handle.take()
+                && h.join().is_err()
+            {
+                *lock(&j.state) = DownloadState::Failed("the download thread panicked".into());
             }
         }
     }
 
     /// Stops the downloads still running (their verified chunks stay in
-    /// NAME.part, so a later `get` resumes), joins every download thread,
+    /// the download folder's `.p2pfs/`, so a later `get` resumes), joins every download thread,
     /// and returns the names of the downloads it stopped. A thread that
     /// does not end within a few seconds is left to end with the process.
     pub fn finish(mut self) -> Vec<String> {

@@ -33,8 +33,8 @@ pub use self::jobs::DownloadState;
 use self::jobs::Jobs;
 use self::text::{Mine, explain};
 use crate::error_chain;
-use crate::peer::client::{self, Conn};
-use crate::peer::download::DownloadOptions;
+use crate::peer::client;
+use crate::peer::download::{DownloadOptions, unfinished};
 use crate::peer::node::Node;
 use crate::peer::{PeerError, Result};
 use crate::ui::format::format_locations;
@@ -56,6 +56,8 @@ pub struct Repl {
     /// The last `list`, which NUMBERs refer to.
     listed: Vec<FileSummary>,
     jobs: Jobs,
+    /// Where downloads go (the shared folder).
+    dir: PathBuf,
     /// Upload counter at the previous `status`, for its rate.
     upload_mark: (Instant, u64),
 }
@@ -66,12 +68,13 @@ impl Repl {
     /// yields one line per finished or failed background download, for the
     /// UI to print when it likes.
     pub fn new(node: Arc<Node>, dir: PathBuf, opts: DownloadOptions) -> (Repl, Receiver<String>) {
-        let (jobs, notices) = Jobs::new(Arc::clone(&node), dir, opts);
+        let (jobs, notices) = Jobs::new(Arc::clone(&node), dir.clone(), opts);
         let mark = (Instant::now(), node.uploaded_bytes());
         let repl = Repl {
             node,
             listed: Vec::new(),
             jobs,
+            dir,
             upload_mark: mark,
         };
         (repl, notices)
@@ -127,7 +130,7 @@ impl Repl {
     }
 
     /// Stops the downloads still running (their verified chunks stay in
-    /// NAME.part, so a later `get` resumes), joins every download thread,
+    /// the download folder's `.p2pfs/`, so a later `get` resumes), joins every download thread,
     /// and returns the names of the downloads it stopped. A thread that
     /// does not end within a few seconds is left to end with the process.
     pub fn finish(self) -> Vec<String> {
@@ -155,8 +158,13 @@ impl Repl {
     }
 
     fn list(&mut self, out: &mut dyn Write) -> io::Result<()> {
-        let (files, truncated) = match client::list_files(self.node.tracker()) {
-            Ok(x) => x,
+        let (files, truncated) = match client::list_files_all(self.node.trackers()) {
+            Ok(m) => {
+                for (t, e) in &m.failed {
+                    writeln!(out, "(tracker left out: {})", client::about(*t, e))?;
+                }
+                m.value
+            }
             Err(e) => return writeln!(out, "cannot list the files: {}", error_chain(&e)),
         };
         if files.is_empty() {
@@ -197,17 +205,12 @@ impl Repl {
         }
     }
 
-    /// Locations of `name`, and this peer's address as the tracker knows it
-    /// (the local IP of a tracker connection and the serving port), so it
-    /// can be marked.
+    /// Locations of `name` from every tracker, merged, and this peer's
+    /// address as the trackers know it (the local IP of a tracker
+    /// connection and the serving port), so it can be marked.
     fn locate(&self, name: &str) -> Result<(Locations, SocketAddr), PeerError> {
-        let mut c = Conn::connect(self.node.tracker(), client::IO_TIMEOUT)?;
-        let l = client::locate_on(&mut c, name, false)?;
-        let ip = c
-            .stream()
-            .local_addr()
-            .map(|a| a.ip().to_canonical())
-            .unwrap_or_else(|_| self.node.local_addr().ip());
+        let m = client::locate_all(self.node.trackers(), name, false)?;
+        let (l, ip) = m.value;
         Ok((l, SocketAddr::new(ip, self.node.local_addr().port())))
     }
 
@@ -248,10 +251,26 @@ impl Repl {
         writeln!(
             out,
             "{}",
-            text::serving_line(node.local_addr(), node.tracker(), node.is_connected())
+            text::serving_line(
+                node.local_addr(),
+                node.trackers(),
+                &node.connected_trackers()
+            )
         )?;
         write!(out, "{}", text::files_block(&node.share().files()))?;
-        write!(out, "{}", text::downloads_block(&self.jobs.states()))?;
+        let columns = crate::ui::progress::stdout_columns();
+        write!(
+            out,
+            "{}",
+            text::downloads_block(&self.jobs.states(), columns)
+        )?;
+        let waiting: Vec<String> = unfinished(&self.dir)
+            .into_iter()
+            .filter(|n| !self.jobs.is_running(n) && !node.is_downloading(n))
+            .collect();
+        if !waiting.is_empty() {
+            writeln!(out, "{}", text::unfinished_line(&waiting))?;
+        }
         let (then, before) = self.upload_mark;
         let now = (Instant::now(), node.uploaded_bytes());
         let secs = now.0.duration_since(then).as_secs_f64().max(1e-3);

@@ -14,14 +14,12 @@ use crate::error_chain;
 use crate::peer::PeerError;
 use crate::peer::download::Summary;
 use crate::peer::share::SharedFile;
-use crate::ui::format::{human, rate};
+use crate::ui::format::{already_complete, human, plural, rate, transfer_phrase};
 use crate::ui::progress::progress_line;
 use crate::wire::{ErrorCode, FileSummary};
 
 /// Width of the chunk maps in `status`: one character per chunk up to 32.
 const STATUS_MAP_WIDTH: usize = 32;
-/// Width of the progress bars in `status`.
-const STATUS_BAR_WIDTH: usize = 24;
 
 /// How this peer stands to a listed file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,16 +45,30 @@ pub fn list_line(number: usize, f: &FileSummary, w: usize, mine: Mine) -> String
     )
 }
 
-/// The first line of `status`.
-pub fn serving_line(local: SocketAddr, tracker: SocketAddr, connected: bool) -> String {
-    format!(
-        "serving chunks on {local}; tracker {tracker} ({})",
-        if connected {
-            "connected"
-        } else {
-            "not connected, retrying"
-        }
-    )
+/// The first line of `status`: where chunks are served, and each tracker
+/// with whether its session is connected.
+pub fn serving_line(
+    local: SocketAddr,
+    trackers: &[SocketAddr],
+    connected: &[SocketAddr],
+) -> String {
+    let each: Vec<String> = trackers
+        .iter()
+        .map(|t| {
+            let state = if connected.contains(t) {
+                "connected"
+            } else {
+                "not connected, retrying"
+            };
+            format!("{t} ({state})")
+        })
+        .collect();
+    let word = if trackers.len() == 1 {
+        "tracker"
+    } else {
+        "trackers"
+    };
+    format!("serving chunks on {local}; {word} {}", each.join(", "))
 }
 
 /// The files part of `status`: a header, then one line per file with its
@@ -88,8 +100,9 @@ pub fn files_block(files: &[std::sync::Arc<SharedFile>]) -> String {
     s
 }
 
-/// The downloads part of `status` (empty when none were started).
-pub fn downloads_block(jobs: &[(String, DownloadState)]) -> String {
+/// The downloads part of `status` (empty when none were started), each
+/// line fitted to `columns`.
+pub fn downloads_block(jobs: &[(String, DownloadState)], columns: usize) -> String {
     let mut s = String::new();
     if !jobs.is_empty() {
         s.push_str("downloads:\n");
@@ -102,12 +115,18 @@ pub fn downloads_block(jobs: &[(String, DownloadState)]) -> String {
     for (name, st) in jobs {
         let text = match st {
             DownloadState::Starting => "starting".to_owned(),
-            DownloadState::Running(p) => progress_line(p, STATUS_BAR_WIDTH),
+            DownloadState::Running(p) => progress_line(p, columns.saturating_sub(w + 4)),
+            DownloadState::Done(s) if already_complete(s) => {
+                format!("done: {} already complete here", human(s.length as f64))
+            }
             DownloadState::Done(s) => format!(
-                "done: {} in {:.1} s from {} peer(s)",
+                "done: {} in {:.1} s from {}",
                 human(s.length as f64),
                 s.elapsed.as_secs_f64(),
-                s.sources.iter().filter(|x| x.bytes > 0).count()
+                plural(
+                    s.sources.iter().filter(|x| x.bytes > 0).count() as u64,
+                    "peer"
+                )
             ),
             DownloadState::Failed(why) => format!("failed: {why}"),
         };
@@ -116,10 +135,26 @@ pub fn downloads_block(jobs: &[(String, DownloadState)]) -> String {
     s
 }
 
+/// The downloads left unfinished in the folder (an earlier run stopped
+/// them), and how to go on with one.
+pub fn unfinished_line(names: &[String]) -> String {
+    let typed: Vec<String> = names.iter().map(|n| super::command::as_typed(n)).collect();
+    format!(
+        "unfinished {}: {}; type get NAME to resume one",
+        if names.len() == 1 {
+            "download"
+        } else {
+            "downloads"
+        },
+        typed.join(", ")
+    )
+}
+
 /// The last line of `status`: uploads, in all and over `secs` seconds.
 pub fn uploads_line(connections: usize, total: u64, recent: u64, secs: f64) -> String {
     format!(
-        "uploads: {connections} peer connection(s) open; {} sent in all, {} over the last {:.1} s",
+        "uploads: {} open; {} sent in all, {} over the last {:.1} s",
+        plural(connections as u64, "peer connection"),
         human(total as f64),
         rate(recent, secs),
         secs.max(1e-3)
@@ -137,7 +172,14 @@ pub fn started_line(name: &str, length: u64, sources: usize) -> String {
 
 /// The line announcing a finished background download.
 pub fn done_line(s: &Summary) -> String {
-    let secs = s.elapsed.as_secs_f64().max(1e-3);
+    if already_complete(s) {
+        return format!(
+            "{} ({}) is already complete here, every chunk verified: {}",
+            s.name,
+            human(s.length as f64),
+            s.path.display()
+        );
+    }
     let from: Vec<String> = s
         .sources
         .iter()
@@ -145,12 +187,11 @@ pub fn done_line(s: &Summary) -> String {
         .map(|x| format!("{} from {}", human(x.bytes as f64), x.addr))
         .collect();
     format!(
-        "download finished: {} ({}) in {:.1} s, {}{}{}; saved to {}",
+        "download finished: {} ({}) {}{}{}; saved to {}",
         s.name,
         human(s.length as f64),
-        secs,
-        rate(s.bytes_downloaded, secs),
-        if from.is_empty() { "" } else { ": " },
+        transfer_phrase(s),
+        if from.is_empty() { "" } else { "; " },
         from.join(", "),
         s.path.display()
     )

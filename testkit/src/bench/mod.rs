@@ -405,6 +405,42 @@ impl SeedProc {
     }
 }
 
+/// A fresh folder beside `dir` holding hard links to everything in it
+/// (copies where linking fails), for one more seed of the same files:
+/// `peer share` refuses a folder that another one shares.
+pub fn own_folder(dir: &Path) -> R<std::path::PathBuf> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("share");
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let own = dir.with_file_name(format!("{name}-seed{n}"));
+    let _ = std::fs::remove_dir_all(&own);
+    link_tree(dir, &own)?;
+    Ok(own)
+}
+
+fn link_tree(from: &Path, to: &Path) -> R<()> {
+    link_tree_io(from, to)
+        .map_err(|e| format!("linking {} to {}: {e}", from.display(), to.display()))
+}
+
+fn link_tree_io(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_name() == p2pfs::peer::share::LOCK_FILE_NAME {
+            continue; // the other seed's lock: not ours
+        }
+        if e.file_type()?.is_dir() {
+            link_tree_io(&src, &dst)?;
+        } else if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
 /// Starts `peer get NAME` into `dir`.
 pub fn spawn_get(
     ctx: &Ctx,

@@ -24,7 +24,7 @@
 use std::time::{Duration, Instant};
 
 use super::util::{MIB, Proc, R, Scratch, SendMonitor, Stream, median, size, write_file};
-use super::{Ctx, Row, SeedProc, TrackerProc, source_bytes, spawn_get};
+use super::{Ctx, Row, SeedProc, TrackerProc, own_folder, source_bytes, spawn_get};
 
 pub const MULTI: &str = "2 multi-source capped";
 pub const FLASH: &str = "3 flash crowd";
@@ -132,11 +132,18 @@ fn multi_once(
 ) -> R<MultiRep> {
     let tracker = TrackerProc::start(ctx, &[])?;
     let mut seeds = Vec::new();
-    for _ in 0..n {
+    for k in 0..n {
+        // `peer share` refuses a folder another one shares: the seeds
+        // after the first share hard links to the same files.
+        let dir = if k == 0 {
+            share.to_path_buf()
+        } else {
+            own_folder(share)?
+        };
         seeds.push(SeedProc::start(
             ctx,
             tracker.addr,
-            share,
+            &dir,
             Some(cap),
             Some(chunk),
         )?);

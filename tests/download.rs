@@ -1,0 +1,757 @@
+//! Downloads that must finish, or fail clearly, against sources that
+//! misbehave and a tracker that stalls: the downloader's retry rules
+//! (docs/protocol.md §10) and the "Downloads" rows of docs/reliability.md.
+//! Misbehaving sources are written by hand from the protocol
+//! ([`FakeSource`]), so each one does exactly one wrong thing.
+
+mod util;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::BufReader;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use p2pfs::peer::download::DownloadOptions;
+use p2pfs::wire::{self, ErrorCode, Message};
+use util::{CHUNK, Client, Scratch, downloader, entry, opts, tracker, with_timeout};
+
+/// How a [`FakeSource`] answers one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// The chunk, as registered.
+    Good,
+    /// The chunk with its first byte flipped.
+    Corrupt,
+    /// The right data, but of this other chunk (and its index).
+    Index(u32),
+    /// `Error{NotHeld}`.
+    NotHeld,
+    /// `Error{NotHeld}`, and the source closes its tracker connection
+    /// first, so the tracker stops listing it.
+    NotHeldThenLeave,
+}
+
+/// The rule: (chunk index, how many times it has been asked so far,
+/// counting this request) -> the answer.
+type Rule = dyn Fn(u32, u32) -> Answer + Send + Sync;
+
+struct Shared {
+    data: Vec<u8>,
+    rule: Box<Rule>,
+    asked: Mutex<HashMap<u32, u32>>,
+    control: Mutex<Option<Client>>,
+    stop: AtomicBool,
+}
+
+/// A source written by hand from the protocol: registered with the tracker
+/// as holding all of `data` (in [`CHUNK`]s), serving it over real sockets,
+/// answering each request as its rule says.
+struct FakeSource {
+    shared: Arc<Shared>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl FakeSource {
+    fn start(
+        t: SocketAddr,
+        name: &str,
+        data: &[u8],
+        rule: impl Fn(u32, u32) -> Answer + Send + Sync + 'static,
+    ) -> FakeSource {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut ctl = Client::connect(t);
+        let reply = ctl.request(&Message::Register {
+            endpoint: listener.local_addr().unwrap(),
+            files: vec![entry(name, data)],
+        });
+        assert!(matches!(reply, Message::RegisterReply { .. }), "{reply:?}");
+        let shared = Arc::new(Shared {
+            data: data.to_vec(),
+            rule: Box::new(rule),
+            asked: Mutex::new(HashMap::new()),
+            control: Mutex::new(Some(ctl)),
+            stop: AtomicBool::new(false),
+        });
+        let sh = Arc::clone(&shared);
+        let accept = thread::spawn(move || {
+            let mut conns = Vec::new();
+            while !sh.stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let sh = Arc::clone(&sh);
+                        conns.push(thread::spawn(move || serve(s, &sh)));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            for c in conns {
+                let _ = c.join();
+            }
+        });
+        FakeSource {
+            shared,
+            accept: Some(accept),
+        }
+    }
+
+    /// How many times chunk `index` was requested.
+    fn asked(&self, index: u32) -> u32 {
+        let a = self.shared.asked.lock().unwrap();
+        a.get(&index).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for FakeSource {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// One downloader connection: Hello, then requests until it closes (or
+/// the test ends).
+fn serve(s: TcpStream, sh: &Shared) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let hello = Message::Hello {
+        version: wire::PROTOCOL_VERSION,
+    };
+    let mut greeted = false;
+    while !sh.stop.load(Ordering::SeqCst) {
+        let m = match wire::read_message(&mut r) {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(wire::WireError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(_) => return,
+        };
+        let reply = match m {
+            Message::Hello { .. } if !greeted => {
+                greeted = true;
+                hello.clone()
+            }
+            Message::ChunkRequest { index, .. } => answer(sh, index),
+            _ => return,
+        };
+        if wire::write_message(&mut w, &reply).is_err() {
+            return;
+        }
+    }
+}
+
+fn answer(sh: &Shared, index: u32) -> Message {
+    let nth = {
+        let mut a = sh.asked.lock().unwrap();
+        let n = a.entry(index).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let chunk = |i: u32| {
+        let start = (i as usize * CHUNK as usize).min(sh.data.len());
+        let end = (start + CHUNK as usize).min(sh.data.len());
+        sh.data[start..end].to_vec()
+    };
+    let not_held = Message::Error {
+        code: ErrorCode::NotHeld,
+        message: "not now".into(),
+    };
+    match (sh.rule)(index, nth) {
+        Answer::Good => Message::ChunkData {
+            index,
+            data: chunk(index),
+        },
+        Answer::Corrupt => {
+            let mut data = chunk(index);
+            data[0] ^= 1;
+            Message::ChunkData { index, data }
+        }
+        Answer::Index(other) => Message::ChunkData {
+            index: other,
+            data: chunk(other),
+        },
+        Answer::NotHeld => not_held,
+        Answer::NotHeldThenLeave => {
+            drop(sh.control.lock().unwrap().take());
+            not_held
+        }
+    }
+}
+
+/// Ten chunks of test data.
+fn ten_chunks(seed: u64) -> Vec<u8> {
+    util::pattern(10 * CHUNK as usize, seed)
+}
+
+#[test]
+fn a_chunk_corrupted_once_by_the_only_source_is_asked_again() {
+    with_timeout(60, || {
+        let s = Scratch::new("corrupt-once");
+        let data = ten_chunks(31);
+        let t = tracker();
+        let src = FakeSource::start(t.local_addr(), "f", &data, |i, nth| {
+            if i == 1 && nth == 1 {
+                Answer::Corrupt
+            } else {
+                Answer::Good
+            }
+        });
+        let d = downloader(t.local_addr());
+        let sum = d
+            .download("f", &s.sub("d"), &opts(), &mut |_| {})
+            .expect("download");
+        assert_eq!(fs::read(s.path().join("d/f")).unwrap(), data);
+        assert_eq!(src.asked(1), 2, "chunk 1 asked again of the same source");
+        assert_eq!(sum.bytes_downloaded, data.len() as u64);
+        assert_eq!(sum.sources.len(), 1, "{:?}", sum.sources);
+        assert_eq!(sum.sources[0].hash_failures, 1);
+        assert_eq!(sum.sources[0].dropped, None);
+    });
+}
+
+#[test]
+fn a_reply_for_another_chunk_is_a_strike_not_a_ban() {
+    with_timeout(60, || {
+        let s = Scratch::new("wrong-index");
+        let data = ten_chunks(32);
+        let t = tracker();
+        let src = FakeSource::start(t.local_addr(), "f", &data, |i, nth| {
+            if i == 2 && nth == 1 {
+                Answer::Index(3)
+            } else {
+                Answer::Good
+            }
+        });
+        let d = downloader(t.local_addr());
+        let sum = d
+            .download("f", &s.sub("d"), &opts(), &mut |_| {})
+            .expect("download");
+        assert_eq!(fs::read(s.path().join("d/f")).unwrap(), data);
+        assert_eq!(src.asked(2), 2);
+        // The stray copy of chunk 3 was not kept: every byte counted once.
+        assert_eq!(sum.bytes_downloaded, data.len() as u64);
+        assert_eq!(sum.sources[0].hash_failures, 1);
+        assert_eq!(sum.sources[0].dropped, None);
+    });
+}
+
+#[test]
+fn a_source_that_keeps_corrupting_a_chunk_is_dropped_at_its_strike_limit() {
+    with_timeout(60, || {
+        let s = Scratch::new("corrupt-always");
+        let data = ten_chunks(33);
+        let t = tracker();
+        let src = FakeSource::start(t.local_addr(), "f", &data, |i, _| {
+            if i == 1 {
+                Answer::Corrupt
+            } else {
+                Answer::Good
+            }
+        });
+        let d = downloader(t.local_addr());
+        let o = DownloadOptions {
+            give_up_after: Duration::from_secs(2),
+            ..opts()
+        };
+        let e = d
+            .download("f", &s.sub("d"), &o, &mut |_| {})
+            .expect_err("no honest source of chunk 1");
+        assert!(e.to_string().contains("chunk(s) 1 "), "{e}");
+        assert_eq!(src.asked(1), o.max_hash_failures);
+        assert!(!s.path().join("d/f").exists());
+    });
+}
+
+#[test]
+fn not_held_from_a_source_that_advertised_the_chunk_is_asked_again_later() {
+    with_timeout(60, || {
+        let s = Scratch::new("not-held");
+        let data = ten_chunks(34);
+        let t = tracker();
+        // The first asks of chunks 2 and 5 are turned away (as super-seeding
+        // does), and at the first the source leaves the tracker, so no
+        // refresh of the locations can bring the chunks back.
+        let src = FakeSource::start(t.local_addr(), "f", &data, |i, nth| match (i, nth) {
+            (2, 1) => Answer::NotHeldThenLeave,
+            (5, 1) => Answer::NotHeld,
+            _ => Answer::Good,
+        });
+        let d = downloader(t.local_addr());
+        let started = std::time::Instant::now();
+        let sum = d
+            .download("f", &s.sub("d"), &opts(), &mut |_| {})
+            .expect("download");
+        assert_eq!(fs::read(s.path().join("d/f")).unwrap(), data);
+        assert_eq!((src.asked(2), src.asked(5)), (2, 2));
+        assert_eq!(sum.sources[0].hash_failures, 0);
+        // Put off 3 s (super-seeding's window), asked again at once then.
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            started.elapsed()
+        );
+    });
+}
+
+#[test]
+fn a_downloaded_empty_file_is_registered_and_served() {
+    with_timeout(60, || {
+        let s = Scratch::new("empty");
+        util::write(&s.sub("a"), "empty.txt", b"");
+        let t = tracker();
+        let a = util::seed(t.local_addr(), &s.path().join("a"), None);
+        let d = downloader(t.local_addr());
+        let sum = d
+            .download("empty.txt", &s.sub("d"), &opts(), &mut |_| {})
+            .expect("download");
+        assert_eq!(sum.length, 0);
+        assert_eq!(fs::read(s.path().join("d/empty.txt")).unwrap(), b"");
+        // The downloader is listed as a holder: it seeds the file once the
+        // original sharer has left.
+        util::wait_until(10, "the downloader listed", || {
+            p2pfs::peer::client::locate(t.local_addr(), "empty.txt", false).is_ok_and(|l| {
+                l.sources
+                    .iter()
+                    .any(|x| x.addr.port() == d.local_addr().port())
+            })
+        });
+        a.leave();
+        let l = p2pfs::peer::client::locate(t.local_addr(), "empty.txt", false)
+            .expect("still on the network");
+        assert_eq!(l.sources.len(), 1, "{l:?}");
+        let again = downloader(t.local_addr());
+        again
+            .download("empty.txt", &s.sub("e"), &opts(), &mut |_| {})
+            .expect("downloaded from the downloader");
+        assert_eq!(fs::read(s.path().join("e/empty.txt")).unwrap(), b"");
+    });
+}
+
+/// Runs the tracker binary on a free loopback port; its address.
+fn tracker_process() -> (util::Proc, SocketAddr) {
+    let mut p = util::Proc::spawn(
+        "tracker",
+        std::process::Command::new(env!("CARGO_BIN_EXE_tracker"))
+            .env("RUST_LOG", "warn")
+            .args(["--listen", "127.0.0.1:0"]),
+    );
+    let addr = util::addr_in(&p.wait_line("listening on"));
+    (p, addr)
+}
+
+/// `peer share` of `dir` in 1 KiB chunks (many small chunks: many events
+/// per second for the coordinator), unlimited; returns once registered.
+fn share_in_1k_chunks(t: SocketAddr, dir: &std::path::Path) -> util::Proc {
+    let mut p = util::Proc::spawn(
+        "peer share",
+        util::peer_bin()
+            .args(["share", "--tracker", &t.to_string()])
+            .args(["--listen", "127.0.0.1:0", "--chunk-size", "1K", "--dir"])
+            .arg(dir),
+    );
+    p.wait_line("serving chunks on");
+    p.wait_line("registered");
+    p
+}
+
+#[test]
+fn a_tracker_that_stops_answering_does_not_slow_the_download() {
+    with_timeout(120, || {
+        let s = Scratch::new("tracker-stop");
+        let data = util::pattern(16 << 20, 35);
+        util::write(&s.sub("a"), "f", &data);
+        let (tracker, t) = tracker_process();
+        let _seed = share_in_1k_chunks(t, &s.path().join("a"));
+        let timed = |dir: &str, stop_tracker: bool| {
+            let d = downloader(t);
+            let started = std::time::Instant::now();
+            let stopper = stop_tracker.then(|| {
+                let pid = tracker.child.id();
+                thread::spawn(move || {
+                    thread::sleep(Duration::from_millis(300));
+                    let ok = std::process::Command::new("kill")
+                        .args(["-STOP", &pid.to_string()])
+                        .status()
+                        .is_ok_and(|s| s.success());
+                    assert!(ok, "kill -STOP the tracker");
+                })
+            });
+            let sum = d
+                .download("f", &s.sub(dir), &opts(), &mut |_| {})
+                .expect("download");
+            let took = started.elapsed();
+            if let Some(h) = stopper {
+                h.join().unwrap();
+            }
+            assert_eq!(fs::read(s.path().join(dir).join("f")).unwrap(), data);
+            assert_eq!(sum.chunks_total, 16 << 10);
+            // Leaving talks to the tracker: not timed, and not waited for.
+            thread::spawn(move || drop(d));
+            took
+        };
+        let normal = timed("d1", false);
+        let stalled = timed("d2", true);
+        eprintln!("tracker answering: {normal:?}; stopped 0.3 s in: {stalled:?}");
+        tracker.signal("CONT");
+        assert!(
+            stalled < normal * 2 + Duration::from_secs(1),
+            "with the tracker stopped {stalled:?}, normally {normal:?}"
+        );
+    });
+}
+
+/// A connection to `to` from the loopback address `ip` (so the tracker sees
+/// another host than 127.0.0.1).
+fn connect_from(ip: [u8; 4], to: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from((ip, 0)).into()).unwrap();
+    s.connect_timeout(&to.into(), Duration::from_secs(5))
+        .unwrap();
+    s.into()
+}
+
+/// Registers `endpoint` as a holder of all of `data` over a control
+/// connection from `ip`; the connection is returned (keep it open).
+fn register_from(ip: [u8; 4], t: SocketAddr, endpoint: SocketAddr, data: &[u8]) -> TcpStream {
+    let mut s = connect_from(ip, t);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    for m in [
+        Message::Hello {
+            version: wire::PROTOCOL_VERSION,
+        },
+        Message::Register {
+            endpoint,
+            files: vec![entry("f", data)],
+        },
+    ] {
+        wire::write_message(&mut s, &m).unwrap();
+        let reply = wire::read_message(&mut r).unwrap().expect("reply");
+        assert!(
+            matches!(reply, Message::Hello { .. } | Message::RegisterReply { .. }),
+            "{reply:?}"
+        );
+    }
+    s
+}
+
+/// Sources on 127.0.0.2 that are no use: half accept and never greet, half
+/// greet and never answer a request. (Refusing ones cost a downloader
+/// nothing: a refused connect frees its slot at once.)
+struct UselessSources {
+    endpoints: Vec<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    greeter: Option<JoinHandle<()>>,
+    _silent: Vec<TcpListener>,
+}
+
+impl UselessSources {
+    fn start(n: usize) -> UselessSources {
+        let bind = || TcpListener::bind("127.0.0.2:0").unwrap();
+        let mut endpoints = Vec::new();
+        let mut silent = Vec::new();
+        let mut greeting = Vec::new();
+        for i in 0..n {
+            let l = bind();
+            endpoints.push(l.local_addr().unwrap());
+            if i % 2 == 0 {
+                silent.push(l);
+            } else {
+                greeting.push(l);
+            }
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = Arc::clone(&stop);
+        let greeter = thread::spawn(move || {
+            let mut held = Vec::new();
+            for l in &greeting {
+                l.set_nonblocking(true).unwrap();
+            }
+            while !st.load(Ordering::SeqCst) {
+                for l in &greeting {
+                    if let Ok((mut s, _)) = l.accept() {
+                        let _ = s.set_nonblocking(false);
+                        let hello = Message::Hello {
+                            version: wire::PROTOCOL_VERSION,
+                        };
+                        let _ = wire::write_message(&mut s, &hello);
+                        held.push(s); // and never a word more
+                    }
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+        });
+        UselessSources {
+            endpoints,
+            stop,
+            greeter: Some(greeter),
+            _silent: silent,
+        }
+    }
+}
+
+impl Drop for UselessSources {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.greeter.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[test]
+fn useless_sources_on_another_host_do_not_hold_up_an_honest_one() {
+    with_timeout(120, || {
+        let s = Scratch::new("useless");
+        let data = util::pattern(4 << 20, 36);
+        util::write(&s.sub("a"), "f", &data);
+        let t = tracker();
+        let seed = || util::seed(t.local_addr(), &s.path().join("a"), Some(2 << 20));
+        let honest = seed();
+        let o = DownloadOptions {
+            give_up_after: Duration::from_secs(60),
+            ..DownloadOptions::default()
+        };
+        let timed = |dir: &str, honest: &p2pfs::peer::node::Node| {
+            let d = downloader(t.local_addr());
+            let started = std::time::Instant::now();
+            let sum = d
+                .download("f", &s.sub(dir), &o, &mut |_| {})
+                .expect("download");
+            let took = started.elapsed();
+            assert_eq!(fs::read(s.path().join(dir).join("f")).unwrap(), data);
+            assert_eq!(util::from(&sum, honest.local_addr()), data.len() as u64);
+            took
+        };
+        let alone = timed("alone", &honest);
+        // 200 useless sources on one other host (issue 10, item 4). The
+        // tracker hands out at most 8 endpoints of one address per reply
+        // (tracker side); the downloader starts at most 4 probes to one host
+        // at a time, and backs off from sources that deliver nothing.
+        let useless = UselessSources::start(200);
+        let _claims: Vec<TcpStream> = useless
+            .endpoints
+            .iter()
+            .map(|e| register_from([127, 0, 0, 2], t.local_addr(), *e, &data))
+            .collect();
+        // The honest source registers again after them, so the tracker
+        // lists it last.
+        honest.leave();
+        let honest = seed();
+        let l = p2pfs::peer::client::locate(t.local_addr(), "f", false).unwrap();
+        assert!(l.sources.len() > 1, "{l:?}");
+        let crowded = timed("crowded", &honest);
+        eprintln!("honest source alone: {alone:?}; with 200 useless ones: {crowded:?}");
+        assert!(
+            crowded < alone * 2,
+            "with useless sources {crowded:?}, alone {alone:?}"
+        );
+    });
+}
+
+#[test]
+fn a_name_with_a_255_byte_component_is_downloaded() {
+    with_timeout(60, || {
+        let s = Scratch::new("long-name");
+        // The longest names the tracker accepts: 255-byte components.
+        let leaf = format!("{}.bin", "x".repeat(251));
+        let name = format!("{}/{leaf}", "d".repeat(255));
+        assert_eq!(leaf.len(), 255);
+        let data = util::pattern(300_000, 37);
+        util::write(&s.sub("a"), &name, &data);
+        let t = tracker();
+        let _a = util::seed(t.local_addr(), &s.path().join("a"), None);
+        let d = downloader(t.local_addr());
+        let dir = s.sub("d");
+        let sum = d
+            .download(&name, &dir, &opts(), &mut |_| {})
+            .expect("download");
+        assert_eq!(fs::read(dir.join(&name)).unwrap(), data);
+        assert_eq!(sum.bytes_downloaded, data.len() as u64);
+        // Nothing left: no .part, no work folder.
+        let mut left: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["d".repeat(255)]);
+    });
+}
+
+#[test]
+fn the_share_scan_skips_the_work_folder_of_unfinished_downloads() {
+    let s = Scratch::new("scan-work");
+    util::write(s.path(), "f", b"shared");
+    util::write(s.path(), ".p2pfs/0123.part", b"unfinished");
+    util::write(s.path(), "sub/.p2pfs/4567.part.have", b"bitmap");
+    util::write(s.path(), "sub/g", b"shared too");
+    let scan = p2pfs::peer::share::scan_dir(s.path(), &[], CHUNK, &|_, _| {}).expect("scan");
+    let mut names: Vec<&str> = scan.files.iter().map(|f| f.name()).collect();
+    names.sort();
+    assert_eq!(names, vec!["f", "sub/g"]);
+    assert!(scan.skipped.is_empty(), "{:?}", scan.skipped);
+}
+
+#[test]
+fn a_second_download_of_the_same_file_into_the_same_folder_is_refused() {
+    with_timeout(60, || {
+        let s = Scratch::new("twice");
+        let data = util::pattern(2 << 20, 38);
+        util::write(&s.sub("a"), "big.bin", &data);
+        let t = tracker();
+        // 2 MiB at 1 MiB/s: the first download runs for about 2 s.
+        let _a = util::seed(t.local_addr(), &s.path().join("a"), Some(1 << 20));
+        let dir = s.sub("d");
+        let first = {
+            let d = downloader(t.local_addr());
+            let dir = dir.clone();
+            thread::spawn(move || d.download("big.bin", &dir, &opts(), &mut |_| {}))
+        };
+        util::wait_until(10, "the first download under way", || {
+            p2pfs::peer::download::have_path(&dir, "big.bin").exists()
+        });
+        let second = downloader(t.local_addr());
+        let started = std::time::Instant::now();
+        let e = second
+            .download("big.bin", &dir, &opts(), &mut |_| {})
+            .expect_err("refused while the first runs");
+        assert!(started.elapsed() < Duration::from_secs(2), "said at once");
+        assert!(e.to_string().contains("already being downloaded"), "{e}");
+        let sum = first.join().unwrap().expect("the first download finishes");
+        assert_eq!(sum.bytes_downloaded, data.len() as u64);
+        assert_eq!(fs::read(dir.join("big.bin")).unwrap(), data);
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec!["big.bin"], "nothing left behind");
+    });
+}
+
+#[test]
+fn a_huge_pipeline_with_long_names_and_small_chunks_does_not_deadlock() {
+    with_timeout(90, || {
+        let s = Scratch::new("pipeline");
+        // A 1,019-byte name (four 254-byte components): each request is
+        // over 1 KiB, as large as the chunk it asks for.
+        let name = vec!["p".repeat(254); 4].join("/");
+        let data = util::pattern(8 << 20, 39);
+        util::write(&s.sub("a"), &name, &data);
+        let t = tracker();
+        let _seed = share_in_1k_chunks(t.local_addr(), &s.path().join("a"));
+        let d = downloader(t.local_addr());
+        // Every one of the 8,192 chunks asked at once: 8.5 MB of requests.
+        let o = DownloadOptions {
+            pipeline_depth: 1 << 20,
+            ..opts()
+        };
+        let started = std::time::Instant::now();
+        let sum = d
+            .download(&name, &s.sub("d"), &o, &mut |_| {})
+            .expect("download");
+        eprintln!(
+            "8 MiB in 1 KiB chunks, pipeline 2^20: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(fs::read(s.path().join("d").join(&name)).unwrap(), data);
+        assert!(
+            sum.sources.iter().all(|x| x.dropped.is_none()),
+            "{:?}",
+            sum.sources
+        );
+    });
+}
+
+/// Registers a file of `length` bytes in 16 MiB chunks (hashes that no
+/// content matches) for a source that does not exist: enough for a
+/// download to start checking what it finds on disk.
+fn register_big(t: SocketAddr, name: &str, length: u64) -> (Client, Vec<[u8; 20]>) {
+    let chunk_size = 16 << 20;
+    let hashes = vec![[7u8; 20]; length.div_ceil(chunk_size) as usize];
+    let mut c = Client::connect(t);
+    let reply = c.request(&Message::Register {
+        endpoint: "127.0.0.1:9".parse().unwrap(),
+        files: vec![p2pfs::wire::FileEntry {
+            name: name.into(),
+            length,
+            chunk_size: chunk_size as u32,
+            hashes: hashes.clone(),
+            have: p2pfs::wire::Have::All,
+        }],
+    });
+    assert!(matches!(reply, Message::RegisterReply { .. }), "{reply:?}");
+    (c, hashes)
+}
+
+/// Starts a cancellable download of `name` into `dir`, cancels it 300 ms
+/// later, and returns its error and how long it took to stop after that.
+fn cancel_during_check(t: SocketAddr, name: &str, dir: &std::path::Path) -> (String, Duration) {
+    let d = downloader(t);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c = Arc::clone(&cancel);
+    let dir = dir.to_path_buf();
+    let name = name.to_owned();
+    let h =
+        thread::spawn(move || d.download_cancellable(&name, &dir, &opts(), Some(&c), &mut |_| {}));
+    thread::sleep(Duration::from_millis(300));
+    cancel.store(true, Ordering::SeqCst);
+    let at = std::time::Instant::now();
+    let e = h.join().unwrap().expect_err("interrupted");
+    (e.to_string(), at.elapsed())
+}
+
+#[test]
+fn checking_a_large_file_already_on_disk_stops_promptly_when_cancelled() {
+    with_timeout(120, || {
+        let s = Scratch::new("cancel-check");
+        let t = tracker();
+        let len = 8u64 << 30;
+        let (_ctl, hashes) = register_big(t.local_addr(), "huge.img", len);
+        let dir = s.sub("d");
+        // A sparse file of the right length under the final name: the
+        // download checks every chunk of it before anything else.
+        fs::File::create(dir.join("huge.img"))
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        let (e, took) = cancel_during_check(t.local_addr(), "huge.img", &dir);
+        eprintln!("final file: stopped {took:?} after the cancel: {e}");
+        assert!(e.contains("interrupted"), "{e}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert_eq!(fs::metadata(dir.join("huge.img")).unwrap().len(), len);
+        // The same for a resumed .part whose saved bitmap claims every chunk.
+        fs::remove_file(dir.join("huge.img")).unwrap();
+        let part = p2pfs::peer::download::part_path(&dir, "huge.img");
+        fs::create_dir_all(part.parent().unwrap()).unwrap();
+        fs::File::create(&part).unwrap().set_len(len).unwrap();
+        let mut id = Vec::new();
+        id.extend_from_slice(&len.to_be_bytes());
+        id.extend_from_slice(&(16u32 << 20).to_be_bytes());
+        for h in &hashes {
+            id.extend_from_slice(h);
+        }
+        let bitmap = vec![0xffu8; hashes.len() / 8];
+        let have = util::saved_bitmap(&p2pfs::chunks::sha1(&id), &bitmap, "huge.img");
+        fs::write(p2pfs::peer::download::have_path(&dir, "huge.img"), &have).unwrap();
+        let (e, took) = cancel_during_check(t.local_addr(), "huge.img", &dir);
+        eprintln!("resume: stopped {took:?} after the cancel: {e}");
+        assert!(e.contains("interrupted"), "{e}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert!(part.exists(), "kept for a resume");
+    });
+}
