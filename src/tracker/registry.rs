@@ -756,7 +756,7 @@ mod tests {
                 0 | 1 => {
                     let mut e = entry(name, 8 * 1024, 1);
                     let mut bits = Bitmap::new(8);
-                    if k % 4 != 0 {
+                    if !k.is_multiple_of(4) {
                         bits.set((k % 8) as u32);
                     }
                     e.have = Have::Some(bits.as_bytes().to_vec());
@@ -769,7 +769,7 @@ mod tests {
                     r.remove_peer(conn);
                 }
                 _ => {
-                    let local = k % 2 == 0;
+                    let local = k.is_multiple_of(2);
                     if let Ok(s) = r.locate(name, 5, k, local) {
                         assert!(!s.sources.is_empty() && s.sources.len() <= 5, "step {step}");
                     }
