@@ -113,6 +113,12 @@ pub const DEFAULT_TRACKER_PORT: u16 = 7000;
 
 // ---- Tracker caps -----------------------------------------------------------
 
+/// Connections the kernel may hold completed but not yet accepted, for both
+/// servers (Linux caps it at `net.core.somaxconn`, 4096 by default). A
+/// tracker that restarts is reconnected to by all its peers at once; SYNs
+/// beyond a full queue are dropped and retried only after a second.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
 /// Most connections the tracker serves at once (each is a thread).
 pub const TRACKER_MAX_CONNECTIONS: usize = 4096;
 /// Most tracker connections from one address (IPv6: one /64), so one host

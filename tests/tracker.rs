@@ -498,3 +498,39 @@ fn binary_starts_serves_and_stops_on_sigterm() {
         assert!(String::from_utf8_lossy(&help.stdout).contains("--listen"));
     });
 }
+
+/// Open descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// A connection costs the tracker one file descriptor, not two: with the
+/// usual limit of 20,000 that is the difference between about 10,000 and
+/// about 20,000 peers (docs/scaling.md).
+#[test]
+fn each_connection_holds_one_file_descriptor() {
+    with_timeout(60, || {
+        let mut p = Proc::spawn(
+            "tracker",
+            Command::new(env!("CARGO_BIN_EXE_tracker")).args(["--listen", "127.0.0.1:0"]),
+        );
+        let addr = addr_in(&p.wait_line("listening on"));
+        let pid = p.child.id();
+        let mut first = Client::connect(addr);
+        assert!(list(&mut first).is_empty());
+        let before = open_fds(pid);
+        let n = 40;
+        let mut clients: Vec<Client> = (0..n).map(|_| Client::connect(addr)).collect();
+        for c in &mut clients {
+            assert!(list(c).is_empty()); // served: its thread is running
+        }
+        let added = open_fds(pid) - before;
+        assert!(
+            (n..n + 4).contains(&added),
+            "{n} connections added {added} descriptors"
+        );
+        drop(clients);
+        p.signal("TERM");
+        assert_eq!(p.wait_exit(10), Some(0));
+    });
+}

@@ -2,6 +2,8 @@
 //!
 //! Owns everything about a server's connections that is not what is said on
 //! them:
+//! - the listening socket ([`listen`]: a backlog deep enough for a
+//!   reconnect storm);
 //! - the "`name`-accept" thread: accept, admission against the caps
 //!   ([`super::admission`]; refused connections get `Error{Busy}` from the
 //!   refuser thread), one named thread "`name`-conn-`id`" per admitted
@@ -450,6 +452,21 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// Binds `addr` and listens with a backlog of [`LISTEN_BACKLOG`] (std's
+/// `TcpListener::bind` always asks for 128). Like std, sets SO_REUSEADDR so
+/// a restarted server can bind its port while old connections linger in
+/// TIME_WAIT.
+///
+/// [`LISTEN_BACKLOG`]: crate::limits::LISTEN_BACKLOG
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(crate::limits::LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
 /// The accept thread.
 fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>, refuser: Refuser) {
     let name = shared.opts.name;
@@ -479,18 +496,15 @@ fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>, refuse
                 continue;
             }
         };
-        let clone = match stream.try_clone() {
-            Ok(c) => c,
-            Err(e) => {
-                warn!("{name}: {remote}: cannot set up the connection: {e}");
-                continue;
-            }
-        };
         next_id += 1;
+        // One descriptor per connection: the connection's thread reads
+        // through the same socket everybody writes to (`&TcpStream` is
+        // both Read and Write), so a tracker with N peers needs N
+        // descriptors, not 2N.
         let link = Arc::new(Link {
             id: next_id,
             remote,
-            stream: clone,
+            stream,
             write: Mutex::new(None),
             received: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
@@ -510,7 +524,7 @@ fn accept_loop<H: Handler>(listener: TcpListener, shared: Arc<Shared<H>>, refuse
                     live: &s.live,
                     id: link.id,
                 };
-                run_conn(&s, &link, stream);
+                run_conn(&s, &link);
             });
         match spawned {
             Ok(h) => threads.push(h),
@@ -559,11 +573,11 @@ impl Drop for LiveGuard<'_> {
 }
 
 /// One connection thread: serve, tell the handler how it ended, close.
-fn run_conn<H: Handler>(shared: &Shared<H>, link: &Arc<Link>, stream: TcpStream) {
+fn run_conn<H: Handler>(shared: &Shared<H>, link: &Arc<Link>) {
     let name = shared.opts.name;
     let remote = link.remote;
     debug!("{name}: connection {} from {remote}", link.id);
-    let end = serve(shared, link, stream);
+    let end = serve(shared, link);
     match &end {
         End::Refused { code, message } => {
             info!("{name}: {remote}: answered {code} ({message}) and closed")
@@ -579,7 +593,8 @@ fn run_conn<H: Handler>(shared: &Shared<H>, link: &Arc<Link>, stream: TcpStream)
 
 /// The protocol of one connection: setup, Hello, then requests until the
 /// connection ends.
-fn serve<H: Handler>(shared: &Shared<H>, link: &Arc<Link>, stream: TcpStream) -> End {
+fn serve<H: Handler>(shared: &Shared<H>, link: &Arc<Link>) -> End {
+    let stream = &link.stream;
     let o = &shared.opts;
     // A zero Duration is refused by set_read_timeout; treat it as 1 ms.
     let idle = o.idle_timeout.max(Duration::from_millis(1));
@@ -639,7 +654,7 @@ fn serve<H: Handler>(shared: &Shared<H>, link: &Arc<Link>, stream: TcpStream) ->
 fn greet<H: Handler>(
     shared: &Shared<H>,
     link: &Link,
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<&TcpStream>,
     limit: Duration,
 ) -> Result<Option<Opener>, End> {
     // The whole opening must arrive within the Hello timeout, not merely
@@ -1039,6 +1054,31 @@ mod tests {
             assert!(t.elapsed() < T, "ends {got:?}, want {w:?}");
             thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// A burst of connections larger than std's backlog of 128, none
+    /// accepted yet, is held by the kernel: none has its SYN dropped (which
+    /// would cost it a second).
+    #[test]
+    fn the_listen_backlog_holds_a_reconnect_storm() {
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        if somaxconn < 512 {
+            eprintln!("net.core.somaxconn is {somaxconn}: the kernel caps the backlog, skipped");
+            return;
+        }
+        let l = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut held = Vec::new();
+        for i in 0..400 {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+                Ok(c) => held.push(c),
+                Err(e) => panic!("connection {i} not taken into the backlog: {e}"),
+            }
+        }
+        drop(l);
     }
 
     #[test]

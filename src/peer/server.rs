@@ -30,7 +30,7 @@
 //! on its header by the skeleton, so a request never costs more memory.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -103,7 +103,8 @@ impl ChunkServer {
         cfg: ServerConfig,
     ) -> Result<ChunkServer> {
         let who = || format!("chunk server on {listen}");
-        let listener = TcpListener::bind(listen).map_err(|e| PeerError::net(who(), e.into()))?;
+        let listener =
+            crate::net::server::listen(listen).map_err(|e| PeerError::net(who(), e.into()))?;
         let opts = Options {
             name: "chunk",
             role: "peer",

@@ -1,7 +1,8 @@
 //! The tracker's registry: which peer holds which chunks of which file.
 //!
 //! Owns: the in-memory tables (files by name, peers by connection id,
-//! endpoints) and the rules for changing them (registration, conflicts,
+//! endpoints; per file, its sources grouped by address, which Locate
+//! samples from) and the rules for changing them (registration, conflicts,
 //! chunk registers, removal of a peer with all its chunks). Pure data: no
 //! sockets, no clock, no threads; the server wraps it in a Mutex and holds
 //! the lock only for these calls.
@@ -141,11 +142,57 @@ pub struct LocateSnapshot {
 struct FileRecord {
     meta: FileMeta,
     holders: HashMap<ConnId, Bitmap>,
+    /// The holders that are sources, grouped by address
+    /// (`admission::key`), each group sorted by connection id: kept up to
+    /// date with `holders` by [`FileRecord::sync`], so a Locate samples
+    /// from it without walking every holder under the lock.
+    sources: BTreeMap<IpAddr, Vec<(ConnId, SocketAddr)>>,
+    /// Where each connection is in `sources` (its endpoint when indexed).
+    indexed: HashMap<ConnId, SocketAddr>,
 }
 
 impl FileRecord {
+    fn new(meta: FileMeta) -> FileRecord {
+        FileRecord {
+            meta,
+            holders: HashMap::new(),
+            sources: BTreeMap::new(),
+            indexed: HashMap::new(),
+        }
+    }
+
     fn source_count(&self) -> usize {
-        self.holders.values().filter(|b| is_source(b)).count()
+        self.indexed.len()
+    }
+
+    /// Brings `conn`'s entry in `sources` in line with `holders`: indexed
+    /// at `endpoint` if it holds the file and is a source, absent
+    /// otherwise (`endpoint` None: the connection is going away).
+    fn sync(&mut self, conn: ConnId, endpoint: Option<SocketAddr>) {
+        let want = endpoint.filter(|_| self.holders.get(&conn).is_some_and(is_source));
+        let current = self.indexed.get(&conn).copied();
+        if current == want {
+            return;
+        }
+        if let Some(ep) = current {
+            let key = admission::key(ep.ip());
+            if let Some(g) = self.sources.get_mut(&key) {
+                if let Ok(i) = g.binary_search(&(conn, ep)) {
+                    g.remove(i);
+                }
+                if g.is_empty() {
+                    self.sources.remove(&key);
+                }
+            }
+            self.indexed.remove(&conn);
+        }
+        if let Some(ep) = want {
+            let g = self.sources.entry(admission::key(ep.ip())).or_default();
+            if let Err(i) = g.binary_search(&(conn, ep)) {
+                g.insert(i, (conn, ep));
+            }
+            self.indexed.insert(conn, ep);
+        }
     }
 }
 
@@ -273,11 +320,17 @@ impl Registry {
             }
             let old = std::mem::replace(&mut peer.endpoint, endpoint);
             let chunks = peer.chunks;
+            let names: Vec<String> = peer.files.iter().cloned().collect();
             refund_address(&mut self.per_address, old.ip(), chunks);
             *self
                 .per_address
                 .entry(admission::key(endpoint.ip()))
                 .or_insert(0) += chunks;
+            for name in names {
+                if let Some(r) = self.files.get_mut(&name) {
+                    r.sync(conn, Some(endpoint));
+                }
+            }
         }
         self.endpoints.insert(endpoint, conn);
         let outcomes = files
@@ -338,18 +391,17 @@ impl Registry {
             self.total_chunks += count;
             self.files.insert(
                 f.name.clone(),
-                FileRecord {
-                    meta: FileMeta {
-                        geometry,
-                        hashes: f.hashes.into(),
-                    },
-                    holders: HashMap::new(),
-                },
+                FileRecord::new(FileMeta {
+                    geometry,
+                    hashes: f.hashes.into(),
+                }),
             );
         }
+        let endpoint = self.peers.get(&conn).map(|p| p.endpoint);
         if let Some(record) = self.files.get_mut(&f.name) {
             // A re-register states what the peer holds now: replace, not merge.
             record.holders.insert(conn, have);
+            record.sync(conn, endpoint);
         }
         if self
             .peers
@@ -404,6 +456,7 @@ impl Registry {
             }
             self.charge(conn, count);
         }
+        let endpoint = self.peers.get(&conn).map(|p| p.endpoint);
         let Some(record) = self.files.get_mut(name) else {
             return Err(RegistryError::UnknownFile(name.to_owned()));
         };
@@ -412,6 +465,7 @@ impl Registry {
             .entry(conn)
             .or_insert_with(|| Bitmap::new(g.count()))
             .set(i.get());
+        record.sync(conn, endpoint);
         Ok(())
     }
 
@@ -429,6 +483,7 @@ impl Registry {
         for name in peer.files {
             if let Some(r) = self.files.get_mut(&name) {
                 r.holders.remove(&conn);
+                r.sync(conn, None);
                 if r.holders.is_empty() {
                     self.total_chunks -= u64::from(r.meta.geometry.count());
                     self.files.remove(&name);
@@ -486,6 +541,12 @@ impl Registry {
     /// host's single one); a file held from one address only (a swarm on
     /// one host) gets its full sample.
     ///
+    /// Cost: the groups come from the file's source index (kept up to date
+    /// as holders change) and only the endpoints taken are drawn, each
+    /// group's as the prefix of a shuffle, so a Locate costs the number of
+    /// the file's addresses plus the sample, not the number of its holders:
+    /// it runs under the registry lock.
+    ///
     /// A peer that registered from the tracker's own host over loopback is
     /// recorded as 127.0.0.1:PORT; that address means "yourself" to anyone
     /// else, so such sources are given only to requesters that are on
@@ -501,55 +562,57 @@ impl Registry {
             .files
             .get(name)
             .ok_or_else(|| RegistryError::UnknownFile(name.to_owned()))?;
-        // Sources grouped by address, in a fixed order before shuffling so
-        // that the seed alone decides the sample.
-        let mut by_address: BTreeMap<IpAddr, Vec<(ConnId, SocketAddr)>> = BTreeMap::new();
-        for (&id, b) in &record.holders {
-            let Some(ep) = self.peers.get(&id).map(|p| p.endpoint) else {
+        // Reachable sources grouped by address, in a fixed order (the
+        // index is sorted) so that the seed alone decides the sample. A
+        // loopback endpoint is in a loopback group (IPv4) or in the ::/64
+        // group (IPv6 ::1): only those groups are filtered one by one.
+        let mut groups: Vec<std::borrow::Cow<'_, [(ConnId, SocketAddr)]>> = Vec::new();
+        for (key, g) in &record.sources {
+            let mixed = key.is_loopback() || *key == IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED);
+            if local_requester || !mixed {
+                groups.push(std::borrow::Cow::Borrowed(g));
                 continue;
-            };
-            let reachable = local_requester || !ep.ip().to_canonical().is_loopback();
-            if is_source(b) && reachable {
-                by_address
-                    .entry(admission::key(ep.ip()))
-                    .or_default()
-                    .push((id, ep));
+            }
+            let reachable: Vec<_> = g
+                .iter()
+                .copied()
+                .filter(|(_, ep)| !ep.ip().to_canonical().is_loopback())
+                .collect();
+            if !reachable.is_empty() {
+                groups.push(std::borrow::Cow::Owned(reachable));
             }
         }
-        if by_address.is_empty() {
+        if groups.is_empty() {
             return Err(RegistryError::UnknownFile(name.to_owned()));
         }
         // Spread the seed over the state's bits (consecutive seeds must not
         // give the same stream) and keep it non-zero.
         let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let mut groups: Vec<Vec<(ConnId, SocketAddr)>> = by_address.into_values().collect();
-        for g in &mut groups {
-            g.sort_unstable();
-            shuffle(g, &mut rng);
-        }
         shuffle(&mut groups, &mut rng);
         let rounds = if groups.len() == 1 {
             usize::MAX
         } else {
             self.caps.reply_sources_per_address.max(1)
         };
+        let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+        let take = round_robin(&lens, rounds, max_sources);
+        // Each group's first endpoints in a random order: the prefix of a
+        // shuffle of the group, drawn without shuffling all of it.
+        let picks: Vec<Vec<usize>> = lens
+            .iter()
+            .zip(&take)
+            .map(|(&len, &k)| sample_prefix(len, k, &mut rng))
+            .collect();
         let mut sources = Vec::new();
-        'rounds: for round in 0..rounds {
-            let mut any = false;
-            for g in &groups {
-                let Some(&(id, ep)) = g.get(round) else {
+        let most = take.iter().copied().max().unwrap_or(0);
+        for round in 0..most {
+            for (g, p) in groups.iter().zip(&picks) {
+                let Some(&(id, ep)) = p.get(round).and_then(|&i| g.get(i)) else {
                     continue;
                 };
-                any = true;
-                if sources.len() >= max_sources {
-                    break 'rounds;
-                }
                 if let Some(b) = record.holders.get(&id) {
                     sources.push((ep, b.as_bytes().to_vec()));
                 }
-            }
-            if !any {
-                break;
             }
         }
         Ok(LocateSnapshot {
@@ -559,15 +622,64 @@ impl Registry {
     }
 }
 
+/// The next number of a xorshift stream (`state` must not be 0).
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
 /// Fisher-Yates with a xorshift stream (`state` must not be 0).
 fn shuffle<T>(v: &mut [T], state: &mut u64) {
     for i in (1..v.len()).rev() {
-        *state ^= *state << 13;
-        *state ^= *state >> 7;
-        *state ^= *state << 17;
-        let j = (*state % (i as u64 + 1)) as usize;
+        let j = (next_random(state) % (i as u64 + 1)) as usize;
         v.swap(i, j);
     }
+}
+
+/// How many to take from each group of sizes `lens`, taking one from each
+/// group in turn, round after round (at most `rounds`), until `max` are
+/// taken or the groups are exhausted.
+fn round_robin(lens: &[usize], rounds: usize, max: usize) -> Vec<usize> {
+    let mut take = vec![0usize; lens.len()];
+    let mut n = 0;
+    let mut round = 0;
+    while round < rounds && n < max {
+        let mut any = false;
+        for (t, &len) in take.iter_mut().zip(lens) {
+            if len > round {
+                any = true;
+                if n >= max {
+                    break;
+                }
+                *t += 1;
+                n += 1;
+            }
+        }
+        if !any {
+            break;
+        }
+        round += 1;
+    }
+    take
+}
+
+/// The first `k` indices of a uniformly random permutation of `0..len`:
+/// Fisher-Yates run for `k` steps over a virtual array whose moved
+/// entries are kept in a map, so the cost is O(k) whatever `len`.
+fn sample_prefix(len: usize, k: usize, state: &mut u64) -> Vec<usize> {
+    let k = k.min(len);
+    let mut moved: HashMap<usize, usize> = HashMap::with_capacity(k * 2);
+    let mut out = Vec::with_capacity(k);
+    for i in 0..k {
+        let j = i + (next_random(state) % (len - i) as u64) as usize;
+        let at_j = moved.get(&j).copied().unwrap_or(j);
+        let at_i = moved.get(&i).copied().unwrap_or(i);
+        moved.insert(j, at_i);
+        out.push(at_j);
+    }
+    out
 }
 
 /// Takes `delta` chunks off the count of `ip`'s address, dropping the entry
@@ -602,6 +714,69 @@ mod tests {
 
     fn ep(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// The source index of every file is what a walk of its holders gives.
+    fn assert_index_consistent(r: &Registry) {
+        for (name, rec) in &r.files {
+            let mut want: Vec<(ConnId, SocketAddr)> = rec
+                .holders
+                .iter()
+                .filter(|(_, b)| is_source(b))
+                .filter_map(|(&id, _)| r.peers.get(&id).map(|p| (id, p.endpoint)))
+                .collect();
+            want.sort_unstable();
+            let mut got: Vec<(ConnId, SocketAddr)> = Vec::new();
+            for (key, g) in &rec.sources {
+                assert!(!g.is_empty(), "{name}: empty group {key}");
+                assert!(g.windows(2).all(|w| w[0] < w[1]), "{name}: unsorted");
+                assert!(g.iter().all(|(_, e)| admission::key(e.ip()) == *key));
+                got.extend(g);
+            }
+            got.sort_unstable();
+            assert_eq!(got, want, "{name}");
+            assert_eq!(rec.indexed.len(), want.len(), "{name}");
+        }
+    }
+
+    /// Registers, chunk registers, re-registers (also from another
+    /// endpoint, also with fewer chunks), evictions and removals, in a
+    /// pseudo-random order: the index Locate samples from never drifts
+    /// from the holders.
+    #[test]
+    fn the_source_index_follows_every_change() {
+        let mut r = Registry::new();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let addr = |k: u64| SocketAddr::from(([10, 0, (k % 3) as u8, 1], 1000 + (k % 5) as u16));
+        for step in 0..3000u32 {
+            let k = next_random(&mut x);
+            let conn = k % 12 + 1;
+            let name = ["a", "b", "c"][(k / 12 % 3) as usize];
+            match k / 36 % 6 {
+                0 | 1 => {
+                    let mut e = entry(name, 8 * 1024, 1);
+                    let mut bits = Bitmap::new(8);
+                    if !k.is_multiple_of(4) {
+                        bits.set((k % 8) as u32);
+                    }
+                    e.have = Have::Some(bits.as_bytes().to_vec());
+                    r.register(conn, addr(k / 216), vec![e]);
+                }
+                2 | 3 => {
+                    let _ = r.chunk_register(conn, name, (k % 8) as u32);
+                }
+                4 => {
+                    r.remove_peer(conn);
+                }
+                _ => {
+                    let local = k.is_multiple_of(2);
+                    if let Ok(s) = r.locate(name, 5, k, local) {
+                        assert!(!s.sources.is_empty() && s.sources.len() <= 5, "step {step}");
+                    }
+                }
+            }
+            assert_index_consistent(&r);
+        }
     }
 
     #[test]

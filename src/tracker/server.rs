@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -179,10 +179,11 @@ pub struct Tracker {
 impl Tracker {
     /// Binds `cfg.listen` (port 0 picks a free port) and starts accepting.
     pub fn start(cfg: TrackerConfig) -> Result<Tracker, TrackerError> {
-        let listener = TcpListener::bind(cfg.listen).map_err(|source| TrackerError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
+        let listener =
+            crate::net::server::listen(cfg.listen).map_err(|source| TrackerError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
         let local_addr = listener.local_addr().map_err(|source| TrackerError::Bind {
             addr: cfg.listen,
             source,

@@ -51,6 +51,8 @@ SCENARIO: all, or any of: single multi flash memory register tracker chunks priv
                (default: the release binaries next to this example, built
                first with `cargo build --release --bins` when run by cargo)
   --plot F     write the multi-source / flash-crowd plot as SVG to F
+  --scale-plot F  write the cost-against-peers plot (tracker memory and
+               CPU, flash crowd against its bound) as SVG to F
 ";
 
 /// Options and shared state of one harness run.
@@ -58,8 +60,6 @@ pub struct Ctx {
     pub quick: bool,
     pub reps: usize,
     pub bin_dir: PathBuf,
-    /// The tracker's per-IP connection cap option, if this build has one.
-    pub per_ip_flag: Option<String>,
     pub plot: plot::PlotData,
     /// The network key file every tracker and peer started now gets
     /// (`--key-file`); `None` runs them on an open network.
@@ -131,6 +131,7 @@ pub fn run(args: &[String], out: &mut dyn Write) -> R<Vec<Row>> {
     let mut reps = 3usize;
     let mut bin_dir: Option<PathBuf> = None;
     let mut plot_path: Option<PathBuf> = None;
+    let mut scale_plot: Option<PathBuf> = None;
     let mut names: Vec<String> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -152,6 +153,12 @@ pub fn run(args: &[String], out: &mut dyn Write) -> R<Vec<Row>> {
             "--plot" => {
                 plot_path = Some(PathBuf::from(
                     it.next().ok_or(format!("--plot needs a file\n{USAGE}"))?,
+                ))
+            }
+            "--scale-plot" => {
+                scale_plot = Some(PathBuf::from(
+                    it.next()
+                        .ok_or(format!("--scale-plot needs a file\n{USAGE}"))?,
                 ))
             }
             "-h" | "--help" | "help" => return Err(USAGE.into()),
@@ -182,12 +189,10 @@ pub fn run(args: &[String], out: &mut dyn Write) -> R<Vec<Row>> {
             "bench: warning: this harness is a debug build; in-process baselines will be slow (use --release)"
         );
     }
-    let per_ip_flag = detect_per_ip_flag(&bin_dir.join("tracker"));
     let mut ctx = Ctx {
         quick,
         reps,
         bin_dir,
-        per_ip_flag,
         plot: plot::PlotData::default(),
         key_file: None,
     };
@@ -243,6 +248,10 @@ pub fn run(args: &[String], out: &mut dyn Write) -> R<Vec<Row>> {
         plot::write_svg(&p, &ctx.plot, ctx.quick)?;
         eprintln!("bench: wrote {}", p.display());
     }
+    if let Some(p) = scale_plot {
+        plot::write_scaling_svg(&p, &ctx.plot, ctx.quick)?;
+        eprintln!("bench: wrote {}", p.display());
+    }
     Ok(rows)
 }
 
@@ -271,18 +280,6 @@ fn default_bins() -> R<PathBuf> {
         }
     }
     Ok(dir)
-}
-
-/// The tracker's per-IP connection cap option (added by another issue), if
-/// its --help lists one: the load scenario opens 1,000 connections from
-/// 127.0.0.1 and must lift it.
-fn detect_per_ip_flag(tracker: &Path) -> Option<String> {
-    let out = Command::new(tracker).arg("--help").output().ok()?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    text.split(|c: char| c.is_whitespace() || c == '[' || c == ']')
-        .find(|w| w.starts_with("--") && w.contains("per-ip"))
-        .map(str::to_owned)
 }
 
 fn write_table(

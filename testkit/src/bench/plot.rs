@@ -13,6 +13,8 @@ pub struct PlotData {
     pub multi: Vec<(usize, f64, f64)>,
     /// (N, last finisher seconds, bound seconds)
     pub flash: Vec<(usize, f64, f64)>,
+    /// (peers, medians) of the tracker-load scenario.
+    pub tracker: Vec<(usize, super::tracker_load::Rep)>,
 }
 
 pub fn write_svg(path: &Path, d: &PlotData, quick: bool) -> R<()> {
@@ -256,6 +258,204 @@ fn legend(s: &mut String, x: f64, y: f64, items: &[(&str, &str, bool)]) {
             x + 22.0,
             x + 28.0,
             yy + 4.0
+        );
+    }
+}
+
+// ---- How cost grows with the number of peers (docs/benchmarks-scaling.svg) ----
+
+/// Writes the scaling plot: the tracker's memory and CPU against connected
+/// peers, and the flash crowd's bound / last finisher against downloaders.
+pub fn write_scaling_svg(path: &Path, d: &PlotData, quick: bool) -> R<()> {
+    let svg = render_scaling(d, quick);
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
+    std::fs::write(path, svg).map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+fn render_scaling(d: &PlotData, quick: bool) -> String {
+    let (w, h) = (1180.0, 380.0);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    if quick {
+        let _ = writeln!(
+            s,
+            r##"<text x="{}" y="16" text-anchor="middle" fill="#a00">--quick run: not representative</text>"##,
+            w / 2.0
+        );
+    }
+    let xs: Vec<String> = d.tracker.iter().map(|(n, _)| n.to_string()).collect();
+    let mem: Vec<f64> = d
+        .tracker
+        .iter()
+        .map(|(n, r)| r.rss_per_peer_kib * *n as f64 / 1024.0)
+        .collect();
+    let per: Vec<String> = d
+        .tracker
+        .iter()
+        .map(|(_, r)| format!("{:.1} KiB/peer", r.rss_per_peer_kib))
+        .collect();
+    bars(
+        &mut s,
+        &Panel {
+            x0: 60.0,
+            y0: 40.0,
+            pw: 300.0,
+            ph: 280.0,
+            title: "Tracker memory (RSS above empty)",
+            xl: "connected peers",
+            yl: "MiB",
+        },
+        &xs,
+        &[("#1f6fb4", &mem)],
+        &per,
+        None,
+    );
+    let cpu: Vec<f64> = d.tracker.iter().map(|(_, r)| r.paced_cpu_pct).collect();
+    let lab: Vec<String> = d
+        .tracker
+        .iter()
+        .map(|(_, r)| format!("Locate p99 {:.1} ms", r.p99_ms))
+        .collect();
+    bars(
+        &mut s,
+        &Panel {
+            x0: 450.0,
+            y0: 40.0,
+            pw: 300.0,
+            ph: 280.0,
+            title: "Tracker CPU, 1 chunk register/s per peer",
+            xl: "connected peers",
+            yl: "% of one core",
+        },
+        &xs,
+        &[("#1f6fb4", &cpu)],
+        &lab,
+        Some((
+            "#555",
+            "plus 100 Locates/s of a file every peer holds (p99 above)",
+        )),
+    );
+    let fx: Vec<String> = d.flash.iter().map(|(n, _, _)| format!("N={n}")).collect();
+    let bound: Vec<f64> = d.flash.iter().map(|&(_, _, b)| b).collect();
+    let last: Vec<f64> = d.flash.iter().map(|&(_, a, _)| a).collect();
+    let fl: Vec<String> = d
+        .flash
+        .iter()
+        .map(|&(_, a, b)| format!("{:.2} of bound", b / a))
+        .collect();
+    bars(
+        &mut s,
+        &Panel {
+            x0: 840.0,
+            y0: 40.0,
+            pw: 300.0,
+            ph: 280.0,
+            title: "Flash crowd: last finisher against bound",
+            xl: "downloaders (one capped seed)",
+            yl: "seconds",
+        },
+        &fx,
+        &[("#bbb", &bound), ("#1f6fb4", &last)],
+        &fl,
+        Some(("#555", "grey: bound F/U; blue: last finisher (median)")),
+    );
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Grouped bars: one group per x label, one bar per series, the group's
+/// note under its bars' values, an optional legend line.
+fn bars(
+    s: &mut String,
+    p: &Panel<'_>,
+    xs: &[String],
+    series: &[(&str, &[f64])],
+    notes: &[String],
+    legend_line: Option<(&str, &str)>,
+) {
+    axes(s, p);
+    let top = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .fold(0.0, f64::max)
+        .max(1e-9)
+        * 1.25;
+    let raw = top / 4.0;
+    let pow = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * pow)
+        .find(|&s| s >= raw)
+        .unwrap_or(10.0 * pow);
+    let ticks = (top / step).ceil() as usize;
+    let ymax = step * ticks as f64;
+    let py = |v: f64| p.y0 + p.ph - p.ph * (v / ymax);
+    for k in 0..=ticks {
+        let v = step * k as f64;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{}" y1="{y}" x2="{}" y2="{y}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
+            p.x0,
+            p.x0 + p.pw,
+            p.x0 - 6.0,
+            py(v) + 4.0,
+            if step < 1.0 {
+                format!("{v:.1}")
+            } else {
+                format!("{v:.0}")
+            },
+            y = py(v)
+        );
+    }
+    let group = p.pw / xs.len().max(1) as f64;
+    let bw = group * 0.6 / series.len().max(1) as f64;
+    for (i, x) in xs.iter().enumerate() {
+        let gx = p.x0 + group * i as f64 + group * 0.2;
+        for (j, (color, v)) in series.iter().enumerate() {
+            let Some(&v) = v.get(i) else { continue };
+            let bx = gx + j as f64 * bw;
+            let _ = writeln!(
+                s,
+                r#"<rect x="{bx:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{color}"/><text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}</text>"#,
+                py(v),
+                bw - 2.0,
+                p.y0 + p.ph - py(v),
+                bx + bw / 2.0,
+                py(v) - 4.0,
+                if v < 10.0 {
+                    format!("{v:.2}")
+                } else {
+                    format!("{v:.0}")
+                }
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{x}</text>"#,
+            gx + group * 0.3,
+            p.y0 + p.ph + 16.0
+        );
+        if let Some(n) = notes.get(i) {
+            let _ = writeln!(
+                s,
+                r##"<text x="{:.1}" y="{}" text-anchor="middle" font-size="10" fill="#555">{n}</text>"##,
+                gx + group * 0.3,
+                p.y0 + 14.0 + 12.0 * (i % 2) as f64
+            );
+        }
+    }
+    if let Some((color, text)) = legend_line {
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" font-size="10" fill="{color}">{text}</text>"#,
+            p.x0 + 4.0,
+            p.y0 + p.ph + 48.0
         );
     }
 }

@@ -7,11 +7,19 @@
 //! outside by polling the kernel's per-socket `bytes_acked` (`ss -tin`)
 //! every 100 ms.
 //!
-//! 3 (flash): one seed and N = 4, 8 downloaders (`peer get --seed`, which
-//! keep serving after they finish) started together, every upload capped
-//! at U. Bound max(F/U, N F / (U + N U)); the figure is the time until the
-//! last downloader prints "downloaded". Also the bytes the seed uploaded,
-//! in copies of the file (summed from every downloader's summary).
+//! 3 (flash): one seed and N = 4, 8, 50, 100 downloaders (`peer get
+//! --seed`, which keep serving after they finish; `--quick`: 4 and 8)
+//! started together, every upload capped at U. Bound max(F/U, N F / (U +
+//! N U)); the figure is the time until the last downloader prints
+//! "downloaded". Also the bytes the seed uploaded, in copies of the file
+//! (summed from every downloader's summary), and the CPU all the swarm's
+//! processes used meanwhile (to show the cores were not the limit). Every
+//! process is on 127.0.0.1: a peer connects from the default source
+//! address, and the tracker records the address a peer connects from, so
+//! a peer listening elsewhere in 127/8 would not be reachable at the
+//! address the tracker hands out. 100 peers fit within the per-address
+//! caps (a chunk server admits 64 connections from one address and a
+//! download uses at most 32 sources).
 
 use std::time::{Duration, Instant};
 
@@ -175,93 +183,203 @@ fn multi_once(
     })
 }
 
-pub fn run_flash(ctx: &mut Ctx, rows: &mut Vec<Row>) -> R<()> {
+/// The flash-crowd runs: (downloaders, file size, per-upload cap, chunk
+/// size). The small crowds use the multi-source file; the large ones a
+/// smaller file at a lower cap, so that 101 processes moving data at once
+/// stay within what 2 shared cores can do (the aggregate rate is (N + 1)
+/// times the cap) and the bound, not the machine, is what is measured.
+fn flash_runs(ctx: &Ctx) -> Vec<(usize, u64, u64, u64)> {
     let (len, u, chunk) = params(ctx);
+    if ctx.quick {
+        vec![(4, len, u, chunk), (8, len, u, chunk)]
+    } else {
+        let big = (32 * MIB, MIB, 128 * 1024);
+        vec![
+            (4, len, u, chunk),
+            (8, len, u, chunk),
+            (50, big.0, big.1, big.2),
+            (100, big.0, big.1, big.2),
+        ]
+    }
+}
+
+/// Downloaders in a crowd from which each `peer get` keeps one request
+/// in flight per source (`--pipeline 1`) instead of the default four.
+pub const BIG_CROWD: usize = 50;
+
+/// `peer get` options of a crowd of `n`. In a big crowd every source is
+/// a peer uploading at the cap to many others, so a chunk requested from
+/// it waits behind the others' requests; four in flight per source leave
+/// a quarter of the file reserved at slow sources (and asked of the seed
+/// by many at once, on 1.5 s old maps) where one leaves it free for
+/// whoever gets it first (docs/scaling.md has both figures).
+fn get_args(n: usize) -> Vec<&'static str> {
+    if n >= BIG_CROWD {
+        vec!["--seed", "--pipeline", "1"]
+    } else {
+        vec!["--seed"]
+    }
+}
+
+/// One flash-crowd run.
+struct FlashRep {
+    first_s: f64,
+    last_s: f64,
+    /// Bytes the seed uploaded, in copies of the file.
+    copies: f64,
+    /// CPU seconds of the tracker, the seed and every downloader, over the
+    /// time to the last finisher: how busy the 2 cores were with the swarm.
+    swarm_cpu_s: f64,
+}
+
+pub fn run_flash(ctx: &mut Ctx, rows: &mut Vec<Row>) -> R<()> {
     let sc = Scratch::new("flash")?;
-    let share = sc.sub("share")?;
     let name = "flash.bin";
-    write_file(&share.join(name), len, 3)?;
-    let f = len as f64;
-    let uf = u as f64;
     let mut plot = Vec::new();
-    for n in [4usize, 8] {
-        let nf = n as f64;
+    let mut written: Option<(u64, std::path::PathBuf)> = None;
+    for (n, len, u, chunk) in flash_runs(ctx) {
+        let share = match &written {
+            Some((l, p)) if *l == len => p.clone(),
+            _ => {
+                let p = sc.sub(&format!("share-{len}"))?;
+                write_file(&p.join(name), len, 3)?;
+                written = Some((len, p.clone()));
+                p
+            }
+        };
+        let (f, uf, nf) = (len as f64, u as f64, n as f64);
         let bound = (f / uf).max(nf * f / (uf + nf * uf));
-        let mut lasts = Vec::new();
-        let mut copies = Vec::new();
+        let mut reps = Vec::new();
         for r in 0..ctx.reps {
-            let tracker = TrackerProc::start(ctx, &[])?;
-            let seed = SeedProc::start(ctx, tracker.addr, &share, Some(u), Some(chunk))?;
-            let dirs: Vec<_> = (0..n)
-                .map(|k| sc.sub(&format!("dl-{n}-{r}-{k}")))
-                .collect::<R<_>>()?;
-            let t0 = Instant::now();
-            let mut gets: Vec<Proc> = Vec::new();
-            for d in &dirs {
-                gets.push(spawn_get(
-                    ctx,
-                    tracker.addr,
-                    name,
-                    d,
-                    Some(u),
-                    &["--seed"],
-                    false,
-                )?);
-            }
-            let timeout = Duration::from_secs_f64(bound * 3.0 + 30.0);
-            let mut times = Vec::new();
-            for g in &gets {
-                let (t, _) = g.wait_line(Stream::Out, "downloaded ", timeout)?;
-                times.push(t.duration_since(t0).as_secs_f64());
-            }
-            // The summary lines follow "downloaded"; "saved to" ends them.
-            let mut from_seed = 0u64;
-            for g in &gets {
-                g.wait_line(Stream::Out, "saved to", Duration::from_secs(10))?;
-                from_seed += source_bytes(g)
-                    .iter()
-                    .filter(|(a, _)| a.port() == seed.addr.port())
-                    .map(|(_, b)| b)
-                    .sum::<u64>();
-            }
-            let last = times.iter().copied().fold(0.0, f64::max);
-            let first = times.iter().copied().fold(f64::INFINITY, f64::min);
+            super::util::check_stop()?;
+            let rep = flash_once(ctx, &sc, &share, name, (n, r), (len, u, chunk), bound)?;
             eprintln!(
-                "  N={n} rep {}: first done {first:.2} s, last {last:.2} s (bound {bound:.2} s), seed uploaded {:.2} copies",
+                "  N={n} rep {}: first done {:.2} s, last {:.2} s (bound {bound:.2} s), seed uploaded {:.2} copies, swarm CPU {:.1} s ({:.0}% of 2 cores)",
                 r + 1,
-                from_seed as f64 / f
+                rep.first_s,
+                rep.last_s,
+                rep.copies,
+                rep.swarm_cpu_s,
+                rep.swarm_cpu_s / rep.last_s / 2.0 * 100.0
             );
-            lasts.push(last);
-            copies.push(from_seed as f64 / f);
-            drop(gets);
-            drop(seed);
-            drop(tracker);
-            for d in dirs {
-                let _ = std::fs::remove_dir_all(d);
-            }
+            reps.push(rep);
         }
-        let last = median(&lasts);
-        let ratio = median(&lasts.iter().map(|a| bound / a).collect::<Vec<_>>());
+        let m = |g: fn(&FlashRep) -> f64| median(&reps.iter().map(g).collect::<Vec<_>>());
+        let last = m(|r| r.last_s);
+        let ratio = median(&reps.iter().map(|r| bound / r.last_s).collect::<Vec<_>>());
+        let cpu_share = median(
+            &reps
+                .iter()
+                .map(|r| r.swarm_cpu_s / r.last_s / 2.0)
+                .collect::<Vec<_>>(),
+        );
         plot.push((n, last, bound));
+        let (target, goal) = if n >= BIG_CROWD {
+            ("bound/actual >= 0.85", 0.85)
+        } else {
+            ("bound/actual >= 0.90", 0.9)
+        };
         rows.push(
             Row::new(
                 FLASH,
-                format!("N={n} x {} MiB/s, {}: last finisher", u / MIB, size(len)),
+                format!(
+                    "N={n} x {}/s, {} in {} chunks{}: last finisher",
+                    size(u),
+                    size(len),
+                    size(chunk),
+                    if n >= BIG_CROWD { ", --pipeline 1" } else { "" }
+                ),
                 format!("{last:.2} s"),
             )
             .baseline(format!("bound {bound:.2} s"))
             .ratio(ratio)
-            .target("bound/actual >= 0.90", ratio >= 0.9),
+            .target(target, ratio >= goal),
         );
         rows.push(
             Row::new(
                 FLASH,
                 format!("N={n}: seed uploaded (copies of the file)"),
-                format!("{:.2}", median(&copies)),
+                format!("{:.2}", m(|r| r.copies)),
             )
             .baseline("ideal about 1"),
         );
+        rows.push(Row::new(
+            FLASH,
+            format!("N={n}: CPU of the swarm (tracker, seed, downloaders)"),
+            format!(
+                "{:.1} s, {:.0}% of 2 cores",
+                m(|r| r.swarm_cpu_s),
+                cpu_share * 100.0
+            ),
+        ));
     }
     ctx.plot.flash = plot;
     Ok(())
+}
+
+/// One seed and `n` downloaders (`peer get --seed`) started together.
+fn flash_once(
+    ctx: &Ctx,
+    sc: &Scratch,
+    share: &std::path::Path,
+    name: &str,
+    (n, r): (usize, usize),
+    (len, u, chunk): (u64, u64, u64),
+    bound: f64,
+) -> R<FlashRep> {
+    let tracker = TrackerProc::start(ctx, &[])?;
+    let seed = SeedProc::start(ctx, tracker.addr, share, Some(u), Some(chunk))?;
+    let dirs: Vec<_> = (0..n)
+        .map(|k| sc.sub(&format!("dl-{n}-{r}-{k}")))
+        .collect::<R<_>>()?;
+    let cpu = |gets: &[Proc]| -> f64 {
+        [&tracker.proc, &seed.proc]
+            .into_iter()
+            .chain(gets)
+            .filter_map(|p| p.cpu_s())
+            .sum()
+    };
+    let cpu0 = cpu(&[]);
+    let t0 = Instant::now();
+    let mut gets: Vec<Proc> = Vec::new();
+    for d in &dirs {
+        gets.push(spawn_get(
+            ctx,
+            tracker.addr,
+            name,
+            d,
+            Some(u),
+            &get_args(n),
+            false,
+        )?);
+    }
+    let timeout = Duration::from_secs_f64(bound * 3.0 + 30.0);
+    let mut times = Vec::new();
+    for g in &gets {
+        let (t, _) = g.wait_line(Stream::Out, "downloaded ", timeout)?;
+        times.push(t.duration_since(t0).as_secs_f64());
+    }
+    let swarm_cpu_s = cpu(&gets) - cpu0;
+    // The summary lines follow "downloaded"; "saved to" ends them.
+    let mut from_seed = 0u64;
+    for g in &gets {
+        g.wait_line(Stream::Out, "saved to", Duration::from_secs(10))?;
+        from_seed += source_bytes(g)
+            .iter()
+            .filter(|(a, _)| a.port() == seed.addr.port())
+            .map(|(_, b)| b)
+            .sum::<u64>();
+    }
+    drop(gets);
+    drop(seed);
+    drop(tracker);
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    Ok(FlashRep {
+        first_s: times.iter().copied().fold(f64::INFINITY, f64::min),
+        last_s: times.iter().copied().fold(0.0, f64::max),
+        copies: from_seed as f64 / len as f64,
+        swarm_cpu_s,
+    })
 }
