@@ -24,6 +24,11 @@ pub const QUIET_FILTER: &str = "error";
 /// (every connection, request and chunk), others' info.
 pub const VERBOSE_FILTER: &str = "info,p2pfs=debug";
 
+/// What the prompt shows while it waits for a command.
+/// Kept here, not in `prompt`, because the log writer redraws it and
+/// `prompt` calls this module.
+pub const PROMPT: &str = "p2pfs> ";
+
 /// Set while the prompt waits for a line on a terminal.
 static PROMPT_SHOWN: AtomicBool = AtomicBool::new(false);
 
@@ -57,7 +62,7 @@ impl Write for Sink {
                     e.flush()?;
                 }
                 let mut out = super::out::Stdout;
-                let _ = out.write_all(super::prompt::PROMPT.as_bytes());
+                let _ = out.write_all(PROMPT.as_bytes());
                 Ok(())
             }
             Sink::Stderr => io::stderr().lock().write_all(buf),

@@ -20,8 +20,7 @@ use crate::peer::download::DownloadOptions;
 use crate::peer::node::Node;
 use crate::peer::session::SessionEvent;
 
-/// What the prompt shows while it waits for a command.
-pub const PROMPT: &str = "p2pfs> ";
+pub use super::log::PROMPT;
 
 /// Runs the prompt until `quit`, the end of input, a signal or a closed
 /// stdout, then stops the downloads started here and leaves the network.
