@@ -62,12 +62,23 @@ impl FakeSource {
         data: &[u8],
         rule: impl Fn(u32, u32) -> Answer + Send + Sync + 'static,
     ) -> FakeSource {
+        FakeSource::start_entry(t, entry(name, data), data, rule)
+    }
+
+    /// [`FakeSource::start`] registering `e` as it is (any geometry and
+    /// hashes); `data` is what `Answer::Good` serves, in [`CHUNK`]s.
+    fn start_entry(
+        t: SocketAddr,
+        e: p2pfs::wire::FileEntry,
+        data: &[u8],
+        rule: impl Fn(u32, u32) -> Answer + Send + Sync + 'static,
+    ) -> FakeSource {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let mut ctl = Client::connect(t);
         let reply = ctl.request(&Message::Register {
             endpoint: listener.local_addr().unwrap(),
-            files: vec![entry(name, data)],
+            files: vec![e],
         });
         assert!(matches!(reply, Message::RegisterReply { .. }), "{reply:?}");
         let shared = Arc::new(Shared {
@@ -304,6 +315,41 @@ fn not_held_from_a_source_that_advertised_the_chunk_is_asked_again_later() {
             "{:?}",
             started.elapsed()
         );
+    });
+}
+
+/// Review 2, finding 1: a source that claims every chunk of a file of many
+/// chunks and answers `NotHeld` to every request always had a request in
+/// flight, so the download never gave up (and put-off chunks cost work per
+/// step growing with their number).
+#[test]
+fn a_source_answering_not_held_to_everything_is_dropped_and_the_download_gives_up() {
+    with_timeout(90, || {
+        let s = Scratch::new("not-held-all");
+        let t = tracker();
+        let count = 1u32 << 16;
+        let e = p2pfs::wire::FileEntry {
+            name: "nh.bin".into(),
+            length: u64::from(count) * 1024,
+            chunk_size: 1024,
+            hashes: vec![[9u8; 20]; count as usize],
+            have: p2pfs::wire::Have::All,
+        };
+        let src = FakeSource::start_entry(t.local_addr(), e, &[], |_, _| Answer::NotHeld);
+        let d = downloader(t.local_addr());
+        let o = DownloadOptions {
+            give_up_after: Duration::from_secs(5),
+            ..opts()
+        };
+        let started = std::time::Instant::now();
+        let err = d
+            .download("nh.bin", &s.sub("d"), &o, &mut |_| {})
+            .expect_err("nothing can be downloaded");
+        let took = started.elapsed();
+        let asked: u32 = src.shared.asked.lock().unwrap().values().sum();
+        eprintln!("gave up after {took:?}, {asked} requests answered NotHeld: {err}");
+        assert!(err.to_string().contains("no reachable source"), "{err}");
+        assert!(took < Duration::from_secs(20), "{took:?}");
     });
 }
 

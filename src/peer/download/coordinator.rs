@@ -14,7 +14,8 @@
 //! [`DownloadOptions::give_up_after`](super::DownloadOptions).
 //!
 //! Calls `wire` (Locations), `chunks` (bitmaps), the peer's `client`
-//! (merging Locations) and `picker`, and the download's `engine`,
+//! (merging Locations) and `picker`, `net::deadline` (how long one chunk
+//! may take), and the download's `engine`,
 //! `locator`, `worker` and `rate`. Never talks to a tracker itself: the
 //! locator threads do, so a silent tracker cannot stall the events that
 //! workers and the assembler send here.
@@ -392,14 +393,27 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         self.refresh_wanted = true;
     }
 
+    /// Gives up when no chunk was written for `give_up_after` with nothing
+    /// in flight, or, whatever is in flight, for the longer of that and the
+    /// time one chunk may take (the I/O timeout plus a chunk at
+    /// `MIN_CHUNK_TRANSFER_RATE`, the client's deadline for a `ChunkData`):
+    /// requests kept open without delivering (`NotHeld` to everything,
+    /// replies trickled and cut off one after another) are no progress.
     fn check_stuck(&self) -> Result<()> {
         let e = self.engine;
-        if self.last_progress.elapsed() < e.opts.give_up_after {
+        let stalled = self.last_progress.elapsed();
+        if stalled < e.opts.give_up_after {
             return Ok(());
         }
         let p = lock(&e.picker);
         let missing: Vec<u32> = (0..p.have().len()).filter(|&i| !p.have().get(i)).collect();
-        if missing.iter().any(|&i| p.in_flight(i) > 0) {
+        let one_chunk = crate::net::deadline::chunk_allowance(
+            e.opts.io_timeout,
+            u64::from(e.geometry.chunk_size()),
+        );
+        if stalled < e.opts.give_up_after.max(one_chunk)
+            && missing.iter().any(|&i| p.in_flight(i) > 0)
+        {
             return Ok(());
         }
         let unavailable = p.unavailable();
