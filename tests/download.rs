@@ -8,7 +8,7 @@ mod util;
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::BufReader;
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,6 +33,9 @@ enum Answer {
     /// `Error{NotHeld}`, and the source closes its tracker connection
     /// first, so the tracker stops listing it.
     NotHeldThenLeave,
+    /// The chunk, sent one byte every 500 ms (each byte well within any
+    /// read timeout).
+    Trickle,
 }
 
 /// The rule: (chunk index, how many times it has been asked so far,
@@ -156,6 +159,21 @@ fn serve(s: TcpStream, sh: &Shared) {
                 greeted = true;
                 hello.clone()
             }
+            Message::ChunkRequest { index, .. } if (sh.rule)(index, 0) == Answer::Trickle => {
+                let _ = answer(sh, index);
+                let mut bytes = Vec::new();
+                let data = chunk_of(sh, index);
+                Message::ChunkData { index, data }
+                    .encode(&mut bytes)
+                    .unwrap();
+                for b in bytes {
+                    if sh.stop.load(Ordering::SeqCst) || w.write_all(&[b]).is_err() {
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(500));
+                }
+                continue;
+            }
             Message::ChunkRequest { index, .. } => answer(sh, index),
             _ => return,
         };
@@ -172,11 +190,7 @@ fn answer(sh: &Shared, index: u32) -> Message {
         *n += 1;
         *n
     };
-    let chunk = |i: u32| {
-        let start = (i as usize * CHUNK as usize).min(sh.data.len());
-        let end = (start + CHUNK as usize).min(sh.data.len());
-        sh.data[start..end].to_vec()
-    };
+    let chunk = |i: u32| chunk_of(sh, i);
     let not_held = Message::Error {
         code: ErrorCode::NotHeld,
         message: "not now".into(),
@@ -195,12 +209,19 @@ fn answer(sh: &Shared, index: u32) -> Message {
             index: other,
             data: chunk(other),
         },
-        Answer::NotHeld => not_held,
+        Answer::NotHeld | Answer::Trickle => not_held,
         Answer::NotHeldThenLeave => {
             drop(sh.control.lock().unwrap().take());
             not_held
         }
     }
+}
+
+/// Chunk `i` of the source's data.
+fn chunk_of(sh: &Shared, i: u32) -> Vec<u8> {
+    let start = (i as usize * CHUNK as usize).min(sh.data.len());
+    let end = (start + CHUNK as usize).min(sh.data.len());
+    sh.data[start..end].to_vec()
 }
 
 /// Ten chunks of test data.
@@ -350,6 +371,34 @@ fn a_source_answering_not_held_to_everything_is_dropped_and_the_download_gives_u
         eprintln!("gave up after {took:?}, {asked} requests answered NotHeld: {err}");
         assert!(err.to_string().contains("no reachable source"), "{err}");
         assert!(took < Duration::from_secs(20), "{took:?}");
+    });
+}
+
+/// Review 2, finding 2: the only source sends every reply one byte at a
+/// time, each byte well within the read timeout. Each reply is cut off at
+/// the client's deadline for a `ChunkData` (I/O timeout + 64 KiB at
+/// 8 KiB/s = 11 s here), and the download gives up on progress, not on
+/// what is in flight.
+#[test]
+fn a_source_that_trickles_its_replies_cannot_hold_the_download() {
+    with_timeout(90, || {
+        let s = Scratch::new("trickle");
+        let t = tracker();
+        let data = ten_chunks(40);
+        let _src = FakeSource::start(t.local_addr(), "f", &data, |_, _| Answer::Trickle);
+        let d = downloader(t.local_addr());
+        let o = DownloadOptions {
+            give_up_after: Duration::from_secs(5),
+            ..opts()
+        };
+        let started = std::time::Instant::now();
+        let err = d
+            .download("f", &s.sub("d"), &o, &mut |_| {})
+            .expect_err("nothing arrives whole");
+        let took = started.elapsed();
+        eprintln!("gave up after {took:?}: {err}");
+        assert!(err.to_string().contains("no reachable source"), "{err}");
+        assert!(took < Duration::from_secs(25), "{took:?}");
     });
 }
 

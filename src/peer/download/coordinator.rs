@@ -428,7 +428,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             list_indices(listed),
             missing.len(),
             e.geometry.count(),
-            e.opts.give_up_after.as_secs()
+            stalled.as_secs()
         )))
     }
 
