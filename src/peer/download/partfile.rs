@@ -10,8 +10,11 @@
 //! share scan asks so that it never offers one of them, and the rules that
 //! keep a download from taking over a file that is not its own: a `.part`
 //! without a matching `.part.have` is refused, never overwritten; a `.part`
-//! another download is filling (it holds the file's lock) is refused; and
-//! the final name is never replaced.
+//! another download is filling (it holds the file's lock) is refused; a
+//! `.part` with another hard link is refused; the work folder must be a
+//! real folder, checked before anything in it is opened, on a resume too
+//! (a link swapped in after that check is a race that remains); and the
+//! final name is never replaced.
 //!
 //! Calls `chunks` (geometry, bitmaps, SHA-1), the peer's error type, `log`
 //! `wire` (the name rule) and the libc crate's open flags only; nothing else of the download and nothing
@@ -32,7 +35,7 @@
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -79,6 +82,9 @@ pub fn have_path(dir: &Path, name: &str) -> PathBuf {
 /// not matching its KEY is passed over.
 pub fn unfinished(dir: &Path) -> Vec<String> {
     let work = dir.join(WORK_DIR);
+    if !fs::symlink_metadata(&work).is_ok_and(|m| m.is_dir()) {
+        return Vec::new();
+    }
     let Ok(entries) = fs::read_dir(&work) else {
         return Vec::new();
     };
@@ -277,6 +283,9 @@ pub(super) fn open(
     cancel: Option<&AtomicBool>,
 ) -> Result<(File, Bitmap, PartLock)> {
     let id = identity(geometry, hashes);
+    // Before anything in it is looked at: a resume never goes through a
+    // link either.
+    paths.make_work_dir()?;
     let (file, claimed, lock) = match fs::symlink_metadata(&paths.part) {
         Ok(m) if !m.file_type().is_file() => {
             return Err(paths.refuse("exists and is not a regular file"));
@@ -322,6 +331,16 @@ fn open_existing(
     // Never through a link swapped in since it was looked at.
     let file =
         open_existing_file(&paths.part, true).map_err(|e| PeerError::io("open", &paths.part, e))?;
+    // A hard link to some other file would be written into.
+    let links = file
+        .metadata()
+        .map_err(|e| PeerError::io("stat", &paths.part, e))?
+        .nlink();
+    if links != 1 {
+        return Err(paths.refuse(&format!(
+            "has {links} hard links (another name for the same file)"
+        )));
+    }
     Ok((file, claimed, lock))
 }
 
@@ -726,6 +745,45 @@ mod tests {
         let e = open(&Paths::new(&dir.0, "f"), g, &hashes, None).unwrap_err();
         assert!(e.to_string().contains("is not a folder"), "{e}");
         assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    /// Review 2, finding 7: an unfinished download's work folder moved
+    /// elsewhere and linked back is refused on resume too, and not listed.
+    #[test]
+    fn a_resume_never_goes_through_a_linked_work_folder() {
+        let dir = TempDir::new("workdir-resume");
+        let (_, g, hashes) = content();
+        let d = dir.0.join("d");
+        fs::create_dir(&d).unwrap();
+        let paths = Paths::new(&d, "f");
+        drop(open(&paths, g, &hashes, None).unwrap());
+        assert_eq!(unfinished(&d), vec!["f".to_string()]);
+        let elsewhere = dir.0.join("elsewhere");
+        fs::rename(d.join(WORK_DIR), &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, d.join(WORK_DIR)).unwrap();
+        let part = elsewhere.join(paths.part.file_name().unwrap());
+        let before = fs::metadata(&part).unwrap().modified().unwrap();
+        let e = open(&paths, g, &hashes, None).unwrap_err();
+        assert!(e.to_string().contains("is not a folder"), "{e}");
+        assert_eq!(fs::metadata(&part).unwrap().modified().unwrap(), before);
+        assert!(unfinished(&d).is_empty());
+    }
+
+    /// Review 2, finding 7: a `.part` that is also another file's name
+    /// (a hard link) is refused, not written into.
+    #[test]
+    fn a_part_with_another_hard_link_is_refused() {
+        let dir = TempDir::new("part-nlink");
+        let (_, g, hashes) = content();
+        let paths = Paths::new(&dir.0, "f");
+        drop(open(&paths, g, &hashes, None).unwrap());
+        let other = dir.0.join("precious");
+        fs::write(&other, b"keep me").unwrap();
+        fs::remove_file(&paths.part).unwrap();
+        fs::hard_link(&other, &paths.part).unwrap();
+        let e = open(&paths, g, &hashes, None).unwrap_err();
+        assert!(e.to_string().contains("hard links"), "{e}");
+        assert_eq!(fs::read(&other).unwrap(), b"keep me");
     }
 
     #[test]
