@@ -402,6 +402,39 @@ fn a_source_that_trickles_its_replies_cannot_hold_the_download() {
     });
 }
 
+/// Review 2, finding 3: a subfolder of the download folder that is a link
+/// to somewhere else is refused; nothing is written through it.
+#[test]
+fn a_nested_name_is_never_written_through_a_linked_subfolder() {
+    with_timeout(60, || {
+        let s = Scratch::new("nested-link");
+        let t = tracker();
+        let data = ten_chunks(41);
+        let _src = FakeSource::start(t.local_addr(), "docs/x.bin", &data, |_, _| Answer::Good);
+        let outside = s.sub("outside");
+        let g = s.sub("g");
+        std::os::unix::fs::symlink(&outside, g.join("docs")).unwrap();
+        let d = downloader(t.local_addr());
+        let err = d
+            .download("docs/x.bin", &g, &opts(), &mut |_| {})
+            .expect_err("refused");
+        assert!(err.to_string().contains("is a link"), "{err}");
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+        // A file where a folder should be is refused too.
+        let h = s.sub("h");
+        fs::write(h.join("docs"), b"x").unwrap();
+        let err = d
+            .download("docs/x.bin", &h, &opts(), &mut |_| {})
+            .expect_err("refused");
+        assert!(err.to_string().contains("is not a folder"), "{err}");
+        // A download folder that does not exist yet is created.
+        let fresh = s.path().join("fresh/dir");
+        d.download("docs/x.bin", &fresh, &opts(), &mut |_| {})
+            .expect("download");
+        assert_eq!(fs::read(fresh.join("docs/x.bin")).unwrap(), data);
+    });
+}
+
 #[test]
 fn a_downloaded_empty_file_is_registered_and_served() {
     with_timeout(60, || {

@@ -53,7 +53,6 @@ pub mod partfile;
 mod rate;
 mod worker;
 
-use std::fs;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -202,9 +201,7 @@ pub fn download(
     let (d, local_ip) = describe(ctx.trackers, name)?;
     let self_addr = ctx.self_port.map(|port| SocketAddr::new(local_ip, port));
     let paths = Paths::new(dir, name);
-    if let Some(parent) = paths.final_path.parent() {
-        fs::create_dir_all(parent).map_err(|e| PeerError::io("create folder", parent, e))?;
-    }
+    paths.make_parent_dirs()?;
     if paths.final_path.exists() {
         return already_there(ctx, name, &paths, d, started);
     }

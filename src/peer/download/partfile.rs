@@ -105,6 +105,8 @@ pub fn unfinished(dir: &Path) -> Vec<String> {
 
 /// The paths a download uses.
 pub(super) struct Paths {
+    /// The download folder.
+    dir: PathBuf,
     pub(super) final_path: PathBuf,
     /// The [`WORK_DIR`] of the download folder.
     work: PathBuf,
@@ -129,8 +131,48 @@ impl Paths {
             have: work.join(format!("{key}{HAVE_SUFFIX}")),
             work,
             final_path,
+            dir: dir.to_path_buf(),
             name: name.to_owned(),
         }
+    }
+
+    /// Creates the download folder, and the folders the file's name runs
+    /// through below it, refusing any that exists as a link (or as anything but a
+    /// folder): a name is never written outside the download folder. Made
+    /// with std only, so a link swapped in after this check and before the
+    /// file is linked into place is a race that remains.
+    pub(super) fn make_parent_dirs(&self) -> Result<()> {
+        // The download folder itself is the user's to name, link or not.
+        fs::create_dir_all(&self.dir).map_err(|e| PeerError::io("create folder", &self.dir, e))?;
+        let mut at = self.dir.clone();
+        let mut comps: Vec<&str> = self.name.split('/').collect();
+        comps.pop();
+        for c in comps {
+            at.push(c);
+            match fs::create_dir(&at) {
+                Ok(()) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(PeerError::io("create folder", &at, e)),
+            }
+            match fs::symlink_metadata(&at) {
+                Ok(m) if m.is_dir() => {}
+                Ok(m) => {
+                    let what = if m.file_type().is_symlink() {
+                        "is a link"
+                    } else {
+                        "is not a folder"
+                    };
+                    return Err(PeerError::Download(format!(
+                        "{} {what}; refusing to write {} outside {}",
+                        at.display(),
+                        self.name,
+                        self.dir.display()
+                    )));
+                }
+                Err(e) => return Err(PeerError::io("inspect", &at, e)),
+            }
+        }
+        Ok(())
     }
 
     /// Makes sure the work folder exists and is a real folder (never a
@@ -478,6 +520,8 @@ pub(super) fn open_finished(
 pub(super) fn finish(paths: &Paths, file: &File) -> Result<()> {
     file.sync_all()
         .map_err(|e| PeerError::io("flush", &paths.part, e))?;
+    // Again just before: a folder may have been swapped for a link meanwhile.
+    paths.make_parent_dirs()?;
     match fs::hard_link(&paths.part, &paths.final_path) {
         Ok(()) => {
             fs::remove_file(&paths.part).map_err(|e| PeerError::io("remove", &paths.part, e))?;
