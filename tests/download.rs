@@ -435,6 +435,41 @@ fn a_nested_name_is_never_written_through_a_linked_subfolder() {
     });
 }
 
+/// Review 2, finding 5: cancelled while the tracker accepts the connection
+/// and never answers the first query: stops at once.
+#[test]
+fn a_download_cancelled_while_the_tracker_does_not_answer_stops_at_once() {
+    with_timeout(60, || {
+        let s = Scratch::new("cancel-silent-tracker");
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let t = silent.local_addr().unwrap();
+        // Not `downloader`: that waits until the node is registered.
+        let mut cfg = p2pfs::peer::node::NodeConfig::new(t);
+        cfg.listen = "127.0.0.1:0".parse().unwrap();
+        let d = p2pfs::peer::node::Node::start(cfg, Vec::new(), None).expect("node");
+        let cancel = Arc::new(AtomicBool::new(false));
+        let c = Arc::clone(&cancel);
+        let dir = s.sub("d");
+        let h = thread::spawn(move || {
+            let r = d.download_cancellable("f", &dir, &opts(), Some(&c), &mut |_| {});
+            (r, d)
+        });
+        thread::sleep(Duration::from_millis(300));
+        cancel.store(true, Ordering::SeqCst);
+        let at = std::time::Instant::now();
+        let (r, d) = h.join().unwrap();
+        let e = r.expect_err("interrupted");
+        let took = at.elapsed();
+        eprintln!("stopped {took:?} after the cancel: {e}");
+        assert!(e.to_string().contains("interrupted"), "{e}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        let at = std::time::Instant::now();
+        d.leave();
+        eprintln!("left {:?} later", at.elapsed());
+        drop(silent);
+    });
+}
+
 #[test]
 fn a_downloaded_empty_file_is_registered_and_served() {
     with_timeout(60, || {
