@@ -240,6 +240,11 @@ pub const MAX_PROBES: usize = 24;
 /// Most probes at once to one host (IPv4 address or IPv6 /64), so one
 /// host's silent endpoints cannot keep other hosts' sources from being tried.
 pub const MAX_PROBES_PER_HOST: usize = 4;
+/// Most sources a download remembers that have not delivered to it and are
+/// neither in the latest locations nor being downloaded from (their
+/// backoff and strikes; not what they hold): a swarm's churn cannot grow a
+/// download's memory without bound. Banned sources are always remembered.
+pub const MAX_REMEMBERED_SOURCES: usize = 1024;
 /// A source whose connections keep failing without delivering anything is
 /// retried after the retry delay doubled per failure, up to this long.
 pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
