@@ -298,6 +298,15 @@ impl Bitmap {
         true
     }
 
+    /// Clears every bit that is set in `other` (of the same length; a
+    /// shorter one covers only its own bits): one pass over the words.
+    pub fn clear_all(&mut self, other: &Bitmap) {
+        for (a, b) in self.bits.iter_mut().zip(&other.bits) {
+            *a &= !*b;
+        }
+        self.ones = self.bits.iter().map(|x| x.count_ones()).sum();
+    }
+
     /// Indices of set bits, ascending.
     pub fn iter_ones(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.len).filter(move |&i| self.get(i))

@@ -204,8 +204,10 @@ pub const PIPELINE_DEPTH: usize = 4;
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(1500);
 /// Chunks from one source that may fail verification before it is dropped.
 pub const MAX_HASH_FAILURES: u32 = 3;
-/// How long a download may make no progress with nothing in flight before
-/// it gives up naming the chunks nobody can supply.
+/// How long a download may write no chunk with nothing in flight before it
+/// gives up naming the chunks nobody can supply; with requests in flight,
+/// the longer of this and one chunk's deadline (the I/O timeout plus the
+/// chunk at [`MIN_CHUNK_TRANSFER_RATE`]).
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 /// Most sources downloaded from at once; more add little and cost a thread
 /// and a connection each.
@@ -220,6 +222,11 @@ pub const NOT_HELD_RETRY: Duration = Duration::from_secs(3);
 /// The longest wait before asking a source again for a chunk it said it
 /// does not hold.
 pub const NOT_HELD_RETRY_MAX: Duration = Duration::from_secs(8);
+/// A source that answers `NotHeld` this many times in a row, delivering no
+/// chunk in between, is dropped for now (and backed off from like one that
+/// does not answer). Super-seeding turns a chunk away only while it is
+/// being fetched elsewhere, so an honest seed delivers others meanwhile.
+pub const MAX_NOT_HELD_IN_A_ROW: u32 = 64;
 /// A source that has not delivered a chunk to this download yet must accept
 /// the connection and answer Hello within this long; a proven source gets
 /// the full connect and I/O timeouts. Silent, full or unreachable sources
@@ -233,6 +240,11 @@ pub const MAX_PROBES: usize = 24;
 /// Most probes at once to one host (IPv4 address or IPv6 /64), so one
 /// host's silent endpoints cannot keep other hosts' sources from being tried.
 pub const MAX_PROBES_PER_HOST: usize = 4;
+/// Most sources a download remembers that have not delivered to it and are
+/// neither in the latest locations nor being downloaded from (their
+/// backoff and strikes; not what they hold): a swarm's churn cannot grow a
+/// download's memory without bound. Banned sources are always remembered.
+pub const MAX_REMEMBERED_SOURCES: usize = 1024;
 /// A source whose connections keep failing without delivering anything is
 /// retried after the retry delay doubled per failure, up to this long.
 pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);

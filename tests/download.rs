@@ -8,7 +8,7 @@ mod util;
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::BufReader;
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,6 +33,9 @@ enum Answer {
     /// `Error{NotHeld}`, and the source closes its tracker connection
     /// first, so the tracker stops listing it.
     NotHeldThenLeave,
+    /// The chunk, sent one byte every 500 ms (each byte well within any
+    /// read timeout).
+    Trickle,
 }
 
 /// The rule: (chunk index, how many times it has been asked so far,
@@ -62,12 +65,23 @@ impl FakeSource {
         data: &[u8],
         rule: impl Fn(u32, u32) -> Answer + Send + Sync + 'static,
     ) -> FakeSource {
+        FakeSource::start_entry(t, entry(name, data), data, rule)
+    }
+
+    /// [`FakeSource::start`] registering `e` as it is (any geometry and
+    /// hashes); `data` is what `Answer::Good` serves, in [`CHUNK`]s.
+    fn start_entry(
+        t: SocketAddr,
+        e: p2pfs::wire::FileEntry,
+        data: &[u8],
+        rule: impl Fn(u32, u32) -> Answer + Send + Sync + 'static,
+    ) -> FakeSource {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let mut ctl = Client::connect(t);
         let reply = ctl.request(&Message::Register {
             endpoint: listener.local_addr().unwrap(),
-            files: vec![entry(name, data)],
+            files: vec![e],
         });
         assert!(matches!(reply, Message::RegisterReply { .. }), "{reply:?}");
         let shared = Arc::new(Shared {
@@ -145,6 +159,21 @@ fn serve(s: TcpStream, sh: &Shared) {
                 greeted = true;
                 hello.clone()
             }
+            Message::ChunkRequest { index, .. } if (sh.rule)(index, 0) == Answer::Trickle => {
+                let _ = answer(sh, index);
+                let mut bytes = Vec::new();
+                let data = chunk_of(sh, index);
+                Message::ChunkData { index, data }
+                    .encode(&mut bytes)
+                    .unwrap();
+                for b in bytes {
+                    if sh.stop.load(Ordering::SeqCst) || w.write_all(&[b]).is_err() {
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(500));
+                }
+                continue;
+            }
             Message::ChunkRequest { index, .. } => answer(sh, index),
             _ => return,
         };
@@ -161,11 +190,7 @@ fn answer(sh: &Shared, index: u32) -> Message {
         *n += 1;
         *n
     };
-    let chunk = |i: u32| {
-        let start = (i as usize * CHUNK as usize).min(sh.data.len());
-        let end = (start + CHUNK as usize).min(sh.data.len());
-        sh.data[start..end].to_vec()
-    };
+    let chunk = |i: u32| chunk_of(sh, i);
     let not_held = Message::Error {
         code: ErrorCode::NotHeld,
         message: "not now".into(),
@@ -184,12 +209,19 @@ fn answer(sh: &Shared, index: u32) -> Message {
             index: other,
             data: chunk(other),
         },
-        Answer::NotHeld => not_held,
+        Answer::NotHeld | Answer::Trickle => not_held,
         Answer::NotHeldThenLeave => {
             drop(sh.control.lock().unwrap().take());
             not_held
         }
     }
+}
+
+/// Chunk `i` of the source's data.
+fn chunk_of(sh: &Shared, i: u32) -> Vec<u8> {
+    let start = (i as usize * CHUNK as usize).min(sh.data.len());
+    let end = (start + CHUNK as usize).min(sh.data.len());
+    sh.data[start..end].to_vec()
 }
 
 /// Ten chunks of test data.
@@ -304,6 +336,137 @@ fn not_held_from_a_source_that_advertised_the_chunk_is_asked_again_later() {
             "{:?}",
             started.elapsed()
         );
+    });
+}
+
+/// Review 2, finding 1: a source that claims every chunk of a file of many
+/// chunks and answers `NotHeld` to every request always had a request in
+/// flight, so the download never gave up (and put-off chunks cost work per
+/// step growing with their number).
+#[test]
+fn a_source_answering_not_held_to_everything_is_dropped_and_the_download_gives_up() {
+    with_timeout(90, || {
+        let s = Scratch::new("not-held-all");
+        let t = tracker();
+        let count = 1u32 << 16;
+        let e = p2pfs::wire::FileEntry {
+            name: "nh.bin".into(),
+            length: u64::from(count) * 1024,
+            chunk_size: 1024,
+            hashes: vec![[9u8; 20]; count as usize],
+            have: p2pfs::wire::Have::All,
+        };
+        let src = FakeSource::start_entry(t.local_addr(), e, &[], |_, _| Answer::NotHeld);
+        let d = downloader(t.local_addr());
+        let o = DownloadOptions {
+            give_up_after: Duration::from_secs(5),
+            ..opts()
+        };
+        let started = std::time::Instant::now();
+        let err = d
+            .download("nh.bin", &s.sub("d"), &o, &mut |_| {})
+            .expect_err("nothing can be downloaded");
+        let took = started.elapsed();
+        let asked: u32 = src.shared.asked.lock().unwrap().values().sum();
+        eprintln!("gave up after {took:?}, {asked} requests answered NotHeld: {err}");
+        assert!(err.to_string().contains("no reachable source"), "{err}");
+        assert!(took < Duration::from_secs(20), "{took:?}");
+    });
+}
+
+/// Review 2, finding 2: the only source sends every reply one byte at a
+/// time, each byte well within the read timeout. Each reply is cut off at
+/// the client's deadline for a `ChunkData` (I/O timeout + 64 KiB at
+/// 8 KiB/s = 11 s here), and the download gives up on progress, not on
+/// what is in flight.
+#[test]
+fn a_source_that_trickles_its_replies_cannot_hold_the_download() {
+    with_timeout(90, || {
+        let s = Scratch::new("trickle");
+        let t = tracker();
+        let data = ten_chunks(40);
+        let _src = FakeSource::start(t.local_addr(), "f", &data, |_, _| Answer::Trickle);
+        let d = downloader(t.local_addr());
+        let o = DownloadOptions {
+            give_up_after: Duration::from_secs(5),
+            ..opts()
+        };
+        let started = std::time::Instant::now();
+        let err = d
+            .download("f", &s.sub("d"), &o, &mut |_| {})
+            .expect_err("nothing arrives whole");
+        let took = started.elapsed();
+        eprintln!("gave up after {took:?}: {err}");
+        assert!(err.to_string().contains("no reachable source"), "{err}");
+        assert!(took < Duration::from_secs(25), "{took:?}");
+    });
+}
+
+/// Review 2, finding 3: a subfolder of the download folder that is a link
+/// to somewhere else is refused; nothing is written through it.
+#[test]
+fn a_nested_name_is_never_written_through_a_linked_subfolder() {
+    with_timeout(60, || {
+        let s = Scratch::new("nested-link");
+        let t = tracker();
+        let data = ten_chunks(41);
+        let _src = FakeSource::start(t.local_addr(), "docs/x.bin", &data, |_, _| Answer::Good);
+        let outside = s.sub("outside");
+        let g = s.sub("g");
+        std::os::unix::fs::symlink(&outside, g.join("docs")).unwrap();
+        let d = downloader(t.local_addr());
+        let err = d
+            .download("docs/x.bin", &g, &opts(), &mut |_| {})
+            .expect_err("refused");
+        assert!(err.to_string().contains("is a link"), "{err}");
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+        // A file where a folder should be is refused too.
+        let h = s.sub("h");
+        fs::write(h.join("docs"), b"x").unwrap();
+        let err = d
+            .download("docs/x.bin", &h, &opts(), &mut |_| {})
+            .expect_err("refused");
+        assert!(err.to_string().contains("is not a folder"), "{err}");
+        // A download folder that does not exist yet is created.
+        let fresh = s.path().join("fresh/dir");
+        d.download("docs/x.bin", &fresh, &opts(), &mut |_| {})
+            .expect("download");
+        assert_eq!(fs::read(fresh.join("docs/x.bin")).unwrap(), data);
+    });
+}
+
+/// Review 2, finding 5: cancelled while the tracker accepts the connection
+/// and never answers the first query: stops at once.
+#[test]
+fn a_download_cancelled_while_the_tracker_does_not_answer_stops_at_once() {
+    with_timeout(60, || {
+        let s = Scratch::new("cancel-silent-tracker");
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let t = silent.local_addr().unwrap();
+        // Not `downloader`: that waits until the node is registered.
+        let mut cfg = p2pfs::peer::node::NodeConfig::new(t);
+        cfg.listen = "127.0.0.1:0".parse().unwrap();
+        let d = p2pfs::peer::node::Node::start(cfg, Vec::new(), None).expect("node");
+        let cancel = Arc::new(AtomicBool::new(false));
+        let c = Arc::clone(&cancel);
+        let dir = s.sub("d");
+        let h = thread::spawn(move || {
+            let r = d.download_cancellable("f", &dir, &opts(), Some(&c), &mut |_| {});
+            (r, d)
+        });
+        thread::sleep(Duration::from_millis(300));
+        cancel.store(true, Ordering::SeqCst);
+        let at = std::time::Instant::now();
+        let (r, d) = h.join().unwrap();
+        let e = r.expect_err("interrupted");
+        let took = at.elapsed();
+        eprintln!("stopped {took:?} after the cancel: {e}");
+        assert!(e.to_string().contains("interrupted"), "{e}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        let at = std::time::Instant::now();
+        d.leave();
+        eprintln!("left {:?} later", at.elapsed());
+        drop(silent);
     });
 }
 

@@ -144,7 +144,9 @@ impl Resumable {
     /// download stopped on request does).
     pub fn line(error: &crate::peer::PeerError, how: &str) -> String {
         let text = error_chain(error);
-        if text.contains("to resume") {
+        // Also not when the file is complete and kept somewhere: running
+        // the command again would not help.
+        if text.contains("to resume") || text.contains("is complete and kept as") {
             text
         } else {
             format!("{text}; the verified chunks are kept: {how}")

@@ -1,8 +1,9 @@
 //! The coordinator: runs on the caller's thread and decides which sources a
 //! download uses.
 //!
-//! Owns: every source seen and what is known about it ([`Sources`]: the
-//! chunks it holds, when it may be tried again (backing off while it
+//! Owns: the sources seen and what is known about them ([`Sources`]: the
+//! chunks one holds, kept while it is listed, running or proven; at most
+//! `limits::MAX_REMEMBERED_SOURCES` others remembered, banned ones always; when it may be tried again (backing off while it
 //! delivers nothing), whether it is banned, its strikes, what it
 //! contributed), the workers running ([`Active`]) and which sources get one
 //! first (those that delivered; at most `limits::MAX_PROBES` on probation,
@@ -14,7 +15,8 @@
 //! [`DownloadOptions::give_up_after`](super::DownloadOptions).
 //!
 //! Calls `wire` (Locations), `chunks` (bitmaps), the peer's `client`
-//! (merging Locations) and `picker`, and the download's `engine`,
+//! (merging Locations) and `picker`, `net::deadline` (how long one chunk
+//! may take), and the download's `engine`,
 //! `locator`, `worker` and `rate`. Never talks to a tracker itself: the
 //! locator threads do, so a silent tracker cannot stall the events that
 //! workers and the assembler send here.
@@ -35,7 +37,7 @@ use super::rate::RateMeter;
 use super::worker::Slot;
 use super::{DownloadContext, MAX_ACTIVE_SOURCES, Progress, SourceStats};
 use crate::chunks::Bitmap;
-use crate::limits::{MAX_PROBES, MAX_PROBES_PER_HOST, RETRY_AFTER_MAX};
+use crate::limits::{MAX_PROBES, MAX_PROBES_PER_HOST, MAX_REMEMBERED_SOURCES, RETRY_AFTER_MAX};
 use crate::peer::client;
 use crate::peer::{PeerError, Result};
 use crate::sync::lock;
@@ -43,6 +45,8 @@ use crate::wire::Locations;
 
 /// What is remembered about one endpoint.
 struct Known {
+    /// What it holds, kept only while it is listed, running or proven
+    /// (empty otherwise: a new listing brings it back).
     have: Bitmap,
     retry_at: Instant,
     banned: bool,
@@ -190,6 +194,39 @@ impl Sources {
             .filter_map(|a| self.known.get(a))
             .filter(|k| !k.banned)
             .map(|k| &k.have)
+    }
+
+    /// After a new listing: forgets what the sources neither in `listed`
+    /// nor `running` nor proven hold, and forgets the least promising of
+    /// them (most failures first) beyond [`MAX_REMEMBERED_SOURCES`];
+    /// banned ones are kept, without their bitmaps.
+    pub(super) fn prune(&mut self, listed: &[SocketAddr], running: &dyn Fn(SocketAddr) -> bool) {
+        let listed: std::collections::HashSet<SocketAddr> = listed.iter().copied().collect();
+        let mut idle = Vec::new();
+        for (a, k) in &mut self.known {
+            if listed.contains(a) || running(*a) || k.stats.chunks > 0 {
+                continue;
+            }
+            if !k.have.is_empty() {
+                k.have = Bitmap::new(0);
+            }
+            if !k.banned {
+                idle.push((k.failures, *a));
+            }
+        }
+        if idle.len() > MAX_REMEMBERED_SOURCES {
+            idle.sort_unstable_by(|x, y| y.cmp(x));
+            for (_, a) in &idle[..idle.len() - MAX_REMEMBERED_SOURCES] {
+                self.known.remove(a);
+            }
+        }
+    }
+
+    /// Bytes of the bitmaps held, and sources remembered.
+    #[cfg(test)]
+    fn footprint(&self) -> (usize, usize) {
+        let bytes = self.known.values().map(|k| k.have.as_bytes().len()).sum();
+        (bytes, self.known.len())
     }
 
     pub(super) fn addrs(&self) -> Vec<SocketAddr> {
@@ -392,14 +429,27 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         self.refresh_wanted = true;
     }
 
+    /// Gives up when no chunk was written for `give_up_after` with nothing
+    /// in flight, or, whatever is in flight, for the longer of that and the
+    /// time one chunk may take (the I/O timeout plus a chunk at
+    /// `MIN_CHUNK_TRANSFER_RATE`, the client's deadline for a `ChunkData`):
+    /// requests kept open without delivering (`NotHeld` to everything,
+    /// replies trickled and cut off one after another) are no progress.
     fn check_stuck(&self) -> Result<()> {
         let e = self.engine;
-        if self.last_progress.elapsed() < e.opts.give_up_after {
+        let stalled = self.last_progress.elapsed();
+        if stalled < e.opts.give_up_after {
             return Ok(());
         }
         let p = lock(&e.picker);
         let missing: Vec<u32> = (0..p.have().len()).filter(|&i| !p.have().get(i)).collect();
-        if missing.iter().any(|&i| p.in_flight(i) > 0) {
+        let one_chunk = crate::net::deadline::chunk_allowance(
+            e.opts.io_timeout,
+            u64::from(e.geometry.chunk_size()),
+        );
+        if stalled < e.opts.give_up_after.max(one_chunk)
+            && missing.iter().any(|&i| p.in_flight(i) > 0)
+        {
             return Ok(());
         }
         let unavailable = p.unavailable();
@@ -414,7 +464,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             list_indices(listed),
             missing.len(),
             e.geometry.count(),
-            e.opts.give_up_after.as_secs()
+            stalled.as_secs()
         )))
     }
 
@@ -512,6 +562,9 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         // Rarest first across the latest locations (a source just dropped
         // for lying does not count).
         lock(&self.engine.picker).set_availability(self.sources.availability(&listed));
+        let active = &self.active;
+        self.sources
+            .prune(&listed, &|a: SocketAddr| active.contains_key(&a));
         self.listed = listed;
         self.spawn_listed();
     }
@@ -730,6 +783,7 @@ pub fn list_indices(v: &[u32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunks::bitmap_bytes;
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
@@ -859,6 +913,40 @@ mod tests {
             vec![addr(2), addr(4), addr(3), addr(1)],
             "delivered first, then by failures; unknown left out"
         );
+    }
+
+    /// Review 2, finding 6: a swarm sampled 64 sources at a time keeps
+    /// only the latest sample's bitmaps (plus running and proven sources)
+    /// and a bounded number of records.
+    #[test]
+    fn sources_seen_once_do_not_keep_their_bitmaps_or_grow_without_bound() {
+        let now = Instant::now();
+        let n = 1u32 << 19;
+        let mut s = Sources::new();
+        let a = |i: u32| SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 7000));
+        s.listed(a(0), bits(n, &[1]), now);
+        s.started(a(0));
+        s.written(a(0), 1000); // proven
+        for round in 0..40u32 {
+            let listed: Vec<SocketAddr> = (0..64).map(|j| a(1 + round * 64 + j)).collect();
+            for &x in &listed {
+                s.listed(x, Bitmap::full(n), now);
+            }
+            let running = |x: SocketAddr| x == listed[0];
+            s.prune(&listed, &running);
+        }
+        let (bytes, remembered) = s.footprint();
+        eprintln!("{bytes} bytes of bitmaps, {remembered} sources remembered");
+        let one = bitmap_bytes(n);
+        assert!(bytes <= (64 + 1) * one, "{bytes} bytes of bitmaps");
+        assert!(
+            remembered <= MAX_REMEMBERED_SOURCES + 64 + 1,
+            "{remembered}"
+        );
+        assert!(s.proven(a(0)) && s.ready(a(0), now).is_some());
+        // A source forgotten and listed again is usable at once.
+        s.listed(a(1), bits(n, &[3]), now);
+        assert!(s.ready(a(1), now).is_some());
     }
 
     #[test]

@@ -53,11 +53,10 @@ pub mod partfile;
 mod rate;
 mod worker;
 
-use std::fs;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -199,12 +198,10 @@ pub fn download(
             "{name} is already shared by this peer"
         )));
     }
-    let (d, local_ip) = describe(ctx.trackers, name)?;
+    let (d, local_ip) = describe_cancellable(ctx.trackers, name, ctx.cancel)?;
     let self_addr = ctx.self_port.map(|port| SocketAddr::new(local_ip, port));
     let paths = Paths::new(dir, name);
-    if let Some(parent) = paths.final_path.parent() {
-        fs::create_dir_all(parent).map_err(|e| PeerError::io("create folder", parent, e))?;
-    }
+    paths.make_parent_dirs()?;
     if paths.final_path.exists() {
         return already_there(ctx, name, &paths, d, started);
     }
@@ -255,6 +252,45 @@ pub fn download(
 /// the name says what the file is, and the sources of every tracker that
 /// agrees are merged. Also returns the local IP this host reached that
 /// tracker from. Only when no tracker answers is it an error.
+/// [`describe`], given up at once when `cancel` is set: the query runs on a
+/// thread of its own, so a tracker that accepts and never answers cannot
+/// hold a stopped command for its I/O timeout. That thread is left to end
+/// by its own timeouts (it holds nothing of the download).
+fn describe_cancellable(
+    trackers: &[SocketAddr],
+    name: &str,
+    cancel: Option<&AtomicBool>,
+) -> Result<(Described, IpAddr)> {
+    let Some(cancel) = cancel else {
+        return describe(trackers, name);
+    };
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let (t, n) = (trackers.to_vec(), name.to_owned());
+    std::thread::Builder::new()
+        .name("describe".into())
+        .spawn(move || {
+            let _ = tx.send(describe(&t, &n));
+        })
+        .map_err(|e| PeerError::Download(format!("cannot start a thread: {e}")))?;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(r) => return r,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if cancel.load(Ordering::SeqCst) {
+                    return Err(PeerError::Download(format!(
+                        "download of {name} interrupted while asking the tracker about it"
+                    )));
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(PeerError::Download(
+                    "internal: the tracker query ended".into(),
+                ));
+            }
+        }
+    }
+}
+
 fn describe(trackers: &[SocketAddr], name: &str) -> Result<(Described, IpAddr)> {
     let merged = match client::locate_all(trackers, name, true) {
         Err(PeerError::Refused {

@@ -10,8 +10,13 @@
 //! share scan asks so that it never offers one of them, and the rules that
 //! keep a download from taking over a file that is not its own: a `.part`
 //! without a matching `.part.have` is refused, never overwritten; a `.part`
-//! another download is filling (it holds the file's lock) is refused; and
-//! the final name is never replaced.
+//! another download is filling (it holds the file's lock) is refused; a
+//! `.part` with another hard link is refused; the work folder must be a
+//! real folder, checked before anything in it is opened, on a resume too
+//! (a link swapped in after that check is a race that remains); and the
+//! final name is never replaced (the finished file is hard-linked there,
+//! from a copy in a work folder of the final name's own folder when that
+//! is another file system).
 //!
 //! Calls `chunks` (geometry, bitmaps, SHA-1), the peer's error type, `log`
 //! `wire` (the name rule) and the libc crate's open flags only; nothing else of the download and nothing
@@ -32,7 +37,7 @@
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -79,6 +84,9 @@ pub fn have_path(dir: &Path, name: &str) -> PathBuf {
 /// not matching its KEY is passed over.
 pub fn unfinished(dir: &Path) -> Vec<String> {
     let work = dir.join(WORK_DIR);
+    if !fs::symlink_metadata(&work).is_ok_and(|m| m.is_dir()) {
+        return Vec::new();
+    }
     let Ok(entries) = fs::read_dir(&work) else {
         return Vec::new();
     };
@@ -99,6 +107,8 @@ pub fn unfinished(dir: &Path) -> Vec<String> {
 
 /// The paths a download uses.
 pub(super) struct Paths {
+    /// The download folder.
+    dir: PathBuf,
     pub(super) final_path: PathBuf,
     /// The [`WORK_DIR`] of the download folder.
     work: PathBuf,
@@ -123,8 +133,48 @@ impl Paths {
             have: work.join(format!("{key}{HAVE_SUFFIX}")),
             work,
             final_path,
+            dir: dir.to_path_buf(),
             name: name.to_owned(),
         }
+    }
+
+    /// Creates the download folder, and the folders the file's name runs
+    /// through below it, refusing any that exists as a link (or as anything but a
+    /// folder): a name is never written outside the download folder. Made
+    /// with std only, so a link swapped in after this check and before the
+    /// file is linked into place is a race that remains.
+    pub(super) fn make_parent_dirs(&self) -> Result<()> {
+        // The download folder itself is the user's to name, link or not.
+        fs::create_dir_all(&self.dir).map_err(|e| PeerError::io("create folder", &self.dir, e))?;
+        let mut at = self.dir.clone();
+        let mut comps: Vec<&str> = self.name.split('/').collect();
+        comps.pop();
+        for c in comps {
+            at.push(c);
+            match fs::create_dir(&at) {
+                Ok(()) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(PeerError::io("create folder", &at, e)),
+            }
+            match fs::symlink_metadata(&at) {
+                Ok(m) if m.is_dir() => {}
+                Ok(m) => {
+                    let what = if m.file_type().is_symlink() {
+                        "is a link"
+                    } else {
+                        "is not a folder"
+                    };
+                    return Err(PeerError::Download(format!(
+                        "{} {what}; refusing to write {} outside {}",
+                        at.display(),
+                        self.name,
+                        self.dir.display()
+                    )));
+                }
+                Err(e) => return Err(PeerError::io("inspect", &at, e)),
+            }
+        }
+        Ok(())
     }
 
     /// Makes sure the work folder exists and is a real folder (never a
@@ -277,6 +327,9 @@ pub(super) fn open(
     cancel: Option<&AtomicBool>,
 ) -> Result<(File, Bitmap, PartLock)> {
     let id = identity(geometry, hashes);
+    // Before anything in it is looked at: a resume never goes through a
+    // link either.
+    paths.make_work_dir()?;
     let (file, claimed, lock) = match fs::symlink_metadata(&paths.part) {
         Ok(m) if !m.file_type().is_file() => {
             return Err(paths.refuse("exists and is not a regular file"));
@@ -322,6 +375,16 @@ fn open_existing(
     // Never through a link swapped in since it was looked at.
     let file =
         open_existing_file(&paths.part, true).map_err(|e| PeerError::io("open", &paths.part, e))?;
+    // A hard link to some other file would be written into.
+    let links = file
+        .metadata()
+        .map_err(|e| PeerError::io("stat", &paths.part, e))?
+        .nlink();
+    if links != 1 {
+        return Err(paths.refuse(&format!(
+            "has {links} hard links (another name for the same file)"
+        )));
+    }
     Ok((file, claimed, lock))
 }
 
@@ -387,6 +450,55 @@ fn create(paths: &Paths, id: &Digest, geometry: Geometry) -> Result<(File, PartL
         return Err(PeerError::io("create", &paths.have, e));
     }
     Ok((file, lock))
+}
+
+/// The error for a file that appeared under the final name: the complete
+/// download is kept at `kept`.
+fn appeared(paths: &Paths, kept: &Path) -> PeerError {
+    PeerError::Download(format!(
+        "{} appeared during the download; the downloaded file is complete and kept as {}",
+        paths.final_path.display(),
+        kept.display()
+    ))
+}
+
+/// The final name's folder is on another file system than the `.part`:
+/// copies it into a work folder in that folder (created new, never through
+/// a link), flushes the copy and links it into place, never replacing a
+/// file. The copy is removed either way.
+fn copy_into_place(paths: &Paths) -> Result<()> {
+    let parent = paths.final_path.parent().unwrap_or(&paths.dir);
+    let there = Paths::new(parent, &paths.name);
+    there.make_work_dir()?;
+    let copy = there.part.with_extension("part.copy");
+    let failed = |what: &str, e: std::io::Error| {
+        let _ = fs::remove_file(&copy);
+        PeerError::Download(format!(
+            "cannot {what} {} (to put {} in place across file systems: {e}); the downloaded file is complete and kept as {}",
+            copy.display(),
+            paths.final_path.display(),
+            paths.part.display()
+        ))
+    };
+    let mut dst = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&copy)
+        .map_err(|e| failed("create", e))?;
+    let mut src = open_existing_file(&paths.part, false)
+        .map_err(|e| PeerError::io("open", &paths.part, e))?;
+    std::io::copy(&mut src, &mut dst).map_err(|e| failed("write", e))?;
+    dst.sync_all().map_err(|e| failed("flush", e))?;
+    let linked = fs::hard_link(&copy, &paths.final_path);
+    let _ = fs::remove_file(&copy);
+    let _ = fs::remove_dir(&there.work);
+    match linked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(appeared(paths, &paths.part))
+        }
+        Err(e) => Err(failed("link", e)),
+    }
 }
 
 /// Hashes the chunks of `file` (only those set in `only`, if given) and
@@ -455,25 +567,39 @@ pub(super) fn open_finished(
 
 /// Flush, fsync, move `.part` to the final name, drop the saved bitmap.
 /// A hard link rather than a rename, so a file that appeared under the final
-/// name meanwhile is never replaced.
+/// name meanwhile is never replaced. When the final name's folder is on
+/// another file system (a mount below the download folder), the `.part` is
+/// copied into a work folder there and linked from that copy. Errors say
+/// where the complete file is kept: running the command again would not
+/// help.
 pub(super) fn finish(paths: &Paths, file: &File) -> Result<()> {
     file.sync_all()
         .map_err(|e| PeerError::io("flush", &paths.part, e))?;
+    // Again just before: a folder may have been swapped for a link meanwhile.
+    paths.make_parent_dirs()?;
     match fs::hard_link(&paths.part, &paths.final_path) {
-        Ok(()) => {
-            fs::remove_file(&paths.part).map_err(|e| PeerError::io("remove", &paths.part, e))?;
-        }
+        Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(PeerError::Download(format!(
-                "{} appeared during the download; the downloaded file is kept as {}",
-                paths.final_path.display(),
-                paths.part.display()
-            )));
+            return Err(appeared(paths, &paths.part));
         }
-        // File systems without hard links: the name was checked to be free.
-        Err(_) => fs::rename(&paths.part, &paths.final_path)
-            .map_err(|e| PeerError::io("rename", &paths.part, e))?,
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => copy_into_place(paths)?,
+        // A file system without hard links (vfat, exFAT): a rename, only
+        // while the name is free (std has no rename that never replaces,
+        // so a file appearing in between is a race that remains).
+        Err(link) => {
+            if fs::symlink_metadata(&paths.final_path).is_ok() {
+                return Err(appeared(paths, &paths.part));
+            }
+            fs::rename(&paths.part, &paths.final_path).map_err(|e| {
+                PeerError::Download(format!(
+                    "cannot put {} in place (link: {link}; rename: {e}); the downloaded file is complete and kept as {}",
+                    paths.final_path.display(),
+                    paths.part.display()
+                ))
+            })?;
+        }
     }
+    let _ = fs::remove_file(&paths.part);
     let _ = fs::remove_file(&paths.have);
     // Only when no other download is using it.
     let _ = fs::remove_dir(&paths.work);
@@ -726,6 +852,94 @@ mod tests {
         let e = open(&Paths::new(&dir.0, "f"), g, &hashes, None).unwrap_err();
         assert!(e.to_string().contains("is not a folder"), "{e}");
         assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    /// Review 2, finding 7: an unfinished download's work folder moved
+    /// elsewhere and linked back is refused on resume too, and not listed.
+    #[test]
+    fn a_resume_never_goes_through_a_linked_work_folder() {
+        let dir = TempDir::new("workdir-resume");
+        let (_, g, hashes) = content();
+        let d = dir.0.join("d");
+        fs::create_dir(&d).unwrap();
+        let paths = Paths::new(&d, "f");
+        drop(open(&paths, g, &hashes, None).unwrap());
+        assert_eq!(unfinished(&d), vec!["f".to_string()]);
+        let elsewhere = dir.0.join("elsewhere");
+        fs::rename(d.join(WORK_DIR), &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, d.join(WORK_DIR)).unwrap();
+        let part = elsewhere.join(paths.part.file_name().unwrap());
+        let before = fs::metadata(&part).unwrap().modified().unwrap();
+        let e = open(&paths, g, &hashes, None).unwrap_err();
+        assert!(e.to_string().contains("is not a folder"), "{e}");
+        assert_eq!(fs::metadata(&part).unwrap().modified().unwrap(), before);
+        assert!(unfinished(&d).is_empty());
+    }
+
+    /// Review 2, finding 7: a `.part` that is also another file's name
+    /// (a hard link) is refused, not written into.
+    #[test]
+    fn a_part_with_another_hard_link_is_refused() {
+        let dir = TempDir::new("part-nlink");
+        let (_, g, hashes) = content();
+        let paths = Paths::new(&dir.0, "f");
+        drop(open(&paths, g, &hashes, None).unwrap());
+        let other = dir.0.join("precious");
+        fs::write(&other, b"keep me").unwrap();
+        fs::remove_file(&paths.part).unwrap();
+        fs::hard_link(&other, &paths.part).unwrap();
+        let e = open(&paths, g, &hashes, None).unwrap_err();
+        assert!(e.to_string().contains("hard links"), "{e}");
+        assert_eq!(fs::read(&other).unwrap(), b"keep me");
+    }
+
+    /// Review 2, finding 4: the final name's folder is another file system
+    /// (a tmpfs mounted there; skipped where mounting is not allowed). The
+    /// file is copied across and linked into place; a file that appears
+    /// under the final name is never replaced.
+    #[test]
+    fn a_final_name_on_another_file_system_is_put_in_place() {
+        let dir = TempDir::new("part-xdev");
+        let (data, g, hashes) = content();
+        let docs = dir.0.join("docs");
+        fs::create_dir(&docs).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "none"])
+            .arg(&docs)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs here");
+            return;
+        }
+        let umount = || {
+            let _ = std::process::Command::new("umount").arg(&docs).status();
+        };
+        let result = std::panic::catch_unwind(|| {
+            use std::os::unix::fs::FileExt;
+            let paths = Paths::new(&dir.0, "docs/f");
+            let (file, _, _lock) = open(&paths, g, &hashes, None).unwrap();
+            file.write_all_at(&data, 0).unwrap();
+            finish(&paths, &file).unwrap();
+            assert_eq!(fs::read(&paths.final_path).unwrap(), data);
+            assert!(!paths.part.exists() && !paths.have.exists());
+            assert!(!docs.join(WORK_DIR).exists());
+            // Again, with the final name taken meanwhile: refused, kept.
+            fs::remove_file(&paths.final_path).unwrap();
+            let (file, _, _lock) = open(&paths, g, &hashes, None).unwrap();
+            file.write_all_at(&data, 0).unwrap();
+            fs::write(&paths.final_path, b"theirs").unwrap();
+            let e = finish(&paths, &file).unwrap_err().to_string();
+            assert!(e.contains("is complete and kept as"), "{e}");
+            assert_eq!(fs::read(&paths.final_path).unwrap(), b"theirs");
+            assert!(paths.part.exists());
+            assert!(!docs.join(WORK_DIR).exists());
+        });
+        umount();
+        if let Err(p) = result {
+            std::panic::resume_unwind(p);
+        }
     }
 
     #[test]

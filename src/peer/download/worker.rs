@@ -16,7 +16,8 @@
 //! Calls `wire` (requests), `chunks` (SHA-1), the peer's `client` (the
 //! connection) and `picker`, and the download's `engine`.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,7 +27,9 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::engine::{Engine, Event, Rejects, Verified, WorkerEnd};
 use crate::chunks::{self, Bitmap};
-use crate::limits::{MAX_REQUEST_BYTES_IN_FLIGHT, NOT_HELD_RETRY, NOT_HELD_RETRY_MAX};
+use crate::limits::{
+    MAX_NOT_HELD_IN_A_ROW, MAX_REQUEST_BYTES_IN_FLIGHT, NOT_HELD_RETRY, NOT_HELD_RETRY_MAX,
+};
 use crate::peer::client::{self, Conn};
 use crate::peer::picker::Picker;
 use crate::sync::lock;
@@ -69,9 +72,11 @@ struct Worker<'a, 'e> {
     rejects: Arc<Rejects>,
     /// The chunks in `rejects`, never asked of this source again.
     avoid: Vec<u32>,
-    /// Chunks the source answered `NotHeld` for: not asked of it again
-    /// before `until`; `wait` doubles with each further `NotHeld`.
-    deferred: HashMap<u32, Deferred>,
+    /// Chunks the source answered `NotHeld` for, not asked of it again yet.
+    put_off: PutOff,
+    /// `NotHeld` answers since the source last delivered a chunk: at
+    /// [`MAX_NOT_HELD_IN_A_ROW`] the source is dropped for now.
+    not_held_run: u32,
     /// Chunks verified here and queued for the assembler but not yet
     /// written: the picker still counts them in flight, so without this the
     /// endgame would ask this same source for them again.
@@ -82,10 +87,48 @@ struct Worker<'a, 'e> {
     spare: Vec<u8>,
 }
 
-/// A chunk put off after `NotHeld`.
-struct Deferred {
-    until: Instant,
-    wait: Duration,
+/// The chunks put off after `NotHeld`, in the order they may be asked
+/// again: each step costs the chunks whose time came (plus one pass over
+/// the bitmap's words), not the number put off.
+struct PutOff {
+    /// Set while a chunk is put off.
+    now: Bitmap,
+    /// `(until, index)`, earliest first; one entry per chunk set in `now`
+    /// (a chunk is put off only after a request, which it cannot get while
+    /// put off).
+    queue: BinaryHeap<Reverse<(Instant, u32)>>,
+    /// The last wait per chunk, doubled with each further `NotHeld`.
+    wait: HashMap<u32, Duration>,
+}
+
+impl PutOff {
+    fn new(len: u32) -> PutOff {
+        PutOff {
+            now: Bitmap::new(len),
+            queue: BinaryHeap::new(),
+            wait: HashMap::new(),
+        }
+    }
+
+    /// Puts chunk `index` off from `now`.
+    fn defer(&mut self, index: u32, now: Instant) {
+        let w = self.wait.entry(index).or_insert(NOT_HELD_RETRY / 2);
+        *w = (*w * 2).min(NOT_HELD_RETRY_MAX);
+        if self.now.set(index) {
+            self.queue.push(Reverse((now + *w, index)));
+        }
+    }
+
+    /// Frees the chunks whose time has come.
+    fn expire(&mut self, now: Instant) {
+        while let Some(&Reverse((until, index))) = self.queue.peek() {
+            if until > now {
+                break;
+            }
+            self.queue.pop();
+            self.now.clear(index);
+        }
+    }
 }
 
 impl Engine<'_> {
@@ -136,7 +179,8 @@ impl Engine<'_> {
             inflight: VecDeque::new(),
             rejects: Arc::new(Rejects::starting_at(slot.strikes)),
             avoid: Vec::new(),
-            deferred: HashMap::new(),
+            put_off: PutOff::new(self.geometry.count()),
+            not_held_run: 0,
             handed: Vec::new(),
             batch: Vec::new(),
             spare: Vec::new(),
@@ -235,17 +279,12 @@ impl Worker<'_, '_> {
         let missing = |i: &u32| e.geometry.index(*i).is_some_and(|c| !e.file.has(c));
         self.handed.retain(missing);
         self.avoid.retain(missing);
-        self.deferred.retain(|i, _| missing(i));
-        let now = Instant::now();
+        self.put_off.expire(Instant::now());
         let mut has = source_has.clone();
         for &i in self.inflight.iter().chain(&self.avoid).chain(&self.handed) {
             has.clear(i);
         }
-        for (&i, d) in &self.deferred {
-            if now < d.until {
-                has.clear(i);
-            }
-        }
+        has.clear_all(&self.put_off.now);
         let mut p = lock(&e.picker);
         while self.inflight.len() < self.depth {
             // Endgame: only once every missing chunk is requested
@@ -285,15 +324,18 @@ impl Worker<'_, '_> {
             .map_err(|_| WorkerEnd::Banned("cannot encode a request".into()))
     }
 
-    /// Puts chunk `index` off after a `NotHeld`.
-    fn defer(&mut self, index: u32) {
-        let now = Instant::now();
-        let d = self.deferred.entry(index).or_insert(Deferred {
-            until: now,
-            wait: NOT_HELD_RETRY / 2,
-        });
-        d.wait = (d.wait * 2).min(NOT_HELD_RETRY_MAX);
-        d.until = now + d.wait;
+    /// Puts chunk `index` off after a `NotHeld`; a source that answers
+    /// nothing else [`MAX_NOT_HELD_IN_A_ROW`] times is dropped for now.
+    fn defer(&mut self, index: u32) -> Result<(), WorkerEnd> {
+        self.put_off.defer(index, Instant::now());
+        self.not_held_run += 1;
+        if self.not_held_run >= MAX_NOT_HELD_IN_A_ROW {
+            return Err(WorkerEnd::Lost(format!(
+                "answered NotHeld to {} requests in a row",
+                self.not_held_run
+            )));
+        }
+        Ok(())
     }
 
     /// A strike against the source for chunk `index` (bad data, or a reply
@@ -313,6 +355,7 @@ impl Worker<'_, '_> {
         let e = self.engine;
         match reply {
             Message::ChunkData { index, data } if index == expected => {
+                self.not_held_run = 0;
                 self.verify_or_hand_off(index, data)
             }
             Message::ChunkData { index, .. } => {
@@ -327,8 +370,7 @@ impl Worker<'_, '_> {
                 // stale): free the chunk for other sources and ask this one
                 // again later, never dropping it from what the source holds.
                 lock(&e.picker).release(expected);
-                self.defer(expected);
-                Ok(())
+                self.defer(expected)
             }
             Message::Error { code, message } => {
                 lock(&e.picker).release(expected);
@@ -390,4 +432,31 @@ impl Worker<'_, '_> {
 fn all_requested(p: &Picker) -> bool {
     let have = p.have();
     (0..have.len()).all(|i| have.get(i) || p.in_flight(i) > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_off_chunks_come_back_in_time_order_at_a_cost_of_their_own() {
+        let t0 = Instant::now();
+        let mut p = PutOff::new(1 << 19);
+        for i in 0..(1u32 << 19) {
+            p.defer(i, t0);
+        }
+        p.defer(7, t0); // already put off: no second entry
+        assert_eq!(p.queue.len(), 1 << 19);
+        // Nothing due yet: one look at the earliest entry.
+        p.expire(t0 + Duration::from_secs(1));
+        assert_eq!(p.now.count_ones(), 1 << 19);
+        p.expire(t0 + NOT_HELD_RETRY);
+        assert_eq!(p.now.count_ones(), 0);
+        // A further NotHeld doubles the wait (up to the maximum).
+        p.defer(5, t0);
+        p.expire(t0 + NOT_HELD_RETRY);
+        assert!(p.now.get(5));
+        p.expire(t0 + NOT_HELD_RETRY * 2);
+        assert!(!p.now.get(5));
+    }
 }
