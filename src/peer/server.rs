@@ -36,8 +36,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::ratelimit::RateLimiter;
-use super::share::{ShareIndex, UploadError};
+use super::share::{ShareIndex, SharedFile, UploadError};
 use super::{PeerError, Result};
+use crate::chunks::ChunkIndex;
 use crate::net::admission::Limits;
 use crate::net::server::{Flow, Handler, Link, Live, Options, Server};
 use crate::wire::{self, CHUNK_DATA_HEADER_LEN, ErrorCode, Message, WireError};
@@ -193,6 +194,10 @@ fn send_error(link: &Link, code: ErrorCode, message: String) -> Result<(), WireE
     link.send(&Message::error(code, message))
 }
 
+/// Why a request is refused: the code and message of the Error frame sent
+/// in place of the chunk.
+type Refusal = (ErrorCode, String);
+
 /// Answers one ChunkRequest: ChunkData, or an Error in its place.
 fn serve_chunk(
     w: &Link,
@@ -201,47 +206,15 @@ fn serve_chunk(
     index: u32,
     buf: &mut Vec<u8>,
 ) -> Result<(), WireError> {
-    let Some(f) = shared.share.get(name) else {
-        return send_error(
-            w,
-            ErrorCode::UnknownFile,
-            format!("{name:?} is not shared here"),
-        );
+    let (f, i) = match held_chunk(shared, name, index) {
+        Ok(x) => x,
+        Err((code, message)) => return send_error(w, code, message),
     };
-    let g = *f.geometry();
-    let Some(i) = g.index(index) else {
-        return send_error(
-            w,
-            ErrorCode::BadIndex,
-            format!(
-                "{name:?} has {} chunks; there is no chunk {index}",
-                g.count()
-            ),
-        );
+    let peer = match claim_first_send(w, shared, &f, name, index) {
+        Ok(p) => p,
+        Err((code, message)) => return send_error(w, code, message),
     };
-    if !f.has(i) {
-        return send_error(
-            w,
-            ErrorCode::NotHeld,
-            format!("chunk {index} of {name:?} is not here yet"),
-        );
-    }
-    // Super-seeding applies to a complete file behind an upload cap only.
-    let peer = if shared.limiter.rate().is_some() && f.is_complete() {
-        Some(w.remote())
-    } else {
-        None
-    };
-    if let Some(p) = peer
-        && !shared.first_sends.claim(name, index, p)
-    {
-        return send_error(
-            w,
-            ErrorCode::NotHeld,
-            format!("chunk {index} of {name:?} was just sent to another peer; fetch it there"),
-        );
-    }
-    let len = g.chunk_len(i) as usize;
+    let len = f.geometry().chunk_len(i) as usize;
     let header = match wire::chunk_data_header(index, len) {
         Ok(h) => h,
         Err(e) => return send_error(w, ErrorCode::Internal, e.to_string()),
@@ -255,25 +228,7 @@ fn serve_chunk(
             // Nothing was sent: others must not be turned away for it.
             shared.first_sends.unclaim(name, index, p);
         }
-        let (code, message) = match e {
-            UploadError::Io(e) => {
-                log::warn!(
-                    "cannot read chunk {index} of {name:?} from {}: {e}",
-                    f.path().display()
-                );
-                (
-                    ErrorCode::Internal,
-                    format!("cannot read chunk {index} of {name:?}: {e}"),
-                )
-            }
-            UploadError::Changed => {
-                shared.share.withdraw_changed(&f);
-                (
-                    ErrorCode::NotHeld,
-                    format!("{name:?} changed here after it was hashed; no longer shared"),
-                )
-            }
-        };
+        let (code, message) = upload_refusal(shared, &f, name, index, e);
         return send_error(w, code, message);
     }
     drop(f);
@@ -287,6 +242,99 @@ fn serve_chunk(
         shared.first_sends.sent(name, index, p);
     }
     Ok(())
+}
+
+/// The shared file and chunk a request names, if that chunk exists and is
+/// held here. Checked before anything is claimed or read, so a request for
+/// a file, index or chunk this peer cannot serve costs no disk I/O.
+fn held_chunk(
+    shared: &Shared,
+    name: &str,
+    index: u32,
+) -> Result<(Arc<SharedFile>, ChunkIndex), Refusal> {
+    let Some(f) = shared.share.get(name) else {
+        return Err((
+            ErrorCode::UnknownFile,
+            format!("{name:?} is not shared here"),
+        ));
+    };
+    let g = *f.geometry();
+    let Some(i) = g.index(index) else {
+        return Err((
+            ErrorCode::BadIndex,
+            format!(
+                "{name:?} has {} chunks; there is no chunk {index}",
+                g.count()
+            ),
+        ));
+    };
+    if !f.has(i) {
+        return Err((
+            ErrorCode::NotHeld,
+            format!("chunk {index} of {name:?} is not here yet"),
+        ));
+    }
+    Ok((f, i))
+}
+
+/// Super-seeding: a capped seed sends each chunk of a complete file to one
+/// peer first, so that its scarce upload spreads distinct chunks the
+/// others can then trade among themselves. Returns the peer the send is
+/// claimed for (None when super-seeding does not apply: no upload cap, or
+/// the file is incomplete here), or a refusal if the chunk was just sent to
+/// another peer.
+fn claim_first_send(
+    w: &Link,
+    shared: &Shared,
+    f: &SharedFile,
+    name: &str,
+    index: u32,
+) -> Result<Option<SocketAddr>, Refusal> {
+    let peer = if shared.limiter.rate().is_some() && f.is_complete() {
+        Some(w.remote())
+    } else {
+        None
+    };
+    if let Some(p) = peer
+        && !shared.first_sends.claim(name, index, p)
+    {
+        return Err((
+            ErrorCode::NotHeld,
+            format!("chunk {index} of {name:?} was just sent to another peer; fetch it there"),
+        ));
+    }
+    Ok(peer)
+}
+
+/// The refusal for a chunk that could not be read for upload. A file whose
+/// bytes no longer match its hashes is withdrawn from the share, so this
+/// peer stops announcing and serving data it cannot vouch for.
+fn upload_refusal(
+    shared: &Shared,
+    f: &Arc<SharedFile>,
+    name: &str,
+    index: u32,
+    e: UploadError,
+) -> Refusal {
+    match e {
+        UploadError::Io(e) => {
+            log::warn!(
+                "cannot read chunk {index} of {name:?} from {}: {e}",
+                f.path().display()
+            );
+            (
+                ErrorCode::Internal,
+                format!("cannot read chunk {index} of {name:?}: {e}"),
+            )
+        }
+        UploadError::Changed => {
+            shared.share.withdraw_changed(f);
+            (
+                ErrorCode::NotHeld,
+                format!("{name:?} changed here after it was hashed; no longer shared"),
+            )
+        }
+    }
 }
 
 /// How long after a capped seed sent a chunk to one peer it answers

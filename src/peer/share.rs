@@ -499,14 +499,7 @@ pub fn scan_dir_reporting(
 ) -> Result<Scan> {
     let started = SystemTime::now();
     Geometry::new(0, chunk_size).map_err(|e| PeerError::Invalid(e.to_string()))?;
-    let root = fs::canonicalize(dir).map_err(|e| PeerError::io("open share folder", dir, e))?;
-    let meta = fs::metadata(&root).map_err(|e| PeerError::io("open share folder", dir, e))?;
-    if !meta.is_dir() {
-        return Err(PeerError::Invalid(format!(
-            "{} is not a folder",
-            dir.display()
-        )));
-    }
+    let root = share_root(dir)?;
 
     let mut skipped = Vec::new();
     let mut found = BTreeMap::new();
@@ -520,11 +513,62 @@ pub fn scan_dir_reporting(
 
     let cache_path = root.join(HASH_CACHE_NAME);
     let (old_cache, cache_corrupt) = load_cache(&cache_path);
+    let mut opened = open_found(&root, dir, found, chunk_size, &old_cache, &mut skipped);
 
-    // Open each file and take its geometry; reuse cached hashes.
+    let failed = hash_missing(&mut opened, progress, cancel)?;
+    if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+        return Err(PeerError::Interrupted("hashing interrupted".into()));
+    }
+
+    let mut new_cache = if only.is_empty() {
+        BTreeMap::new()
+    } else {
+        old_cache.clone() // a partial scan keeps the other entries
+    };
+    let racy_after = racy_after(started);
+    let files = collect_scanned(
+        opened,
+        failed,
+        chunk_size,
+        racy_after,
+        &mut new_cache,
+        &mut skipped,
+    );
+    save_cache_if_changed(&root, &cache_path, &old_cache, cache_corrupt, &new_cache);
+    Ok(Scan { files, skipped })
+}
+
+/// The share folder's canonical path: every file is checked against it to
+/// stay inside the folder, so symlinks in `dir` itself must be resolved
+/// first. Fails if it is missing or not a folder.
+fn share_root(dir: &Path) -> Result<PathBuf> {
+    let root = fs::canonicalize(dir).map_err(|e| PeerError::io("open share folder", dir, e))?;
+    let meta = fs::metadata(&root).map_err(|e| PeerError::io("open share folder", dir, e))?;
+    if !meta.is_dir() {
+        return Err(PeerError::Invalid(format!(
+            "{} is not a folder",
+            dir.display()
+        )));
+    }
+    Ok(root)
+}
+
+/// Opens each found file and takes its geometry, reusing cached hashes
+/// where the file's stamp and the chunk size still match. Files are opened
+/// once here and hashed and served from that same handle, so what is
+/// hashed is what is served. A file that cannot be opened is skipped, not
+/// fatal: one unreadable file must not stop the whole share.
+fn open_found(
+    root: &Path,
+    dir: &Path,
+    found: BTreeMap<String, Candidate>,
+    chunk_size: u32,
+    old_cache: &Cache,
+    skipped: &mut Vec<(PathBuf, String)>,
+) -> Vec<Opened> {
     let mut opened = Vec::with_capacity(found.len());
     for (name, c) in found {
-        let (file, meta) = match open_candidate(&root, &c.real) {
+        let (file, meta) = match open_candidate(root, &c.real) {
             Ok(x) => x,
             Err(why) => {
                 skipped.push((c.path, why));
@@ -556,23 +600,34 @@ pub fn scan_dir_reporting(
             hashes,
         });
     }
+    opened
+}
 
-    let failed = hash_missing(&mut opened, progress, cancel)?;
-    if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
-        return Err(PeerError::Interrupted("hashing interrupted".into()));
-    }
-
-    // Build the result and the new cache.
-    let racy_after = started
+/// Files modified less than [`RACY_WINDOW`] before the scan started are not
+/// cached (nanoseconds since the epoch; `i64::MIN` caches nothing): a write
+/// within the file system's timestamp granularity could leave the stamp
+/// unchanged while the content changes, and the cache would then vouch for
+/// stale hashes.
+fn racy_after(started: SystemTime) -> i64 {
+    started
         .checked_sub(RACY_WINDOW)
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .and_then(|d| i64::try_from(d.as_nanos()).ok())
-        .unwrap_or(i64::MIN);
-    let mut new_cache = if only.is_empty() {
-        BTreeMap::new()
-    } else {
-        old_cache.clone() // a partial scan keeps the other entries
-    };
+        .unwrap_or(i64::MIN)
+}
+
+/// Turns hashed files into [`SharedFile`]s and records their hashes in
+/// `new_cache`. A file that failed to hash is skipped and dropped from the
+/// cache, so its stale entry cannot be reused next time; a racily recent
+/// one (see [`racy_after`]) is shared but not cached.
+fn collect_scanned(
+    opened: Vec<Opened>,
+    failed: Vec<Option<String>>,
+    chunk_size: u32,
+    racy_after: i64,
+    new_cache: &mut Cache,
+    skipped: &mut Vec<(PathBuf, String)>,
+) -> Vec<SharedFile> {
     let mut files = Vec::with_capacity(opened.len());
     for (o, err) in opened.into_iter().zip(failed) {
         if let Some(e) = err {
@@ -604,16 +659,27 @@ pub fn scan_dir_reporting(
             o.name, o.path, o.file, o.geometry, hashes, o.stamp, !o.cached,
         ));
     }
+    files
+}
 
+/// Writes the cache only when it changed (or the old one was unusable):
+/// an unchanged share leaves the folder untouched, and a folder with
+/// nothing worth caching and no cache yet gets no cache file at all.
+fn save_cache_if_changed(
+    root: &Path,
+    cache_path: &Path,
+    old_cache: &Cache,
+    cache_corrupt: bool,
+    new_cache: &Cache,
+) {
     let existed = cache_corrupt || !old_cache.is_empty();
     if cache_corrupt || new_cache != old_cache {
         if new_cache.is_empty() && !existed {
             // Nothing worth caching and no cache yet: leave the folder alone.
         } else {
-            store_cache(&root, &cache_path, &new_cache);
+            store_cache(root, cache_path, new_cache);
         }
     }
-    Ok(Scan { files, skipped })
 }
 
 /// Adds every file under `start` (a folder inside `root`) to `found`.
@@ -890,118 +956,9 @@ fn hash_missing(
     progress: &(dyn Fn(&HashProgress) + Sync),
     cancel: Option<&AtomicBool>,
 ) -> Result<Vec<Option<String>>> {
-    // Work list: (file slot, chunk) for every chunk still to hash. Small:
-    // 8 bytes per chunk (4 MiB for a 512 GiB file at 1 MiB chunks).
-    let mut jobs: Vec<(u32, u32)> = Vec::new();
-    let mut total = 0u64;
-    for (slot, o) in opened.iter().enumerate() {
-        if o.hashes.is_none() {
-            let slot = u32::try_from(slot)
-                .map_err(|_| PeerError::Invalid("too many files to share".into()))?;
-            total = total.saturating_add(o.geometry.length());
-            jobs.extend((0..o.geometry.count()).map(|c| (slot, c)));
-        }
-    }
-    let mut errors: Vec<Option<String>> = vec![None; opened.len()];
+    let (jobs, total) = hash_jobs(opened)?;
     let files_total = opened.len() as u64;
-    // Files with nothing to hash (cached, or empty) are done already.
-    let to_hash = opened
-        .iter()
-        .filter(|o| o.hashes.is_none() && o.geometry.count() > 0)
-        .count() as u64;
-    let files_known = files_total - to_hash;
-
-    if !jobs.is_empty() {
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(jobs.len());
-        let ctx = HashCtx {
-            files: opened,
-            jobs: &jobs,
-            next: AtomicUsize::new(0),
-            failed: (0..opened.len()).map(|_| AtomicBool::new(false)).collect(),
-            remaining: opened
-                .iter()
-                .map(|o| {
-                    AtomicU32::new(if o.hashes.is_none() {
-                        o.geometry.count()
-                    } else {
-                        0
-                    })
-                })
-                .collect(),
-            files_done: AtomicU64::new(files_known),
-            files_total,
-            done: AtomicU64::new(0),
-            total,
-            begin: Instant::now(),
-            last_report_ms: AtomicU64::new(0),
-            progress,
-            cancel,
-        };
-        let results = std::thread::scope(|s| {
-            let mut handles = Vec::new();
-            for t in 1..threads {
-                let ctx = &ctx;
-                match std::thread::Builder::new()
-                    .name(format!("hasher-{t}"))
-                    .spawn_scoped(s, move || ctx.work())
-                {
-                    Ok(h) => handles.push(h),
-                    Err(e) => log::warn!("cannot start hashing thread: {e}; using fewer"),
-                }
-            }
-            // This thread hashes too, so hashing works even if no helper
-            // thread could be started.
-            let mut all = vec![ctx.work()];
-            for h in handles {
-                match h.join() {
-                    Ok(r) => all.push(r),
-                    Err(_) => return Err(PeerError::Invalid("a hashing thread panicked".into())),
-                }
-            }
-            Ok(all)
-        })?;
-        let hashed = ctx.done.load(Ordering::Relaxed);
-        drop(ctx);
-
-        // Merge: digests into per-file vectors, first error per file wins.
-        let mut digests: Vec<Option<Vec<Digest>>> = opened
-            .iter()
-            .map(|o| {
-                o.hashes
-                    .is_none()
-                    .then(|| vec![[0u8; DIGEST_LEN]; o.geometry.count() as usize])
-            })
-            .collect();
-        let mut filled = vec![0u32; opened.len()];
-        for r in results {
-            for (slot, chunk, d) in r.digests {
-                if let Some(v) = digests[slot as usize].as_mut() {
-                    v[chunk as usize] = d;
-                    filled[slot as usize] += 1;
-                }
-            }
-            for (slot, e) in r.errors {
-                errors[slot as usize].get_or_insert(e);
-            }
-        }
-        for (slot, o) in opened.iter_mut().enumerate() {
-            if let Some(v) = digests[slot].take() {
-                if errors[slot].is_none() && filled[slot] == o.geometry.count() {
-                    o.hashes = Some(v);
-                } else {
-                    errors[slot].get_or_insert_with(|| "not every chunk was hashed".into());
-                }
-            }
-        }
-        progress(&HashProgress {
-            bytes_done: hashed,
-            bytes_total: total,
-            files_done: files_total,
-            files_total,
-        });
-    } else {
+    if jobs.is_empty() {
         // Zero-length files need no hashing.
         for o in opened.iter_mut() {
             if o.hashes.is_none() {
@@ -1013,8 +970,106 @@ fn hash_missing(
             files_total,
             ..HashProgress::default()
         });
+        return Ok(vec![None; opened.len()]);
     }
+    let ctx = HashCtx::new(opened, &jobs, total, progress, cancel);
+    let results = run_hashers(&ctx)?;
+    let hashed = ctx.done.load(Ordering::Relaxed);
+    drop(ctx);
+    let errors = merge_hashes(opened, results);
+    progress(&HashProgress {
+        bytes_done: hashed,
+        bytes_total: total,
+        files_done: files_total,
+        files_total,
+    });
     Ok(errors)
+}
+
+/// The work list, (file slot, chunk) for every chunk still to hash, and
+/// the bytes to hash in all. One flat list of chunks rather than one job
+/// per file, so that one large file is spread over every core. Small: 8
+/// bytes per chunk (4 MiB for a 512 GiB file at 1 MiB chunks).
+fn hash_jobs(opened: &[Opened]) -> Result<(Vec<(u32, u32)>, u64)> {
+    let mut jobs: Vec<(u32, u32)> = Vec::new();
+    let mut total = 0u64;
+    for (slot, o) in opened.iter().enumerate() {
+        if o.hashes.is_none() {
+            let slot = u32::try_from(slot)
+                .map_err(|_| PeerError::Invalid("too many files to share".into()))?;
+            total = total.saturating_add(o.geometry.length());
+            jobs.extend((0..o.geometry.count()).map(|c| (slot, c)));
+        }
+    }
+    Ok((jobs, total))
+}
+
+/// Runs [`HashCtx::work`] on up to one thread per core (never more threads
+/// than chunks), and returns what each thread hashed.
+fn run_hashers(ctx: &HashCtx<'_>) -> Result<Vec<HashResult>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(ctx.jobs.len());
+    std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for t in 1..threads {
+            match std::thread::Builder::new()
+                .name(format!("hasher-{t}"))
+                .spawn_scoped(s, move || ctx.work())
+            {
+                Ok(h) => handles.push(h),
+                Err(e) => log::warn!("cannot start hashing thread: {e}; using fewer"),
+            }
+        }
+        // This thread hashes too, so hashing works even if no helper
+        // thread could be started.
+        let mut all = vec![ctx.work()];
+        for h in handles {
+            match h.join() {
+                Ok(r) => all.push(r),
+                Err(_) => return Err(PeerError::Invalid("a hashing thread panicked".into())),
+            }
+        }
+        Ok(all)
+    })
+}
+
+/// Merges the threads' results: digests into per-file vectors, first error
+/// per file wins. A file gets its hashes only if every one of its chunks
+/// was hashed (a read error or a cancel leaves gaps that must not pass for
+/// digests); otherwise it gets a reason. Returns, per file, that reason.
+fn merge_hashes(opened: &mut [Opened], results: Vec<HashResult>) -> Vec<Option<String>> {
+    let mut errors: Vec<Option<String>> = vec![None; opened.len()];
+    let mut digests: Vec<Option<Vec<Digest>>> = opened
+        .iter()
+        .map(|o| {
+            o.hashes
+                .is_none()
+                .then(|| vec![[0u8; DIGEST_LEN]; o.geometry.count() as usize])
+        })
+        .collect();
+    let mut filled = vec![0u32; opened.len()];
+    for r in results {
+        for (slot, chunk, d) in r.digests {
+            if let Some(v) = digests[slot as usize].as_mut() {
+                v[chunk as usize] = d;
+                filled[slot as usize] += 1;
+            }
+        }
+        for (slot, e) in r.errors {
+            errors[slot as usize].get_or_insert(e);
+        }
+    }
+    for (slot, o) in opened.iter_mut().enumerate() {
+        if let Some(v) = digests[slot].take() {
+            if errors[slot].is_none() && filled[slot] == o.geometry.count() {
+                o.hashes = Some(v);
+            } else {
+                errors[slot].get_or_insert_with(|| "not every chunk was hashed".into());
+            }
+        }
+    }
+    errors
 }
 
 /// What the hashing threads share.
@@ -1042,6 +1097,49 @@ struct HashCtx<'a> {
 struct HashResult {
     digests: Vec<(u32, u32, Digest)>,
     errors: Vec<(u32, String)>,
+}
+
+impl<'a> HashCtx<'a> {
+    /// The shared state for hashing `jobs` of `files`. Files with nothing
+    /// to hash (cached, or empty) count as done from the start, so the
+    /// file count in the progress display reaches its total.
+    fn new(
+        files: &'a [Opened],
+        jobs: &'a [(u32, u32)],
+        total: u64,
+        progress: &'a (dyn Fn(&HashProgress) + Sync),
+        cancel: Option<&'a AtomicBool>,
+    ) -> HashCtx<'a> {
+        let files_total = files.len() as u64;
+        let to_hash = files
+            .iter()
+            .filter(|o| o.hashes.is_none() && o.geometry.count() > 0)
+            .count() as u64;
+        HashCtx {
+            files,
+            jobs,
+            next: AtomicUsize::new(0),
+            failed: (0..files.len()).map(|_| AtomicBool::new(false)).collect(),
+            remaining: files
+                .iter()
+                .map(|o| {
+                    AtomicU32::new(if o.hashes.is_none() {
+                        o.geometry.count()
+                    } else {
+                        0
+                    })
+                })
+                .collect(),
+            files_done: AtomicU64::new(files_total - to_hash),
+            files_total,
+            done: AtomicU64::new(0),
+            total,
+            begin: Instant::now(),
+            last_report_ms: AtomicU64::new(0),
+            progress,
+            cancel,
+        }
+    }
 }
 
 impl HashCtx<'_> {
