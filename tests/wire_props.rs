@@ -18,7 +18,6 @@
 //! thread-local so they do not disturb each other.
 
 use std::collections::BTreeSet;
-use std::mem::size_of;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::{Duration, Instant};
 
@@ -35,37 +34,10 @@ use proptest::test_runner::{Config, RngSeed};
 // ---- Allocation probe ---------------------------------------------------
 
 use testkit::alloc::{PeakAlloc, peak_alloc};
+use testkit::fuzz::{PREALLOC_BOUND, alloc_bound};
 
 #[global_allocator]
 static GLOBAL: PeakAlloc = PeakAlloc;
-
-/// What `wire::read_frame` reserves for a payload before its bytes arrive
-/// (`INITIAL_FRAME_ALLOC`, private in wire.rs): 1 MiB + 64. A lying length
-/// prefix can cost the receiver at most this much, or about twice what the
-/// sender really sent when that is more.
-const PREALLOC_BOUND: usize = (1 << 20) + 64;
-
-/// Smallest wire size of one Register file entry (empty name, length, chunk
-/// size, hash count, have flag): `FILE_ENTRY_MIN_LEN` in wire.rs.
-const FILE_ENTRY_MIN_WIRE: usize = 2 + 8 + 4 + 4 + 1;
-
-/// How many bytes of memory one byte of payload can turn into when decoded:
-/// each counted item is preallocated as a struct whose in-memory size
-/// exceeds its smallest wire size (worst: a 2-byte Accepted outcome becomes
-/// a whole `FileOutcome`). The counts are also capped by the named limits, so
-/// the absolute worst case is small (1024 outcomes).
-fn amplification() -> usize {
-    [
-        size_of::<FileEntry>().div_ceil(FILE_ENTRY_MIN_WIRE),
-        size_of::<FileOutcome>().div_ceil(2),
-        size_of::<FileSummary>().div_ceil(2 + 8),
-        size_of::<Source>().div_ceil(1 + 4 + 2),
-        1,
-    ]
-    .into_iter()
-    .max()
-    .unwrap_or(1)
-}
 
 // ---- Config -------------------------------------------------------------
 
@@ -322,15 +294,9 @@ fn check_bounded(m: &Message, len: usize) -> Result<(), TestCaseError> {
 fn check_decoders(bytes: &[u8]) -> Result<(), TestCaseError> {
     // What the receiver may legitimately allocate: the up-front reservation
     // (no more than the claimed length), about twice the bytes really
-    // present, or the per-item struct overhead of those bytes.
-    let claimed = match bytes.get(..4) {
-        Some(p) => u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize,
-        None => 0,
-    };
-    let bound = claimed
-        .min(PREALLOC_BOUND)
-        .max(2 * bytes.len() + 64)
-        .max(amplification() * bytes.len() + 64);
+    // present, or the per-item struct overhead of those bytes; the same
+    // bound the fuzzer checks.
+    let bound = alloc_bound(bytes);
 
     // 1. One complete frame in memory.
     let (r, peak) = peak_alloc(|| Message::decode_frame(bytes));

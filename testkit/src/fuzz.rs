@@ -40,7 +40,7 @@ pub use crate::alloc::{PeakAlloc, check_bounded, peak_alloc};
 
 /// What `read_frame` may reserve before a payload's bytes arrive
 /// (`INITIAL_FRAME_ALLOC` in wire.rs, private there).
-const PREALLOC_BOUND: usize = (1 << 20) + 64;
+pub const PREALLOC_BOUND: usize = (1 << 20) + 64;
 
 /// Worst ratio of in-memory size to smallest wire size of a counted item
 /// (a list is preallocated from its count, which is checked against the
@@ -570,7 +570,7 @@ pub struct Stats {
 /// the up-front reservation for the length the next frame claims (capped at
 /// [`PREALLOC_BOUND`]), about twice the bytes really present, or the
 /// per-item overhead of those bytes, whichever is largest.
-fn alloc_bound(rest: &[u8]) -> usize {
+pub fn alloc_bound(rest: &[u8]) -> usize {
     let claimed = match rest.get(..4) {
         Some(p) => u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize,
         None => 0,
