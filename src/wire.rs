@@ -863,8 +863,14 @@ pub fn write_message<W: Write + ?Sized>(w: &mut W, m: &Message) -> Result<(), Wi
 /// Why bytes could not be read or written as a message.
 #[derive(Debug)]
 pub enum WireError {
-    /// The stream failed (including read/write timeouts).
+    /// The stream failed (including a read or write timeout nobody
+    /// attributed to the other side; see [`WireError::NoAnswer`]).
     Io(io::Error),
+    /// The other side sent or took nothing within `after`, the socket's
+    /// read or write timeout: it is stopped, hung or overloaded. Built by
+    /// the client, which knows the timeout, so the user reads a sentence
+    /// instead of "Resource temporarily unavailable".
+    NoAnswer { after: std::time::Duration },
     /// The length prefix exceeds [`MAX_FRAME_LEN`] (or an encoded message would).
     FrameTooLarge { len: u64, max: u32 },
     /// A frame with `len == 0` (no type byte).
@@ -909,14 +915,45 @@ impl WireError {
                     | io::ErrorKind::WouldBlock
                     | io::ErrorKind::TimedOut
             ),
-            WireError::Truncated { .. } => true,
+            WireError::Truncated { .. } | WireError::NoAnswer { .. } => true,
             _ => false,
         }
     }
 
     /// True for a read or write timeout.
     pub fn is_timeout(&self) -> bool {
-        matches!(self, WireError::Io(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
+        match self {
+            WireError::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+            WireError::NoAnswer { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// `self`, or [`WireError::NoAnswer`] when it is the timeout of a
+    /// socket whose timeout is `timeout` (an error the system raised:
+    /// `WouldBlock` or `TimedOut` with no message of ours, so a deadline
+    /// helper's own "deadline passed" keeps its words).
+    pub fn no_answer_within(self, timeout: Option<std::time::Duration>) -> WireError {
+        match (self, timeout) {
+            (WireError::Io(e), Some(after)) if e.get_ref().is_none() && self_timeout(&e) => {
+                WireError::NoAnswer { after }
+            }
+            (e, _) => e,
+        }
+    }
+
+    /// The sentence for `who` failing with this error: "ADDR did not
+    /// answer within 10 s" for [`WireError::NoAnswer`], else "ADDR: error".
+    pub fn about(&self, who: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireError::NoAnswer { after } => {
+                write!(f, "{who} did not answer within {}", Seconds(*after))
+            }
+            e => write!(f, "{who}: {e}"),
+        }
     }
 }
 
@@ -924,6 +961,7 @@ impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             WireError::Io(e) => write!(f, "i/o error: {e}"),
+            WireError::NoAnswer { after } => write!(f, "no answer within {}", Seconds(*after)),
             WireError::FrameTooLarge { len, max } => {
                 write!(f, "frame of {len} bytes exceeds the limit of {max}")
             }
@@ -942,6 +980,26 @@ impl fmt::Display for WireError {
             WireError::BadFlag { what, value } => write!(f, "{what} is {value} (expected 0 or 1)"),
             WireError::BadBitmap => write!(f, "bitmap has bits set past the last chunk"),
             WireError::Invalid(why) => write!(f, "cannot encode: {why}"),
+        }
+    }
+}
+
+fn self_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// A timeout as people write it: "10 s", "0.3 s".
+struct Seconds(std::time::Duration);
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.subsec_millis() == 0 {
+            write!(f, "{} s", self.0.as_secs())
+        } else {
+            write!(f, "{:.1} s", self.0.as_secs_f64())
         }
     }
 }

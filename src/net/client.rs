@@ -102,7 +102,7 @@ impl Conn {
         if let Some(key) = key {
             let (opener, sealer) =
                 secure::client_handshake(&mut conn.reader, &mut conn.writer, key)
-                    .map_err(|e| handshake_failed(addr, e))?;
+                    .map_err(|e| handshake_failed(addr, e, io_timeout))?;
             conn.opener = Some(opener);
             conn.sealer = Some(sealer);
         }
@@ -165,7 +165,8 @@ impl Conn {
             },
             Err(e) => Err(e),
         };
-        written.map_err(|e| NetError::wire(self.addr, e))
+        let timeout = self.writer.write_timeout().ok().flatten();
+        written.map_err(|e| NetError::wire(self.addr, WireError::from(e).no_answer_within(timeout)))
     }
 
     /// Whether bytes already received are waiting in this connection's
@@ -213,7 +214,7 @@ impl Conn {
                     what: "connection (closed by the other side)",
                 },
             )),
-            Err(e) => Err(NetError::wire(self.addr, e)),
+            Err(e) => Err(NetError::wire(self.addr, e.no_answer_within(per_read))),
         }
     }
 
@@ -256,14 +257,16 @@ fn key_required(addr: SocketAddr, e: NetError) -> NetError {
 
 /// What a keyed client tells its user when the handshake fails. Nothing
 /// here ever continues in clear.
-fn handshake_failed(addr: SocketAddr, e: HandshakeError) -> NetError {
+fn handshake_failed(addr: SocketAddr, e: HandshakeError, io_timeout: Duration) -> NetError {
     let who = addr.to_string();
     let key = |what: String| NetError::Key {
         who: who.clone(),
         what,
     };
     match e {
-        HandshakeError::Io(e) => NetError::wire(addr, e),
+        HandshakeError::Io(e) => {
+            NetError::wire(addr, WireError::from(e).no_answer_within(Some(io_timeout)))
+        }
         HandshakeError::ClearAnswer(Ok(Some(Message::Error { code, message }))) => match code {
             ErrorCode::KeyRejected => key(format!("network key rejected by {addr}: {message}")),
             ErrorCode::Busy | ErrorCode::BadVersion => NetError::Refused {

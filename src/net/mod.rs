@@ -77,7 +77,7 @@ impl NetError {
 impl fmt::Display for NetError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            NetError::Wire { who, source } => write!(f, "{who}: {source}"),
+            NetError::Wire { who, source } => source.about(who, f),
             NetError::Refused { who, code, message } => {
                 write!(f, "{who} refused: {code}: {message}")
             }

@@ -638,4 +638,44 @@ mod tests {
         let e = list_files_all(&[a]).unwrap_err();
         assert!(matches!(e, PeerError::Net { .. }), "{e}");
     }
+
+    /// A tracker (or peer) that accepts and then says nothing is named in
+    /// one plain sentence, not "Resource temporarily unavailable": in the
+    /// Hello, and in a request on a connection that was greeted.
+    #[test]
+    fn a_silent_server_did_not_answer_within_the_timeout() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            // The first connection: never answered.
+            let (silent, _) = l.accept().unwrap();
+            // The second: greeted, then silent.
+            let (s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            let _ = wire::read_message(&mut r);
+            let mut w = s.try_clone().unwrap();
+            wire::write_message(
+                &mut w,
+                &Message::Hello {
+                    version: wire::PROTOCOL_VERSION,
+                },
+            )
+            .unwrap();
+            let _ = wire::read_message(&mut r);
+            // Keep both sockets open until the client has given up.
+            let _ = wire::read_message(&mut r);
+            drop(silent);
+        });
+        let timeout = Duration::from_millis(300);
+        let want = format!("{addr} did not answer within 0.3 s");
+        let e = Conn::connect(addr, timeout).err().expect("no Hello came");
+        assert!(matches!(e, PeerError::Net { .. }), "{e}");
+        assert_eq!(e.to_string(), want);
+        let mut c = Conn::connect(addr, timeout).unwrap();
+        let e = c.request(&Message::ListFiles).unwrap_err();
+        assert_eq!(e.to_string(), want);
+        c.stream().shutdown(std::net::Shutdown::Both).unwrap();
+        server.join().unwrap();
+    }
 }

@@ -89,7 +89,7 @@ impl fmt::Display for PeerError {
             PeerError::Io { op, path, source } => {
                 write!(f, "cannot {op} {}: {source}", path.display())
             }
-            PeerError::Net { who, source } => write!(f, "{who}: {source}"),
+            PeerError::Net { who, source } => source.about(who, f),
             PeerError::Refused { who, code, message } => {
                 write!(f, "{who} refused: {code}: {message}")
             }

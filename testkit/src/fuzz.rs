@@ -543,6 +543,7 @@ pub fn error_name(e: &WireError) -> &'static str {
         WireError::BadFlag { .. } => "BadFlag",
         WireError::BadBitmap => "BadBitmap",
         WireError::Invalid(_) => "Invalid",
+        WireError::NoAnswer { .. } => "NoAnswer",
     }
 }
 
