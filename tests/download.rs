@@ -918,3 +918,61 @@ fn checking_a_large_file_already_on_disk_stops_promptly_when_cancelled() {
         assert!(part.exists(), "kept for a resume");
     });
 }
+
+/// A download that gives up having verified no chunk leaves no `.part`
+/// (a sparse file as long as the whole file, holding nothing) and no
+/// saved bitmap, and its error says nothing was kept; one that verified a
+/// chunk keeps both for a resume.
+#[test]
+fn a_download_giving_up_with_nothing_verified_keeps_no_part() {
+    with_timeout(90, || {
+        let s = Scratch::new("nothing-verified");
+        let t = tracker();
+        let data = ten_chunks(41);
+        let o = DownloadOptions {
+            give_up_after: Duration::from_secs(2),
+            ..opts()
+        };
+        let work = |dir: &std::path::Path| -> Vec<String> {
+            fs::read_dir(dir.join(".p2pfs")).map_or_else(
+                |_| Vec::new(),
+                |rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                },
+            )
+        };
+        let d = downloader(t.local_addr());
+        {
+            let _src = FakeSource::start(t.local_addr(), "f", &data, |_, _| Answer::NotHeld);
+            let dir = s.sub("none");
+            let err = d
+                .download("f", &dir, &o, &mut |_| {})
+                .expect_err("nothing is served");
+            let text = err.to_string();
+            assert!(text.contains(p2pfs::peer::download::NOTHING_KEPT), "{text}");
+            assert_eq!(work(&dir), Vec::<String>::new());
+            assert!(!dir.join("f").exists());
+        }
+        let _src = FakeSource::start(t.local_addr(), "g", &data, |i, _| {
+            if i == 0 {
+                Answer::Good
+            } else {
+                Answer::NotHeld
+            }
+        });
+        let dir = s.sub("one");
+        let err = d
+            .download("g", &dir, &o, &mut |_| {})
+            .expect_err("only chunk 0 is served");
+        assert!(
+            !err.to_string()
+                .contains(p2pfs::peer::download::NOTHING_KEPT),
+            "{err}"
+        );
+        let kept = work(&dir);
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert!(p2pfs::peer::download::partfile::have_path(&dir, "g").exists());
+    });
+}

@@ -125,7 +125,8 @@ fn stopped_by_signal(
 }
 
 /// A download that failed after it had started: its verified chunks are
-/// kept on disk, and the message says how to go on from them.
+/// kept on disk, and the message says how to go on from them (unless it
+/// says there were none: see `peer::download::NOTHING_KEPT`).
 #[derive(Debug)]
 pub struct Resumable {
     error: crate::peer::PeerError,
@@ -146,7 +147,11 @@ impl Resumable {
         let text = error_chain(error);
         // Also not when the file is complete and kept somewhere: running
         // the command again would not help.
-        if text.contains("to resume") || text.contains("is complete and kept as") {
+        // Nor when nothing was kept to resume from.
+        if text.contains("to resume")
+            || text.contains("is complete and kept as")
+            || text.contains(crate::peer::download::NOTHING_KEPT)
+        {
             text
         } else {
             format!("{text}; the verified chunks are kept: {how}")
@@ -341,6 +346,15 @@ mod tests {
             "download of f interrupted; run the same command again to resume".into(),
         );
         assert!(!Resumable::line(&stopped, "x").contains("kept"));
+        // Nothing verified: the `.part` is gone, so no resume is promised.
+        let nothing = PeerError::Download(format!(
+            "cannot finish f: no reachable source; {}",
+            crate::peer::download::NOTHING_KEPT
+        ));
+        assert_eq!(
+            Resumable::line(&nothing, "run the same command again to resume"),
+            "cannot finish f: no reachable source; no chunk was verified, so nothing was kept"
+        );
         let e: BoxError = Box::new(Resumable::new(gave_up, "y"));
         assert_eq!(error_status(&*e), NETWORK_STATUS);
     }

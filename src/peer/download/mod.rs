@@ -182,7 +182,9 @@ struct Described {
 
 /// Downloads `name` into `dir/name`. Returns only when the file is complete,
 /// verified, flushed and renamed to its final name, or with the reason it
-/// cannot be.
+/// cannot be. A failed download keeps its `.part` for a resume, except
+/// one that gave up with no chunk verified: that `.part` is removed
+/// ([`NOTHING_KEPT`]).
 pub fn download(
     ctx: &DownloadContext<'_>,
     name: &str,
@@ -229,10 +231,22 @@ pub fn download(
     }
     let engine = Engine::new(name, &d.hashes, &shared, opts, &paths);
     let run = engine.run(ctx, d.locations, self_addr, resumed, on_progress);
-    let mut summary = run.inspect_err(|_| {
-        // Keep the verified chunks for a later resume, and keep serving
-        // them: they are on disk and the tracker lists us for them.
-        engine.save_have();
+    let mut summary = run.map_err(|e| match e {
+        // Gave up with nothing verified: the (possibly large, sparse)
+        // `.part` holds nothing worth resuming, so it goes, and the
+        // message promises no resume. Not when stopped on request (that
+        // message says how to resume) nor on a local I/O failure.
+        PeerError::Download(why) if shared.have().count_ones() == 0 && !cancelled(ctx) => {
+            ctx.share.remove(name);
+            paths.discard();
+            PeerError::Download(format!("{why}; {NOTHING_KEPT}"))
+        }
+        e => {
+            // Keep the verified chunks for a later resume, and keep serving
+            // them: they are on disk and the tracker lists us for them.
+            engine.save_have();
+            e
+        }
     })?;
     if let Some(e) = lock(&engine.flush_error).take() {
         return Err(PeerError::io("write", &paths.part, e));
@@ -245,6 +259,14 @@ pub fn download(
     }
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// What a download that gave up having verified no chunk adds to its
+/// error: its `.part` was removed, there is nothing to resume.
+pub const NOTHING_KEPT: &str = "no chunk was verified, so nothing was kept";
+
+fn cancelled(ctx: &DownloadContext<'_>) -> bool {
+    ctx.cancel.is_some_and(|c| c.load(Ordering::SeqCst))
 }
 
 /// Asks every tracker at once where `name` is and what it is (length,

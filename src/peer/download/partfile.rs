@@ -120,6 +120,15 @@ pub(super) struct Paths {
 }
 
 impl Paths {
+    /// Removes the `.part` and its saved bitmap, and the work folder when
+    /// no other download is using it: after the file is in place, or when
+    /// the `.part` holds no verified chunk.
+    pub(super) fn discard(&self) {
+        let _ = fs::remove_file(&self.part);
+        let _ = fs::remove_file(&self.have);
+        let _ = fs::remove_dir(&self.work);
+    }
+
     pub(super) fn new(dir: &Path, name: &str) -> Paths {
         // `name` passed validate_name: relative, no `..`, so this stays in `dir`.
         let final_path = dir.join(name);
@@ -599,10 +608,7 @@ pub(super) fn finish(paths: &Paths, file: &File) -> Result<()> {
             })?;
         }
     }
-    let _ = fs::remove_file(&paths.part);
-    let _ = fs::remove_file(&paths.have);
-    // Only when no other download is using it.
-    let _ = fs::remove_dir(&paths.work);
+    paths.discard();
     if let Some(dir) = paths.final_path.parent() {
         // Make the new name durable; failure here loses nothing.
         if let Ok(d) = File::open(dir) {
