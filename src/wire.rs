@@ -961,7 +961,9 @@ impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             WireError::Io(e) => write!(f, "i/o error: {e}"),
-            WireError::NoAnswer { after } => write!(f, "no answer within {}", Seconds(*after)),
+            WireError::NoAnswer { after } => {
+                write!(f, "did not answer within {}", Seconds(*after))
+            }
             WireError::FrameTooLarge { len, max } => {
                 write!(f, "frame of {len} bytes exceeds the limit of {max}")
             }

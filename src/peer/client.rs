@@ -672,6 +672,8 @@ mod tests {
         let e = Conn::connect(addr, timeout).err().expect("no Hello came");
         assert!(matches!(e, PeerError::Net { .. }), "{e}");
         assert_eq!(e.to_string(), want);
+        // As the command line prints it (with its causes): once.
+        assert_eq!(crate::error_chain(&e), want);
         let mut c = Conn::connect(addr, timeout).unwrap();
         let e = c.request(&Message::ListFiles).unwrap_err();
         assert_eq!(e.to_string(), want);
