@@ -8,7 +8,7 @@
 
 mod util;
 
-use std::io::{self, Write};
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use p2pfs::net::budget::BudgetLimits;
 use p2pfs::tracker::{TrackerConfig, server::PROBE_QUIET};
 use p2pfs::wire::{self, ErrorCode, FileEntry, Have, Message};
-use util::{Client, Scratch, pattern, seed, tracker, tracker_with, wait_until, with_timeout};
+use util::{
+    Client, Scratch, connect_from, pattern, seed, tracker, tracker_with, wait_until, with_timeout,
+};
 
 fn code(m: &Message) -> Option<ErrorCode> {
     match m {
@@ -49,23 +51,6 @@ fn encoded(m: &Message) -> Vec<u8> {
     let mut b = Vec::new();
     m.encode(&mut b).unwrap();
     b
-}
-
-/// Connects from another loopback address through socket2, optionally
-/// with a small receive buffer (set before connecting, so the window
-/// stays small).
-fn connect_from(src: Ipv4Addr, dst: SocketAddr, rcvbuf: Option<usize>) -> io::Result<TcpStream> {
-    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-    if let Some(n) = rcvbuf {
-        sock.set_recv_buffer_size(n)?;
-    }
-    sock.bind(&SockAddr::from(SocketAddr::from((src, 0))))?;
-    sock.connect_timeout(&SockAddr::from(dst), Duration::from_secs(5))?;
-    let s = TcpStream::from(sock);
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    Ok(s)
 }
 
 fn greet(s: &mut TcpStream) {

@@ -30,8 +30,8 @@ use p2pfs::peer::share::ShareIndex;
 use p2pfs::tracker::TrackerConfig;
 use p2pfs::wire::{self, ErrorCode, FileEntry, FileOutcome, Message};
 use util::{
-    CHUNK, Client, Proc, Scratch, addr_in, downloader, entry, from, opts, peer_bin, peer_get, seed,
-    start_share, tracker, tracker_with, wait_until, with_timeout, write,
+    CHUNK, Client, Proc, Scratch, addr_in, connect_from, downloader, entry, from, opts, peer_bin,
+    peer_get, seed, start_share, tracker, tracker_with, wait_until, with_timeout, write,
 };
 
 const OTHER_HOST: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -52,25 +52,6 @@ fn tracker_bin(args: &[&str]) -> Proc {
             .env("RUST_LOG", "warn")
             .args(args),
     )
-}
-
-/// Connects from `src` (a loopback address other than 127.0.0.1), so that
-/// per-address connection caps see another host. std has no bind-before-
-/// connect, so this goes through socket2.
-fn connect_from(src: Ipv4Addr, dst: SocketAddr) -> io::Result<TcpStream> {
-    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-
-    if !dst.is_ipv4() {
-        return Err(io::Error::other("IPv4 only"));
-    }
-    // socket2 opens sockets close-on-exec, as std does.
-    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-    sock.bind(&SockAddr::from(SocketAddr::from((src, 0))))?;
-    sock.connect_timeout(&SockAddr::from(dst), Duration::from_secs(5))?;
-    let s = TcpStream::from(sock);
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    Ok(s)
 }
 
 /// Hello over `s`; the reply.
@@ -507,12 +488,12 @@ fn tracker_caps_connections_per_address_and_in_total() {
         // A fourth from the same address: Busy, then closed.
         expect_busy(TcpStream::connect(a).unwrap());
         // Another address is still served...
-        let mut other = connect_from(OTHER_HOST, a).unwrap();
+        let mut other = connect_from(OTHER_HOST, a, None).unwrap();
         assert!(matches!(greet(&mut other), Message::Hello { .. }));
-        let mut other2 = connect_from(OTHER_HOST, a).unwrap();
+        let mut other2 = connect_from(OTHER_HOST, a, None).unwrap();
         assert!(matches!(greet(&mut other2), Message::Hello { .. }));
         // ...until the total cap (5) is reached.
-        expect_busy(connect_from(Ipv4Addr::new(127, 0, 0, 3), a).unwrap());
+        expect_busy(connect_from(Ipv4Addr::new(127, 0, 0, 3), a, None).unwrap());
         // A slot comes back when its connection ends.
         drop(mine.pop());
         wait_until(10, "the slot to be freed", || t.connection_count() == 4);
@@ -545,9 +526,9 @@ fn chunk_server_caps_connections_per_address_and_in_total() {
         let a = srv.local_addr();
         let mut mine: Vec<Client> = (0..2).map(|_| Client::connect(a)).collect();
         expect_busy(TcpStream::connect(a).unwrap());
-        let mut other = connect_from(OTHER_HOST, a).unwrap();
+        let mut other = connect_from(OTHER_HOST, a, None).unwrap();
         assert!(matches!(greet(&mut other), Message::Hello { .. }));
-        expect_busy(connect_from(Ipv4Addr::new(127, 0, 0, 3), a).unwrap());
+        expect_busy(connect_from(Ipv4Addr::new(127, 0, 0, 3), a, None).unwrap());
         drop(mine.pop());
         wait_until(10, "the slot to be freed", || srv.active_connections() == 2);
         let mut again = Client::connect(a);
@@ -845,7 +826,7 @@ fn floods_of_hostile_connections_leave_tracker_and_peer_serving() {
         let stop = Arc::new(AtomicBool::new(false));
         let hashes: Vec<_> = data.chunks(CHUNK as usize).map(chunks::sha1).collect();
         let t_probe = prober(Arc::clone(&stop), move || {
-            let mut c = connect_from(OTHER_HOST, taddr).map_err(|e| e.to_string())?;
+            let mut c = connect_from(OTHER_HOST, taddr, None).map_err(|e| e.to_string())?;
             try_greet(&mut c)?;
             wire::write_message(
                 &mut c,
@@ -862,7 +843,7 @@ fn floods_of_hostile_connections_leave_tracker_and_peer_serving() {
         });
         let n = AtomicU64::new(0);
         let p_probe = prober(Arc::clone(&stop), move || {
-            let mut c = connect_from(OTHER_HOST, paddr).map_err(|e| e.to_string())?;
+            let mut c = connect_from(OTHER_HOST, paddr, None).map_err(|e| e.to_string())?;
             try_greet(&mut c)?;
             let i = (n.fetch_add(1, Ordering::Relaxed) % 16) as u32;
             wire::write_message(
@@ -1137,7 +1118,7 @@ fn tracker_refuses_or_corrects_untrusted_claims() {
 
         // Another host (127.0.0.2) claims to be the honest peer's endpoint:
         // it is recorded at its own address, and the honest peer stays.
-        let mut liar = connect_from(OTHER_HOST, a).unwrap();
+        let mut liar = connect_from(OTHER_HOST, a, None).unwrap();
         greet(&mut liar);
         wire::write_message(
             &mut liar,

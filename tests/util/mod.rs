@@ -424,3 +424,28 @@ pub fn plant_unfinished(dir: &Path, name: &str) {
     let have = saved_bitmap(&[0; 20], &[0], name);
     std::fs::write(p2pfs::peer::download::have_path(dir, name), have).unwrap();
 }
+
+/// Connects from `src` (a loopback address other than 127.0.0.1), so that
+/// per-address caps see another host, optionally with a small receive
+/// buffer (set before connecting, so the window stays small). std has no
+/// bind-before-connect, so this goes through socket2.
+pub fn connect_from(
+    src: std::net::Ipv4Addr,
+    dst: SocketAddr,
+    rcvbuf: Option<usize>,
+) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    if !dst.is_ipv4() {
+        return Err(std::io::Error::other("IPv4 only"));
+    }
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    if let Some(n) = rcvbuf {
+        sock.set_recv_buffer_size(n)?;
+    }
+    sock.bind(&SockAddr::from(SocketAddr::from((src, 0))))?;
+    sock.connect_timeout(&SockAddr::from(dst), Duration::from_secs(5))?;
+    let s = TcpStream::from(sock);
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    Ok(s)
+}
