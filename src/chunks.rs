@@ -33,6 +33,53 @@ pub fn hex(d: &Digest) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Prefix of the bytes hashed into a [`ContentId`]: names the scheme, so a
+/// later scheme can never produce the same id from the same fields.
+pub const CONTENT_ID_TAG: &[u8] = b"p2pfs content id v1\0";
+
+/// The content id of a file: SHA-1 over [`CONTENT_ID_TAG`], the length
+/// (u64 big-endian), the chunk size (u32 big-endian) and every chunk hash in
+/// order (protocol.md §4.1). It pins *what* a name stands for: two files have
+/// the same id exactly when they have the same bytes cut the same way (as far
+/// as SHA-1 tells), so `get --id` can refuse any other content under a name a
+/// user already trusts. Shown as 40 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ContentId(pub Digest);
+
+impl ContentId {
+    /// The id of a file with this geometry and these chunk hashes.
+    pub fn compute(length: u64, chunk_size: u32, hashes: &[Digest]) -> ContentId {
+        let mut h = Sha1::new();
+        h.update(CONTENT_ID_TAG);
+        h.update(length.to_be_bytes());
+        h.update(chunk_size.to_be_bytes());
+        for d in hashes {
+            h.update(d);
+        }
+        ContentId(h.finalize().into())
+    }
+
+    /// Parses 40 hex digits (either case); `None` for anything else.
+    pub fn parse(text: &str) -> Option<ContentId> {
+        let t = text.as_bytes();
+        if t.len() != 2 * DIGEST_LEN {
+            return None;
+        }
+        let mut d = [0u8; DIGEST_LEN];
+        for (i, pair) in t.chunks_exact(2).enumerate() {
+            let s = std::str::from_utf8(pair).ok()?;
+            d[i] = u8::from_str_radix(s, 16).ok()?;
+        }
+        Some(ContentId(d))
+    }
+}
+
+impl fmt::Display for ContentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex(&self.0))
+    }
+}
+
 /// Why a (length, chunk size) pair is not a valid file geometry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GeometryError {
@@ -346,6 +393,23 @@ impl Bitmap {
 
 #[cfg(test)]
 mod tests {
+    const EMPTY_ID: &str = "42e0afcacd0ddf1474e36c861ef277dd5e933cd0";
+    const ABC_ID: &str = "7ee56b99404705e8bc4bf98e582b92588daa2c55";
+
+    #[test]
+    fn content_id_matches_the_documented_example() {
+        // protocol.md §4.1: an empty file in 1 MiB chunks, and "abc" in 1 KiB chunks.
+        let empty = ContentId::compute(0, 1 << 20, &[]);
+        let abc = ContentId::compute(3, 1024, &[sha1(b"abc")]);
+        assert_eq!(empty.to_string(), EMPTY_ID);
+        assert_eq!(abc.to_string(), ABC_ID);
+        assert_ne!(empty, ContentId::compute(0, 1024, &[]), "the chunk size is part of the id");
+        assert_eq!(ContentId::parse(&abc.to_string().to_uppercase()), Some(abc));
+        assert_eq!(ContentId::parse("abc"), None);
+        assert_eq!(ContentId::parse(&"g".repeat(40)), None);
+        assert_eq!(ContentId::parse(&"é".repeat(20)), None);
+    }
+
     use super::*;
 
     #[test]
