@@ -200,6 +200,14 @@ pub const TRACKER_GRACE: Duration = Duration::from_secs(1);
 /// cover the bandwidth-delay product of any LAN and keep loopback busy,
 /// while bounding per-source memory.
 pub const PIPELINE_DEPTH: usize = 4;
+/// Files of one `peer get` (several names, or a folder) downloaded at
+/// once by default (`--jobs`). Each runs its own sources and pipeline, so a
+/// few keep a fast link busy across the gaps between small files, while the
+/// connections per source stay far below [`PEER_MAX_PER_IP`].
+pub const BATCH_JOBS: usize = 4;
+/// Most files one `peer get` may download at once (`--jobs` above it is
+/// lowered to it): each costs a thread per source and a connection to each.
+pub const MAX_BATCH_JOBS: usize = 16;
 /// How often locations are refreshed while downloading.
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(1500);
 /// Chunks from one source that may fail verification before it is dropped.

@@ -144,16 +144,19 @@ pub struct ShareArgs {
     pub no_prompt: bool,
 }
 
-/// Download NAME into DIR/NAME from every peer that has chunks of it,
-/// serving (and registering) each chunk as soon as it is verified. Resumes
-/// from DIR/.p2pfs/ if a previous attempt was interrupted. Exits 0 only
-/// when the whole file is verified and in place.
+/// Download each NAME into DIR/NAME from every peer that has chunks of it,
+/// serving (and registering) each chunk as soon as it is verified. A NAME
+/// ending in '/' is a folder: every file on the network under it, saved at
+/// the same path under DIR. Several files download at once (--jobs).
+/// Resumes from DIR/.p2pfs/ if a previous attempt was interrupted, and
+/// skips files already complete in DIR (checked by their hashes). Exits 0
+/// only when every file is verified and in place.
 #[derive(FromArgs, ArgsInfo)]
 #[argh(subcommand, name = "get")]
 pub struct GetArgs {
-    /// name of the file on the network
+    /// names of files on the network; NAME/ for every file under a folder
     #[argh(positional)]
-    pub name: String,
+    pub names: Vec<String>,
     /// tracker address: host or host:port (port {DEFAULT_TRACKER_PORT} if
     /// none is given), or several separated by commas (A,B,C), each
     /// registered with and asked; default $P2PFS_TRACKER
@@ -195,12 +198,25 @@ pub struct GetArgs {
     /// print errors only: no progress bar, no summary (for scripts)
     #[argh(switch, short = 'q')]
     pub quiet: bool,
+    /// files downloaded at once when several are asked (default
+    /// {BATCH_JOBS}, at most {MAX_BATCH_JOBS})
+    #[argh(option, default = "limits::BATCH_JOBS")]
+    pub jobs: usize,
+    /// print JSON on stdout instead of text: one object per file when
+    /// several are asked (as each ends), then one summary object (see README)
+    #[argh(switch)]
+    pub json: bool,
 }
 
-/// List every file on the network with its size.
+/// List the files on the network with their sizes: every file, or only
+/// those under PREFIX (whole path components: "photos" or "photos/" lists
+/// photos/a.jpg, not photosx/a.jpg).
 #[derive(FromArgs, ArgsInfo)]
 #[argh(subcommand, name = "list")]
 pub struct ListArgs {
+    /// list only the files under this folder
+    #[argh(positional)]
+    pub prefix: Option<String>,
     /// tracker address: host or host:port (port {DEFAULT_TRACKER_PORT} if
     /// none is given), or several separated by commas (A,B,C), each
     /// registered with and asked; default $P2PFS_TRACKER
@@ -520,6 +536,7 @@ const SWITCHES: &[&str] = &[
     "--quiet",
     "--seed",
     "--no-prompt",
+    "--json",
 ];
 
 /// Subcommands of `peer`, for the "Run peer SUB --help" hint.

@@ -42,6 +42,8 @@ pub fn placeholders() -> Vec<(&'static str, String)> {
         ("MIN_CHUNK_SIZE", size(limits::MIN_CHUNK_SIZE)),
         ("MAX_CHUNK_SIZE", size(limits::MAX_CHUNK_SIZE)),
         ("PIPELINE_DEPTH", limits::PIPELINE_DEPTH.to_string()),
+        ("BATCH_JOBS", limits::BATCH_JOBS.to_string()),
+        ("MAX_BATCH_JOBS", limits::MAX_BATCH_JOBS.to_string()),
         ("WHERE_MAP_WIDTH", limits::WHERE_MAP_WIDTH.to_string()),
     ]
 }

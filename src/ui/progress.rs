@@ -1,5 +1,5 @@
 //! Progress shown while a command works: the download bar (`peer get`, and
-//! each download in the prompt's `status`) and the hashing counter of
+//! each download in the prompt's `status`), the line of a set of files and the hashing counter of
 //! `peer share`. Both redraw one stderr line in place, and only on a
 //! terminal: a pipe or a log file gets no carriage returns. The line is cut
 //! to the terminal's width, so a redraw never wraps onto a new line.
@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use super::format::{count, human};
 use crate::peer::download::Progress;
+use crate::peer::download::batch::BatchProgress;
 use crate::peer::share::HashProgress;
 
 /// Width assumed when the terminal's cannot be read (not a terminal).
@@ -115,6 +116,64 @@ pub fn progress_line(p: &Progress, columns: usize) -> String {
         }
     }
     pct.chars().take(room).collect()
+}
+
+/// The display of a set of files (`peer get photos/`, several names):
+/// `12/300 files   45.0%  13.4 MiB / 32.0 MiB   5.1 MiB/s  ETA 3s  photos/a.jpg +3`,
+/// cut to fit `columns`: the files being fetched go first, then the sizes,
+/// then the rate.
+pub fn batch_line(p: &BatchProgress, columns: usize) -> String {
+    let frac = if p.total_bytes == 0 {
+        1.0
+    } else {
+        (p.done_bytes as f64 / p.total_bytes as f64).clamp(0.0, 1.0)
+    };
+    let files = format!(
+        "{}/{} files",
+        count(p.files_done as u64),
+        count(p.files_total as u64)
+    );
+    let failed = if p.files_failed > 0 {
+        format!(" ({} failed)", count(p.files_failed as u64))
+    } else {
+        String::new()
+    };
+    let pct = format!("{:5.1}%", frac * 100.0);
+    let sizes = format!(
+        "{:>9} / {}",
+        human(p.done_bytes as f64),
+        human(p.total_bytes as f64)
+    );
+    let rate = format!("{:>11}", format!("{}/s", human(p.rate)));
+    let left = p.total_bytes.saturating_sub(p.done_bytes);
+    let eta_secs = (left > 0 && p.rate >= 1.0).then(|| left as f64 / p.rate);
+    let eta = format!(
+        "{:<9}",
+        eta_text(
+            eta_secs
+                .filter(|s| *s < 100.0 * 3600.0)
+                .map(|s| Duration::from_secs_f64(s.ceil()))
+        )
+    );
+    let current = match p.current.as_slice() {
+        [] => String::new(),
+        [(name, _, _)] => name.clone(),
+        [(name, _, _), rest @ ..] => format!("{name} +{}", rest.len()),
+    };
+    let head = format!("{files}{failed}");
+    let room = columns.saturating_sub(1);
+    let candidates = [
+        [head.as_str(), &pct, &sizes, &rate, &eta, &current].join("  "),
+        [head.as_str(), &pct, &rate, &eta, &current].join("  "),
+        [head.as_str(), &pct, &eta].join("  "),
+        [head.as_str(), &pct].join("  "),
+    ];
+    for c in &candidates {
+        if c.chars().count() <= room {
+            return c.trim_end().to_owned();
+        }
+    }
+    candidates[3].chars().take(room).collect()
 }
 
 /// One line of stderr redrawn in place, or nothing at all when stderr is

@@ -1,6 +1,7 @@
 //! `peer list` and `peer where`: one question to every tracker given, the
 //! answers merged and printed; a tracker that did not answer is named on
-//! stderr, and only when none answers is it an error.
+//! stderr, and only when none answers is it an error. `list PREFIX` keeps
+//! the files under PREFIX (whole path components).
 //!
 //! Owns nothing. Calls `peer::client` and [`super::format`].
 
@@ -9,12 +10,20 @@ use std::net::SocketAddr;
 use super::BoxError;
 use super::args::{ListArgs, WhereArgs};
 use super::format::{format_file_list, format_locations};
+use crate::peer::download::batch::is_under;
 use crate::peer::{PeerError, client};
 
 pub fn list(a: ListArgs) -> Result<(), BoxError> {
     let merged = client::list_files_all(&super::trackers(a.tracker.as_deref())?)?;
     warn_unanswered(&merged.failed);
-    let (files, truncated) = merged.value;
+    let (mut files, truncated) = merged.value;
+    if let Some(prefix) = a.prefix.as_deref() {
+        files.retain(|f| is_under(&f.name, prefix));
+        if files.is_empty() {
+            outln!("no files under {prefix:?} on the network")?;
+            return Ok(());
+        }
+    }
     out!("{}", format_file_list(&files, truncated))?;
     Ok(())
 }

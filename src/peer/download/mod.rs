@@ -46,6 +46,7 @@
 //! Calls `wire`, `chunks`, and the peer's `client`, `picker` and `share`.
 
 mod assembler;
+pub mod batch;
 mod coordinator;
 mod engine;
 mod locator;

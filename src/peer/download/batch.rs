@@ -1,0 +1,384 @@
+//! Several downloads as one: `peer get NAME...`, folders (`photos/`), and
+//! the prompt's `get` of several names.
+//!
+//! Owns: what a set of wanted names means ([`plan`]: each folder name,
+//! ending in `/`, becomes every file the trackers list under it, matched on
+//! whole path components ([`is_under`]); a name or folder nobody lists is
+//! an error before anything is written; each file once), and running the
+//! set ([`run`]): at most `jobs` files at a time, each on a `batch-N`
+//! thread, with the combined progress and the outcome of every file.
+//!
+//! Each file is fetched by the caller's function (a `Node`'s download,
+//! with one options value for all of them), so the peer's chunk server,
+//! its upload limiter and whatever limiter the options share hold for the
+//! whole set, and every finished file is served at once. A file that
+//! fails does not stop the others; its verified chunks stay for a resume,
+//! and a file already complete in place is verified by its hashes and not
+//! fetched again (the single download's own rules).
+//!
+//! Calls `wire` (the name rule), the peer's `client` (the file list) and
+//! the download's `rate`; nothing of the engine.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{RecvTimeoutError, bounded};
+
+use super::rate::RateMeter;
+use super::{Progress, Summary};
+use crate::limits::MAX_BATCH_JOBS;
+use crate::peer::client;
+use crate::peer::{PeerError, Result};
+use crate::sync::lock;
+use crate::wire;
+
+/// How often the combined progress is reported while files download.
+const PROGRESS_TICK: Duration = Duration::from_millis(200);
+
+/// Whether `name` means a folder: it ends with `/`.
+pub fn is_folder(name: &str) -> bool {
+    name.ends_with('/')
+}
+
+/// Whether the file `name` is `prefix` itself or lies under it, on whole
+/// path components: `photos` and `photos/` both take in `photos/a.jpg` and
+/// not `photosx/a.jpg`; `photos` (without the slash) also matches a file
+/// named `photos`. An empty prefix (or `/`) takes in every name.
+pub fn is_under(name: &str, prefix: &str) -> bool {
+    let p = prefix.trim_end_matches('/');
+    if p.is_empty() {
+        return true;
+    }
+    let exact = !is_folder(prefix) && name == p;
+    exact
+        || name
+            .strip_prefix(p)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Checks a wanted name: a file name by the network's rule, or a folder
+/// (the same, followed by one `/`).
+pub fn validate_wanted(name: &str) -> std::result::Result<(), String> {
+    let base = name.strip_suffix('/').unwrap_or(name);
+    wire::validate_name(base).map_err(|e| format!("invalid name {name:?}: {e}"))
+}
+
+/// One file of a set, as planned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub name: String,
+    /// Its length as the file list gave it (unknown for a single name,
+    /// which is not looked up in the list, or one beyond a cut list).
+    pub length: Option<u64>,
+}
+
+/// The files `wanted` stands for, each once, in the order given (a
+/// folder's files in name order), and the trackers that did not answer the
+/// list query. A single file name is passed through without asking (its
+/// download says if it does not exist); otherwise the trackers are asked
+/// for their file list once, and any name or folder that matches nothing
+/// is an error (`NotFound`) naming all of them, before any file is
+/// fetched. A name that is missing from a list the tracker cut short is
+/// kept (its own download decides); a folder that matches nothing in a cut
+/// list is still an error.
+pub fn plan(
+    trackers: &[SocketAddr],
+    wanted: &[String],
+) -> Result<(Vec<Planned>, Vec<(SocketAddr, PeerError)>)> {
+    for w in wanted {
+        validate_wanted(w).map_err(PeerError::Invalid)?;
+    }
+    if let [one] = wanted
+        && !is_folder(one)
+    {
+        let p = Planned {
+            name: one.clone(),
+            length: None,
+        };
+        return Ok((vec![p], Vec::new()));
+    }
+    let merged = client::list_files_all(trackers)?;
+    let (files, truncated) = merged.value;
+    let listed: Vec<(String, u64)> = files.into_iter().map(|f| (f.name, f.length)).collect();
+    let plan = expand(&listed, truncated, wanted).map_err(PeerError::NotFound)?;
+    Ok((plan, merged.failed))
+}
+
+/// [`plan`] on a file list already fetched (sorted by name, as the merged
+/// list is): pure.
+pub fn expand(
+    listed: &[(String, u64)],
+    truncated: bool,
+    wanted: &[String],
+) -> std::result::Result<Vec<Planned>, String> {
+    let mut seen = HashSet::new();
+    let mut plan = Vec::new();
+    let mut unknown = Vec::new();
+    for w in wanted {
+        if is_folder(w) {
+            let before = plan.len();
+            for (name, length) in listed.iter().filter(|(n, _)| is_under(n, w)) {
+                if seen.insert(name.clone()) {
+                    plan.push(Planned {
+                        name: name.clone(),
+                        length: Some(*length),
+                    });
+                }
+            }
+            let matched = plan.len() > before || listed.iter().any(|(n, _)| is_under(n, w));
+            if !matched {
+                unknown.push(format!("no file under {w:?}"));
+            }
+            continue;
+        }
+        let length = listed.iter().find(|(n, _)| n == w).map(|(_, l)| *l);
+        if length.is_none() && !truncated {
+            unknown.push(format!("no file named {w:?}"));
+        } else if seen.insert(w.clone()) {
+            plan.push(Planned {
+                name: w.clone(),
+                length,
+            });
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(plan);
+    }
+    let cut = if truncated {
+        " (the tracker cut its file list short)"
+    } else {
+        ""
+    };
+    Err(format!(
+        "{} on the network{cut}; nothing was downloaded",
+        unknown.join(", ")
+    ))
+}
+
+/// How one file of the set ended.
+#[derive(Debug)]
+pub struct FileOutcome {
+    pub name: String,
+    pub result: Result<Summary>,
+    /// Whether its download got as far as fetching (its verified chunks
+    /// may be kept for a resume).
+    pub started: bool,
+    pub elapsed: Duration,
+}
+
+/// The combined progress of a set, for a display.
+#[derive(Debug, Clone)]
+pub struct BatchProgress {
+    pub files_total: usize,
+    /// Files verified and in place.
+    pub files_done: usize,
+    pub files_failed: usize,
+    /// Every file's length, as far as known.
+    pub total_bytes: u64,
+    /// Verified bytes on disk, of the files done and those running.
+    pub done_bytes: u64,
+    /// Bytes per second fetched over the last few seconds.
+    pub rate: f64,
+    pub elapsed: Duration,
+    /// The files downloading now: name, verified bytes, length.
+    pub current: Vec<(String, u64, u64)>,
+}
+
+/// What is known of one file while the set runs.
+#[derive(Default)]
+struct FileState {
+    name: String,
+    running: bool,
+    length: Option<u64>,
+    done: u64,
+    /// `done` at the file's previous report (its first one counts what
+    /// was already on disk, which is not fetched now).
+    reported: Option<u64>,
+}
+
+struct Shared {
+    files: Vec<FileState>,
+    rate: RateMeter,
+    done_count: usize,
+    failed_count: usize,
+}
+
+/// Downloads every file of `files`, at most `jobs` at once (at least one,
+/// at most [`MAX_BATCH_JOBS`]), each with `fetch(name, on_progress)`.
+/// `on_progress` gets the combined progress about every
+/// [`PROGRESS_TICK`], `on_done` each file's outcome as it ends; both run on
+/// the caller's thread. Once `cancel` is set no new file starts (the
+/// running ones see the same flag through `fetch`), and the files never
+/// started end with an error saying so. Returns every file's outcome, in
+/// the order of `files`.
+pub fn run(
+    files: &[Planned],
+    jobs: usize,
+    cancel: Option<&AtomicBool>,
+    fetch: &(dyn Fn(&str, &mut dyn FnMut(&Progress)) -> Result<Summary> + Sync),
+    on_progress: &mut dyn FnMut(&BatchProgress),
+    on_done: &mut dyn FnMut(&FileOutcome),
+) -> Vec<FileOutcome> {
+    let started = Instant::now();
+    let shared = Mutex::new(Shared {
+        files: files
+            .iter()
+            .map(|f| FileState {
+                name: f.name.clone(),
+                length: f.length,
+                ..FileState::default()
+            })
+            .collect(),
+        rate: RateMeter::new(),
+        done_count: 0,
+        failed_count: 0,
+    });
+    let next = AtomicUsize::new(0);
+    let jobs = jobs.clamp(1, MAX_BATCH_JOBS).min(files.len().max(1));
+    let mut outcomes: Vec<Option<FileOutcome>> = files.iter().map(|_| None).collect();
+    thread::scope(|scope| {
+        let (tx, rx) = bounded::<(usize, FileOutcome)>(jobs);
+        for n in 1..=jobs {
+            let tx = tx.clone();
+            let (shared, next) = (&shared, &next);
+            let spawned = thread::Builder::new()
+                .name(format!("batch-{n}"))
+                .spawn_scoped(scope, move || {
+                    take_files(files, next, cancel, shared, fetch, &tx);
+                });
+            if let Err(e) = spawned {
+                log::warn!("cannot start a download thread: {e}");
+            }
+        }
+        drop(tx);
+        let mut last_report: Option<Instant> = None;
+        loop {
+            match rx.recv_timeout(PROGRESS_TICK) {
+                Ok((i, outcome)) => {
+                    finished(&shared, i, &outcome);
+                    on_done(&outcome);
+                    outcomes[i] = Some(outcome);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if last_report.is_none_or(|t| t.elapsed() >= PROGRESS_TICK) {
+                on_progress(&snapshot(&shared, started));
+                last_report = Some(Instant::now());
+            }
+        }
+    });
+    on_progress(&snapshot(&shared, started));
+    let mut all = Vec::with_capacity(files.len());
+    for (f, o) in files.iter().zip(outcomes) {
+        let o = o.unwrap_or_else(|| {
+            let o = not_started(&f.name, cancel);
+            on_done(&o);
+            o
+        });
+        all.push(o);
+    }
+    all
+}
+
+/// A `batch-N` thread: takes the next file until none is left or the set
+/// is cancelled.
+fn take_files(
+    files: &[Planned],
+    next: &AtomicUsize,
+    cancel: Option<&AtomicBool>,
+    shared: &Mutex<Shared>,
+    fetch: &(dyn Fn(&str, &mut dyn FnMut(&Progress)) -> Result<Summary> + Sync),
+    tx: &crossbeam_channel::Sender<(usize, FileOutcome)>,
+) {
+    loop {
+        if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+            return;
+        }
+        let i = next.fetch_add(1, Ordering::SeqCst);
+        let Some(f) = files.get(i) else { return };
+        lock(shared).files[i].running = true;
+        let began = Instant::now();
+        let mut progressed = false;
+        let result = fetch(&f.name, &mut |p| {
+            progressed = true;
+            report(shared, i, p);
+        });
+        let outcome = FileOutcome {
+            name: f.name.clone(),
+            result,
+            started: progressed,
+            elapsed: began.elapsed(),
+        };
+        if tx.send((i, outcome)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Takes in one file's progress report.
+fn report(shared: &Mutex<Shared>, i: usize, p: &Progress) {
+    let mut s = lock(shared);
+    let f = &mut s.files[i];
+    f.length = Some(p.total_bytes);
+    f.done = p.done_bytes;
+    let fetched = f.reported.map_or(0, |r| p.done_bytes.saturating_sub(r));
+    f.reported = Some(p.done_bytes);
+    if fetched > 0 {
+        s.rate.add(fetched);
+    }
+}
+
+/// Takes in the end of file `i`. Its fetched bytes were counted from its
+/// reports (the last one comes after its last chunk).
+fn finished(shared: &Mutex<Shared>, i: usize, o: &FileOutcome) {
+    let mut s = lock(shared);
+    let f = &mut s.files[i];
+    f.running = false;
+    match &o.result {
+        Ok(summary) => {
+            f.length = Some(summary.length);
+            f.done = summary.length;
+            s.done_count += 1;
+        }
+        Err(_) => s.failed_count += 1,
+    }
+}
+
+fn snapshot(shared: &Mutex<Shared>, started: Instant) -> BatchProgress {
+    let s = lock(shared);
+    let elapsed = started.elapsed();
+    BatchProgress {
+        files_total: s.files.len(),
+        files_done: s.done_count,
+        files_failed: s.failed_count,
+        total_bytes: s.files.iter().filter_map(|f| f.length).sum(),
+        done_bytes: s.files.iter().map(|f| f.done).sum(),
+        rate: s.rate.rate(elapsed),
+        elapsed,
+        current: s
+            .files
+            .iter()
+            .filter(|f| f.running)
+            .map(|f| (f.name.clone(), f.done, f.length.unwrap_or(0)))
+            .collect(),
+    }
+}
+
+fn not_started(name: &str, cancel: Option<&AtomicBool>) -> FileOutcome {
+    let why = if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+        format!("{name} was not started: interrupted; run the same command again to fetch it")
+    } else {
+        format!("{name} was not started: no download thread could run")
+    };
+    FileOutcome {
+        name: name.to_owned(),
+        result: Err(PeerError::Download(why)),
+        started: false,
+        elapsed: Duration::ZERO,
+    }
+}
