@@ -259,3 +259,52 @@ fn status_names_the_unfinished_downloads_to_resume() {
         );
     });
 }
+
+/// Issue 13: `list FOLDER` and `get FOLDER/` (and several names) at the
+/// prompt: one background job for the set, files under the folder only.
+#[test]
+fn folders_and_several_files_at_the_prompt() {
+    with_timeout(90, || {
+        let s = Scratch::new("repl-folder");
+        let src = s.sub("seed");
+        for (name, len) in [
+            ("pics/a.jpg", 3000),
+            ("pics/2024/b c.jpg", 70_000),
+            ("picsx/no.jpg", 10),
+            ("doc.txt", 5),
+        ] {
+            util::write(&src, name, &util::pattern(len, len as u64));
+        }
+        let t = tracker();
+        let _seed = seed(t.local_addr(), &src, None);
+        let me = Arc::new(downloader(t.local_addr()));
+        let dir = s.sub("me");
+        let (mut r, notices) = Repl::new(Arc::clone(&me), dir.clone(), opts());
+        let l = say(&mut r, "list pics");
+        assert!(
+            l.contains("pics/a.jpg") && l.contains("pics/2024/b c.jpg"),
+            "{l}"
+        );
+        assert!(!l.contains("picsx") && !l.contains("doc.txt"), "{l}");
+        assert!(say(&mut r, "list nothing/").contains("no files under"));
+        assert!(say(&mut r, "get nothing/").contains("no file under"));
+        let started = say(&mut r, "get \"pics/\" \"doc.txt\"");
+        assert!(started.contains("downloading 3 files"), "{started}");
+        let notice = notices
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("a notice when the set ends");
+        assert!(notice.contains("downloaded 3 of 3 files"), "{notice}");
+        for name in ["pics/a.jpg", "pics/2024/b c.jpg", "doc.txt"] {
+            assert_eq!(
+                fs::read(dir.join(name)).unwrap(),
+                fs::read(src.join(name)).unwrap()
+            );
+        }
+        assert!(!dir.join("picsx").exists());
+        let st = say(&mut r, "status");
+        assert!(st.contains("downloaded 3 of 3 files"), "{st}");
+        // Everything here already: nothing to start.
+        assert!(say(&mut r, "get pics/").contains("already have all 2 files"));
+        r.finish();
+    });
+}

@@ -382,3 +382,159 @@ fn not_started(name: &str, cancel: Option<&AtomicBool>) -> FileOutcome {
         elapsed: Duration::ZERO,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn listed() -> Vec<(String, u64)> {
+        [
+            "other/b",
+            "photos",
+            "photos/2024/bear.jpg",
+            "photos/a.jpg",
+            "photosx/a",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.to_string(), i as u64))
+        .collect()
+    }
+
+    fn names(v: &[Planned]) -> Vec<&str> {
+        v.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    #[test]
+    fn prefixes_match_whole_components() {
+        assert!(is_under("photos/a.jpg", "photos/"));
+        assert!(is_under("photos/2024/bear.jpg", "photos"));
+        assert!(is_under("photos/2024/bear.jpg", "photos/2024/"));
+        assert!(!is_under("photosx/a", "photos/"));
+        assert!(!is_under("photosx/a", "photos"));
+        assert!(is_under("photos", "photos"), "a file of that name");
+        assert!(!is_under("photos", "photos/"), "a folder, not the file");
+        assert!(!is_under("photo", "photos/"));
+        assert!(is_under("anything", "") && is_under("a/b", "/"));
+        assert!(validate_wanted("photos/").is_ok());
+        assert!(validate_wanted("photos//").is_err());
+        assert!(validate_wanted("../").is_err());
+        assert!(validate_wanted("/").is_err());
+    }
+
+    #[test]
+    fn a_set_is_expanded_once_and_unknown_names_are_all_named() {
+        let l = listed();
+        let w = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let p = expand(&l, false, &w(&["photos/", "photos/a.jpg", "other/b"])).unwrap();
+        assert_eq!(
+            names(&p),
+            ["photos/2024/bear.jpg", "photos/a.jpg", "other/b"],
+            "each once, folders in name order, not photosx"
+        );
+        assert_eq!(p[0].length, Some(2));
+        let e = expand(&l, false, &w(&["photos/", "nope/", "x.bin"])).unwrap_err();
+        assert!(e.contains("no file under \"nope/\""), "{e}");
+        assert!(e.contains("no file named \"x.bin\""), "{e}");
+        assert!(e.contains("nothing was downloaded"), "{e}");
+        // Beyond a cut list a name may exist; a folder must show up.
+        let p = expand(&l, true, &w(&["x.bin"])).unwrap();
+        assert_eq!(p[0].length, None);
+        assert!(expand(&l, true, &w(&["nope/"])).is_err());
+    }
+
+    fn summary(name: &str, len: u64) -> Summary {
+        Summary {
+            name: name.into(),
+            path: PathBuf::from(name),
+            length: len,
+            chunks_total: 1,
+            chunks_resumed: 0,
+            bytes_downloaded: len,
+            duplicates: 0,
+            elapsed: Duration::ZERO,
+            sources: Vec::new(),
+        }
+    }
+
+    /// At most `jobs` files at once, every file's outcome in order, a
+    /// failure does not stop the others, and the combined progress adds up.
+    #[test]
+    fn files_run_concurrently_within_the_bound() {
+        let plan: Vec<Planned> = (0..20)
+            .map(|i| Planned {
+                name: format!("f{i}"),
+                length: Some(100),
+            })
+            .collect();
+        let running = AtomicUsize::new(0);
+        let most = AtomicUsize::new(0);
+        let fetch = |name: &str, on: &mut dyn FnMut(&Progress)| -> Result<Summary> {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            let mut p = Progress {
+                total_bytes: 100,
+                done_bytes: 0,
+                chunks_done: 0,
+                chunks_total: 1,
+                active_sources: 1,
+                elapsed: Duration::ZERO,
+                rate: 0.0,
+            };
+            on(&p);
+            thread::sleep(Duration::from_millis(5));
+            p.done_bytes = 100;
+            on(&p);
+            running.fetch_sub(1, Ordering::SeqCst);
+            if name == "f7" {
+                return Err(PeerError::Download("no source".into()));
+            }
+            Ok(summary(name, 100))
+        };
+        let mut last = None;
+        let mut ended = Vec::new();
+        let out = run(
+            &plan,
+            3,
+            None,
+            &fetch,
+            &mut |p| last = Some(p.clone()),
+            &mut |o| ended.push(o.name.clone()),
+        );
+        assert!(most.load(Ordering::SeqCst) <= 3);
+        assert_eq!(out.len(), 20);
+        assert_eq!(ended.len(), 20);
+        assert!(
+            out.iter()
+                .enumerate()
+                .all(|(i, o)| o.name == format!("f{i}"))
+        );
+        assert!(out[7].result.is_err() && out[8].result.is_ok());
+        let last = last.unwrap();
+        assert_eq!((last.files_done, last.files_failed), (19, 1));
+        assert_eq!(last.total_bytes, 2000);
+        assert!(last.current.is_empty());
+    }
+
+    #[test]
+    fn a_cancelled_set_starts_no_more_files() {
+        let plan: Vec<Planned> = (0..5)
+            .map(|i| Planned {
+                name: format!("f{i}"),
+                length: None,
+            })
+            .collect();
+        let cancel = AtomicBool::new(false);
+        let fetch = |name: &str, _: &mut dyn FnMut(&Progress)| -> Result<Summary> {
+            cancel.store(true, Ordering::SeqCst);
+            Ok(summary(name, 1))
+        };
+        let out = run(&plan, 1, Some(&cancel), &fetch, &mut |_| {}, &mut |_| {});
+        assert!(out[0].result.is_ok());
+        for o in &out[1..] {
+            let e = o.result.as_ref().unwrap_err().to_string();
+            assert!(e.contains("not started: interrupted"), "{e}");
+        }
+    }
+}

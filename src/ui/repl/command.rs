@@ -6,16 +6,18 @@
 /// What `help` prints.
 pub const HELP: &str = "\
 commands:
-  list               the files on the network, numbered
+  list [FOLDER]      the files on the network (or under FOLDER), numbered
   where FILE         which peers hold which chunks of a file
-  get FILE           download a file into the shared folder, in the background
+  get FILE...        download files into the shared folder, in the background;
+                     FOLDER/ (ending in /) means every file under it
   status             this peer's files, downloads in progress, uploads
   help               this text
   quit               stop unfinished downloads (a later get resumes them),
                      leave the network and exit (Ctrl-C and Ctrl-D too)
 FILE is a name (the rest of the line: get my photo.jpg, get 2024),
 #NUMBER for a file's number in the last `list` (get #2), or a name in
-double quotes, exactly as written (get \" padded.txt\"; \\\" and \\\\ inside).";
+double quotes, exactly as written (get \" padded.txt\"; \\\" and \\\\ inside).
+Several files: numbers and names in quotes (get #1 #4 \"b c.txt\" photos/).";
 
 /// A file named on the command line, or its number in the last list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,9 +29,10 @@ pub enum Target {
 /// One parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    List,
+    /// Every file, or those under a folder.
+    List(Option<String>),
     Where(Target),
-    Get(Target),
+    Get(Vec<Target>),
     Status,
     Help,
     Quit,
@@ -57,9 +60,9 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
         }
     };
     match word.as_str() {
-        "list" | "ls" => bare(Command::List),
+        "list" | "ls" => list(rest).map(|p| Some(Command::List(p))),
         "where" => target(&word, rest).map(|t| Some(Command::Where(t))),
-        "get" => target(&word, rest).map(|t| Some(Command::Get(t))),
+        "get" => targets(&word, rest).map(|t| Some(Command::Get(t))),
         "status" => bare(Command::Status),
         "help" | "?" => bare(Command::Help),
         "quit" | "exit" | "leave" => bare(Command::Quit),
@@ -117,23 +120,66 @@ fn target(word: &str, rest: &str) -> Result<Target, String> {
     Ok(Target::Name(rest_trimmed.to_owned()))
 }
 
+/// The folder after `list`, if any: the rest of the line, or a name in
+/// quotes.
+fn list(rest: &str) -> Result<Option<String>, String> {
+    let t = rest.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    match rest.strip_prefix('"') {
+        Some(quoted) => unquote(quoted).map(Some),
+        None => Ok(Some(t.to_owned())),
+    }
+}
+
+/// The files a `get` names: one name as [`target`] reads it, or, when the
+/// line starts with `#` or `"`, a list of `#NUMBER`s, names in quotes and
+/// words without spaces (`get #1 #4 "b c.txt" photos/`).
+fn targets(word: &str, rest: &str) -> Result<Vec<Target>, String> {
+    let mut s = rest.trim();
+    if !s.starts_with(['#', '"']) {
+        return target(word, rest).map(|t| vec![t]);
+    }
+    let mut v = Vec::new();
+    while !s.is_empty() {
+        if let Some(quoted) = s.strip_prefix('"') {
+            let (name, after) = unquote_one(quoted)?;
+            if !after.is_empty() && !after.starts_with(char::is_whitespace) {
+                return Err(format!("unexpected {after:?} after the closing quote"));
+            }
+            v.push(Target::Name(name));
+            s = after.trim_start();
+            continue;
+        }
+        let (tok, after) = s.split_once(char::is_whitespace).unwrap_or((s, ""));
+        v.push(target(word, tok)?);
+        s = after.trim_start();
+    }
+    Ok(v)
+}
+
 /// The name inside quotes: `s` starts after the opening quote and must end
 /// with the closing one (spaces after it are allowed).
 fn unquote(s: &str) -> Result<String, String> {
+    let (name, after) = unquote_one(s)?;
+    if !after.trim().is_empty() {
+        return Err(format!(
+            "unexpected {:?} after the closing quote",
+            after.trim()
+        ));
+    }
+    Ok(name)
+}
+
+/// The name up to the closing quote (`s` starts after the opening one),
+/// and what follows the closing quote.
+fn unquote_one(s: &str) -> Result<(String, &str), String> {
     let mut name = String::new();
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
         match c {
-            '"' => {
-                let after = chars.as_str();
-                if !after.trim().is_empty() {
-                    return Err(format!(
-                        "unexpected {:?} after the closing quote",
-                        after.trim()
-                    ));
-                }
-                return Ok(name);
-            }
+            '"' => return Ok((name, chars.as_str())),
             '\\' => match chars.next() {
                 Some(e @ ('"' | '\\')) => name.push(e),
                 _ => return Err("inside quotes, \\ goes before \" or \\ only".into()),
@@ -156,20 +202,31 @@ mod tests {
     fn commands_parse() {
         assert_eq!(parse(""), Ok(None));
         assert_eq!(parse("   \n"), Ok(None));
-        assert_eq!(parse("list\n"), Ok(Some(Command::List)));
-        assert_eq!(parse("  LS "), Ok(Some(Command::List)));
+        assert_eq!(parse("list\n"), Ok(Some(Command::List(None))));
+        assert_eq!(parse("  LS "), Ok(Some(Command::List(None))));
+        assert_eq!(
+            parse("list photos/2024 \n"),
+            Ok(Some(Command::List(Some("photos/2024".into()))))
+        );
+        assert_eq!(
+            parse("list \" a b/\""),
+            Ok(Some(Command::List(Some(" a b/".into()))))
+        );
         assert_eq!(parse("status"), Ok(Some(Command::Status)));
         assert_eq!(parse("?"), Ok(Some(Command::Help)));
         assert_eq!(parse("quit"), Ok(Some(Command::Quit)));
         assert_eq!(parse("exit"), Ok(Some(Command::Quit)));
         assert_eq!(
             parse("get climbing.jpg"),
-            Ok(Some(Command::Get(name("climbing.jpg"))))
+            Ok(Some(Command::Get(vec![name("climbing.jpg")])))
         );
-        assert_eq!(parse("get #2"), Ok(Some(Command::Get(Target::Number(2)))));
+        assert_eq!(
+            parse("get #2"),
+            Ok(Some(Command::Get(vec![Target::Number(2)])))
+        );
         assert_eq!(
             parse("get  #2 \n"),
-            Ok(Some(Command::Get(Target::Number(2))))
+            Ok(Some(Command::Get(vec![Target::Number(2)])))
         );
         assert_eq!(
             parse("where  my photos/bear 1.jpg \r\n"),
@@ -186,25 +243,41 @@ mod tests {
     /// `#N` always a number, quotes keep a name exactly.
     #[test]
     fn names_and_numbers_have_distinct_syntax() {
-        assert_eq!(parse("get 2"), Ok(Some(Command::Get(name("2")))));
+        assert_eq!(parse("get 2"), Ok(Some(Command::Get(vec![name("2")]))));
         assert_eq!(
             parse("where 2024\r\n"),
             Ok(Some(Command::Where(name("2024"))))
         );
-        assert_eq!(parse("get \"2\""), Ok(Some(Command::Get(name("2")))));
-        assert_eq!(parse("get \"#2\""), Ok(Some(Command::Get(name("#2")))));
+        assert_eq!(parse("get \"2\""), Ok(Some(Command::Get(vec![name("2")]))));
+        assert_eq!(
+            parse("get \"#2\""),
+            Ok(Some(Command::Get(vec![name("#2")])))
+        );
         assert_eq!(
             parse("get \"  padded name \"  \n"),
-            Ok(Some(Command::Get(name("  padded name "))))
+            Ok(Some(Command::Get(vec![name("  padded name ")])))
         );
         assert_eq!(
             parse(r#"get "say \"hi\" \\ bye""#),
-            Ok(Some(Command::Get(name(r#"say "hi" \ bye"#))))
+            Ok(Some(Command::Get(vec![name(r#"say "hi" \ bye"#)])))
         );
         assert_eq!(
             parse("get a \"b\" c"),
-            Ok(Some(Command::Get(name("a \"b\" c")))),
+            Ok(Some(Command::Get(vec![name("a \"b\" c")]))),
             "quotes only count at the start"
+        );
+        assert_eq!(
+            parse("get #1  #4 \"b c.txt\" photos/\n"),
+            Ok(Some(Command::Get(vec![
+                Target::Number(1),
+                Target::Number(4),
+                name("b c.txt"),
+                name("photos/")
+            ])))
+        );
+        assert_eq!(
+            parse("get \"a\" \"b\""),
+            Ok(Some(Command::Get(vec![name("a"), name("b")])))
         );
         // The help text documents all three forms.
         for form in ["get 2024", "get #2", "double quotes"] {
@@ -218,7 +291,7 @@ mod tests {
             let typed = as_typed(name);
             assert_eq!(
                 parse(&format!("get {typed}")),
-                Ok(Some(Command::Get(Target::Name(name.into())))),
+                Ok(Some(Command::Get(vec![Target::Name(name.into())]))),
                 "{name:?} typed as {typed}"
             );
         }
@@ -231,12 +304,14 @@ mod tests {
             ("frobnicate", "unknown command"),
             ("get", "get needs a file"),
             ("where   ", "where needs a file"),
-            ("list everything", "takes nothing"),
+            ("status now", "takes nothing"),
             ("get #99999999999999999999999", "too large"),
             ("get #", "not a number"),
             ("get #x", "goes in quotes: get \"#x\""),
             ("get \"a", "no closing quote"),
-            ("get \"a\" b", "after the closing quote"),
+            ("get \"a\"b", "after the closing quote"),
+            ("where \"a\" b", "after the closing quote"),
+            ("get #1 #x", "goes in quotes: get \"#x\""),
             ("get \"a\\b\"", "inside quotes"),
         ] {
             let e = parse(line).expect_err(line);

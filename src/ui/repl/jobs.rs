@@ -15,6 +15,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use super::text;
 use crate::error_chain;
+use crate::peer::download::batch::{self, BatchProgress, Planned};
 use crate::peer::download::{DownloadOptions, Progress, Summary};
 use crate::peer::node::Node;
 use crate::sync::lock;
@@ -38,11 +39,18 @@ pub enum DownloadState {
     Done(Summary),
     /// The error chain, one line.
     Failed(String),
+    /// A set of files (`get photos/`, several names) on its way.
+    RunningSet(BatchProgress),
+    /// A set of files that ended: its total line.
+    SetDone(String),
 }
 
 impl DownloadState {
     pub fn is_finished(&self) -> bool {
-        matches!(self, DownloadState::Done(_) | DownloadState::Failed(_))
+        matches!(
+            self,
+            DownloadState::Done(_) | DownloadState::Failed(_) | DownloadState::SetDone(_)
+        )
     }
 }
 
@@ -124,6 +132,57 @@ impl Jobs {
         self.jobs.retain(|j| j.name != name || j.handle.is_some());
         self.jobs.push(Job {
             name: name.to_owned(),
+            state,
+            cancel,
+            handle: Some(handle),
+        });
+        Ok(())
+    }
+
+    /// Starts downloading the files of `plan` (at most
+    /// `limits::BATCH_JOBS` at once) on one thread, listed as `label`.
+    pub fn start_set(&mut self, label: &str, plan: Vec<Planned>) -> std::io::Result<()> {
+        let state = Arc::new(Mutex::new(DownloadState::Starting));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (node, dir, opts) = (Arc::clone(&self.node), self.dir.clone(), self.opts.clone());
+        let (st, notices, l) = (Arc::clone(&state), self.notices.clone(), label.to_owned());
+        let c = Arc::clone(&cancel);
+        let handle = thread::Builder::new()
+            .name(format!("get {label}"))
+            .spawn(move || {
+                let began = Instant::now();
+                let fetch = |name: &str, on: &mut dyn FnMut(&Progress)| {
+                    node.download_cancellable(name, &dir, &opts, Some(&c), on)
+                };
+                let outcomes = batch::run(
+                    &plan,
+                    crate::limits::BATCH_JOBS,
+                    Some(&c),
+                    &fetch,
+                    &mut |p| *lock(&st) = DownloadState::RunningSet(p.clone()),
+                    &mut |_| {},
+                );
+                let total = crate::ui::get::total_line(&outcomes, began.elapsed());
+                let failed: Vec<String> = outcomes
+                    .iter()
+                    .filter(|o| o.result.is_err())
+                    .map(crate::ui::get::file_line)
+                    .map(|line| line.trim().trim_start_matches("FAILED").trim().to_owned())
+                    .collect();
+                let notice = if failed.is_empty() {
+                    format!("{l}: {total}")
+                } else {
+                    format!(
+                        "{l}: {total}: {}; type the same get again to fetch the rest",
+                        failed.join("; ")
+                    )
+                };
+                *lock(&st) = DownloadState::SetDone(total);
+                let _ = notices.try_send(notice);
+            })?;
+        self.jobs.retain(|j| j.name != label || j.handle.is_some());
+        self.jobs.push(Job {
+            name: label.to_owned(),
             state,
             cancel,
             handle: Some(handle),

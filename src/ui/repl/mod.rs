@@ -1,5 +1,5 @@
-//! The interactive side of `peer share`: one command per line (`list`,
-//! `where`, `get`, `status`, `help`, `quit`) run against a running
+//! The interactive side of `peer share`: one command per line (`list
+//! [FOLDER]`, `where`, `get FILE...`, `status`, `help`, `quit`) run against a running
 //! [`Node`].
 //!
 //! Three pieces, one file each: [`command`] (the language: a line in, a
@@ -34,6 +34,7 @@ use self::jobs::Jobs;
 use self::text::{Mine, explain};
 use crate::error_chain;
 use crate::peer::client;
+use crate::peer::download::batch::{Planned, is_folder, is_under, plan, validate_wanted};
 use crate::peer::download::{DownloadOptions, unfinished};
 use crate::peer::node::Node;
 use crate::peer::{PeerError, Result};
@@ -94,9 +95,9 @@ impl Repl {
             }
         };
         match cmd {
-            Command::List => self.list(out)?,
+            Command::List(prefix) => self.list(prefix.as_deref(), out)?,
             Command::Where(t) => self.where_(&t, out)?,
-            Command::Get(t) => self.get(&t, out)?,
+            Command::Get(t) => self.get_many(&t, out)?,
             Command::Status => self.status(out)?,
             Command::Help => writeln!(out, "{HELP}")?,
             Command::Quit => return Ok(Flow::Quit),
@@ -137,12 +138,17 @@ impl Repl {
         self.jobs.finish()
     }
 
-    /// A #NUMBER from the last list, or the name as given if it is valid.
+    /// A #NUMBER from the last list, or the name (or folder, ending in
+    /// `/`) as given if it is valid.
     fn resolve(&self, t: &Target) -> std::result::Result<String, String> {
         match t {
-            Target::Name(n) => match wire::validate_name(n) {
+            Target::Name(n) => match validate_wanted(n) {
                 Ok(()) => Ok(n.clone()),
-                Err(e) => Err(format!("{n:?} is not a valid name: {e}")),
+                Err(_) if is_folder(n) => Err(format!("{n:?} is not a valid folder")),
+                Err(_) => match wire::validate_name(n) {
+                    Ok(()) => Ok(n.clone()),
+                    Err(e) => Err(format!("{n:?} is not a valid name: {e}")),
+                },
             },
             Target::Number(_) if self.listed.is_empty() => {
                 Err("no numbered list yet: type list first, then use #NUMBER from it".into())
@@ -157,8 +163,8 @@ impl Repl {
         }
     }
 
-    fn list(&mut self, out: &mut dyn Write) -> io::Result<()> {
-        let (files, truncated) = match client::list_files_all(self.node.trackers()) {
+    fn list(&mut self, prefix: Option<&str>, out: &mut dyn Write) -> io::Result<()> {
+        let (mut files, truncated) = match client::list_files_all(self.node.trackers()) {
             Ok(m) => {
                 for (t, e) in &m.failed {
                     writeln!(out, "(tracker left out: {})", client::about(*t, e))?;
@@ -167,8 +173,13 @@ impl Repl {
             }
             Err(e) => return writeln!(out, "cannot list the files: {}", error_chain(&e)),
         };
-        if files.is_empty() {
-            writeln!(out, "no files on the network")?;
+        if let Some(p) = prefix {
+            files.retain(|f| is_under(&f.name, p));
+        }
+        match prefix {
+            Some(p) if files.is_empty() => writeln!(out, "no files under {p:?} on the network")?,
+            None if files.is_empty() => writeln!(out, "no files on the network")?,
+            _ => {}
         }
         let w = files
             .iter()
@@ -214,11 +225,51 @@ impl Repl {
         Ok((l, SocketAddr::new(ip, self.node.local_addr().port())))
     }
 
-    fn get(&mut self, t: &Target, out: &mut dyn Write) -> io::Result<()> {
-        let name = match self.resolve(t) {
-            Ok(n) => n,
-            Err(hint) => return writeln!(out, "{hint}"),
+    /// `get` of one file (its own job, as always) or of several files or
+    /// folders: one job for the set, the files this peer already has left
+    /// out.
+    fn get_many(&mut self, targets: &[Target], out: &mut dyn Write) -> io::Result<()> {
+        let mut names = Vec::new();
+        for t in targets {
+            match self.resolve(t) {
+                Ok(n) => names.push(n),
+                Err(hint) => return writeln!(out, "{hint}"),
+            }
+        }
+        match names.as_slice() {
+            [one] if !is_folder(one) => return self.get(one.clone(), out),
+            _ => {}
+        }
+        let label = names.join(" ");
+        if self.jobs.is_running(&label) {
+            return writeln!(out, "already downloading {label}; type status to follow it");
+        }
+        let plan = match plan(self.node.trackers(), &names) {
+            Ok((plan, _)) => plan,
+            Err(e) => return writeln!(out, "{}", explain(&label, &e)),
         };
+        let total = plan.len();
+        let share = self.node.share();
+        let (have, plan): (Vec<Planned>, Vec<Planned>) = plan
+            .into_iter()
+            .partition(|p| share.get(&p.name).is_some_and(|f| f.is_complete()));
+        if plan.is_empty() {
+            return writeln!(
+                out,
+                "you already have all {total} files: they are in the shared folder"
+            );
+        }
+        let (count, bytes) = (
+            plan.len(),
+            plan.iter().filter_map(|p| p.length).sum::<u64>(),
+        );
+        if let Err(e) = self.jobs.start_set(&label, plan) {
+            return writeln!(out, "cannot start the download: {e}");
+        }
+        writeln!(out, "{}", text::set_started_line(count, bytes, have.len()))
+    }
+
+    fn get(&mut self, name: String, out: &mut dyn Write) -> io::Result<()> {
         if self.jobs.is_running(&name) || self.node.is_downloading(&name) {
             return writeln!(out, "already downloading {name}; type status to follow it");
         }

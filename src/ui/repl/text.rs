@@ -15,7 +15,7 @@ use crate::peer::PeerError;
 use crate::peer::download::Summary;
 use crate::peer::share::SharedFile;
 use crate::ui::format::{already_complete, human, plural, rate, transfer_phrase};
-use crate::ui::progress::progress_line;
+use crate::ui::progress::{batch_line, progress_line};
 use crate::wire::{ErrorCode, FileSummary};
 
 /// Width of the chunk maps in `status`: one character per chunk up to 32.
@@ -129,6 +129,8 @@ pub fn downloads_block(jobs: &[(String, DownloadState)], columns: usize) -> Stri
                 )
             ),
             DownloadState::Failed(why) => format!("failed: {why}"),
+            DownloadState::RunningSet(p) => batch_line(p, columns.saturating_sub(w + 4)),
+            DownloadState::SetDone(total) => total.clone(),
         };
         let _ = writeln!(s, "  {name:<w$}  {}", text.trim_end());
     }
@@ -167,6 +169,20 @@ pub fn started_line(name: &str, length: u64, sources: usize) -> String {
         "downloading {name} ({}) from {sources} source{} in the background; type status to follow it",
         human(length as f64),
         if sources == 1 { "" } else { "s" }
+    )
+}
+
+/// The answer to a `get` of several files or a folder.
+pub fn set_started_line(count: usize, bytes: u64, already: usize) -> String {
+    let have = if already > 0 {
+        format!(" ({already} you already have left out)")
+    } else {
+        String::new()
+    };
+    format!(
+        "downloading {} ({}){have} in the background; type status to follow them",
+        plural(count as u64, "file"),
+        human(bytes as f64)
     )
 }
 

@@ -11,6 +11,7 @@
 //! (the same code in `--quick` mode, so it cannot rot).
 
 pub mod chunks;
+pub mod folder;
 pub mod memory;
 pub mod plot;
 pub mod private;
@@ -39,12 +40,13 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("tracker", tracker_load::SCENARIO),
     ("chunks", chunks::SCENARIO),
     ("private", private::SCENARIO),
+    ("folder", folder::SCENARIO),
 ];
 
 const USAGE: &str = "\
 usage: bench [--quick] [--reps N] [--bin-dir DIR] [--plot FILE.svg] SCENARIO...
 
-SCENARIO: all, or any of: single multi flash memory register tracker chunks private
+SCENARIO: all, or any of: single multi flash memory register tracker chunks private folder
   --quick      small files and short runs (what the test suite runs)
   --reps N     repetitions per measurement, the median is reported (default 3)
   --bin-dir D  folder holding the tracker and peer binaries
@@ -213,6 +215,7 @@ pub fn run(args: &[String], out: &mut dyn Write) -> R<Vec<Row>> {
             "tracker" => tracker_load::run(&mut ctx, &mut rows),
             "chunks" => chunks::run(&mut ctx, &mut rows),
             "private" => private::run(&mut ctx, &mut rows),
+            "folder" => folder::run(&mut ctx, &mut rows),
             _ => Ok(()),
         };
         if let Err(e) = r {
