@@ -217,6 +217,12 @@ pub const MAX_HASH_FAILURES: u32 = 3;
 /// the longer of this and one chunk's deadline (the I/O timeout plus the
 /// chunk at [`MIN_CHUNK_TRANSFER_RATE`]).
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+/// An idle worker asks for a second copy of a chunk already requested from
+/// another source (the endgame) only once it has had nothing else to ask
+/// for this long: the other source usually delivers first, and a copy
+/// received twice is a whole chunk sent, read and thrown away (for a file
+/// of one or two chunks, twice its bytes).
+pub const ENDGAME_GRACE: Duration = Duration::from_millis(100);
 /// Most sources downloaded from at once; more add little and cost a thread
 /// and a connection each.
 pub const MAX_ACTIVE_SOURCES: usize = 32;

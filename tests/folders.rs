@@ -102,6 +102,7 @@ const FILE_FIELDS: &[&str] = &[
     "error",
     "path",
     "bytes_downloaded",
+    "duplicates",
     "seconds",
     "sources",
 ];

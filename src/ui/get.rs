@@ -44,6 +44,8 @@ pub struct FileJson {
     pub error: Option<String>,
     pub path: Option<String>,
     pub bytes_downloaded: u64,
+    /// Chunks received twice (endgame) and thrown away.
+    pub duplicates: u32,
     pub seconds: f64,
     pub sources: Vec<SourceJson>,
 }
@@ -110,6 +112,8 @@ pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
     }
     let opts = DownloadOptions {
         pipeline_depth: a.pipeline.max(1),
+        // A set syncs each folder once at the end (batch::run).
+        sync_folder: !several,
         ..DownloadOptions::default()
     };
     let result = if several {
@@ -348,6 +352,7 @@ pub fn file_json(node: &Node, o: &FileOutcome) -> FileJson {
         error,
         path: summary.map(|s| s.path.display().to_string()),
         bytes_downloaded: summary.map_or(0, |s| s.bytes_downloaded),
+        duplicates: summary.map_or(0, |s| s.duplicates),
         seconds: o.elapsed.as_secs_f64(),
         sources: summary.map_or_else(Vec::new, |s| {
             s.sources

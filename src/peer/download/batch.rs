@@ -208,7 +208,9 @@ struct Shared {
 }
 
 /// Downloads every file of `files`, at most `jobs` at once (at least one,
-/// at most [`MAX_BATCH_JOBS`]), each with `fetch(name, on_progress)`.
+/// at most [`MAX_BATCH_JOBS`]), each with `fetch(name, on_progress)`
+/// (whose options should have `sync_folder` off: the folders that received
+/// files are synced here, once each, at the end).
 /// `on_progress` gets the combined progress about every
 /// [`PROGRESS_TICK`], `on_done` each file's outcome as it ends; both run on
 /// the caller's thread. Once `cancel` is set no new file starts (the
@@ -273,6 +275,7 @@ pub fn run(
         }
     });
     on_progress(&snapshot(&shared, started));
+    sync_folders(&outcomes);
     let mut all = Vec::with_capacity(files.len());
     for (f, o) in files.iter().zip(outcomes) {
         let o = o.unwrap_or_else(|| {
@@ -283,6 +286,21 @@ pub fn run(
         all.push(o);
     }
     all
+}
+
+/// Fsyncs, once each, the folders that received a file: the set's
+/// downloads leave that to the end (`DownloadOptions::sync_folder` off),
+/// so a folder of a thousand files is synced once, not a thousand times.
+fn sync_folders(outcomes: &[Option<FileOutcome>]) {
+    let folders: std::collections::BTreeSet<&std::path::Path> = outcomes
+        .iter()
+        .flatten()
+        .filter_map(|o| o.result.as_ref().ok())
+        .filter_map(|s| s.path.parent())
+        .collect();
+    for dir in folders {
+        super::partfile::sync_dir(dir);
+    }
 }
 
 /// A `batch-N` thread: takes the next file until none is left or the set

@@ -586,7 +586,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
 
     fn spawn_if_ready(&mut self, addr: SocketAddr) {
         if self.active.contains_key(&addr)
-            || self.active.len() >= MAX_ACTIVE_SOURCES
+            || self.active.len() >= MAX_ACTIVE_SOURCES.min(self.missing_chunks().max(1))
             || self.engine.stop.load(Ordering::SeqCst)
         {
             return;
@@ -636,6 +636,15 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             }
             Err(e) => warn!("cannot start a worker for {addr}: {e}"),
         }
+    }
+
+    /// Chunks not verified yet: no more workers than that are started
+    /// (another would only ask for copies of chunks already requested, and
+    /// cost a connection: for a file of one chunk, one source is asked).
+    fn missing_chunks(&self) -> usize {
+        let p = lock(&self.engine.picker);
+        let have = p.have();
+        usize::try_from(have.len() - have.count_ones()).unwrap_or(usize::MAX)
     }
 
     /// Workers on probation (to host `on`, if given): their source has not

@@ -107,7 +107,10 @@ pub(super) enum WorkerEnd {
 /// the allocator does not return each chunk's memory to the kernel and
 /// fault it back in for the next one. Bounded: buffers beyond
 /// [`POOL_BUFFERS`] are simply freed, so memory stays what the chunks in
-/// flight need.
+/// flight need. One pool for the whole process, shared by every download:
+/// the files of a folder, downloaded one after another (a few at once),
+/// reuse the buffers of the files before them instead of each faulting in
+/// and zeroing its own.
 pub(super) struct ChunkPool {
     tx: Sender<Vec<u8>>,
     rx: Receiver<Vec<u8>>,
@@ -117,10 +120,16 @@ pub(super) struct ChunkPool {
 /// being read.
 const POOL_BUFFERS: usize = 6;
 
+/// The process's idle buffers.
+static POOL: std::sync::OnceLock<(Sender<Vec<u8>>, Receiver<Vec<u8>>)> = std::sync::OnceLock::new();
+
 impl ChunkPool {
     fn new() -> ChunkPool {
-        let (tx, rx) = bounded(POOL_BUFFERS);
-        ChunkPool { tx, rx }
+        let (tx, rx) = POOL.get_or_init(|| bounded(POOL_BUFFERS));
+        ChunkPool {
+            tx: tx.clone(),
+            rx: rx.clone(),
+        }
     }
 
     /// A buffer to read the next chunk into (empty if none is idle).

@@ -112,12 +112,18 @@ impl<'scope> Locator<'scope> {
         };
         // It may be handing over a last answer, or connecting (at most
         // REFRESH_CONNECT_TIMEOUT); a socket it opens now is shut at once.
+        // Usually it only has to wake from waiting for a request: the first
+        // polls are short, so a download of a small file (one of a folder
+        // of thousands) does not wait here longer than the thread takes to
+        // end.
+        let mut pause = Duration::from_micros(50);
         while !h.is_finished() {
             while self.answer_rx.try_recv().is_ok() {}
             if let Some(s) = lock(&self.stream).as_ref() {
                 let _ = s.shutdown(Shutdown::Both);
             }
-            thread::sleep(Duration::from_millis(10));
+            thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
         }
         if h.join().is_err() {
             warn!("the locator thread panicked");

@@ -94,6 +94,10 @@ pub struct DownloadOptions {
     pub give_up_after: Duration,
     /// Wait before reconnecting to a source whose connection failed.
     pub retry_after: Duration,
+    /// Fsync the folder of the final name once the file is linked there,
+    /// so the new name survives a crash. A set of files turns it off and
+    /// syncs each folder once at the end instead (`batch::sync_folders`).
+    pub sync_folder: bool,
 }
 
 impl Default for DownloadOptions {
@@ -106,6 +110,7 @@ impl Default for DownloadOptions {
             max_hash_failures: MAX_HASH_FAILURES,
             give_up_after: GIVE_UP_AFTER,
             retry_after: Duration::from_secs(2),
+            sync_folder: true,
         }
     }
 }
@@ -252,7 +257,7 @@ pub fn download(
     if let Some(e) = lock(&engine.flush_error).take() {
         return Err(PeerError::io("write", &paths.part, e));
     }
-    put_in_place(ctx, name, &paths, &shared, d.hashes)?;
+    put_in_place(ctx, name, &paths, &shared, d.hashes, opts.sync_folder)?;
     if d.geometry.count() == 0 {
         // An empty file has no chunk to register one by one: register the
         // file, so this peer is listed (and seeds it) like any holder.
@@ -355,8 +360,9 @@ fn put_in_place(
     paths: &Paths,
     shared: &SharedFile,
     hashes: Vec<Digest>,
+    sync_folder: bool,
 ) -> Result<()> {
-    partfile::finish(paths, shared.file())?;
+    partfile::finish(paths, shared.file(), sync_folder)?;
     if let Ok(f) = shared.file().try_clone() {
         ctx.share.insert(Arc::new(SharedFile::complete(
             name.to_owned(),

@@ -188,19 +188,28 @@ impl Paths {
 
     /// Makes sure the work folder exists and is a real folder (never a
     /// link to somewhere else).
+    /// Another download of this folder finishing (several files at once)
+    /// may remove it, empty, between the two steps: then it is made again.
     fn make_work_dir(&self) -> Result<()> {
-        match fs::create_dir(&self.work) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(PeerError::io("create folder", &self.work, e)),
-        }
-        match fs::symlink_metadata(&self.work) {
-            Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(PeerError::Download(format!(
-                "{} exists and is not a folder; move it away or use another --dir",
-                self.work.display()
-            ))),
-            Err(e) => Err(PeerError::io("inspect", &self.work, e)),
+        let mut attempts = 0;
+        loop {
+            match fs::create_dir(&self.work) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(PeerError::io("create folder", &self.work, e)),
+            }
+            return match fs::symlink_metadata(&self.work) {
+                Ok(m) if m.is_dir() => Ok(()),
+                Ok(_) => Err(PeerError::Download(format!(
+                    "{} exists and is not a folder; move it away or use another --dir",
+                    self.work.display()
+                ))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => {
+                    attempts += 1;
+                    continue;
+                }
+                Err(e) => Err(PeerError::io("inspect", &self.work, e)),
+            };
         }
     }
 
@@ -581,7 +590,7 @@ pub(super) fn open_finished(
 /// copied into a work folder there and linked from that copy. Errors say
 /// where the complete file is kept: running the command again would not
 /// help.
-pub(super) fn finish(paths: &Paths, file: &File) -> Result<()> {
+pub(super) fn finish(paths: &Paths, file: &File, sync_folder: bool) -> Result<()> {
     file.sync_all()
         .map_err(|e| PeerError::io("flush", &paths.part, e))?;
     // Again just before: a folder may have been swapped for a link meanwhile.
@@ -609,13 +618,17 @@ pub(super) fn finish(paths: &Paths, file: &File) -> Result<()> {
         }
     }
     paths.discard();
-    if let Some(dir) = paths.final_path.parent() {
-        // Make the new name durable; failure here loses nothing.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
+    if sync_folder && let Some(dir) = paths.final_path.parent() {
+        sync_dir(dir);
     }
     Ok(())
+}
+
+/// Makes the names in folder `dir` durable; failure here loses nothing.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 #[cfg(test)]
@@ -658,7 +671,7 @@ mod tests {
             .write(true)
             .open(&paths.part)
             .unwrap();
-        finish(&paths, &file).unwrap();
+        finish(&paths, &file, true).unwrap();
         assert_eq!(unfinished(&dir.0), [long]);
     }
 
@@ -803,13 +816,13 @@ mod tests {
         let (file, _, _lock) = open(&paths, g, &hashes, None).unwrap();
         use std::os::unix::fs::FileExt;
         file.write_all_at(&data, 0).unwrap();
-        finish(&paths, &file).unwrap();
+        finish(&paths, &file, true).unwrap();
         assert_eq!(fs::read(&paths.final_path).unwrap(), data);
         assert!(!paths.part.exists() && !paths.have.exists());
         assert!(open_finished(&paths, "f", g, &hashes, None).is_ok());
         // A second download whose final name is taken meanwhile keeps its .part.
         let (file, _, _) = open(&Paths::new(&dir.0, "f"), g, &hashes, None).unwrap();
-        let e = finish(&paths, &file).unwrap_err();
+        let e = finish(&paths, &file, true).unwrap_err();
         assert!(
             e.to_string().contains("appeared during the download"),
             "{e}"
@@ -927,7 +940,7 @@ mod tests {
             let paths = Paths::new(&dir.0, "docs/f");
             let (file, _, _lock) = open(&paths, g, &hashes, None).unwrap();
             file.write_all_at(&data, 0).unwrap();
-            finish(&paths, &file).unwrap();
+            finish(&paths, &file, true).unwrap();
             assert_eq!(fs::read(&paths.final_path).unwrap(), data);
             assert!(!paths.part.exists() && !paths.have.exists());
             assert!(!docs.join(WORK_DIR).exists());
@@ -936,7 +949,7 @@ mod tests {
             let (file, _, _lock) = open(&paths, g, &hashes, None).unwrap();
             file.write_all_at(&data, 0).unwrap();
             fs::write(&paths.final_path, b"theirs").unwrap();
-            let e = finish(&paths, &file).unwrap_err().to_string();
+            let e = finish(&paths, &file, true).unwrap_err().to_string();
             assert!(e.contains("is complete and kept as"), "{e}");
             assert_eq!(fs::read(&paths.final_path).unwrap(), b"theirs");
             assert!(paths.part.exists());

@@ -28,7 +28,8 @@ use crossbeam_channel::{Receiver, Sender};
 use super::engine::{Engine, Event, Rejects, Verified, WorkerEnd};
 use crate::chunks::{self, Bitmap};
 use crate::limits::{
-    MAX_NOT_HELD_IN_A_ROW, MAX_REQUEST_BYTES_IN_FLIGHT, NOT_HELD_RETRY, NOT_HELD_RETRY_MAX,
+    ENDGAME_GRACE, MAX_NOT_HELD_IN_A_ROW, MAX_REQUEST_BYTES_IN_FLIGHT, NOT_HELD_RETRY,
+    NOT_HELD_RETRY_MAX,
 };
 use crate::peer::client::{self, Conn};
 use crate::peer::picker::Picker;
@@ -85,6 +86,9 @@ struct Worker<'a, 'e> {
     batch: Vec<u8>,
     /// The buffer the next chunk is read into.
     spare: Vec<u8>,
+    /// Since when this worker has had nothing to ask but endgame copies
+    /// (they wait for [`ENDGAME_GRACE`]).
+    endgame_from: Option<Instant>,
 }
 
 /// The chunks put off after `NotHeld`, in the order they may be asked
@@ -184,12 +188,16 @@ impl Engine<'_> {
             handed: Vec::new(),
             batch: Vec::new(),
             spare: Vec::new(),
+            endgame_from: None,
         };
         let end = loop {
             if let Err(end) = w.step(&mut conn) {
                 break end;
             }
         };
+        // The buffer in hand goes back to the (process-wide) pool for the
+        // next worker, of this download or of the next file.
+        self.pool.give(std::mem::take(&mut w.spare));
         let mut p = lock(&self.picker);
         for i in w.inflight {
             p.release(i);
@@ -243,7 +251,13 @@ impl Worker<'_, '_> {
                 return Err(WorkerEnd::Finished);
             }
             let _ = self.ev.try_send(Event::Idle);
-            let _ = self.slot.wake_rx.recv_timeout(Duration::from_millis(250));
+            // Waiting for the endgame's grace: back when it is over.
+            let wait = self.endgame_from.map_or(IDLE_WAIT, |t| {
+                (t + ENDGAME_GRACE)
+                    .saturating_duration_since(Instant::now())
+                    .clamp(Duration::from_millis(1), IDLE_WAIT)
+            });
+            let _ = self.slot.wake_rx.recv_timeout(wait);
             return Ok(());
         }
         if self.spare.capacity() == 0 {
@@ -288,8 +302,16 @@ impl Worker<'_, '_> {
         let mut p = lock(&e.picker);
         while self.inflight.len() < self.depth {
             // Endgame: only once every missing chunk is requested
-            // somewhere, and only one duplicate per idle worker.
-            let endgame = self.inflight.is_empty() && all_requested(&p);
+            // somewhere, this worker has had nothing else to do for
+            // ENDGAME_GRACE, and only one duplicate per idle worker.
+            let idle_at_the_end = self.inflight.is_empty() && all_requested(&p);
+            if !idle_at_the_end {
+                self.endgame_from = None;
+            }
+            let endgame = idle_at_the_end && {
+                let since = *self.endgame_from.get_or_insert_with(Instant::now);
+                since.elapsed() >= ENDGAME_GRACE
+            };
             let Some(pick) = p.pick(&has, endgame) else {
                 break;
             };
@@ -427,6 +449,10 @@ impl Worker<'_, '_> {
         Ok(())
     }
 }
+
+/// How long an idle worker waits for news (new locations, stopping)
+/// before it looks for work again.
+const IDLE_WAIT: Duration = Duration::from_millis(250);
 
 /// True when no missing chunk is waiting to be requested: the endgame.
 fn all_requested(p: &Picker) -> bool {

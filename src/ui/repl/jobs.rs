@@ -144,7 +144,12 @@ impl Jobs {
     pub fn start_set(&mut self, label: &str, plan: Vec<Planned>) -> std::io::Result<()> {
         let state = Arc::new(Mutex::new(DownloadState::Starting));
         let cancel = Arc::new(AtomicBool::new(false));
-        let (node, dir, opts) = (Arc::clone(&self.node), self.dir.clone(), self.opts.clone());
+        let (node, dir) = (Arc::clone(&self.node), self.dir.clone());
+        // The set syncs each folder once at the end (batch::run).
+        let opts = DownloadOptions {
+            sync_folder: false,
+            ..self.opts.clone()
+        };
         let (st, notices, l) = (Arc::clone(&state), self.notices.clone(), label.to_owned());
         let c = Arc::clone(&cancel);
         let handle = thread::Builder::new()
