@@ -10,7 +10,7 @@ mod util;
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -184,8 +184,7 @@ fn a_folder_downloads_whole_resumes_after_sigkill_and_keeps_to_its_prefix() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains("no file under \"nope/\""), "{err}");
         assert!(!nothing.exists(), "an unknown folder wrote {nothing:?}");
-        // Several names and a folder: --id makes no sense, no names is a
-        // usage error.
+        // No name at all: a usage error.
         let o = get(ta, &nothing, &[], &[]).output().unwrap();
         assert_eq!(o.status.code(), Some(2), "{o:?}");
 
@@ -289,6 +288,5 @@ fn a_folder_downloads_whole_resumes_after_sigkill_and_keeps_to_its_prefix() {
         let text = String::from_utf8_lossy(&o.stdout);
         assert!(text.contains("skipped  topx/a.bin"), "{text}");
         assert!(text.contains("downloaded 2 of 2 files"), "{text}");
-        let _ = PathBuf::new();
     });
 }

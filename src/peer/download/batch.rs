@@ -36,6 +36,13 @@ use crate::peer::{PeerError, Result};
 use crate::sync::lock;
 use crate::wire;
 
+/// Trackers that did not answer a query, and why.
+pub type Unanswered = Vec<(SocketAddr, PeerError)>;
+
+/// Downloads one file by name, reporting its progress: what a set's
+/// threads call for each file (a `Node`'s download, in the programs).
+pub type Fetch<'a> = dyn Fn(&str, &mut dyn FnMut(&Progress)) -> Result<Summary> + Sync + 'a;
+
 /// How often the combined progress is reported while files download.
 const PROGRESS_TICK: Duration = Duration::from_millis(200);
 
@@ -85,10 +92,7 @@ pub struct Planned {
 /// fetched. A name that is missing from a list the tracker cut short is
 /// kept (its own download decides); a folder that matches nothing in a cut
 /// list is still an error.
-pub fn plan(
-    trackers: &[SocketAddr],
-    wanted: &[String],
-) -> Result<(Vec<Planned>, Vec<(SocketAddr, PeerError)>)> {
+pub fn plan(trackers: &[SocketAddr], wanted: &[String]) -> Result<(Vec<Planned>, Unanswered)> {
     for w in wanted {
         validate_wanted(w).map_err(PeerError::Invalid)?;
     }
@@ -221,7 +225,7 @@ pub fn run(
     files: &[Planned],
     jobs: usize,
     cancel: Option<&AtomicBool>,
-    fetch: &(dyn Fn(&str, &mut dyn FnMut(&Progress)) -> Result<Summary> + Sync),
+    fetch: &Fetch<'_>,
     on_progress: &mut dyn FnMut(&BatchProgress),
     on_done: &mut dyn FnMut(&FileOutcome),
 ) -> Vec<FileOutcome> {
@@ -310,7 +314,7 @@ fn take_files(
     next: &AtomicUsize,
     cancel: Option<&AtomicBool>,
     shared: &Mutex<Shared>,
-    fetch: &(dyn Fn(&str, &mut dyn FnMut(&Progress)) -> Result<Summary> + Sync),
+    fetch: &Fetch<'_>,
     tx: &crossbeam_channel::Sender<(usize, FileOutcome)>,
 ) {
     loop {

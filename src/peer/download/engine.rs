@@ -120,8 +120,11 @@ pub(super) struct ChunkPool {
 /// being read.
 const POOL_BUFFERS: usize = 6;
 
+/// Both ends of the idle buffers' channel.
+type PoolChannel = (Sender<Vec<u8>>, Receiver<Vec<u8>>);
+
 /// The process's idle buffers.
-static POOL: std::sync::OnceLock<(Sender<Vec<u8>>, Receiver<Vec<u8>>)> = std::sync::OnceLock::new();
+static POOL: std::sync::OnceLock<PoolChannel> = std::sync::OnceLock::new();
 
 impl ChunkPool {
     fn new() -> ChunkPool {
