@@ -301,6 +301,13 @@ pub struct TrackerArgs {
     /// network in clear)
     #[argh(option)]
     pub key_file: Option<PathBuf>,
+    /// also serve a live web dashboard, JSON (/api/files) and Prometheus
+    /// metrics (/metrics) over HTTP on ADDR, e.g.
+    /// 127.0.0.1:{DEFAULT_DASHBOARD_PORT} (a port alone binds loopback; off
+    /// unless given). It shows every file name, size, holder address and
+    /// chunk map to whoever can reach it, without the network key
+    #[argh(option, from_str_fn(parse_http_listen))]
+    pub http: Option<SocketAddr>,
     /// log every connection, registration and request (RUST_LOG works too)
     #[argh(switch, short = 'v')]
     pub verbose: bool,
@@ -417,6 +424,16 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 /// `--listen` of the tracker: an IP address alone gets the default port.
 pub fn parse_tracker_listen(s: &str) -> Result<SocketAddr, String> {
     listen_addr(s, limits::DEFAULT_TRACKER_PORT)
+}
+
+/// `--http` of the tracker: a port alone binds loopback (the dashboard
+/// shows the whole registry, so reaching it from elsewhere must be asked
+/// for with an address); an IP address alone gets the suggested port.
+pub fn parse_http_listen(s: &str) -> Result<SocketAddr, String> {
+    match s.trim().parse::<u16>() {
+        Ok(p) => Ok(SocketAddr::from(([127, 0, 0, 1], p))),
+        Err(_) => listen_addr(s, limits::DEFAULT_DASHBOARD_PORT),
+    }
 }
 
 /// The tracker's address as `host:port`: `--tracker` if given, else
