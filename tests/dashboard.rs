@@ -77,7 +77,11 @@ fn get(addr: SocketAddr, path: &str) -> Response {
 fn get_json(addr: SocketAddr, path: &str) -> Value {
     let r = get(addr, path);
     assert_eq!(r.status, 200, "GET {path}: {}\n{}", r.head, r.body);
-    assert!(r.head.contains("Content-Type: application/json"), "{}", r.head);
+    assert!(
+        r.head.contains("Content-Type: application/json"),
+        "{}",
+        r.head
+    );
     serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("GET {path}: {e}: {}", r.body))
 }
 
@@ -97,23 +101,36 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
         if line.starts_with('#') {
             let words: Vec<&str> = line.split_whitespace().collect();
             if matches!(words.get(1), Some(&"HELP") | Some(&"TYPE")) {
-                assert!(words.len() >= 3 && is_name(words[2]), "bad comment: {line:?}");
+                assert!(
+                    words.len() >= 3 && is_name(words[2]),
+                    "bad comment: {line:?}"
+                );
             }
             if words.get(1) == Some(&"TYPE") {
-                assert!(matches!(words.get(3), Some(&"gauge") | Some(&"counter")), "{line:?}");
+                assert!(
+                    matches!(words.get(3), Some(&"gauge") | Some(&"counter")),
+                    "{line:?}"
+                );
             }
             continue;
         }
         let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value: {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line:?}"));
         let name = match series.split_once('{') {
             None => series,
             Some((name, labels)) => {
-                let labels = labels.strip_suffix('}').unwrap_or_else(|| panic!("{line:?}"));
+                let labels = labels
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("{line:?}"));
                 for pair in labels.split(',') {
                     let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("{line:?}"));
                     assert!(is_name(k), "bad label name: {line:?}");
-                    assert!(v.len() >= 2 && v.starts_with('"') && v.ends_with('"'), "{line:?}");
+                    assert!(
+                        v.len() >= 2 && v.starts_with('"') && v.ends_with('"'),
+                        "{line:?}"
+                    );
                 }
                 name
             }
@@ -155,8 +172,16 @@ fn swarm(tag: &str, chunks: u32, limit: &str) -> Swarm {
             .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"]),
     );
     let tracker = addr_in(&t.wait_line("tracker listening on"));
-    let http = addr_in(&t.wait_line("dashboard on").replace("http://", "").replace('/', " "));
-    write(&s.sub("a"), NAME, &pattern(chunks as usize * CHUNK as usize, 7));
+    let http = addr_in(
+        &t.wait_line("dashboard on")
+            .replace("http://", "")
+            .replace('/', " "),
+    );
+    write(
+        &s.sub("a"),
+        NAME,
+        &pattern(chunks as usize * CHUNK as usize, 7),
+    );
     let (sharer_proc, sharer) = start_share(tracker, &s.sub("a"), limit);
     Swarm {
         scratch: s,
@@ -192,7 +217,13 @@ impl Swarm {
             .iter()
             .map(|h| {
                 let ep = h["endpoint"].as_str().unwrap().to_owned();
-                (ep, (h["chunks"].as_u64().unwrap(), h["have"].as_str().unwrap().to_owned()))
+                (
+                    ep,
+                    (
+                        h["chunks"].as_u64().unwrap(),
+                        h["have"].as_str().unwrap().to_owned(),
+                    ),
+                )
             })
             .collect()
     }
@@ -216,7 +247,9 @@ fn map_of(have_hex: &str, chunks: u32) -> String {
         .map(|i| u8::from_str_radix(&have_hex[i..i + 2], 16).unwrap())
         .collect();
     let b = Bitmap::from_bytes(chunks, &bytes).expect("bitmap");
-    (0..chunks).map(|i| if b.get(i) { '#' } else { '.' }).collect()
+    (0..chunks)
+        .map(|i| if b.get(i) { '#' } else { '.' })
+        .collect()
 }
 
 #[test]
@@ -237,7 +270,8 @@ fn api_says_what_list_and_where_say_and_metrics_move() {
         let want: Vec<String> = [sw.sharer, g1, g2].iter().map(|a| a.to_string()).collect();
         wait_until(60, "both downloads complete on the tracker", || {
             let h = sw.holders();
-            want.iter().all(|ep| h.get(ep).is_some_and(|(c, _)| *c == 48))
+            want.iter()
+                .all(|ep| h.get(ep).is_some_and(|(c, _)| *c == 48))
         });
 
         // /api/files is `peer list`.
@@ -250,7 +284,10 @@ fn api_says_what_list_and_where_say_and_metrics_move() {
         assert_eq!(f["length"].as_u64(), Some(length));
         assert_eq!(f["chunk_size"].as_u64(), Some(u64::from(CHUNK)));
         assert_eq!(f["chunk_count"].as_u64(), Some(48));
-        assert_eq!((f["sources"].as_u64(), f["complete_sources"].as_u64()), (Some(3), Some(3)));
+        assert_eq!(
+            (f["sources"].as_u64(), f["complete_sources"].as_u64()),
+            (Some(3), Some(3))
+        );
         let id = p2pfs::chunks::ContentId::compute(
             length,
             CHUNK,
@@ -261,7 +298,10 @@ fn api_says_what_list_and_where_say_and_metrics_move() {
         );
         assert_eq!(f["id"].as_str(), Some(id.to_string().as_str()));
         let line = list.lines().next().unwrap();
-        assert!(line.starts_with(NAME) && line.contains(&format!(" {length} bytes")), "{list}");
+        assert!(
+            line.starts_with(NAME) && line.contains(&format!(" {length} bytes")),
+            "{list}"
+        );
 
         // /api/files/NAME is `peer where NAME`: the same endpoints, counts
         // and chunk maps.
@@ -291,7 +331,10 @@ fn api_says_what_list_and_where_say_and_metrics_move() {
         assert_eq!(m1["p2pfs_tracker_peers"], 3.0);
         let registers1 = m1["p2pfs_tracker_requests_total{kind=\"ChunkRegister\"}"];
         // (a download may also tell some chunks in a Register rather than one by one)
-        assert!(registers1 >= registers0 + 48.0, "{registers0} -> {registers1}");
+        assert!(
+            registers1 >= registers0 + 48.0,
+            "{registers0} -> {registers1}"
+        );
         assert!(m1["p2pfs_tracker_requests_total{kind=\"Locate\"}"] >= 2.0);
         assert!(m1["p2pfs_http_requests_total{route=\"api\"}"] >= 3.0);
         assert!(m1["p2pfs_tracker_registry_bytes"] > m0["p2pfs_tracker_registry_bytes"]);
@@ -308,7 +351,10 @@ fn api_says_what_list_and_where_say_and_metrics_move() {
         assert_eq!((head.status, head.body.as_str()), (200, ""));
         let page = get(sw.http, "/");
         assert!(page.body.contains("<script src=\"/app.js\""));
-        assert!(page.head.contains("Content-Security-Policy: default-src 'none'"));
+        assert!(
+            page.head
+                .contains("Content-Security-Policy: default-src 'none'")
+        );
     });
 }
 
@@ -336,7 +382,10 @@ fn hostile_http_leaves_the_tracker_serving_peers() {
             Ok(r) => assert_eq!(r.status, 431, "{}", r.head),
             // The server may close before reading all we send (a reset).
             Err(e) => assert!(
-                matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe),
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ),
                 "{e}"
             ),
         }
@@ -368,7 +417,10 @@ fn hostile_http_leaves_the_tracker_serving_peers() {
             .collect();
         assert!(idle.len() >= 900, "only {} connected", idle.len());
         let grown = threads().saturating_sub(before);
-        assert!(grown < 40, "{grown} more threads with 1,000 HTTP connections open");
+        assert!(
+            grown < 40,
+            "{grown} more threads with 1,000 HTTP connections open"
+        );
 
         // Meanwhile a peer registers, lists and downloads as usual.
         let data = pattern(40 * CHUNK as usize, 3);
@@ -382,20 +434,29 @@ fn hostile_http_leaves_the_tracker_serving_peers() {
             .expect("download");
         assert_eq!(std::fs::read(s.sub("d").join("f")).unwrap(), data);
         let took = started.elapsed();
-        assert!(took < Duration::from_secs(10), "register + list + download took {took:?}");
+        assert!(
+            took < Duration::from_secs(10),
+            "register + list + download took {took:?}"
+        );
 
         // The slow clients were cut off at the request deadline, and the
         // dashboard answers again once the flood is gone.
         drop(idle);
         for h in slow {
             let held = h.join().unwrap();
-            assert!(held < Duration::from_secs(15), "a slowloris client kept for {held:?}");
+            assert!(
+                held < Duration::from_secs(15),
+                "a slowloris client kept for {held:?}"
+            );
         }
         wait_until(10, "the dashboard answers again", || {
             exchange(ha, b"GET /api/files HTTP/1.1\r\n\r\n").is_ok_and(|r| r.status == 200)
         });
         let m = metrics(ha);
-        assert!(m["p2pfs_http_dropped_total{reason=\"timeout\"}"] >= 1.0, "{m:?}");
+        assert!(
+            m["p2pfs_http_dropped_total{reason=\"timeout\"}"] >= 1.0,
+            "{m:?}"
+        );
         assert!(m["p2pfs_http_requests_total{route=\"too_large\"}"] >= 2.0);
         drop((seed, d));
     });
@@ -418,9 +479,18 @@ fn chromium() -> Option<&'static str> {
 /// `screenshot`, saves a picture of the page there instead.
 fn browse(chrome: &str, profile: &Path, url: &str, screenshot: Option<&Path>) -> String {
     let mut cmd = Command::new(chrome);
-    cmd.args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
-        .args(["--no-first-run", "--disable-extensions", "--virtual-time-budget=2500"])
-        .arg(format!("--user-data-dir={}", profile.display()));
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+    ])
+    .args([
+        "--no-first-run",
+        "--disable-extensions",
+        "--virtual-time-budget=2500",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
     match screenshot {
         Some(p) => cmd
             .arg("--window-size=1600,900")
@@ -482,8 +552,14 @@ fn a_browser_shows_every_holder_and_a_filling_chunk_grid() {
         let second = browse(chrome, &profile, &url, None);
         let escaped = "climbing &lt;photo&gt; \"été\" &amp; co.jpg";
         for dom in [&first, &second] {
-            assert!(dom.contains(escaped), "the file name is not on the page:\n{dom}");
-            assert!(!dom.contains("<photo>"), "a name was inserted as HTML:\n{dom}");
+            assert!(
+                dom.contains(escaped),
+                "the file name is not on the page:\n{dom}"
+            );
+            assert!(
+                !dom.contains("<photo>"),
+                "a name was inserted as HTML:\n{dom}"
+            );
             for ep in [sw.sharer, g1, g2] {
                 assert!(
                     dom.contains(&format!("data-endpoint=\"{ep}\"")),
@@ -495,6 +571,9 @@ fn a_browser_shows_every_holder_and_a_filling_chunk_grid() {
         }
         let (a, b) = (held_cells(&first), held_cells(&second));
         assert!(a >= 64, "the sharer's 64 held cells are missing ({a})");
-        assert!(b > a, "the held cells did not grow between two loads: {a} then {b}");
+        assert!(
+            b > a,
+            "the held cells did not grow between two loads: {a} then {b}"
+        );
     });
 }

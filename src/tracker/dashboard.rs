@@ -182,8 +182,11 @@ pub struct Dashboard {
     cache: Mutex<HashMap<String, (Instant, Reply)>>,
     /// Content ids by file name, with the hash list each was computed
     /// from (a file registered again with other content gets a new one).
-    ids: Mutex<HashMap<String, (Arc<[Digest]>, ContentId)>>,
+    ids: Mutex<HashMap<String, IdEntry>>,
 }
+
+/// A content id and the hash list it was computed from.
+type IdEntry = (Arc<[Digest]>, ContentId);
 
 impl Dashboard {
     pub(super) fn new(view: View) -> Dashboard {
@@ -207,7 +210,10 @@ impl Dashboard {
 
     fn route(&self, method: &str, target: &str) -> (&'static str, Reply) {
         if method != "GET" && method != "HEAD" {
-            return ("method_not_allowed", Reply::text(405, "only GET and HEAD\n"));
+            return (
+                "method_not_allowed",
+                Reply::text(405, "only GET and HEAD\n"),
+            );
         }
         let path = target.split_once('?').map_or(target, |(p, _)| p);
         match path {
@@ -246,7 +252,11 @@ impl Dashboard {
     fn metrics(&self) -> Reply {
         let stats = self.view.registry().stats();
         let text = metrics::render(self.counters(), &self.view.gauges(stats));
-        Reply::new(200, "text/plain; version=0.0.4; charset=utf-8", text.into_bytes())
+        Reply::new(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            text.into_bytes(),
+        )
     }
 
     fn files(&self) -> Reply {
@@ -267,13 +277,26 @@ impl Dashboard {
             return Reply::json(400, &ErrorJson { error });
         };
         if let Err(e) = crate::wire::validate_name(&name) {
-            return Reply::json(400, &ErrorJson { error: &e.to_string() });
+            return Reply::json(
+                400,
+                &ErrorJson {
+                    error: &e.to_string(),
+                },
+            );
         }
         self.cached(&format!("file:{name}"), || {
-            let detail = self.view.registry().file_detail(&name, DASHBOARD_MAX_HOLDERS);
+            let detail = self
+                .view
+                .registry()
+                .file_detail(&name, DASHBOARD_MAX_HOLDERS);
             match detail {
                 Some(d) => self.detail(&d),
-                None => Reply::json(404, &ErrorJson { error: "no such file on the tracker" }),
+                None => Reply::json(
+                    404,
+                    &ErrorJson {
+                        error: "no such file on the tracker",
+                    },
+                ),
             }
         })
     }
@@ -318,7 +341,8 @@ impl Dashboard {
 
     /// Drops the ids of files that are no longer listed.
     fn forget_ids_but(&self, files: &[FileView]) {
-        let names: std::collections::HashSet<&str> = files.iter().map(|f| f.name.as_str()).collect();
+        let names: std::collections::HashSet<&str> =
+            files.iter().map(|f| f.name.as_str()).collect();
         crate::sync::lock(&self.ids).retain(|n, _| names.contains(n.as_str()));
     }
 }

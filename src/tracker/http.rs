@@ -219,9 +219,13 @@ fn serve(stream: &TcpStream, accepted: Instant, app: &Dashboard) {
     };
     let _ = stream.set_write_timeout(Some(HTTP_WRITE_TIMEOUT));
     let mut out = stream;
-    let written = out
-        .write_all(&reply.head())
-        .and_then(|()| if head_only { Ok(()) } else { out.write_all(&reply.body) });
+    let written = out.write_all(&reply.head()).and_then(|()| {
+        if head_only {
+            Ok(())
+        } else {
+            out.write_all(&reply.body)
+        }
+    });
     if let Err(e) = written {
         debug!("dashboard: cannot write a response: {e}");
         app.counters().http_dropped("error");
@@ -247,7 +251,12 @@ fn read_head(stream: &TcpStream, deadline: Instant) -> Head {
         let n = match (&mut &*stream).read(&mut piece[..room]) {
             Ok(0) => return Head::Drop("error"),
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Head::Drop("timeout");
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -90,7 +90,13 @@ impl Counters {
     /// One error answered, or one file of a Register refused, with `code`.
     pub fn refusal(&self, code: ErrorCode) {
         let i = usize::from(code.to_u16());
-        bump(&self.refusals[if i < ERROR_CODES - 1 { i } else { ERROR_CODES - 1 }]);
+        bump(
+            &self.refusals[if i < ERROR_CODES - 1 {
+                i
+            } else {
+                ERROR_CODES - 1
+            }],
+        );
     }
 
     /// One connection ended.
@@ -156,55 +162,186 @@ fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(out, "{name} {value}");
 }
 
+/// Writes a labelled counter: its head, then one line per (label value,
+/// count).
+fn labelled<'a>(
+    out: &mut String,
+    (name, label, help): (&str, &str, &str),
+    values: impl Iterator<Item = (&'a str, u64)>,
+) {
+    head(out, name, "counter", help);
+    for (v, n) in values {
+        let _ = writeln!(out, "{name}{{{label}=\"{v}\"}} {n}");
+    }
+}
+
+/// The gauges of /metrics: name, help, value.
+fn gauge_values(g: &Gauges) -> [(&'static str, &'static str, u64); 8] {
+    let r = &g.registry;
+    [
+        (
+            "p2pfs_tracker_peers",
+            "Registered peers (control connections with a Register).",
+            r.peers as u64,
+        ),
+        (
+            "p2pfs_tracker_connections",
+            "Open tracker connections.",
+            g.connections as u64,
+        ),
+        (
+            "p2pfs_tracker_files",
+            "Files known to the tracker.",
+            r.files as u64,
+        ),
+        (
+            "p2pfs_tracker_chunks",
+            "Chunks registered: the chunk counts of all files, each file once.",
+            r.chunks,
+        ),
+        (
+            "p2pfs_tracker_holders",
+            "(file, peer) pairs: a peer holding three files counts three times.",
+            r.holders as u64,
+        ),
+        (
+            "p2pfs_tracker_sources",
+            "Holders with at least one chunk.",
+            r.sources as u64,
+        ),
+        (
+            "p2pfs_tracker_registry_bytes",
+            "Estimated heap bytes of the registry's tables.",
+            r.memory_bytes,
+        ),
+        (
+            "p2pfs_tracker_uptime_seconds",
+            "Seconds since the tracker started.",
+            g.uptime_s,
+        ),
+    ]
+}
+
 /// The Prometheus text exposition of `c` and `g`. Label values are fixed
 /// words (message kinds, error names, route names), never peer data.
 pub fn render(c: &Counters, g: &Gauges) -> String {
     let mut out = String::with_capacity(4096);
-    let r = &g.registry;
-    gauge(&mut out, "p2pfs_tracker_peers", "Registered peers (control connections with a Register).", r.peers as u64);
-    gauge(&mut out, "p2pfs_tracker_connections", "Open tracker connections.", g.connections as u64);
-    gauge(&mut out, "p2pfs_tracker_files", "Files known to the tracker.", r.files as u64);
-    gauge(&mut out, "p2pfs_tracker_chunks", "Chunks registered: the chunk counts of all files, each file once.", r.chunks);
-    gauge(&mut out, "p2pfs_tracker_holders", "(file, peer) pairs: a peer holding three files counts three times.", r.holders as u64);
-    gauge(&mut out, "p2pfs_tracker_sources", "Holders with at least one chunk.", r.sources as u64);
-    gauge(&mut out, "p2pfs_tracker_registry_bytes", "Estimated heap bytes of the registry's tables.", r.memory_bytes);
-    gauge(&mut out, "p2pfs_tracker_uptime_seconds", "Seconds since the tracker started.", g.uptime_s);
-    let name = "p2pfs_tracker_requests_total";
-    head(&mut out, name, "counter", "Requests received, by message kind.");
-    for (code, n) in c.names.iter().enumerate() {
-        if let Some(kind) = n.get() {
-            let v = c.requests[code].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {v}");
-        }
+    for (name, help, value) in gauge_values(g) {
+        gauge(&mut out, name, help, value);
     }
-    let name = "p2pfs_tracker_refusals_total";
-    head(&mut out, name, "counter", "Errors answered and files refused, by reason (the wire error code's name).");
-    for (i, v) in c.refusals.iter().enumerate() {
-        let reason = match i {
-            0 => continue,
-            i if i < ERROR_CODES - 1 => format!("{:?}", ErrorCode::from_u16(i as u16)),
-            _ => "Other".to_owned(),
-        };
-        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {}", v.load(Ordering::Relaxed));
-    }
-    let name = "p2pfs_tracker_connections_ended_total";
-    head(&mut out, name, "counter", "Tracker connections ended, by how they ended.");
-    for (reason, v) in ENDS.iter().zip(&c.ends) {
-        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {}", v.load(Ordering::Relaxed));
-    }
-    let name = "p2pfs_tracker_connection_cap_hits_total";
-    head(&mut out, name, "counter", "Connections refused Busy over a connection cap, by cap.");
-    let _ = writeln!(out, "{name}{{cap=\"total\"}} {}", g.cap_total);
-    let _ = writeln!(out, "{name}{{cap=\"per_ip\"}} {}", g.cap_per_ip);
-    let name = "p2pfs_http_requests_total";
-    head(&mut out, name, "counter", "Dashboard HTTP requests answered, by route.");
-    for (route, v) in ROUTES.iter().zip(&c.http) {
-        let _ = writeln!(out, "{name}{{route=\"{route}\"}} {}", v.load(Ordering::Relaxed));
-    }
-    let name = "p2pfs_http_dropped_total";
-    head(&mut out, name, "counter", "Dashboard HTTP connections dropped unanswered (busy: answered 503), by reason.");
-    for (reason, v) in DROPS.iter().zip(&c.http_dropped) {
-        let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {}", v.load(Ordering::Relaxed));
-    }
+    write_counters(&mut out, c, g);
     out
+}
+
+/// The counters of /metrics.
+fn write_counters(out: &mut String, c: &Counters, g: &Gauges) {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let kinds = (0..256).filter_map(|code| Some((*c.names[code].get()?, load(&c.requests[code]))));
+    labelled(
+        out,
+        (
+            "p2pfs_tracker_requests_total",
+            "kind",
+            "Requests received, by message kind.",
+        ),
+        kinds,
+    );
+    let reasons: Vec<(String, u64)> = (1..ERROR_CODES)
+        .map(|i| {
+            let reason = if i < ERROR_CODES - 1 {
+                format!("{:?}", ErrorCode::from_u16(i as u16))
+            } else {
+                "Other".to_owned()
+            };
+            (reason, load(&c.refusals[i]))
+        })
+        .collect();
+    labelled(
+        out,
+        (
+            "p2pfs_tracker_refusals_total",
+            "reason",
+            "Errors answered and files refused, by reason (the wire error code's name).",
+        ),
+        reasons.iter().map(|(r, n)| (r.as_str(), *n)),
+    );
+    labelled(
+        out,
+        (
+            "p2pfs_tracker_connections_ended_total",
+            "reason",
+            "Tracker connections ended, by how they ended.",
+        ),
+        ENDS.iter().zip(&c.ends).map(|(r, n)| (*r, load(n))),
+    );
+    labelled(
+        out,
+        (
+            "p2pfs_tracker_connection_cap_hits_total",
+            "cap",
+            "Connections refused Busy over a connection cap, by cap.",
+        ),
+        [("total", g.cap_total), ("per_ip", g.cap_per_ip)].into_iter(),
+    );
+    labelled(
+        out,
+        (
+            "p2pfs_http_requests_total",
+            "route",
+            "Dashboard HTTP requests answered, by route.",
+        ),
+        ROUTES.iter().zip(&c.http).map(|(r, n)| (*r, load(n))),
+    );
+    labelled(
+        out,
+        (
+            "p2pfs_http_dropped_total",
+            "reason",
+            "Dashboard HTTP connections dropped unanswered (busy: answered 503), by reason.",
+        ),
+        DROPS
+            .iter()
+            .zip(&c.http_dropped)
+            .map(|(r, n)| (*r, load(n))),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_line_is_a_comment_or_a_sample() {
+        let c = Counters::default();
+        c.request(&Message::ListFiles);
+        c.request(&Message::ListFiles);
+        c.refusal(ErrorCode::Busy);
+        c.refusal(ErrorCode::Other(999));
+        c.ended(&End::Idle);
+        c.http("api");
+        let text = render(&c, &Gauges::default());
+        for line in text.lines() {
+            assert!(
+                line.starts_with("# HELP p2pfs_") || line.starts_with("# TYPE p2pfs_") || {
+                    let (series, value) = line.rsplit_once(' ').unwrap();
+                    series.starts_with("p2pfs_") && value.parse::<f64>().is_ok()
+                },
+                "{line}"
+            );
+        }
+        for want in [
+            "p2pfs_tracker_requests_total{kind=\"ListFiles\"} 2",
+            "p2pfs_tracker_refusals_total{reason=\"Busy\"} 1",
+            "p2pfs_tracker_refusals_total{reason=\"Other\"} 1",
+            "p2pfs_tracker_connections_ended_total{reason=\"idle\"} 1",
+            "p2pfs_http_requests_total{route=\"api\"} 1",
+            "# TYPE p2pfs_tracker_peers gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l == want),
+                "{want} missing from\n{text}"
+            );
+        }
+        assert_eq!(c.requests_of("ListFiles"), 2);
+    }
 }

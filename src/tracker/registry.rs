@@ -1475,6 +1475,92 @@ mod tests {
         );
     }
 
+    #[test]
+    fn gains_average_the_last_complete_seconds() {
+        let mut g = Gains::starting(100);
+        for _ in 0..10 {
+            g.add(101);
+        }
+        for _ in 0..5 {
+            g.add(103);
+        }
+        // Seconds 101..=105 complete at 106: 15 chunks in 5 s.
+        assert_eq!(g.rate(106, 100, 5), 3.0);
+        // Started at 102: only its 4 seconds count (103's 5 chunks).
+        assert_eq!(g.rate(106, 102, 5), 1.25);
+        // The second in progress does not count yet.
+        assert_eq!(g.rate(101, 100, 5), 0.0);
+        // Old seconds fall out of the window and out of the ring.
+        assert_eq!(g.rate(108, 100, 5), 1.0);
+        assert_eq!(g.rate(200, 100, 5), 0.0);
+        g.add(200);
+        assert_eq!(g.rate(201, 100, 5), 0.2);
+        // A burst saturates, never wraps.
+        let mut g = Gains::starting(0);
+        for _ in 0..70_000 {
+            g.add(1);
+        }
+        assert_eq!(g.rate(2, 0, 1), f64::from(u16::MAX));
+    }
+
+    #[test]
+    fn the_dashboard_sees_holders_their_age_speed_and_completeness() {
+        let mut r = Registry::new();
+        r.set_clock(10);
+        r.register(1, ep(1), vec![entry("a", 8 * 1024, 1)]);
+        r.register(2, ep(2), vec![]);
+        r.set_clock(12);
+        for i in 0..4 {
+            r.chunk_register(2, "a", i).unwrap();
+        }
+        r.set_clock(15);
+        let d = r.file_detail("a", 10).unwrap();
+        assert_eq!((d.file.sources, d.file.complete_sources), (2, 1));
+        assert_eq!(d.file.geometry.count(), 8);
+        let h: Vec<_> = d
+            .holders
+            .iter()
+            .map(|h| (h.endpoint, h.chunks, h.registered_for, h.chunks_per_s))
+            .collect();
+        // 4 chunks in its first second, averaged over the 3 complete
+        // seconds since it became a holder.
+        assert_eq!(h, vec![(ep(1), 8, 5, 0.0), (ep(2), 4, 3, 4.0 / 3.0)]);
+        assert_eq!(d.holders[1].have, vec![0xf0]);
+        for i in 4..8 {
+            r.chunk_register(2, "a", i).unwrap();
+        }
+        let (files, truncated) = r.files_view(10);
+        assert!(!truncated);
+        assert_eq!((files[0].sources, files[0].complete_sources), (2, 2));
+        assert_eq!(r.file_detail("a", 1).unwrap().holders.len(), 1);
+        assert!(r.file_detail("b", 10).is_none());
+        // A re-register keeps when it became a holder.
+        r.set_clock(30);
+        r.register(2, ep(2), vec![entry("a", 8 * 1024, 1)]);
+        assert_eq!(
+            r.file_detail("a", 10).unwrap().holders[1].registered_for,
+            18
+        );
+        let s = r.stats();
+        assert_eq!(
+            (s.peers, s.files, s.chunks, s.holders, s.sources),
+            (2, 1, 8, 2, 2)
+        );
+        assert!(s.memory_bytes > 8 * 20, "{s:?}");
+        r.remove_peer(1);
+        assert_eq!(r.files_view(10).0[0].complete_sources, 1);
+    }
+
+    /// docs/architecture.md states what the dashboard's facts cost per
+    /// holder: the holder entry beside its bitmap, and the flag in the
+    /// source index.
+    #[test]
+    fn a_holders_dashboard_facts_take_24_bytes() {
+        use std::mem::size_of;
+        assert_eq!(size_of::<Holder>() - size_of::<Bitmap>(), 24);
+        assert_eq!(size_of::<Gains>(), 20);
+    }
+
     /// Resident memory of a full registry, by hand (release build; it
     /// allocates about 1.1 GiB):
     /// `cargo test --release --lib memory_of_a_full_registry -- --ignored --nocapture`.

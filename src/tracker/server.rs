@@ -294,8 +294,8 @@ impl Tracker {
                 admission: tracker.server.admission(),
             };
             // On failure, dropping `tracker` shuts the tracker down again.
-            let http = Http::start(addr, view)
-                .map_err(|source| TrackerError::Http { addr, source })?;
+            let http =
+                Http::start(addr, view).map_err(|source| TrackerError::Http { addr, source })?;
             info!("dashboard on http://{}/", http.local_addr());
             tracker.http = Some(http);
         }
@@ -307,11 +307,6 @@ impl Tracker {
         self.http.as_ref().map(Http::local_addr)
     }
 
-    /// Requests received so far of the kind named `kind` (a message kind,
-    /// e.g. "ChunkRegister").
-    pub fn requests_of(&self, kind: &str) -> u64 {
-        self.state.counters.requests_of(kind)
-    }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
