@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 use log::{debug, warn};
 
 use super::dashboard::{Dashboard, Reply};
@@ -44,6 +44,8 @@ pub use crate::limits::{
 /// How long a closing connection's unread input is drained, so the client
 /// reads our answer rather than a reset.
 const LINGER: Duration = Duration::from_millis(100);
+/// How often an idle worker looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(200);
 
 /// A running dashboard server. Dropping it shuts it down.
 pub struct Http {
@@ -79,9 +81,10 @@ impl Http {
         };
         for i in 0..HTTP_WORKERS {
             let (rx, app, serving) = (rx.clone(), Arc::clone(&app), Arc::clone(&serving));
+            let stop = Arc::clone(&stop);
             let spawned = thread::Builder::new()
                 .name(format!("tracker-http-{}", i + 1))
-                .spawn(move || worker(&rx, &app, &serving[i]));
+                .spawn(move || worker(&rx, &app, &serving[i], &stop));
             match spawned {
                 Ok(h) => http.workers.push(h),
                 Err(e) => {
@@ -184,9 +187,23 @@ fn refuse_busy(s: TcpStream) {
     let _ = s.shutdown(Shutdown::Write);
 }
 
-/// A worker: serve queued connections until the queue is closed.
-fn worker(rx: &Receiver<Queued>, app: &Dashboard, slot: &Mutex<Option<TcpStream>>) {
-    while let Ok((stream, accepted)) = rx.recv() {
+/// A worker: serve queued connections until the queue is closed, or the
+/// stop flag is set (should the accept thread not have been woken).
+fn worker(
+    rx: &Receiver<Queued>,
+    app: &Dashboard,
+    slot: &Mutex<Option<TcpStream>>,
+    stop: &AtomicBool,
+) {
+    loop {
+        let (stream, accepted) = match rx.recv_timeout(STOP_POLL) {
+            Ok(q) => q,
+            Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::SeqCst) => continue,
+            Err(_) => return,
+        };
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
         *crate::sync::lock(slot) = stream.try_clone().ok();
         serve(&stream, accepted, app);
         *crate::sync::lock(slot) = None;
@@ -210,7 +227,12 @@ fn serve(stream: &TcpStream, accepted: Instant, app: &Dashboard) {
         Head::Request(method, target) => (app.answer(&method, &target), method == "HEAD"),
         Head::Reject(status, route) => {
             app.counters().http(route);
-            (Reply::text(status, "bad request\n"), false)
+            let why = if status == 431 {
+                "request head too large\n"
+            } else {
+                "bad request\n"
+            };
+            (Reply::text(status, why), false)
         }
         Head::Drop(why) => {
             app.counters().http_dropped(why);

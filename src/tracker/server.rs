@@ -307,7 +307,6 @@ impl Tracker {
         self.http.as_ref().map(Http::local_addr)
     }
 
-
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
