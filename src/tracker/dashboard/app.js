@@ -206,6 +206,7 @@ async function poll() {
     if (!chosen && list.files.length === 1) chosen = list.files[0].name;
     drawFiles(list);
     $("chosen").hidden = !chosen;
+    $("pick").hidden = Boolean(chosen) || list.files.length === 0;
     if (chosen) {
       const detail = await getJson("/api/files/" + encodeURIComponent(chosen));
       if (detail) drawHolders(detail); else { $("chosen-name").textContent = chosen; fileGone(); }
