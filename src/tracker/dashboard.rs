@@ -45,8 +45,10 @@ const APP_JS: &str = include_str!("dashboard/app.js");
 const STYLE_CSS: &str = include_str!("dashboard/style.css");
 
 /// Most answers kept in the cache (the file list, /metrics, and the files
-/// asked about most recently).
+/// asked about most recently), and most bytes of them: an answer that
+/// would not fit is made again for each request.
 const CACHE_ENTRIES: usize = 32;
+const CACHE_BYTES: usize = 16 << 20;
 
 /// Sent with every answer: nothing on the page may load or run anything
 /// but its own script and style, and no other site may frame it.
@@ -239,13 +241,15 @@ impl Dashboard {
         }
         let reply = make();
         let mut cache = crate::sync::lock(&self.cache);
-        if cache.len() >= CACHE_ENTRIES {
+        let bytes = |c: &HashMap<String, (Instant, Reply)>| -> usize {
+            c.values().map(|(_, r)| r.body.len()).sum()
+        };
+        if cache.len() >= CACHE_ENTRIES || bytes(&cache) + reply.body.len() > CACHE_BYTES {
             cache.retain(|_, (at, _)| at.elapsed() < DASHBOARD_SNAPSHOT_TTL);
-            if cache.len() >= CACHE_ENTRIES {
-                cache.clear();
-            }
         }
-        cache.insert(key.to_owned(), (Instant::now(), reply.clone()));
+        if cache.len() < CACHE_ENTRIES && bytes(&cache) + reply.body.len() <= CACHE_BYTES {
+            cache.insert(key.to_owned(), (Instant::now(), reply.clone()));
+        }
         reply
     }
 

@@ -12,8 +12,9 @@
 //! - `tracker-http-N` ([`HTTP_WORKERS`] of them): read one request head of
 //!   at most [`HTTP_MAX_HEAD`] bytes within [`HTTP_REQUEST_TIMEOUT`] of its
 //!   connection being accepted, however slowly its bytes come (a client
-//!   sending a byte a second is cut off there), answer it within
-//!   [`HTTP_WRITE_TIMEOUT`], close.
+//!   sending a byte a second is cut off there), write the whole answer
+//!   within [`HTTP_WRITE_TIMEOUT`] (a client that reads slowly is cut off
+//!   there), close.
 //!
 //! The request head is parsed by `httparse`; what each path answers is
 //! [`super::dashboard`]'s. Nothing here touches the registry. Shutdown: set
@@ -239,21 +240,38 @@ fn serve(stream: &TcpStream, accepted: Instant, app: &Dashboard) {
             return;
         }
     };
-    let _ = stream.set_write_timeout(Some(HTTP_WRITE_TIMEOUT));
-    let mut out = stream;
-    let written = out.write_all(&reply.head()).and_then(|()| {
-        if head_only {
-            Ok(())
-        } else {
-            out.write_all(&reply.body)
-        }
-    });
+    let deadline = Instant::now() + HTTP_WRITE_TIMEOUT;
+    let mut written = write_before(stream, &reply.head(), deadline);
+    if written.is_ok() && !head_only {
+        written = write_before(stream, &reply.body, deadline);
+    }
     if let Err(e) = written {
         debug!("dashboard: cannot write a response: {e}");
         app.counters().http_dropped("error");
         return;
     }
     linger(stream);
+}
+
+/// Writes all of `bytes` before `deadline`, however slowly the client
+/// reads: a client that trickles its reads is cut off there, not after a
+/// time-out per write.
+fn write_before(stream: &TcpStream, bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_write_timeout(Some(left))?;
+        match (&mut &*stream).write(&rest[..rest.len().min(64 << 10)]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Reads one request head, at most [`HTTP_MAX_HEAD`] bytes, before
