@@ -10,10 +10,13 @@
 //! and shutdown are the skeleton's. A connection's peer is removed from the
 //! registry as soon as the connection ends for any reason (Leave, close,
 //! error, silence past the idle timeout, a failed probe), and the tracker
-//! never ends a registration without closing its connection.
+//! never ends a registration without closing its connection. Each request
+//! and each refusal is counted ([`super::metrics::Counters`]); with
+//! `TrackerConfig::http`, the dashboard ([`super::http`]) is started beside
+//! the server and stopped before it, reading through [`View`].
 //!
-//! Calls `net` (the skeleton), `wire` (messages), `limits`, `sync` and
-//! [`super::registry`] (state). The registry Mutex is held only around in-memory registry calls,
+//! Calls `net` (the skeleton), `wire` (messages), `limits`, `sync`,
+//! [`super::registry`] (state), [`super::metrics`] and [`super::http`]. The registry Mutex is held only around in-memory registry calls,
 //! never across a read or write, so a slow client cannot stall anyone else.
 
 use std::collections::HashMap;
