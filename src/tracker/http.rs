@@ -338,3 +338,79 @@ fn linger(stream: &TcpStream) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracker::{Tracker, TrackerConfig};
+    use std::net::TcpListener;
+
+    fn tracker() -> Tracker {
+        Tracker::start(TrackerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            http: Some("127.0.0.1:0".parse().unwrap()),
+            ..TrackerConfig::default()
+        })
+        .unwrap()
+    }
+
+    /// A request being read does not hold up the tracker's shutdown: its
+    /// socket is shut down, not waited for until its deadline.
+    #[test]
+    fn shutdown_ends_requests_being_read() {
+        let mut t = tracker();
+        let mut c = TcpStream::connect(t.http_addr().unwrap()).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x").unwrap();
+        thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        t.shutdown();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        let mut b = [0u8; 64];
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        assert!(matches!(c.read(&mut b), Ok(0) | Err(_)));
+    }
+
+    /// A client that does not read cannot hold a worker past the write
+    /// deadline, however the answer is cut into writes.
+    #[test]
+    fn a_client_that_does_not_read_is_cut_off_at_the_deadline() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        let big = vec![0u8; 64 << 20];
+        let started = Instant::now();
+        let r = write_before(&server, &big, Instant::now() + Duration::from_millis(300));
+        assert!(r.is_err());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn one_request_per_connection_and_only_get_and_head() {
+        let t = tracker();
+        let a = t.http_addr().unwrap();
+        let ask = |raw: &[u8]| {
+            let mut c = TcpStream::connect(a).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c.write_all(raw).unwrap();
+            let mut s = String::new();
+            let _ = c.read_to_string(&mut s);
+            s
+        };
+        let r = ask(b"GET /api/files HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        assert_eq!(r.matches("HTTP/1.1 ").count(), 1, "{r}");
+        assert!(r.ends_with("{\"files\":[],\"truncated\":false}\n"), "{r}");
+        let r = ask(b"DELETE /api/files HTTP/1.1\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 405 "), "{r}");
+        let r = ask(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
+    }
+}
