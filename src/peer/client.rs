@@ -86,6 +86,12 @@ impl Conn {
         self.0.stream()
     }
 
+    /// Reads the socket through `gate` from now on (see
+    /// [`net::client::Conn::gate_reads`]).
+    pub fn gate_reads(&mut self, gate: std::sync::Arc<dyn net::client::ReadGate>) {
+        self.0.gate_reads(gate);
+    }
+
     /// Writes one message.
     pub fn send(&mut self, m: &Message) -> Result<()> {
         Ok(self.0.send(m)?)

@@ -119,6 +119,11 @@ pub struct ShareArgs {
     /// 500K, 10M, 1G (powers of 1024; default unlimited)
     #[argh(option, from_str_fn(parse_rate))]
     pub upload_limit: Option<u64>,
+    /// download limit in bytes per second for all downloads started at
+    /// the prompt together, e.g. 500K, 10M, 1G (powers of 1024; default
+    /// unlimited)
+    #[argh(option, from_str_fn(parse_rate))]
+    pub download_limit: Option<u64>,
     /// chunk size, e.g. 256K, 1M (default {DEFAULT_CHUNK_SIZE};
     /// {MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE})
     #[argh(
@@ -178,6 +183,10 @@ pub struct GetArgs {
     /// upload limit in bytes per second, e.g. 500K, 10M (default unlimited)
     #[argh(option, from_str_fn(parse_rate))]
     pub upload_limit: Option<u64>,
+    /// download limit in bytes per second for all sources together, e.g.
+    /// 500K, 10M (default unlimited)
+    #[argh(option, from_str_fn(parse_rate))]
+    pub download_limit: Option<u64>,
     /// after downloading, keep serving the file until Ctrl-C or SIGTERM
     #[argh(switch)]
     pub seed: bool,
@@ -349,8 +358,8 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
-/// The upload limit: bytes per second ("500K", "10M", "1.5M/s"); 0 means
-/// unlimited.
+/// The upload or download limit: bytes per second ("500K", "10M",
+/// "1.5M/s"); 0 means unlimited.
 pub fn parse_rate(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let t = t

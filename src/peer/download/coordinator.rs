@@ -35,7 +35,7 @@ use super::engine::{Engine, Event, Verified, WorkerEnd};
 use super::locator::{Located, Locator};
 use super::rate::RateMeter;
 use super::worker::Slot;
-use super::{DownloadContext, MAX_ACTIVE_SOURCES, Progress, SourceStats};
+use super::{DownloadContext, Progress, SourceStats};
 use crate::chunks::Bitmap;
 use crate::limits::{MAX_PROBES, MAX_PROBES_PER_HOST, MAX_REMEMBERED_SOURCES, RETRY_AFTER_MAX};
 use crate::peer::client;
@@ -586,7 +586,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
 
     fn spawn_if_ready(&mut self, addr: SocketAddr) {
         if self.active.contains_key(&addr)
-            || self.active.len() >= MAX_ACTIVE_SOURCES
+            || self.active.len() >= self.engine.opts.max_sources()
             || self.engine.stop.load(Ordering::SeqCst)
         {
             return;

@@ -62,6 +62,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 
 use super::client;
+use super::ratelimit::RateLimiter;
 use super::share::{ShareIndex, SharedFile};
 use super::{PeerError, Result};
 use crate::chunks::{Digest, Geometry};
@@ -93,6 +94,28 @@ pub struct DownloadOptions {
     pub give_up_after: Duration,
     /// Wait before reconnecting to a source whose connection failed.
     pub retry_after: Duration,
+    /// Paces every chunk byte read from a source, by every download given
+    /// (a clone of) these options: one limit for all files and sources of
+    /// a process. Unlimited by default.
+    pub download_limit: Arc<RateLimiter>,
+}
+
+impl DownloadOptions {
+    /// Most sources one download takes chunks from at once: with a download
+    /// limit, few enough that each still gets about twice
+    /// `MIN_CHUNK_TRANSFER_RATE`, the slowest a source's `ChunkData` may be
+    /// read before it gives up on us (and we on it).
+    pub fn max_sources(&self) -> usize {
+        match self.download_limit.rate() {
+            None => MAX_ACTIVE_SOURCES,
+            Some(r) => {
+                let fit = r / (2 * crate::limits::MIN_CHUNK_TRANSFER_RATE);
+                usize::try_from(fit)
+                    .unwrap_or(usize::MAX)
+                    .clamp(1, MAX_ACTIVE_SOURCES)
+            }
+        }
+    }
 }
 
 impl Default for DownloadOptions {
@@ -105,6 +128,7 @@ impl Default for DownloadOptions {
             max_hash_failures: MAX_HASH_FAILURES,
             give_up_after: GIVE_UP_AFTER,
             retry_after: Duration::from_secs(2),
+            download_limit: Arc::new(RateLimiter::unlimited()),
         }
     }
 }
