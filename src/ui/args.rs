@@ -220,6 +220,13 @@ pub struct ListArgs {
     /// network in clear)
     #[argh(option)]
     pub key_file: Option<PathBuf>,
+    /// also show each file's content id (for `get --id`), chunk size and
+    /// sources
+    #[argh(switch, short = 'l')]
+    pub long: bool,
+    /// print one JSON object per file and line instead (fields in README)
+    #[argh(switch)]
+    pub json: bool,
 }
 
 /// Show each peer holding NAME and a map of the chunks it has
@@ -238,6 +245,9 @@ pub struct WhereArgs {
     /// width of the chunk map in characters (default {WHERE_MAP_WIDTH})
     #[argh(option, default = "limits::WHERE_MAP_WIDTH")]
     pub width: usize,
+    /// print one JSON object per source and line instead (fields in README)
+    #[argh(switch)]
+    pub json: bool,
     /// network key file of a private network (made by `peer keygen`;
     /// default: the file named by $P2PFS_KEY_FILE; without one, an open
     /// network in clear)

@@ -179,6 +179,39 @@ pub fn format_file_list(files: &[FileSummary], truncated: bool) -> String {
     s
 }
 
+/// What `peer list --long` prints: per file its name, exact size, size in
+/// units, content id, chunks and sources (from its `--json` object, so both
+/// say the same), and a last line if a tracker cut the list short.
+pub fn format_long_list(files: &[Locations], truncated: bool) -> Result<String, String> {
+    let mut s = String::new();
+    if files.is_empty() {
+        s.push_str("no files on the network\n");
+    }
+    let w = files
+        .iter()
+        .map(|f| f.name.chars().count())
+        .max()
+        .unwrap_or(0);
+    for l in files {
+        let f = super::json::file(l)?;
+        s.push_str(&format!(
+            "{:<w$}  {:>14} bytes  ({})  id {}  {} of {}, {} ({} complete)\n",
+            f.name,
+            f.length,
+            human(f.length as f64),
+            f.id,
+            plural(u64::from(f.chunk_count), "chunk"),
+            human(f64::from(f.chunk_size)),
+            plural(u64::from(f.sources), "source"),
+            f.complete_sources
+        ));
+    }
+    if truncated {
+        s.push_str("(list cut short by the tracker)\n");
+    }
+    Ok(s)
+}
+
 /// Whether a download found every chunk on disk and fetched nothing.
 pub fn already_complete(s: &Summary) -> bool {
     s.bytes_downloaded == 0 && s.chunks_resumed == s.chunks_total
