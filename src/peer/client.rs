@@ -20,6 +20,7 @@ use crossbeam_channel::RecvTimeoutError;
 use std::time::Duration;
 
 use super::{PeerError, Result};
+use crate::chunks::ContentId;
 use crate::limits::TRACKER_GRACE;
 use crate::net::{self, NetError};
 use crate::sync::lock;
@@ -438,6 +439,20 @@ pub fn locate_all(
     name: &str,
     with_hashes: bool,
 ) -> Result<Merged<(Locations, IpAddr)>> {
+    locate_all_pinned(trackers, name, with_hashes, None)
+}
+
+/// [`locate_all`] where, when `pin` is given (and hashes are asked for),
+/// the first tracker whose answer has content id `pin` says what the file
+/// is, wherever it is in `trackers`: the sources of trackers that describe
+/// other content under the name are then left out. With no answer of that
+/// id, as [`locate_all`] (the caller sees the id differ and refuses).
+pub fn locate_all_pinned(
+    trackers: &[SocketAddr],
+    name: &str,
+    with_hashes: bool,
+    pin: Option<ContentId>,
+) -> Result<Merged<(Locations, IpAddr)>> {
     let mut found = Vec::new();
     let mut unknown = None;
     let mut failed = Vec::new();
@@ -454,6 +469,14 @@ pub fn locate_all(
             }
             Err(e) => failed.push((t, e)),
         }
+    }
+    if let Some(pin) = pin
+        && let Some(i) = found
+            .iter()
+            .position(|(_, l, _)| content_id(l) == Some(pin))
+    {
+        let chosen = found.remove(i);
+        found.insert(0, chosen);
     }
     let Some(&(_, _, ip)) = found.first() else {
         return Err(match unknown {
@@ -475,6 +498,13 @@ pub fn locate_all(
         value: (merged, ip),
         failed,
     })
+}
+
+/// The content id of a file described with its hashes (`None` without).
+pub fn content_id(l: &Locations) -> Option<ContentId> {
+    l.hashes
+        .as_deref()
+        .map(|h| ContentId::compute(l.length, l.chunk_size, h))
 }
 
 /// Merges several trackers' Locations of one name (pure). The first

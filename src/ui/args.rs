@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use argh::{ArgsInfo, FromArgs, TopLevelCommand};
 
 use super::help::{self, fill};
+use crate::chunks::ContentId;
 use crate::limits;
 
 /// p2pfs peer: share a folder with the network, download files from many
@@ -187,6 +188,11 @@ pub struct GetArgs {
     /// 500K, 10M (default unlimited)
     #[argh(option, from_str_fn(parse_rate))]
     pub download_limit: Option<u64>,
+    /// the content id the file must have (40 hex digits, as `peer list
+    /// --long` shows): other content under NAME is refused and nothing is
+    /// written
+    #[argh(option, from_str_fn(parse_content_id))]
+    pub id: Option<ContentId>,
     /// after downloading, keep serving the file until Ctrl-C or SIGTERM
     #[argh(switch)]
     pub seed: bool,
@@ -380,6 +386,16 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         format!(
             "the rate {s:?} {why}: give bytes per second such as 500K, 10M or 1G \
              (0 for unlimited)"
+        )
+    })
+}
+
+/// A content id (`--id`): 40 hex digits.
+pub fn parse_content_id(s: &str) -> Result<ContentId, String> {
+    ContentId::parse(s.trim()).ok_or_else(|| {
+        format!(
+            "the content id {s:?} is not 40 hex digits: give the id `peer list --long` shows, \
+             such as 7ee56b99404705e8bc4bf98e582b92588daa2c55"
         )
     })
 }

@@ -29,6 +29,7 @@ pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
     super::share::say_download_limit(a.download_limit)?;
     let opts = DownloadOptions {
         pipeline_depth: a.pipeline.max(1),
+        expect_id: a.id,
         ..super::share::download_options(a.download_limit)
     };
     // Not with -v on the terminal: its log lines on the same stream would

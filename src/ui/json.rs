@@ -4,11 +4,13 @@
 //! uses the same names).
 //!
 //! Owns: the JSON shapes of the command line. Calls `wire` (Locations),
-//! `chunks` (bitmaps, content ids) and serde.
+//! `chunks` (bitmaps, content ids), `peer::client` (`content_id`) and
+//! serde.
 
 use serde::Serialize;
 
 use crate::chunks::{Bitmap, ContentId};
+use crate::peer::client;
 use crate::wire::Locations;
 
 /// One file, as `peer list --json` prints it.
@@ -47,11 +49,7 @@ pub struct SourceJson<'a> {
 /// The content id of a file described with its hashes; an error if the
 /// description has none.
 pub fn content_id(l: &Locations) -> Result<ContentId, String> {
-    let hashes = l
-        .hashes
-        .as_deref()
-        .ok_or_else(|| format!("the tracker sent no chunk hashes for {}", l.name))?;
-    Ok(ContentId::compute(l.length, l.chunk_size, hashes))
+    client::content_id(l).ok_or_else(|| format!("the tracker sent no chunk hashes for {}", l.name))
 }
 
 /// Each source's bitmap, checked against the file's chunk count.
