@@ -14,7 +14,9 @@
 //! `ChunkData`), and every frame written must leave within the write
 //! timeout plus its length at `MIN_TRANSFER_RATE` ([`super::deadline`]), so
 //! a server that trickles its bytes cannot hold a client for long; on a
-//! keyed connection the deadlines count plaintext frames. Calls `wire`,
+//! keyed connection the deadlines count plaintext frames. A connection's
+//! socket reads may go through a [`ReadGate`] (a download limit); the time
+//! spent waiting at the gate is left out of the frame deadline. Calls `wire`,
 //! `limits`, [`super::deadline`], [`super::key`] and [`super::secure`] only.
 
 use std::io::{self, BufReader, Read, Write};
