@@ -1,5 +1,6 @@
 //! The tracker's dashboard (`tracker --http`) during real swarms: its JSON
-//! says what `peer list` and `peer where` say, /metrics is Prometheus text
+//! says what `peer list` and `peer where` say (as text, and field for field
+//! as `--json`), /metrics is Prometheus text
 //! whose counters move as the swarm works, hostile HTTP clients leave the
 //! tracker serving peers, and a real browser (headless Chromium, where it
 //! is installed) draws every holder and a chunk grid that fills up.
@@ -302,6 +303,13 @@ fn api_says_what_list_and_where_say_and_metrics_move() {
             line.starts_with(NAME) && line.contains(&format!(" {length} bytes")),
             "{list}"
         );
+        // ... and `peer list --json`, field for field.
+        let listed: Vec<Value> = sw
+            .peer(&["list", "--json"])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(listed, files["files"].as_array().unwrap().clone());
 
         // /api/files/NAME is `peer where NAME`: the same endpoints, counts
         // and chunk maps.
@@ -319,6 +327,24 @@ fn api_says_what_list_and_where_say_and_metrics_move() {
         assert_eq!(seen, holders.len(), "{where_}");
         assert_eq!(seen, 3);
         let d = get_json(sw.http, &format!("/api/files/{}", encoded(NAME)));
+        // ... and `peer where --json`: every field it has, for every source;
+        // the API adds two of its own.
+        let mut located: Vec<Value> = sw
+            .peer(&["where", NAME, "--json"])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let mut api: Vec<Value> = d["holders"].as_array().unwrap().clone();
+        for h in &mut api {
+            let o = h.as_object_mut().unwrap();
+            assert!(o.remove("registered_at").is_some_and(|v| v.is_u64()));
+            assert!(o.remove("chunks_per_s").is_some_and(|v| v.is_number()));
+        }
+        let by_endpoint = |v: &Value| v["endpoint"].as_str().unwrap().to_owned();
+        located.sort_by_key(by_endpoint);
+        api.sort_by_key(by_endpoint);
+        assert_eq!(located, api);
+        assert_eq!(d["file"], files["files"][0]);
         for h in d["holders"].as_array().unwrap() {
             assert_eq!(h["name"], NAME);
             assert_eq!(h["id"].as_str(), Some(id.to_string().as_str()));
