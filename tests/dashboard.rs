@@ -564,8 +564,9 @@ fn browse(chrome: &str, profile: &Path, url: &str, screenshot: Option<&Path>) ->
     reader.join().unwrap()
 }
 
+/// Held cells in the holders' grids (the legend's cells have no state).
 fn held_cells(dom: &str) -> usize {
-    dom.matches("class=\"cell held\"").count()
+    dom.matches("data-state=\"held\"").count()
 }
 
 #[test]
@@ -578,8 +579,11 @@ fn a_browser_shows_every_holder_and_a_filling_chunk_grid() {
         return;
     };
     with_timeout(120, move || {
-        // 64 chunks from a sharer at 512 KiB/s: about 8 s of swarm.
-        let mut sw = swarm("dash-browser", 64, "512K");
+        // 64 chunks from a sharer at 128 KiB/s: no copy can be complete
+        // within 30 s (each chunk comes from the sharer once at least), so
+        // two loads of the page fall inside the swarm even on a loaded
+        // machine; the test ends after the second.
+        let mut sw = swarm("dash-browser", 64, "128K");
         let g1 = sw.downloader(1);
         let g2 = sw.downloader(2);
         wait_until(30, "both downloaders hold a chunk", || {
@@ -609,7 +613,7 @@ fn a_browser_shows_every_holder_and_a_filling_chunk_grid() {
                     "holder {ep} is not on the page:\n{dom}"
                 );
             }
-            let cells = dom.matches("class=\"cell ").count();
+            let cells = dom.matches("data-state=\"").count();
             assert!(cells >= 3 * 64, "{cells} cells for 3 holders of 64 chunks");
         }
         let (a, b) = (held_cells(&first), held_cells(&second));
