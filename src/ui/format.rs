@@ -109,7 +109,9 @@ pub fn download_limit_lines(limit: Option<u64>) -> Option<(String, Option<String
     let min = crate::limits::MIN_CHUNK_TRANSFER_RATE;
     let slow = (rate_bps < 2 * min).then(|| {
         format!(
-            "warning: at {}/s a download takes from one source at a time, and a source may              close a connection read slower than {}/s; the limit is in bytes per second              (500K, 10M, 1G)",
+            "warning: at {}/s a download takes from one source at a time, and a source may \
+             close a connection read slower than {}/s; the limit is in bytes per second \
+             (500K, 10M, 1G)",
             human(rate_bps as f64),
             human(min as f64)
         )
@@ -333,6 +335,26 @@ pub fn describe_event(ev: &SessionEvent, several: bool) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The low-limit warning is one sentence with single spaces (its
+    /// source lines are joined by `\` continuations, not kept as runs of
+    /// spaces).
+    #[test]
+    fn the_low_download_limit_warning_reads_as_one_sentence() {
+        let (line, warning) = download_limit_lines(Some(4 * 1024)).unwrap();
+        assert_eq!(
+            line,
+            "downloads: limited to 4.0 KiB/s for all files and sources together"
+        );
+        let w = warning.expect("a warning under 16 KiB/s");
+        assert!(!w.contains("  "), "{w:?}");
+        assert!(
+            w.contains("a source may close a connection read slower than 8.0 KiB/s"),
+            "{w:?}"
+        );
+        assert!(download_limit_lines(Some(1 << 20)).unwrap().1.is_none());
+        assert!(download_limit_lines(Some(0)).is_none());
+    }
 
     fn summary(length: u64, fetched: u64, total: u32, resumed: u32) -> Summary {
         Summary {
