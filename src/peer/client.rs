@@ -176,8 +176,21 @@ pub fn ask_all<T: Send>(
     trackers: &[SocketAddr],
     question: impl Fn(&mut Conn) -> Result<T> + Sync,
 ) -> Vec<(SocketAddr, Answer<T>)> {
+    ask_all_heard(trackers, |c, _| question(c))
+}
+
+/// [`ask_all`] for a question of several requests: the question sets its
+/// tracker's flag (`heard`) once the tracker has answered one of them. A
+/// tracker heard from is not cut at the grace (it is answering, only its
+/// answer takes longer than another tracker's); it still ends under each
+/// request's own deadline.
+fn ask_all_heard<T: Send>(
+    trackers: &[SocketAddr],
+    question: impl Fn(&mut Conn, &AtomicBool) -> Result<T> + Sync,
+) -> Vec<(SocketAddr, Answer<T>)> {
     let streams: Vec<Mutex<Option<TcpStream>>> =
         trackers.iter().map(|_| Mutex::new(None)).collect();
+    let heard: Vec<AtomicBool> = trackers.iter().map(|_| AtomicBool::new(false)).collect();
     let cut = AtomicBool::new(false);
     let ask = |i: usize| -> Answer<T> {
         let t = trackers[i];
@@ -187,7 +200,7 @@ pub fn ask_all<T: Send>(
             let _ = s.shutdown(Shutdown::Both);
         }
         let mut c = Conn::from_stream(s, IO_TIMEOUT)?;
-        let v = question(&mut c)?;
+        let v = question(&mut c, &heard[i])?;
         let ip = c
             .stream()
             .local_addr()
@@ -215,7 +228,8 @@ pub fn ask_all<T: Send>(
             }
         }
         drop(tx);
-        let late = wait_answers(&rx, &mut answers, |i| {
+        let spared = |i: usize| heard[i].load(Ordering::SeqCst);
+        let late = wait_answers(&rx, &mut answers, spared, |i| {
             cut.store(true, Ordering::SeqCst);
             if let Some(s) = lock(&streams[i]).as_ref() {
                 let _ = s.shutdown(Shutdown::Both);
@@ -250,13 +264,16 @@ pub fn ask_all<T: Send>(
 /// Collects the answers of [`ask_all`]'s threads into `answers` until every
 /// thread has ended; once one answer is good, waits at most
 /// [`TRACKER_GRACE`] for the rest, then calls `cut_off` for each tracker
-/// still silent (which makes its thread end) and returns them.
+/// still silent and not `spared` (which makes its thread end) and returns
+/// them.
 fn wait_answers<T>(
     rx: &crossbeam_channel::Receiver<(usize, Answer<T>)>,
     answers: &mut [Option<Answer<T>>],
+    spared: impl Fn(usize) -> bool,
     cut_off: impl Fn(usize),
 ) -> Vec<usize> {
     let mut deadline = None;
+    let mut grace_over = false;
     let mut late = Vec::new();
     loop {
         let got = match deadline {
@@ -265,15 +282,16 @@ fn wait_answers<T>(
         };
         match got {
             Ok((i, a)) => {
-                if a.is_ok() && deadline.is_none() && late.is_empty() {
+                if a.is_ok() && deadline.is_none() && !grace_over {
                     deadline = Some(Instant::now() + TRACKER_GRACE);
                 }
                 answers[i] = Some(a);
             }
             Err(RecvTimeoutError::Timeout) => {
                 deadline = None;
+                grace_over = true;
                 for (i, a) in answers.iter().enumerate() {
-                    if a.is_none() {
+                    if a.is_none() && !spared(i) {
                         late.push(i);
                         cut_off(i);
                     }
@@ -349,14 +367,17 @@ pub fn merge_file_lists(lists: Vec<(Vec<FileSummary>, bool)>) -> (Vec<FileSummar
 /// every tracker at once): what `peer list --long` and `--json` show, with
 /// each file's content id. Merged name by name as [`merge_descriptions`]
 /// says, sorted by name; cut short if any tracker cut its list short. A
-/// file that vanishes between the list and its `Locate` is left out. An
-/// error only when no tracker answers; the trackers that did not, and
+/// file that vanishes between the list and its `Locate` is left out. The
+/// grace of [`ask_all`] cuts only a tracker that has not sent its list: one
+/// that has is given the time to describe every file (each `Locate` under
+/// its own deadline), as many as it lists. An error only when no tracker
+/// answers; the trackers that did not, and
 /// those describing other content under a name (named in the error), are
 /// in `failed`.
 pub fn describe_all(trackers: &[SocketAddr]) -> Result<Merged<(Vec<Locations>, bool)>> {
     let mut answers = Vec::new();
     let mut failed = Vec::new();
-    for (t, r) in ask_all(trackers, describe_every_file) {
+    for (t, r) in ask_all_heard(trackers, describe_every_file) {
         match r {
             Ok((a, _)) => answers.push((t, a)),
             Err(e) => failed.push((t, e)),
@@ -384,12 +405,14 @@ pub fn describe_all(trackers: &[SocketAddr]) -> Result<Merged<(Vec<Locations>, b
 }
 
 /// One tracker's list, each file located with its hashes, in turn over
-/// `c`.
-fn describe_every_file(c: &mut Conn) -> Result<(Vec<Locations>, bool)> {
+/// `c`. `heard` is set once the list has come: from then on the tracker is
+/// answering, however many files it describes.
+fn describe_every_file(c: &mut Conn, heard: &AtomicBool) -> Result<(Vec<Locations>, bool)> {
     let (files, truncated) = match c.request(&Message::ListFiles)? {
         Message::FileList { files, truncated } => (files, truncated),
         other => return Err(unexpected(c.addr(), &other)),
     };
+    heard.store(true, Ordering::SeqCst);
     let mut described = Vec::with_capacity(files.len());
     for f in files {
         match locate_on(c, &f.name, true) {
@@ -744,6 +767,67 @@ mod tests {
             wire::write_message(&mut s, &reply).unwrap();
         });
         (a, h)
+    }
+
+    /// A tracker that lists `names` and describes each (with hashes when
+    /// asked, or never when `hashless`) after `delay`: one connection.
+    fn describing(
+        names: &'static [&'static str],
+        delay: Duration,
+        hashless: bool,
+    ) -> (SocketAddr, thread::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        let h = thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            let hello = Message::Hello {
+                version: wire::PROTOCOL_VERSION,
+            };
+            while let Ok(Some(m)) = wire::read_message(&mut r) {
+                let reply = match m {
+                    Message::Hello { .. } => hello.clone(),
+                    Message::ListFiles => Message::FileList {
+                        files: names.iter().map(|n| file(n, 1)).collect(),
+                        truncated: false,
+                    },
+                    Message::Locate { name, with_hashes } => {
+                        thread::sleep(delay);
+                        let h = crate::chunks::sha1(name.as_bytes());
+                        Message::Locations(Locations {
+                            name,
+                            hashes: (with_hashes && !hashless).then(|| vec![h]),
+                            ..locs(1, &[("10.0.0.9:1", &[0x80])])
+                        })
+                    }
+                    _ => return,
+                };
+                if wire::write_message(&mut s, &reply).is_err() {
+                    return;
+                }
+            }
+        });
+        (a, h)
+    }
+
+    /// Review: describing takes a Locate per file, so a tracker with many
+    /// files (or far away) answers its last one long after a tracker with
+    /// few has finished. It has answered, and keeps answering: the grace
+    /// meant for trackers that say nothing must not cut it.
+    #[test]
+    fn a_tracker_describing_many_files_is_not_cut_by_the_grace() {
+        const MANY: &[&str] = &["m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7"];
+        let (few, h1) = describing(&["a"], Duration::ZERO, false);
+        let step = TRACKER_GRACE / 4;
+        let (many, h2) = describing(MANY, step, false);
+        let m = describe_all(&[few, many]).unwrap();
+        h1.join().unwrap();
+        h2.join().unwrap();
+        let failed: Vec<String> = m.failed.iter().map(|(t, e)| about(*t, e)).collect();
+        assert!(failed.is_empty(), "{failed:?}");
+        let names: Vec<&str> = m.value.0.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names.len(), 1 + MANY.len(), "{names:?}");
     }
 
     /// An address nothing listens on.
