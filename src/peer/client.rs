@@ -371,9 +371,10 @@ pub fn merge_file_lists(lists: Vec<(Vec<FileSummary>, bool)>) -> (Vec<FileSummar
 /// grace of [`ask_all`] cuts only a tracker that has not sent its list: one
 /// that has is given the time to describe every file (each `Locate` under
 /// its own deadline), as many as it lists. An error only when no tracker
-/// answers; the trackers that did not, and
-/// those describing other content under a name (named in the error), are
-/// in `failed`.
+/// answers; the trackers that did not, those whose description of a file
+/// cannot be shown (no hashes, another name, a bad geometry: the whole
+/// tracker is left out) and those describing other content under a name
+/// (named in the error) are in `failed`.
 pub fn describe_all(trackers: &[SocketAddr]) -> Result<Merged<(Vec<Locations>, bool)>> {
     let mut answers = Vec::new();
     let mut failed = Vec::new();
@@ -416,7 +417,7 @@ fn describe_every_file(c: &mut Conn, heard: &AtomicBool) -> Result<(Vec<Location
     let mut described = Vec::with_capacity(files.len());
     for f in files {
         match locate_on(c, &f.name, true) {
-            Ok(l) => described.push(l),
+            Ok(l) => described.push(usable_description(c.addr(), &f.name, l)?),
             Err(PeerError::Refused {
                 code: ErrorCode::UnknownFile,
                 ..
@@ -425,6 +426,28 @@ fn describe_every_file(c: &mut Conn, heard: &AtomicBool) -> Result<(Vec<Location
         }
     }
     Ok((described, truncated))
+}
+
+/// `l`, the answer to a `Locate` of `name` with hashes, if it can be shown
+/// with a content id: of that name, with the hashes, of a valid geometry.
+/// Otherwise the tracker's whole description is not used (it is named as
+/// left out), rather than one file of one tracker failing the command.
+fn usable_description(t: SocketAddr, name: &str, l: Locations) -> Result<Locations> {
+    let why = if l.name != name {
+        format!("answered a Locate of {name:?} about {:?}", l.name)
+    } else if l.hashes.is_none() {
+        format!("sent no chunk hashes for {name:?}")
+    } else {
+        match crate::chunks::Geometry::new(l.length, l.chunk_size) {
+            Ok(g) if g.count() == l.chunk_count => return Ok(l),
+            Ok(_) => format!("described {name:?} with a wrong chunk count"),
+            Err(e) => format!("described {name:?} with a bad geometry: {e}"),
+        }
+    };
+    Err(PeerError::Protocol {
+        who: t.to_string(),
+        what: why,
+    })
 }
 
 /// Merges several trackers' full descriptions (pure): name by name, with
@@ -828,6 +851,34 @@ mod tests {
         assert!(failed.is_empty(), "{failed:?}");
         let names: Vec<&str> = m.value.0.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(names.len(), 1 + MANY.len(), "{names:?}");
+    }
+
+    /// Review: a tracker that describes a file without the hashes asked
+    /// for gives no content id; `list --json` then failed as a whole,
+    /// though the other trackers answered well. That tracker is left out
+    /// (named), like one that does not answer.
+    #[test]
+    fn a_tracker_describing_a_file_without_hashes_is_left_out() {
+        let (good, h1) = describing(&["a"], Duration::ZERO, false);
+        let (bad, h2) = describing(&["z"], Duration::ZERO, true);
+        let m = describe_all(&[good, bad]).unwrap();
+        h1.join().unwrap();
+        h2.join().unwrap();
+        let names: Vec<&str> = m.value.0.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["a"]);
+        assert!(m.value.0.iter().all(|l| content_id(l).is_some()));
+        let failed: Vec<SocketAddr> = m.failed.iter().map(|(t, _)| *t).collect();
+        assert_eq!(failed, vec![bad]);
+        assert!(
+            m.failed[0].1.to_string().contains("no chunk hashes"),
+            "{}",
+            m.failed[0].1
+        );
+        // Alone, it is the error.
+        let (bad, h3) = describing(&["z"], Duration::ZERO, true);
+        let e = describe_all(&[bad]).unwrap_err();
+        h3.join().unwrap();
+        assert!(matches!(e, PeerError::Protocol { .. }), "{e}");
     }
 
     /// An address nothing listens on.
