@@ -375,7 +375,7 @@ pub fn merge_file_lists(lists: Vec<(Vec<FileSummary>, bool)>) -> (Vec<FileSummar
 /// cannot be shown (no hashes, another name, a bad geometry: the whole
 /// tracker is left out) and those describing other content under a name
 /// (named in the error) are in `failed`.
-pub fn describe_all(trackers: &[SocketAddr]) -> Result<Merged<(Vec<Locations>, bool)>> {
+pub fn describe_all(trackers: &[SocketAddr]) -> Result<Merged<(Vec<FileDescription>, bool)>> {
     let mut answers = Vec::new();
     let mut failed = Vec::new();
     for (t, r) in ask_all_heard(trackers, describe_every_file) {
@@ -408,7 +408,7 @@ pub fn describe_all(trackers: &[SocketAddr]) -> Result<Merged<(Vec<Locations>, b
 /// One tracker's list, each file located with its hashes, in turn over
 /// `c`. `heard` is set once the list has come: from then on the tracker is
 /// answering, however many files it describes.
-fn describe_every_file(c: &mut Conn, heard: &AtomicBool) -> Result<(Vec<Locations>, bool)> {
+fn describe_every_file(c: &mut Conn, heard: &AtomicBool) -> Result<(Vec<FileDescription>, bool)> {
     let (files, truncated) = match c.request(&Message::ListFiles)? {
         Message::FileList { files, truncated } => (files, truncated),
         other => return Err(unexpected(c.addr(), &other)),
@@ -428,18 +428,39 @@ fn describe_every_file(c: &mut Conn, heard: &AtomicBool) -> Result<(Vec<Location
     Ok((described, truncated))
 }
 
+/// A file as [`describe_all`] gives it: its `Locations` with the hashes
+/// folded into the content id and each source's bitmap into a count, so
+/// describing every file of a large network keeps a few bytes per file and
+/// source, not every hash and bitmap (up to 10 MiB and 4 MiB per file, for
+/// up to 10,000 files per tracker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileDescription {
+    pub name: String,
+    pub length: u64,
+    pub chunk_size: u32,
+    pub chunk_count: u32,
+    /// The content id (protocol.md §4.1).
+    pub id: ContentId,
+    /// Each endpoint listed, and how many chunks it holds.
+    pub sources: Vec<(SocketAddr, u32)>,
+}
+
 /// `l`, the answer to a `Locate` of `name` with hashes, if it can be shown
-/// with a content id: of that name, with the hashes, of a valid geometry.
-/// Otherwise the tracker's whole description is not used (it is named as
-/// left out), rather than one file of one tracker failing the command.
-fn usable_description(t: SocketAddr, name: &str, l: Locations) -> Result<Locations> {
+/// with a content id: of that name, with the hashes, of a valid geometry,
+/// its bitmaps of the chunk count. Otherwise the tracker's whole
+/// description is not used (it is named as left out), rather than one file
+/// of one tracker failing the command.
+fn usable_description(t: SocketAddr, name: &str, l: Locations) -> Result<FileDescription> {
     let why = if l.name != name {
         format!("answered a Locate of {name:?} about {:?}", l.name)
     } else if l.hashes.is_none() {
         format!("sent no chunk hashes for {name:?}")
     } else {
         match crate::chunks::Geometry::new(l.length, l.chunk_size) {
-            Ok(g) if g.count() == l.chunk_count => return Ok(l),
+            Ok(g) if g.count() == l.chunk_count => match summarize(l) {
+                Some(d) => return Ok(d),
+                None => format!("sent a bad bitmap for {name:?}"),
+            },
             Ok(_) => format!("described {name:?} with a wrong chunk count"),
             Err(e) => format!("described {name:?} with a bad geometry: {e}"),
         }
@@ -450,28 +471,63 @@ fn usable_description(t: SocketAddr, name: &str, l: Locations) -> Result<Locatio
     })
 }
 
-/// Merges several trackers' full descriptions (pure): name by name, with
-/// [`merge_locations`] in the order of `answers` (the first tracker that
-/// describes a name says what it is). Returns the files sorted by name and,
-/// for each tracker left out of a name, `(tracker, name)`.
+/// The [`FileDescription`] of a `Locations` with hashes; `None` without
+/// hashes or with a bitmap that does not fit the chunk count.
+fn summarize(l: Locations) -> Option<FileDescription> {
+    let id = content_id(&l)?;
+    let sources = l
+        .sources
+        .iter()
+        .map(|s| {
+            crate::chunks::Bitmap::from_bytes(l.chunk_count, &s.have)
+                .ok()
+                .map(|b| (s.addr, b.count_ones()))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(FileDescription {
+        name: l.name,
+        length: l.length,
+        chunk_size: l.chunk_size,
+        chunk_count: l.chunk_count,
+        id,
+        sources,
+    })
+}
+
+/// Merges several trackers' full descriptions (pure): name by name, in the
+/// order of `answers`; the first tracker that describes a name says what it
+/// is (a tracker with another content id is left out of that name), the
+/// sources of the others are added, and an endpoint listed by several
+/// counts the most chunks any of them lists for it. Returns the files
+/// sorted by name and, for each tracker left out of a name,
+/// `(tracker, name)`.
 pub fn merge_descriptions(
-    answers: Vec<(SocketAddr, Vec<Locations>)>,
-) -> (Vec<Locations>, Vec<(SocketAddr, String)>) {
-    let mut by_name: std::collections::BTreeMap<String, Vec<(SocketAddr, Locations)>> =
+    answers: Vec<(SocketAddr, Vec<FileDescription>)>,
+) -> (Vec<FileDescription>, Vec<(SocketAddr, String)>) {
+    let mut by_name: std::collections::BTreeMap<String, FileDescription> =
         std::collections::BTreeMap::new();
+    let mut left_out = Vec::new();
     for (t, files) in answers {
-        for l in files {
-            by_name.entry(l.name.clone()).or_default().push((t, l));
+        for d in files {
+            let Some(m) = by_name.get_mut(&d.name) else {
+                by_name.insert(d.name.clone(), d);
+                continue;
+            };
+            let same = (m.length, m.chunk_size, m.chunk_count, m.id)
+                == (d.length, d.chunk_size, d.chunk_count, d.id);
+            if !same {
+                left_out.push((t, d.name));
+                continue;
+            }
+            for (addr, n) in d.sources {
+                match m.sources.iter_mut().find(|(a, _)| *a == addr) {
+                    Some((_, held)) => *held = (*held).max(n),
+                    None => m.sources.push((addr, n)),
+                }
+            }
         }
     }
-    let mut files = Vec::with_capacity(by_name.len());
-    let mut left_out = Vec::new();
-    for (name, ls) in by_name {
-        let (merged, others) = merge_locations(ls);
-        left_out.extend(others.into_iter().map(|t| (t, name.clone())));
-        files.push(merged);
-    }
-    (files, left_out)
+    (by_name.into_values().collect(), left_out)
 }
 
 /// Where `name` is held according to every tracker in `trackers`, merged
@@ -670,9 +726,14 @@ mod tests {
     #[test]
     fn descriptions_merge_name_by_name_and_name_who_was_left_out() {
         let (t1, t2) = (addr("10.0.0.1:7000"), addr("10.0.0.2:7000"));
-        let named = |n: &str, l: Locations| Locations {
-            name: n.into(),
-            ..l
+        let named = |n: &str, l: Locations| {
+            let hashes = Some(vec![[n.len() as u8; 20]; l.chunk_count as usize]);
+            summarize(Locations {
+                name: n.into(),
+                hashes,
+                ..l
+            })
+            .unwrap()
         };
         let (files, left_out) = merge_descriptions(vec![
             (
@@ -680,6 +741,7 @@ mod tests {
                 vec![
                     named("b", locs(2048, &[("1.1.1.1:1", &[0b1000_0000])])),
                     named("c", locs(1024, &[("1.1.1.1:1", &[0x80])])),
+                    named("dd", locs(2048, &[("1.1.1.1:1", &[0b1000_0000])])),
                 ],
             ),
             (
@@ -689,15 +751,27 @@ mod tests {
                     named("b", locs(2048, &[("2.2.2.2:2", &[0b0100_0000])])),
                     // Other content under c: left out of c only.
                     named("c", locs(4096, &[("2.2.2.2:2", &[0xf0])])),
+                    // The same endpoint through both: the larger count.
+                    named("dd", locs(2048, &[("1.1.1.1:1", &[0b1100_0000])])),
                 ],
             ),
         ]);
         let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(names, ["a", "b", "c", "dd"]);
         assert_eq!(files[1].sources.len(), 2, "b is held through both trackers");
         assert_eq!(files[2].length, 1024, "the first tracker says what c is");
-        assert_eq!(files[2].sources.len(), 1);
+        assert_eq!(files[2].sources, vec![(addr("1.1.1.1:1"), 1)]);
+        assert_eq!(files[3].sources, vec![(addr("1.1.1.1:1"), 2)]);
         assert_eq!(left_out, vec![(t2, "c".to_string())]);
+        // The same geometry with other hashes: other content.
+        let f = named("f", locs(1024, &[("1.1.1.1:1", &[0x80])]));
+        let g = FileDescription {
+            id: ContentId([9; 20]),
+            ..f.clone()
+        };
+        let (files, left_out) = merge_descriptions(vec![(t1, vec![f.clone()]), (t2, vec![g])]);
+        assert_eq!(files, vec![f]);
+        assert_eq!(left_out, vec![(t2, "f".to_string())]);
     }
 
     #[test]
@@ -866,7 +940,6 @@ mod tests {
         h2.join().unwrap();
         let names: Vec<&str> = m.value.0.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(names, ["a"]);
-        assert!(m.value.0.iter().all(|l| content_id(l).is_some()));
         let failed: Vec<SocketAddr> = m.failed.iter().map(|(t, _)| *t).collect();
         assert_eq!(failed, vec![bad]);
         assert!(

@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 
 use crate::chunks::Bitmap;
+use crate::peer::client::FileDescription;
 use crate::peer::download::Summary;
 use crate::peer::session::SessionEvent;
 use crate::wire::{FileSummary, Locations};
@@ -184,7 +185,7 @@ pub fn format_file_list(files: &[FileSummary], truncated: bool) -> String {
 /// What `peer list --long` prints: per file its name, exact size, size in
 /// units, content id, chunks and sources (from its `--json` object, so both
 /// say the same), and a last line if a tracker cut the list short.
-pub fn format_long_list(files: &[Locations], truncated: bool) -> Result<String, String> {
+pub fn format_long_list(files: &[FileDescription], truncated: bool) -> String {
     let mut s = String::new();
     if files.is_empty() {
         s.push_str("no files on the network\n");
@@ -195,7 +196,7 @@ pub fn format_long_list(files: &[Locations], truncated: bool) -> Result<String, 
         .max()
         .unwrap_or(0);
     for l in files {
-        let f = super::json::file(l)?;
+        let f = super::json::file(l);
         s.push_str(&format!(
             "{:<w$}  {:>14} bytes  ({})  id {}  {} of {}, {} ({} complete)\n",
             f.name,
@@ -211,7 +212,7 @@ pub fn format_long_list(files: &[Locations], truncated: bool) -> Result<String, 
     if truncated {
         s.push_str("(list cut short by the tracker)\n");
     }
-    Ok(s)
+    s
 }
 
 /// Whether a download found every chunk on disk and fetched nothing.
