@@ -330,10 +330,7 @@ pub fn about(t: SocketAddr, e: &PeerError) -> String {
 pub fn list_files_all(trackers: &[SocketAddr]) -> Result<Merged<(Vec<FileSummary>, bool)>> {
     let mut lists = Vec::new();
     let mut failed = Vec::new();
-    for (t, r) in ask_all(trackers, |c| match c.request(&Message::ListFiles)? {
-        Message::FileList { files, truncated } => Ok((files, truncated)),
-        other => Err(unexpected(c.addr(), &other)),
-    }) {
+    for (t, r) in ask_all(trackers, list_on) {
         match r {
             Ok((l, _)) => lists.push(l),
             Err(e) => failed.push((t, e)),
@@ -346,6 +343,26 @@ pub fn list_files_all(trackers: &[SocketAddr]) -> Result<Merged<(Vec<FileSummary
         value: merge_file_lists(lists),
         failed,
     })
+}
+
+/// The tracker's list over `c`. A name that no tracker accepts from a peer
+/// (`wire::validate_name`: control characters, such as a terminal's escape
+/// sequences, `..`, …) is an error: that tracker is not believed.
+fn list_on(c: &mut Conn) -> Result<(Vec<FileSummary>, bool)> {
+    let (files, truncated) = match c.request(&Message::ListFiles)? {
+        Message::FileList { files, truncated } => (files, truncated),
+        other => return Err(unexpected(c.addr(), &other)),
+    };
+    if let Some((f, e)) = files
+        .iter()
+        .find_map(|f| crate::wire::validate_name(&f.name).err().map(|e| (f, e)))
+    {
+        return Err(PeerError::Protocol {
+            who: c.addr().to_string(),
+            what: format!("listed the invalid name {:?} ({e})", f.name),
+        });
+    }
+    Ok((files, truncated))
 }
 
 /// Merges file lists (pure): each name once, the first list's entry
@@ -409,10 +426,7 @@ pub fn describe_all(trackers: &[SocketAddr]) -> Result<Merged<(Vec<FileDescripti
 /// `c`. `heard` is set once the list has come: from then on the tracker is
 /// answering, however many files it describes.
 fn describe_every_file(c: &mut Conn, heard: &AtomicBool) -> Result<(Vec<FileDescription>, bool)> {
-    let (files, truncated) = match c.request(&Message::ListFiles)? {
-        Message::FileList { files, truncated } => (files, truncated),
-        other => return Err(unexpected(c.addr(), &other)),
-    };
+    let (files, truncated) = list_on(c)?;
     heard.store(true, Ordering::SeqCst);
     let mut described = Vec::with_capacity(files.len());
     for f in files {
@@ -952,6 +966,31 @@ mod tests {
         let e = describe_all(&[bad]).unwrap_err();
         h3.join().unwrap();
         assert!(matches!(e, PeerError::Protocol { .. }), "{e}");
+    }
+
+    /// Review: names come from the tracker; one that no tracker would
+    /// accept from a peer (here a terminal escape) is printed as is by
+    /// `peer list` and `list --long`. Such a tracker is left out, named.
+    #[test]
+    fn a_tracker_listing_a_name_no_peer_could_register_is_left_out() {
+        const BAD: &[&str] = &["ok", "clear\u{1b}[2J"];
+        let (good, h1) = answering(&["x"]);
+        let (bad, h2) = answering(BAD);
+        let m = list_files_all(&[good, bad]).unwrap();
+        h1.join().unwrap();
+        h2.join().unwrap();
+        assert_eq!(m.value.0, vec![file("x", 1)]);
+        let failed: Vec<SocketAddr> = m.failed.iter().map(|(t, _)| *t).collect();
+        assert_eq!(failed, vec![bad]);
+        let (good, h1) = describing(&["x"], Duration::ZERO, false);
+        let (bad, h2) = describing(BAD, Duration::ZERO, false);
+        let m = describe_all(&[good, bad]).unwrap();
+        h1.join().unwrap();
+        h2.join().unwrap();
+        let names: Vec<&str> = m.value.0.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["x"]);
+        let failed: Vec<SocketAddr> = m.failed.iter().map(|(t, _)| *t).collect();
+        assert_eq!(failed, vec![bad]);
     }
 
     /// An address nothing listens on.
