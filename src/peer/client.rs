@@ -2,13 +2,15 @@
 //! tracker or a peer, built on [`crate::net::client`], with errors as
 //! [`PeerError`]) and the one-shot tracker queries used by `peer list`,
 //! `peer where` and the downloader, to one tracker or to several at once
-//! ([`list_files_all`], [`locate_all`]: asked in parallel, answers merged,
-//! the trackers that did not answer named).
+//! ([`list_files_all`], [`locate_all`], [`describe_all`]: asked in
+//! parallel, answers merged, the trackers that did not answer, or answered
+//! what cannot be shown, named).
 //!
 //! Owns: the one-shot queries, merging several trackers' answers (pure:
-//! [`merge_file_lists`], [`merge_locations`]) and address resolution. Connection setup
+//! [`merge_file_lists`], [`merge_locations`], [`merge_descriptions`]), the
+//! [`FileDescription`] of a file and address resolution. Connection setup
 //! (timeouts, TCP_NODELAY, the Hello) belongs to `net::client`; this module
-//! only forwards to it. Calls `net` and `wire`.
+//! only forwards to it. Calls `net`, `wire` and `chunks`.
 
 use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
