@@ -169,3 +169,46 @@ fn peer_get_download_limit_slows_the_download() {
         assert!(took >= Duration::from_millis(1400), "{took:?}");
     });
 }
+
+/// Review: several downloads at once under one limit (the prompt's jobs)
+/// each get a share of it, so one chunk takes longer than a chunk at the
+/// slowest rate a source may send (the stall allowance: the I/O timeout
+/// plus a chunk at 8 KiB/s). Waiting for the limit is not a stall: every
+/// download finishes.
+#[test]
+fn many_downloads_sharing_a_low_limit_do_not_give_up() {
+    with_timeout(90, || {
+        const FILES: usize = 6;
+        const LOW: u64 = 32 << 10;
+        let s = Scratch::new("dl-limit-many");
+        let data: Vec<Vec<u8>> = (0..FILES)
+            .map(|i| util::pattern(util::CHUNK as usize, 30 + i as u64))
+            .collect();
+        for (i, d) in data.iter().enumerate() {
+            write(&s.sub("src"), &format!("f{i}"), d);
+        }
+        let t = tracker();
+        let _seed = seed(t.local_addr(), &s.path().join("src"), None);
+        let b = Arc::new(downloader(t.local_addr()));
+        // Each file is one 64 KiB chunk; at 32 KiB/s over six downloads
+        // each gets about 5.3 KiB/s: 12 s a chunk, beyond the 1 s + 8 s
+        // a chunk may take at 8 KiB/s.
+        let o = DownloadOptions {
+            download_limit: Arc::new(RateLimiter::new(Some(LOW))),
+            io_timeout: Duration::from_secs(1),
+            give_up_after: Duration::from_secs(2),
+            ..opts()
+        };
+        let runs: Vec<_> = (0..FILES)
+            .map(|i| {
+                let (b, o, dir) = (Arc::clone(&b), o.clone(), s.sub("b"));
+                thread::spawn(move || b.download(&format!("f{i}"), &dir, &o, &mut |_| {}))
+            })
+            .collect();
+        for (i, r) in runs.into_iter().enumerate() {
+            let got = r.join().unwrap();
+            assert!(got.is_ok(), "f{i}: {}", got.unwrap_err());
+            assert_eq!(fs::read(s.path().join(format!("b/f{i}"))).unwrap(), data[i]);
+        }
+    });
+}

@@ -57,6 +57,14 @@ pub trait ReadGate: Send + Sync {
     /// not count against the frame's deadline: it is this side's choice,
     /// not the other side being slow.
     fn read(&self, stream: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Duration)>;
+
+    /// A connection now reads through this gate (so a gate can tell how
+    /// many share it).
+    fn attached(&self) {}
+
+    /// A connection that read through this gate is gone (or has another
+    /// gate).
+    fn detached(&self) {}
 }
 
 /// The socket under a client's read buffer: read as is, or through a gate.
@@ -66,6 +74,14 @@ struct Socket {
     /// Nanoseconds spent waiting at the gate so far (read by the frame
     /// deadline, which leaves them out).
     held: Arc<AtomicU64>,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if let Some(g) = self.gate.take() {
+            g.detached();
+        }
+    }
 }
 
 impl Read for Socket {
@@ -182,7 +198,10 @@ impl Conn {
     /// `gate` (a download limit). Time spent waiting at the gate does not
     /// count against a frame's deadline.
     pub fn gate_reads(&mut self, gate: Arc<dyn ReadGate>) {
-        self.reader.get_mut().gate = Some(gate);
+        gate.attached();
+        if let Some(old) = self.reader.get_mut().gate.replace(gate) {
+            old.detached();
+        }
     }
 
     /// Writes one message.

@@ -41,7 +41,7 @@
 use std::io::{self, Read};
 use std::net::TcpStream;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::net::client::ReadGate;
@@ -69,6 +69,8 @@ pub struct RateLimiter {
     next: Mutex<Option<Instant>>,
     /// Bytes taken through [`RateLimiter::read_paced`] so far.
     taken: AtomicU64,
+    /// Connections reading through this limiter now (as a `ReadGate`).
+    readers: AtomicUsize,
 }
 
 impl Default for RateLimiter {
@@ -84,6 +86,7 @@ impl RateLimiter {
             rate: bytes_per_sec.filter(|&r| r > 0),
             next: Mutex::new(None),
             taken: AtomicU64::new(0),
+            readers: AtomicUsize::new(0),
         }
     }
 
@@ -144,6 +147,26 @@ impl RateLimiter {
                 None => left,
             });
         }
+    }
+
+    /// Connections reading through this limiter now (as a
+    /// `net::client::ReadGate`): every source of every download sharing
+    /// it, so each is read at about `rate / readers`.
+    pub fn readers(&self) -> usize {
+        self.readers.load(Ordering::SeqCst)
+    }
+
+    /// How long `bytes` of one connection may take to arrive through this
+    /// limiter when it is shared evenly by `readers` connections (at least
+    /// one), with twice that for the unevenness of the sharing; `None`
+    /// when unlimited.
+    pub fn shared_time(&self, bytes: u64, readers: usize) -> Option<Duration> {
+        let rate = self.rate?;
+        let readers = u64::try_from(readers.max(1)).unwrap_or(u64::MAX);
+        Some(duration_for(
+            bytes.saturating_mul(2).saturating_mul(readers),
+            rate,
+        ))
     }
 
     /// Bytes read from sockets through [`RateLimiter::read_paced`] so far,
@@ -218,6 +241,16 @@ impl RateLimiter {
 impl ReadGate for RateLimiter {
     fn read(&self, stream: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Duration)> {
         self.read_paced(stream, buf)
+    }
+
+    fn attached(&self) {
+        self.readers.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn detached(&self) {
+        let _ = self
+            .readers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
     }
 }
 
@@ -337,6 +370,23 @@ mod tests {
             begin.elapsed()
         );
         assert!(max >= RATE * 8 / 10, "busiest second only {max} bytes");
+    }
+
+    /// The count of connections reading through a limiter, and the time a
+    /// chunk may take when they share it (the downloads' stall allowance).
+    #[test]
+    fn readers_are_counted_and_share_the_time() {
+        let l = RateLimiter::new(Some(64 << 10));
+        assert_eq!(l.readers(), 0);
+        (0..3).for_each(|_| ReadGate::attached(&l));
+        ReadGate::detached(&l);
+        assert_eq!(l.readers(), 2);
+        (0..5).for_each(|_| ReadGate::detached(&l));
+        assert_eq!(l.readers(), 0, "never below zero");
+        // 64 KiB among 4 readers at 64 KiB/s: 4 s, twice over.
+        assert_eq!(l.shared_time(64 << 10, 4), Some(Duration::from_secs(8)));
+        assert_eq!(l.shared_time(64 << 10, 0), Some(Duration::from_secs(2)));
+        assert_eq!(RateLimiter::unlimited().shared_time(1, 1), None);
     }
 
     /// Samples `count` every millisecond until `done`: `(when, count)`.

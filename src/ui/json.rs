@@ -4,13 +4,13 @@
 //! uses the same names).
 //!
 //! Owns: the JSON shapes of the command line. Calls `wire` (Locations),
-//! `chunks` (bitmaps, content ids), `peer::client` (`content_id`) and
-//! serde.
+//! `chunks` (bitmaps, content ids), `peer::client` (`content_id`,
+//! `FileDescription`) and serde.
 
 use serde::Serialize;
 
 use crate::chunks::{Bitmap, ContentId};
-use crate::peer::client;
+use crate::peer::client::{self, FileDescription};
 use crate::wire::Locations;
 
 /// One file, as `peer list --json` prints it.
@@ -63,18 +63,19 @@ fn bitmaps(l: &Locations) -> Result<Vec<Bitmap>, String> {
         .collect()
 }
 
-/// The `list` object of a file described with its hashes.
-pub fn file(l: &Locations) -> Result<FileJson<'_>, String> {
-    let maps = bitmaps(l)?;
-    Ok(FileJson {
-        name: &l.name,
-        length: l.length,
-        chunk_size: l.chunk_size,
-        chunk_count: l.chunk_count,
-        id: content_id(l)?.to_string(),
-        sources: count(maps.iter().filter(|b| b.count_ones() > 0 || b.is_full())),
-        complete_sources: count(maps.iter().filter(|b| b.is_full())),
-    })
+/// The `list` object of a file.
+pub fn file(d: &FileDescription) -> FileJson<'_> {
+    // An empty file has no chunk: each endpoint holds all of it.
+    let complete = |&&(_, n): &&(_, u32)| n == d.chunk_count;
+    FileJson {
+        name: &d.name,
+        length: d.length,
+        chunk_size: d.chunk_size,
+        chunk_count: d.chunk_count,
+        id: d.id.to_string(),
+        sources: count(d.sources.iter().filter(|s| s.1 > 0 || complete(s))),
+        complete_sources: count(d.sources.iter().filter(complete)),
+    }
 }
 
 /// The `where` objects of a file described with its hashes, one per source.
@@ -145,8 +146,19 @@ mod tests {
     fn list_and_where_objects_have_the_documented_fields() {
         let l = abc();
         let id = ContentId::compute(2049, 1024, l.hashes.as_ref().unwrap()).to_string();
-        let f: serde_json::Value =
-            serde_json::from_str(&line(&file(&l).unwrap()).unwrap()).unwrap();
+        let d = FileDescription {
+            name: l.name.clone(),
+            length: l.length,
+            chunk_size: l.chunk_size,
+            chunk_count: l.chunk_count,
+            id: content_id(&l).unwrap(),
+            sources: vec![
+                ("127.0.0.1:7001".parse().unwrap(), 3),
+                ("[::1]:7002".parse().unwrap(), 1),
+                ("10.0.0.1:7003".parse().unwrap(), 0),
+            ],
+        };
+        let f: serde_json::Value = serde_json::from_str(&line(&file(&d)).unwrap()).unwrap();
         assert_eq!(
             f,
             serde_json::json!({"name": "dir/a \"b\"\n.txt", "length": 2049, "chunk_size": 1024,
@@ -173,7 +185,7 @@ mod tests {
     fn no_hashes_or_a_bad_bitmap_is_an_error() {
         let mut l = abc();
         l.sources[0].have = vec![0, 0];
-        assert!(file(&l).is_err());
+        assert!(sources(&l).is_err());
         l.hashes = None;
         assert!(sources(&l).is_err());
     }

@@ -28,15 +28,12 @@ pub fn list(a: ListArgs) -> Result<(), BoxError> {
     warn_unanswered(&merged.failed);
     let (files, truncated) = merged.value;
     if !a.json {
-        out!(
-            "{}",
-            format_long_list(&files, truncated).map_err(from_tracker)?
-        )?;
+        out!("{}", format_long_list(&files, truncated))?;
         return Ok(());
     }
     let mut lines = String::new();
     for f in &files {
-        lines.push_str(&json::line(&json::file(f).map_err(from_tracker)?)?);
+        lines.push_str(&json::line(&json::file(f))?);
     }
     out!("{lines}")?;
     if truncated {
