@@ -184,9 +184,18 @@ fn a_folder_downloads_whole_resumes_after_sigkill_and_keeps_to_its_prefix() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains("no file under \"nope/\""), "{err}");
         assert!(!nothing.exists(), "an unknown folder wrote {nothing:?}");
-        // No name at all: a usage error.
+        // No name at all: a usage error; so is --id (one file's content)
+        // with a folder or several names.
         let o = get(ta, &nothing, &[], &[]).output().unwrap();
         assert_eq!(o.status.code(), Some(2), "{o:?}");
+        let id = "0".repeat(40);
+        for names in [&["top/"][..], &["topx/a.bin", "other/b.bin"]] {
+            let o = get(ta, &nothing, names, &["--id", &id]).output().unwrap();
+            assert_eq!(o.status.code(), Some(2), "{names:?}: {o:?}");
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains("--id pins the content of one file"), "{err}");
+        }
+        assert!(!nothing.exists());
 
         // First run: killed (SIGKILL) once a third of the files are in.
         let dst = s.path().join("dst");

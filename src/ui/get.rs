@@ -87,10 +87,13 @@ pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
         )));
     }
     let several = a.names.len() > 1 || a.names.iter().any(|n| batch::is_folder(n));
-    // TODO(coordinator, r-jsonlim): `--id ID` pins the content of one file:
-    // with several names or a folder it is a usage error (exit 2), e.g.
-    // if several && a.id.is_some() { return Err(Box::new(Usage(
-    //     "--id pins the content of one file: give exactly one NAME that is not a folder".into()))) }
+    if several && a.id.is_some() {
+        return Err(Box::new(Usage(
+            "--id pins the content of one file: give exactly one NAME, not several names or a \
+             folder"
+                .into(),
+        )));
+    }
     let cfg = node_config(a.tracker.as_deref(), a.listen, a.upload_limit)?;
     // Before the node starts: a name or folder nobody has writes nothing.
     let (plan, unanswered) = batch::plan(&cfg.trackers, &a.names)?;
@@ -106,15 +109,21 @@ pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
             node.local_addr()
         )?;
     }
-    // The files' chunk size is not known yet: warn for the default one.
-    if a.upload_limit.is_some_and(|l| l > 0) && !a.json {
-        super::share::say_upload_limit(a.upload_limit, crate::limits::DEFAULT_CHUNK_SIZE)?;
+    if !a.json {
+        // The files' chunk size is not known yet: warn for the default one.
+        if a.upload_limit.is_some_and(|l| l > 0) {
+            super::share::say_upload_limit(a.upload_limit, crate::limits::DEFAULT_CHUNK_SIZE)?;
+        }
+        super::share::say_download_limit(a.download_limit)?;
     }
+    // One value for every file: its download limiter (an Arc) paces all
+    // of them together.
     let opts = DownloadOptions {
         pipeline_depth: a.pipeline.max(1),
+        expect_id: a.id,
         // A set syncs each folder once at the end (batch::run).
         sync_folder: !several,
-        ..DownloadOptions::default()
+        ..super::share::download_options(a.download_limit)
     };
     let result = if several {
         many(&a, &node, &plan, &opts, signals)

@@ -1,39 +1,94 @@
 //! `peer list` and `peer where`: one question to every tracker given, the
 //! answers merged and printed; a tracker that did not answer is named on
-//! stderr, and only when none answers is it an error. `list PREFIX` keeps
-//! the files under PREFIX (whole path components).
+//! stderr, and only when none answers is it an error. With `--json` only
+//! JSON lines go to stdout ([`super::json`]); warnings stay on stderr.
+//! `list PREFIX` keeps the files under PREFIX (whole path components).
 //!
-//! Owns nothing. Calls `peer::client` and [`super::format`].
+//! Owns nothing. Calls `peer::client`, [`super::format`] and
+//! [`super::json`].
 
 use std::net::SocketAddr;
 
 use super::BoxError;
 use super::args::{ListArgs, WhereArgs};
-use super::format::{format_file_list, format_locations};
+use super::format::{format_file_list, format_locations, format_long_list};
+use super::json;
 use crate::peer::download::batch::is_under;
 use crate::peer::{PeerError, client};
 
 pub fn list(a: ListArgs) -> Result<(), BoxError> {
-    let merged = client::list_files_all(&super::trackers(a.tracker.as_deref())?)?;
+    let trackers = super::trackers(a.tracker.as_deref())?;
+    if !a.long && !a.json {
+        let merged = client::list_files_all(&trackers)?;
+        warn_unanswered(&merged.failed);
+        let (mut files, truncated) = merged.value;
+        if let Some(prefix) = a.prefix.as_deref() {
+            files.retain(|f| is_under(&f.name, prefix));
+        }
+        if !none_under(a.prefix.as_deref(), files.is_empty())? {
+            out!("{}", format_file_list(&files, truncated))?;
+        }
+        return Ok(());
+    }
+    // The content id needs each file's hashes: a Locate per file.
+    let merged = client::describe_all(&trackers)?;
     warn_unanswered(&merged.failed);
     let (mut files, truncated) = merged.value;
     if let Some(prefix) = a.prefix.as_deref() {
         files.retain(|f| is_under(&f.name, prefix));
-        if files.is_empty() {
-            outln!("no files under {prefix:?} on the network")?;
-            return Ok(());
-        }
     }
-    out!("{}", format_file_list(&files, truncated))?;
+    if !a.json {
+        if !none_under(a.prefix.as_deref(), files.is_empty())? {
+            out!("{}", format_long_list(&files, truncated))?;
+        }
+        return Ok(());
+    }
+    let mut lines = String::new();
+    for f in &files {
+        lines.push_str(&json::line(&json::file(f))?);
+    }
+    out!("{lines}")?;
+    if truncated {
+        eprintln!("peer: warning: the list was cut short by the tracker");
+    }
     Ok(())
 }
 
 pub fn where_(a: WhereArgs) -> Result<(), BoxError> {
-    let merged = client::locate_all(&super::trackers(a.tracker.as_deref())?, &a.name, false)?;
+    // The content id in the JSON needs the hashes.
+    let merged = client::locate_all(&super::trackers(a.tracker.as_deref())?, &a.name, a.json)?;
     warn_unanswered(&merged.failed);
     let (l, _) = merged.value;
-    out!("{}", format_locations(&l, a.width.max(1), None)?)?;
+    if !a.json {
+        out!("{}", format_locations(&l, a.width.max(1), None)?)?;
+        return Ok(());
+    }
+    let mut lines = String::new();
+    for s in json::sources(&l).map_err(from_tracker)? {
+        lines.push_str(&json::line(&s)?);
+    }
+    out!("{lines}")?;
     Ok(())
+}
+
+/// A description from the trackers that cannot be shown (no hashes, a bad
+/// bitmap): a protocol error.
+fn from_tracker(what: String) -> PeerError {
+    PeerError::Protocol {
+        who: "the tracker".into(),
+        what,
+    }
+}
+
+/// Says so when a `list PREFIX` matched nothing; whether it did.
+fn none_under(prefix: Option<&str>, empty: bool) -> Result<bool, BoxError> {
+    match prefix {
+        Some(p) if empty => {
+            outln!("no files under {p:?} on the network")?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// One line on stderr per tracker that did not answer (the answer printed
