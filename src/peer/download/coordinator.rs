@@ -7,7 +7,8 @@
 //! delivers nothing), whether it is banned, its strikes, what it
 //! contributed), the workers running ([`Active`]) and which sources get one
 //! first (those that delivered; at most `limits::MAX_PROBES` on probation,
-//! `MAX_PROBES_PER_HOST` to one host), the availability the picker ranks
+//! `MAX_PROBES_PER_HOST` to one host; never more workers than chunks
+//! missing), the availability the picker ranks
 //! by, asking the locators (one per tracker) for fresh locations and
 //! merging their answers (each tracker's latest word, a tracker that fails
 //! or knows nothing contributing nothing until it answers again),

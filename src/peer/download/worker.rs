@@ -3,7 +3,8 @@
 //! Owns: the worker thread's loop over its own TCP connection: connect and
 //! greet (a short deadline for a source on probation), fill the pipeline
 //! (pick rarest-first under the picker lock, up to the pipeline depth and
-//! never more than `limits::MAX_REQUEST_BYTES_IN_FLIGHT` of requests), read
+//! never more than `limits::MAX_REQUEST_BYTES_IN_FLIGHT` of requests; an
+//! endgame copy only after `limits::ENDGAME_GRACE` idle), read
 //! a reply, and either verify the chunk here or hand it to the assembler to
 //! hash ([`Worker::verify_or_hand_off`]), then pass it on through the
 //! bounded chunk channel. Also owns the per-connection retry rules of
