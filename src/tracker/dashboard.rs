@@ -400,8 +400,11 @@ pub fn percent_decode(s: &str) -> Option<String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let pair = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(pair, 16).ok()?);
+            // Two hex digits exactly: `u8::from_str_radix` alone would also
+            // take a sign ("%+1" as 0x01).
+            let hex = |c: u8| char::from(c).to_digit(16);
+            let (hi, lo) = (hex(*b.get(i + 1)?)?, hex(*b.get(i + 2)?)?);
+            out.push(u8::try_from(hi * 16 + lo).ok()?);
             i += 3;
         } else {
             out.push(b[i]);
@@ -424,6 +427,12 @@ mod tests {
         assert_eq!(percent_decode("50%"), None);
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%FF"), None);
+        // A sign is not a hex digit: "%+1" is not an escape of 0x01.
+        assert_eq!(percent_decode("%+1"), None);
+        assert_eq!(percent_decode("a%+41"), None);
+        assert_eq!(percent_decode("%-1"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%00").as_deref(), Some("\0"));
     }
 
     #[test]
