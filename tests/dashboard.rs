@@ -67,7 +67,7 @@ fn exchange(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Response> {
 }
 
 fn request(addr: SocketAddr, method: &str, path: &str) -> Response {
-    let raw = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    let raw = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     exchange(addr, raw.as_bytes()).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
