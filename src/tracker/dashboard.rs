@@ -13,8 +13,9 @@
 //! - `/metrics`: Prometheus text ([`super::metrics::render`]).
 //!
 //! Owns: the JSON shapes (serde structs: the field names README documents
-//! are these structs' fields), a short-lived cache of answers (so the
-//! registry lock is taken for the dashboard at most once per
+//! are these structs' fields), a short-lived cache of answers (so, for
+//! the questions it has room for, the registry lock is taken for the
+//! dashboard at most once per
 //! [`DASHBOARD_SNAPSHOT_TTL`] per question, however many requests come),
 //! and the content ids of the files (computed outside the registry lock,
 //! once per file).
