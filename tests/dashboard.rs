@@ -152,7 +152,6 @@ fn metrics(addr: SocketAddr) -> BTreeMap<String, f64> {
 // ---- A swarm: tracker process, sharer, two downloaders ---------------------
 
 struct Swarm {
-    scratch: Scratch,
     tracker: SocketAddr,
     http: SocketAddr,
     sharer: SocketAddr,
@@ -160,6 +159,9 @@ struct Swarm {
     // Dropped (killed) last: the tracker outlives the peers.
     peers: Vec<Proc>,
     _tracker: Proc,
+    // Removed after every process is gone, not under a peer still
+    // writing into it.
+    scratch: Scratch,
 }
 
 /// Starts the tracker with `--http 127.0.0.1:0` and a sharer of a
