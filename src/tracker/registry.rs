@@ -1100,7 +1100,10 @@ mod tests {
             let name = ["a", "b", "c"][(k / 12 % 3) as usize];
             match k / 36 % 6 {
                 0 | 1 => {
-                    let mut e = entry(name, 8 * 1024, 1);
+                    // Now and then other content under the name: refused, or
+                    // taking the name over from holders without a chunk.
+                    let seed = if k.is_multiple_of(11) { 2 } else { 1 };
+                    let mut e = entry(name, 8 * 1024, seed);
                     let mut bits = Bitmap::new(8);
                     if !k.is_multiple_of(4) {
                         bits.set((k % 8) as u32);
