@@ -208,12 +208,17 @@ fn worker(
             Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::SeqCst) => continue,
             Err(_) => return,
         };
+        // The slot is filled before the stop flag is read: shutdown sets the
+        // flag before it looks at the slots, so either it sees this socket
+        // and shuts it down, or this worker sees the flag and serves nothing.
+        *crate::sync::lock(slot) = stream.try_clone().ok();
+        if !stop.load(Ordering::SeqCst) {
+            serve(&stream, accepted, app, bound);
+        }
+        *crate::sync::lock(slot) = None;
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        *crate::sync::lock(slot) = stream.try_clone().ok();
-        serve(&stream, accepted, app, bound);
-        *crate::sync::lock(slot) = None;
     }
 }
 
