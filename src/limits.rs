@@ -227,6 +227,25 @@ pub const NOT_HELD_RETRY_MAX: Duration = Duration::from_secs(8);
 /// does not answer). Super-seeding turns a chunk away only while it is
 /// being fetched elsewhere, so an honest seed delivers others meanwhile.
 pub const MAX_NOT_HELD_IN_A_ROW: u32 = 64;
+/// A peer whose uploads are capped sends one chunk at a time at its whole
+/// rate, in the order asked, booking each at most this far ahead; a
+/// request beyond that waits its turn for up to [`UPLOAD_QUEUE_WAIT`].
+pub const UPLOAD_BACKLOG_MAX: Duration = Duration::from_millis(500);
+/// How long a request to a capped peer may wait for its turn before it is
+/// answered `Busy` (ask later or elsewhere): so no request sits long at a
+/// source busy with others while the chunk may be had elsewhere. With
+/// [`UPLOAD_BACKLOG_MAX`] well under the client's I/O timeout.
+pub const UPLOAD_QUEUE_WAIT: Duration = Duration::from_secs(1);
+/// A worker told `Busy` for a chunk sends that source no new request for
+/// about this long (the chunk goes back to the pool for the other
+/// sources), longer after several `Busy` in a row.
+pub const BUSY_PAUSE: Duration = Duration::from_millis(500);
+/// A source that answers `Busy` this many times in a row is dropped for
+/// now (backed off from like one that does not answer, unless it
+/// delivered since it was connected to), so that a download's places for
+/// sources ([`MAX_ACTIVE_SOURCES`]) go to sources with room rather than
+/// staying with the first ones found, which everybody found first.
+pub const MAX_BUSY_IN_A_ROW: u32 = 3;
 /// A source that has not delivered a chunk to this download yet must accept
 /// the connection and answer Hello within this long; a proven source gets
 /// the full connect and I/O timeouts. Silent, full or unreachable sources

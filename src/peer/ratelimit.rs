@@ -20,8 +20,10 @@
 //! Callers must acquire in pieces of [`RateLimiter::piece_size`]: a single
 //! huge acquire is released in one go and would break the bound above.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 /// How far behind "now" an idle limiter's schedule may start. Bounds the
@@ -43,8 +45,51 @@ const MAX_RESERVATION: Duration = Duration::from_secs(24 * 3600);
 pub struct RateLimiter {
     /// Bytes per second; `None` = unlimited (then no lock is ever taken).
     rate: Option<u64>,
+    /// The schedule: when the next byte may go, and the replies waiting
+    /// for room in it.
+    sched: Mutex<Sched>,
+}
+
+/// The upload schedule of a peer.
+#[derive(Debug, Default)]
+struct Sched {
     /// When the next byte may be released (`None` until first use).
-    next: Mutex<Option<Instant>>,
+    next: Option<Instant>,
+    /// Replies waiting to be booked ([`RateLimiter::book`]), first come
+    /// first booked; only the first is woken when there is room.
+    waiting: VecDeque<(u64, Thread)>,
+    /// The ticket of the next reply to wait.
+    tickets: u64,
+}
+
+impl Sched {
+    /// Where a slot booked now would start: `next`, or `now - SLACK` for an
+    /// idle schedule.
+    fn start(&self, now: Instant) -> Instant {
+        let floor = now.checked_sub(SLACK).unwrap_or(now);
+        match self.next {
+            Some(t) if t > floor => t,
+            _ => floor,
+        }
+    }
+
+    /// Books `cost` from `start`.
+    fn take(&mut self, start: Instant, cost: Duration) {
+        self.next = Some(
+            start
+                .checked_add(cost)
+                .unwrap_or_else(|| start + MAX_RESERVATION),
+        );
+    }
+
+    /// Leaves the queue; wakes the new first waiter if it was ours.
+    fn leave(&mut self, ticket: u64) {
+        let first = self.waiting.front().map(|w| w.0) == Some(ticket);
+        self.waiting.retain(|w| w.0 != ticket);
+        if first && let Some(w) = self.waiting.front() {
+            w.1.unpark();
+        }
+    }
 }
 
 impl Default for RateLimiter {
@@ -58,7 +103,7 @@ impl RateLimiter {
     pub fn new(bytes_per_sec: Option<u64>) -> RateLimiter {
         RateLimiter {
             rate: bytes_per_sec.filter(|&r| r > 0),
-            next: Mutex::new(None),
+            sched: Mutex::new(Sched::default()),
         }
     }
 
@@ -121,24 +166,118 @@ impl RateLimiter {
         }
     }
 
+    /// Books one slot for all `n` bytes of a reply (a whole chunk). The
+    /// slot may start at most `backlog` after now: a reply that would wait
+    /// longer behind those booked before it waits its turn (first come,
+    /// first booked) for up to `queue_for`, and gets `None` (nothing
+    /// booked) if its turn has not come by then or `cancel` is set. The
+    /// caller then writes the bytes in pieces of
+    /// [`RateLimiter::piece_size`], each after [`Booking::wait`] for its
+    /// offset, so they go out at the rate inside the slot. Slots never
+    /// overlap, so the bound of the module comment holds, and replies go
+    /// out one after another in the order they were booked: each at the
+    /// whole rate, not all at once at a share of it. Waiting costs no
+    /// CPU: only the first in line is woken, when there is room (or at
+    /// its time limit). Always `Some` at once when unlimited.
+    pub fn book(
+        &self,
+        n: usize,
+        backlog: Duration,
+        queue_for: Duration,
+        cancel: &AtomicBool,
+    ) -> Option<Booking> {
+        let Some(rate) = self.rate else {
+            return Some(Booking {
+                start: None,
+                rate: 0,
+            });
+        };
+        let cost = duration_for(n as u64, rate);
+        let give_up = Instant::now() + queue_for;
+        let mut s = crate::sync::lock(&self.sched);
+        let ticket = s.tickets;
+        s.tickets = s.tickets.wrapping_add(1);
+        s.waiting.push_back((ticket, std::thread::current()));
+        loop {
+            let now = Instant::now();
+            let start = s.start(now);
+            let first = s.waiting.front().map(|w| w.0) == Some(ticket);
+            let room_in = start.saturating_duration_since(now).saturating_sub(backlog);
+            if first && room_in.is_zero() {
+                s.take(start, cost);
+                s.leave(ticket);
+                return Some(Booking {
+                    start: Some(start),
+                    rate,
+                });
+            }
+            if now >= give_up || cancel.load(Ordering::Relaxed) {
+                s.leave(ticket);
+                return None;
+            }
+            let left = give_up - now;
+            let wait = if first { room_in.min(left) } else { left };
+            drop(s);
+            std::thread::park_timeout(wait);
+            s = crate::sync::lock(&self.sched);
+        }
+    }
+
+    /// Wakes every reply waiting in [`RateLimiter::book`], so that those
+    /// whose `cancel` is set return at once (a server shutting down).
+    pub fn wake_all(&self) {
+        for w in &crate::sync::lock(&self.sched).waiting {
+            w.1.unpark();
+        }
+    }
+
     /// Books the slot for `n` bytes and returns when it starts.
     fn reserve(&self, n: u64, rate: u64) -> Instant {
         let cost = duration_for(n, rate);
         // A poisoned lock only means another thread panicked between two
         // plain assignments; the Instant inside is still meaningful.
-        let mut next = crate::sync::lock(&self.next);
-        let now = Instant::now();
-        let floor = now.checked_sub(SLACK).unwrap_or(now);
-        let start = match *next {
-            Some(t) if t > floor => t,
-            _ => floor,
-        };
-        *next = Some(
-            start
-                .checked_add(cost)
-                .unwrap_or_else(|| start + MAX_RESERVATION),
-        );
+        let mut s = crate::sync::lock(&self.sched);
+        let start = s.start(Instant::now());
+        s.take(start, cost);
         start
+    }
+}
+
+/// One reply's slot in the upload schedule ([`RateLimiter::book`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Booking {
+    /// When the slot starts; `None` when uploads are unlimited.
+    start: Option<Instant>,
+    rate: u64,
+}
+
+impl Booking {
+    /// Blocks until the byte at `offset` of the reply may be sent: the
+    /// slot's start plus `offset` at the rate. Returns false if `cancel`
+    /// became true first (checked at least every 50 ms).
+    pub fn wait(&self, offset: usize, cancel: &AtomicBool) -> bool {
+        let Some(start) = self.start else {
+            return true;
+        };
+        let at = start
+            .checked_add(duration_for(offset as u64, self.rate))
+            .unwrap_or(start);
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= at {
+                return true;
+            }
+            std::thread::sleep((at - now).min(CANCEL_POLL));
+        }
+    }
+
+    /// How long after now the slot starts (zero once it has).
+    pub fn starts_in(&self) -> Duration {
+        self.start
+            .map_or(Duration::ZERO, |s| s.saturating_duration_since(Instant::now()))
     }
 }
 

@@ -35,10 +35,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::ratelimit::RateLimiter;
+use super::ratelimit::{Booking, RateLimiter};
 use super::share::{ShareIndex, SharedFile, UploadError};
 use super::{PeerError, Result};
 use crate::chunks::ChunkIndex;
+use crate::limits::{UPLOAD_BACKLOG_MAX, UPLOAD_QUEUE_WAIT};
 use crate::net::admission::Limits;
 use crate::net::server::{Flow, Handler, Link, Live, Options, Server};
 use crate::wire::{self, CHUNK_DATA_HEADER_LEN, ErrorCode, Message, WireError};
@@ -151,6 +152,8 @@ impl ChunkServer {
     /// all threads. Idempotent; also called from Drop.
     pub fn shutdown(&mut self) {
         if !self.shared.stop.swap(true, Ordering::SeqCst) {
+            // Replies waiting for a slot see `stop` now, not at their limit.
+            self.shared.limiter.wake_all();
             self.server.shutdown();
             log::debug!("chunk server on {} stopped", self.local_addr());
         }
@@ -214,28 +217,53 @@ fn serve_chunk(
         Ok(p) => p,
         Err((code, message)) => return send_error(w, code, message),
     };
+    // Nothing sent: others must not be turned away for it.
+    let unclaim = || {
+        if let Some(p) = peer {
+            shared.first_sends.unclaim(name, index, p);
+        }
+    };
     let len = f.geometry().chunk_len(i) as usize;
     let header = match wire::chunk_data_header(index, len) {
         Ok(h) => h,
-        Err(e) => return send_error(w, ErrorCode::Internal, e.to_string()),
+        Err(e) => {
+            unclaim();
+            return send_error(w, ErrorCode::Internal, e.to_string());
+        }
     };
     let total = CHUNK_DATA_HEADER_LEN + len;
+    let booking = shared
+        .limiter
+        .book(total, UPLOAD_BACKLOG_MAX, UPLOAD_QUEUE_WAIT, &shared.stop);
+    let Some(booking) = booking else {
+        unclaim();
+        return send_error(
+            w,
+            ErrorCode::Busy,
+            format!(
+                "uploads are booked too far ahead; ask again in {} ms or elsewhere",
+                crate::limits::BUSY_PAUSE.as_millis()
+            ),
+        );
+    };
     // Shrinking keeps the capacity; growing only zero-fills the new tail.
     buf.resize(total, 0);
     buf[..CHUNK_DATA_HEADER_LEN].copy_from_slice(&header);
     if let Err(e) = f.read_for_upload(i, &mut buf[CHUNK_DATA_HEADER_LEN..total]) {
-        if let Some(p) = peer {
-            // Nothing was sent: others must not be turned away for it.
-            shared.first_sends.unclaim(name, index, p);
-        }
+        unclaim();
         let (code, message) = upload_refusal(shared, &f, name, index, e);
         return send_error(w, code, message);
     }
     drop(f);
-    send_paced(w, &buf[..total], shared)?;
+    let waited = booking.starts_in();
+    if let Err(e) = send_paced(w, &buf[..total], shared, &booking) {
+        unclaim();
+        return Err(e);
+    }
     log::debug!(
-        "{}: sent chunk {index} of {name:?} ({len} bytes)",
-        w.remote()
+        "{}: sent chunk {index} of {name:?} ({len} bytes, booked {} ms ahead)",
+        w.remote(),
+        waited.as_millis()
     );
     shared.uploaded.fetch_add(len as u64, Ordering::Relaxed);
     if let Some(p) = peer {
@@ -339,9 +367,13 @@ fn upload_refusal(
 
 /// How long after a capped seed sent a chunk to one peer it answers
 /// `NotHeld` to others asking for it. Long enough for the recipient to
-/// register the chunk and for the others' next location refresh (1.5 s) to
-/// show it; short enough that a recipient that vanished costs little.
+/// register the chunk and for the others' next location refresh to show
+/// it; short enough that a recipient that vanished costs little.
 const RESEND_AFTER: Duration = Duration::from_secs(3);
+/// A send still recorded as under way after this long is forgotten (every
+/// send ends in `sent` or `unclaim`; this only bounds a thread that
+/// panicked in between).
+const SEND_FORGOTTEN_AFTER: Duration = Duration::from_secs(600);
 /// Most chunks remembered; beyond it (only at absurd rates with tiny
 /// chunks) new sends are not remembered and duplicates are served.
 const FIRST_SENDS_MAX: usize = 1 << 16;
@@ -350,17 +382,16 @@ const FIRST_SENDS_MAX: usize = 1 << 16;
 /// and whose uploads are rate limited is what a crowd of downloaders waits
 /// for: every byte it sends twice delays all of them. Downloaders cannot
 /// see each other's requests in flight, nor chunks finished since their last
-/// location refresh, so several ask it for the same chunk. So: a chunk sent
-/// to one peer is answered `NotHeld` to the others for [`RESEND_AFTER`]
-/// after that send ended; they fetch it from the recipient (which registers
-/// it as soon as it is verified) and the seed's upload goes to chunks nobody
-/// has yet. The same peer, or anyone after the window, is served as usual.
+/// location refresh, so several ask it for the same chunk. So: a chunk
+/// being sent to one peer (booked, or on the wire) is answered `NotHeld`
+/// to the others, and so it is for [`RESEND_AFTER`] after that send ended;
+/// they fetch it from the recipient (which registers it as soon as it is
+/// verified) and the seed's upload goes to chunks nobody has yet. The same
+/// peer, or anyone after the window, is served as usual.
 ///
-/// Measured (docs/benchmarks.md, flash crowd: a seed and 4 or 8
-/// downloaders all capped at 10 MiB/s, 256 MiB): the seed uploaded 1.23 and
-/// 1.32 copies of the file before, 1.00 after; the last downloader finished
-/// in 32.3 and 34.6 s before, 26.4 and 27.1 s after, against a lower bound
-/// of 25.6 s.
+/// Measured (docs/benchmarks.md, flash crowd): with a seed and 4 or 8
+/// downloaders the seed uploads about one copy of the file (1.23 and 1.32
+/// without super-seeding).
 #[derive(Default)]
 struct FirstSends {
     recent: Mutex<HashMap<(String, u32), FirstSend>>,
@@ -370,17 +401,23 @@ struct FirstSends {
 /// The first send of one chunk within the window.
 struct FirstSend {
     to: SocketAddr,
-    /// When the send started, then (once `done`) when it ended.
+    /// When the send was claimed, then (once `done`) when it ended.
     at: Instant,
     done: bool,
-    /// Askers already turned away once for this send: the next time they
-    /// are served, so nobody waits on super-seeding more than once per
-    /// chunk, whatever the recipient does (e.g. asking again and again).
-    refused: Vec<SocketAddr>,
 }
 
-/// Most askers remembered per chunk; past it, askers are simply served.
-const REFUSED_MAX: usize = 64;
+impl FirstSend {
+    /// Whether others are still turned away for this send at `now`: while
+    /// it is under way, and for [`RESEND_AFTER`] after it ended.
+    fn holds(&self, now: Instant) -> bool {
+        let age = now.duration_since(self.at);
+        if self.done {
+            age < RESEND_AFTER
+        } else {
+            age < SEND_FORGOTTEN_AFTER
+        }
+    }
+}
 
 impl FirstSends {
     fn recent(&self) -> MutexGuard<'_, HashMap<(String, u32), FirstSend>> {
@@ -389,22 +426,17 @@ impl FirstSends {
     }
 
     /// May chunk `index` of `name` be sent to `peer` now? Records the send
-    /// if so. A chunk is refused to each other peer at most once per send.
+    /// if so. The window is not restarted by the recipient asking again, so
+    /// no peer can keep a chunk from everyone else.
     fn claim(&self, name: &str, index: u32, peer: SocketAddr) -> bool {
         let now = Instant::now();
         self.prune(now);
         let mut recent = self.recent();
         let key = (name.to_owned(), index);
-        if let Some(s) = recent.get_mut(&key)
-            && now.duration_since(s.at) < RESEND_AFTER
+        if let Some(s) = recent.get(&key)
+            && s.holds(now)
         {
-            if s.to == peer || s.refused.contains(&peer) || s.refused.len() >= REFUSED_MAX {
-                // The window is not restarted: a peer asking again and
-                // again cannot keep a chunk from everyone else.
-                return true;
-            }
-            s.refused.push(peer);
-            return false;
+            return s.to == peer;
         }
         if recent.len() < FIRST_SENDS_MAX || recent.contains_key(&key) {
             recent.insert(
@@ -413,7 +445,6 @@ impl FirstSends {
                     to: peer,
                     at: now,
                     done: false,
-                    refused: Vec::new(),
                 },
             );
         }
@@ -449,19 +480,24 @@ impl FirstSends {
             }
             *last = Some(now);
         }
-        self.recent()
-            .retain(|_, s| now.duration_since(s.at) < RESEND_AFTER);
+        self.recent().retain(|_, s| s.holds(now));
     }
 }
 
-/// Writes `data` in one `write_all`, or in limiter-sized pieces each after
-/// an `acquire` when uploads are rate limited.
-fn send_paced(w: &Link, data: &[u8], shared: &Shared) -> Result<(), WireError> {
+/// Writes `data` in one `write_all`, or, when uploads are rate limited, in
+/// limiter-sized pieces paced within the reply's `booking`.
+fn send_paced(
+    w: &Link,
+    data: &[u8],
+    shared: &Shared,
+    booking: &Booking,
+) -> Result<(), WireError> {
     match shared.limiter.piece_size() {
         None => w.write_chunk_data(data)?,
         Some(piece) => {
-            for part in data.chunks(piece.max(1)) {
-                if !shared.limiter.acquire_cancellable(part.len(), &shared.stop) {
+            let piece = piece.max(1);
+            for (k, part) in data.chunks(piece).enumerate() {
+                if !booking.wait(k.saturating_mul(piece), &shared.stop) {
                     return Err(WireError::Io(std::io::Error::new(
                         std::io::ErrorKind::ConnectionAborted,
                         "chunk server shutting down",

@@ -732,11 +732,18 @@ fn describes(g: crate::chunks::Geometry, l: &Locations) -> bool {
 }
 
 /// Whether `addr` is this peer: same port, and the same host as seen by the
-/// tracker (or both loopback, when everything runs on one machine).
+/// tracker, or both loopback with one of them the usual loopback address
+/// (127.0.0.1 or ::1: a peer listening on every address is seen there).
+/// Peers given distinct addresses in 127/8 (`--listen 127.0.0.7`) may
+/// share a port number, so two such addresses are told apart.
 fn is_self(addr: SocketAddr, me: Option<SocketAddr>) -> bool {
     let Some(me) = me else { return false };
+    let (a, m) = (addr.ip().to_canonical(), me.ip().to_canonical());
+    let usual = |ip: IpAddr| {
+        ip == IpAddr::from([127, 0, 0, 1]) || ip == IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+    };
     addr.port() == me.port()
-        && (addr.ip() == me.ip() || (is_loopback(addr.ip()) && is_loopback(me.ip())))
+        && (a == m || (is_loopback(a) && is_loopback(m) && (usual(a) || usual(m))))
 }
 
 /// The host an address belongs to: the IPv4 address, or the IPv6 /64 (one
@@ -820,6 +827,11 @@ mod tests {
         let me: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         assert!(is_self("127.0.0.1:5000".parse().unwrap(), Some(me)));
         assert!(is_self("127.0.0.2:5000".parse().unwrap(), Some(me)));
+        // Two peers on their own loopback addresses, same port: not self.
+        let own: SocketAddr = "127.0.0.7:5000".parse().unwrap();
+        assert!(is_self("127.0.0.7:5000".parse().unwrap(), Some(own)));
+        assert!(is_self("127.0.0.1:5000".parse().unwrap(), Some(own)));
+        assert!(!is_self("127.0.0.8:5000".parse().unwrap(), Some(own)));
         assert!(!is_self("127.0.0.1:5001".parse().unwrap(), Some(me)));
         assert!(!is_self("10.0.0.1:5000".parse().unwrap(), Some(me)));
         assert!(!is_self("127.0.0.1:5000".parse().unwrap(), None));

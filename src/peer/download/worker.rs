@@ -28,7 +28,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::engine::{Engine, Event, Rejects, Verified, WorkerEnd};
 use crate::chunks::{self, Bitmap};
 use crate::limits::{
-    MAX_NOT_HELD_IN_A_ROW, MAX_REQUEST_BYTES_IN_FLIGHT, NOT_HELD_RETRY, NOT_HELD_RETRY_MAX,
+    BUSY_PAUSE, MAX_BUSY_IN_A_ROW, MAX_NOT_HELD_IN_A_ROW, MAX_REQUEST_BYTES_IN_FLIGHT, NOT_HELD_RETRY, NOT_HELD_RETRY_MAX,
 };
 use crate::peer::client::{self, Conn};
 use crate::peer::picker::Picker;
@@ -74,7 +74,13 @@ struct Worker<'a, 'e> {
     avoid: Vec<u32>,
     /// Chunks the source answered `NotHeld` for, not asked of it again yet.
     put_off: PutOff,
-    /// `NotHeld` answers since the source last delivered a chunk: at
+    /// Set after a `Busy` answer: no new request to this source before
+    /// then ([`BUSY_PAUSE`]).
+    paused_until: Option<Instant>,
+    /// `Busy` answers in a row: at [`MAX_BUSY_IN_A_ROW`] the source is
+    /// dropped for now.
+    busy_run: u32,
+    /// `NotHeld` and `Busy` answers since the source last delivered a chunk: at
     /// [`MAX_NOT_HELD_IN_A_ROW`] the source is dropped for now.
     not_held_run: u32,
     /// Chunks verified here and queued for the assembler but not yet
@@ -147,7 +153,7 @@ impl Engine<'_> {
             let t = self.opts.new_source_timeout;
             (client::CONNECT_TIMEOUT.min(t), io_timeout.min(t))
         };
-        let stream = match TcpStream::connect_timeout(&slot.addr, connect_timeout) {
+        let stream = match crate::net::client::connect_timeout(slot.addr, connect_timeout) {
             Ok(s) => s,
             Err(e) => return WorkerEnd::Lost(format!("cannot connect: {e}")),
         };
@@ -181,6 +187,8 @@ impl Engine<'_> {
             avoid: Vec::new(),
             put_off: PutOff::new(self.geometry.count()),
             not_held_run: 0,
+            paused_until: None,
+            busy_run: 0,
             handed: Vec::new(),
             batch: Vec::new(),
             spare: Vec::new(),
@@ -242,8 +250,14 @@ impl Worker<'_, '_> {
             if lock(&e.picker).is_complete() {
                 return Err(WorkerEnd::Finished);
             }
-            let _ = self.ev.try_send(Event::Idle);
-            let _ = self.slot.wake_rx.recv_timeout(Duration::from_millis(250));
+            let wait = match self.paused_until {
+                Some(t) => t.saturating_duration_since(Instant::now()),
+                None => {
+                    let _ = self.ev.try_send(Event::Idle);
+                    Duration::from_millis(250)
+                }
+            };
+            let _ = self.slot.wake_rx.recv_timeout(wait);
             return Ok(());
         }
         if self.spare.capacity() == 0 {
@@ -272,6 +286,10 @@ impl Worker<'_, '_> {
     fn fill_pipeline(&mut self) -> Result<(), WorkerEnd> {
         let e = self.engine;
         self.batch.clear();
+        if self.paused_until.is_some_and(|t| Instant::now() < t) {
+            return Ok(());
+        }
+        self.paused_until = None;
         if self.inflight.len() >= self.depth {
             return Ok(());
         }
@@ -328,10 +346,15 @@ impl Worker<'_, '_> {
     /// nothing else [`MAX_NOT_HELD_IN_A_ROW`] times is dropped for now.
     fn defer(&mut self, index: u32) -> Result<(), WorkerEnd> {
         self.put_off.defer(index, Instant::now());
+        self.count_refusal()
+    }
+
+    /// One more `NotHeld` or `Busy` since the source last delivered.
+    fn count_refusal(&mut self) -> Result<(), WorkerEnd> {
         self.not_held_run += 1;
         if self.not_held_run >= MAX_NOT_HELD_IN_A_ROW {
             return Err(WorkerEnd::Lost(format!(
-                "answered NotHeld to {} requests in a row",
+                "answered NotHeld or Busy to {} requests in a row",
                 self.not_held_run
             )));
         }
@@ -356,6 +379,7 @@ impl Worker<'_, '_> {
         match reply {
             Message::ChunkData { index, data } if index == expected => {
                 self.not_held_run = 0;
+                self.busy_run = 0;
                 self.verify_or_hand_off(index, data)
             }
             Message::ChunkData { index, .. } => {
@@ -371,6 +395,26 @@ impl Worker<'_, '_> {
                 // again later, never dropping it from what the source holds.
                 lock(&e.picker).release(expected);
                 self.defer(expected)
+            }
+            Message::Error {
+                code: ErrorCode::Busy,
+                ..
+            } => {
+                // The source's uploads are booked: the chunk goes to the
+                // other sources, and this one is asked nothing new for a
+                // while (a source that only ever says so is dropped like
+                // one that only says NotHeld).
+                lock(&e.picker).release(expected);
+                self.busy_run += 1;
+                if self.busy_run >= MAX_BUSY_IN_A_ROW {
+                    // Saturated by others: its place goes to another source.
+                    return Err(WorkerEnd::Lost(format!(
+                        "answered Busy to {} requests in a row",
+                        self.busy_run
+                    )));
+                }
+                self.paused_until = Some(Instant::now() + busy_pause(jitter()));
+                self.count_refusal()
             }
             Message::Error { code, message } => {
                 lock(&e.picker).release(expected);
@@ -428,6 +472,21 @@ impl Worker<'_, '_> {
     }
 }
 
+/// How long a worker asks nothing new of a source after a `Busy`:
+/// [`BUSY_PAUSE`], spread over 0.75 to 1.25 times that by `jitter` (any
+/// number), so the askers turned away together do not all come back
+/// together.
+fn busy_pause(jitter: u32) -> Duration {
+    BUSY_PAUSE * (750 + jitter % 501) / 1000
+}
+
+/// A number that differs from call to call, for [`busy_pause`].
+fn jitter() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() / 1000)
+}
+
 /// True when no missing chunk is waiting to be requested: the endgame.
 fn all_requested(p: &Picker) -> bool {
     let have = p.have();
@@ -437,6 +496,16 @@ fn all_requested(p: &Picker) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_pauses_are_spread() {
+        let ms = |j| busy_pause(j).as_millis();
+        let base = BUSY_PAUSE.as_millis();
+        assert_eq!(ms(0), base * 3 / 4);
+        assert_eq!(ms(500), base * 5 / 4);
+        assert_eq!(ms(250), base);
+        assert_eq!(ms(751), base, "wraps");
+    }
 
     #[test]
     fn put_off_chunks_come_back_in_time_order_at_a_cost_of_their_own() {
