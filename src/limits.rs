@@ -200,8 +200,16 @@ pub const TRACKER_GRACE: Duration = Duration::from_secs(1);
 /// cover the bandwidth-delay product of any LAN and keep loopback busy,
 /// while bounding per-source memory.
 pub const PIPELINE_DEPTH: usize = 4;
-/// How often locations are refreshed while downloading.
+/// How often locations are refreshed while downloading, at the least
+/// (large replies); small ones are asked for more often, down to
+/// [`MIN_REFRESH_INTERVAL`], within [`LOCATE_BYTES_PER_SEC`].
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(1500);
+/// The shortest interval between location refreshes of a download.
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(250);
+/// Bytes of Locations replies a download asks for per second at most (it
+/// refreshes less often than every [`MIN_REFRESH_INTERVAL`] when replies
+/// are large; 64 sources of a 2^19-chunk file make a 4 MiB reply).
+pub const LOCATE_BYTES_PER_SEC: u64 = 256 * 1024;
 /// Chunks from one source that may fail verification before it is dropped.
 pub const MAX_HASH_FAILURES: u32 = 3;
 /// How long a download may write no chunk with nothing in flight before it
@@ -235,7 +243,7 @@ pub const UPLOAD_BACKLOG_MAX: Duration = Duration::from_millis(500);
 /// answered `Busy` (ask later or elsewhere): so no request sits long at a
 /// source busy with others while the chunk may be had elsewhere. With
 /// [`UPLOAD_BACKLOG_MAX`] well under the client's I/O timeout.
-pub const UPLOAD_QUEUE_WAIT: Duration = Duration::from_secs(1);
+pub const UPLOAD_QUEUE_WAIT: Duration = Duration::from_millis(500);
 /// A worker told `Busy` for a chunk sends that source no new request for
 /// about this long (the chunk goes back to the pool for the other
 /// sources), longer after several `Busy` in a row.
@@ -245,7 +253,7 @@ pub const BUSY_PAUSE: Duration = Duration::from_millis(500);
 /// delivered since it was connected to), so that a download's places for
 /// sources ([`MAX_ACTIVE_SOURCES`]) go to sources with room rather than
 /// staying with the first ones found, which everybody found first.
-pub const MAX_BUSY_IN_A_ROW: u32 = 3;
+pub const MAX_BUSY_IN_A_ROW: u32 = 2;
 /// A source that has not delivered a chunk to this download yet must accept
 /// the connection and answer Hello within this long; a proven source gets
 /// the full connect and I/O timeouts. Silent, full or unreachable sources

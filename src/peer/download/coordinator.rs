@@ -37,7 +37,10 @@ use super::rate::RateMeter;
 use super::worker::Slot;
 use super::{DownloadContext, MAX_ACTIVE_SOURCES, Progress, SourceStats};
 use crate::chunks::Bitmap;
-use crate::limits::{MAX_PROBES, MAX_PROBES_PER_HOST, MAX_REMEMBERED_SOURCES, RETRY_AFTER_MAX};
+use crate::limits::{
+    LOCATE_BYTES_PER_SEC, MAX_PROBES, MAX_PROBES_PER_HOST, MAX_REMEMBERED_SOURCES,
+    MIN_REFRESH_INTERVAL, RETRY_AFTER_MAX,
+};
 use crate::peer::client;
 use crate::peer::{PeerError, Result};
 use crate::sync::lock;
@@ -364,7 +367,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             }
             let now = Instant::now();
             let since = now.duration_since(self.last_refresh);
-            if since >= e.opts.refresh_interval
+            if since >= refresh_every(e.opts.refresh_interval, self.listed.len(), e.geometry.count())
                 || (self.refresh_wanted && since >= Duration::from_millis(250))
             {
                 self.refresh();
@@ -725,6 +728,19 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
     }
 }
 
+/// How often to ask the trackers for fresh locations: as often as every
+/// `limits::MIN_REFRESH_INTERVAL` while a reply (`sources` bitmaps of
+/// `count` chunks) is small, so that a chunk a peer has just got is known
+/// to the others within a fraction of a second and they fetch it there;
+/// less often as replies grow, so that this download asks for at most
+/// `limits::LOCATE_BYTES_PER_SEC` of them; never less often than `longest`
+/// (`DownloadOptions::refresh_interval`).
+pub(super) fn refresh_every(longest: Duration, sources: usize, count: u32) -> Duration {
+    let reply = sources.max(1) as u64 * (u64::from(count).div_ceil(8) + 32);
+    let by_size = Duration::from_secs_f64(reply as f64 / LOCATE_BYTES_PER_SEC as f64);
+    by_size.clamp(MIN_REFRESH_INTERVAL.min(longest), longest)
+}
+
 /// Whether `l` describes the file of geometry `g` (same length, chunk size
 /// and count).
 fn describes(g: crate::chunks::Geometry, l: &Locations) -> bool {
@@ -802,6 +818,22 @@ mod tests {
             b.set(i);
         }
         b
+    }
+
+    #[test]
+    fn small_replies_are_refreshed_often_and_large_ones_less() {
+        let most = Duration::from_millis(1500);
+        // 64 sources of a 256-chunk file: a few KiB, as often as allowed.
+        assert_eq!(refresh_every(most, 64, 256), MIN_REFRESH_INTERVAL);
+        // 64 sources of 2^19 chunks (4 MiB a reply): the longest interval.
+        assert_eq!(refresh_every(most, 64, 1 << 19), most);
+        // In between, in proportion to the reply.
+        let mid = refresh_every(most, 64, 32_768);
+        assert!(mid > MIN_REFRESH_INTERVAL && mid < most, "{mid:?}");
+        // A shorter longest interval (tests) is kept.
+        let short = Duration::from_millis(100);
+        assert_eq!(refresh_every(short, 64, 1 << 19), short);
+        assert_eq!(refresh_every(short, 0, 8), short);
     }
 
     #[test]
