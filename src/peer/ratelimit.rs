@@ -291,7 +291,7 @@ fn duration_for(n: u64, rate: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn unlimited_and_zero_do_not_block() {
@@ -316,6 +316,82 @@ mod tests {
         assert_eq!(p(10), 1);
         assert_eq!(p(1 << 30), 256 << 10);
         assert_eq!(p(u64::MAX), 256 << 10);
+    }
+
+    #[test]
+    fn bookings_are_whole_slots_one_after_another_within_the_backlog() {
+        let stop = AtomicBool::new(false);
+        let long = Duration::from_secs(10);
+        // Unlimited: booked at once, never waits.
+        let b = RateLimiter::unlimited()
+            .book(1 << 30, Duration::ZERO, Duration::ZERO, &stop)
+            .unwrap();
+        assert_eq!(b.starts_in(), Duration::ZERO);
+        assert!(b.wait(1 << 30, &stop));
+        // 100 KB/s: 50 KB takes 0.5 s; each booking starts where the one
+        // before ends.
+        let l = RateLimiter::new(Some(100_000));
+        let a = l.book(50_000, long, Duration::ZERO, &stop).unwrap();
+        let b = l.book(50_000, long, Duration::ZERO, &stop).unwrap();
+        let gap = b.starts_in().saturating_sub(a.starts_in());
+        assert!(
+            gap > Duration::from_millis(450) && gap <= Duration::from_millis(500),
+            "{gap:?}"
+        );
+        // Past the backlog, with no time to wait: nothing booked...
+        assert!(
+            l.book(1, Duration::from_millis(200), Duration::ZERO, &stop)
+                .is_none()
+        );
+        // ...and after waiting its turn until there is room: booked.
+        let t = Instant::now();
+        let c = l
+            .book(1, Duration::from_millis(700), Duration::from_secs(5), &stop)
+            .unwrap();
+        let waited = t.elapsed();
+        assert!(waited >= Duration::from_millis(250), "{waited:?}");
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+        assert!(c.starts_in() <= Duration::from_millis(700));
+    }
+
+    #[test]
+    fn waiting_bookings_are_served_in_order_and_end_on_stop() {
+        let l = Arc::new(RateLimiter::new(Some(100_000)));
+        let stop = Arc::new(AtomicBool::new(false));
+        // One second booked: the others wait for room.
+        l.book(100_000, Duration::from_secs(1), Duration::ZERO, &stop)
+            .unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let waiters: Vec<_> = (0..3)
+            .map(|k| {
+                let (l, stop, order) = (Arc::clone(&l), Arc::clone(&stop), Arc::clone(&order));
+                std::thread::sleep(Duration::from_millis(30));
+                std::thread::Builder::new()
+                    .name(format!("book-{k}"))
+                    .spawn(move || {
+                        let long = Duration::from_secs(30);
+                        let b = l.book(10_000, Duration::from_millis(100), long, &stop);
+                        crate::sync::lock(&order).push((k, b.is_some()));
+                    })
+                    .unwrap()
+            })
+            .collect();
+        // The first in line gets its slot when there is room, then the next.
+        let t = Instant::now();
+        while crate::sync::lock(&order).len() < 2 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The rest is stopped: it returns at once, without a slot.
+        stop.store(true, Ordering::SeqCst);
+        l.wake_all();
+        for w in waiters {
+            w.join().unwrap();
+        }
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let order = crate::sync::lock(&order).clone();
+        assert_eq!(order.len(), 3);
+        assert_eq!(order[0], (0, true), "{order:?}");
+        assert_eq!(order[1], (1, true), "{order:?}");
     }
 
     #[test]

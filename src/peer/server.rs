@@ -880,27 +880,17 @@ mod tests {
             b.recv().unwrap(),
             Message::ChunkData { index: 1, .. }
         ));
-        // The same peer is served again.
+        // The same peer is served again, without restarting the window...
         assert!(matches!(
             chunk0(&mut a, "f"),
             Message::ChunkData { index: 0, .. }
         ));
-        // ...but asking again does not pin the chunk: b, already turned
-        // away once, is served now, and so is anyone on a second ask.
-        assert!(matches!(
-            chunk0(&mut b, "f"),
-            Message::ChunkData { index: 0, .. }
-        ));
+        // ...and the others are turned away for the whole window, however
+        // often they ask.
+        assert_eq!(code(&chunk0(&mut b, "f")), Some(ErrorCode::NotHeld));
         let mut c = Conn::connect(s.local_addr(), T).unwrap();
         assert_eq!(code(&chunk0(&mut c, "f")), Some(ErrorCode::NotHeld));
-        assert!(matches!(
-            chunk0(&mut a, "f"),
-            Message::ChunkData { index: 0, .. }
-        ));
-        assert!(matches!(
-            chunk0(&mut c, "f"),
-            Message::ChunkData { index: 0, .. }
-        ));
+        assert_eq!(code(&chunk0(&mut c, "f")), Some(ErrorCode::NotHeld));
         // A file still being downloaded here is served to everyone.
         assert!(matches!(chunk0(&mut a, "part"), Message::ChunkData { .. }));
         assert!(matches!(chunk0(&mut b, "part"), Message::ChunkData { .. }));
@@ -911,6 +901,80 @@ mod tests {
         let mut b = Conn::connect(s.local_addr(), T).unwrap();
         assert!(matches!(chunk0(&mut a, "f"), Message::ChunkData { .. }));
         assert!(matches!(chunk0(&mut b, "f"), Message::ChunkData { .. }));
+    }
+
+    /// A send still under way keeps the chunk from the others however long
+    /// it takes (a capped seed sending to 100 peers at once took longer
+    /// than the window, and the others were served a second copy); once
+    /// it ended, for `RESEND_AFTER`.
+    #[test]
+    fn a_chunk_being_sent_is_held_until_the_send_ends_and_the_window_after() {
+        let t0 = Instant::now();
+        let peer = SocketAddr::from(([127, 0, 0, 1], 9));
+        let under_way = FirstSend {
+            to: peer,
+            at: t0,
+            done: false,
+        };
+        assert!(under_way.holds(t0 + RESEND_AFTER * 10));
+        assert!(!under_way.holds(t0 + SEND_FORGOTTEN_AFTER));
+        let ended = FirstSend {
+            to: peer,
+            at: t0,
+            done: true,
+        };
+        assert!(ended.holds(t0 + RESEND_AFTER - Duration::from_millis(1)));
+        assert!(!ended.holds(t0 + RESEND_AFTER));
+        // Through the claims: the recipient only, until it ended.
+        let f = FirstSends::default();
+        let other = SocketAddr::from(([127, 0, 0, 2], 9));
+        assert!(f.claim("f", 3, peer));
+        assert!(!f.claim("f", 3, other));
+        f.unclaim("f", 3, peer); // the send failed: free again
+        assert!(f.claim("f", 3, other));
+        f.sent("f", 3, other);
+        assert!(!f.claim("f", 3, peer));
+    }
+
+    /// A capped peer books each reply whole, one after another: a request
+    /// that would wait longer than its backlog and queue allow is answered
+    /// `Busy` (and the connection lives on), while the one before it is
+    /// sent whole.
+    #[test]
+    fn a_capped_peer_answers_busy_when_its_uploads_are_booked_too_far_ahead() {
+        let dir = TempDir::new("busy-uploads");
+        let idx = Arc::new(ShareIndex::new());
+        let cs = 64 * 1024;
+        let data = pattern(4 * cs);
+        // Part of the file only: no super-seeding, just the bookings.
+        add(&idx, &dir, "f", &data, cs as u32, Some(&[0, 1, 2, 3]));
+        // 2 s per chunk: the second request would start 2 s ahead.
+        let s = start_limited(
+            &idx,
+            ServerConfig::default(),
+            RateLimiter::new(Some(cs as u64 / 2)),
+        );
+        let mut a = Conn::connect(s.local_addr(), T).unwrap();
+        let mut b = Conn::connect(s.local_addr(), T).unwrap();
+        a.send(&req("f", 0)).unwrap();
+        wait_until("a's booking", || s.active_connections() == 2);
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        b.send(&req("f", 1)).unwrap();
+        assert_eq!(code(&b.recv().unwrap()), Some(ErrorCode::Busy));
+        let waited = t.elapsed();
+        assert!(waited >= UPLOAD_QUEUE_WAIT / 2, "{waited:?}");
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+        match a.recv().unwrap() {
+            Message::ChunkData { index: 0, data: d } => assert_eq!(d, data[..cs]),
+            other => panic!("{other:?}"),
+        }
+        // Still open, and served once there is room.
+        b.send(&req("f", 1)).unwrap();
+        match b.recv().unwrap() {
+            Message::ChunkData { index: 1, data: d } => assert_eq!(d, data[cs..2 * cs]),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
