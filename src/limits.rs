@@ -222,10 +222,9 @@ pub const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 pub const MAX_ACTIVE_SOURCES: usize = 32;
 /// A chunk a source answered `NotHeld` for is asked of that source again
 /// after this long, doubling on each further `NotHeld` for it up to
-/// [`NOT_HELD_RETRY_MAX`]. Super-seeding turns a chunk away for 3 s after
-/// sending it elsewhere (so that it is fetched from there) and serves
-/// anyone who asks a second time: asking again sooner would only make the
-/// seed send it twice.
+/// [`NOT_HELD_RETRY_MAX`]. Super-seeding turns a chunk away while it is
+/// sent elsewhere and for 3 s after (so that it is fetched from there):
+/// asking again sooner would only be turned away again.
 pub const NOT_HELD_RETRY: Duration = Duration::from_secs(3);
 /// The longest wait before asking a source again for a chunk it said it
 /// does not hold.

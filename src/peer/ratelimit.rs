@@ -1,9 +1,11 @@
 //! The upload limiter shared by every upload of one peer.
 //!
-//! Owns: the pacing policy for chunk bytes a peer sends. The chunk server
-//! (`peer::server`) calls [`RateLimiter::acquire`] before each piece it
-//! writes; nothing else in the crate is paced. Calls only `sync` (the lock
-//! helper).
+//! Owns: the pacing policy for chunk bytes a peer sends, and the order
+//! replies get their turn. The chunk server (`peer::server`) books each
+//! reply's whole slot with [`RateLimiter::book`] (waiting its turn, first
+//! come first booked, when the schedule is full) and writes each piece of
+//! it after [`Booking::wait`]; nothing else in the crate is paced. Calls
+//! only `sync` (the lock helper).
 //!
 //! How it works (a "virtual schedule", GCRA-style): the limiter keeps the
 //! time `next` at which the next byte may go. `acquire(n)` reserves the slot

@@ -16,8 +16,11 @@
 //!
 //! Memory is bounded by (connections x largest chunk served): each
 //! connection reads a chunk straight into `[ChunkData header | chunk]` and
-//! writes that buffer with one `write_all` (or paced pieces when rate
-//! limited).
+//! writes that buffer with one `write_all` (or, when uploads are capped,
+//! in pieces paced within the reply's booked slot: one chunk at a time at
+//! the whole rate, in the order asked; a request that cannot be booked
+//! within `limits::UPLOAD_BACKLOG_MAX` after waiting
+//! `limits::UPLOAD_QUEUE_WAIT` is answered `Busy`).
 //!
 //! A chunk is read with `SharedFile::read_for_upload`, which for a file
 //! from the scan also checks it still matches the announced hash; one that

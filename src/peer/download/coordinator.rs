@@ -8,8 +8,8 @@
 //! contributed), the workers running ([`Active`]) and which sources get one
 //! first (those that delivered; at most `limits::MAX_PROBES` on probation,
 //! `MAX_PROBES_PER_HOST` to one host), the availability the picker ranks
-//! by, asking the locators (one per tracker) for fresh locations and
-//! merging their answers (each tracker's latest word, a tracker that fails
+//! by, asking the locators (one per tracker) for fresh locations (how
+//! often: [`refresh_every`]) and merging their answers (each tracker's latest word, a tracker that fails
 //! or knows nothing contributing nothing until it answers again),
 //! progress reports, and giving up when nothing has progressed for
 //! [`DownloadOptions::give_up_after`](super::DownloadOptions).

@@ -9,7 +9,8 @@
 //! bounded chunk channel. Also owns the per-connection retry rules of
 //! docs/protocol.md §10: a strike for a bad chunk or a reply for another
 //! chunk (asked again, of this source only when nothing else is left), a
-//! chunk put off after `NotHeld`, and dropping the source at its strike
+//! chunk put off after `NotHeld`, a pause after `Busy` (the source dropped
+//! for now after two in a row), and dropping the source at its strike
 //! limit. And [`Slot`], the coordinator's and the worker's shared view of
 //! the source.
 //!
