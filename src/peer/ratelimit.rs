@@ -278,8 +278,9 @@ impl Booking {
 
     /// How long after now the slot starts (zero once it has).
     pub fn starts_in(&self) -> Duration {
-        self.start
-            .map_or(Duration::ZERO, |s| s.saturating_duration_since(Instant::now()))
+        self.start.map_or(Duration::ZERO, |s| {
+            s.saturating_duration_since(Instant::now())
+        })
     }
 }
 

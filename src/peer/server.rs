@@ -489,12 +489,7 @@ impl FirstSends {
 
 /// Writes `data` in one `write_all`, or, when uploads are rate limited, in
 /// limiter-sized pieces paced within the reply's `booking`.
-fn send_paced(
-    w: &Link,
-    data: &[u8],
-    shared: &Shared,
-    booking: &Booking,
-) -> Result<(), WireError> {
+fn send_paced(w: &Link, data: &[u8], shared: &Shared, booking: &Booking) -> Result<(), WireError> {
     match shared.limiter.piece_size() {
         None => w.write_chunk_data(data)?,
         Some(piece) => {

@@ -367,7 +367,12 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             }
             let now = Instant::now();
             let since = now.duration_since(self.last_refresh);
-            if since >= refresh_every(e.opts.refresh_interval, self.listed.len(), e.geometry.count())
+            if since
+                >= refresh_every(
+                    e.opts.refresh_interval,
+                    self.listed.len(),
+                    e.geometry.count(),
+                )
                 || (self.refresh_wanted && since >= Duration::from_millis(250))
             {
                 self.refresh();
@@ -556,8 +561,20 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
                 continue;
             };
             if let Some(a) = self.active.get(&addr) {
-                *lock(&a.slot.have) = have.clone();
-                let _ = a.slot.wake_tx.try_send(());
+                let changed = {
+                    let mut h = lock(&a.slot.have);
+                    let changed = *h != have;
+                    if changed {
+                        h.clone_from(&have);
+                    }
+                    changed
+                };
+                // A worker with a request out or paused after `Busy` looks
+                // at the new bitmap when it next picks; waking it would
+                // cost a turn of its loop for nothing.
+                if changed && a.slot.idle.load(Ordering::SeqCst) {
+                    let _ = a.slot.wake_tx.try_send(());
+                }
             }
             self.sources.listed(addr, have, now);
             listed.push(addr);
@@ -616,6 +633,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             strikes,
             proven,
             settled: AtomicBool::new(false),
+            idle: AtomicBool::new(false),
             wake_tx,
             wake_rx,
         });

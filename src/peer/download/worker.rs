@@ -29,7 +29,8 @@ use crossbeam_channel::{Receiver, Sender};
 use super::engine::{Engine, Event, Rejects, Verified, WorkerEnd};
 use crate::chunks::{self, Bitmap};
 use crate::limits::{
-    BUSY_PAUSE, MAX_BUSY_IN_A_ROW, MAX_NOT_HELD_IN_A_ROW, MAX_REQUEST_BYTES_IN_FLIGHT, NOT_HELD_RETRY, NOT_HELD_RETRY_MAX,
+    BUSY_PAUSE, MAX_BUSY_IN_A_ROW, MAX_NOT_HELD_IN_A_ROW, MAX_REQUEST_BYTES_IN_FLIGHT,
+    NOT_HELD_RETRY, NOT_HELD_RETRY_MAX,
 };
 use crate::peer::client::{self, Conn};
 use crate::peer::picker::Picker;
@@ -53,6 +54,10 @@ pub(super) struct Slot {
     /// Set once the source answered a request, or held nothing to ask it
     /// for: the worker is then no longer a probe (see `limits::MAX_PROBES`).
     pub(super) settled: AtomicBool,
+    /// Set while the worker waits with nothing to ask its source (not
+    /// while a request is out, nor while paused after `Busy`): only then
+    /// do new locations wake it.
+    pub(super) idle: AtomicBool,
     /// Wakes an idle worker (new locations, or stopping).
     pub(super) wake_tx: Sender<()>,
     pub(super) wake_rx: Receiver<()>,
@@ -78,6 +83,9 @@ struct Worker<'a, 'e> {
     /// Set after a `Busy` answer: no new request to this source before
     /// then ([`BUSY_PAUSE`]).
     paused_until: Option<Instant>,
+    /// Whether the coordinator was told this worker ran dry since its
+    /// last request.
+    told_idle: bool,
     /// `Busy` answers in a row: at [`MAX_BUSY_IN_A_ROW`] the source is
     /// dropped for now.
     busy_run: u32,
@@ -190,6 +198,7 @@ impl Engine<'_> {
             not_held_run: 0,
             paused_until: None,
             busy_run: 0,
+            told_idle: false,
             handed: Vec::new(),
             batch: Vec::new(),
             spare: Vec::new(),
@@ -243,6 +252,7 @@ impl Worker<'_, '_> {
         }
         self.fill_pipeline()?;
         if !self.batch.is_empty() {
+            self.told_idle = false;
             conn.send_raw(&self.batch)
                 .map_err(|e| WorkerEnd::Lost(e.to_string()))?;
         }
@@ -254,11 +264,19 @@ impl Worker<'_, '_> {
             let wait = match self.paused_until {
                 Some(t) => t.saturating_duration_since(Instant::now()),
                 None => {
-                    let _ = self.ev.try_send(Event::Idle);
+                    // Once per stretch of idleness: the coordinator only
+                    // needs to know that fresh locations are wanted.
+                    if !self.told_idle {
+                        self.told_idle = self.ev.try_send(Event::Idle).is_ok();
+                    }
                     Duration::from_millis(250)
                 }
             };
+            self.slot
+                .idle
+                .store(self.paused_until.is_none(), Ordering::SeqCst);
             let _ = self.slot.wake_rx.recv_timeout(wait);
+            self.slot.idle.store(false, Ordering::SeqCst);
             return Ok(());
         }
         if self.spare.capacity() == 0 {
@@ -485,7 +503,7 @@ fn busy_pause(jitter: u32) -> Duration {
 fn jitter() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() / 1000)
+        .map_or(0, |d| d.subsec_micros())
 }
 
 /// True when no missing chunk is waiting to be requested: the endgame.

@@ -397,7 +397,15 @@ fn flash_once(
         own.extend(log_args(n, r, &format!("get{k}")));
         let mut args = get_args(n);
         args.extend(own.iter().map(String::as_str));
-        gets.push(spawn_get(ctx, tracker.addr, name, d, Some(u), &args, false)?);
+        gets.push(spawn_get(
+            ctx,
+            tracker.addr,
+            name,
+            d,
+            Some(u),
+            &args,
+            false,
+        )?);
     }
     let timeout = Duration::from_secs_f64(bound * 3.0 + 30.0);
     let mut times = Vec::new();
