@@ -20,6 +20,7 @@ use crossbeam_channel::RecvTimeoutError;
 use std::time::Duration;
 
 use super::{PeerError, Result};
+use crate::chunks::ContentId;
 use crate::limits::TRACKER_GRACE;
 use crate::net::{self, NetError};
 use crate::sync::lock;
@@ -84,6 +85,12 @@ impl Conn {
     /// The underlying stream (for local_addr, shutdown, timeouts).
     pub fn stream(&self) -> &TcpStream {
         self.0.stream()
+    }
+
+    /// Reads the socket through `gate` from now on (see
+    /// [`net::client::Conn::gate_reads`]).
+    pub fn gate_reads(&mut self, gate: std::sync::Arc<dyn net::client::ReadGate>) {
+        self.0.gate_reads(gate);
     }
 
     /// Writes one message.
@@ -337,6 +344,90 @@ pub fn merge_file_lists(lists: Vec<(Vec<FileSummary>, bool)>) -> (Vec<FileSummar
     (by_name.into_values().collect(), truncated)
 }
 
+/// Every file the trackers in `trackers` list, each described in full (a
+/// `Locate` with hashes per file, over the one connection to each tracker,
+/// every tracker at once): what `peer list --long` and `--json` show, with
+/// each file's content id. Merged name by name as [`merge_descriptions`]
+/// says, sorted by name; cut short if any tracker cut its list short. A
+/// file that vanishes between the list and its `Locate` is left out. An
+/// error only when no tracker answers; the trackers that did not, and
+/// those describing other content under a name (named in the error), are
+/// in `failed`.
+pub fn describe_all(trackers: &[SocketAddr]) -> Result<Merged<(Vec<Locations>, bool)>> {
+    let mut answers = Vec::new();
+    let mut failed = Vec::new();
+    for (t, r) in ask_all(trackers, describe_every_file) {
+        match r {
+            Ok((a, _)) => answers.push((t, a)),
+            Err(e) => failed.push((t, e)),
+        }
+    }
+    if answers.is_empty() {
+        return Err(none_answered(failed));
+    }
+    let truncated = answers.iter().any(|(_, (_, cut))| *cut);
+    let (files, others) =
+        merge_descriptions(answers.into_iter().map(|(t, (l, _))| (t, l)).collect());
+    for (t, name) in others {
+        failed.push((
+            t,
+            PeerError::Protocol {
+                who: t.to_string(),
+                what: format!("describes other content under the name {name:?}; left out"),
+            },
+        ));
+    }
+    Ok(Merged {
+        value: (files, truncated),
+        failed,
+    })
+}
+
+/// One tracker's list, each file located with its hashes, in turn over
+/// `c`.
+fn describe_every_file(c: &mut Conn) -> Result<(Vec<Locations>, bool)> {
+    let (files, truncated) = match c.request(&Message::ListFiles)? {
+        Message::FileList { files, truncated } => (files, truncated),
+        other => return Err(unexpected(c.addr(), &other)),
+    };
+    let mut described = Vec::with_capacity(files.len());
+    for f in files {
+        match locate_on(c, &f.name, true) {
+            Ok(l) => described.push(l),
+            Err(PeerError::Refused {
+                code: ErrorCode::UnknownFile,
+                ..
+            }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((described, truncated))
+}
+
+/// Merges several trackers' full descriptions (pure): name by name, with
+/// [`merge_locations`] in the order of `answers` (the first tracker that
+/// describes a name says what it is). Returns the files sorted by name and,
+/// for each tracker left out of a name, `(tracker, name)`.
+pub fn merge_descriptions(
+    answers: Vec<(SocketAddr, Vec<Locations>)>,
+) -> (Vec<Locations>, Vec<(SocketAddr, String)>) {
+    let mut by_name: std::collections::BTreeMap<String, Vec<(SocketAddr, Locations)>> =
+        std::collections::BTreeMap::new();
+    for (t, files) in answers {
+        for l in files {
+            by_name.entry(l.name.clone()).or_default().push((t, l));
+        }
+    }
+    let mut files = Vec::with_capacity(by_name.len());
+    let mut left_out = Vec::new();
+    for (name, ls) in by_name {
+        let (merged, others) = merge_locations(ls);
+        left_out.extend(others.into_iter().map(|t| (t, name.clone())));
+        files.push(merged);
+    }
+    (files, left_out)
+}
+
 /// Where `name` is held according to every tracker in `trackers`, merged
 /// (see [`merge_locations`]), and the local IP this host reached the first
 /// answering tracker from. Trackers that do not know the name are not
@@ -347,6 +438,20 @@ pub fn locate_all(
     trackers: &[SocketAddr],
     name: &str,
     with_hashes: bool,
+) -> Result<Merged<(Locations, IpAddr)>> {
+    locate_all_pinned(trackers, name, with_hashes, None)
+}
+
+/// [`locate_all`] where, when `pin` is given (and hashes are asked for),
+/// the first tracker whose answer has content id `pin` says what the file
+/// is, wherever it is in `trackers`: the sources of trackers that describe
+/// other content under the name are then left out. With no answer of that
+/// id, as [`locate_all`] (the caller sees the id differ and refuses).
+pub fn locate_all_pinned(
+    trackers: &[SocketAddr],
+    name: &str,
+    with_hashes: bool,
+    pin: Option<ContentId>,
 ) -> Result<Merged<(Locations, IpAddr)>> {
     let mut found = Vec::new();
     let mut unknown = None;
@@ -364,6 +469,14 @@ pub fn locate_all(
             }
             Err(e) => failed.push((t, e)),
         }
+    }
+    if let Some(pin) = pin
+        && let Some(i) = found
+            .iter()
+            .position(|(_, l, _)| content_id(l) == Some(pin))
+    {
+        let chosen = found.remove(i);
+        found.insert(0, chosen);
     }
     let Some(&(_, _, ip)) = found.first() else {
         return Err(match unknown {
@@ -385,6 +498,13 @@ pub fn locate_all(
         value: (merged, ip),
         failed,
     })
+}
+
+/// The content id of a file described with its hashes (`None` without).
+pub fn content_id(l: &Locations) -> Option<ContentId> {
+    l.hashes
+        .as_deref()
+        .map(|h| ContentId::compute(l.length, l.chunk_size, h))
 }
 
 /// Merges several trackers' Locations of one name (pure). The first
@@ -499,6 +619,39 @@ mod tests {
         assert_eq!(files, vec![file("a", 1), file("b", 2), file("c", 3)]);
         assert!(cut, "one list was cut short");
         assert_eq!(merge_file_lists(vec![]), (vec![], false));
+    }
+
+    #[test]
+    fn descriptions_merge_name_by_name_and_name_who_was_left_out() {
+        let (t1, t2) = (addr("10.0.0.1:7000"), addr("10.0.0.2:7000"));
+        let named = |n: &str, l: Locations| Locations {
+            name: n.into(),
+            ..l
+        };
+        let (files, left_out) = merge_descriptions(vec![
+            (
+                t1,
+                vec![
+                    named("b", locs(2048, &[("1.1.1.1:1", &[0b1000_0000])])),
+                    named("c", locs(1024, &[("1.1.1.1:1", &[0x80])])),
+                ],
+            ),
+            (
+                t2,
+                vec![
+                    named("a", locs(1024, &[("2.2.2.2:2", &[0x80])])),
+                    named("b", locs(2048, &[("2.2.2.2:2", &[0b0100_0000])])),
+                    // Other content under c: left out of c only.
+                    named("c", locs(4096, &[("2.2.2.2:2", &[0xf0])])),
+                ],
+            ),
+        ]);
+        let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(files[1].sources.len(), 2, "b is held through both trackers");
+        assert_eq!(files[2].length, 1024, "the first tracker says what c is");
+        assert_eq!(files[2].sources.len(), 1);
+        assert_eq!(left_out, vec![(t2, "c".to_string())]);
     }
 
     #[test]

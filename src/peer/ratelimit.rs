@@ -1,11 +1,15 @@
-//! The upload limiter shared by every upload of one peer.
+//! The rate limiters: the upload limiter shared by every upload of one
+//! peer, and the download limiter shared by every download that uses one
+//! `DownloadOptions` value (every download of a process).
 //!
-//! Owns: the pacing policy for chunk bytes a peer sends, and the order
-//! replies get their turn. The chunk server (`peer::server`) books each
-//! reply's whole slot with [`RateLimiter::book`] (waiting its turn, first
-//! come first booked, when the schedule is full) and writes each piece of
-//! it after [`Booking::wait`]; nothing else in the crate is paced. Calls
-//! only `sync` (the lock helper).
+//! Owns: the pacing policy for chunk bytes a peer sends and takes, and the
+//! order replies get their turn. The chunk server (`peer::server`) books
+//! each reply's whole slot with [`RateLimiter::book`] (waiting its turn,
+//! first come first booked, when the schedule is full) and writes each
+//! piece of it after [`Booking::wait`]; a download's workers read their sockets through
+//! [`RateLimiter::read_paced`] (as a `net::client::ReadGate`). Nothing else
+//! in the crate is paced. Calls `sync` (the lock helper) and
+//! `net::client` (the `ReadGate` it implements).
 //!
 //! How it works (a "virtual schedule", GCRA-style): the limiter keeps the
 //! time `next` at which the next byte may go. `acquire(n)` reserves the slot
@@ -21,12 +25,30 @@
 //!
 //! Callers must acquire in pieces of [`RateLimiter::piece_size`]: a single
 //! huge acquire is released in one go and would break the bound above.
+//!
+//! Downloads cannot book ahead that way: bytes asked for arrive whenever
+//! the sources send them (several requests are in flight per source), and
+//! a reader that booked a slot and then waited for bytes would take them
+//! late, on top of the slots booked after it (one extra piece per late
+//! reader). So [`RateLimiter::read_paced`] first waits, without the lock,
+//! until bytes have arrived, then under the lock checks that the schedule
+//! allows a read now and takes at most one piece of the bytes already
+//! there (a read that cannot block), and moves `next` past both the slot
+//! and the moment the read ended. Every read then lies inside its own
+//! slot plus `SLACK`, whatever the threads' timing: over any window of
+//! length W at most `rate * (W + SLACK) + piece` bytes are taken: for
+//! W = 1 s, 3% over the rate at worst from 50 KiB/s up (a piece is 1/50 s
+//! of the rate), 5% below (1/25 s).
 
 use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::net::TcpStream;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
+
+use crate::net::client::ReadGate;
 
 /// How far behind "now" an idle limiter's schedule may start. Bounds the
 /// burst after idleness to 10 ms worth of bytes (1% of the rate).
@@ -47,15 +69,17 @@ const MAX_RESERVATION: Duration = Duration::from_secs(24 * 3600);
 pub struct RateLimiter {
     /// Bytes per second; `None` = unlimited (then no lock is ever taken).
     rate: Option<u64>,
-    /// The schedule: when the next byte may go, and the replies waiting
-    /// for room in it.
+    /// When the next byte may be released (`None` until first use).
     sched: Mutex<Sched>,
+    /// Bytes taken through [`RateLimiter::read_paced`] so far.
+    taken: AtomicU64,
 }
 
-/// The upload schedule of a peer.
+/// A limiter's schedule.
 #[derive(Debug, Default)]
 struct Sched {
-    /// When the next byte may be released (`None` until first use).
+    /// When the next byte may be released or taken (`None` until first
+    /// use).
     next: Option<Instant>,
     /// Replies waiting to be booked ([`RateLimiter::book`]), first come
     /// first booked; only the first is woken when there is room.
@@ -65,16 +89,6 @@ struct Sched {
 }
 
 impl Sched {
-    /// Where a slot booked now would start: `next`, or `now - SLACK` for an
-    /// idle schedule.
-    fn start(&self, now: Instant) -> Instant {
-        let floor = now.checked_sub(SLACK).unwrap_or(now);
-        match self.next {
-            Some(t) if t > floor => t,
-            _ => floor,
-        }
-    }
-
     /// Books `cost` from `start`.
     fn take(&mut self, start: Instant, cost: Duration) {
         self.next = Some(
@@ -106,6 +120,7 @@ impl RateLimiter {
         RateLimiter {
             rate: bytes_per_sec.filter(|&r| r > 0),
             sched: Mutex::new(Sched::default()),
+            taken: AtomicU64::new(0),
         }
     }
 
@@ -202,7 +217,7 @@ impl RateLimiter {
         s.waiting.push_back((ticket, std::thread::current()));
         loop {
             let now = Instant::now();
-            let start = s.start(now);
+            let start = slot_start(s.next, now);
             let first = s.waiting.front().map(|w| w.0) == Some(ticket);
             let room_in = start.saturating_duration_since(now).saturating_sub(backlog);
             if first && room_in.is_zero() {
@@ -233,15 +248,74 @@ impl RateLimiter {
         }
     }
 
+    /// Bytes read from sockets through [`RateLimiter::read_paced`] so far,
+    /// by every reader together (a download's running total).
+    pub fn taken(&self) -> u64 {
+        self.taken.load(Ordering::SeqCst)
+    }
+
+    /// Reads at most `buf.len()` bytes from `stream`, no sooner and no more
+    /// than the rate allows (see the module's comment): waits for bytes
+    /// under the socket's read timeout, then for the schedule, then takes at
+    /// most one piece of what has arrived. Returns the bytes read (0 at the
+    /// end of the stream) and the time spent waiting for the schedule.
+    /// Unlimited: a plain read. Only one thread may read `stream`.
+    pub fn read_paced(&self, stream: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Duration)> {
+        let (Some(rate), Some(piece)) = (self.rate, self.piece_size()) else {
+            return (&*stream).read(buf).map(|n| (n, Duration::ZERO));
+        };
+        let want = buf.len().min(piece);
+        if want == 0 {
+            return Ok((0, Duration::ZERO));
+        }
+        // Bytes already here, left in the socket.
+        let ready = stream.peek(&mut buf[..want])?;
+        if ready == 0 {
+            return Ok((0, Duration::ZERO));
+        }
+        let mut waited = Duration::ZERO;
+        loop {
+            let mut sched = crate::sync::lock(&self.sched);
+            let now = Instant::now();
+            let start = slot_start(sched.next, now);
+            if start <= now {
+                // At least `ready` bytes are in the socket and only this
+                // thread reads it: the read returns at once, so the lock
+                // is never held waiting on the network.
+                let n = (&*stream).read(&mut buf[..ready])?;
+                // Counted before `after` is taken, so the count, too, moves
+                // only inside the slots (what a test samples).
+                self.taken.fetch_add(n as u64, Ordering::SeqCst);
+                let after = Instant::now();
+                let from = start.max(after.checked_sub(SLACK).unwrap_or(after));
+                sched.next = Some(
+                    from.checked_add(duration_for(n as u64, rate))
+                        .unwrap_or_else(|| from + MAX_RESERVATION),
+                );
+                return Ok((n, waited));
+            }
+            drop(sched);
+            let t = Instant::now();
+            std::thread::sleep(start - now);
+            waited += t.elapsed();
+        }
+    }
+
     /// Books the slot for `n` bytes and returns when it starts.
     fn reserve(&self, n: u64, rate: u64) -> Instant {
         let cost = duration_for(n, rate);
         // A poisoned lock only means another thread panicked between two
         // plain assignments; the Instant inside is still meaningful.
         let mut s = crate::sync::lock(&self.sched);
-        let start = s.start(Instant::now());
+        let start = slot_start(s.next, Instant::now());
         s.take(start, cost);
         start
+    }
+}
+
+impl ReadGate for RateLimiter {
+    fn read(&self, stream: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Duration)> {
+        self.read_paced(stream, buf)
     }
 }
 
@@ -281,6 +355,16 @@ impl Booking {
         self.start.map_or(Duration::ZERO, |s| {
             s.saturating_duration_since(Instant::now())
         })
+    }
+}
+
+/// Where the next slot starts: at `next`, but never more than [`SLACK`]
+/// before `now` (an idle limiter saves up no more than that).
+fn slot_start(next: Option<Instant>, now: Instant) -> Instant {
+    let floor = now.checked_sub(SLACK).unwrap_or(now);
+    match next {
+        Some(t) if t > floor => t,
+        _ => floor,
     }
 }
 
@@ -466,5 +550,97 @@ mod tests {
             begin.elapsed()
         );
         assert!(max >= RATE * 8 / 10, "busiest second only {max} bytes");
+    }
+
+    /// Samples `count` every millisecond until `done`: `(when, count)`.
+    fn sample(count: impl Fn() -> u64, done: &AtomicBool) -> Vec<(Instant, u64)> {
+        let mut v = Vec::new();
+        while !done.load(Ordering::SeqCst) {
+            v.push((Instant::now(), count()));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        v.push((Instant::now(), count()));
+        v
+    }
+
+    /// The most a running count grew between two samples at most `w` apart.
+    fn busiest(samples: &[(Instant, u64)], w: Duration) -> u64 {
+        let mut max = 0;
+        let mut hi = 0;
+        for lo in 0..samples.len() {
+            while hi + 1 < samples.len() && samples[hi + 1].0 <= samples[lo].0 + w {
+                hi += 1;
+            }
+            max = max.max(samples[hi.max(lo)].1 - samples[lo].1);
+        }
+        max
+    }
+
+    /// Four sockets, each fed as fast as its writer can, read through one
+    /// limiter: over any 1 s window the bytes taken stay within 5% of the
+    /// rate (deterministic: reads happen only inside their slots), while
+    /// everything sent is received intact. Runs about 2 s.
+    #[test]
+    fn paced_reads_are_honest_over_any_one_second_window() {
+        use std::io::Write;
+        use std::net::TcpListener;
+        const RATE: u64 = 1 << 20;
+        const EACH: usize = 512 << 10;
+        let l = Arc::new(RateLimiter::new(Some(RATE)));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let writers: Vec<_> = (0..4u8)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    s.write_all(&vec![t; EACH]).unwrap();
+                })
+            })
+            .collect();
+        let done = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let (l, done) = (Arc::clone(&l), Arc::clone(&done));
+            std::thread::spawn(move || sample(|| l.taken(), &done))
+        };
+        let begin = Instant::now();
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let (s, _) = listener.accept().unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let l = Arc::clone(&l);
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let (n, _) = l.read_paced(&s, &mut buf).unwrap();
+                        if n == 0 {
+                            return got;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for r in readers {
+            let got = r.join().unwrap();
+            assert_eq!(got.len(), EACH);
+            assert!(got.iter().all(|&b| b == got[0]));
+            total += got.len() as u64;
+        }
+        let took = begin.elapsed();
+        done.store(true, Ordering::SeqCst);
+        let samples = sampler.join().unwrap();
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!(l.taken(), total);
+        let max = busiest(&samples, Duration::from_secs(1));
+        let limit = RATE + RATE / 20;
+        assert!(max <= limit, "{max} bytes in one second, limit {limit}");
+        // 2 MiB at 1 MiB/s: never faster than the bound allows.
+        let least = Duration::from_secs_f64(total as f64 / (RATE as f64 * 1.05));
+        assert!(took >= least, "{total} bytes in {took:?}");
+        assert!(max >= RATE / 2, "busiest second only {max} bytes");
     }
 }

@@ -96,6 +96,27 @@ pub fn upload_limit_lines(limit: Option<u64>, chunk_size: u32) -> (String, Optio
     (line, slow)
 }
 
+/// What the peer says about its download limit at start (nothing when
+/// unlimited), and a warning when it is so low that a source's connection
+/// may be cut: each source must be read at `MIN_CHUNK_TRANSFER_RATE` at
+/// least, and under twice that a download takes from one source at a time.
+pub fn download_limit_lines(limit: Option<u64>) -> Option<(String, Option<String>)> {
+    let rate_bps = limit.filter(|&r| r > 0)?;
+    let line = format!(
+        "downloads: limited to {}/s for all files and sources together",
+        human(rate_bps as f64)
+    );
+    let min = crate::limits::MIN_CHUNK_TRANSFER_RATE;
+    let slow = (rate_bps < 2 * min).then(|| {
+        format!(
+            "warning: at {}/s a download takes from one source at a time, and a source may              close a connection read slower than {}/s; the limit is in bytes per second              (500K, 10M, 1G)",
+            human(rate_bps as f64),
+            human(min as f64)
+        )
+    });
+    Some((line, slow))
+}
+
 /// What `where` prints: a header line, then one line per source with its
 /// chunk count and map (`#` all held, `+` some, `.` none). `me`, if given,
 /// is marked "(this peer)".
@@ -156,6 +177,39 @@ pub fn format_file_list(files: &[FileSummary], truncated: bool) -> String {
         s.push_str("(list cut short by the tracker)\n");
     }
     s
+}
+
+/// What `peer list --long` prints: per file its name, exact size, size in
+/// units, content id, chunks and sources (from its `--json` object, so both
+/// say the same), and a last line if a tracker cut the list short.
+pub fn format_long_list(files: &[Locations], truncated: bool) -> Result<String, String> {
+    let mut s = String::new();
+    if files.is_empty() {
+        s.push_str("no files on the network\n");
+    }
+    let w = files
+        .iter()
+        .map(|f| f.name.chars().count())
+        .max()
+        .unwrap_or(0);
+    for l in files {
+        let f = super::json::file(l)?;
+        s.push_str(&format!(
+            "{:<w$}  {:>14} bytes  ({})  id {}  {} of {}, {} ({} complete)\n",
+            f.name,
+            f.length,
+            human(f.length as f64),
+            f.id,
+            plural(u64::from(f.chunk_count), "chunk"),
+            human(f64::from(f.chunk_size)),
+            plural(u64::from(f.sources), "source"),
+            f.complete_sources
+        ));
+    }
+    if truncated {
+        s.push_str("(list cut short by the tracker)\n");
+    }
+    Ok(s)
 }
 
 /// Whether a download found every chunk on disk and fetched nothing.

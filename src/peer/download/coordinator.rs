@@ -35,7 +35,7 @@ use super::engine::{Engine, Event, Verified, WorkerEnd};
 use super::locator::{Located, Locator};
 use super::rate::RateMeter;
 use super::worker::Slot;
-use super::{DownloadContext, MAX_ACTIVE_SOURCES, Progress, SourceStats};
+use super::{DownloadContext, Progress, SourceStats};
 use crate::chunks::Bitmap;
 use crate::limits::{
     LOCATE_BYTES_PER_SEC, MAX_PROBES, MAX_PROBES_PER_HOST, MAX_REMEMBERED_SOURCES,
@@ -267,6 +267,9 @@ struct Tracked<'scope> {
     latest: Option<Locations>,
     /// Its last query failed (warned once, until it answers).
     down: bool,
+    /// Its last answer with hashes described other content under the
+    /// name: its sources are not used.
+    other: bool,
 }
 
 pub(super) struct Coordinator<'scope, 'env: 'scope> {
@@ -313,6 +316,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
                     locator,
                     latest: None,
                     down: false,
+                    other: false,
                 }),
                 Err(e) => {
                     trackers.iter_mut().for_each(|t| t.locator.begin_stop());
@@ -495,6 +499,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         let name = self.engine.name;
         let several = self.trackers.len() > 1;
         let g = self.engine.geometry;
+        let hashes = self.engine.hashes;
         let t = &mut self.trackers[i];
         let addr = t.addr;
         if t.down && !matches!(answer, Located::Failed(_)) {
@@ -502,12 +507,18 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             t.down = false;
         }
         match answer {
-            Located::Found(l) if describes(g, &l) => t.latest = Some(l),
-            Located::Found(_) => {
-                warn!(
-                    "{name}: tracker {addr} now describes other content under this name; ignoring it"
-                );
-                t.latest = None;
+            Located::Found(l) => {
+                // Without hashes, as its last answer with them said.
+                let other =
+                    !describes(g, &l) || l.hashes.as_deref().map_or(t.other, |h| h != hashes);
+                if other && !t.other {
+                    warn!(
+                        "{name}: tracker {addr} describes other content under this name; \
+                         not using its sources"
+                    );
+                }
+                t.other = other;
+                t.latest = (!other).then_some(l);
             }
             Located::NoSources => {
                 debug!("{name}: tracker {addr} lists no source right now");
@@ -606,7 +617,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
 
     fn spawn_if_ready(&mut self, addr: SocketAddr) {
         if self.active.contains_key(&addr)
-            || self.active.len() >= MAX_ACTIVE_SOURCES
+            || self.active.len() >= self.engine.opts.max_sources()
             || self.engine.stop.load(Ordering::SeqCst)
         {
             return;
