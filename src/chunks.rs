@@ -403,7 +403,11 @@ mod tests {
         let abc = ContentId::compute(3, 1024, &[sha1(b"abc")]);
         assert_eq!(empty.to_string(), EMPTY_ID);
         assert_eq!(abc.to_string(), ABC_ID);
-        assert_ne!(empty, ContentId::compute(0, 1024, &[]), "the chunk size is part of the id");
+        assert_ne!(
+            empty,
+            ContentId::compute(0, 1024, &[]),
+            "the chunk size is part of the id"
+        );
         assert_eq!(ContentId::parse(&abc.to_string().to_uppercase()), Some(abc));
         assert_eq!(ContentId::parse("abc"), None);
         assert_eq!(ContentId::parse(&"g".repeat(40)), None);
