@@ -69,7 +69,7 @@ use byteorder::{BigEndian, ByteOrder, WriteBytesExt};
 
 use super::download::partfile;
 use super::{PeerError, Result};
-use crate::chunks::{self, Bitmap, ChunkIndex, DIGEST_LEN, Digest, Geometry};
+use crate::chunks::{self, Bitmap, ChunkIndex, ContentId, DIGEST_LEN, Digest, Geometry};
 use crate::wire::{self, FileEntry, Have};
 
 /// Name of the hash cache file in the root of the share folder.
@@ -100,6 +100,10 @@ pub struct SharedFile {
     file: File,
     geometry: Geometry,
     hashes: Vec<Digest>,
+    /// What the name stands for (length, chunk size, hashes): how a
+    /// tracker session tells new content under a known name from the
+    /// content it registered.
+    content: ContentId,
     /// Chunks verified on disk. A Mutex rather than atomics: updates are
     /// rare (once per chunk) and a consistent snapshot is needed for
     /// Register.
@@ -156,11 +160,13 @@ impl SharedFile {
     ) -> SharedFile {
         debug_assert_eq!(hashes.len(), geometry.count() as usize, "{name}");
         debug_assert_eq!(have.len(), geometry.count(), "{name}");
+        let content = ContentId::compute(geometry.length(), geometry.chunk_size(), &hashes);
         SharedFile {
             name,
             path,
             file,
             geometry,
+            content,
             hashes,
             have: Mutex::new(have),
             upload_check: None,
@@ -208,6 +214,11 @@ impl SharedFile {
 
     pub fn hashes(&self) -> &[Digest] {
         &self.hashes
+    }
+
+    /// The content id (protocol.md §4.1) of what this file is.
+    pub fn content_id(&self) -> ContentId {
+        self.content
     }
 
     /// The shared handle; use positional reads/writes
@@ -312,13 +323,20 @@ impl SharedFile {
 // ---- ShareIndex ---------------------------------------------------------
 
 /// Name -> shared file. Shared as `Arc<ShareIndex>` by the chunk server,
-/// the tracker session and downloads.
+/// the tracker sessions, downloads and the folder watcher.
+///
+/// The index is what this peer holds; every tracker session makes its
+/// tracker's view follow it (registering what was added or replaced,
+/// withdrawing what was removed or replaced), woken by
+/// [`ShareIndex::generation`]. So whoever changes the index (a download,
+/// the folder watcher, the chunk server finding a file changed) tells no
+/// session anything, and a session that reconnects simply registers the
+/// index as it is then.
 #[derive(Debug, Default)]
 pub struct ShareIndex {
     files: RwLock<HashMap<String, Arc<SharedFile>>>,
-    /// Files withdrawn by [`ShareIndex::withdraw_changed`] that the tracker
-    /// session has not withdrawn at the tracker yet.
-    withdrawn: std::sync::Mutex<Vec<Arc<SharedFile>>>,
+    /// Bumped on every change of `files` (after it is made).
+    generation: AtomicU64,
 }
 
 impl ShareIndex {
@@ -340,7 +358,9 @@ impl ShareIndex {
     /// entry) the file under its name; returns the previous entry.
     pub fn insert(&self, f: Arc<SharedFile>) -> Option<Arc<SharedFile>> {
         let name = f.name().to_owned();
-        self.write().insert(name, f)
+        let old = self.write().insert(name, f);
+        self.changed();
+        old
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<SharedFile>> {
@@ -348,35 +368,50 @@ impl ShareIndex {
     }
 
     pub fn remove(&self, name: &str) -> Option<Arc<SharedFile>> {
-        self.write().remove(name)
+        let old = self.write().remove(name);
+        self.changed();
+        old
     }
 
-    /// Stops sharing `f` because its bytes no longer match its hashes
-    /// ([`UploadError::Changed`]); true if this call removed it (and not a
-    /// newer entry under the same name). The peer serves it no more and does
-    /// not register it again; hashing it again takes a restart of `share`.
-    /// The file is also queued for the tracker session, which withdraws it
-    /// at the tracker ([`ShareIndex::take_withdrawn`]).
-    pub fn withdraw_changed(&self, f: &Arc<SharedFile>) -> bool {
+    /// Removes `f` if it is still the entry under its name (not a newer
+    /// one); true if it was removed.
+    pub fn remove_exact(&self, f: &Arc<SharedFile>) -> bool {
         let mut files = self.write();
         if !files.get(f.name()).is_some_and(|g| Arc::ptr_eq(g, f)) {
             return false;
         }
         files.remove(f.name());
         drop(files);
-        crate::sync::lock(&self.withdrawn).push(Arc::clone(f));
-        log::warn!(
-            "{} changed on disk after it was hashed: its bytes no longer match the hashes this \
-             peer announced, so it is no longer shared; restart `peer share` to hash it again",
-            f.path().display()
-        );
+        self.changed();
         true
     }
 
-    /// The files withdrawn since the last call, for the tracker session to
-    /// withdraw at the tracker.
-    pub fn take_withdrawn(&self) -> Vec<Arc<SharedFile>> {
-        std::mem::take(&mut *crate::sync::lock(&self.withdrawn))
+    /// A number that changes whenever the index does: a tracker session
+    /// compares it with the one it last brought its tracker in line with.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Stops sharing `f` because its bytes no longer match its hashes
+    /// ([`UploadError::Changed`]); true if this call removed it (and not a
+    /// newer entry under the same name). The peer serves it no more, and
+    /// every tracker session withdraws it at its tracker. A folder watcher
+    /// (`peer::watch`) hashes it again once it is stable and shares its new
+    /// content; without one, that takes a restart of `share`.
+    pub fn withdraw_changed(&self, f: &Arc<SharedFile>) -> bool {
+        if !self.remove_exact(f) {
+            return false;
+        }
+        log::warn!(
+            "{} changed on disk after it was hashed: its bytes no longer match the hashes this \
+             peer announced, so its old content is no longer shared",
+            f.path().display()
+        );
+        true
     }
 
     /// Every shared file, sorted by name.
