@@ -112,6 +112,10 @@ pub struct SharedFile {
     /// checks. None for a download's file, which this peer writes itself
     /// and verifies chunk by chunk before marking it held.
     upload_check: Option<Mutex<UploadCheck>>,
+    /// For a file from the scan: its metadata when it was opened to be
+    /// hashed (or found in the cache), which the folder watcher compares
+    /// with what it sees later.
+    hashed_stamp: Option<Stamp>,
 }
 
 /// Which chunks of a scanned file were seen to match their hash while the
@@ -170,6 +174,7 @@ impl SharedFile {
             hashes,
             have: Mutex::new(have),
             upload_check: None,
+            hashed_stamp: None,
         }
     }
 
@@ -195,7 +200,13 @@ impl SharedFile {
             Bitmap::new(count)
         };
         f.upload_check = Some(Mutex::new(UploadCheck { stamp, verified }));
+        f.hashed_stamp = stamp;
         f
+    }
+
+    /// For a file from the scan, its metadata when it was hashed.
+    pub(super) fn hashed_stamp(&self) -> Option<Stamp> {
+        self.hashed_stamp
     }
 
     pub fn name(&self) -> &str {
@@ -432,6 +443,9 @@ impl ShareIndex {
 
 // ---- Scanning -----------------------------------------------------------
 
+/// Paths not shared and why (one line each, for the user).
+pub type Skipped = Vec<(PathBuf, String)>;
+
 /// Result of scanning a folder for `peer share`.
 #[derive(Debug)]
 pub struct Scan {
@@ -442,14 +456,18 @@ pub struct Scan {
 }
 
 /// A file found by the walk, before it is opened.
-struct Candidate {
-    name: String,
+pub(super) struct Candidate {
+    pub(super) name: String,
     /// Where it was found (may be a symlink that stays inside the folder);
     /// shown to the user.
     path: PathBuf,
     /// What to open: `path` itself, or a symlink's resolved target. Opened
     /// without following a link ([`open_regular`]).
     real: PathBuf,
+    /// What the walk saw of it (the target's, for a symlink): how the
+    /// folder watcher tells a file still being written from a stable one
+    /// without opening it.
+    pub(super) stamp: Option<Stamp>,
 }
 
 /// An opened file waiting for its hashes.
@@ -532,30 +550,93 @@ pub fn scan_dir_reporting(
     progress: &(dyn Fn(&HashProgress) + Sync),
     cancel: Option<&AtomicBool>,
 ) -> Result<Scan> {
-    let started = SystemTime::now();
     Geometry::new(0, chunk_size).map_err(|e| PeerError::Invalid(e.to_string()))?;
     let root = share_root(dir)?;
+    let (found, mut skipped) = list_files(&root, dir, only)?;
+    let mode = if only.is_empty() {
+        Mode::Whole
+    } else {
+        Mode::Part
+    };
+    let files = hash_found(
+        &root,
+        dir,
+        found,
+        chunk_size,
+        mode,
+        progress,
+        cancel,
+        &mut skipped,
+    )?;
+    Ok(Scan { files, skipped })
+}
 
+/// Which files a scan stands for, for the hash cache and the checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// The whole folder: the cache keeps only what was found.
+    Whole,
+    /// Some files of it: the cache keeps its other entries.
+    Part,
+    /// Some files, hashed by the folder watcher while the peer runs: as
+    /// `Part`, and a file whose metadata moved while it was hashed is
+    /// skipped (it is being written; the watcher tries again once it is
+    /// stable) rather than shared with hashes that may not match.
+    Live,
+}
+
+/// The files under `root` (or only the paths in `only`), found with one
+/// `lstat` each (and a `stat` of a symlink's target) and never opened,
+/// with what was skipped and why.
+pub(super) fn list_files(
+    root: &Path,
+    dir: &Path,
+    only: &[PathBuf],
+) -> Result<(BTreeMap<String, Candidate>, Skipped)> {
     let mut skipped = Vec::new();
     let mut found = BTreeMap::new();
     if only.is_empty() {
-        walk(&root, &root, &mut found, &mut skipped)?;
+        walk(root, root, &mut found, &mut skipped)?;
     } else {
         for p in only {
-            select(&root, dir, p, &mut found, &mut skipped)?;
+            select(root, dir, p, &mut found, &mut skipped)?;
         }
     }
+    Ok((found, skipped))
+}
 
+/// Opens, hashes (reusing the hash cache) and turns into [`SharedFile`]s
+/// the files `found`, and updates the cache. Nothing is locked meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn hash_found(
+    root: &Path,
+    dir: &Path,
+    found: BTreeMap<String, Candidate>,
+    chunk_size: u32,
+    mode: Mode,
+    progress: &(dyn Fn(&HashProgress) + Sync),
+    cancel: Option<&AtomicBool>,
+    skipped: &mut Vec<(PathBuf, String)>,
+) -> Result<Vec<SharedFile>> {
+    let started = SystemTime::now();
     let cache_path = root.join(HASH_CACHE_NAME);
     let (old_cache, cache_corrupt) = load_cache(&cache_path);
-    let mut opened = open_found(&root, dir, found, chunk_size, &old_cache, &mut skipped);
+    let mut opened = open_found(root, dir, found, chunk_size, &old_cache, skipped);
 
-    let failed = hash_missing(&mut opened, progress, cancel)?;
+    let mut failed = hash_missing(&mut opened, progress, cancel)?;
     if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
         return Err(PeerError::Interrupted("hashing interrupted".into()));
     }
+    if mode == Mode::Live {
+        for (o, err) in opened.iter().zip(failed.iter_mut()) {
+            let now = o.file.metadata().ok().and_then(|m| Stamp::of(&m));
+            if err.is_none() && (now != o.stamp || now.is_none()) {
+                *err = Some("changed while it was being hashed".into());
+            }
+        }
+    }
 
-    let mut new_cache = if only.is_empty() {
+    let mut new_cache = if mode == Mode::Whole {
         BTreeMap::new()
     } else {
         old_cache.clone() // a partial scan keeps the other entries
@@ -567,16 +648,16 @@ pub fn scan_dir_reporting(
         chunk_size,
         racy_after,
         &mut new_cache,
-        &mut skipped,
+        skipped,
     );
-    save_cache_if_changed(&root, &cache_path, &old_cache, cache_corrupt, &new_cache);
-    Ok(Scan { files, skipped })
+    save_cache_if_changed(root, &cache_path, &old_cache, cache_corrupt, &new_cache);
+    Ok(files)
 }
 
 /// The share folder's canonical path: every file is checked against it to
 /// stay inside the folder, so symlinks in `dir` itself must be resolved
 /// first. Fails if it is missing or not a folder.
-fn share_root(dir: &Path) -> Result<PathBuf> {
+pub(super) fn share_root(dir: &Path) -> Result<PathBuf> {
     let root = fs::canonicalize(dir).map_err(|e| PeerError::io("open share folder", dir, e))?;
     let meta = fs::metadata(&root).map_err(|e| PeerError::io("open share folder", dir, e))?;
     if !meta.is_dir() {
@@ -830,6 +911,7 @@ fn classify(
         return Some(path);
     }
     let mut real = path.clone();
+    let mut stamp = Stamp::of(&meta);
     if ft.is_symlink() {
         let target = match fs::canonicalize(&path) {
             Ok(t) => t,
@@ -843,7 +925,10 @@ fn classify(
             return None;
         }
         match fs::metadata(&target) {
-            Ok(m) if m.is_file() => real = target,
+            Ok(m) if m.is_file() => {
+                real = target;
+                stamp = Stamp::of(&m);
+            }
             Ok(m) if m.is_dir() => {
                 skipped.push((
                     path,
@@ -884,7 +969,15 @@ fn classify(
         // sharing this folder: silently private.
         return None;
     }
-    found.insert(name.clone(), Candidate { name, path, real });
+    found.insert(
+        name.clone(),
+        Candidate {
+            name,
+            path,
+            real,
+            stamp,
+        },
+    );
     None
 }
 
@@ -960,7 +1053,7 @@ fn relative_name(root: &Path, path: &Path) -> std::result::Result<String, String
 /// What says a file on disk is still the one that was hashed: the hash
 /// cache's key (with the chunk size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
+pub(super) struct Stamp {
     size: u64,
     mtime_ns: i64,
     ctime_ns: i64,

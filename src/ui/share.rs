@@ -1,5 +1,6 @@
-//! `peer share`: hash the folder, start the node, then serve until a
-//! signal, with the prompt on a terminal.
+//! `peer share`: hash the folder, start the node and the folder watcher
+//! (live sharing), then serve until a signal, with the prompt on a
+//! terminal.
 //!
 //! Owns: what `peer share` prints, and when it gives up (none of the files
 //! named can be shared; every tracker refused every file). Calls
@@ -12,10 +13,10 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, bounded, select};
+use crossbeam_channel::{Receiver, Sender, bounded, select};
 
 use super::args::ShareArgs;
-use super::format::{describe_event, human, plural, upload_limit_lines};
+use super::format::{describe_event, describe_watch, human, plural, upload_limit_lines};
 use super::lockfile::FolderLock;
 use super::progress::{StatusLine, hashing_line};
 use super::signals::StopSignals;
@@ -24,6 +25,7 @@ use crate::peer::download;
 use crate::peer::node::Node;
 use crate::peer::session::SessionEvent;
 use crate::peer::share::{self, HashProgress, SharedFile};
+use crate::peer::watch::{FolderWatch, Scope, WatchConfig, WatchEvent};
 
 /// Session events waiting to be printed.
 const EVENT_QUEUE: usize = 16;
@@ -44,13 +46,16 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
     say_upload_limit(a.upload_limit, a.chunk_size)?;
     let count = scan.files.len();
     let trackers = cfg.trackers.len();
+    let (wtx, wrx) = FolderWatch::channel();
     if prompt {
         let node = Arc::new(Node::start(cfg, scan.files, Some(tx))?);
         if let Some(l) = &lock {
             l.serving(node.local_addr().port());
         }
+        let watch = start_watch(&a, &node, wtx)?;
         note!("{}", serving_line(&node))?;
-        let r = prompt::run(node, a.dir, rx, signals);
+        let r = prompt::run(node, a.dir, rx, wrx, signals);
+        watch.stop();
         drop(lock);
         return Ok(r?);
     }
@@ -59,11 +64,16 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
     if let Some(l) = &lock {
         l.serving(node.local_addr().port());
     }
+    let watch = start_watch(&a, &node, wtx)?;
+    let watch_printer = print_watch_events(wrx)?;
     let served = note!("{}", serving_line(&node));
     let refused = match served {
         Ok(()) => serve_until_stopped(signals, ended),
         Err(_) => None,
     };
+    // The watcher first: it drops its event sender, which ends its printer.
+    watch.stop();
+    let _ = watch_printer.join();
     node.leave();
     drop(lock);
     let _ = printer.join();
@@ -80,6 +90,88 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
     }
     note!("left the network")?;
     Ok(())
+}
+
+/// Starts live sharing: the folder watcher on the folder (or on the files
+/// named), feeding the node's share index.
+fn start_watch(
+    a: &ShareArgs,
+    node: &Node,
+    events: Sender<WatchEvent>,
+) -> Result<FolderWatch, BoxError> {
+    let scope = if a.files.is_empty() {
+        Scope::Folder
+    } else {
+        Scope::Paths(a.files.clone())
+    };
+    let w = FolderWatch::start(
+        &a.dir,
+        scope,
+        a.chunk_size,
+        Arc::clone(node.share()),
+        WatchConfig::default(),
+        Some(events),
+    )?;
+    Ok(w)
+}
+
+/// Live sharing for `peer get --seed`: the downloaded files (`names`, in
+/// `dir`) are watched, so a file changed or removed there stops being
+/// served (and a changed one is hashed again and shared with its new
+/// content, in its chunk size). Stopping the handle returned stops the
+/// watcher and joins its printer.
+pub(super) fn watch_seeded(
+    node: &Node,
+    dir: &std::path::Path,
+    names: &[String],
+) -> Result<SeedWatch, BoxError> {
+    let chunk_size = names
+        .iter()
+        .find_map(|n| node.share().get(n))
+        .map_or(crate::limits::DEFAULT_CHUNK_SIZE, |f| {
+            f.geometry().chunk_size()
+        });
+    let (tx, rx) = FolderWatch::channel();
+    let watch = FolderWatch::start(
+        dir,
+        Scope::Paths(names.iter().map(std::path::PathBuf::from).collect()),
+        chunk_size,
+        Arc::clone(node.share()),
+        WatchConfig::default(),
+        Some(tx),
+    )?;
+    let printer = print_watch_events(rx)?;
+    Ok(SeedWatch { watch, printer })
+}
+
+/// The folder watcher of `peer get --seed` and its printer.
+pub(super) struct SeedWatch {
+    watch: FolderWatch,
+    printer: std::thread::JoinHandle<()>,
+}
+
+impl SeedWatch {
+    pub(super) fn stop(self) {
+        self.watch.stop();
+        let _ = self.printer.join();
+    }
+}
+
+/// Prints what the folder watcher does, one line each, until it stops (it
+/// drops its sender). Its own thread, so a slow terminal never holds the
+/// watcher (it drops events instead).
+pub(super) fn print_watch_events(
+    rx: Receiver<WatchEvent>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("watch-events".into())
+        .spawn(move || {
+            for ev in rx {
+                if note!("{}", describe_watch(&ev)).is_err() {
+                    return;
+                }
+            }
+        })
 }
 
 /// Hashes the folder (or the files named), showing progress on a terminal;
