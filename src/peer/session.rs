@@ -15,7 +15,7 @@
 //! The tracker is kept in line with the share index: whenever the index's
 //! generation moves, the session compares what it registered (name and
 //! content id) with the index and sends what differs (`reconcile`), within
-//! [`LIVENESS_POLL`]. So every session of a peer with several trackers
+//! `LIVENESS_POLL` (250 ms). So every session of a peer with several trackers
 //! withdraws and registers the same files on its own, and after a
 //! reconnect the registration is simply the index as it is then.
 //!

@@ -6,7 +6,10 @@
 //! a chunk still matches its hash before it is uploaded), [`ShareIndex`]
 //! (name -> file, the only way the chunk server finds a file: names from
 //! the wire are looked up here, never joined onto a path), [`scan_dir`]
-//! (walk + parallel SHA-1), `open_regular` (how a file in a shared folder
+//! (walk + parallel SHA-1; in two steps, `list_files` (stat only) and
+//! `hash_found`, for the folder watcher, `peer::watch`), the index's
+//! generation (moved on by every change; the tracker sessions follow it),
+//! `open_regular` (how a file in a shared folder
 //! is opened: no symlink followed, no FIFO waited on) and the hash cache
 //! file. Calls `wire` (names, FileEntry), `chunks` (geometry, bitmaps,
 //! sha1), the libc crate for open flags and, to leave a download's own
@@ -621,7 +624,15 @@ pub(super) fn hash_found(
     let started = SystemTime::now();
     let cache_path = root.join(HASH_CACHE_NAME);
     let (old_cache, cache_corrupt) = load_cache(&cache_path);
-    let mut opened = open_found(root, dir, found, chunk_size, &old_cache, skipped);
+    // A live file is new or has just changed: hashed from the handle it is
+    // served from, never taken from the cache (which would also leave each
+    // chunk to be checked again at its first upload).
+    let lookup = if mode == Mode::Live {
+        &Cache::new()
+    } else {
+        &old_cache
+    };
+    let mut opened = open_found(root, dir, found, chunk_size, lookup, skipped);
 
     let mut failed = hash_missing(&mut opened, progress, cancel)?;
     if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {

@@ -3,10 +3,11 @@
 //! terminal.
 //!
 //! Owns: what `peer share` prints, and when it gives up (none of the files
-//! named can be shared; every tracker refused every file). Calls
-//! `peer::{share, node, session, download}` (the last for the unfinished
-//! downloads in the folder) and the other `ui` modules, [`super::lockfile`]
-//! among them.
+//! named can be shared; every tracker refused every file), and the lines
+//! for what the folder watcher does (also for `peer get --seed`). Calls
+//! `peer::{share, node, session, watch, download}` (the last for the
+//! unfinished downloads in the folder) and the other `ui` modules,
+//! [`super::lockfile`] among them.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
