@@ -24,7 +24,9 @@
 //! with every check of the start-up scan: symlinks leaving the folder,
 //! special files, names, `.p2pfs/` and `.part` artifacts, the cache and
 //! lock files); only new and changed files are opened and hashed, on every
-//! core, through the hash cache.
+//! core. On a folder so large that looking takes more than a tenth of the
+//! interval, the watcher looks less often ([`MAX_LOOK_SHARE`]), so it never
+//! keeps a core busy.
 //!
 //! Locks: only the share index's, for one map operation at a time; none is
 //! held while the folder is walked or a file is hashed.
@@ -106,8 +108,8 @@ pub struct FolderWatch {
 impl FolderWatch {
     /// Starts "share-watch" on `dir`. The files of `share` found in scope
     /// when it starts are taken as shared as they are (a file the start-up
-    /// scan hashed is compared with the metadata it had then); the first
-    /// look only notes what it cannot share (the start-up scan said so).
+    /// scan hashed is compared with the metadata it had then). What it
+    /// cannot share at start is not reported (the start-up scan said so).
     pub fn start(
         dir: &Path,
         scope: Scope,
@@ -130,9 +132,9 @@ impl FolderWatch {
             cancel: Arc::clone(&cancel),
             known: HashMap::new(),
             reported: HashSet::new(),
-            first: true,
         };
         w.adopt_index();
+        w.note_skipped()?;
         let handle = thread::Builder::new()
             .name("share-watch".into())
             .spawn(move || w.run(stop_rx))
@@ -172,6 +174,17 @@ impl Drop for FolderWatch {
     }
 }
 
+/// Most of its time the watcher may spend looking at the folder: on a
+/// folder so large that a look takes more than a tenth of the interval,
+/// it looks less often (a look at 10,000 files takes about 40 ms).
+const MAX_LOOK_SHARE: u32 = 10;
+
+/// The wait before the next look, after one that took `took` (hashing
+/// included, which only new and changed files cost).
+fn next_wait(interval: Duration, took: Duration) -> Duration {
+    interval.max(took.saturating_mul(MAX_LOOK_SHARE))
+}
+
 /// What the watcher knows of one name.
 #[derive(Default)]
 struct Tracked {
@@ -201,22 +214,38 @@ struct Watcher {
     known: HashMap<String, Tracked>,
     /// Paths already reported as skipped, with the reason.
     reported: HashSet<(PathBuf, String)>,
-    first: bool,
 }
 
 impl Watcher {
     fn run(mut self, stop: Receiver<()>) {
+        let mut wait = self.cfg.interval;
         loop {
             select! {
                 recv(stop) -> _ => return,
-                default(self.cfg.interval) => {}
+                default(wait) => {}
             }
             if self.cancel.load(Ordering::SeqCst) {
                 return;
             }
+            let t = Instant::now();
             if let Err(e) = self.look() {
                 debug!("looking at {}: {e}", self.dir.display());
             }
+            wait = next_wait(self.cfg.interval, t.elapsed());
+        }
+    }
+
+    /// Notes, without reporting them, the paths that cannot be shared now.
+    fn note_skipped(&mut self) -> Result<()> {
+        let (_, skipped) = share::list_files(&self.root, &self.dir, self.scope_paths())?;
+        self.report_skipped(skipped, true);
+        Ok(())
+    }
+
+    fn scope_paths(&self) -> &[PathBuf] {
+        match &self.scope {
+            Scope::Folder => &[],
+            Scope::Paths(p) => p,
         }
     }
 
@@ -237,13 +266,8 @@ impl Watcher {
 
     /// One look at the folder.
     fn look(&mut self) -> Result<()> {
-        let only: &[PathBuf] = match &self.scope {
-            Scope::Folder => &[],
-            Scope::Paths(p) => p,
-        };
-        let (found, skipped) = share::list_files(&self.root, &self.dir, only)?;
-        let first = std::mem::replace(&mut self.first, false);
-        self.report_skipped(skipped, first);
+        let (found, skipped) = share::list_files(&self.root, &self.dir, self.scope_paths())?;
+        self.report_skipped(skipped, false);
         self.removed(&found);
         let now = Instant::now();
         let mut ready = BTreeMap::new();
@@ -394,8 +418,8 @@ impl Watcher {
         self.emit(e);
     }
 
-    /// Reports each path that cannot be shared once per reason (not at
-    /// all on the first look, or a download's own files).
+    /// Reports each path that cannot be shared once per reason (`quiet`:
+    /// only notes it; a download's own files are never reported).
     fn report_skipped(&mut self, skipped: Vec<(PathBuf, String)>, quiet: bool) {
         for (path, why) in skipped {
             let artifact = path
@@ -416,5 +440,113 @@ impl Watcher {
         {
             debug!("folder watcher event dropped (listener full or gone)");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::testutil::TempDir;
+
+    #[test]
+    fn a_slow_look_spaces_the_next_one() {
+        let s = Duration::from_secs(1);
+        assert_eq!(next_wait(s, Duration::from_millis(40)), s);
+        assert_eq!(
+            next_wait(s, Duration::from_millis(400)),
+            Duration::from_secs(4)
+        );
+    }
+
+    fn fast() -> WatchConfig {
+        WatchConfig {
+            interval: Duration::from_millis(50),
+            stable_for: Duration::from_millis(200),
+        }
+    }
+
+    fn next(rx: &Receiver<WatchEvent>) -> WatchEvent {
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("a watch event within 5 s")
+    }
+
+    #[test]
+    fn added_changed_removed_and_what_is_never_shared() {
+        let t = TempDir::new("watch");
+        let outside = TempDir::new("watch-outside");
+        std::fs::write(t.0.join("a"), b"first").unwrap();
+        let share = Arc::new(ShareIndex::new());
+        for f in share::scan_dir(&t.0, &[], 1024, &|_, _| {}).unwrap().files {
+            share.insert(Arc::new(f));
+        }
+        let (tx, rx) = FolderWatch::channel();
+        let w = FolderWatch::start(
+            &t.0,
+            Scope::Folder,
+            1024,
+            Arc::clone(&share),
+            fast(),
+            Some(tx),
+        )
+        .unwrap();
+        // Never shared: a link out of the folder, a download's work folder,
+        // a .part, a FIFO.
+        std::fs::write(outside.0.join("secret"), b"secret").unwrap();
+        std::os::unix::fs::symlink(outside.0.join("secret"), t.0.join("link")).unwrap();
+        std::fs::create_dir(t.0.join(partfile::WORK_DIR)).unwrap();
+        std::fs::write(t.0.join(partfile::WORK_DIR).join("x"), b"x").unwrap();
+        std::fs::write(t.0.join("y.part"), b"y").unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(t.0.join("fifo"))
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(made, "mkfifo");
+        std::fs::create_dir(t.0.join("sub")).unwrap();
+        std::fs::write(t.0.join("sub/b"), vec![7u8; 3000]).unwrap();
+        let mut skipped = Vec::new();
+        let added = loop {
+            match next(&rx) {
+                WatchEvent::Skipped { path, .. } => skipped.push(path),
+                e => break e,
+            }
+        };
+        assert_eq!(
+            added,
+            WatchEvent::Added {
+                name: "sub/b".into(),
+                length: 3000
+            }
+        );
+        assert!(skipped.iter().any(|p| p.ends_with("link")), "{skipped:?}");
+        assert!(skipped.iter().any(|p| p.ends_with("fifo")), "{skipped:?}");
+        let names: Vec<String> = share.files().iter().map(|f| f.name().to_owned()).collect();
+        assert_eq!(names, ["a", "sub/b"]);
+        // Changed: out of the index at once, then back with new hashes.
+        let old = share.get("a").unwrap();
+        std::fs::write(t.0.join("a"), b"second, longer").unwrap();
+        assert_eq!(next(&rx), WatchEvent::Changed { name: "a".into() });
+        assert_eq!(
+            next(&rx),
+            WatchEvent::Updated {
+                name: "a".into(),
+                length: 14
+            }
+        );
+        let new = share.get("a").unwrap();
+        assert!(!Arc::ptr_eq(&old, &new));
+        assert_eq!(new.hashes(), &[crate::chunks::sha1(b"second, longer")]);
+        // Removed.
+        std::fs::remove_file(t.0.join("sub/b")).unwrap();
+        assert_eq!(
+            next(&rx),
+            WatchEvent::Removed {
+                name: "sub/b".into()
+            }
+        );
+        assert!(share.get("sub/b").is_none());
+        // Stopping is prompt.
+        let t0 = Instant::now();
+        w.stop();
+        assert!(t0.elapsed() < Duration::from_secs(1));
     }
 }

@@ -7,6 +7,9 @@
 //! then again on the unchanged folder (the hash cache). Baseline: this
 //! process opening, reading and SHA-1 hashing every file on one thread.
 //!
+//! Then the CPU a `peer share` of those 10,000 files uses while idle: its
+//! folder watcher looking at every file once a second.
+//!
 //! Live sharing: a running `peer share`; files of 1 MiB land in its folder
 //! one after another (written in place, as `cp` does), each at a different
 //! moment of the watcher's one-second tick. Measured: from the start of the
@@ -63,6 +66,7 @@ pub fn many_small(ctx: &mut Ctx, rows: &mut Vec<Row>) -> R<()> {
             base_s,
         });
     }
+    let idle = idle_cpu(ctx, tracker.addr, &dir)?;
     drop(tracker);
     let m = |f: fn(&Rep) -> f64| median(&reps.iter().map(f).collect::<Vec<_>>());
     let nf = n as f64;
@@ -104,7 +108,27 @@ pub fn many_small(ctx: &mut Ctx, rows: &mut Vec<Row>) -> R<()> {
         .baseline(format!("first start {first:.2} s"))
         .ratio(restart / first),
     );
+    rows.push(
+        Row::new(
+            SCENARIO,
+            format!("{n} small files shared, idle: CPU of peer share (the folder watcher's looks)"),
+            format!("{:.1} % of a core", idle * 100.0),
+        )
+        .baseline("one look (lstat of every file) a second")
+        .target("<= 10 %", idle <= 0.10),
+    );
     Ok(())
+}
+
+/// CPU seconds per second of a `peer share` of `dir` doing nothing but
+/// looking at its folder (over 5 s, after it registered).
+fn idle_cpu(ctx: &Ctx, tracker: std::net::SocketAddr, dir: &std::path::Path) -> R<f64> {
+    let seed = SeedProc::start(ctx, tracker, dir, None, None)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let (c0, t0) = (seed.proc.cpu_s().unwrap_or(0.0), Instant::now());
+    std::thread::sleep(Duration::from_secs(5));
+    let c1 = seed.proc.cpu_s().unwrap_or(0.0);
+    Ok((c1 - c0) / t0.elapsed().as_secs_f64())
 }
 
 /// Spawns `peer share` on `dir` and waits until it has registered every
