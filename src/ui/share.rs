@@ -53,8 +53,8 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
         if let Some(l) = &lock {
             l.serving(node.local_addr().port());
         }
-        let watch = start_watch(&a, &node, wtx)?;
         note!("{}", serving_line(&node))?;
+        let watch = start_watch(&a, &node, wtx)?;
         let r = prompt::run(node, a.dir, rx, wrx, signals);
         watch.stop();
         drop(lock);
@@ -65,9 +65,9 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
     if let Some(l) = &lock {
         l.serving(node.local_addr().port());
     }
+    let served = note!("{}", serving_line(&node));
     let watch = start_watch(&a, &node, wtx)?;
     let watch_printer = print_watch_events(wrx)?;
-    let served = note!("{}", serving_line(&node));
     let refused = match served {
         Ok(()) => serve_until_stopped(signals, ended),
         Err(_) => None,
