@@ -257,3 +257,35 @@ fn a_changed_file_is_served_only_with_its_new_content() {
         node.leave();
     });
 }
+
+/// `peer get --seed` watches the file it seeds: removed, it stops being a
+/// source of it (the sharer still is).
+#[test]
+fn a_seeded_download_that_is_removed_is_withdrawn() {
+    with_timeout(60, || {
+        let t = tracker();
+        let ta = t.local_addr();
+        let dir = Scratch::new("live-seed");
+        let data = pattern(200_000, 9);
+        util::write(dir.path(), "s.bin", &data);
+        let (_share, _) = start_share(ta, dir.path(), "0");
+        let out = Scratch::new("live-seed-out");
+        let mut get = util::Proc::spawn(
+            "peer get --seed",
+            &mut util::get_command(ta, "s.bin", out.path()).arg("--seed"),
+        );
+        get.wait_line("seeding");
+        let sources = || {
+            client::locate(ta, "s.bin", false)
+                .map(|l| l.sources.len())
+                .unwrap_or(0)
+        };
+        until(10, "the seeder registered", || sources() == 2);
+        fs::remove_file(out.path().join("s.bin")).unwrap();
+        until(10, "the seeder withdrawn", || sources() == 1);
+        assert!(get.wait_line("removed").contains("s.bin"));
+        assert_eq!(listed(ta), vec!["s.bin".to_string()]);
+        get.signal("TERM");
+        get.wait_exit(10);
+    });
+}
