@@ -272,7 +272,7 @@ fn a_seeded_download_that_is_removed_is_withdrawn() {
         let out = Scratch::new("live-seed-out");
         let mut get = util::Proc::spawn(
             "peer get --seed",
-            &mut util::get_command(ta, "s.bin", out.path()).arg("--seed"),
+            util::get_command(ta, "s.bin", out.path()).arg("--seed"),
         );
         get.wait_line("seeding");
         let sources = || {
