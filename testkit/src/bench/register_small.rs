@@ -121,12 +121,14 @@ pub fn many_small(ctx: &mut Ctx, rows: &mut Vec<Row>) -> R<()> {
 }
 
 /// CPU seconds per second of a `peer share` of `dir` doing nothing but
-/// looking at its folder (over 5 s, after it registered).
+/// looking at its folder (over 5 s, after it registered; 1 s with
+/// `--quick`).
 fn idle_cpu(ctx: &Ctx, tracker: std::net::SocketAddr, dir: &std::path::Path) -> R<f64> {
+    let (settle, span) = if ctx.quick { (500, 1000) } else { (2000, 5000) };
     let seed = SeedProc::start(ctx, tracker, dir, None, None)?;
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(settle));
     let (c0, t0) = (seed.proc.cpu_s().unwrap_or(0.0), Instant::now());
-    std::thread::sleep(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(span));
     let c1 = seed.proc.cpu_s().unwrap_or(0.0);
     Ok((c1 - c0) / t0.elapsed().as_secs_f64())
 }
@@ -164,7 +166,7 @@ fn one_core(files: &[PathBuf]) -> R<f64> {
 
 /// The live-sharing rows: file landing to listed.
 pub fn live(ctx: &mut Ctx, rows: &mut Vec<Row>) -> R<()> {
-    let n = if ctx.quick { 3 } else { 12 };
+    let n = if ctx.quick { 2 } else { 12 };
     let sc = Scratch::new("register-live")?;
     let dir = sc.sub("share")?;
     write_file(&dir.join("first"), KIB, 1)?;
