@@ -10,7 +10,7 @@ unset RUST_LOG
 
 usage() {
   cat <<'EOF'
-Usage: ./demo.sh [--keep] [--size-mib N] [--workdir DIR]
+Usage: ./demo.sh [--keep] [--dashboard] [--size-mib N] [--workdir DIR]
 
 Plays the classic centralized P2P scenario on this machine (127.0.0.1 only,
 free ports picked by the system) and checks every step:
@@ -36,6 +36,10 @@ when it ends, fails, or is interrupted (Ctrl-C).
 Options:
   --keep          after step 6, keep the network running and print commands
                   to explore it (an interactive peer among them); Ctrl-C ends it
+  --dashboard     start the tracker with its web dashboard (tracker --http on
+                  a free loopback port) and print its URL; on a terminal,
+                  wait for Enter before the downloads start, so the page can
+                  be opened to watch them live; with --keep it stays up
   --size-mib N    size of climbing.jpg in MiB (default 32; at least 4);
                   bear.jpg is half of it, upload limits scale with it
   --workdir DIR   put demo/ and the logs in DIR, and keep them (default: a
@@ -48,11 +52,13 @@ EOF
 }
 
 KEEP=0
+DASHBOARD=0
 SIZE_MIB=32
 WORK=""
 while (($#)); do
   case "$1" in
     --keep) KEEP=1 ;;
+    --dashboard) DASHBOARD=1 ;;
     --size-mib)
       (($# >= 2)) || { echo "demo: --size-mib needs a number" >&2; exit 2; }
       SIZE_MIB="$2"
@@ -224,11 +230,26 @@ note "demo/2/bear.jpg      $SMALL bytes  sha1 $SUM_BEAR"
 note "demo/3/              empty"
 
 say "Starting the tracker on a free loopback port"
-start tracker "$BIN/tracker" --listen 127.0.0.1:0
+HTTP_ARGS=()
+if ((DASHBOARD)); then HTTP_ARGS=(--http 127.0.0.1:0); fi
+start tracker "$BIN/tracker" --listen 127.0.0.1:0 ${HTTP_ARGS[@]+"${HTTP_ARGS[@]}"}
 TRACKER_PID=$LAST_PID
 T="$(wait_line tracker "$TRACKER_PID" 'tracker listening on' 10 | addr_of)"
 [[ -n "$T" ]] || fail "no address in the tracker's first line"
 note "tracker listening on $T"
+URL=""
+if ((DASHBOARD)); then
+  URL="$(wait_line tracker "$TRACKER_PID" 'dashboard on' 10 | sed -n 's#.*\(http://[^ ]*\).*#\1#p')"
+  [[ -n "$URL" ]] || fail "no dashboard address in the tracker's output"
+  # Ask it for its file list with bash alone (no curl needed).
+  hostport="${URL#http://}"
+  hostport="${hostport%/}"
+  exec 3<>"/dev/tcp/${hostport%:*}/${hostport##*:}" || fail "cannot connect to the dashboard at $URL"
+  printf 'GET /api/files HTTP/1.0\r\nHost: %s\r\n\r\n' "$hostport" >&3
+  head -n1 <&3 | grep -q ' 200 ' || fail "the dashboard at $URL did not answer 200"
+  exec 3<&-
+  ok "the dashboard answers: open $URL in a browser to watch the swarm live"
+fi
 
 say "Starting three peers, each sharing its own folder in $CHUNK chunks"
 note "upload limits: peer 1 $LIMIT1/s, peers 2 and 3 $LIMIT23/s"
@@ -280,6 +301,9 @@ where_map climbing.jpg | indent
 
 say "Peers 2 and 3 download climbing.jpg at the same time (peer get, one process each)"
 note "each download serves the chunks it already has on its own port and tells the tracker"
+if ((DASHBOARD)) && [[ -t 0 ]]; then
+  read -r -p "   open $URL now, then press Enter to start the downloads " _ || true
+fi
 get_climb() { # get_climb N
   start "get$1" "$BIN/peer" get climbing.jpg --tracker "$T" --dir "$DEMO/$1" \
     --listen 127.0.0.1:0 --seed -v
@@ -382,7 +406,8 @@ check "$DEMO/1/bear.jpg" "$SUM_BEAR"
 if ((KEEP)); then
   say "The network stays up for you to explore (Ctrl-C stops everything)"
   cat <<EOF
-   tracker:  $T
+   tracker:  $T${URL:+
+   dashboard: $URL (live chunk maps; /api/files and /metrics too)}
    peers:    $P1 (peer 1), $P2 (peer 2), $P3 (peer 3),
              $G2 and $G3 (the two downloads, still seeding)
    folders:  $DEMO

@@ -62,7 +62,8 @@ impl ContentId {
     /// Parses 40 hex digits (either case); `None` for anything else.
     pub fn parse(text: &str) -> Option<ContentId> {
         let t = text.as_bytes();
-        if t.len() != 2 * DIGEST_LEN {
+        // Digits only: `from_str_radix` alone would also take a sign.
+        if t.len() != 2 * DIGEST_LEN || !t.iter().all(u8::is_ascii_hexdigit) {
             return None;
         }
         let mut d = [0u8; DIGEST_LEN];
@@ -412,6 +413,17 @@ mod tests {
         assert_eq!(ContentId::parse("abc"), None);
         assert_eq!(ContentId::parse(&"g".repeat(40)), None);
         assert_eq!(ContentId::parse(&"é".repeat(20)), None);
+    }
+
+    /// `u8::from_str_radix` takes a sign: "+f" would read as 0x0f, so an
+    /// id of 40 characters that are not all hex digits must still be
+    /// refused (README: "an ID that is not 40 hex digits is a usage error").
+    #[test]
+    fn content_id_with_a_sign_is_not_an_id() {
+        assert_eq!(ContentId::parse(&"+f".repeat(20)), None);
+        assert_eq!(ContentId::parse(&format!("+0{}", "0".repeat(38))), None);
+        assert_eq!(ContentId::parse(&"-0".repeat(20)), None);
+        assert!(ContentId::parse(ABC_ID).is_some());
     }
 
     use super::*;

@@ -10,7 +10,8 @@
 //!   connection, Hello, timeouts, orderly close, shutdown), connection caps,
 //!   and client connection setup. Depends on `wire`, `limits` and `sync`
 //!   only.
-//! - [`tracker`]: the registry (pure data) and the tracker protocol handler.
+//! - [`tracker`]: the registry (pure data), the tracker protocol handler,
+//!   its counters and its optional read-only web dashboard (HTTP).
 //!   Depends on `wire`, `chunks`, `net`, `limits` and `sync` only.
 //! - [`peer`]: share index, chunk server handler, upload limiter, picker,
 //!   tracker session, download engine, node. Depends on `wire`, `chunks`,

@@ -263,6 +263,39 @@ pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
 /// for each other for good.
 pub const MAX_REQUEST_BYTES_IN_FLIGHT: usize = 32 << 10;
 
+// ---- The tracker's web dashboard (`tracker --http`) -------------------------
+
+/// The dashboard's port that README suggests (`--http 127.0.0.1:7080`); a
+/// port given alone binds loopback on it.
+pub const DEFAULT_DASHBOARD_PORT: u16 = 7080;
+/// HTTP requests handled at once: one worker thread each. The page polls
+/// once a second, so a few viewers need one or two.
+pub const HTTP_WORKERS: usize = 4;
+/// Accepted HTTP connections waiting for a worker; beyond this a connection
+/// is answered 503 and closed at once.
+pub const HTTP_QUEUE: usize = 32;
+/// Largest request head (request line and headers) read, in bytes; a longer
+/// one is answered 431 and closed.
+pub const HTTP_MAX_HEAD: usize = 8 << 10;
+/// Most header lines in a request head.
+pub const HTTP_MAX_HEADERS: usize = 48;
+/// Time allowed for a whole request head, however slowly its bytes come
+/// (a client sending a byte a second is cut off here), and for the wait in
+/// the queue before it.
+pub const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time allowed for writing one response.
+pub const HTTP_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most holders of one file in `/api/files/NAME` and on the page (the rest
+/// are counted, not listed): the same sample size as a Locations reply.
+pub const DASHBOARD_MAX_HOLDERS: usize = MAX_SOURCES_PER_REPLY;
+/// How long a snapshot of the registry serves dashboard requests before it
+/// is taken again: however many requests come, the registry lock is taken
+/// for the dashboard at most a few times a second per question.
+pub const DASHBOARD_SNAPSHOT_TTL: Duration = Duration::from_millis(250);
+/// The seconds over which a holder's speed (chunks per second) is averaged:
+/// the last complete seconds before now.
+pub const DASHBOARD_RATE_WINDOW: u32 = 5;
+
 // ---- User interface ---------------------------------------------------------
 
 /// Default width, in characters, of the chunk maps `peer where` and the

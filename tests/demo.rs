@@ -64,7 +64,7 @@ fn the_demo_plays_the_whole_scenario_and_every_check_passes() {
     let out_path = s.path().join("demo-output.txt");
     let started = Instant::now();
     let mut child = demo()
-        .args(["--size-mib", "8", "--workdir"])
+        .args(["--size-mib", "8", "--dashboard", "--workdir"])
         .arg(s.path().join("work"))
         .env("P2PFS_BIN_DIR", bin_dir)
         .stdin(Stdio::null())
@@ -108,6 +108,7 @@ fn the_demo_plays_the_whole_scenario_and_every_check_passes() {
     );
     for needle in [
         "tracker listening on 127.0.0.1:",
+        "ok: the dashboard answers: open http://127.0.0.1:",
         "peer 1 on 127.0.0.1:",
         "climbing.jpg: 8388608 bytes (8.0 MiB), 32 chunks",
         "ok: peer 2 received",

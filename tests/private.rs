@@ -263,9 +263,16 @@ fn a_keyed_swarm_of_two_sharers_and_two_concurrent_downloaders_is_byte_identical
         let (_sb, _) = start_share(t, &b, Some(&key));
         let (d1, d2) = (s.sub("d1"), s.sub("d2"));
         let mut g1 = Proc::spawn("get 1", &mut get(t, "dataset.bin", &d1, Some(&key)));
-        let mut g2 = Proc::spawn("get 2", &mut get(t, "dataset.bin", &d2, Some(&key)));
+        // One through the download limit, which paces the encrypted bytes.
+        let begin = std::time::Instant::now();
+        let mut g2 = Proc::spawn(
+            "get 2",
+            get(t, "dataset.bin", &d2, Some(&key)).args(["--download-limit", "2M"]),
+        );
         assert_eq!(g1.wait_exit(60), Some(0));
         assert_eq!(g2.wait_exit(60), Some(0));
+        let least = Duration::from_secs_f64(data.len() as f64 / (2.1 * 1024.0 * 1024.0));
+        assert!(begin.elapsed() >= least, "{:?}", begin.elapsed());
         assert_eq!(fs::read(d1.join("dataset.bin")).unwrap(), data);
         assert_eq!(fs::read(d2.join("dataset.bin")).unwrap(), data);
         // The key from the environment works as well as the option.

@@ -28,6 +28,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, Shutdown, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -79,6 +80,10 @@ struct Counts {
 pub struct Admission {
     limits: Limits,
     counts: Mutex<Counts>,
+    /// Connections refused over `max_total` and over `max_per_ip`, ever
+    /// (for the tracker's /metrics).
+    refused_total: AtomicU64,
+    refused_per_ip: AtomicU64,
 }
 
 /// One admitted connection's slot; dropping it frees the slot.
@@ -95,6 +100,8 @@ impl Admission {
                 max_per_ip: limits.max_per_ip.max(1),
             },
             counts: Mutex::new(Counts::default()),
+            refused_total: AtomicU64::new(0),
+            refused_per_ip: AtomicU64::new(0),
         })
     }
 
@@ -109,10 +116,12 @@ impl Admission {
         let key = key(ip);
         let mut c = self.counts();
         if c.total >= self.limits.max_total {
+            self.refused_total.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::Total(c.total));
         }
         let n = c.per_ip.entry(key).or_insert(0);
         if *n >= self.limits.max_per_ip {
+            self.refused_per_ip.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::PerIp(*n));
         }
         *n += 1;
@@ -135,6 +144,15 @@ impl Admission {
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Connections refused so far over the total cap and over the
+    /// per-address cap.
+    pub fn cap_hits(&self) -> (u64, u64) {
+        (
+            self.refused_total.load(Ordering::Relaxed),
+            self.refused_per_ip.load(Ordering::Relaxed),
+        )
     }
 }
 

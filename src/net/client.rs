@@ -14,11 +14,15 @@
 //! `ChunkData`), and every frame written must leave within the write
 //! timeout plus its length at `MIN_TRANSFER_RATE` ([`super::deadline`]), so
 //! a server that trickles its bytes cannot hold a client for long; on a
-//! keyed connection the deadlines count plaintext frames. Calls `wire`,
+//! keyed connection the deadlines count plaintext frames. A connection's
+//! socket reads may go through a [`ReadGate`] (a download limit); the time
+//! spent waiting at the gate is left out of the frame deadline. Calls `wire`,
 //! `limits`, [`super::deadline`], [`super::key`] and [`super::secure`] only.
 
-use std::io::{BufReader, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::NetError;
@@ -41,9 +45,62 @@ pub fn connect_stream(addr: SocketAddr) -> Result<TcpStream> {
     TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| NetError::wire(addr, e))
 }
 
+/// Decides when, and how much, a connection may take from its socket: a
+/// download limit (`peer::ratelimit::RateLimiter` implements it). Installed
+/// with [`Conn::gate_reads`]; every read of the socket under the
+/// connection's buffer then goes through it.
+pub trait ReadGate: Send + Sync {
+    /// Reads at most `buf.len()` bytes from `stream`: first waits for bytes
+    /// as a plain read would (under the socket's read timeout), then for
+    /// the gate's own permission. Returns the bytes read (0 at the end of
+    /// the stream) and the time spent waiting for permission, which does
+    /// not count against the frame's deadline: it is this side's choice,
+    /// not the other side being slow.
+    fn read(&self, stream: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Duration)>;
+
+    /// A connection now reads through this gate (so a gate can tell how
+    /// many share it).
+    fn attached(&self) {}
+
+    /// A connection that read through this gate is gone (or has another
+    /// gate).
+    fn detached(&self) {}
+}
+
+/// The socket under a client's read buffer: read as is, or through a gate.
+struct Socket {
+    stream: TcpStream,
+    gate: Option<Arc<dyn ReadGate>>,
+    /// Nanoseconds spent waiting at the gate so far (read by the frame
+    /// deadline, which leaves them out).
+    held: Arc<AtomicU64>,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if let Some(g) = self.gate.take() {
+            g.detached();
+        }
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &self.gate {
+            None => self.stream.read(buf),
+            Some(g) => {
+                let (n, waited) = g.read(&self.stream, buf)?;
+                let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+                self.held.fetch_add(nanos, Ordering::Relaxed);
+                Ok(n)
+            }
+        }
+    }
+}
+
 /// An open, greeted connection to a tracker or a peer.
 pub struct Conn {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Socket>,
     /// The receiving half of the session, when keyed.
     opener: Option<Opener>,
     writer: TcpStream,
@@ -92,8 +149,13 @@ impl Conn {
             stream.try_clone()
         };
         let writer = setup().map_err(|e| NetError::wire(addr, e))?;
+        let socket = Socket {
+            stream,
+            gate: None,
+            held: Arc::new(AtomicU64::new(0)),
+        };
         let mut conn = Conn {
-            reader: BufReader::with_capacity(READ_BUF, stream),
+            reader: BufReader::with_capacity(READ_BUF, socket),
             opener: None,
             writer,
             sealer: None,
@@ -130,6 +192,16 @@ impl Conn {
     /// The underlying stream (for local_addr, shutdown, timeouts).
     pub fn stream(&self) -> &TcpStream {
         &self.writer
+    }
+
+    /// From now on every read of this connection's socket goes through
+    /// `gate` (a download limit). Time spent waiting at the gate does not
+    /// count against a frame's deadline.
+    pub fn gate_reads(&mut self, gate: Arc<dyn ReadGate>) {
+        gate.attached();
+        if let Some(old) = self.reader.get_mut().gate.replace(gate) {
+            old.detached();
+        }
     }
 
     /// Writes one message.
@@ -195,13 +267,14 @@ impl Conn {
             .writer
             .read_timeout()
             .map_err(|e| NetError::wire(self.addr, e))?;
+        let held = Arc::clone(&self.reader.get_ref().held);
         let mut input = SecureRead {
             opener: self.opener.as_mut(),
             inner: &mut self.reader,
         };
         let read = match per_read {
             Some(per_read) => wire::read_message_into(
-                &mut FrameDeadline::new(&mut input, &self.writer, per_read),
+                &mut FrameDeadline::new(&mut input, &self.writer, per_read).paused_by(&held),
                 spare,
             ),
             None => wire::read_message_into(&mut input, spare),

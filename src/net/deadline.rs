@@ -16,6 +16,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::limits::{MIN_CHUNK_TRANSFER_RATE, MIN_TRANSFER_RATE};
@@ -112,6 +113,11 @@ pub struct FrameDeadline<'a, R> {
     deadline: Instant,
     header: [u8; 5],
     seen: usize,
+    /// Nanoseconds this side chose to wait (a download limit), counted
+    /// from `paused_at`: added to the deadline. See
+    /// [`FrameDeadline::paused_by`].
+    paused: Option<&'a AtomicU64>,
+    paused_at: u64,
 }
 
 impl<'a, R: Read> FrameDeadline<'a, R> {
@@ -128,13 +134,33 @@ impl<'a, R: Read> FrameDeadline<'a, R> {
             deadline: start + per_read,
             header: [0; 5],
             seen: 0,
+            paused: None,
+            paused_at: 0,
         }
+    }
+
+    /// Leaves out of the deadline the time added to `paused` (nanoseconds)
+    /// while this frame is read: the reader's own waits, such as a download
+    /// limit's, are not the other side being slow.
+    pub fn paused_by(mut self, paused: &'a AtomicU64) -> Self {
+        self.paused_at = paused.load(Ordering::Relaxed);
+        self.paused = Some(paused);
+        self
+    }
+
+    /// The deadline, moved on by the time this side chose to wait.
+    fn deadline(&self) -> Instant {
+        let Some(p) = self.paused else {
+            return self.deadline;
+        };
+        let waited = Duration::from_nanos(p.load(Ordering::Relaxed).saturating_sub(self.paused_at));
+        self.deadline.checked_add(waited).unwrap_or(self.deadline)
     }
 }
 
 impl<R: Read> Read for FrameDeadline<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
+        let left = self.deadline().saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(late("frame"));
         }

@@ -346,6 +346,7 @@ pub struct Server {
     addr: SocketAddr,
     name: &'static str,
     live: Arc<Live>,
+    admission: Arc<Admission>,
     stopping: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
 }
@@ -382,6 +383,7 @@ impl Server {
             key,
         });
         let (live, stopping) = (Arc::clone(&shared.live), Arc::clone(&shared.stopping));
+        let admission = Arc::clone(&shared.admission);
         let accept = thread::Builder::new()
             .name(format!("{name}-accept"))
             .spawn(move || accept_loop(listener, shared, refuser))?;
@@ -389,6 +391,7 @@ impl Server {
             addr,
             name,
             live,
+            admission,
             stopping,
             accept: Some(accept),
         })
@@ -402,6 +405,16 @@ impl Server {
     /// The live connections.
     pub fn live(&self) -> &Live {
         &self.live
+    }
+
+    /// The live connections, shared (for a thread that outlives a borrow).
+    pub fn live_shared(&self) -> Arc<Live> {
+        Arc::clone(&self.live)
+    }
+
+    /// The server's connection caps and their counts.
+    pub fn admission(&self) -> Arc<Admission> {
+        Arc::clone(&self.admission)
     }
 
     /// Stops accepting, shuts down every open connection's socket and joins

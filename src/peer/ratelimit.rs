@@ -1,9 +1,13 @@
-//! The upload limiter shared by every upload of one peer.
+//! The rate limiters: the upload limiter shared by every upload of one
+//! peer, and the download limiter shared by every download that uses one
+//! `DownloadOptions` value (every download of a process).
 //!
-//! Owns: the pacing policy for chunk bytes a peer sends. The chunk server
-//! (`peer::server`) calls [`RateLimiter::acquire`] before each piece it
-//! writes; nothing else in the crate is paced. Calls only `sync` (the lock
-//! helper).
+//! Owns: the pacing policy for chunk bytes a peer sends and takes. The
+//! chunk server (`peer::server`) calls [`RateLimiter::acquire`] before each
+//! piece it writes; a download's workers read their sockets through
+//! [`RateLimiter::read_paced`] (as a `net::client::ReadGate`). Nothing else
+//! in the crate is paced. Calls `sync` (the lock helper) and
+//! `net::client` (the `ReadGate` it implements).
 //!
 //! How it works (a "virtual schedule", GCRA-style): the limiter keeps the
 //! time `next` at which the next byte may go. `acquire(n)` reserves the slot
@@ -19,10 +23,28 @@
 //!
 //! Callers must acquire in pieces of [`RateLimiter::piece_size`]: a single
 //! huge acquire is released in one go and would break the bound above.
+//!
+//! Downloads cannot book ahead that way: bytes asked for arrive whenever
+//! the sources send them (several requests are in flight per source), and
+//! a reader that booked a slot and then waited for bytes would take them
+//! late, on top of the slots booked after it (one extra piece per late
+//! reader). So [`RateLimiter::read_paced`] first waits, without the lock,
+//! until bytes have arrived, then under the lock checks that the schedule
+//! allows a read now and takes at most one piece of the bytes already
+//! there (a read that cannot block), and moves `next` past both the slot
+//! and the moment the read ended. Every read then lies inside its own
+//! slot plus `SLACK`, whatever the threads' timing: over any window of
+//! length W at most `rate * (W + SLACK) + piece` bytes are taken: for
+//! W = 1 s, 3% over the rate at worst from 50 KiB/s up (a piece is 1/50 s
+//! of the rate), 5% below (1/25 s).
 
+use std::io::{self, Read};
+use std::net::TcpStream;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::net::client::ReadGate;
 
 /// How far behind "now" an idle limiter's schedule may start. Bounds the
 /// burst after idleness to 10 ms worth of bytes (1% of the rate).
@@ -45,6 +67,10 @@ pub struct RateLimiter {
     rate: Option<u64>,
     /// When the next byte may be released (`None` until first use).
     next: Mutex<Option<Instant>>,
+    /// Bytes taken through [`RateLimiter::read_paced`] so far.
+    taken: AtomicU64,
+    /// Connections reading through this limiter now (as a `ReadGate`).
+    readers: AtomicUsize,
 }
 
 impl Default for RateLimiter {
@@ -59,6 +85,8 @@ impl RateLimiter {
         RateLimiter {
             rate: bytes_per_sec.filter(|&r| r > 0),
             next: Mutex::new(None),
+            taken: AtomicU64::new(0),
+            readers: AtomicUsize::new(0),
         }
     }
 
@@ -121,24 +149,118 @@ impl RateLimiter {
         }
     }
 
+    /// Connections reading through this limiter now (as a
+    /// `net::client::ReadGate`): every source of every download sharing
+    /// it, so each is read at about `rate / readers`.
+    pub fn readers(&self) -> usize {
+        self.readers.load(Ordering::SeqCst)
+    }
+
+    /// How long `bytes` of one connection may take to arrive through this
+    /// limiter when it is shared evenly by `readers` connections (at least
+    /// one), with twice that for the unevenness of the sharing; `None`
+    /// when unlimited.
+    pub fn shared_time(&self, bytes: u64, readers: usize) -> Option<Duration> {
+        let rate = self.rate?;
+        let readers = u64::try_from(readers.max(1)).unwrap_or(u64::MAX);
+        Some(duration_for(
+            bytes.saturating_mul(2).saturating_mul(readers),
+            rate,
+        ))
+    }
+
+    /// Bytes read from sockets through [`RateLimiter::read_paced`] so far,
+    /// by every reader together (a download's running total).
+    pub fn taken(&self) -> u64 {
+        self.taken.load(Ordering::SeqCst)
+    }
+
+    /// Reads at most `buf.len()` bytes from `stream`, no sooner and no more
+    /// than the rate allows (see the module's comment): waits for bytes
+    /// under the socket's read timeout, then for the schedule, then takes at
+    /// most one piece of what has arrived. Returns the bytes read (0 at the
+    /// end of the stream) and the time spent waiting for the schedule.
+    /// Unlimited: a plain read. Only one thread may read `stream`.
+    pub fn read_paced(&self, stream: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Duration)> {
+        let (Some(rate), Some(piece)) = (self.rate, self.piece_size()) else {
+            return (&*stream).read(buf).map(|n| (n, Duration::ZERO));
+        };
+        let want = buf.len().min(piece);
+        if want == 0 {
+            return Ok((0, Duration::ZERO));
+        }
+        // Bytes already here, left in the socket.
+        let ready = stream.peek(&mut buf[..want])?;
+        if ready == 0 {
+            return Ok((0, Duration::ZERO));
+        }
+        let mut waited = Duration::ZERO;
+        loop {
+            let mut next = crate::sync::lock(&self.next);
+            let now = Instant::now();
+            let start = slot_start(*next, now);
+            if start <= now {
+                // At least `ready` bytes are in the socket and only this
+                // thread reads it: the read returns at once, so the lock
+                // is never held waiting on the network.
+                let n = (&*stream).read(&mut buf[..ready])?;
+                // Counted before `after` is taken, so the count, too, moves
+                // only inside the slots (what a test samples).
+                self.taken.fetch_add(n as u64, Ordering::SeqCst);
+                let after = Instant::now();
+                let from = start.max(after.checked_sub(SLACK).unwrap_or(after));
+                *next = Some(
+                    from.checked_add(duration_for(n as u64, rate))
+                        .unwrap_or_else(|| from + MAX_RESERVATION),
+                );
+                return Ok((n, waited));
+            }
+            drop(next);
+            let t = Instant::now();
+            std::thread::sleep(start - now);
+            waited += t.elapsed();
+        }
+    }
+
     /// Books the slot for `n` bytes and returns when it starts.
     fn reserve(&self, n: u64, rate: u64) -> Instant {
         let cost = duration_for(n, rate);
         // A poisoned lock only means another thread panicked between two
         // plain assignments; the Instant inside is still meaningful.
         let mut next = crate::sync::lock(&self.next);
-        let now = Instant::now();
-        let floor = now.checked_sub(SLACK).unwrap_or(now);
-        let start = match *next {
-            Some(t) if t > floor => t,
-            _ => floor,
-        };
+        let start = slot_start(*next, Instant::now());
         *next = Some(
             start
                 .checked_add(cost)
                 .unwrap_or_else(|| start + MAX_RESERVATION),
         );
         start
+    }
+}
+
+impl ReadGate for RateLimiter {
+    fn read(&self, stream: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Duration)> {
+        self.read_paced(stream, buf)
+    }
+
+    fn attached(&self) {
+        self.readers.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn detached(&self) {
+        let _ = self
+            .readers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+}
+
+/// Where the next slot starts: at `next`, but never more than [`SLACK`]
+/// before `now` (an idle limiter saves up no more than that).
+fn slot_start(next: Option<Instant>, now: Instant) -> Instant {
+    let floor = now.checked_sub(SLACK).unwrap_or(now);
+    match next {
+        Some(t) if t > floor => t,
+        _ => floor,
     }
 }
 
@@ -248,5 +370,114 @@ mod tests {
             begin.elapsed()
         );
         assert!(max >= RATE * 8 / 10, "busiest second only {max} bytes");
+    }
+
+    /// The count of connections reading through a limiter, and the time a
+    /// chunk may take when they share it (the downloads' stall allowance).
+    #[test]
+    fn readers_are_counted_and_share_the_time() {
+        let l = RateLimiter::new(Some(64 << 10));
+        assert_eq!(l.readers(), 0);
+        (0..3).for_each(|_| ReadGate::attached(&l));
+        ReadGate::detached(&l);
+        assert_eq!(l.readers(), 2);
+        (0..5).for_each(|_| ReadGate::detached(&l));
+        assert_eq!(l.readers(), 0, "never below zero");
+        // 64 KiB among 4 readers at 64 KiB/s: 4 s, twice over.
+        assert_eq!(l.shared_time(64 << 10, 4), Some(Duration::from_secs(8)));
+        assert_eq!(l.shared_time(64 << 10, 0), Some(Duration::from_secs(2)));
+        assert_eq!(RateLimiter::unlimited().shared_time(1, 1), None);
+    }
+
+    /// Samples `count` every millisecond until `done`: `(when, count)`.
+    fn sample(count: impl Fn() -> u64, done: &AtomicBool) -> Vec<(Instant, u64)> {
+        let mut v = Vec::new();
+        while !done.load(Ordering::SeqCst) {
+            v.push((Instant::now(), count()));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        v.push((Instant::now(), count()));
+        v
+    }
+
+    /// The most a running count grew between two samples at most `w` apart.
+    fn busiest(samples: &[(Instant, u64)], w: Duration) -> u64 {
+        let mut max = 0;
+        let mut hi = 0;
+        for lo in 0..samples.len() {
+            while hi + 1 < samples.len() && samples[hi + 1].0 <= samples[lo].0 + w {
+                hi += 1;
+            }
+            max = max.max(samples[hi.max(lo)].1 - samples[lo].1);
+        }
+        max
+    }
+
+    /// Four sockets, each fed as fast as its writer can, read through one
+    /// limiter: over any 1 s window the bytes taken stay within 5% of the
+    /// rate (deterministic: reads happen only inside their slots), while
+    /// everything sent is received intact. Runs about 2 s.
+    #[test]
+    fn paced_reads_are_honest_over_any_one_second_window() {
+        use std::io::Write;
+        use std::net::TcpListener;
+        const RATE: u64 = 1 << 20;
+        const EACH: usize = 512 << 10;
+        let l = Arc::new(RateLimiter::new(Some(RATE)));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let writers: Vec<_> = (0..4u8)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    s.write_all(&vec![t; EACH]).unwrap();
+                })
+            })
+            .collect();
+        let done = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let (l, done) = (Arc::clone(&l), Arc::clone(&done));
+            std::thread::spawn(move || sample(|| l.taken(), &done))
+        };
+        let begin = Instant::now();
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let (s, _) = listener.accept().unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let l = Arc::clone(&l);
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let (n, _) = l.read_paced(&s, &mut buf).unwrap();
+                        if n == 0 {
+                            return got;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for r in readers {
+            let got = r.join().unwrap();
+            assert_eq!(got.len(), EACH);
+            assert!(got.iter().all(|&b| b == got[0]));
+            total += got.len() as u64;
+        }
+        let took = begin.elapsed();
+        done.store(true, Ordering::SeqCst);
+        let samples = sampler.join().unwrap();
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!(l.taken(), total);
+        let max = busiest(&samples, Duration::from_secs(1));
+        let limit = RATE + RATE / 20;
+        assert!(max <= limit, "{max} bytes in one second, limit {limit}");
+        // 2 MiB at 1 MiB/s: never faster than the bound allows.
+        let least = Duration::from_secs_f64(total as f64 / (RATE as f64 * 1.05));
+        assert!(took >= least, "{total} bytes in {took:?}");
+        assert!(max >= RATE / 2, "busiest second only {max} bytes");
     }
 }

@@ -3,9 +3,12 @@
 //! Owns: the in-memory tables (files by name, peers by connection id,
 //! endpoints; per file, its sources grouped by address, which Locate
 //! samples from) and the rules for changing them (registration, conflicts,
-//! chunk registers, removal of a peer with all its chunks). Pure data: no
-//! sockets, no clock, no threads; the server wraps it in a Mutex and holds
-//! the lock only for these calls.
+//! chunk registers, removal of a peer with all its chunks), and the copies
+//! the dashboard reads (`files_view`, `file_detail`, `stats`; per holder,
+//! when it started and its gains over the last seconds). Pure data: no
+//! sockets, no clock of its own (the server tells it the current second),
+//! no threads; the server wraps it in a Mutex and holds the lock only for
+//! these calls.
 //!
 //! Why caps per address as well as per connection: one host may open many
 //! control connections (up to `TRACKER_MAX_PER_IP`), so per-connection caps
@@ -141,16 +144,94 @@ pub struct LocateSnapshot {
     pub sources: Vec<(SocketAddr, Vec<u8>)>,
 }
 
+/// One holder of a file: the chunks it holds, and the two facts the
+/// dashboard shows about it (when it became a holder, how fast it gains
+/// chunks), in a fixed 24 bytes beside the bitmap.
+struct Holder {
+    have: Bitmap,
+    /// The registry's second ([`Registry::set_clock`]) it became a holder.
+    since: u32,
+    gains: Gains,
+}
+
+impl Holder {
+    fn new(have: Bitmap, now: u32) -> Holder {
+        Holder {
+            have,
+            since: now,
+            gains: Gains::starting(now),
+        }
+    }
+}
+
+/// Seconds of chunk gains a holder remembers: a ring indexed by second, so
+/// recording a gain is O(1) and the memory is fixed whatever the speed.
+const GAIN_SLOTS: usize = 8;
+
+/// Chunks gained in each of the last [`GAIN_SLOTS`] seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Gains {
+    /// The latest second a slot was cleared for.
+    last: u32,
+    per_second: [u16; GAIN_SLOTS],
+}
+
+impl Gains {
+    /// No gains yet, at second `now`.
+    pub fn starting(now: u32) -> Gains {
+        Gains {
+            last: now,
+            per_second: [0; GAIN_SLOTS],
+        }
+    }
+
+    /// Counts one chunk gained during second `now` (a `now` before the
+    /// latest one counts in the latest one).
+    pub fn add(&mut self, now: u32) {
+        if now > self.last {
+            if (now - self.last) as usize >= GAIN_SLOTS {
+                self.per_second = [0; GAIN_SLOTS];
+            } else {
+                for s in self.last + 1..=now {
+                    self.per_second[s as usize % GAIN_SLOTS] = 0;
+                }
+            }
+            self.last = now;
+        }
+        let slot = &mut self.per_second[self.last as usize % GAIN_SLOTS];
+        *slot = slot.saturating_add(1);
+    }
+
+    /// Chunks per second over the last `window` complete seconds before
+    /// `now` (fewer if the holder started less than `window` seconds ago at
+    /// `since`; 0 in its first second).
+    pub fn rate(&self, now: u32, since: u32, window: u32) -> f64 {
+        let window = window.clamp(1, GAIN_SLOTS as u32 - 1);
+        let from = now.saturating_sub(window).max(since);
+        if from >= now {
+            return 0.0;
+        }
+        let sum: u32 = (from..now)
+            .filter(|&s| s <= self.last && self.last - s < GAIN_SLOTS as u32)
+            .map(|s| u32::from(self.per_second[s as usize % GAIN_SLOTS]))
+            .sum();
+        f64::from(sum) / f64::from(now - from)
+    }
+}
+
 struct FileRecord {
     meta: FileMeta,
-    holders: HashMap<ConnId, Bitmap>,
+    holders: HashMap<ConnId, Holder>,
     /// The holders that are sources, grouped by address
     /// (`admission::key`), each group sorted by connection id: kept up to
     /// date with `holders` by [`FileRecord::sync`], so a Locate samples
     /// from it without walking every holder under the lock.
     sources: BTreeMap<IpAddr, Vec<(ConnId, SocketAddr)>>,
-    /// Where each connection is in `sources` (its endpoint when indexed).
-    indexed: HashMap<ConnId, SocketAddr>,
+    /// Where each connection is in `sources` (its endpoint when indexed),
+    /// and whether it holds every chunk.
+    indexed: HashMap<ConnId, (SocketAddr, bool)>,
+    /// How many of `indexed` hold every chunk.
+    complete: usize,
 }
 
 impl FileRecord {
@@ -160,6 +241,7 @@ impl FileRecord {
             holders: HashMap::new(),
             sources: BTreeMap::new(),
             indexed: HashMap::new(),
+            complete: 0,
         }
     }
 
@@ -171,12 +253,22 @@ impl FileRecord {
     /// at `endpoint` if it holds the file and is a source, absent
     /// otherwise (`endpoint` None: the connection is going away).
     fn sync(&mut self, conn: ConnId, endpoint: Option<SocketAddr>) {
-        let want = endpoint.filter(|_| self.holders.get(&conn).is_some_and(is_source));
+        let holder = self.holders.get(&conn).map(|h| &h.have);
+        let want = endpoint.filter(|_| holder.is_some_and(is_source));
+        let full = want.is_some() && holder.is_some_and(Bitmap::is_full);
         let current = self.indexed.get(&conn).copied();
-        if current == want {
+        if current.map(|c| c.0) == want {
+            // Same place in the index; only completeness may have changed.
+            if let Some((ep, was_full)) = current
+                && was_full != full
+            {
+                self.indexed.insert(conn, (ep, full));
+                self.count_complete(was_full, full);
+            }
             return;
         }
-        if let Some(ep) = current {
+        if let Some((ep, was_full)) = current {
+            self.count_complete(was_full, false);
             let key = admission::key(ep.ip());
             if let Some(g) = self.sources.get_mut(&key) {
                 if let Ok(i) = g.binary_search(&(conn, ep)) {
@@ -193,7 +285,18 @@ impl FileRecord {
             if let Err(i) = g.binary_search(&(conn, ep)) {
                 g.insert(i, (conn, ep));
             }
-            self.indexed.insert(conn, ep);
+            self.indexed.insert(conn, (ep, full));
+            self.count_complete(false, full);
+        }
+    }
+
+    /// Keeps `complete` in step with one entry of `indexed` changing from
+    /// `was` to `is` complete.
+    fn count_complete(&mut self, was: bool, is: bool) {
+        match (was, is) {
+            (false, true) => self.complete += 1,
+            (true, false) => self.complete = self.complete.saturating_sub(1),
+            _ => {}
         }
     }
 }
@@ -223,6 +326,9 @@ pub struct Registry {
     /// Per address (`admission::key`), the sum of its peers' `chunks` (for
     /// [`MAX_CHUNKS_PER_ADDRESS`]); no entry at zero.
     per_address: HashMap<IpAddr, u64>,
+    /// The current second, as the server last told it ([`Registry::set_clock`]):
+    /// stamps when a holder started and when it gained chunks.
+    now: u32,
 }
 
 impl Registry {
@@ -401,8 +507,15 @@ impl Registry {
         }
         let endpoint = self.peers.get(&conn).map(|p| p.endpoint);
         if let Some(record) = self.files.get_mut(&f.name) {
-            // A re-register states what the peer holds now: replace, not merge.
-            record.holders.insert(conn, have);
+            // A re-register states what the peer holds now: replace, not
+            // merge (when it became a holder and its recent gains stay).
+            let now = self.now;
+            match record.holders.get_mut(&conn) {
+                Some(h) => h.have = have,
+                None => {
+                    record.holders.insert(conn, Holder::new(have, now));
+                }
+            }
             record.sync(conn, endpoint);
         }
         if self
@@ -459,14 +572,17 @@ impl Registry {
             self.charge(conn, count);
         }
         let endpoint = self.peers.get(&conn).map(|p| p.endpoint);
+        let now = self.now;
         let Some(record) = self.files.get_mut(name) else {
             return Err(RegistryError::UnknownFile(name.to_owned()));
         };
-        record
+        let holder = record
             .holders
             .entry(conn)
-            .or_insert_with(|| Bitmap::new(g.count()))
-            .set(i.get());
+            .or_insert_with(|| Holder::new(Bitmap::new(g.count()), now));
+        if holder.have.set(i.get()) {
+            holder.gains.add(now);
+        }
         record.sync(conn, endpoint);
         Ok(())
     }
@@ -642,8 +758,8 @@ impl Registry {
                 let Some(&(id, ep)) = p.get(round).and_then(|&i| g.get(i)) else {
                     continue;
                 };
-                if let Some(b) = record.holders.get(&id) {
-                    sources.push((ep, b.as_bytes().to_vec()));
+                if let Some(h) = record.holders.get(&id) {
+                    sources.push((ep, h.have.as_bytes().to_vec()));
                 }
             }
         }
@@ -651,6 +767,166 @@ impl Registry {
             meta: record.meta.clone(),
             sources,
         })
+    }
+}
+
+/// One file as the dashboard lists it, copied out under the lock.
+#[derive(Debug, Clone)]
+pub struct FileView {
+    pub name: String,
+    pub geometry: Geometry,
+    /// Shared, not copied: the content id is computed from it outside the
+    /// lock.
+    pub hashes: Arc<[Digest]>,
+    /// Endpoints holding at least one chunk (what `where` lists).
+    pub sources: usize,
+    /// Endpoints holding every chunk.
+    pub complete_sources: usize,
+}
+
+/// One holder of a file as the dashboard shows it.
+#[derive(Debug, Clone)]
+pub struct HolderView {
+    pub endpoint: SocketAddr,
+    /// The bitmap as on the wire.
+    pub have: Vec<u8>,
+    pub chunks: u32,
+    /// Seconds since it became a holder of the file.
+    pub registered_for: u32,
+    /// Chunks gained per second over the last [`DASHBOARD_RATE_WINDOW`]
+    /// complete seconds.
+    ///
+    /// [`DASHBOARD_RATE_WINDOW`]: crate::limits::DASHBOARD_RATE_WINDOW
+    pub chunks_per_s: f64,
+}
+
+/// A file and some of its holders, copied out under the lock.
+#[derive(Debug, Clone)]
+pub struct FileDetail {
+    pub file: FileView,
+    /// At most the number asked for, ordered by address and then by
+    /// connection (the order they connected in, for one address).
+    pub holders: Vec<HolderView>,
+}
+
+/// Sizes of the registry, for /metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegistryStats {
+    pub peers: usize,
+    pub files: usize,
+    /// Chunks of all files, each file counted once.
+    pub chunks: u64,
+    /// (file, peer) pairs: a peer holding three files counts three times.
+    pub holders: usize,
+    /// Holders with at least one chunk.
+    pub sources: usize,
+    /// An estimate of the heap bytes the tables take (see [`Registry::stats`]).
+    pub memory_bytes: u64,
+}
+
+/// Heap bytes of one hash-map entry of `T`: the entry, its control byte,
+/// and the eighth left free by the load factor.
+fn map_entry<T>() -> u64 {
+    (std::mem::size_of::<T>() as u64 + 1) * 8 / 7
+}
+
+/// What the dashboard reads (`tracker::http`): copies, taken under the
+/// lock like every other registry call, costing the number of files or the
+/// number of holders shown, never more.
+impl Registry {
+    /// Tells the registry the current second (any monotonic count of
+    /// seconds); it stamps holders' start and gains with it. The registry
+    /// keeps no clock of its own.
+    pub fn set_clock(&mut self, secs: u32) {
+        self.now = secs;
+    }
+
+    fn file_view(name: &str, r: &FileRecord) -> FileView {
+        FileView {
+            name: name.to_owned(),
+            geometry: r.meta.geometry,
+            hashes: Arc::clone(&r.meta.hashes),
+            sources: r.source_count(),
+            complete_sources: r.complete,
+        }
+    }
+
+    /// The files `list` lists (at least one source), sorted by name; at
+    /// most `max`, and whether there were more.
+    pub fn files_view(&self, max: usize) -> (Vec<FileView>, bool) {
+        let mut files: Vec<FileView> = self
+            .files
+            .iter()
+            .filter(|(_, r)| r.source_count() > 0)
+            .take(max.saturating_add(1))
+            .map(|(name, r)| Registry::file_view(name, r))
+            .collect();
+        let truncated = files.len() > max;
+        files.truncate(max);
+        (files, truncated)
+    }
+
+    /// `name` and up to `max_holders` of its sources (the holders `where`
+    /// samples from), with their bitmaps; None if it has no source.
+    pub fn file_detail(&self, name: &str, max_holders: usize) -> Option<FileDetail> {
+        let r = self.files.get(name).filter(|r| r.source_count() > 0)?;
+        let window = crate::limits::DASHBOARD_RATE_WINDOW;
+        let holders = r
+            .sources
+            .values()
+            .flatten()
+            .take(max_holders)
+            .filter_map(|&(id, endpoint)| {
+                let h = r.holders.get(&id)?;
+                Some(HolderView {
+                    endpoint,
+                    have: h.have.as_bytes().to_vec(),
+                    chunks: h.have.count_ones(),
+                    registered_for: self.now.saturating_sub(h.since),
+                    chunks_per_s: h.gains.rate(self.now, h.since, window),
+                })
+            })
+            .collect();
+        Some(FileDetail {
+            file: Registry::file_view(name, r),
+            holders,
+        })
+    }
+
+    /// Counts and a memory estimate, in one pass over the files (not over
+    /// the holders). The estimate adds up the tables' entries at their
+    /// in-memory sizes, the names, the hash lists and the bitmaps; it
+    /// leaves out the allocator's own overhead, so it is below the
+    /// process's resident memory.
+    pub fn stats(&self) -> RegistryStats {
+        let mut s = RegistryStats {
+            peers: self.peers.len(),
+            files: self.files.len(),
+            chunks: self.total_chunks,
+            ..RegistryStats::default()
+        };
+        let mut bytes = 0u64;
+        for (name, r) in &self.files {
+            let holders = r.holders.len() as u64;
+            let name_len = name.len() as u64;
+            let bitmap = u64::from(r.meta.geometry.count()).div_ceil(8);
+            s.holders += r.holders.len();
+            s.sources += r.source_count();
+            bytes += std::mem::size_of::<(String, FileRecord)>() as u64 + name_len;
+            bytes += std::mem::size_of_val(&*r.meta.hashes) as u64;
+            bytes += holders * (map_entry::<(ConnId, Holder)>() + bitmap);
+            // The peer's set of names holds a copy of the name per holder.
+            bytes += holders * (map_entry::<String>() + name_len);
+            bytes += r.source_count() as u64
+                * (map_entry::<(ConnId, (SocketAddr, bool))>()
+                    + std::mem::size_of::<(ConnId, SocketAddr)>() as u64);
+            bytes += r.sources.len() as u64 * (std::mem::size_of::<(IpAddr, Vec<u8>)>() as u64);
+        }
+        bytes += self.peers.len() as u64
+            * (map_entry::<(ConnId, PeerRecord)>() + map_entry::<(SocketAddr, ConnId)>());
+        bytes += self.per_address.len() as u64 * map_entry::<(IpAddr, u64)>();
+        s.memory_bytes = bytes;
+        s
     }
 }
 
@@ -754,7 +1030,7 @@ mod tests {
             let mut want: Vec<(ConnId, SocketAddr)> = rec
                 .holders
                 .iter()
-                .filter(|(_, b)| is_source(b))
+                .filter(|(_, h)| is_source(&h.have))
                 .filter_map(|(&id, _)| r.peers.get(&id).map(|p| (id, p.endpoint)))
                 .collect();
             want.sort_unstable();
@@ -768,6 +1044,11 @@ mod tests {
             got.sort_unstable();
             assert_eq!(got, want, "{name}");
             assert_eq!(rec.indexed.len(), want.len(), "{name}");
+            for (id, &(_, full)) in &rec.indexed {
+                assert_eq!(full, rec.holders[id].have.is_full(), "{name}: {id}");
+            }
+            let full = rec.indexed.values().filter(|&&(_, f)| f).count();
+            assert_eq!(rec.complete, full, "{name}: complete sources");
         }
     }
 
@@ -791,7 +1072,10 @@ mod tests {
                     if !k.is_multiple_of(4) {
                         bits.set((k % 8) as u32);
                     }
-                    e.have = Have::Some(bits.as_bytes().to_vec());
+                    if !k.is_multiple_of(7) {
+                        e.have = Have::Some(bits.as_bytes().to_vec());
+                    }
+                    r.set_clock(step / 10);
                     r.register(conn, addr(k / 216), vec![e]);
                 }
                 2 | 3 => {
@@ -1294,6 +1578,92 @@ mod tests {
             (count(1), count(2), count(3)),
             (MAX_REPLY_SOURCES_PER_ADDRESS, 3, 1)
         );
+    }
+
+    #[test]
+    fn gains_average_the_last_complete_seconds() {
+        let mut g = Gains::starting(100);
+        for _ in 0..10 {
+            g.add(101);
+        }
+        for _ in 0..5 {
+            g.add(103);
+        }
+        // Seconds 101..=105 complete at 106: 15 chunks in 5 s.
+        assert_eq!(g.rate(106, 100, 5), 3.0);
+        // Started at 102: only its 4 seconds count (103's 5 chunks).
+        assert_eq!(g.rate(106, 102, 5), 1.25);
+        // The second in progress does not count yet.
+        assert_eq!(g.rate(101, 100, 5), 0.0);
+        // Old seconds fall out of the window and out of the ring.
+        assert_eq!(g.rate(108, 100, 5), 1.0);
+        assert_eq!(g.rate(200, 100, 5), 0.0);
+        g.add(200);
+        assert_eq!(g.rate(201, 100, 5), 0.2);
+        // A burst saturates, never wraps.
+        let mut g = Gains::starting(0);
+        for _ in 0..70_000 {
+            g.add(1);
+        }
+        assert_eq!(g.rate(2, 0, 1), f64::from(u16::MAX));
+    }
+
+    #[test]
+    fn the_dashboard_sees_holders_their_age_speed_and_completeness() {
+        let mut r = Registry::new();
+        r.set_clock(10);
+        r.register(1, ep(1), vec![entry("a", 8 * 1024, 1)]);
+        r.register(2, ep(2), vec![]);
+        r.set_clock(12);
+        for i in 0..4 {
+            r.chunk_register(2, "a", i).unwrap();
+        }
+        r.set_clock(15);
+        let d = r.file_detail("a", 10).unwrap();
+        assert_eq!((d.file.sources, d.file.complete_sources), (2, 1));
+        assert_eq!(d.file.geometry.count(), 8);
+        let h: Vec<_> = d
+            .holders
+            .iter()
+            .map(|h| (h.endpoint, h.chunks, h.registered_for, h.chunks_per_s))
+            .collect();
+        // 4 chunks in its first second, averaged over the 3 complete
+        // seconds since it became a holder.
+        assert_eq!(h, vec![(ep(1), 8, 5, 0.0), (ep(2), 4, 3, 4.0 / 3.0)]);
+        assert_eq!(d.holders[1].have, vec![0xf0]);
+        for i in 4..8 {
+            r.chunk_register(2, "a", i).unwrap();
+        }
+        let (files, truncated) = r.files_view(10);
+        assert!(!truncated);
+        assert_eq!((files[0].sources, files[0].complete_sources), (2, 2));
+        assert_eq!(r.file_detail("a", 1).unwrap().holders.len(), 1);
+        assert!(r.file_detail("b", 10).is_none());
+        // A re-register keeps when it became a holder.
+        r.set_clock(30);
+        r.register(2, ep(2), vec![entry("a", 8 * 1024, 1)]);
+        assert_eq!(
+            r.file_detail("a", 10).unwrap().holders[1].registered_for,
+            18
+        );
+        let s = r.stats();
+        assert_eq!(
+            (s.peers, s.files, s.chunks, s.holders, s.sources),
+            (2, 1, 8, 2, 2)
+        );
+        assert!(s.memory_bytes > 8 * 20, "{s:?}");
+        r.remove_peer(1);
+        assert_eq!(r.files_view(10).0[0].complete_sources, 1);
+    }
+
+    /// docs/architecture.md states what the dashboard's facts cost per
+    /// holder: the holder entry beside its bitmap, and the flag in the
+    /// source index.
+    #[test]
+    fn a_holders_dashboard_facts_take_24_bytes() {
+        use std::mem::size_of;
+        assert_eq!(size_of::<Holder>() - size_of::<Bitmap>(), 24);
+        assert_eq!(size_of::<Gains>(), 20);
     }
 
     /// Resident memory of a full registry, by hand (release build; it

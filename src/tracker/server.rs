@@ -10,10 +10,13 @@
 //! and shutdown are the skeleton's. A connection's peer is removed from the
 //! registry as soon as the connection ends for any reason (Leave, close,
 //! error, silence past the idle timeout, a failed probe), and the tracker
-//! never ends a registration without closing its connection.
+//! never ends a registration without closing its connection. Each request
+//! and each refusal is counted ([`super::metrics::Counters`]); with
+//! `TrackerConfig::http`, the dashboard ([`super::http`]) is started beside
+//! the server and stopped before it, reading through [`View`].
 //!
-//! Calls `net` (the skeleton), `wire` (messages), `limits`, `sync` and
-//! [`super::registry`] (state). The registry Mutex is held only around in-memory registry calls,
+//! Calls `net` (the skeleton), `wire` (messages), `limits`, `sync`,
+//! [`super::registry`] (state), [`super::metrics`] and [`super::http`]. The registry Mutex is held only around in-memory registry calls,
 //! never across a read or write, so a slow client cannot stall anyone else.
 
 use std::collections::HashMap;
@@ -26,8 +29,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info, warn};
 
-use super::registry::{ConnId, Registry};
-use crate::net::admission::Limits;
+use super::http::Http;
+use super::metrics::{Counters, Gauges};
+use super::registry::{ConnId, Registry, RegistryStats};
+use crate::net::admission::{Admission, Limits};
 use crate::net::budget::BudgetLimits;
 use crate::net::server::{End, Flow, Handler, Link, Live, Options, Server};
 use crate::wire::{self, ErrorCode, Locations, Message, Source, WireError};
@@ -63,6 +68,9 @@ pub struct TrackerConfig {
     /// Bytes of large request frames received and handled at once, in
     /// total and per address.
     pub frame_budget: BudgetLimits,
+    /// Where the web dashboard, /api and /metrics listen (`tracker --http`);
+    /// None: not served.
+    pub http: Option<SocketAddr>,
 }
 
 impl Default for TrackerConfig {
@@ -79,6 +87,7 @@ impl Default for TrackerConfig {
                 total: crate::limits::TRACKER_FRAME_BUDGET,
                 per_address: crate::limits::TRACKER_FRAME_BUDGET_PER_ADDRESS,
             },
+            http: None,
         }
     }
 }
@@ -91,6 +100,9 @@ pub enum TrackerError {
     Bind { addr: SocketAddr, source: io::Error },
     /// The accept thread could not be started.
     Spawn(io::Error),
+    /// The dashboard's listening socket could not be bound, or its threads
+    /// started.
+    Http { addr: SocketAddr, source: io::Error },
 }
 
 impl fmt::Display for TrackerError {
@@ -98,6 +110,9 @@ impl fmt::Display for TrackerError {
         match self {
             TrackerError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             TrackerError::Spawn(e) => write!(f, "cannot start the accept thread: {e}"),
+            TrackerError::Http { addr, source } => {
+                write!(f, "cannot serve the dashboard on {addr}: {source}")
+            }
         }
     }
 }
@@ -107,17 +122,23 @@ impl std::error::Error for TrackerError {
         match self {
             TrackerError::Bind { source, .. } => Some(source),
             TrackerError::Spawn(e) => Some(e),
+            TrackerError::Http { source, .. } => Some(source),
         }
     }
 }
 
 /// The tracker's per-connection behaviour and its state: the registry,
-/// and the probes in flight.
+/// the probes in flight, and the counters /metrics shows.
 struct State {
     registry: Mutex<Registry>,
     /// Probes in flight, by probed connection: every Register that needs
     /// one while it runs waits for its outcome instead of sending another.
     probes: Mutex<HashMap<ConnId, Arc<ProbeSlot>>>,
+    /// Bumped by every request (atomics: no lock on the hot path).
+    counters: Counters,
+    /// When the tracker started; the registry's clock counts seconds from
+    /// here.
+    epoch: Instant,
 }
 
 /// The outcome of one probe, for everyone waiting on it.
@@ -163,9 +184,61 @@ struct ConnState {
 }
 
 impl State {
+    /// The registry, locked, its clock set to the current second.
     fn registry(&self) -> MutexGuard<'_, Registry> {
         // A panic in another connection thread must not take the tracker down.
-        crate::sync::lock(&self.registry)
+        let mut r = crate::sync::lock(&self.registry);
+        r.set_clock(u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX));
+        r
+    }
+
+    /// Counts the refusals in a reply about to be sent.
+    fn count_refusals(&self, m: &Message) {
+        match m {
+            Message::Error { code, .. } => self.counters.refusal(*code),
+            Message::RegisterReply { results } => {
+                for r in results {
+                    if let wire::FileOutcome::Refused { code, .. } = r {
+                        self.counters.refusal(*code);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What the dashboard ([`super::http`]) reads from a running tracker: its
+/// registry (through the same lock helper as the handlers), its counters,
+/// its connections and caps. Read-only.
+#[derive(Clone)]
+pub(super) struct View {
+    state: Arc<State>,
+    live: Arc<Live>,
+    admission: Arc<Admission>,
+}
+
+impl View {
+    /// The registry, locked: for one copy, never across I/O.
+    pub(super) fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.state.registry()
+    }
+
+    pub(super) fn counters(&self) -> &Counters {
+        &self.state.counters
+    }
+
+    /// The gauges of /metrics, with the registry's `stats` taken by the
+    /// caller.
+    pub(super) fn gauges(&self, registry: RegistryStats) -> Gauges {
+        let (cap_total, cap_per_ip) = self.admission.cap_hits();
+        Gauges {
+            registry,
+            connections: self.live.len(),
+            cap_total,
+            cap_per_ip,
+            uptime_s: self.state.epoch.elapsed().as_secs(),
+        }
     }
 }
 
@@ -173,6 +246,8 @@ impl State {
 pub struct Tracker {
     server: Server,
     state: Arc<State>,
+    /// The dashboard, when `TrackerConfig::http` asked for it.
+    http: Option<Http>,
     running: bool,
 }
 
@@ -203,15 +278,36 @@ impl Tracker {
         let state = Arc::new(State {
             registry: Mutex::new(Registry::new()),
             probes: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            epoch: Instant::now(),
         });
         let server =
             Server::start(listener, opts, Arc::clone(&state)).map_err(TrackerError::Spawn)?;
         info!("tracker listening on {local_addr}");
-        Ok(Tracker {
+        let mut tracker = Tracker {
             server,
             state,
+            http: None,
             running: true,
-        })
+        };
+        if let Some(addr) = cfg.http {
+            let view = View {
+                state: Arc::clone(&tracker.state),
+                live: tracker.server.live_shared(),
+                admission: tracker.server.admission(),
+            };
+            // On failure, dropping `tracker` shuts the tracker down again.
+            let http =
+                Http::start(addr, view).map_err(|source| TrackerError::Http { addr, source })?;
+            info!("dashboard on http://{}/", http.local_addr());
+            tracker.http = Some(http);
+        }
+        Ok(tracker)
+    }
+
+    /// Where the dashboard listens, if it was asked for.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(Http::local_addr)
     }
 
     /// The address actually bound.
@@ -232,6 +328,9 @@ impl Tracker {
     /// Stops accepting, closes every connection, joins every thread.
     pub fn shutdown(&mut self) {
         if std::mem::take(&mut self.running) {
+            if let Some(mut http) = self.http.take() {
+                http.shutdown();
+            }
             self.server.shutdown();
             info!("tracker stopped");
         }
@@ -254,6 +353,7 @@ impl Handler for State {
         conn: &mut ConnState,
         m: Message,
     ) -> Result<Flow, WireError> {
+        self.counters.request(&m);
         let (reply, flow) = match handle(self, link, live, conn, m) {
             Next::Raw(bytes) => {
                 link.write_all(&bytes)?;
@@ -264,6 +364,7 @@ impl Handler for State {
             Next::Close(m) => (Some(m), Flow::Close),
         };
         if let Some(m) = reply {
+            self.count_refusals(&m);
             link.send(&m)?;
         }
         Ok(flow)
@@ -271,6 +372,7 @@ impl Handler for State {
 
     /// A connection's peer is removed as soon as the connection ends.
     fn ended(&self, link: &Arc<Link>, end: &End) {
+        self.counters.ended(end);
         let (id, remote) = (link.id(), link.remote());
         if let End::Idle = end {
             info!("connection {id} from {remote}: silent too long, dropping it");

@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use argh::{ArgsInfo, FromArgs, TopLevelCommand};
 
 use super::help::{self, fill};
+use crate::chunks::ContentId;
 use crate::limits;
 
 /// p2pfs peer: share a folder with the network, download files from many
@@ -119,6 +120,11 @@ pub struct ShareArgs {
     /// 500K, 10M, 1G (powers of 1024; default unlimited)
     #[argh(option, from_str_fn(parse_rate))]
     pub upload_limit: Option<u64>,
+    /// download limit in bytes per second for all downloads started at
+    /// the prompt together, e.g. 500K, 10M, 1G (powers of 1024; default
+    /// unlimited)
+    #[argh(option, from_str_fn(parse_rate))]
+    pub download_limit: Option<u64>,
     /// chunk size, e.g. 256K, 1M (default {DEFAULT_CHUNK_SIZE};
     /// {MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE})
     #[argh(
@@ -178,6 +184,15 @@ pub struct GetArgs {
     /// upload limit in bytes per second, e.g. 500K, 10M (default unlimited)
     #[argh(option, from_str_fn(parse_rate))]
     pub upload_limit: Option<u64>,
+    /// download limit in bytes per second for all sources together, e.g.
+    /// 500K, 10M (default unlimited)
+    #[argh(option, from_str_fn(parse_rate))]
+    pub download_limit: Option<u64>,
+    /// the content id the file must have (40 hex digits, as `peer list
+    /// --long` shows): other content under NAME is refused and nothing is
+    /// written
+    #[argh(option, from_str_fn(parse_content_id))]
+    pub id: Option<ContentId>,
     /// after downloading, keep serving the file until Ctrl-C or SIGTERM
     #[argh(switch)]
     pub seed: bool,
@@ -211,6 +226,13 @@ pub struct ListArgs {
     /// network in clear)
     #[argh(option)]
     pub key_file: Option<PathBuf>,
+    /// also show each file's content id (for `get --id`), chunk size and
+    /// sources
+    #[argh(switch, short = 'l')]
+    pub long: bool,
+    /// print one JSON object per file and line instead (fields in README)
+    #[argh(switch)]
+    pub json: bool,
 }
 
 /// Show each peer holding NAME and a map of the chunks it has
@@ -229,6 +251,9 @@ pub struct WhereArgs {
     /// width of the chunk map in characters (default {WHERE_MAP_WIDTH})
     #[argh(option, default = "limits::WHERE_MAP_WIDTH")]
     pub width: usize,
+    /// print one JSON object per source and line instead (fields in README)
+    #[argh(switch)]
+    pub json: bool,
     /// network key file of a private network (made by `peer keygen`;
     /// default: the file named by $P2PFS_KEY_FILE; without one, an open
     /// network in clear)
@@ -301,6 +326,13 @@ pub struct TrackerArgs {
     /// network in clear)
     #[argh(option)]
     pub key_file: Option<PathBuf>,
+    /// also serve a live web dashboard, JSON (/api/files) and Prometheus
+    /// metrics (/metrics) over HTTP on ADDR, e.g.
+    /// 127.0.0.1:{DEFAULT_DASHBOARD_PORT} (a port alone binds loopback; off
+    /// unless given). It shows every file name, size, holder address and
+    /// chunk map to whoever can reach it, without the network key
+    #[argh(option, from_str_fn(parse_http_listen))]
+    pub http: Option<SocketAddr>,
     /// log every connection, registration and request (RUST_LOG works too)
     #[argh(switch, short = 'v')]
     pub verbose: bool,
@@ -349,8 +381,8 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
-/// The upload limit: bytes per second ("500K", "10M", "1.5M/s"); 0 means
-/// unlimited.
+/// The upload or download limit: bytes per second ("500K", "10M",
+/// "1.5M/s"); 0 means unlimited.
 pub fn parse_rate(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let t = t
@@ -361,6 +393,16 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         format!(
             "the rate {s:?} {why}: give bytes per second such as 500K, 10M or 1G \
              (0 for unlimited)"
+        )
+    })
+}
+
+/// A content id (`--id`): 40 hex digits.
+pub fn parse_content_id(s: &str) -> Result<ContentId, String> {
+    ContentId::parse(s.trim()).ok_or_else(|| {
+        format!(
+            "the content id {s:?} is not 40 hex digits: give the id `peer list --long` shows, \
+             such as 7ee56b99404705e8bc4bf98e582b92588daa2c55"
         )
     })
 }
@@ -417,6 +459,16 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 /// `--listen` of the tracker: an IP address alone gets the default port.
 pub fn parse_tracker_listen(s: &str) -> Result<SocketAddr, String> {
     listen_addr(s, limits::DEFAULT_TRACKER_PORT)
+}
+
+/// `--http` of the tracker: a port alone binds loopback (the dashboard
+/// shows the whole registry, so reaching it from elsewhere must be asked
+/// for with an address); an IP address alone gets the suggested port.
+pub fn parse_http_listen(s: &str) -> Result<SocketAddr, String> {
+    match s.trim().parse::<u16>() {
+        Ok(p) => Ok(SocketAddr::from(([127, 0, 0, 1], p))),
+        Err(_) => listen_addr(s, limits::DEFAULT_DASHBOARD_PORT),
+    }
 }
 
 /// The tracker's address as `host:port`: `--tracker` if given, else

@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 
 use crate::chunks::Bitmap;
+use crate::peer::client::FileDescription;
 use crate::peer::download::Summary;
 use crate::peer::session::SessionEvent;
 use crate::peer::watch::WatchEvent;
@@ -97,6 +98,29 @@ pub fn upload_limit_lines(limit: Option<u64>, chunk_size: u32) -> (String, Optio
     (line, slow)
 }
 
+/// What the peer says about its download limit at start (nothing when
+/// unlimited), and a warning when it is so low that a source's connection
+/// may be cut: each source must be read at `MIN_CHUNK_TRANSFER_RATE` at
+/// least, and under twice that a download takes from one source at a time.
+pub fn download_limit_lines(limit: Option<u64>) -> Option<(String, Option<String>)> {
+    let rate_bps = limit.filter(|&r| r > 0)?;
+    let line = format!(
+        "downloads: limited to {}/s for all files and sources together",
+        human(rate_bps as f64)
+    );
+    let min = crate::limits::MIN_CHUNK_TRANSFER_RATE;
+    let slow = (rate_bps < 2 * min).then(|| {
+        format!(
+            "warning: at {}/s a download takes from one source at a time, and a source may \
+             close a connection read slower than {}/s; the limit is in bytes per second \
+             (500K, 10M, 1G)",
+            human(rate_bps as f64),
+            human(min as f64)
+        )
+    });
+    Some((line, slow))
+}
+
 /// What `where` prints: a header line, then one line per source with its
 /// chunk count and map (`#` all held, `+` some, `.` none). `me`, if given,
 /// is marked "(this peer)".
@@ -151,6 +175,39 @@ pub fn format_file_list(files: &[FileSummary], truncated: bool) -> String {
             f.name,
             f.length,
             human(f.length as f64)
+        ));
+    }
+    if truncated {
+        s.push_str("(list cut short by the tracker)\n");
+    }
+    s
+}
+
+/// What `peer list --long` prints: per file its name, exact size, size in
+/// units, content id, chunks and sources (from its `--json` object, so both
+/// say the same), and a last line if a tracker cut the list short.
+pub fn format_long_list(files: &[FileDescription], truncated: bool) -> String {
+    let mut s = String::new();
+    if files.is_empty() {
+        s.push_str("no files on the network\n");
+    }
+    let w = files
+        .iter()
+        .map(|f| f.name.chars().count())
+        .max()
+        .unwrap_or(0);
+    for l in files {
+        let f = super::json::file(l);
+        s.push_str(&format!(
+            "{:<w$}  {:>14} bytes  ({})  id {}  {} of {}, {} ({} complete)\n",
+            f.name,
+            f.length,
+            human(f.length as f64),
+            f.id,
+            plural(u64::from(f.chunk_count), "chunk"),
+            human(f64::from(f.chunk_size)),
+            plural(u64::from(f.sources), "source"),
+            f.complete_sources
         ));
     }
     if truncated {
@@ -300,6 +357,26 @@ pub fn describe_event(ev: &SessionEvent, several: bool) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The low-limit warning is one sentence with single spaces (its
+    /// source lines are joined by `\` continuations, not kept as runs of
+    /// spaces).
+    #[test]
+    fn the_low_download_limit_warning_reads_as_one_sentence() {
+        let (line, warning) = download_limit_lines(Some(4 * 1024)).unwrap();
+        assert_eq!(
+            line,
+            "downloads: limited to 4.0 KiB/s for all files and sources together"
+        );
+        let w = warning.expect("a warning under 16 KiB/s");
+        assert!(!w.contains("  "), "{w:?}");
+        assert!(
+            w.contains("a source may close a connection read slower than 8.0 KiB/s"),
+            "{w:?}"
+        );
+        assert!(download_limit_lines(Some(1 << 20)).unwrap().1.is_none());
+        assert!(download_limit_lines(Some(0)).is_none());
+    }
 
     fn summary(length: u64, fetched: u64, total: u32, resumed: u32) -> Summary {
         Summary {

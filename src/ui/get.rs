@@ -26,9 +26,11 @@ pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
     if a.upload_limit.is_some_and(|l| l > 0) {
         super::share::say_upload_limit(a.upload_limit, crate::limits::DEFAULT_CHUNK_SIZE)?;
     }
+    super::share::say_download_limit(a.download_limit)?;
     let opts = DownloadOptions {
         pipeline_depth: a.pipeline.max(1),
-        ..DownloadOptions::default()
+        expect_id: a.id,
+        ..super::share::download_options(a.download_limit)
     };
     // Not with -v on the terminal: its log lines on the same stream would
     // break the bar up. With --log-file they go elsewhere.

@@ -38,6 +38,10 @@ pub fn placeholders() -> Vec<(&'static str, String)> {
             "DEFAULT_TRACKER_PORT",
             limits::DEFAULT_TRACKER_PORT.to_string(),
         ),
+        (
+            "DEFAULT_DASHBOARD_PORT",
+            limits::DEFAULT_DASHBOARD_PORT.to_string(),
+        ),
         ("DEFAULT_CHUNK_SIZE", size(limits::DEFAULT_CHUNK_SIZE)),
         ("MIN_CHUNK_SIZE", size(limits::MIN_CHUNK_SIZE)),
         ("MAX_CHUNK_SIZE", size(limits::MAX_CHUNK_SIZE)),

@@ -9,7 +9,7 @@
 //!   [`help`] fills the `{LIMIT}` placeholders of the help texts from
 //!   [`crate::limits`].
 //! - [`share`], [`get`], [`query`] (`list`, `where`), [`tracker`]: one
-//!   command each; [`keys`]: `peer keygen` and every command's
+//!   command each; [`json`]: the `--json` lines of `list` and `where`; [`keys`]: `peer keygen` and every command's
 //!   `--key-file`.
 //! - [`repl`]: the prompt's command language, background downloads and
 //!   answers; [`prompt`] puts it on a terminal.
@@ -35,6 +35,7 @@ pub mod completions;
 pub mod format;
 pub mod get;
 pub mod help;
+pub mod json;
 pub mod keys;
 pub mod lockfile;
 pub mod log;

@@ -28,11 +28,12 @@ pub use super::log::PROMPT;
 pub fn run(
     node: Arc<Node>,
     dir: PathBuf,
+    opts: DownloadOptions,
     events: Receiver<SessionEvent>,
     watch: Receiver<WatchEvent>,
     signals: &StopSignals,
 ) -> io::Result<()> {
-    let (mut repl, notices) = Repl::new(Arc::clone(&node), dir, DownloadOptions::default());
+    let (mut repl, notices) = Repl::new(Arc::clone(&node), dir, opts);
     let mut out = Stdout;
     // Whatever ended the loop, the downloads stop and the node leaves.
     let several = node.trackers().len() > 1;

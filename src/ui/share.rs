@@ -17,13 +17,16 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender, bounded, select};
 
 use super::args::ShareArgs;
-use super::format::{describe_event, describe_watch, human, plural, upload_limit_lines};
+use super::format::{
+    describe_event, describe_watch, download_limit_lines, human, plural, upload_limit_lines,
+};
 use super::lockfile::FolderLock;
 use super::progress::{StatusLine, hashing_line};
 use super::signals::StopSignals;
 use super::{BoxError, NotShared, node_config, prompt, stopped_by_signal};
 use crate::peer::download;
 use crate::peer::node::Node;
+use crate::peer::ratelimit::RateLimiter;
 use crate::peer::session::SessionEvent;
 use crate::peer::share::{self, HashProgress, SharedFile};
 use crate::peer::watch::{FolderWatch, Scope, WatchConfig, WatchEvent};
@@ -45,6 +48,9 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
         note!("{}", unfinished_hint(&left, prompt, &a))?;
     }
     say_upload_limit(a.upload_limit, a.chunk_size)?;
+    if prompt {
+        say_download_limit(a.download_limit)?;
+    }
     let count = scan.files.len();
     let trackers = cfg.trackers.len();
     let (wtx, wrx) = FolderWatch::channel();
@@ -55,7 +61,8 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
         }
         note!("{}", serving_line(&node))?;
         let watch = start_watch(&a, &node, wtx)?;
-        let r = prompt::run(node, a.dir, rx, wrx, signals);
+        let opts = download_options(a.download_limit);
+        let r = prompt::run(node, a.dir, opts, rx, wrx, signals);
         watch.stop();
         drop(lock);
         return Ok(r?);
@@ -275,6 +282,30 @@ pub(super) fn say_upload_limit(limit: Option<u64>, chunk_size: u32) -> std::io::
         eprintln!("{w}");
     }
     Ok(())
+}
+
+/// Echoes the download limit when there is one, and warns on stderr when
+/// it is very low.
+pub(super) fn say_download_limit(limit: Option<u64>) -> std::io::Result<()> {
+    let Some((line, warning)) = download_limit_lines(limit) else {
+        return Ok(());
+    };
+    note!("{line}")?;
+    if let Some(w) = warning
+        && !super::out::is_quiet()
+    {
+        eprintln!("{w}");
+    }
+    Ok(())
+}
+
+/// Download options with the limit `limit` (bytes per second; `None` or 0:
+/// unlimited), one limiter for every download made with them.
+pub(super) fn download_options(limit: Option<u64>) -> download::DownloadOptions {
+    download::DownloadOptions {
+        download_limit: Arc::new(RateLimiter::new(limit)),
+        ..download::DownloadOptions::default()
+    }
 }
 
 /// The downloads an earlier run left unfinished in the folder, and how to

@@ -30,9 +30,13 @@ pub fn run(args: TrackerArgs) -> Result<(), BoxError> {
         idle_timeout: Duration::from_secs(args.idle_timeout),
         max_connections: args.max_connections.max(1),
         max_per_ip: args.max_per_ip.max(1),
+        http: args.http,
         ..TrackerConfig::default()
     })?;
     outln!("tracker listening on {}", tracker.local_addr())?;
+    if let Some(a) = tracker.http_addr() {
+        outln!("dashboard on http://{a}/ (also /api/files and /metrics)")?;
+    }
     if let Some(p) = &key_file {
         outln!("{}", super::keys::private_line(p))?;
     }

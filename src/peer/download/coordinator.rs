@@ -35,7 +35,7 @@ use super::engine::{Engine, Event, Verified, WorkerEnd};
 use super::locator::{Located, Locator};
 use super::rate::RateMeter;
 use super::worker::Slot;
-use super::{DownloadContext, MAX_ACTIVE_SOURCES, Progress, SourceStats};
+use super::{DownloadContext, Progress, SourceStats};
 use crate::chunks::Bitmap;
 use crate::limits::{MAX_PROBES, MAX_PROBES_PER_HOST, MAX_REMEMBERED_SOURCES, RETRY_AFTER_MAX};
 use crate::peer::client;
@@ -264,6 +264,9 @@ struct Tracked<'scope> {
     latest: Option<Locations>,
     /// Its last query failed (warned once, until it answers).
     down: bool,
+    /// Its last answer with hashes described other content under the
+    /// name: its sources are not used.
+    other: bool,
 }
 
 pub(super) struct Coordinator<'scope, 'env: 'scope> {
@@ -285,6 +288,10 @@ pub(super) struct Coordinator<'scope, 'env: 'scope> {
     last_refresh: Instant,
     refresh_wanted: bool,
     last_progress: Instant,
+    /// The most connections read through the download limit at once
+    /// since `last_progress` (by every download sharing it): how slowly
+    /// a chunk may have come in meanwhile.
+    peak_readers: usize,
     done_bytes: u64,
     cancel: Option<&'env AtomicBool>,
     late_error: Option<PeerError>,
@@ -310,6 +317,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
                     locator,
                     latest: None,
                     down: false,
+                    other: false,
                 }),
                 Err(e) => {
                     trackers.iter_mut().for_each(|t| t.locator.begin_stop());
@@ -335,6 +343,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             last_refresh: Instant::now(),
             refresh_wanted: false,
             last_progress: Instant::now(),
+            peak_readers: 0,
             cancel: ctx.cancel,
             late_error: None,
             done_bytes: engine.done_bytes(),
@@ -400,6 +409,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
                 self.done_bytes += u64::from(bytes);
                 self.rate.add(u64::from(bytes));
                 self.last_progress = Instant::now();
+                self.peak_readers = 0;
                 self.sources.written(source, bytes);
             }
             Event::Duplicate => self.duplicates += 1,
@@ -432,21 +442,37 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
     /// Gives up when no chunk was written for `give_up_after` with nothing
     /// in flight, or, whatever is in flight, for the longer of that and the
     /// time one chunk may take (the I/O timeout plus a chunk at
-    /// `MIN_CHUNK_TRANSFER_RATE`, the client's deadline for a `ChunkData`):
-    /// requests kept open without delivering (`NotHeld` to everything,
+    /// `MIN_CHUNK_TRANSFER_RATE`, the client's deadline for a `ChunkData`;
+    /// under a download limit, at least the I/O timeout plus the time a
+    /// chunk takes when the limit is shared by every source reading
+    /// through it, twice over): requests kept open without delivering (`NotHeld` to everything,
     /// replies trickled and cut off one after another) are no progress.
-    fn check_stuck(&self) -> Result<()> {
+    fn check_stuck(&mut self) -> Result<()> {
         let e = self.engine;
+        self.peak_readers = self.peak_readers.max(e.opts.download_limit.readers());
         let stalled = self.last_progress.elapsed();
         if stalled < e.opts.give_up_after {
             return Ok(());
         }
         let p = lock(&e.picker);
         let missing: Vec<u32> = (0..p.have().len()).filter(|&i| !p.have().get(i)).collect();
-        let one_chunk = crate::net::deadline::chunk_allowance(
-            e.opts.io_timeout,
-            u64::from(e.geometry.chunk_size()),
-        );
+        if missing.is_empty() {
+            // Every chunk is in: its `Written` is on its way (the picker
+            // learns first). A last chunk that took longer than
+            // `give_up_after` is no reason to fail.
+            return Ok(());
+        }
+        let chunk = u64::from(e.geometry.chunk_size());
+        let one_chunk = crate::net::deadline::chunk_allowance(e.opts.io_timeout, chunk);
+        // Under a download limit shared by many sources (several downloads
+        // at once), a chunk may take longer still: waiting for our own
+        // limit is not the sources stalling. Counted with the most sources
+        // that shared it since the last progress (a chunk that came slowly
+        // while they did is not late once some have finished).
+        let one_chunk = match e.opts.download_limit.shared_time(chunk, self.peak_readers) {
+            Some(t) => one_chunk.max(e.opts.io_timeout.saturating_add(t)),
+            None => one_chunk,
+        };
         if stalled < e.opts.give_up_after.max(one_chunk)
             && missing.iter().any(|&i| p.in_flight(i) > 0)
         {
@@ -487,6 +513,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         let name = self.engine.name;
         let several = self.trackers.len() > 1;
         let g = self.engine.geometry;
+        let hashes = self.engine.hashes;
         let t = &mut self.trackers[i];
         let addr = t.addr;
         if t.down && !matches!(answer, Located::Failed(_)) {
@@ -494,12 +521,18 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             t.down = false;
         }
         match answer {
-            Located::Found(l) if describes(g, &l) => t.latest = Some(l),
-            Located::Found(_) => {
-                warn!(
-                    "{name}: tracker {addr} now describes other content under this name; ignoring it"
-                );
-                t.latest = None;
+            Located::Found(l) => {
+                // Without hashes, as its last answer with them said.
+                let other =
+                    !describes(g, &l) || l.hashes.as_deref().map_or(t.other, |h| h != hashes);
+                if other && !t.other {
+                    warn!(
+                        "{name}: tracker {addr} describes other content under this name; \
+                         not using its sources"
+                    );
+                }
+                t.other = other;
+                t.latest = (!other).then_some(l);
             }
             Located::NoSources => {
                 debug!("{name}: tracker {addr} lists no source right now");
@@ -586,7 +619,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
 
     fn spawn_if_ready(&mut self, addr: SocketAddr) {
         if self.active.contains_key(&addr)
-            || self.active.len() >= MAX_ACTIVE_SOURCES
+            || self.active.len() >= self.engine.opts.max_sources()
             || self.engine.stop.load(Ordering::SeqCst)
         {
             return;

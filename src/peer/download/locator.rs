@@ -6,7 +6,9 @@
 //!
 //! Owns: the tracker connection used for location refreshes (opened by the
 //! thread itself, at the first request), reconnecting it, and backing off
-//! while the tracker does not answer. The coordinator
+//! while the tracker does not answer. The hashes are asked for with the
+//! first refresh and after any that found nothing, so the coordinator can
+//! tell a tracker describing other content of the same size apart. The coordinator
 //! asks ([`Locator::ask`]) and collects answers ([`Locator::answer`]); neither
 //! call blocks, and between answers the coordinator goes on with the
 //! sources it knows.
@@ -67,6 +69,7 @@ impl<'scope> Locator<'scope> {
         let (answer_tx, answer_rx) = bounded(1);
         let thread = Thread {
             conn: None,
+            check_content: true,
             addr,
             name,
             stream: Arc::clone(&stream),
@@ -128,6 +131,8 @@ impl<'scope> Locator<'scope> {
 /// The locator thread's own state.
 struct Thread<'env> {
     conn: Option<Conn>,
+    /// Ask for the hashes with the next Locate (see `query`).
+    check_content: bool,
     addr: SocketAddr,
     name: &'env str,
     stream: Arc<Mutex<Option<TcpStream>>>,
@@ -171,8 +176,15 @@ impl Thread<'_> {
         let Some(conn) = self.conn.as_mut() else {
             return Located::Failed("no tracker connection".into());
         };
-        match client::locate_on(conn, self.name, false) {
-            Ok(l) => Located::Found(l),
+        // A tracker's content for a name changes only after the name was
+        // gone (every holder left): so the hashes, to tell content apart,
+        // are asked for the first time and after any answer but Found.
+        let with_hashes = std::mem::replace(&mut self.check_content, true);
+        match client::locate_on(conn, self.name, with_hashes) {
+            Ok(l) => {
+                self.check_content = false;
+                Located::Found(l)
+            }
             Err(PeerError::Refused {
                 code: ErrorCode::UnknownFile,
                 ..

@@ -62,9 +62,10 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 
 use super::client;
+use super::ratelimit::RateLimiter;
 use super::share::{ShareIndex, SharedFile};
 use super::{PeerError, Result};
-use crate::chunks::{Digest, Geometry};
+use crate::chunks::{ContentId, Digest, Geometry};
 use crate::sync::lock;
 use crate::wire::{self, ErrorCode, Locations};
 use engine::Engine;
@@ -93,6 +94,32 @@ pub struct DownloadOptions {
     pub give_up_after: Duration,
     /// Wait before reconnecting to a source whose connection failed.
     pub retry_after: Duration,
+    /// Paces every chunk byte read from a source, by every download given
+    /// (a clone of) these options: one limit for all files and sources of
+    /// a process. Unlimited by default.
+    pub download_limit: Arc<RateLimiter>,
+    /// The content id the file must have (`peer get --id`): content with
+    /// any other id is refused before anything is written, and with
+    /// several trackers the one describing this content is believed.
+    pub expect_id: Option<ContentId>,
+}
+
+impl DownloadOptions {
+    /// Most sources one download takes chunks from at once: with a download
+    /// limit, few enough that each still gets about twice
+    /// `MIN_CHUNK_TRANSFER_RATE`, the slowest a source's `ChunkData` may be
+    /// read before it gives up on us (and we on it).
+    pub fn max_sources(&self) -> usize {
+        match self.download_limit.rate() {
+            None => MAX_ACTIVE_SOURCES,
+            Some(r) => {
+                let fit = r / (2 * crate::limits::MIN_CHUNK_TRANSFER_RATE);
+                usize::try_from(fit)
+                    .unwrap_or(usize::MAX)
+                    .clamp(1, MAX_ACTIVE_SOURCES)
+            }
+        }
+    }
 }
 
 impl Default for DownloadOptions {
@@ -105,6 +132,8 @@ impl Default for DownloadOptions {
             max_hash_failures: MAX_HASH_FAILURES,
             give_up_after: GIVE_UP_AFTER,
             retry_after: Duration::from_secs(2),
+            download_limit: Arc::new(RateLimiter::unlimited()),
+            expect_id: None,
         }
     }
 }
@@ -175,6 +204,10 @@ pub struct Summary {
 
 /// What the tracker says the file is.
 struct Described {
+    /// Its content id.
+    id: ContentId,
+    /// Trackers left out (silent, or describing other content).
+    others: usize,
     locations: Locations,
     geometry: Geometry,
     hashes: Vec<Digest>,
@@ -200,7 +233,11 @@ pub fn download(
             "{name} is already shared by this peer"
         )));
     }
-    let (d, local_ip) = describe_cancellable(ctx.trackers, name, ctx.cancel)?;
+    let (d, local_ip) = describe_cancellable(ctx.trackers, name, opts.expect_id, ctx.cancel)?;
+    // Before anything is created on disk: not even the folders.
+    if let Some(want) = opts.expect_id {
+        check_pinned(name, want, &d)?;
+    }
     let self_addr = ctx.self_port.map(|port| SocketAddr::new(local_ip, port));
     let paths = Paths::new(dir, name);
     paths.make_parent_dirs()?;
@@ -281,17 +318,18 @@ fn cancelled(ctx: &DownloadContext<'_>) -> bool {
 fn describe_cancellable(
     trackers: &[SocketAddr],
     name: &str,
+    pin: Option<ContentId>,
     cancel: Option<&AtomicBool>,
 ) -> Result<(Described, IpAddr)> {
     let Some(cancel) = cancel else {
-        return describe(trackers, name);
+        return describe(trackers, name, pin);
     };
     let (tx, rx) = crossbeam_channel::bounded(1);
     let (t, n) = (trackers.to_vec(), name.to_owned());
     std::thread::Builder::new()
         .name("describe".into())
         .spawn(move || {
-            let _ = tx.send(describe(&t, &n));
+            let _ = tx.send(describe(&t, &n, pin));
         })
         .map_err(|e| PeerError::Download(format!("cannot start a thread: {e}")))?;
     loop {
@@ -313,8 +351,12 @@ fn describe_cancellable(
     }
 }
 
-fn describe(trackers: &[SocketAddr], name: &str) -> Result<(Described, IpAddr)> {
-    let merged = match client::locate_all(trackers, name, true) {
+fn describe(
+    trackers: &[SocketAddr],
+    name: &str,
+    pin: Option<ContentId>,
+) -> Result<(Described, IpAddr)> {
+    let merged = match client::locate_all_pinned(trackers, name, true, pin) {
         Err(PeerError::Refused {
             code: ErrorCode::UnknownFile,
             ..
@@ -339,11 +381,29 @@ fn describe(trackers: &[SocketAddr], name: &str) -> Result<(Described, IpAddr)> 
             what: format!("bad file description: {e}"),
         })?;
     let d = Described {
+        id: ContentId::compute(geometry.length(), geometry.chunk_size(), &hashes),
+        others: merged.failed.len(),
         locations,
         geometry,
         hashes,
     };
     Ok((d, ip))
+}
+
+/// Refuses content whose id is not `want` (`--id`), naming both ids.
+fn check_pinned(name: &str, want: ContentId, d: &Described) -> Result<()> {
+    if d.id == want {
+        return Ok(());
+    }
+    let others = match d.others {
+        0 => String::new(),
+        _ => "; no tracker that answered has content of that id under the name".into(),
+    };
+    Err(PeerError::NotFound(format!(
+        "{name:?} on the network has content id {}, not {want} as given with --id{others}; \
+         refused, nothing was written",
+        d.id
+    )))
 }
 
 /// Moves the finished `.part` into place; from then on it is served as a

@@ -13,8 +13,13 @@
 //! limit. And [`Slot`], the coordinator's and the worker's shared view of
 //! the source.
 //!
-//! Calls `wire` (requests), `chunks` (SHA-1), the peer's `client` (the
-//! connection) and `picker`, and the download's `engine`.
+//! Reads of the socket go through the download limit
+//! ([`DownloadOptions::download_limit`](super::DownloadOptions), shared by
+//! every worker of every download given the same options) when one is set.
+//!
+//! Calls `wire` (requests), `chunks` (SHA-1), `net::client` (the read
+//! gate), the peer's `client` (the connection), `ratelimit` and `picker`,
+//! and the download's `engine`.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -30,6 +35,7 @@ use crate::chunks::{self, Bitmap};
 use crate::limits::{
     MAX_NOT_HELD_IN_A_ROW, MAX_REQUEST_BYTES_IN_FLIGHT, NOT_HELD_RETRY, NOT_HELD_RETRY_MAX,
 };
+use crate::net::client::ReadGate;
 use crate::peer::client::{self, Conn};
 use crate::peer::picker::Picker;
 use crate::sync::lock;
@@ -169,6 +175,9 @@ impl Engine<'_> {
             {
                 return WorkerEnd::Lost(e.to_string());
             }
+        }
+        if self.opts.download_limit.rate().is_some() {
+            conn.gate_reads(Arc::clone(&self.opts.download_limit) as Arc<dyn ReadGate>);
         }
         let mut w = Worker {
             engine: self,
