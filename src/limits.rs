@@ -187,6 +187,14 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// peer's exit for the whole io timeout. Leave is a courtesy; a tracker
 /// forgets a peer when its connection closes anyway.
 pub const LEAVE_WAIT: Duration = Duration::from_secs(1);
+/// How often a sharing peer looks at its folder for files added, changed
+/// or removed (one `lstat` per file; files are opened and hashed only when
+/// new or changed).
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// A new or changed file is shared only once two looks at least this far
+/// apart saw the same size, modification time, change time and inode: a
+/// file still being written is not offered half-written.
+pub const WATCH_STABLE: Duration = Duration::from_secs(1);
 /// A question put to several trackers at once (`peer list`, `peer where`,
 /// the start of a download) waits at most this long for the others once
 /// one has answered; the rest are left out, named, so one tracker that

@@ -25,8 +25,8 @@
 //! A chunk is read with `SharedFile::read_for_upload`, which for a file
 //! from the scan also checks it still matches the announced hash; one that
 //! does not is answered `NotHeld` and the file is withdrawn from the share
-//! index (`ShareIndex::withdraw_changed`; the tracker session then
-//! withdraws it at the tracker), so bad bytes are never sent.
+//! index (`ShareIndex::withdraw_changed`; every tracker session then
+//! withdraws it at its tracker), so bad bytes are never sent.
 //!
 //! Requests are read only up to `limits::PEER_MAX_REQUEST_LEN` (1,031
 //! bytes, a `ChunkRequest` with a maximal name): a longer frame is refused

@@ -107,7 +107,9 @@ impl RegistryError {
 impl fmt::Display for RegistryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RegistryError::NotRegistered => f.write_str("send Register before ChunkRegister"),
+            RegistryError::NotRegistered => {
+                f.write_str("send Register before ChunkRegister or Withdraw")
+            }
             RegistryError::UnknownFile(n) => write!(f, "no file named {n:?}"),
             RegistryError::BadIndex { name, index, count } => {
                 write!(
@@ -637,6 +639,36 @@ impl Registry {
         record.sync(conn, endpoint);
         self.totals.replace(was, Totals::of(name, record));
         Ok(())
+    }
+
+    /// Withdraw: `conn` no longer holds any chunk of `name`. It stops being
+    /// a holder (and a source) of the file, and its chunks of it are
+    /// refunded to its caps; the file is forgotten when it was the last
+    /// holder, so the name may then be registered with other content. A
+    /// name `conn` does not hold (never registered, already withdrawn, not
+    /// even a valid name) changes nothing: `Ok(false)`, so a withdrawal
+    /// repeated after a lost reply is harmless. `NotRegistered` before the
+    /// connection's first Register.
+    pub fn withdraw(&mut self, conn: ConnId, name: &str) -> Result<bool, RegistryError> {
+        let peer = self
+            .peers
+            .get_mut(&conn)
+            .ok_or(RegistryError::NotRegistered)?;
+        if !peer.files.remove(name) {
+            return Ok(false);
+        }
+        let Some(r) = self.files.get_mut(name) else {
+            return Ok(true); // cannot happen: a peer's files are all recorded
+        };
+        let count = u64::from(r.meta.geometry.count());
+        r.holders.remove(&conn);
+        r.sync(conn, None);
+        if r.holders.is_empty() {
+            self.total_chunks -= count;
+            self.files.remove(name);
+        }
+        self.refund(conn, count);
+        Ok(true)
     }
 
     /// Removes a peer and every chunk it held; files left with no holder
@@ -1234,6 +1266,79 @@ mod tests {
         assert_eq!(evicted, Some(1));
         assert!(r.locate("a", 64, 1, true).is_err());
         assert_eq!(r.peer_count(), 1);
+    }
+
+    #[test]
+    fn withdraw_drops_one_holder_and_the_file_with_its_last() {
+        let mut r = Registry::new();
+        assert_eq!(r.withdraw(1, "a"), Err(RegistryError::NotRegistered));
+        r.register(1, ep(1), vec![entry("a", 3000, 1), entry("b", 10, 1)]);
+        r.register(2, ep(2), vec![entry("a", 3000, 1)]);
+        assert_eq!(r.address_chunks(ep(1).ip()), 3 + 1 + 3);
+        // One of two holders: the file stays, served by the other only.
+        assert_eq!(r.withdraw(1, "a"), Ok(true));
+        assert_index_consistent(&r);
+        let l = r.locate("a", 64, 1, true).unwrap();
+        assert_eq!(l.sources.len(), 1);
+        assert_eq!(l.sources[0].0, ep(2));
+        assert_eq!(r.address_chunks(ep(1).ip()), 1 + 3);
+        // Idempotent, and a name never held or invalid is the same no-op.
+        assert_eq!(r.withdraw(1, "a"), Ok(false));
+        assert_eq!(r.withdraw(1, "nope"), Ok(false));
+        assert_eq!(r.withdraw(1, "../x"), Ok(false));
+        // A ChunkRegister for it is refused no more: it holds again.
+        r.chunk_register(1, "a", 0).unwrap();
+        assert_eq!(r.locate("a", 64, 1, true).unwrap().sources.len(), 2);
+        assert_eq!(r.withdraw(1, "a"), Ok(true));
+        // The last holder withdraws: gone from the list and from Locate.
+        assert_eq!(r.withdraw(2, "a"), Ok(true));
+        assert_index_consistent(&r);
+        let names: Vec<String> = r.list(10).0.into_iter().map(|f| f.name).collect();
+        assert_eq!(names, ["b"]);
+        assert!(matches!(
+            r.locate("a", 64, 1, true),
+            Err(RegistryError::UnknownFile(_))
+        ));
+        assert_eq!(r.address_chunks(ep(1).ip()), 1);
+        assert_eq!(r.total_chunks, 1);
+        // Other content under the name is now accepted, no Conflict.
+        let (o, _) = r.register(2, ep(2), vec![entry("a", 5000, 9)]);
+        assert_eq!(o, vec![FileOutcome::Accepted]);
+        assert_eq!(
+            r.locate("a", 64, 1, true).unwrap().meta.geometry.length(),
+            5000
+        );
+        // The peers stay registered; a 0-byte file withdraws like any other.
+        assert_eq!(r.peer_count(), 2);
+        r.register(3, ep(3), vec![entry("empty", 0, 1)]);
+        assert_eq!(r.withdraw(3, "empty"), Ok(true));
+        assert!(r.list(10).0.iter().all(|f| f.name != "empty"));
+    }
+
+    #[test]
+    fn withdrawing_the_last_source_frees_the_name_for_other_content() {
+        // A holder without a chunk (a download that has not verified any)
+        // keeps the record but is no source: after the only source
+        // withdraws, the name is unlisted and other content takes it.
+        let mut r = Registry::new();
+        r.register(1, ep(1), vec![entry("a", 3000, 1)]);
+        let mut none = entry("a", 3000, 1);
+        none.have = Have::Some(vec![0]);
+        r.register(2, ep(2), vec![none]);
+        assert_eq!(r.withdraw(1, "a"), Ok(true));
+        assert!(r.list(10).0.is_empty());
+        let (o, _) = r.register(3, ep(3), vec![entry("a", 3000, 7)]);
+        assert_eq!(o, vec![FileOutcome::Accepted]);
+        assert_index_consistent(&r);
+        // While another source holds the old content, new content conflicts.
+        let (o, _) = r.register(1, ep(1), vec![entry("a", 3000, 8)]);
+        assert!(matches!(
+            o[0],
+            FileOutcome::Refused {
+                code: ErrorCode::Conflict,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -62,7 +62,9 @@ pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
     note!("{}", format_summary(&summary).trim_end())?;
     if a.seed {
         note!("seeding {} on {} until Ctrl-C", a.name, node.local_addr())?;
+        let watch = super::share::watch_seeded(&node, &a.dir, std::slice::from_ref(&a.name))?;
         signals.wait();
+        watch.stop();
     }
     node.leave();
     Ok(())

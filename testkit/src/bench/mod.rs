@@ -15,6 +15,7 @@ pub mod memory;
 pub mod plot;
 pub mod private;
 pub mod register;
+pub mod register_small;
 pub mod single;
 pub mod swarm;
 pub mod tracker_load;
