@@ -661,11 +661,15 @@ impl Registry {
             return Ok(true); // cannot happen: a peer's files are all recorded
         };
         let count = u64::from(r.meta.geometry.count());
+        let was = Totals::of(name, r);
         r.holders.remove(&conn);
         r.sync(conn, None);
         if r.holders.is_empty() {
             self.total_chunks -= count;
             self.files.remove(name);
+            self.totals.replace(was, Totals::default());
+        } else {
+            self.totals.replace(was, Totals::of(name, r));
         }
         self.refund(conn, count);
         Ok(true)
@@ -1118,7 +1122,7 @@ mod tests {
     }
 
     /// Registers, chunk registers, re-registers (also from another
-    /// endpoint, also with fewer chunks), evictions and removals, in a
+    /// endpoint, also with fewer chunks), evictions, withdrawals and removals, in a
     /// pseudo-random order: the index Locate samples from never drifts
     /// from the holders.
     #[test]
@@ -1130,7 +1134,7 @@ mod tests {
             let k = next_random(&mut x);
             let conn = k % 12 + 1;
             let name = ["a", "b", "c"][(k / 12 % 3) as usize];
-            match k / 36 % 6 {
+            match k / 36 % 7 {
                 0 | 1 => {
                     // Now and then other content under the name: refused, or
                     // taking the name over from holders without a chunk.
@@ -1151,6 +1155,9 @@ mod tests {
                 }
                 4 => {
                     r.remove_peer(conn);
+                }
+                5 => {
+                    let _ = r.withdraw(conn, name);
                 }
                 _ => {
                     let local = k.is_multiple_of(2);
