@@ -187,6 +187,14 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// peer's exit for the whole io timeout. Leave is a courtesy; a tracker
 /// forgets a peer when its connection closes anyway.
 pub const LEAVE_WAIT: Duration = Duration::from_secs(1);
+/// How often a sharing peer looks at its folder for files added, changed
+/// or removed (one `lstat` per file; files are opened and hashed only when
+/// new or changed).
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// A new or changed file is shared only once two looks at least this far
+/// apart saw the same size, modification time, change time and inode: a
+/// file still being written is not offered half-written.
+pub const WATCH_STABLE: Duration = Duration::from_secs(1);
 /// A question put to several trackers at once (`peer list`, `peer where`,
 /// the start of a download) waits at most this long for the others once
 /// one has answered; the rest are left out, named, so one tracker that
@@ -208,8 +216,16 @@ pub const BATCH_JOBS: usize = 4;
 /// Most files one `peer get` may download at once (`--jobs` above it is
 /// lowered to it): each costs a thread per source and a connection to each.
 pub const MAX_BATCH_JOBS: usize = 16;
-/// How often locations are refreshed while downloading.
+/// How often locations are refreshed while downloading, at the least
+/// (large replies); small ones are asked for more often, down to
+/// [`MIN_REFRESH_INTERVAL`], within [`LOCATE_BYTES_PER_SEC`].
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(1500);
+/// The shortest interval between location refreshes of a download.
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(250);
+/// Bytes of Locations replies a download asks for per second at most (it
+/// refreshes less often than every [`MIN_REFRESH_INTERVAL`] when replies
+/// are large; 64 sources of a 2^19-chunk file make a 4 MiB reply).
+pub const LOCATE_BYTES_PER_SEC: u64 = 256 * 1024;
 /// Chunks from one source that may fail verification before it is dropped.
 pub const MAX_HASH_FAILURES: u32 = 3;
 /// How long a download may write no chunk with nothing in flight before it
@@ -228,10 +244,9 @@ pub const ENDGAME_GRACE: Duration = Duration::from_millis(100);
 pub const MAX_ACTIVE_SOURCES: usize = 32;
 /// A chunk a source answered `NotHeld` for is asked of that source again
 /// after this long, doubling on each further `NotHeld` for it up to
-/// [`NOT_HELD_RETRY_MAX`]. Super-seeding turns a chunk away for 3 s after
-/// sending it elsewhere (so that it is fetched from there) and serves
-/// anyone who asks a second time: asking again sooner would only make the
-/// seed send it twice.
+/// [`NOT_HELD_RETRY_MAX`]. Super-seeding turns a chunk away while it is
+/// sent elsewhere and for 3 s after (so that it is fetched from there):
+/// asking again sooner would only be turned away again.
 pub const NOT_HELD_RETRY: Duration = Duration::from_secs(3);
 /// The longest wait before asking a source again for a chunk it said it
 /// does not hold.
@@ -241,6 +256,25 @@ pub const NOT_HELD_RETRY_MAX: Duration = Duration::from_secs(8);
 /// does not answer). Super-seeding turns a chunk away only while it is
 /// being fetched elsewhere, so an honest seed delivers others meanwhile.
 pub const MAX_NOT_HELD_IN_A_ROW: u32 = 64;
+/// A peer whose uploads are capped sends one chunk at a time at its whole
+/// rate, in the order asked, booking each at most this far ahead; a
+/// request beyond that waits its turn for up to [`UPLOAD_QUEUE_WAIT`].
+pub const UPLOAD_BACKLOG_MAX: Duration = Duration::from_millis(500);
+/// How long a request to a capped peer may wait for its turn before it is
+/// answered `Busy` (ask later or elsewhere): so no request sits long at a
+/// source busy with others while the chunk may be had elsewhere. With
+/// [`UPLOAD_BACKLOG_MAX`] well under the client's I/O timeout.
+pub const UPLOAD_QUEUE_WAIT: Duration = Duration::from_millis(500);
+/// A worker told `Busy` for a chunk sends that source no new request for
+/// about this long (the chunk goes back to the pool for the other
+/// sources), longer after several `Busy` in a row.
+pub const BUSY_PAUSE: Duration = Duration::from_millis(500);
+/// A source that answers `Busy` this many times in a row is dropped for
+/// now (backed off from like one that does not answer, unless it
+/// delivered since it was connected to), so that a download's places for
+/// sources ([`MAX_ACTIVE_SOURCES`]) go to sources with room rather than
+/// staying with the first ones found, which everybody found first.
+pub const MAX_BUSY_IN_A_ROW: u32 = 2;
 /// A source that has not delivered a chunk to this download yet must accept
 /// the connection and answer Hello within this long; a proven source gets
 /// the full connect and I/O timeouts. Silent, full or unreachable sources

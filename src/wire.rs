@@ -62,6 +62,7 @@ pub mod ty {
     pub const LOCATIONS: u8 = 0x15;
     pub const CHUNK_REGISTER: u8 = 0x16;
     pub const LEAVE: u8 = 0x17;
+    pub const WITHDRAW: u8 = 0x18;
     pub const CHUNK_REQUEST: u8 = 0x20;
     pub const CHUNK_DATA: u8 = 0x21;
 
@@ -80,6 +81,7 @@ pub mod ty {
         LOCATIONS,
         CHUNK_REGISTER,
         LEAVE,
+        WITHDRAW,
         CHUNK_REQUEST,
         CHUNK_DATA,
     ];
@@ -289,6 +291,10 @@ pub enum Message {
     ChunkRegister { name: String, index: u32 },
     /// Peer -> tracker: forget me. Reply: Ok, then the tracker closes.
     Leave,
+    /// Peer -> tracker, on a registered control connection: "I no longer
+    /// hold any chunk of `name`". Reply: Ok (also when this peer did not
+    /// hold it), or Error{NotRegistered} before any Register.
+    Withdraw { name: String },
     /// Peer -> peer: send chunk `index` of `name`.
     ChunkRequest { name: String, index: u32 },
     /// Peer -> peer: the bytes of chunk `index`.
@@ -311,6 +317,7 @@ impl Message {
             Message::Locations(_) => ty::LOCATIONS,
             Message::ChunkRegister { .. } => ty::CHUNK_REGISTER,
             Message::Leave => ty::LEAVE,
+            Message::Withdraw { .. } => ty::WITHDRAW,
             Message::ChunkRequest { .. } => ty::CHUNK_REQUEST,
             Message::ChunkData { .. } => ty::CHUNK_DATA,
         }
@@ -331,6 +338,7 @@ impl Message {
             Message::Locations(_) => "Locations",
             Message::ChunkRegister { .. } => "ChunkRegister",
             Message::Leave => "Leave",
+            Message::Withdraw { .. } => "Withdraw",
             Message::ChunkRequest { .. } => "ChunkRequest",
             Message::ChunkData { .. } => "ChunkData",
         }
@@ -429,6 +437,7 @@ impl Message {
                 out.push(u8::from(*with_hashes));
             }
             Message::Locations(l) => put_locations(out, l, l.hashes.as_deref())?,
+            Message::Withdraw { name } => put_str(out, name, MAX_NAME_LEN, "name")?,
             Message::ChunkRegister { name, index } | Message::ChunkRequest { name, index } => {
                 put_str(out, name, MAX_NAME_LEN, "name")?;
                 out.write_u32::<BigEndian>(*index)?;
@@ -567,6 +576,9 @@ impl Message {
                 index: r.u32("index")?,
             },
             ty::LEAVE => Message::Leave,
+            ty::WITHDRAW => Message::Withdraw {
+                name: r.string(MAX_NAME_LEN, "name")?,
+            },
             ty::CHUNK_REQUEST => Message::ChunkRequest {
                 name: r.string(MAX_NAME_LEN, "name")?,
                 index: r.u32("index")?,
@@ -1415,6 +1427,7 @@ mod tests {
                 index: 2,
             },
             Message::Leave,
+            Message::Withdraw { name: "x".into() },
             Message::ChunkRequest {
                 name: "x".into(),
                 index: 0,
@@ -1505,6 +1518,16 @@ mod tests {
     fn hello_layout_is_exact() {
         let b = frame(&Message::Hello { version: 1 });
         assert_eq!(b, [0, 0, 0, 7, 0x01, b'P', b'2', b'P', b'F', 0, 1]);
+    }
+
+    #[test]
+    fn withdraw_layout_is_exact() {
+        let b = frame(&Message::Withdraw { name: "ab".into() });
+        assert_eq!(b, [0, 0, 0, 5, 0x18, 0, 2, b'a', b'b']);
+        let long = Message::Withdraw {
+            name: "a".repeat(MAX_NAME_LEN + 1),
+        };
+        assert!(long.encode(&mut Vec::new()).is_err());
     }
 
     #[test]

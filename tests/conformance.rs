@@ -531,3 +531,57 @@ fn tracker_requests_may_be_pipelined() {
         expect_closed(&mut c);
     });
 }
+
+/// Withdraw (protocol.md §9): `NotRegistered` before any Register; then
+/// `Ok`, whether the name was held or not; a file leaves the list with its
+/// last holder, after which other content under its name is accepted; the
+/// connection stays open and registered throughout.
+#[test]
+fn withdraw_answers_and_frees_the_name() {
+    with_timeout(30, || {
+        let t = tracker();
+        let old = pattern(3000, 5);
+        let new = pattern(4000, 6);
+        let w = |name: &str| Message::Withdraw { name: name.into() };
+        let mut a = Client::connect(t.local_addr());
+        assert_eq!(
+            code(&a.request(&w("s.bin"))),
+            Some(ErrorCode::NotRegistered)
+        );
+        register_at(&mut a, 40_700, vec![entry("s.bin", &old), entry("e", &[])]);
+        let mut b = Client::connect(t.local_addr());
+        register_at(&mut b, 40_701, vec![entry("s.bin", &old)]);
+        let mut q = Client::connect(t.local_addr());
+        assert_eq!(locate(&mut q, "s.bin").unwrap().sources.len(), 2);
+        assert_eq!(a.request(&w("s.bin")), Message::Ok);
+        let l = locate(&mut q, "s.bin").expect("b still holds it");
+        assert_eq!(l.sources.len(), 1);
+        assert_eq!(l.sources[0].addr.port(), 40_701);
+        // Again, a name never held, a name that breaks the rules: all Ok.
+        for n in ["s.bin", "nope", "../x"] {
+            assert_eq!(a.request(&w(n)), Message::Ok, "{n}");
+        }
+        // While b holds the old content, new content is a Conflict.
+        match register_at(&mut a, 40_700, vec![entry("s.bin", &new)]) {
+            Message::RegisterReply { results } => match &results[..] {
+                [FileOutcome::Refused { code, .. }] => assert_eq!(*code, ErrorCode::Conflict),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        // The last holder withdraws: unlisted, and the new content is taken.
+        assert_eq!(b.request(&w("s.bin")), Message::Ok);
+        assert_eq!(listed(&mut q), vec!["e".to_string()]);
+        assert!(locate(&mut q, "s.bin").is_none());
+        match register_at(&mut a, 40_700, vec![entry("s.bin", &new)]) {
+            Message::RegisterReply { results } => assert_eq!(results, vec![FileOutcome::Accepted]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(locate(&mut q, "s.bin").unwrap().length, 4000);
+        // A 0-byte file is withdrawn the same way.
+        assert_eq!(a.request(&w("e")), Message::Ok);
+        assert_eq!(listed(&mut q), vec!["s.bin".to_string()]);
+        assert_eq!(t.peer_count(), 2);
+        assert_eq!(a.request(&Message::Leave), Message::Ok);
+    });
+}

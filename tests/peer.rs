@@ -586,3 +586,36 @@ fn ctrl_c_stops_get_cleanly_and_a_rerun_resumes() {
         assert!(text.contains("chunks) already on disk"), "{text}");
     });
 }
+
+/// A peer told to serve chunks on one loopback address of many
+/// (`--listen 127.0.3.1`) connects from it too, so the tracker, which
+/// records the address a peer connects from, hands it out where it
+/// listens and a download from it works. (Connecting from the default
+/// 127.0.0.1, it was handed out at 127.0.0.1, where nothing listened.)
+#[test]
+fn a_peer_listening_on_its_own_address_is_handed_out_there() {
+    with_timeout(90, || {
+        let s = Scratch::new("own-address");
+        let data = util::pattern(3 * CHUNK as usize, 7);
+        write(&s.path().join("a"), "own.bin", &data);
+        let t = tracker();
+        let ta = t.local_addr().to_string();
+        let chunk = format!("{}K", CHUNK / 1024);
+        let mut share = Proc::spawn(
+            "peer share",
+            peer_bin()
+                .args(["share", "--tracker", &ta, "--listen", "127.0.3.1:0"])
+                .args(["--chunk-size", &chunk, "--dir"])
+                .arg(s.path().join("a")),
+        );
+        let addr = util::addr_in(&share.wait_line("serving chunks on"));
+        assert_eq!(addr.ip(), std::net::IpAddr::from([127, 0, 3, 1]));
+        share.wait_line("registered");
+        fs::create_dir_all(s.path().join("b")).unwrap();
+        let out = util::peer_get(t.local_addr(), "own.bin", &s.path().join("b"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains(&format!("from {addr}")), "{text}");
+        assert_eq!(fs::read(s.path().join("b").join("own.bin")).unwrap(), data);
+    });
+}

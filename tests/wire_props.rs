@@ -204,6 +204,7 @@ fn message() -> impl Strategy<Value = Message> {
         locations().prop_map(Message::Locations),
         (name(), any::<u32>()).prop_map(|(name, index)| Message::ChunkRegister { name, index }),
         Just(Message::Leave),
+        name().prop_map(|name| Message::Withdraw { name }),
         (name(), any::<u32>()).prop_map(|(name, index)| Message::ChunkRequest { name, index }),
         (any::<u32>(), vec(any::<u8>(), 0..300))
             .prop_map(|(index, data)| Message::ChunkData { index, data }),
@@ -1030,6 +1031,12 @@ fn doc_examples() -> Vec<(&'static str, Message)> {
         ("ok", Message::Ok),
         ("keepalive", Message::Keepalive),
         ("leave", Message::Leave),
+        (
+            "withdraw",
+            Message::Withdraw {
+                name: "a.txt".into(),
+            },
+        ),
         (
             "error-not-held",
             Message::Error {

@@ -18,12 +18,17 @@
 //! socket reads may go through a [`ReadGate`] (a download limit); the time
 //! spent waiting at the gate is left out of the frame deadline. Calls `wire`,
 //! `limits`, [`super::deadline`], [`super::key`] and [`super::secure`] only.
+//! Also owns the address outgoing connections start from
+//! ([`install_local_ip`]); every outgoing connection of the crate is made
+//! by [`connect_timeout`].
 
 use std::io::{self, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use socket2::{Domain, Protocol, Type};
 
 use super::NetError;
 use super::deadline::{DeadlineWriter, FrameDeadline, frame_allowance};
@@ -42,7 +47,44 @@ const READ_BUF: usize = 64 * 1024;
 /// Opens a TCP connection, giving up after [`CONNECT_TIMEOUT`]. Nothing is
 /// sent: pass the stream to [`Conn::from_stream`] to greet.
 pub fn connect_stream(addr: SocketAddr) -> Result<TcpStream> {
-    TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| NetError::wire(addr, e))
+    connect_timeout(addr, CONNECT_TIMEOUT).map_err(|e| NetError::wire(addr, e))
+}
+
+/// The address every outgoing connection of this process starts from, when
+/// the peer was told to serve chunks on one address (`--listen IP`).
+static LOCAL_IP: OnceLock<IpAddr> = OnceLock::new();
+
+/// Makes this process's outgoing connections start from `ip`, the address
+/// its chunk server listens on: a tracker records the address a peer
+/// connects from as where it serves chunks, so a peer on a host with
+/// several addresses (or one of many on 127/8) is then handed out at the
+/// address it listens on. Installed once at start by `ui`; a second call
+/// changes nothing.
+pub fn install_local_ip(ip: IpAddr) {
+    let _ = LOCAL_IP.set(ip);
+}
+
+/// Connects to `addr` within `timeout`, from the installed local address
+/// ([`install_local_ip`]) when there is one that can reach `addr` (the same
+/// family, and a loopback address only to loopback, the others only to
+/// the others); from the address the system picks otherwise.
+pub fn connect_timeout(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    match LOCAL_IP.get() {
+        Some(&ip) if can_reach(ip, addr.ip()) => {
+            let s =
+                socket2::Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            s.bind(&SocketAddr::new(ip, 0).into())?;
+            s.connect_timeout(&addr.into(), timeout)?;
+            Ok(s.into())
+        }
+        _ => TcpStream::connect_timeout(&addr, timeout),
+    }
+}
+
+/// Whether a connection from `local` to `remote` can work: the same
+/// family, and loopback to loopback only.
+fn can_reach(local: IpAddr, remote: IpAddr) -> bool {
+    local.is_ipv4() == remote.is_ipv4() && local.is_loopback() == remote.is_loopback()
 }
 
 /// Decides when, and how much, a connection may take from its socket: a
@@ -383,7 +425,7 @@ fn handshake_failed(addr: SocketAddr, e: HandshakeError, io_timeout: Duration) -
 /// the caller's normal handling: a server answers a key mismatch at once,
 /// so a short `timeout` only ever skips the check, never fails it.
 pub fn check_key(addr: SocketAddr, timeout: Duration) -> Result<()> {
-    let Ok(stream) = TcpStream::connect_timeout(&addr, timeout) else {
+    let Ok(stream) = connect_timeout(addr, timeout) else {
         return Ok(());
     };
     match Conn::from_stream(stream, timeout) {

@@ -10,6 +10,8 @@
 //! - [`download`]: one download: worker thread per source, the assembler.
 //! - [`session`]: the persistent control connection to the tracker.
 //! - [`node`]: a running peer (share index + server + session) and its downloads.
+//! - [`watch`]: live sharing: the folder watcher that keeps the share index
+//!   in line with the shared folder.
 //! - [`client`]: a greeted connection to a tracker or peer (built on
 //!   `net::client`) and the one-shot tracker queries.
 //!
@@ -30,6 +32,7 @@ pub mod ratelimit;
 pub mod server;
 pub mod session;
 pub mod share;
+pub mod watch;
 
 /// Everything that can go wrong in the peer, with enough context to print
 /// one clear line.

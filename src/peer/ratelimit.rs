@@ -2,9 +2,11 @@
 //! peer, and the download limiter shared by every download that uses one
 //! `DownloadOptions` value (every download of a process).
 //!
-//! Owns: the pacing policy for chunk bytes a peer sends and takes. The
-//! chunk server (`peer::server`) calls [`RateLimiter::acquire`] before each
-//! piece it writes; a download's workers read their sockets through
+//! Owns: the pacing policy for chunk bytes a peer sends and takes, and the
+//! order replies get their turn. The chunk server (`peer::server`) books
+//! each reply's whole slot with [`RateLimiter::book`] (waiting its turn,
+//! first come first booked, when the schedule is full) and writes each
+//! piece of it after [`Booking::wait`]; a download's workers read their sockets through
 //! [`RateLimiter::read_paced`] (as a `net::client::ReadGate`). Nothing else
 //! in the crate is paced. Calls `sync` (the lock helper) and
 //! `net::client` (the `ReadGate` it implements).
@@ -38,10 +40,12 @@
 //! W = 1 s, 3% over the rate at worst from 50 KiB/s up (a piece is 1/50 s
 //! of the rate), 5% below (1/25 s).
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::TcpStream;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use crate::net::client::ReadGate;
@@ -66,11 +70,44 @@ pub struct RateLimiter {
     /// Bytes per second; `None` = unlimited (then no lock is ever taken).
     rate: Option<u64>,
     /// When the next byte may be released (`None` until first use).
-    next: Mutex<Option<Instant>>,
+    sched: Mutex<Sched>,
     /// Bytes taken through [`RateLimiter::read_paced`] so far.
     taken: AtomicU64,
     /// Connections reading through this limiter now (as a `ReadGate`).
     readers: AtomicUsize,
+}
+
+/// A limiter's schedule.
+#[derive(Debug, Default)]
+struct Sched {
+    /// When the next byte may be released or taken (`None` until first
+    /// use).
+    next: Option<Instant>,
+    /// Replies waiting to be booked ([`RateLimiter::book`]), first come
+    /// first booked; only the first is woken when there is room.
+    waiting: VecDeque<(u64, Thread)>,
+    /// The ticket of the next reply to wait.
+    tickets: u64,
+}
+
+impl Sched {
+    /// Books `cost` from `start`.
+    fn take(&mut self, start: Instant, cost: Duration) {
+        self.next = Some(
+            start
+                .checked_add(cost)
+                .unwrap_or_else(|| start + MAX_RESERVATION),
+        );
+    }
+
+    /// Leaves the queue; wakes the new first waiter if it was ours.
+    fn leave(&mut self, ticket: u64) {
+        let first = self.waiting.front().map(|w| w.0) == Some(ticket);
+        self.waiting.retain(|w| w.0 != ticket);
+        if first && let Some(w) = self.waiting.front() {
+            w.1.unpark();
+        }
+    }
 }
 
 impl Default for RateLimiter {
@@ -84,7 +121,7 @@ impl RateLimiter {
     pub fn new(bytes_per_sec: Option<u64>) -> RateLimiter {
         RateLimiter {
             rate: bytes_per_sec.filter(|&r| r > 0),
-            next: Mutex::new(None),
+            sched: Mutex::new(Sched::default()),
             taken: AtomicU64::new(0),
             readers: AtomicUsize::new(0),
         }
@@ -169,6 +206,71 @@ impl RateLimiter {
         ))
     }
 
+    /// Books one slot for all `n` bytes of a reply (a whole chunk). The
+    /// slot may start at most `backlog` after now: a reply that would wait
+    /// longer behind those booked before it waits its turn (first come,
+    /// first booked) for up to `queue_for`, and gets `None` (nothing
+    /// booked) if its turn has not come by then or `cancel` is set. The
+    /// caller then writes the bytes in pieces of
+    /// [`RateLimiter::piece_size`], each after [`Booking::wait`] for its
+    /// offset, so they go out at the rate inside the slot. Slots never
+    /// overlap, so the bound of the module comment holds, and replies go
+    /// out one after another in the order they were booked: each at the
+    /// whole rate, not all at once at a share of it. Waiting costs no
+    /// CPU: only the first in line is woken, when there is room (or at
+    /// its time limit). Always `Some` at once when unlimited.
+    pub fn book(
+        &self,
+        n: usize,
+        backlog: Duration,
+        queue_for: Duration,
+        cancel: &AtomicBool,
+    ) -> Option<Booking> {
+        let Some(rate) = self.rate else {
+            return Some(Booking {
+                start: None,
+                rate: 0,
+            });
+        };
+        let cost = duration_for(n as u64, rate);
+        let give_up = Instant::now() + queue_for;
+        let mut s = crate::sync::lock(&self.sched);
+        let ticket = s.tickets;
+        s.tickets = s.tickets.wrapping_add(1);
+        s.waiting.push_back((ticket, std::thread::current()));
+        loop {
+            let now = Instant::now();
+            let start = slot_start(s.next, now);
+            let first = s.waiting.front().map(|w| w.0) == Some(ticket);
+            let room_in = start.saturating_duration_since(now).saturating_sub(backlog);
+            if first && room_in.is_zero() {
+                s.take(start, cost);
+                s.leave(ticket);
+                return Some(Booking {
+                    start: Some(start),
+                    rate,
+                });
+            }
+            if now >= give_up || cancel.load(Ordering::Relaxed) {
+                s.leave(ticket);
+                return None;
+            }
+            let left = give_up - now;
+            let wait = if first { room_in.min(left) } else { left };
+            drop(s);
+            std::thread::park_timeout(wait);
+            s = crate::sync::lock(&self.sched);
+        }
+    }
+
+    /// Wakes every reply waiting in [`RateLimiter::book`], so that those
+    /// whose `cancel` is set return at once (a server shutting down).
+    pub fn wake_all(&self) {
+        for w in &crate::sync::lock(&self.sched).waiting {
+            w.1.unpark();
+        }
+    }
+
     /// Bytes read from sockets through [`RateLimiter::read_paced`] so far,
     /// by every reader together (a download's running total).
     pub fn taken(&self) -> u64 {
@@ -196,9 +298,9 @@ impl RateLimiter {
         }
         let mut waited = Duration::ZERO;
         loop {
-            let mut next = crate::sync::lock(&self.next);
+            let mut sched = crate::sync::lock(&self.sched);
             let now = Instant::now();
-            let start = slot_start(*next, now);
+            let start = slot_start(sched.next, now);
             if start <= now {
                 // At least `ready` bytes are in the socket and only this
                 // thread reads it: the read returns at once, so the lock
@@ -209,13 +311,13 @@ impl RateLimiter {
                 self.taken.fetch_add(n as u64, Ordering::SeqCst);
                 let after = Instant::now();
                 let from = start.max(after.checked_sub(SLACK).unwrap_or(after));
-                *next = Some(
+                sched.next = Some(
                     from.checked_add(duration_for(n as u64, rate))
                         .unwrap_or_else(|| from + MAX_RESERVATION),
                 );
                 return Ok((n, waited));
             }
-            drop(next);
+            drop(sched);
             let t = Instant::now();
             std::thread::sleep(start - now);
             waited += t.elapsed();
@@ -227,13 +329,9 @@ impl RateLimiter {
         let cost = duration_for(n, rate);
         // A poisoned lock only means another thread panicked between two
         // plain assignments; the Instant inside is still meaningful.
-        let mut next = crate::sync::lock(&self.next);
-        let start = slot_start(*next, Instant::now());
-        *next = Some(
-            start
-                .checked_add(cost)
-                .unwrap_or_else(|| start + MAX_RESERVATION),
-        );
+        let mut s = crate::sync::lock(&self.sched);
+        let start = slot_start(s.next, Instant::now());
+        s.take(start, cost);
         start
     }
 }
@@ -251,6 +349,45 @@ impl ReadGate for RateLimiter {
         let _ = self
             .readers
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+}
+
+/// One reply's slot in the upload schedule ([`RateLimiter::book`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Booking {
+    /// When the slot starts; `None` when uploads are unlimited.
+    start: Option<Instant>,
+    rate: u64,
+}
+
+impl Booking {
+    /// Blocks until the byte at `offset` of the reply may be sent: the
+    /// slot's start plus `offset` at the rate. Returns false if `cancel`
+    /// became true first (checked at least every 50 ms).
+    pub fn wait(&self, offset: usize, cancel: &AtomicBool) -> bool {
+        let Some(start) = self.start else {
+            return true;
+        };
+        let at = start
+            .checked_add(duration_for(offset as u64, self.rate))
+            .unwrap_or(start);
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= at {
+                return true;
+            }
+            std::thread::sleep((at - now).min(CANCEL_POLL));
+        }
+    }
+
+    /// How long after now the slot starts (zero once it has).
+    pub fn starts_in(&self) -> Duration {
+        self.start.map_or(Duration::ZERO, |s| {
+            s.saturating_duration_since(Instant::now())
+        })
     }
 }
 
@@ -274,7 +411,7 @@ fn duration_for(n: u64, rate: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn unlimited_and_zero_do_not_block() {
@@ -299,6 +436,82 @@ mod tests {
         assert_eq!(p(10), 1);
         assert_eq!(p(1 << 30), 256 << 10);
         assert_eq!(p(u64::MAX), 256 << 10);
+    }
+
+    #[test]
+    fn bookings_are_whole_slots_one_after_another_within_the_backlog() {
+        let stop = AtomicBool::new(false);
+        let long = Duration::from_secs(10);
+        // Unlimited: booked at once, never waits.
+        let b = RateLimiter::unlimited()
+            .book(1 << 30, Duration::ZERO, Duration::ZERO, &stop)
+            .unwrap();
+        assert_eq!(b.starts_in(), Duration::ZERO);
+        assert!(b.wait(1 << 30, &stop));
+        // 100 KB/s: 50 KB takes 0.5 s; each booking starts where the one
+        // before ends.
+        let l = RateLimiter::new(Some(100_000));
+        let a = l.book(50_000, long, Duration::ZERO, &stop).unwrap();
+        let b = l.book(50_000, long, Duration::ZERO, &stop).unwrap();
+        let gap = b.starts_in().saturating_sub(a.starts_in());
+        assert!(
+            gap > Duration::from_millis(450) && gap <= Duration::from_millis(500),
+            "{gap:?}"
+        );
+        // Past the backlog, with no time to wait: nothing booked...
+        assert!(
+            l.book(1, Duration::from_millis(200), Duration::ZERO, &stop)
+                .is_none()
+        );
+        // ...and after waiting its turn until there is room: booked.
+        let t = Instant::now();
+        let c = l
+            .book(1, Duration::from_millis(700), Duration::from_secs(5), &stop)
+            .unwrap();
+        let waited = t.elapsed();
+        assert!(waited >= Duration::from_millis(250), "{waited:?}");
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+        assert!(c.starts_in() <= Duration::from_millis(700));
+    }
+
+    #[test]
+    fn waiting_bookings_are_served_in_order_and_end_on_stop() {
+        let l = Arc::new(RateLimiter::new(Some(100_000)));
+        let stop = Arc::new(AtomicBool::new(false));
+        // One second booked: the others wait for room.
+        l.book(100_000, Duration::from_secs(1), Duration::ZERO, &stop)
+            .unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let waiters: Vec<_> = (0..3)
+            .map(|k| {
+                let (l, stop, order) = (Arc::clone(&l), Arc::clone(&stop), Arc::clone(&order));
+                std::thread::sleep(Duration::from_millis(30));
+                std::thread::Builder::new()
+                    .name(format!("book-{k}"))
+                    .spawn(move || {
+                        let long = Duration::from_secs(30);
+                        let b = l.book(10_000, Duration::from_millis(100), long, &stop);
+                        crate::sync::lock(&order).push((k, b.is_some()));
+                    })
+                    .unwrap()
+            })
+            .collect();
+        // The first in line gets its slot when there is room, then the next.
+        let t = Instant::now();
+        while crate::sync::lock(&order).len() < 2 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The rest is stopped: it returns at once, without a slot.
+        stop.store(true, Ordering::SeqCst);
+        l.wake_all();
+        for w in waiters {
+            w.join().unwrap();
+        }
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let order = crate::sync::lock(&order).clone();
+        assert_eq!(order.len(), 3);
+        assert_eq!(order[0], (0, true), "{order:?}");
+        assert_eq!(order[1], (1, true), "{order:?}");
     }
 
     #[test]

@@ -16,14 +16,17 @@
 //!
 //! Memory is bounded by (connections x largest chunk served): each
 //! connection reads a chunk straight into `[ChunkData header | chunk]` and
-//! writes that buffer with one `write_all` (or paced pieces when rate
-//! limited).
+//! writes that buffer with one `write_all` (or, when uploads are capped,
+//! in pieces paced within the reply's booked slot: one chunk at a time at
+//! the whole rate, in the order asked; a request that cannot be booked
+//! within `limits::UPLOAD_BACKLOG_MAX` after waiting
+//! `limits::UPLOAD_QUEUE_WAIT` is answered `Busy`).
 //!
 //! A chunk is read with `SharedFile::read_for_upload`, which for a file
 //! from the scan also checks it still matches the announced hash; one that
 //! does not is answered `NotHeld` and the file is withdrawn from the share
-//! index (`ShareIndex::withdraw_changed`; the tracker session then
-//! withdraws it at the tracker), so bad bytes are never sent.
+//! index (`ShareIndex::withdraw_changed`; every tracker session then
+//! withdraws it at its tracker), so bad bytes are never sent.
 //!
 //! Requests are read only up to `limits::PEER_MAX_REQUEST_LEN` (1,031
 //! bytes, a `ChunkRequest` with a maximal name): a longer frame is refused
@@ -35,10 +38,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::ratelimit::RateLimiter;
+use super::ratelimit::{Booking, RateLimiter};
 use super::share::{ShareIndex, SharedFile, UploadError};
 use super::{PeerError, Result};
 use crate::chunks::ChunkIndex;
+use crate::limits::{UPLOAD_BACKLOG_MAX, UPLOAD_QUEUE_WAIT};
 use crate::net::admission::Limits;
 use crate::net::server::{Flow, Handler, Link, Live, Options, Server};
 use crate::wire::{self, CHUNK_DATA_HEADER_LEN, ErrorCode, Message, WireError};
@@ -151,6 +155,8 @@ impl ChunkServer {
     /// all threads. Idempotent; also called from Drop.
     pub fn shutdown(&mut self) {
         if !self.shared.stop.swap(true, Ordering::SeqCst) {
+            // Replies waiting for a slot see `stop` now, not at their limit.
+            self.shared.limiter.wake_all();
             self.server.shutdown();
             log::debug!("chunk server on {} stopped", self.local_addr());
         }
@@ -214,28 +220,53 @@ fn serve_chunk(
         Ok(p) => p,
         Err((code, message)) => return send_error(w, code, message),
     };
+    // Nothing sent: others must not be turned away for it.
+    let unclaim = || {
+        if let Some(p) = peer {
+            shared.first_sends.unclaim(name, index, p);
+        }
+    };
     let len = f.geometry().chunk_len(i) as usize;
     let header = match wire::chunk_data_header(index, len) {
         Ok(h) => h,
-        Err(e) => return send_error(w, ErrorCode::Internal, e.to_string()),
+        Err(e) => {
+            unclaim();
+            return send_error(w, ErrorCode::Internal, e.to_string());
+        }
     };
     let total = CHUNK_DATA_HEADER_LEN + len;
+    let booking = shared
+        .limiter
+        .book(total, UPLOAD_BACKLOG_MAX, UPLOAD_QUEUE_WAIT, &shared.stop);
+    let Some(booking) = booking else {
+        unclaim();
+        return send_error(
+            w,
+            ErrorCode::Busy,
+            format!(
+                "uploads are booked too far ahead; ask again in {} ms or elsewhere",
+                crate::limits::BUSY_PAUSE.as_millis()
+            ),
+        );
+    };
     // Shrinking keeps the capacity; growing only zero-fills the new tail.
     buf.resize(total, 0);
     buf[..CHUNK_DATA_HEADER_LEN].copy_from_slice(&header);
     if let Err(e) = f.read_for_upload(i, &mut buf[CHUNK_DATA_HEADER_LEN..total]) {
-        if let Some(p) = peer {
-            // Nothing was sent: others must not be turned away for it.
-            shared.first_sends.unclaim(name, index, p);
-        }
+        unclaim();
         let (code, message) = upload_refusal(shared, &f, name, index, e);
         return send_error(w, code, message);
     }
     drop(f);
-    send_paced(w, &buf[..total], shared)?;
+    let waited = booking.starts_in();
+    if let Err(e) = send_paced(w, &buf[..total], shared, &booking) {
+        unclaim();
+        return Err(e);
+    }
     log::debug!(
-        "{}: sent chunk {index} of {name:?} ({len} bytes)",
-        w.remote()
+        "{}: sent chunk {index} of {name:?} ({len} bytes, booked {} ms ahead)",
+        w.remote(),
+        waited.as_millis()
     );
     shared.uploaded.fetch_add(len as u64, Ordering::Relaxed);
     if let Some(p) = peer {
@@ -339,9 +370,13 @@ fn upload_refusal(
 
 /// How long after a capped seed sent a chunk to one peer it answers
 /// `NotHeld` to others asking for it. Long enough for the recipient to
-/// register the chunk and for the others' next location refresh (1.5 s) to
-/// show it; short enough that a recipient that vanished costs little.
+/// register the chunk and for the others' next location refresh to show
+/// it; short enough that a recipient that vanished costs little.
 const RESEND_AFTER: Duration = Duration::from_secs(3);
+/// A send still recorded as under way after this long is forgotten (every
+/// send ends in `sent` or `unclaim`; this only bounds a thread that
+/// panicked in between).
+const SEND_FORGOTTEN_AFTER: Duration = Duration::from_secs(600);
 /// Most chunks remembered; beyond it (only at absurd rates with tiny
 /// chunks) new sends are not remembered and duplicates are served.
 const FIRST_SENDS_MAX: usize = 1 << 16;
@@ -350,17 +385,16 @@ const FIRST_SENDS_MAX: usize = 1 << 16;
 /// and whose uploads are rate limited is what a crowd of downloaders waits
 /// for: every byte it sends twice delays all of them. Downloaders cannot
 /// see each other's requests in flight, nor chunks finished since their last
-/// location refresh, so several ask it for the same chunk. So: a chunk sent
-/// to one peer is answered `NotHeld` to the others for [`RESEND_AFTER`]
-/// after that send ended; they fetch it from the recipient (which registers
-/// it as soon as it is verified) and the seed's upload goes to chunks nobody
-/// has yet. The same peer, or anyone after the window, is served as usual.
+/// location refresh, so several ask it for the same chunk. So: a chunk
+/// being sent to one peer (booked, or on the wire) is answered `NotHeld`
+/// to the others, and so it is for [`RESEND_AFTER`] after that send ended;
+/// they fetch it from the recipient (which registers it as soon as it is
+/// verified) and the seed's upload goes to chunks nobody has yet. The same
+/// peer, or anyone after the window, is served as usual.
 ///
-/// Measured (docs/benchmarks.md, flash crowd: a seed and 4 or 8
-/// downloaders all capped at 10 MiB/s, 256 MiB): the seed uploaded 1.23 and
-/// 1.32 copies of the file before, 1.00 after; the last downloader finished
-/// in 32.3 and 34.6 s before, 26.4 and 27.1 s after, against a lower bound
-/// of 25.6 s.
+/// Measured (docs/benchmarks.md, flash crowd): with a seed and 4 or 8
+/// downloaders the seed uploads about one copy of the file (1.23 and 1.32
+/// without super-seeding).
 #[derive(Default)]
 struct FirstSends {
     recent: Mutex<HashMap<(String, u32), FirstSend>>,
@@ -370,17 +404,23 @@ struct FirstSends {
 /// The first send of one chunk within the window.
 struct FirstSend {
     to: SocketAddr,
-    /// When the send started, then (once `done`) when it ended.
+    /// When the send was claimed, then (once `done`) when it ended.
     at: Instant,
     done: bool,
-    /// Askers already turned away once for this send: the next time they
-    /// are served, so nobody waits on super-seeding more than once per
-    /// chunk, whatever the recipient does (e.g. asking again and again).
-    refused: Vec<SocketAddr>,
 }
 
-/// Most askers remembered per chunk; past it, askers are simply served.
-const REFUSED_MAX: usize = 64;
+impl FirstSend {
+    /// Whether others are still turned away for this send at `now`: while
+    /// it is under way, and for [`RESEND_AFTER`] after it ended.
+    fn holds(&self, now: Instant) -> bool {
+        let age = now.duration_since(self.at);
+        if self.done {
+            age < RESEND_AFTER
+        } else {
+            age < SEND_FORGOTTEN_AFTER
+        }
+    }
+}
 
 impl FirstSends {
     fn recent(&self) -> MutexGuard<'_, HashMap<(String, u32), FirstSend>> {
@@ -389,22 +429,17 @@ impl FirstSends {
     }
 
     /// May chunk `index` of `name` be sent to `peer` now? Records the send
-    /// if so. A chunk is refused to each other peer at most once per send.
+    /// if so. The window is not restarted by the recipient asking again, so
+    /// no peer can keep a chunk from everyone else.
     fn claim(&self, name: &str, index: u32, peer: SocketAddr) -> bool {
         let now = Instant::now();
         self.prune(now);
         let mut recent = self.recent();
         let key = (name.to_owned(), index);
-        if let Some(s) = recent.get_mut(&key)
-            && now.duration_since(s.at) < RESEND_AFTER
+        if let Some(s) = recent.get(&key)
+            && s.holds(now)
         {
-            if s.to == peer || s.refused.contains(&peer) || s.refused.len() >= REFUSED_MAX {
-                // The window is not restarted: a peer asking again and
-                // again cannot keep a chunk from everyone else.
-                return true;
-            }
-            s.refused.push(peer);
-            return false;
+            return s.to == peer;
         }
         if recent.len() < FIRST_SENDS_MAX || recent.contains_key(&key) {
             recent.insert(
@@ -413,7 +448,6 @@ impl FirstSends {
                     to: peer,
                     at: now,
                     done: false,
-                    refused: Vec::new(),
                 },
             );
         }
@@ -449,19 +483,19 @@ impl FirstSends {
             }
             *last = Some(now);
         }
-        self.recent()
-            .retain(|_, s| now.duration_since(s.at) < RESEND_AFTER);
+        self.recent().retain(|_, s| s.holds(now));
     }
 }
 
-/// Writes `data` in one `write_all`, or in limiter-sized pieces each after
-/// an `acquire` when uploads are rate limited.
-fn send_paced(w: &Link, data: &[u8], shared: &Shared) -> Result<(), WireError> {
+/// Writes `data` in one `write_all`, or, when uploads are rate limited, in
+/// limiter-sized pieces paced within the reply's `booking`.
+fn send_paced(w: &Link, data: &[u8], shared: &Shared, booking: &Booking) -> Result<(), WireError> {
     match shared.limiter.piece_size() {
         None => w.write_chunk_data(data)?,
         Some(piece) => {
-            for part in data.chunks(piece.max(1)) {
-                if !shared.limiter.acquire_cancellable(part.len(), &shared.stop) {
+            let piece = piece.max(1);
+            for (k, part) in data.chunks(piece).enumerate() {
+                if !booking.wait(k.saturating_mul(piece), &shared.stop) {
                     return Err(WireError::Io(std::io::Error::new(
                         std::io::ErrorKind::ConnectionAborted,
                         "chunk server shutting down",
@@ -844,27 +878,17 @@ mod tests {
             b.recv().unwrap(),
             Message::ChunkData { index: 1, .. }
         ));
-        // The same peer is served again.
+        // The same peer is served again, without restarting the window...
         assert!(matches!(
             chunk0(&mut a, "f"),
             Message::ChunkData { index: 0, .. }
         ));
-        // ...but asking again does not pin the chunk: b, already turned
-        // away once, is served now, and so is anyone on a second ask.
-        assert!(matches!(
-            chunk0(&mut b, "f"),
-            Message::ChunkData { index: 0, .. }
-        ));
+        // ...and the others are turned away for the whole window, however
+        // often they ask.
+        assert_eq!(code(&chunk0(&mut b, "f")), Some(ErrorCode::NotHeld));
         let mut c = Conn::connect(s.local_addr(), T).unwrap();
         assert_eq!(code(&chunk0(&mut c, "f")), Some(ErrorCode::NotHeld));
-        assert!(matches!(
-            chunk0(&mut a, "f"),
-            Message::ChunkData { index: 0, .. }
-        ));
-        assert!(matches!(
-            chunk0(&mut c, "f"),
-            Message::ChunkData { index: 0, .. }
-        ));
+        assert_eq!(code(&chunk0(&mut c, "f")), Some(ErrorCode::NotHeld));
         // A file still being downloaded here is served to everyone.
         assert!(matches!(chunk0(&mut a, "part"), Message::ChunkData { .. }));
         assert!(matches!(chunk0(&mut b, "part"), Message::ChunkData { .. }));
@@ -875,6 +899,80 @@ mod tests {
         let mut b = Conn::connect(s.local_addr(), T).unwrap();
         assert!(matches!(chunk0(&mut a, "f"), Message::ChunkData { .. }));
         assert!(matches!(chunk0(&mut b, "f"), Message::ChunkData { .. }));
+    }
+
+    /// A send still under way keeps the chunk from the others however long
+    /// it takes (a capped seed sending to 100 peers at once took longer
+    /// than the window, and the others were served a second copy); once
+    /// it ended, for `RESEND_AFTER`.
+    #[test]
+    fn a_chunk_being_sent_is_held_until_the_send_ends_and_the_window_after() {
+        let t0 = Instant::now();
+        let peer = SocketAddr::from(([127, 0, 0, 1], 9));
+        let under_way = FirstSend {
+            to: peer,
+            at: t0,
+            done: false,
+        };
+        assert!(under_way.holds(t0 + RESEND_AFTER * 10));
+        assert!(!under_way.holds(t0 + SEND_FORGOTTEN_AFTER));
+        let ended = FirstSend {
+            to: peer,
+            at: t0,
+            done: true,
+        };
+        assert!(ended.holds(t0 + RESEND_AFTER - Duration::from_millis(1)));
+        assert!(!ended.holds(t0 + RESEND_AFTER));
+        // Through the claims: the recipient only, until it ended.
+        let f = FirstSends::default();
+        let other = SocketAddr::from(([127, 0, 0, 2], 9));
+        assert!(f.claim("f", 3, peer));
+        assert!(!f.claim("f", 3, other));
+        f.unclaim("f", 3, peer); // the send failed: free again
+        assert!(f.claim("f", 3, other));
+        f.sent("f", 3, other);
+        assert!(!f.claim("f", 3, peer));
+    }
+
+    /// A capped peer books each reply whole, one after another: a request
+    /// that would wait longer than its backlog and queue allow is answered
+    /// `Busy` (and the connection lives on), while the one before it is
+    /// sent whole.
+    #[test]
+    fn a_capped_peer_answers_busy_when_its_uploads_are_booked_too_far_ahead() {
+        let dir = TempDir::new("busy-uploads");
+        let idx = Arc::new(ShareIndex::new());
+        let cs = 64 * 1024;
+        let data = pattern(4 * cs);
+        // Part of the file only: no super-seeding, just the bookings.
+        add(&idx, &dir, "f", &data, cs as u32, Some(&[0, 1, 2, 3]));
+        // 2 s per chunk: the second request would start 2 s ahead.
+        let s = start_limited(
+            &idx,
+            ServerConfig::default(),
+            RateLimiter::new(Some(cs as u64 / 2)),
+        );
+        let mut a = Conn::connect(s.local_addr(), T).unwrap();
+        let mut b = Conn::connect(s.local_addr(), T).unwrap();
+        a.send(&req("f", 0)).unwrap();
+        wait_until("a's booking", || s.active_connections() == 2);
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        b.send(&req("f", 1)).unwrap();
+        assert_eq!(code(&b.recv().unwrap()), Some(ErrorCode::Busy));
+        let waited = t.elapsed();
+        assert!(waited >= UPLOAD_QUEUE_WAIT / 2, "{waited:?}");
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+        match a.recv().unwrap() {
+            Message::ChunkData { index: 0, data: d } => assert_eq!(d, data[..cs]),
+            other => panic!("{other:?}"),
+        }
+        // Still open, and served once there is room.
+        b.send(&req("f", 1)).unwrap();
+        match b.recv().unwrap() {
+            Message::ChunkData { index: 1, data: d } => assert_eq!(d, data[cs..2 * cs]),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -6,11 +6,18 @@
 //! Owns: the "session-ADDR" thread and everything sent on that
 //! connection: Register (at connect, for files added later, and for a
 //! download's first chunk), ChunkRegister for each newly verified chunk,
-//! Keepalive when idle, the withdrawal of files the share index dropped
-//! because they changed on disk (a Register with an all-zero bitmap), and
-//! Leave at shutdown. Also owns the reconnect policy
-//! (exponential backoff) and which files the tracker accepted on the current
-//! connection.
+//! Keepalive when idle, Withdraw for files the share index no longer holds
+//! (removed, or replaced by new content, which is then registered), and
+//! Leave at shutdown. Also owns the reconnect policy (exponential backoff),
+//! which content the tracker accepted on the current connection, and the
+//! retries of files it refused with `Conflict` or `Busy`.
+//!
+//! The tracker is kept in line with the share index: whenever the index's
+//! generation moves, the session compares what it registered (name and
+//! content id) with the index and sends what differs (`reconcile`), within
+//! `LIVENESS_POLL` (250 ms). So every session of a peer with several trackers
+//! withdraws and registers the same files on its own, and after a
+//! reconnect the registration is simply the index as it is then.
 //!
 //! Calls `peer::client` (connect + Hello), `peer::share` (what to announce,
 //! read at the moment of sending so bitmaps are always current) and `wire`.
@@ -27,7 +34,7 @@
 //! request/reply on one stream, so a single owner needs no locking around the
 //! socket and cannot interleave two requests' replies.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::mem;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +48,7 @@ use log::{debug, info, warn};
 use super::client::{Conn, unexpected};
 use super::share::{ShareIndex, SharedFile};
 use super::{PeerError, Result};
+use crate::chunks::ContentId;
 pub use crate::limits::LEAVE_WAIT;
 use crate::sync::lock;
 use crate::wire::{self, ErrorCode, FileEntry, FileOutcome, Message};
@@ -68,6 +76,12 @@ const OVERFLOW_INTERVAL: Duration = Duration::from_secs(1);
 /// is longer than [`OVERFLOW_INTERVAL`]. Meanwhile the tracker lags behind
 /// on that file's newest chunks; nothing is lost.
 const OVERFLOW_RATE: u64 = 1 << 20;
+/// First wait before registering again a file the tracker refused with
+/// `Conflict` (another holder has other content under its name) or `Busy`
+/// (a size cap); doubled after each further refusal of the same content.
+const RETRY_MIN: Duration = Duration::from_secs(2);
+/// Longest wait between two such retries.
+const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Timing of the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -351,6 +365,20 @@ fn is_file_level(code: ErrorCode) -> bool {
 struct Outcome {
     accepted: Vec<String>,
     refused: Vec<(String, String)>,
+    /// The refused names worth another try later (`Conflict`, `Busy`).
+    retry: HashSet<String>,
+}
+
+/// A file the tracker refused on this connection.
+#[derive(Debug, Clone, Copy)]
+struct Refusal {
+    /// The content refused: other content under the name is new.
+    content: ContentId,
+    /// When to register it again (None: never by itself; an explicit
+    /// `register_files` still does).
+    due: Option<Instant>,
+    /// The wait before `due`, doubled at each further refusal.
+    wait: Duration,
 }
 
 /// Why the connection is being given up: a sentence for the log.
@@ -368,11 +396,14 @@ enum End {
 struct Link {
     conn: Conn,
     endpoint: SocketAddr,
-    /// Files the tracker accepted on this connection.
-    registered: HashSet<String>,
+    /// Files the tracker accepted on this connection, with their content.
+    registered: HashMap<String, ContentId>,
     /// Files it refused on this connection; chunk updates for them are not
-    /// retried (an explicit `register_files` retries).
-    refused: HashSet<String>,
+    /// sent. Retried when due; an explicit `register_files` retries at once.
+    refused: HashMap<String, Refusal>,
+    /// The share index generation the tracker was last brought in line
+    /// with.
+    generation: u64,
     last_send: Instant,
     /// When overflowed files may be re-registered next.
     overflow_due: Instant,
@@ -528,16 +559,18 @@ impl Worker {
         let mut link = Link {
             conn,
             endpoint: SocketAddr::new(local.ip(), self.listen_port),
-            registered: HashSet::new(),
-            refused: HashSet::new(),
+            registered: HashMap::new(),
+            refused: HashMap::new(),
+            // Read before the index: a change made while registering moves
+            // it on, and is reconciled next.
+            generation: self.share.generation(),
             last_send: Instant::now(),
             overflow_due: Instant::now(),
         };
         // Updates that could not be queued are covered by the full
-        // registration below, which reads every bitmap now; files withdrawn
-        // so far are no longer in the index, so they are not registered.
+        // registration below, which reads every bitmap now; files removed
+        // from the index so far are simply not in it.
         drop(mem::take(&mut *lock(&self.overflow)));
-        drop(self.share.take_withdrawn());
         let files: Vec<Arc<SharedFile>> = self
             .share
             .files()
@@ -558,7 +591,10 @@ impl Worker {
             if let Err(why) = self.flush_overflow(link) {
                 return End::Lost(why);
             }
-            if let Err(why) = self.withdraw(link) {
+            if let Err(why) = self.reconcile(link) {
+                return End::Lost(why);
+            }
+            if let Err(why) = self.retry_refused(link) {
                 return End::Lost(why);
             }
             let idle = link
@@ -573,7 +609,15 @@ impl Worker {
             } else {
                 link.overflow_due.saturating_duration_since(Instant::now())
             };
-            let wait = idle.min(LIVENESS_POLL).min(overflow_wait);
+            let retry_wait = link
+                .refused
+                .values()
+                .filter_map(|r| r.due)
+                .min()
+                .map_or(Duration::MAX, |t| {
+                    t.saturating_duration_since(Instant::now())
+                });
+            let wait = idle.min(LIVENESS_POLL).min(overflow_wait).min(retry_wait);
             let step = select! {
                 recv(self.stop) -> _ => {
                     self.leave(link);
@@ -615,11 +659,11 @@ impl Worker {
     }
 
     fn chunk(&self, link: &mut Link, name: String, index: u32) -> Result<(), Lost> {
-        if link.refused.contains(&name) {
+        if link.refused.contains_key(&name) {
             debug!("not registering chunk {index} of {name}: the tracker refused the file");
             return Ok(());
         }
-        if !link.registered.contains(&name) {
+        if !link.registered.contains_key(&name) {
             return self.register_names(link, vec![name]);
         }
         if lock(&self.overflow).contains(&name) {
@@ -690,6 +734,10 @@ impl Worker {
             self.limits.max_frame_len,
         );
         let mut sent = false;
+        let contents: HashMap<String, ContentId> = files
+            .iter()
+            .map(|f| (f.name().to_owned(), f.content_id()))
+            .collect();
         for f in files {
             match batcher.push(f.to_entry()) {
                 Ok(None) => {}
@@ -706,12 +754,29 @@ impl Worker {
         }
         for n in &out.accepted {
             link.refused.remove(n);
-            link.registered.insert(n.clone());
+            if let Some(&c) = contents.get(n) {
+                link.registered.insert(n.clone(), c);
+            }
         }
-        for (n, _) in &out.refused {
-            link.registered.remove(n);
-            link.refused.insert(n.clone());
+        let now = Instant::now();
+        let mut fresh = Vec::with_capacity(out.refused.len());
+        for (n, why) in mem::take(&mut out.refused) {
+            link.registered.remove(&n);
+            let Some(&content) = contents.get(&n) else {
+                continue;
+            };
+            let before = link.refused.get(&n).filter(|r| r.content == content);
+            let wait = before.map_or(RETRY_MIN, |r| (r.wait * 2).min(RETRY_MAX));
+            let due = out.retry.contains(&n).then(|| now + wait);
+            if before.is_none() {
+                fresh.push((n.clone(), why));
+            } else {
+                debug!("tracker {} still refuses {n}: {why}", self.tracker);
+            }
+            link.refused.insert(n, Refusal { content, due, wait });
         }
+        // A refusal is reported once per content, not at every retry.
+        out.refused = fresh;
         Ok(out)
     }
 
@@ -732,6 +797,9 @@ impl Worker {
                     match r {
                         FileOutcome::Accepted => out.accepted.push(name),
                         FileOutcome::Refused { code, reason } => {
+                            if matches!(code, ErrorCode::Conflict | ErrorCode::Busy) {
+                                out.retry.insert(name.clone());
+                            }
                             // The reason is the tracker's sentence; the code's
                             // own words only when it gave none.
                             let why = if reason.is_empty() {
@@ -784,28 +852,109 @@ impl Worker {
         self.register_names(link, names)
     }
 
-    /// Withdraws at the tracker the files the share index dropped because
-    /// they changed on disk: each is registered again with an all-zero
-    /// bitmap, which replaces ours, so the tracker no longer gives this
-    /// peer as a source of it (and no longer lists it, if nobody else holds
-    /// it). A file with no chunks cannot be withdrawn this way (it is a
-    /// source of itself) and is never found changed.
-    fn withdraw(&self, link: &mut Link) -> Result<(), Lost> {
-        for f in self.share.take_withdrawn() {
-            let name = f.name();
-            if !link.registered.contains(name) || self.share.get(name).is_some() {
-                continue; // never registered here, or shared again since
+    /// Brings the tracker in line with the share index when the index has
+    /// changed since the last time: withdraws what this connection
+    /// registered and the index no longer holds, withdraws then registers
+    /// again what the index now holds with other content, and registers
+    /// what it holds and this connection has not registered yet (a file
+    /// that holds nothing yet waits for its first chunk). A refused file is
+    /// left to its retry unless its content changed. Reads the index
+    /// through snapshots: no index lock is held while talking.
+    fn reconcile(&self, link: &mut Link) -> Result<(), Lost> {
+        let generation = self.share.generation();
+        if generation == link.generation {
+            return Ok(());
+        }
+        link.generation = generation;
+        let mut withdraw = Vec::new();
+        for (name, &content) in &link.registered {
+            match self.share.get(name) {
+                Some(f) if f.content_id() == content => {}
+                _ => withdraw.push(name.clone()),
             }
-            let mut entry = f.to_entry();
-            let count = f.geometry().count() as usize;
-            if count == 0 {
+        }
+        withdraw.sort();
+        for name in withdraw {
+            self.withdraw(link, name)?;
+        }
+        link.refused.retain(|n, _| self.share.get(n).is_some());
+        let mut register = Vec::new();
+        for f in self.share.files() {
+            if link.registered.contains_key(f.name()) || !worth_registering(&f) {
                 continue;
             }
-            entry.have = wire::Have::Some(vec![0; count.div_ceil(8)]);
-            let mut out = Outcome::default();
-            self.send_register(link, vec![entry], &mut out)?;
-            link.registered.remove(name);
-            info!("withdrew {name} at tracker {}", self.tracker);
+            match link.refused.get(f.name()) {
+                Some(r) if r.content == f.content_id() => continue,
+                Some(_) => {
+                    link.refused.remove(f.name());
+                }
+                None => {}
+            }
+            register.push(f);
+        }
+        if register.is_empty() {
+            return Ok(());
+        }
+        let outcome = self.register(link, register, false)?;
+        self.report(outcome);
+        Ok(())
+    }
+
+    /// Sends Withdraw for `name`, which this connection registered.
+    /// `NotRegistered` means the tracker lost this connection's
+    /// registration: the connection is re-established, which registers the
+    /// index afresh. A tracker that does not know Withdraw (an older one)
+    /// answers `Malformed` and closes: the reconnect then registers
+    /// without the file, which withdraws it all the same.
+    fn withdraw(&self, link: &mut Link, name: String) -> Result<(), Lost> {
+        let reply = link.request(&Message::Withdraw { name: name.clone() });
+        link.registered.remove(&name);
+        match reply {
+            Ok(Message::Ok) => {
+                info!("withdrew {name} at tracker {}", self.tracker);
+                Ok(())
+            }
+            Ok(other) => Err(unexpected(self.tracker, &other).to_string()),
+            Err(e) => Err(format!("withdrawing {name}: {e}")),
+        }
+    }
+
+    /// Registers again the refused files whose retry is due and that the
+    /// index still holds with the refused content (one with new content is
+    /// registered by [`Worker::reconcile`]).
+    fn retry_refused(&self, link: &mut Link) -> Result<(), Lost> {
+        let now = Instant::now();
+        let names: Vec<String> = link
+            .refused
+            .iter()
+            .filter(|(_, r)| r.due.is_some_and(|t| t <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut due = Vec::new();
+        for n in names {
+            let Some(r) = link.refused.get_mut(&n) else {
+                continue;
+            };
+            match self.share.get(&n) {
+                Some(f) if f.content_id() == r.content && worth_registering(&f) => {
+                    r.due = None; // set again if refused again
+                    due.push(f);
+                }
+                // Gone, or other content: no longer this refusal's business.
+                _ => {
+                    link.refused.remove(&n);
+                }
+            }
+        }
+        if due.is_empty() {
+            return Ok(());
+        }
+        let outcome = self.register(link, due, false)?;
+        for n in &outcome.accepted {
+            info!("tracker {} accepted {n} after refusing it", self.tracker);
+        }
+        if !outcome.accepted.is_empty() || !outcome.refused.is_empty() {
+            self.report(outcome);
         }
         Ok(())
     }
@@ -1189,7 +1338,9 @@ mod tests {
                         })
                         .collect(),
                 }),
-                Message::ChunkRegister { .. } | Message::Leave => Some(Message::Ok),
+                Message::ChunkRegister { .. } | Message::Leave | Message::Withdraw { .. } => {
+                    Some(Message::Ok)
+                }
                 Message::Keepalive => None,
                 _ => Some(Message::error(ErrorCode::Unexpected, "fake")),
             };
@@ -1718,11 +1869,15 @@ mod tests {
             )
         );
         // ...but an explicit register_files is.
-        share.insert(complete("new", 5000));
-        s.register_files(vec!["bad/x".into(), "new".into(), "absent".into()]);
+        s.register_files(vec!["bad/x".into(), "absent".into()]);
         let (c, _, files) = expect_register(fake.next_request());
         assert_eq!(c, conn);
-        assert_eq!(names(&files), vec!["bad/x", "new"]);
+        assert_eq!(names(&files), vec!["bad/x"]);
+        // A file added to the index is registered without being named.
+        share.insert(complete("new", 5000));
+        let (c, _, files) = expect_register(fake.next_request());
+        assert_eq!(c, conn);
+        assert_eq!(names(&files), vec!["new"]);
         assert!(s.is_connected());
         s.leave();
         assert_eq!(fake.next_request(), (conn, Message::Leave));
@@ -1912,6 +2067,101 @@ mod tests {
             "{} of {n} chunks announced",
             announced.count_ones()
         );
+    }
+
+    fn withdrawn(m: (usize, Message)) -> (usize, String) {
+        match m {
+            (c, Message::Withdraw { name }) => (c, name),
+            other => panic!("expected Withdraw, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn files_leaving_or_changing_in_the_index_are_withdrawn() {
+        let fake = FakeTracker::start(false);
+        let share = index(&[complete("a", 3000), complete("b", 10), complete("empty", 0)]);
+        let s = TrackerSession::start(fake.addr, 5, Arc::clone(&share), fast(), None).unwrap();
+        let (conn, _, files) = expect_register(fake.next());
+        assert_eq!(names(&files), vec!["a", "b", "empty"]);
+        // Removed: withdrawn; a 0-byte file too.
+        share.remove("b");
+        assert_eq!(withdrawn(fake.next_request()), (conn, "b".into()));
+        share.remove("empty");
+        assert_eq!(withdrawn(fake.next_request()), (conn, "empty".into()));
+        // Replaced by other content: withdrawn, then the new content
+        // registered (the tracker would refuse it while we held the old).
+        share.insert(complete("a", 5000));
+        assert_eq!(withdrawn(fake.next_request()), (conn, "a".into()));
+        let (c, _, files) = expect_register(fake.next_request());
+        assert_eq!((c, names(&files)), (conn, vec!["a"]));
+        assert_eq!(files[0].length, 5000);
+        // Replaced by the same content (a finished download): nothing.
+        share.insert(complete("a", 5000));
+        s.chunk_registered("a", 0);
+        assert!(matches!(
+            fake.next_request(),
+            (_, Message::ChunkRegister { .. })
+        ));
+        // Withdrawn while the tracker was away: the new connection simply
+        // registers what the index holds.
+        fake.kick();
+        share.remove("a");
+        share.insert(complete("c", 10));
+        let (c, _, files) = expect_register(fake.next_request());
+        assert_ne!(c, conn);
+        assert_eq!(names(&files), vec!["c"]);
+        s.leave();
+        assert_eq!(fake.next_request().1, Message::Leave);
+    }
+
+    /// Before Withdraw, the files the chunk server found changed went into
+    /// one queue in the share index that the first session to look emptied:
+    /// with two trackers, only one of them heard of the withdrawal, and the
+    /// other kept sending downloaders to this peer for bytes it no longer
+    /// had. Now every session withdraws it at its own tracker.
+    #[test]
+    fn every_tracker_hears_of_a_withdrawal() {
+        let fakes = [FakeTracker::start(false), FakeTracker::start(false)];
+        let f = complete("f", 3000);
+        let share = index(&[Arc::clone(&f), complete("g", 10)]);
+        let sessions: Vec<_> = fakes
+            .iter()
+            .map(|t| TrackerSession::start(t.addr, 5, Arc::clone(&share), fast(), None).unwrap())
+            .collect();
+        for t in &fakes {
+            expect_register(t.next());
+        }
+        assert!(share.withdraw_changed(&f));
+        for t in &fakes {
+            assert_eq!(withdrawn(t.next_request()).1, "f");
+        }
+        TrackerSession::leave_all(sessions);
+        for t in &fakes {
+            assert_eq!(t.next_request().1, Message::Leave);
+        }
+    }
+
+    #[test]
+    fn a_conflicting_file_is_retried_and_reported_once() {
+        let fake = FakeTracker::start(false);
+        let share = index(&[complete("ok", 10), complete("bad/x", 10)]);
+        let (etx, erx) = bounded(64);
+        let s = TrackerSession::start(fake.addr, 5, Arc::clone(&share), fast(), Some(etx)).unwrap();
+        expect_register(fake.next());
+        match next_event(&erx) {
+            SessionEvent::Registered { refused, .. } => assert_eq!(refused.len(), 1),
+            e => panic!("unexpected event {e:?}"),
+        }
+        // Registered again after RETRY_MIN, and again after twice that.
+        let t = Instant::now();
+        let (_, _, files) = expect_register(fake.next_request());
+        assert_eq!(names(&files), vec!["bad/x"]);
+        assert!(t.elapsed() >= RETRY_MIN - Duration::from_millis(300));
+        // The same refusal is not reported again.
+        assert!(erx.recv_timeout(Duration::from_millis(300)).is_err());
+        assert!(s.is_connected());
+        s.leave();
+        assert_eq!(fake.next_request().1, Message::Leave);
     }
 
     // ---- Batcher --------------------------------------------------------

@@ -6,7 +6,10 @@
 //! a chunk still matches its hash before it is uploaded), [`ShareIndex`]
 //! (name -> file, the only way the chunk server finds a file: names from
 //! the wire are looked up here, never joined onto a path), [`scan_dir`]
-//! (walk + parallel SHA-1), `open_regular` (how a file in a shared folder
+//! (walk + parallel SHA-1; in two steps, `list_files` (stat only) and
+//! `hash_found`, for the folder watcher, `peer::watch`), the index's
+//! generation (moved on by every change; the tracker sessions follow it),
+//! `open_regular` (how a file in a shared folder
 //! is opened: no symlink followed, no FIFO waited on) and the hash cache
 //! file. Calls `wire` (names, FileEntry), `chunks` (geometry, bitmaps,
 //! sha1), the libc crate for open flags and, to leave a download's own
@@ -69,7 +72,7 @@ use byteorder::{BigEndian, ByteOrder, WriteBytesExt};
 
 use super::download::partfile;
 use super::{PeerError, Result};
-use crate::chunks::{self, Bitmap, ChunkIndex, DIGEST_LEN, Digest, Geometry};
+use crate::chunks::{self, Bitmap, ChunkIndex, ContentId, DIGEST_LEN, Digest, Geometry};
 use crate::wire::{self, FileEntry, Have};
 
 /// Name of the hash cache file in the root of the share folder.
@@ -100,6 +103,10 @@ pub struct SharedFile {
     file: File,
     geometry: Geometry,
     hashes: Vec<Digest>,
+    /// What the name stands for (length, chunk size, hashes): how a
+    /// tracker session tells new content under a known name from the
+    /// content it registered.
+    content: ContentId,
     /// Chunks verified on disk. A Mutex rather than atomics: updates are
     /// rare (once per chunk) and a consistent snapshot is needed for
     /// Register.
@@ -108,6 +115,10 @@ pub struct SharedFile {
     /// checks. None for a download's file, which this peer writes itself
     /// and verifies chunk by chunk before marking it held.
     upload_check: Option<Mutex<UploadCheck>>,
+    /// For a file from the scan: its metadata when it was opened to be
+    /// hashed (or found in the cache), which the folder watcher compares
+    /// with what it sees later.
+    hashed_stamp: Option<Stamp>,
 }
 
 /// Which chunks of a scanned file were seen to match their hash while the
@@ -156,14 +167,17 @@ impl SharedFile {
     ) -> SharedFile {
         debug_assert_eq!(hashes.len(), geometry.count() as usize, "{name}");
         debug_assert_eq!(have.len(), geometry.count(), "{name}");
+        let content = ContentId::compute(geometry.length(), geometry.chunk_size(), &hashes);
         SharedFile {
             name,
             path,
             file,
             geometry,
+            content,
             hashes,
             have: Mutex::new(have),
             upload_check: None,
+            hashed_stamp: None,
         }
     }
 
@@ -189,7 +203,13 @@ impl SharedFile {
             Bitmap::new(count)
         };
         f.upload_check = Some(Mutex::new(UploadCheck { stamp, verified }));
+        f.hashed_stamp = stamp;
         f
+    }
+
+    /// For a file from the scan, its metadata when it was hashed.
+    pub(super) fn hashed_stamp(&self) -> Option<Stamp> {
+        self.hashed_stamp
     }
 
     pub fn name(&self) -> &str {
@@ -208,6 +228,11 @@ impl SharedFile {
 
     pub fn hashes(&self) -> &[Digest] {
         &self.hashes
+    }
+
+    /// The content id (protocol.md §4.1) of what this file is.
+    pub fn content_id(&self) -> ContentId {
+        self.content
     }
 
     /// The shared handle; use positional reads/writes
@@ -312,13 +337,20 @@ impl SharedFile {
 // ---- ShareIndex ---------------------------------------------------------
 
 /// Name -> shared file. Shared as `Arc<ShareIndex>` by the chunk server,
-/// the tracker session and downloads.
+/// the tracker sessions, downloads and the folder watcher.
+///
+/// The index is what this peer holds; every tracker session makes its
+/// tracker's view follow it (registering what was added or replaced,
+/// withdrawing what was removed or replaced), woken by
+/// [`ShareIndex::generation`]. So whoever changes the index (a download,
+/// the folder watcher, the chunk server finding a file changed) tells no
+/// session anything, and a session that reconnects simply registers the
+/// index as it is then.
 #[derive(Debug, Default)]
 pub struct ShareIndex {
     files: RwLock<HashMap<String, Arc<SharedFile>>>,
-    /// Files withdrawn by [`ShareIndex::withdraw_changed`] that the tracker
-    /// session has not withdrawn at the tracker yet.
-    withdrawn: std::sync::Mutex<Vec<Arc<SharedFile>>>,
+    /// Bumped on every change of `files` (after it is made).
+    generation: AtomicU64,
 }
 
 impl ShareIndex {
@@ -340,7 +372,9 @@ impl ShareIndex {
     /// entry) the file under its name; returns the previous entry.
     pub fn insert(&self, f: Arc<SharedFile>) -> Option<Arc<SharedFile>> {
         let name = f.name().to_owned();
-        self.write().insert(name, f)
+        let old = self.write().insert(name, f);
+        self.changed();
+        old
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<SharedFile>> {
@@ -348,35 +382,50 @@ impl ShareIndex {
     }
 
     pub fn remove(&self, name: &str) -> Option<Arc<SharedFile>> {
-        self.write().remove(name)
+        let old = self.write().remove(name);
+        self.changed();
+        old
     }
 
-    /// Stops sharing `f` because its bytes no longer match its hashes
-    /// ([`UploadError::Changed`]); true if this call removed it (and not a
-    /// newer entry under the same name). The peer serves it no more and does
-    /// not register it again; hashing it again takes a restart of `share`.
-    /// The file is also queued for the tracker session, which withdraws it
-    /// at the tracker ([`ShareIndex::take_withdrawn`]).
-    pub fn withdraw_changed(&self, f: &Arc<SharedFile>) -> bool {
+    /// Removes `f` if it is still the entry under its name (not a newer
+    /// one); true if it was removed.
+    pub fn remove_exact(&self, f: &Arc<SharedFile>) -> bool {
         let mut files = self.write();
         if !files.get(f.name()).is_some_and(|g| Arc::ptr_eq(g, f)) {
             return false;
         }
         files.remove(f.name());
         drop(files);
-        crate::sync::lock(&self.withdrawn).push(Arc::clone(f));
-        log::warn!(
-            "{} changed on disk after it was hashed: its bytes no longer match the hashes this \
-             peer announced, so it is no longer shared; restart `peer share` to hash it again",
-            f.path().display()
-        );
+        self.changed();
         true
     }
 
-    /// The files withdrawn since the last call, for the tracker session to
-    /// withdraw at the tracker.
-    pub fn take_withdrawn(&self) -> Vec<Arc<SharedFile>> {
-        std::mem::take(&mut *crate::sync::lock(&self.withdrawn))
+    /// A number that changes whenever the index does: a tracker session
+    /// compares it with the one it last brought its tracker in line with.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Stops sharing `f` because its bytes no longer match its hashes
+    /// ([`UploadError::Changed`]); true if this call removed it (and not a
+    /// newer entry under the same name). The peer serves it no more, and
+    /// every tracker session withdraws it at its tracker. A folder watcher
+    /// (`peer::watch`) hashes it again once it is stable and shares its new
+    /// content; without one, that takes a restart of `share`.
+    pub fn withdraw_changed(&self, f: &Arc<SharedFile>) -> bool {
+        if !self.remove_exact(f) {
+            return false;
+        }
+        log::warn!(
+            "{} changed on disk after it was hashed: its bytes no longer match the hashes this \
+             peer announced, so its old content is no longer shared",
+            f.path().display()
+        );
+        true
     }
 
     /// Every shared file, sorted by name.
@@ -397,6 +446,9 @@ impl ShareIndex {
 
 // ---- Scanning -----------------------------------------------------------
 
+/// Paths not shared and why (one line each, for the user).
+pub type Skipped = Vec<(PathBuf, String)>;
+
 /// Result of scanning a folder for `peer share`.
 #[derive(Debug)]
 pub struct Scan {
@@ -407,14 +459,18 @@ pub struct Scan {
 }
 
 /// A file found by the walk, before it is opened.
-struct Candidate {
-    name: String,
+pub(super) struct Candidate {
+    pub(super) name: String,
     /// Where it was found (may be a symlink that stays inside the folder);
     /// shown to the user.
     path: PathBuf,
     /// What to open: `path` itself, or a symlink's resolved target. Opened
     /// without following a link ([`open_regular`]).
     real: PathBuf,
+    /// What the walk saw of it (the target's, for a symlink): how the
+    /// folder watcher tells a file still being written from a stable one
+    /// without opening it.
+    pub(super) stamp: Option<Stamp>,
 }
 
 /// An opened file waiting for its hashes.
@@ -497,30 +553,101 @@ pub fn scan_dir_reporting(
     progress: &(dyn Fn(&HashProgress) + Sync),
     cancel: Option<&AtomicBool>,
 ) -> Result<Scan> {
-    let started = SystemTime::now();
     Geometry::new(0, chunk_size).map_err(|e| PeerError::Invalid(e.to_string()))?;
     let root = share_root(dir)?;
+    let (found, mut skipped) = list_files(&root, dir, only)?;
+    let mode = if only.is_empty() {
+        Mode::Whole
+    } else {
+        Mode::Part
+    };
+    let files = hash_found(
+        &root,
+        dir,
+        found,
+        chunk_size,
+        mode,
+        progress,
+        cancel,
+        &mut skipped,
+    )?;
+    Ok(Scan { files, skipped })
+}
 
+/// Which files a scan stands for, for the hash cache and the checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// The whole folder: the cache keeps only what was found.
+    Whole,
+    /// Some files of it: the cache keeps its other entries.
+    Part,
+    /// Some files, hashed by the folder watcher while the peer runs: as
+    /// `Part`, and a file whose metadata moved while it was hashed is
+    /// skipped (it is being written; the watcher tries again once it is
+    /// stable) rather than shared with hashes that may not match.
+    Live,
+}
+
+/// The files under `root` (or only the paths in `only`), found with one
+/// `lstat` each (and a `stat` of a symlink's target) and never opened,
+/// with what was skipped and why.
+pub(super) fn list_files(
+    root: &Path,
+    dir: &Path,
+    only: &[PathBuf],
+) -> Result<(BTreeMap<String, Candidate>, Skipped)> {
     let mut skipped = Vec::new();
     let mut found = BTreeMap::new();
     if only.is_empty() {
-        walk(&root, &root, &mut found, &mut skipped)?;
+        walk(root, root, &mut found, &mut skipped)?;
     } else {
         for p in only {
-            select(&root, dir, p, &mut found, &mut skipped)?;
+            select(root, dir, p, &mut found, &mut skipped)?;
         }
     }
+    Ok((found, skipped))
+}
 
+/// Opens, hashes (reusing the hash cache) and turns into [`SharedFile`]s
+/// the files `found`, and updates the cache. Nothing is locked meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn hash_found(
+    root: &Path,
+    dir: &Path,
+    found: BTreeMap<String, Candidate>,
+    chunk_size: u32,
+    mode: Mode,
+    progress: &(dyn Fn(&HashProgress) + Sync),
+    cancel: Option<&AtomicBool>,
+    skipped: &mut Vec<(PathBuf, String)>,
+) -> Result<Vec<SharedFile>> {
+    let started = SystemTime::now();
     let cache_path = root.join(HASH_CACHE_NAME);
     let (old_cache, cache_corrupt) = load_cache(&cache_path);
-    let mut opened = open_found(&root, dir, found, chunk_size, &old_cache, &mut skipped);
+    // A live file is new or has just changed: hashed from the handle it is
+    // served from, never taken from the cache (which would also leave each
+    // chunk to be checked again at its first upload).
+    let lookup = if mode == Mode::Live {
+        &Cache::new()
+    } else {
+        &old_cache
+    };
+    let mut opened = open_found(root, dir, found, chunk_size, lookup, skipped);
 
-    let failed = hash_missing(&mut opened, progress, cancel)?;
+    let mut failed = hash_missing(&mut opened, progress, cancel)?;
     if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
         return Err(PeerError::Interrupted("hashing interrupted".into()));
     }
+    if mode == Mode::Live {
+        for (o, err) in opened.iter().zip(failed.iter_mut()) {
+            let now = o.file.metadata().ok().and_then(|m| Stamp::of(&m));
+            if err.is_none() && (now != o.stamp || now.is_none()) {
+                *err = Some("changed while it was being hashed".into());
+            }
+        }
+    }
 
-    let mut new_cache = if only.is_empty() {
+    let mut new_cache = if mode == Mode::Whole {
         BTreeMap::new()
     } else {
         old_cache.clone() // a partial scan keeps the other entries
@@ -532,16 +659,16 @@ pub fn scan_dir_reporting(
         chunk_size,
         racy_after,
         &mut new_cache,
-        &mut skipped,
+        skipped,
     );
-    save_cache_if_changed(&root, &cache_path, &old_cache, cache_corrupt, &new_cache);
-    Ok(Scan { files, skipped })
+    save_cache_if_changed(root, &cache_path, &old_cache, cache_corrupt, &new_cache);
+    Ok(files)
 }
 
 /// The share folder's canonical path: every file is checked against it to
 /// stay inside the folder, so symlinks in `dir` itself must be resolved
 /// first. Fails if it is missing or not a folder.
-fn share_root(dir: &Path) -> Result<PathBuf> {
+pub(super) fn share_root(dir: &Path) -> Result<PathBuf> {
     let root = fs::canonicalize(dir).map_err(|e| PeerError::io("open share folder", dir, e))?;
     let meta = fs::metadata(&root).map_err(|e| PeerError::io("open share folder", dir, e))?;
     if !meta.is_dir() {
@@ -795,6 +922,7 @@ fn classify(
         return Some(path);
     }
     let mut real = path.clone();
+    let mut stamp = Stamp::of(&meta);
     if ft.is_symlink() {
         let target = match fs::canonicalize(&path) {
             Ok(t) => t,
@@ -808,7 +936,10 @@ fn classify(
             return None;
         }
         match fs::metadata(&target) {
-            Ok(m) if m.is_file() => real = target,
+            Ok(m) if m.is_file() => {
+                real = target;
+                stamp = Stamp::of(&m);
+            }
             Ok(m) if m.is_dir() => {
                 skipped.push((
                     path,
@@ -849,7 +980,15 @@ fn classify(
         // sharing this folder: silently private.
         return None;
     }
-    found.insert(name.clone(), Candidate { name, path, real });
+    found.insert(
+        name.clone(),
+        Candidate {
+            name,
+            path,
+            real,
+            stamp,
+        },
+    );
     None
 }
 
@@ -925,7 +1064,7 @@ fn relative_name(root: &Path, path: &Path) -> std::result::Result<String, String
 /// What says a file on disk is still the one that was hashed: the hash
 /// cache's key (with the chunk size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
+pub(super) struct Stamp {
     size: u64,
     mtime_ns: i64,
     ctime_ns: i64,

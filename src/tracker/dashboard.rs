@@ -13,8 +13,9 @@
 //! - `/metrics`: Prometheus text ([`super::metrics::render`]).
 //!
 //! Owns: the JSON shapes (serde structs: the field names README documents
-//! are these structs' fields), a short-lived cache of answers (so the
-//! registry lock is taken for the dashboard at most once per
+//! are these structs' fields), a short-lived cache of answers (so, for
+//! the questions it has room for, the registry lock is taken for the
+//! dashboard at most once per
 //! [`DASHBOARD_SNAPSHOT_TTL`] per question, however many requests come),
 //! and the content ids of the files (computed outside the registry lock,
 //! once per file).
@@ -38,7 +39,9 @@ use super::metrics::{self, Counters};
 use super::registry::{FileDetail, FileView, HolderView};
 use super::server::View;
 use crate::chunks::{ContentId, Digest};
-use crate::limits::{DASHBOARD_MAX_HOLDERS, DASHBOARD_SNAPSHOT_TTL, MAX_LIST_FILES};
+use crate::limits::{
+    DASHBOARD_MAX_HOLDERS, DASHBOARD_SNAPSHOT_TTL, MAX_CHUNKS_PER_FILE, MAX_LIST_FILES,
+};
 
 const INDEX_HTML: &str = include_str!("dashboard/index.html");
 const APP_JS: &str = include_str!("dashboard/app.js");
@@ -96,6 +99,7 @@ impl Reply {
         let reason = match self.status {
             200 => "OK",
             400 => "Bad Request",
+            403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
             431 => "Request Header Fields Too Large",
@@ -182,20 +186,95 @@ pub struct Dashboard {
     view: View,
     /// Recent answers by cache key, with when they were made.
     cache: Mutex<HashMap<String, (Instant, Reply)>>,
-    /// Content ids by file name, with the hash list each was computed
-    /// from (a file registered again with other content gets a new one).
-    ids: Mutex<HashMap<String, IdEntry>>,
+    /// Content ids by file name.
+    ids: Ids,
+}
+
+/// Content ids by file name, with the hash list each was computed from (a
+/// file registered again with other content gets a new one). An entry
+/// shares its hash list with the registry, so it must not outlive the
+/// file by much: once the lists held have grown past twice what was alive
+/// at the last look plus one largest file's, the entries whose list
+/// nobody else holds any more (the file is gone, or registered again) are
+/// dropped. So the cache holds at most twice the lists alive at the last
+/// look plus two largest files' (20 MB), whatever the churn of files, at
+/// an amortized O(1) per entry made.
+struct Ids {
+    cache: Mutex<IdCache>,
+    /// Digests that may be held beyond twice the live ones before a look.
+    slack: usize,
+}
+
+#[derive(Default)]
+struct IdCache {
+    by_name: HashMap<String, IdEntry>,
+    /// Digests in the entries' hash lists.
+    held: usize,
+    /// `held` after the last look.
+    live: usize,
 }
 
 /// A content id and the hash list it was computed from.
 type IdEntry = (Arc<[Digest]>, ContentId);
+
+impl IdCache {
+    fn forget_where(&mut self, keep: impl Fn(&str, &Arc<[Digest]>) -> bool) {
+        self.by_name.retain(|n, (hashes, _)| keep(n, hashes));
+        self.held = self.by_name.values().map(|(h, _)| h.len()).sum();
+        self.live = self.held;
+    }
+}
+
+impl Ids {
+    fn new(slack: usize) -> Ids {
+        Ids {
+            cache: Mutex::new(IdCache::default()),
+            slack,
+        }
+    }
+
+    /// The file's content id: from the cache if its hash list is the one
+    /// the id was computed from, else computed now (outside the registry
+    /// lock) and cached.
+    fn get(&self, f: &FileView) -> ContentId {
+        if let Some((hashes, id)) = crate::sync::lock(&self.cache).by_name.get(&f.name)
+            && Arc::ptr_eq(hashes, &f.hashes)
+        {
+            return *id;
+        }
+        let g = f.geometry;
+        let id = ContentId::compute(g.length(), g.chunk_size(), &f.hashes);
+        let mut c = crate::sync::lock(&self.cache);
+        if c.by_name.len() >= MAX_LIST_FILES {
+            c.forget_where(|_, _| false);
+        }
+        if c.held > c.live.saturating_mul(2).saturating_add(self.slack) {
+            c.forget_where(|_, hashes| Arc::strong_count(hashes) > 1);
+        }
+        if let Some((old, _)) = c
+            .by_name
+            .insert(f.name.clone(), (Arc::clone(&f.hashes), id))
+        {
+            c.held = c.held.saturating_sub(old.len());
+        }
+        c.held += f.hashes.len();
+        id
+    }
+
+    /// Drops the ids of files that are not in `files`.
+    fn keep_only(&self, files: &[FileView]) {
+        let names: std::collections::HashSet<&str> =
+            files.iter().map(|f| f.name.as_str()).collect();
+        crate::sync::lock(&self.cache).forget_where(|n, _| names.contains(n));
+    }
+}
 
 impl Dashboard {
     pub(super) fn new(view: View) -> Dashboard {
         Dashboard {
             view,
             cache: Mutex::new(HashMap::new()),
-            ids: Mutex::new(HashMap::new()),
+            ids: Ids::new(MAX_CHUNKS_PER_FILE as usize),
         }
     }
 
@@ -265,8 +344,8 @@ impl Dashboard {
 
     fn files(&self) -> Reply {
         let (files, truncated) = self.view.registry().files_view(MAX_LIST_FILES);
-        let ids: Vec<String> = files.iter().map(|f| self.id(f).to_string()).collect();
-        self.forget_ids_but(&files);
+        let ids: Vec<String> = files.iter().map(|f| self.ids.get(f).to_string()).collect();
+        self.ids.keep_only(&files);
         let files = files
             .iter()
             .zip(&ids)
@@ -306,7 +385,7 @@ impl Dashboard {
     }
 
     fn detail(&self, d: &FileDetail) -> Reply {
-        let id = self.id(&d.file).to_string();
+        let id = self.ids.get(&d.file).to_string();
         let f = &d.file;
         let holders = d
             .holders
@@ -322,32 +401,6 @@ impl Dashboard {
                 truncated,
             },
         )
-    }
-
-    /// The file's content id: from the cache if its hash list is the one
-    /// the id was computed from, else computed now (outside the registry
-    /// lock) and cached.
-    fn id(&self, f: &FileView) -> ContentId {
-        if let Some((hashes, id)) = crate::sync::lock(&self.ids).get(&f.name)
-            && Arc::ptr_eq(hashes, &f.hashes)
-        {
-            return *id;
-        }
-        let g = f.geometry;
-        let id = ContentId::compute(g.length(), g.chunk_size(), &f.hashes);
-        let mut ids = crate::sync::lock(&self.ids);
-        if ids.len() >= MAX_LIST_FILES {
-            ids.clear();
-        }
-        ids.insert(f.name.clone(), (Arc::clone(&f.hashes), id));
-        id
-    }
-
-    /// Drops the ids of files that are no longer listed.
-    fn forget_ids_but(&self, files: &[FileView]) {
-        let names: std::collections::HashSet<&str> =
-            files.iter().map(|f| f.name.as_str()).collect();
-        crate::sync::lock(&self.ids).retain(|n, _| names.contains(n.as_str()));
     }
 }
 
@@ -400,8 +453,11 @@ pub fn percent_decode(s: &str) -> Option<String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let pair = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(pair, 16).ok()?);
+            // Two hex digits exactly: `u8::from_str_radix` alone would also
+            // take a sign ("%+1" as 0x01).
+            let hex = |c: u8| char::from(c).to_digit(16);
+            let (hi, lo) = (hex(*b.get(i + 1)?)?, hex(*b.get(i + 2)?)?);
+            out.push(u8::try_from(hi * 16 + lo).ok()?);
             i += 3;
         } else {
             out.push(b[i]);
@@ -424,6 +480,39 @@ mod tests {
         assert_eq!(percent_decode("50%"), None);
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%FF"), None);
+        // A sign is not a hex digit: "%+1" is not an escape of 0x01.
+        assert_eq!(percent_decode("%+1"), None);
+        assert_eq!(percent_decode("a%+41"), None);
+        assert_eq!(percent_decode("%-1"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%00").as_deref(), Some("\0"));
+    }
+
+    /// Files come and go; the ids cache must not keep their hash lists
+    /// alive once the registry has dropped them.
+    #[test]
+    fn the_id_cache_lets_go_of_hash_lists_the_registry_dropped() {
+        use crate::chunks::Geometry;
+        // Looks once the lists held pass twice the live ones plus 1000.
+        let ids = Ids::new(1000);
+        let view = |i: u8| FileView {
+            name: format!("f{i}"),
+            geometry: Geometry::new(1000 * 1024, 1024).unwrap(),
+            hashes: vec![[i; 20]; 1000].into(),
+            sources: 1,
+            complete_sources: 1,
+        };
+        let live = view(0);
+        let first = ids.get(&live);
+        for i in 1..=100 {
+            ids.get(&view(i)); // the file is gone right after
+        }
+        let kept = crate::sync::lock(&ids.cache).by_name.len();
+        assert!(kept <= 4, "{kept} hash lists kept for files that are gone");
+        assert_eq!(ids.get(&live), first);
+        assert!(crate::sync::lock(&ids.cache).by_name.contains_key("f0"));
+        ids.keep_only(&[]);
+        assert_eq!(crate::sync::lock(&ids.cache).held, 0);
     }
 
     #[test]

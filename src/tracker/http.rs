@@ -17,7 +17,12 @@
 //!   there), close.
 //!
 //! The request head is parsed by `httparse`; what each path answers is
-//! [`super::dashboard`]'s. Nothing here touches the registry. Shutdown: set
+//! [`super::dashboard`]'s. A dashboard bound to a loopback address answers
+//! only requests whose `Host` is an IP address or `localhost` (or that have
+//! none): a web page the user visits could otherwise point a name of its
+//! own at 127.0.0.1 (DNS rebinding) and read the dashboard as its own site,
+//! which would undo binding to loopback. A dashboard bound to another
+//! address was offered to the network on purpose and takes any `Host`. Nothing here touches the registry. Shutdown: set
 //! the stop flag, wake the accept by connecting to it, shut down the
 //! sockets being served, join the accept thread (it drops the queue's
 //! sender), then the workers (they see the queue closed).
@@ -85,7 +90,7 @@ impl Http {
             let stop = Arc::clone(&stop);
             let spawned = thread::Builder::new()
                 .name(format!("tracker-http-{}", i + 1))
-                .spawn(move || worker(&rx, &app, &serving[i], &stop));
+                .spawn(move || worker(&rx, &app, &serving[i], &stop, addr));
             match spawned {
                 Ok(h) => http.workers.push(h),
                 Err(e) => {
@@ -195,6 +200,7 @@ fn worker(
     app: &Dashboard,
     slot: &Mutex<Option<TcpStream>>,
     stop: &AtomicBool,
+    bound: SocketAddr,
 ) {
     loop {
         let (stream, accepted) = match rx.recv_timeout(STOP_POLL) {
@@ -202,19 +208,24 @@ fn worker(
             Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::SeqCst) => continue,
             Err(_) => return,
         };
+        // The slot is filled before the stop flag is read: shutdown sets the
+        // flag before it looks at the slots, so either it sees this socket
+        // and shuts it down, or this worker sees the flag and serves nothing.
+        *crate::sync::lock(slot) = stream.try_clone().ok();
+        if !stop.load(Ordering::SeqCst) {
+            serve(&stream, accepted, app, bound);
+        }
+        *crate::sync::lock(slot) = None;
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        *crate::sync::lock(slot) = stream.try_clone().ok();
-        serve(&stream, accepted, app);
-        *crate::sync::lock(slot) = None;
     }
 }
 
 /// What reading a request head gave.
 enum Head {
-    /// Method and request target.
-    Request(String, String),
+    /// Method, request target and `Host` (None: the request has none).
+    Request(String, String, Option<Vec<u8>>),
     /// Answer this and close (a malformed or oversized head).
     Reject(u16, &'static str),
     /// The client went away, failed or was too slow: close without a word.
@@ -222,10 +233,16 @@ enum Head {
 }
 
 /// One connection: read the head, answer, close.
-fn serve(stream: &TcpStream, accepted: Instant, app: &Dashboard) {
+fn serve(stream: &TcpStream, accepted: Instant, app: &Dashboard, bound: SocketAddr) {
     let deadline = accepted + HTTP_REQUEST_TIMEOUT;
     let (reply, head_only) = match read_head(stream, deadline) {
-        Head::Request(method, target) => (app.answer(&method, &target), method == "HEAD"),
+        Head::Request(method, _, Some(host)) if !host_allowed(&host, bound) => {
+            app.counters().http("bad_host");
+            let why = "this dashboard answers only to an IP address or localhost \
+                       in Host (it is bound to loopback)\n";
+            (Reply::text(403, why), method == "HEAD")
+        }
+        Head::Request(method, target, _) => (app.answer(&method, &target), method == "HEAD"),
         Head::Reject(status, route) => {
             app.counters().http(route);
             let why = if status == 431 {
@@ -309,7 +326,16 @@ fn read_head(stream: &TcpStream, deadline: Instant) -> Head {
             Ok(httparse::Status::Complete(_)) => {
                 let method = req.method.unwrap_or_default().to_owned();
                 let target = req.path.unwrap_or_default().to_owned();
-                return Head::Request(method, target);
+                let mut hosts = req
+                    .headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case("host"));
+                let host = hosts.next().map(|h| h.value.to_vec());
+                if hosts.next().is_some() {
+                    // RFC 9112 §3.2: more than one Host is a bad request.
+                    return Head::Reject(400, "bad_request");
+                }
+                return Head::Request(method, target, host);
             }
             Ok(httparse::Status::Partial) if buf.len() >= HTTP_MAX_HEAD => {
                 return Head::Reject(431, "too_large");
@@ -319,6 +345,43 @@ fn read_head(stream: &TcpStream, deadline: Instant) -> Head {
             Err(_) => return Head::Reject(400, "bad_request"),
         }
     }
+}
+
+/// Whether a request with this `Host` is answered by a dashboard bound to
+/// `bound`: on loopback, only an IP address or `localhost` (any port), so
+/// that no other site's name can be pointed at it (DNS rebinding); bound
+/// elsewhere, any.
+fn host_allowed(host: &[u8], bound: SocketAddr) -> bool {
+    if !bound.ip().is_loopback() {
+        return true;
+    }
+    let Ok(host) = std::str::from_utf8(host) else {
+        return false;
+    };
+    let host = host.trim();
+    let name = match host.strip_prefix('[') {
+        // "[v6]" or "[v6]:port"
+        Some(rest) => match rest.split_once(']') {
+            Some((ip, port)) if port.is_empty() || is_port(port) => {
+                return ip.parse::<Ipv6Addr>().is_ok();
+            }
+            _ => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if is_port(port) => name,
+            Some(_) => return false,
+            None => host,
+        },
+    };
+    name.parse::<Ipv4Addr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || name.eq_ignore_ascii_case("localhost.")
+}
+
+/// ":PORT" of a Host: one to five digits.
+fn is_port(s: &str) -> bool {
+    let digits = s.strip_prefix(':').unwrap_or(s);
+    (1..=5).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Closes politely: no more writes, then whatever the client still sends
@@ -392,6 +455,65 @@ mod tests {
         );
     }
 
+    /// DNS rebinding: a site that points a name of its own at 127.0.0.1
+    /// sends that name as Host; a loopback dashboard refuses it, and
+    /// answers IP addresses, localhost and requests without a Host.
+    #[test]
+    fn a_loopback_dashboard_refuses_host_names_it_does_not_know() {
+        let t = tracker();
+        let a = t.http_addr().unwrap();
+        let status = |host: Option<&str>| {
+            let mut c = TcpStream::connect(a).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let host = host.map_or(String::new(), |h| format!("Host: {h}\r\n"));
+            write!(c, "GET /api/files HTTP/1.1\r\n{host}\r\n").unwrap();
+            let mut s = String::new();
+            let _ = c.read_to_string(&mut s);
+            s.get(9..12).unwrap_or_default().to_owned()
+        };
+        let port = a.port();
+        for evil in [
+            format!("attacker.example:{port}"),
+            "attacker.example".to_owned(),
+            format!("127.0.0.1.attacker.example:{port}"),
+            format!("localhost.attacker.example:{port}"),
+            format!("127.0.0.1:{port}x"),
+        ] {
+            assert_eq!(status(Some(&evil)), "403", "{evil}");
+        }
+        for fine in [
+            format!("127.0.0.1:{port}"),
+            "127.0.0.1".to_owned(),
+            format!("localhost:{port}"),
+            format!("LocalHost:{port}"),
+            format!("[::1]:{port}"),
+        ] {
+            assert_eq!(status(Some(&fine)), "200", "{fine}");
+        }
+        assert_eq!(status(None), "200");
+        let mut c = TcpStream::connect(a).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nHost: evil\r\n\r\n")
+            .unwrap();
+        let mut s = String::new();
+        let _ = c.read_to_string(&mut s);
+        assert!(s.starts_with("HTTP/1.1 400 "), "{s}");
+    }
+
+    #[test]
+    fn a_dashboard_offered_to_the_network_takes_any_host() {
+        let lan: SocketAddr = "192.0.2.1:7080".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:7080".parse().unwrap();
+        for bound in [lan, any] {
+            assert!(host_allowed(b"tracker.lan:7080", bound));
+        }
+        let lo: SocketAddr = "127.0.0.1:7080".parse().unwrap();
+        assert!(!host_allowed(b"tracker.lan:7080", lo));
+        assert!(!host_allowed(b"\xff", lo));
+        assert!(!host_allowed(b"[::1", lo));
+        assert!(host_allowed(b"[::1]", lo));
+    }
+
     #[test]
     fn one_request_per_connection_and_only_get_and_head() {
         let t = tracker();
@@ -404,7 +526,7 @@ mod tests {
             let _ = c.read_to_string(&mut s);
             s
         };
-        let r = ask(b"GET /api/files HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n\r\n");
+        let r = ask(b"GET /api/files HTTP/1.1\r\nHost: localhost\r\n\r\nGET / HTTP/1.1\r\n\r\n");
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
         assert_eq!(r.matches("HTTP/1.1 ").count(), 1, "{r}");
         assert!(r.ends_with("{\"files\":[],\"truncated\":false}\n"), "{r}");

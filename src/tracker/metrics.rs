@@ -35,7 +35,7 @@ const ENDS: [&str; 8] = [
 ];
 
 /// The dashboard's routes, as the `route` label of `p2pfs_http_requests_total`.
-pub const ROUTES: [&str; 7] = [
+pub const ROUTES: [&str; 8] = [
     "page",
     "api",
     "metrics",
@@ -43,6 +43,7 @@ pub const ROUTES: [&str; 7] = [
     "bad_request",
     "method_not_allowed",
     "too_large",
+    "bad_host",
 ];
 
 /// Why an HTTP connection was dropped without an answer of its own, as the

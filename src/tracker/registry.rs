@@ -107,7 +107,9 @@ impl RegistryError {
 impl fmt::Display for RegistryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RegistryError::NotRegistered => f.write_str("send Register before ChunkRegister"),
+            RegistryError::NotRegistered => {
+                f.write_str("send Register before ChunkRegister or Withdraw")
+            }
             RegistryError::UnknownFile(n) => write!(f, "no file named {n:?}"),
             RegistryError::BadIndex { name, index, count } => {
                 write!(
@@ -327,6 +329,53 @@ pub struct Registry {
     /// The current second, as the server last told it ([`Registry::set_clock`]):
     /// stamps when a holder started and when it gained chunks.
     now: u32,
+    /// The sums [`Registry::stats`] reports, kept up to date by every change
+    /// (each file's share is O(1) to compute: [`Totals::of`]), so /metrics
+    /// holds the lock for O(1), not for a walk of every file.
+    totals: Totals,
+}
+
+/// Holders, sources, address groups and estimated bytes of the files'
+/// tables, summed over every file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Totals {
+    holders: usize,
+    sources: usize,
+    groups: usize,
+    /// The file entries, names, hash lists, and the holders' entries,
+    /// bitmaps and copies of the name (sources and groups are counted
+    /// above and priced in [`Registry::stats`]).
+    bytes: u64,
+}
+
+impl Totals {
+    /// One file's share.
+    fn of(name: &str, r: &FileRecord) -> Totals {
+        let holders = r.holders.len();
+        let name_len = name.len() as u64;
+        let bitmap = u64::from(r.meta.geometry.count()).div_ceil(8);
+        let file = std::mem::size_of::<(String, FileRecord)>() as u64
+            + name_len
+            + std::mem::size_of_val(&*r.meta.hashes) as u64;
+        // Each holder: its entry and bitmap, and the copy of the name in
+        // the peer's set of names.
+        let holder = map_entry::<(ConnId, Holder)>() + bitmap + map_entry::<String>() + name_len;
+        Totals {
+            holders,
+            sources: r.indexed.len(),
+            groups: r.sources.len(),
+            bytes: file + holders as u64 * holder,
+        }
+    }
+
+    /// Replaces a file's share `was` by `is` (`Totals::default()` for a
+    /// file that did not or does not exist).
+    fn replace(&mut self, was: Totals, is: Totals) {
+        self.holders = (self.holders + is.holders).saturating_sub(was.holders);
+        self.sources = (self.sources + is.sources).saturating_sub(was.sources);
+        self.groups = (self.groups + is.groups).saturating_sub(was.groups);
+        self.bytes = (self.bytes + is.bytes).saturating_sub(was.bytes);
+    }
 }
 
 impl Registry {
@@ -434,7 +483,9 @@ impl Registry {
                 .or_insert(0) += chunks;
             for name in names {
                 if let Some(r) = self.files.get_mut(&name) {
+                    let was = Totals::of(&name, r);
                     r.sync(conn, Some(endpoint));
+                    self.totals.replace(was, Totals::of(&name, r));
                 }
             }
         }
@@ -495,16 +546,17 @@ impl Registry {
                 )));
             }
             self.total_chunks += count;
-            self.files.insert(
-                f.name.clone(),
-                FileRecord::new(FileMeta {
-                    geometry,
-                    hashes: f.hashes.into(),
-                }),
-            );
+            let record = FileRecord::new(FileMeta {
+                geometry,
+                hashes: f.hashes.into(),
+            });
+            let is = Totals::of(&f.name, &record);
+            self.totals.replace(Totals::default(), is);
+            self.files.insert(f.name.clone(), record);
         }
         let endpoint = self.peers.get(&conn).map(|p| p.endpoint);
         if let Some(record) = self.files.get_mut(&f.name) {
+            let was = Totals::of(&f.name, record);
             // A re-register states what the peer holds now: replace, not
             // merge (when it became a holder and its recent gains stay).
             let now = self.now;
@@ -515,6 +567,7 @@ impl Registry {
                 }
             }
             record.sync(conn, endpoint);
+            self.totals.replace(was, Totals::of(&f.name, record));
         }
         if self
             .peers
@@ -531,6 +584,7 @@ impl Registry {
         let Some(r) = self.files.remove(name) else {
             return;
         };
+        self.totals.replace(Totals::of(name, &r), Totals::default());
         let count = u64::from(r.meta.geometry.count());
         self.total_chunks -= count;
         for id in r.holders.keys() {
@@ -574,6 +628,7 @@ impl Registry {
         let Some(record) = self.files.get_mut(name) else {
             return Err(RegistryError::UnknownFile(name.to_owned()));
         };
+        let was = Totals::of(name, record);
         let holder = record
             .holders
             .entry(conn)
@@ -582,7 +637,42 @@ impl Registry {
             holder.gains.add(now);
         }
         record.sync(conn, endpoint);
+        self.totals.replace(was, Totals::of(name, record));
         Ok(())
+    }
+
+    /// Withdraw: `conn` no longer holds any chunk of `name`. It stops being
+    /// a holder (and a source) of the file, and its chunks of it are
+    /// refunded to its caps; the file is forgotten when it was the last
+    /// holder, so the name may then be registered with other content. A
+    /// name `conn` does not hold (never registered, already withdrawn, not
+    /// even a valid name) changes nothing: `Ok(false)`, so a withdrawal
+    /// repeated after a lost reply is harmless. `NotRegistered` before the
+    /// connection's first Register.
+    pub fn withdraw(&mut self, conn: ConnId, name: &str) -> Result<bool, RegistryError> {
+        let peer = self
+            .peers
+            .get_mut(&conn)
+            .ok_or(RegistryError::NotRegistered)?;
+        if !peer.files.remove(name) {
+            return Ok(false);
+        }
+        let Some(r) = self.files.get_mut(name) else {
+            return Ok(true); // cannot happen: a peer's files are all recorded
+        };
+        let count = u64::from(r.meta.geometry.count());
+        let was = Totals::of(name, r);
+        r.holders.remove(&conn);
+        r.sync(conn, None);
+        if r.holders.is_empty() {
+            self.total_chunks -= count;
+            self.files.remove(name);
+            self.totals.replace(was, Totals::default());
+        } else {
+            self.totals.replace(was, Totals::of(name, r));
+        }
+        self.refund(conn, count);
+        Ok(true)
     }
 
     /// Removes a peer and every chunk it held; files left with no holder
@@ -598,11 +688,15 @@ impl Registry {
         refund_address(&mut self.per_address, peer.endpoint.ip(), peer.chunks);
         for name in peer.files {
             if let Some(r) = self.files.get_mut(&name) {
+                let was = Totals::of(&name, r);
                 r.holders.remove(&conn);
                 r.sync(conn, None);
                 if r.holders.is_empty() {
                     self.total_chunks -= u64::from(r.meta.geometry.count());
                     self.files.remove(&name);
+                    self.totals.replace(was, Totals::default());
+                } else {
+                    self.totals.replace(was, Totals::of(&name, r));
                 }
             }
         }
@@ -861,40 +955,46 @@ impl Registry {
         })
     }
 
-    /// Counts and a memory estimate, in one pass over the files (not over
-    /// the holders). The estimate adds up the tables' entries at their
-    /// in-memory sizes, the names, the hash lists and the bitmaps; it
+    /// Counts and a memory estimate, from sums kept up to date by every
+    /// change: O(1) under the lock whatever the number of files (a walk
+    /// of the files would hold it for as long as they are many, as often
+    /// as /metrics is asked). The estimate adds up the tables' entries at
+    /// their in-memory sizes, the names, the hash lists and the bitmaps; it
     /// leaves out the allocator's own overhead, so it is below the
     /// process's resident memory.
     pub fn stats(&self) -> RegistryStats {
-        let mut s = RegistryStats {
-            peers: self.peers.len(),
-            files: self.files.len(),
-            chunks: self.total_chunks,
-            ..RegistryStats::default()
-        };
-        let mut bytes = 0u64;
-        for (name, r) in &self.files {
-            let holders = r.holders.len() as u64;
-            let name_len = name.len() as u64;
-            let bitmap = u64::from(r.meta.geometry.count()).div_ceil(8);
-            s.holders += r.holders.len();
-            s.sources += r.source_count();
-            bytes += std::mem::size_of::<(String, FileRecord)>() as u64 + name_len;
-            bytes += std::mem::size_of_val(&*r.meta.hashes) as u64;
-            bytes += holders * (map_entry::<(ConnId, Holder)>() + bitmap);
-            // The peer's set of names holds a copy of the name per holder.
-            bytes += holders * (map_entry::<String>() + name_len);
-            bytes += r.source_count() as u64
-                * (map_entry::<(ConnId, (SocketAddr, bool))>()
-                    + std::mem::size_of::<(ConnId, SocketAddr)>() as u64);
-            bytes += r.sources.len() as u64 * (std::mem::size_of::<(IpAddr, Vec<u8>)>() as u64);
+        Registry::stats_of(self.totals, self)
+    }
+
+    fn stats_of(t: Totals, r: &Registry) -> RegistryStats {
+        let per_source = map_entry::<(ConnId, (SocketAddr, bool))>()
+            + std::mem::size_of::<(ConnId, SocketAddr)>() as u64;
+        let per_group = std::mem::size_of::<(IpAddr, Vec<(ConnId, SocketAddr)>)>() as u64;
+        let per_peer = map_entry::<(ConnId, PeerRecord)>() + map_entry::<(SocketAddr, ConnId)>();
+        let memory_bytes = t.bytes
+            + t.sources as u64 * per_source
+            + t.groups as u64 * per_group
+            + r.peers.len() as u64 * per_peer
+            + r.per_address.len() as u64 * map_entry::<(IpAddr, u64)>();
+        RegistryStats {
+            peers: r.peers.len(),
+            files: r.files.len(),
+            chunks: r.total_chunks,
+            holders: t.holders,
+            sources: t.sources,
+            memory_bytes,
         }
-        bytes += self.peers.len() as u64
-            * (map_entry::<(ConnId, PeerRecord)>() + map_entry::<(SocketAddr, ConnId)>());
-        bytes += self.per_address.len() as u64 * map_entry::<(IpAddr, u64)>();
-        s.memory_bytes = bytes;
-        s
+    }
+
+    /// [`Registry::stats`] by a walk of every file: what the kept sums
+    /// must always equal.
+    #[cfg(test)]
+    fn stats_by_walk(&self) -> RegistryStats {
+        let mut t = Totals::default();
+        for (name, r) in &self.files {
+            t.replace(Totals::default(), Totals::of(name, r));
+        }
+        Registry::stats_of(t, self)
     }
 }
 
@@ -1018,10 +1118,11 @@ mod tests {
             let full = rec.indexed.values().filter(|&&(_, f)| f).count();
             assert_eq!(rec.complete, full, "{name}: complete sources");
         }
+        assert_eq!(r.stats(), r.stats_by_walk(), "the kept sums drifted");
     }
 
     /// Registers, chunk registers, re-registers (also from another
-    /// endpoint, also with fewer chunks), evictions and removals, in a
+    /// endpoint, also with fewer chunks), evictions, withdrawals and removals, in a
     /// pseudo-random order: the index Locate samples from never drifts
     /// from the holders.
     #[test]
@@ -1033,9 +1134,12 @@ mod tests {
             let k = next_random(&mut x);
             let conn = k % 12 + 1;
             let name = ["a", "b", "c"][(k / 12 % 3) as usize];
-            match k / 36 % 6 {
+            match k / 36 % 7 {
                 0 | 1 => {
-                    let mut e = entry(name, 8 * 1024, 1);
+                    // Now and then other content under the name: refused, or
+                    // taking the name over from holders without a chunk.
+                    let seed = if k.is_multiple_of(11) { 2 } else { 1 };
+                    let mut e = entry(name, 8 * 1024, seed);
                     let mut bits = Bitmap::new(8);
                     if !k.is_multiple_of(4) {
                         bits.set((k % 8) as u32);
@@ -1051,6 +1155,9 @@ mod tests {
                 }
                 4 => {
                     r.remove_peer(conn);
+                }
+                5 => {
+                    let _ = r.withdraw(conn, name);
                 }
                 _ => {
                     let local = k.is_multiple_of(2);
@@ -1166,6 +1273,79 @@ mod tests {
         assert_eq!(evicted, Some(1));
         assert!(r.locate("a", 64, 1, true).is_err());
         assert_eq!(r.peer_count(), 1);
+    }
+
+    #[test]
+    fn withdraw_drops_one_holder_and_the_file_with_its_last() {
+        let mut r = Registry::new();
+        assert_eq!(r.withdraw(1, "a"), Err(RegistryError::NotRegistered));
+        r.register(1, ep(1), vec![entry("a", 3000, 1), entry("b", 10, 1)]);
+        r.register(2, ep(2), vec![entry("a", 3000, 1)]);
+        assert_eq!(r.address_chunks(ep(1).ip()), 3 + 1 + 3);
+        // One of two holders: the file stays, served by the other only.
+        assert_eq!(r.withdraw(1, "a"), Ok(true));
+        assert_index_consistent(&r);
+        let l = r.locate("a", 64, 1, true).unwrap();
+        assert_eq!(l.sources.len(), 1);
+        assert_eq!(l.sources[0].0, ep(2));
+        assert_eq!(r.address_chunks(ep(1).ip()), 1 + 3);
+        // Idempotent, and a name never held or invalid is the same no-op.
+        assert_eq!(r.withdraw(1, "a"), Ok(false));
+        assert_eq!(r.withdraw(1, "nope"), Ok(false));
+        assert_eq!(r.withdraw(1, "../x"), Ok(false));
+        // A ChunkRegister for it is refused no more: it holds again.
+        r.chunk_register(1, "a", 0).unwrap();
+        assert_eq!(r.locate("a", 64, 1, true).unwrap().sources.len(), 2);
+        assert_eq!(r.withdraw(1, "a"), Ok(true));
+        // The last holder withdraws: gone from the list and from Locate.
+        assert_eq!(r.withdraw(2, "a"), Ok(true));
+        assert_index_consistent(&r);
+        let names: Vec<String> = r.list(10).0.into_iter().map(|f| f.name).collect();
+        assert_eq!(names, ["b"]);
+        assert!(matches!(
+            r.locate("a", 64, 1, true),
+            Err(RegistryError::UnknownFile(_))
+        ));
+        assert_eq!(r.address_chunks(ep(1).ip()), 1);
+        assert_eq!(r.total_chunks, 1);
+        // Other content under the name is now accepted, no Conflict.
+        let (o, _) = r.register(2, ep(2), vec![entry("a", 5000, 9)]);
+        assert_eq!(o, vec![FileOutcome::Accepted]);
+        assert_eq!(
+            r.locate("a", 64, 1, true).unwrap().meta.geometry.length(),
+            5000
+        );
+        // The peers stay registered; a 0-byte file withdraws like any other.
+        assert_eq!(r.peer_count(), 2);
+        r.register(3, ep(3), vec![entry("empty", 0, 1)]);
+        assert_eq!(r.withdraw(3, "empty"), Ok(true));
+        assert!(r.list(10).0.iter().all(|f| f.name != "empty"));
+    }
+
+    #[test]
+    fn withdrawing_the_last_source_frees_the_name_for_other_content() {
+        // A holder without a chunk (a download that has not verified any)
+        // keeps the record but is no source: after the only source
+        // withdraws, the name is unlisted and other content takes it.
+        let mut r = Registry::new();
+        r.register(1, ep(1), vec![entry("a", 3000, 1)]);
+        let mut none = entry("a", 3000, 1);
+        none.have = Have::Some(vec![0]);
+        r.register(2, ep(2), vec![none]);
+        assert_eq!(r.withdraw(1, "a"), Ok(true));
+        assert!(r.list(10).0.is_empty());
+        let (o, _) = r.register(3, ep(3), vec![entry("a", 3000, 7)]);
+        assert_eq!(o, vec![FileOutcome::Accepted]);
+        assert_index_consistent(&r);
+        // While another source holds the old content, new content conflicts.
+        let (o, _) = r.register(1, ep(1), vec![entry("a", 3000, 8)]);
+        assert!(matches!(
+            o[0],
+            FileOutcome::Refused {
+                code: ErrorCode::Conflict,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -1549,6 +1729,37 @@ mod tests {
         assert!(s.memory_bytes > 8 * 20, "{s:?}");
         r.remove_peer(1);
         assert_eq!(r.files_view(10).0[0].complete_sources, 1);
+    }
+
+    /// /metrics asks for `stats` with the registry lock held, as often as
+    /// it is scraped (up to 4 times a second): its cost must not grow with
+    /// the number of files, which one address alone can make millions.
+    #[test]
+    fn stats_cost_does_not_grow_with_the_files() {
+        use std::time::{Duration, Instant};
+        let mut r = Registry::new();
+        for p in 0..2u64 {
+            let ep = SocketAddr::from(([10, 9, p as u8, 1], 7000));
+            for batch in 0..50 {
+                let files = (0..1000)
+                    .map(|i| entry(&format!("f{p}/{batch}/{i}"), 100, 1))
+                    .collect();
+                let (o, _) = r.register(p, ep, files);
+                assert!(o.iter().all(|o| *o == FileOutcome::Accepted));
+            }
+        }
+        let s = r.stats();
+        assert_eq!((s.files, s.holders, s.sources), (100_000, 100_000, 100_000));
+        assert_eq!(s, r.stats_by_walk());
+        let started = Instant::now();
+        for _ in 0..100 {
+            std::hint::black_box(r.stats());
+        }
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(50),
+            "100 stats() of 100,000 files took {took:?}: it walks the files"
+        );
     }
 
     /// docs/architecture.md states what the dashboard's facts cost per

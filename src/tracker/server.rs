@@ -411,6 +411,15 @@ fn handle(shared: &State, link: &Link, live: &Live, conn: &mut ConnState, m: Mes
                 Err(e) => Next::Reply(Message::error(e.code(), e.to_string())),
             }
         }
+        Message::Withdraw { name } => match shared.registry().withdraw(id, &name) {
+            Ok(held) => {
+                if held {
+                    debug!("connection {id} withdrew {name:?}");
+                }
+                Next::Reply(Message::Ok)
+            }
+            Err(e) => Next::Reply(Message::error(e.code(), e.to_string())),
+        },
         Message::ListFiles => {
             let (files, truncated) = shared.registry().list(wire::MAX_LIST_FILES);
             Next::Reply(Message::FileList { files, truncated })

@@ -12,6 +12,7 @@ use crate::chunks::Bitmap;
 use crate::peer::client::FileDescription;
 use crate::peer::download::Summary;
 use crate::peer::session::SessionEvent;
+use crate::peer::watch::WatchEvent;
 use crate::wire::{FileSummary, Locations};
 
 /// "12.3 MiB" style sizes (powers of 1024). Never four digits before the
@@ -289,6 +290,26 @@ pub fn format_summary(s: &Summary) -> String {
 /// The lines a tracker-session event is worth (none for a registration
 /// round that neither accepted nor refused anything). With `several`
 /// trackers, each line names the tracker it is about.
+/// One line for what the folder watcher did (live sharing).
+pub fn describe_watch(ev: &WatchEvent) -> String {
+    match ev {
+        WatchEvent::Added { name, length } => {
+            format!("added {name} ({}): now shared", human(*length as f64))
+        }
+        WatchEvent::Changed { name } => {
+            format!("changed {name}: its old content is no longer shared")
+        }
+        WatchEvent::Updated { name, length } => {
+            format!(
+                "changed {name}: its new content is shared ({})",
+                human(*length as f64)
+            )
+        }
+        WatchEvent::Removed { name } => format!("removed {name}: no longer shared"),
+        WatchEvent::Skipped { path, why } => format!("not sharing {}: {why}", path.display()),
+    }
+}
+
 pub fn describe_event(ev: &SessionEvent, several: bool) -> Vec<String> {
     let the = |t: &std::net::SocketAddr| {
         if several {

@@ -138,7 +138,10 @@ pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
         if !a.json {
             note!("seeding {what} on {} until Ctrl-C", node.local_addr())?;
         }
+        let names: Vec<String> = plan.iter().map(|p| p.name.clone()).collect();
+        let watch = super::share::watch_seeded(&node, &a.dir, &names)?;
         signals.wait();
+        watch.stop();
     }
     node.leave();
     Ok(())

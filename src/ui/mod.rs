@@ -199,6 +199,10 @@ fn node_config(
     upload_limit: Option<u64>,
 ) -> Result<NodeConfig, BoxError> {
     let trackers = trackers(tracker)?;
+    if !listen.ip().is_unspecified() {
+        // Trackers record where a peer connects from as where it serves.
+        crate::net::client::install_local_ip(listen.ip());
+    }
     // A key mismatch is final: say so now, before hashing or creating any
     // file, instead of retrying in the background.
     check_keys(&trackers)?;

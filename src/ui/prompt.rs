@@ -1,7 +1,7 @@
 //! The terminal around the [`Repl`]: reads lines on a "stdin" thread and
-//! waits on them, on finished-download notices, on tracker-session events
-//! and on signals together, so a notice or Ctrl-C never waits for a key
-//! press.
+//! waits on them, on finished-download notices, on tracker-session events,
+//! on what the folder watcher did (live sharing) and on signals together,
+//! so a notice or Ctrl-C never waits for a key press.
 //!
 //! Owns: the stdin thread and the prompt string. Calls [`super::repl`],
 //! [`super::format`], [`super::signals`], [`super::out`] and `peer::node`.
@@ -12,13 +12,14 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, bounded, select};
 
-use super::format::describe_event;
+use super::format::{describe_event, describe_watch};
 use super::out::Stdout;
 use super::repl::{Flow, Repl};
 use super::signals::StopSignals;
 use crate::peer::download::DownloadOptions;
 use crate::peer::node::Node;
 use crate::peer::session::SessionEvent;
+use crate::peer::watch::WatchEvent;
 
 pub use super::log::PROMPT;
 
@@ -29,13 +30,20 @@ pub fn run(
     dir: PathBuf,
     opts: DownloadOptions,
     events: Receiver<SessionEvent>,
+    watch: Receiver<WatchEvent>,
     signals: &StopSignals,
 ) -> io::Result<()> {
     let (mut repl, notices) = Repl::new(Arc::clone(&node), dir, opts);
     let mut out = Stdout;
     // Whatever ended the loop, the downloads stop and the node leaves.
     let several = node.trackers().len() > 1;
-    let looped = prompt_loop(&mut repl, &mut out, (events, several), notices, signals);
+    let looped = prompt_loop(
+        &mut repl,
+        &mut out,
+        (events, several),
+        (notices, watch),
+        signals,
+    );
     super::log::set_prompt_shown(false);
     let stopped = repl.finish();
     let said = if stopped.is_empty() {
@@ -66,12 +74,13 @@ fn prompt_loop(
     repl: &mut Repl,
     out: &mut Stdout,
     (events, several): (Receiver<SessionEvent>, bool),
-    notices: Receiver<String>,
+    (notices, watch): (Receiver<String>, Receiver<WatchEvent>),
     signals: &StopSignals,
 ) -> io::Result<()> {
     let lines = spawn_stdin_reader()?;
     let tty = io::stdout().is_terminal();
     let (mut events, mut notices, mut sig_rx) = (events, notices, signals.receiver().clone());
+    let mut watch = watch;
     writeln!(out, "type help for the commands")?;
     write!(out, "{PROMPT}")?;
     out.flush()?;
@@ -103,6 +112,10 @@ fn prompt_loop(
                     }
                 }
                 Err(_) => events = crossbeam_channel::never(),
+            },
+            recv(watch) -> ev => match ev {
+                Ok(ev) => notice(out, tty, &describe_watch(&ev))?,
+                Err(_) => watch = crossbeam_channel::never(),
             },
             recv(sig_rx) -> sig => match sig {
                 Ok(_) => return writeln!(out),

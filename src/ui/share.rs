@@ -1,21 +1,25 @@
-//! `peer share`: hash the folder, start the node, then serve until a
-//! signal, with the prompt on a terminal.
+//! `peer share`: hash the folder, start the node and the folder watcher
+//! (live sharing), then serve until a signal, with the prompt on a
+//! terminal.
 //!
 //! Owns: what `peer share` prints, and when it gives up (none of the files
-//! named can be shared; every tracker refused every file). Calls
-//! `peer::{share, node, session, download}` (the last for the unfinished
-//! downloads in the folder) and the other `ui` modules, [`super::lockfile`]
-//! among them.
+//! named can be shared; every tracker refused every file), and the lines
+//! for what the folder watcher does (also for `peer get --seed`). Calls
+//! `peer::{share, node, session, watch, download}` (the last for the
+//! unfinished downloads in the folder) and the other `ui` modules,
+//! [`super::lockfile`] among them.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, bounded, select};
+use crossbeam_channel::{Receiver, Sender, bounded, select};
 
 use super::args::ShareArgs;
-use super::format::{describe_event, download_limit_lines, human, plural, upload_limit_lines};
+use super::format::{
+    describe_event, describe_watch, download_limit_lines, human, plural, upload_limit_lines,
+};
 use super::lockfile::FolderLock;
 use super::progress::{StatusLine, hashing_line};
 use super::signals::StopSignals;
@@ -25,6 +29,7 @@ use crate::peer::node::Node;
 use crate::peer::ratelimit::RateLimiter;
 use crate::peer::session::SessionEvent;
 use crate::peer::share::{self, HashProgress, SharedFile};
+use crate::peer::watch::{FolderWatch, Scope, WatchConfig, WatchEvent};
 
 /// Session events waiting to be printed.
 const EVENT_QUEUE: usize = 16;
@@ -48,14 +53,17 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
     }
     let count = scan.files.len();
     let trackers = cfg.trackers.len();
+    let (wtx, wrx) = FolderWatch::channel();
     if prompt {
         let node = Arc::new(Node::start(cfg, scan.files, Some(tx))?);
         if let Some(l) = &lock {
             l.serving(node.local_addr().port());
         }
         note!("{}", serving_line(&node))?;
+        let watch = start_watch(&a, &node, wtx)?;
         let opts = download_options(a.download_limit);
-        let r = prompt::run(node, a.dir, opts, rx, signals);
+        let r = prompt::run(node, a.dir, opts, rx, wrx, signals);
+        watch.stop();
         drop(lock);
         return Ok(r?);
     }
@@ -65,10 +73,15 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
         l.serving(node.local_addr().port());
     }
     let served = note!("{}", serving_line(&node));
+    let watch = start_watch(&a, &node, wtx)?;
+    let watch_printer = print_watch_events(wrx)?;
     let refused = match served {
         Ok(()) => serve_until_stopped(signals, ended),
         Err(_) => None,
     };
+    // The watcher first: it drops its event sender, which ends its printer.
+    watch.stop();
+    let _ = watch_printer.join();
     node.leave();
     drop(lock);
     let _ = printer.join();
@@ -85,6 +98,88 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
     }
     note!("left the network")?;
     Ok(())
+}
+
+/// Starts live sharing: the folder watcher on the folder (or on the files
+/// named), feeding the node's share index.
+fn start_watch(
+    a: &ShareArgs,
+    node: &Node,
+    events: Sender<WatchEvent>,
+) -> Result<FolderWatch, BoxError> {
+    let scope = if a.files.is_empty() {
+        Scope::Folder
+    } else {
+        Scope::Paths(a.files.clone())
+    };
+    let w = FolderWatch::start(
+        &a.dir,
+        scope,
+        a.chunk_size,
+        Arc::clone(node.share()),
+        WatchConfig::default(),
+        Some(events),
+    )?;
+    Ok(w)
+}
+
+/// Live sharing for `peer get --seed`: the downloaded files (`names`, in
+/// `dir`) are watched, so a file changed or removed there stops being
+/// served (and a changed one is hashed again and shared with its new
+/// content, in its chunk size). Stopping the handle returned stops the
+/// watcher and joins its printer.
+pub(super) fn watch_seeded(
+    node: &Node,
+    dir: &std::path::Path,
+    names: &[String],
+) -> Result<SeedWatch, BoxError> {
+    let chunk_size = names
+        .iter()
+        .find_map(|n| node.share().get(n))
+        .map_or(crate::limits::DEFAULT_CHUNK_SIZE, |f| {
+            f.geometry().chunk_size()
+        });
+    let (tx, rx) = FolderWatch::channel();
+    let watch = FolderWatch::start(
+        dir,
+        Scope::Paths(names.iter().map(std::path::PathBuf::from).collect()),
+        chunk_size,
+        Arc::clone(node.share()),
+        WatchConfig::default(),
+        Some(tx),
+    )?;
+    let printer = print_watch_events(rx)?;
+    Ok(SeedWatch { watch, printer })
+}
+
+/// The folder watcher of `peer get --seed` and its printer.
+pub(super) struct SeedWatch {
+    watch: FolderWatch,
+    printer: std::thread::JoinHandle<()>,
+}
+
+impl SeedWatch {
+    pub(super) fn stop(self) {
+        self.watch.stop();
+        let _ = self.printer.join();
+    }
+}
+
+/// Prints what the folder watcher does, one line each, until it stops (it
+/// drops its sender). Its own thread, so a slow terminal never holds the
+/// watcher (it drops events instead).
+pub(super) fn print_watch_events(
+    rx: Receiver<WatchEvent>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("watch-events".into())
+        .spawn(move || {
+            for ev in rx {
+                if note!("{}", describe_watch(&ev)).is_err() {
+                    return;
+                }
+            }
+        })
 }
 
 /// Hashes the folder (or the files named), showing progress on a terminal;

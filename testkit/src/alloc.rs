@@ -99,7 +99,8 @@ pub fn check_bounded(m: &Message, len: usize) -> Result<(), String> {
         }
         Message::Locate { name, .. }
         | Message::ChunkRegister { name, .. }
-        | Message::ChunkRequest { name, .. } => content += name.len(),
+        | Message::ChunkRequest { name, .. }
+        | Message::Withdraw { name } => content += name.len(),
         Message::Locations(l) => {
             items_ok = l.sources.len() * 7 <= len;
             content += l.name.len();

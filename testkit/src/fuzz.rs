@@ -211,7 +211,7 @@ fn file_entry(r: &mut Rng) -> FileEntry {
 
 /// Any message, every field within its limit and consistent.
 pub fn message(r: &mut Rng) -> Message {
-    match r.below(14) {
+    match r.below(15) {
         0 => Message::Hello {
             version: if r.chance(2) {
                 wire::PROTOCOL_VERSION
@@ -286,6 +286,7 @@ pub fn message(r: &mut Rng) -> Message {
             name: name(r),
             index: u32_edge(r),
         },
+        13 => Message::Withdraw { name: name(r) },
         _ => {
             let len = if r.chance(50) {
                 r.below(70_000)

@@ -9,8 +9,8 @@
 //! first (those that delivered; at most `limits::MAX_PROBES` on probation,
 //! `MAX_PROBES_PER_HOST` to one host; never more workers than chunks
 //! missing), the availability the picker ranks
-//! by, asking the locators (one per tracker) for fresh locations and
-//! merging their answers (each tracker's latest word, a tracker that fails
+//! by, asking the locators (one per tracker) for fresh locations (how
+//! often: [`refresh_every`]) and merging their answers (each tracker's latest word, a tracker that fails
 //! or knows nothing contributing nothing until it answers again),
 //! progress reports, and giving up when nothing has progressed for
 //! [`DownloadOptions::give_up_after`](super::DownloadOptions).
@@ -38,7 +38,10 @@ use super::rate::RateMeter;
 use super::worker::Slot;
 use super::{DownloadContext, Progress, SourceStats};
 use crate::chunks::Bitmap;
-use crate::limits::{MAX_PROBES, MAX_PROBES_PER_HOST, MAX_REMEMBERED_SOURCES, RETRY_AFTER_MAX};
+use crate::limits::{
+    LOCATE_BYTES_PER_SEC, MAX_PROBES, MAX_PROBES_PER_HOST, MAX_REMEMBERED_SOURCES,
+    MIN_REFRESH_INTERVAL, RETRY_AFTER_MAX,
+};
 use crate::peer::client;
 use crate::peer::{PeerError, Result};
 use crate::sync::lock;
@@ -374,7 +377,12 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             }
             let now = Instant::now();
             let since = now.duration_since(self.last_refresh);
-            if since >= e.opts.refresh_interval
+            if since
+                >= refresh_every(
+                    e.opts.refresh_interval,
+                    self.listed.len(),
+                    e.geometry.count(),
+                )
                 || (self.refresh_wanted && since >= Duration::from_millis(250))
             {
                 self.refresh();
@@ -587,8 +595,20 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
                 continue;
             };
             if let Some(a) = self.active.get(&addr) {
-                *lock(&a.slot.have) = have.clone();
-                let _ = a.slot.wake_tx.try_send(());
+                let changed = {
+                    let mut h = lock(&a.slot.have);
+                    let changed = *h != have;
+                    if changed {
+                        h.clone_from(&have);
+                    }
+                    changed
+                };
+                // A worker with a request out or paused after `Busy` looks
+                // at the new bitmap when it next picks; waking it would
+                // cost a turn of its loop for nothing.
+                if changed && a.slot.idle.load(Ordering::SeqCst) {
+                    let _ = a.slot.wake_tx.try_send(());
+                }
             }
             self.sources.listed(addr, have, now);
             listed.push(addr);
@@ -652,6 +672,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             strikes,
             proven,
             settled: AtomicBool::new(false),
+            idle: AtomicBool::new(false),
             wake_tx,
             wake_rx,
         });
@@ -773,6 +794,19 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
     }
 }
 
+/// How often to ask the trackers for fresh locations: as often as every
+/// `limits::MIN_REFRESH_INTERVAL` while a reply (`sources` bitmaps of
+/// `count` chunks) is small, so that a chunk a peer has just got is known
+/// to the others within a fraction of a second and they fetch it there;
+/// less often as replies grow, so that this download asks for at most
+/// `limits::LOCATE_BYTES_PER_SEC` of them; never less often than `longest`
+/// (`DownloadOptions::refresh_interval`).
+pub(super) fn refresh_every(longest: Duration, sources: usize, count: u32) -> Duration {
+    let reply = sources.max(1) as u64 * (u64::from(count).div_ceil(8) + 32);
+    let by_size = Duration::from_secs_f64(reply as f64 / LOCATE_BYTES_PER_SEC as f64);
+    by_size.clamp(MIN_REFRESH_INTERVAL.min(longest), longest)
+}
+
 /// Whether `l` describes the file of geometry `g` (same length, chunk size
 /// and count).
 fn describes(g: crate::chunks::Geometry, l: &Locations) -> bool {
@@ -780,11 +814,18 @@ fn describes(g: crate::chunks::Geometry, l: &Locations) -> bool {
 }
 
 /// Whether `addr` is this peer: same port, and the same host as seen by the
-/// tracker (or both loopback, when everything runs on one machine).
+/// tracker, or both loopback with one of them the usual loopback address
+/// (127.0.0.1 or ::1: a peer listening on every address is seen there).
+/// Peers given distinct addresses in 127/8 (`--listen 127.0.0.7`) may
+/// share a port number, so two such addresses are told apart.
 fn is_self(addr: SocketAddr, me: Option<SocketAddr>) -> bool {
     let Some(me) = me else { return false };
+    let (a, m) = (addr.ip().to_canonical(), me.ip().to_canonical());
+    let usual = |ip: IpAddr| {
+        ip == IpAddr::from([127, 0, 0, 1]) || ip == IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+    };
     addr.port() == me.port()
-        && (addr.ip() == me.ip() || (is_loopback(addr.ip()) && is_loopback(me.ip())))
+        && (a == m || (is_loopback(a) && is_loopback(m) && (usual(a) || usual(m))))
 }
 
 /// The host an address belongs to: the IPv4 address, or the IPv6 /64 (one
@@ -846,6 +887,22 @@ mod tests {
     }
 
     #[test]
+    fn small_replies_are_refreshed_often_and_large_ones_less() {
+        let most = Duration::from_millis(1500);
+        // 64 sources of a 256-chunk file: a few KiB, as often as allowed.
+        assert_eq!(refresh_every(most, 64, 256), MIN_REFRESH_INTERVAL);
+        // 64 sources of 2^19 chunks (4 MiB a reply): the longest interval.
+        assert_eq!(refresh_every(most, 64, 1 << 19), most);
+        // In between, in proportion to the reply.
+        let mid = refresh_every(most, 64, 32_768);
+        assert!(mid > MIN_REFRESH_INTERVAL && mid < most, "{mid:?}");
+        // A shorter longest interval (tests) is kept.
+        let short = Duration::from_millis(100);
+        assert_eq!(refresh_every(short, 64, 1 << 19), short);
+        assert_eq!(refresh_every(short, 0, 8), short);
+    }
+
+    #[test]
     fn index_lists_are_compact() {
         assert_eq!(list_indices(&[3, 7, 9, 10, 11, 12]), "3, 7, 9-12");
         assert_eq!(list_indices(&[]), "");
@@ -868,6 +925,11 @@ mod tests {
         let me: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         assert!(is_self("127.0.0.1:5000".parse().unwrap(), Some(me)));
         assert!(is_self("127.0.0.2:5000".parse().unwrap(), Some(me)));
+        // Two peers on their own loopback addresses, same port: not self.
+        let own: SocketAddr = "127.0.0.7:5000".parse().unwrap();
+        assert!(is_self("127.0.0.7:5000".parse().unwrap(), Some(own)));
+        assert!(is_self("127.0.0.1:5000".parse().unwrap(), Some(own)));
+        assert!(!is_self("127.0.0.8:5000".parse().unwrap(), Some(own)));
         assert!(!is_self("127.0.0.1:5001".parse().unwrap(), Some(me)));
         assert!(!is_self("10.0.0.1:5000".parse().unwrap(), Some(me)));
         assert!(!is_self("127.0.0.1:5000".parse().unwrap(), None));

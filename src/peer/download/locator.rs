@@ -203,7 +203,7 @@ impl Thread<'_> {
     }
 
     fn connect(&self) -> Result<Conn> {
-        let s = TcpStream::connect_timeout(&self.addr, REFRESH_CONNECT_TIMEOUT)
+        let s = crate::net::client::connect_timeout(self.addr, REFRESH_CONNECT_TIMEOUT)
             .map_err(|e| PeerError::net(self.addr, WireError::Io(e)))?;
         *lock(&self.stream) = s.try_clone().ok();
         Conn::from_stream(s, REFRESH_TIMEOUT)

@@ -10,7 +10,8 @@
 //! bounded chunk channel. Also owns the per-connection retry rules of
 //! docs/protocol.md §10: a strike for a bad chunk or a reply for another
 //! chunk (asked again, of this source only when nothing else is left), a
-//! chunk put off after `NotHeld`, and dropping the source at its strike
+//! chunk put off after `NotHeld`, a pause after `Busy` (the source dropped
+//! for now after two in a row), and dropping the source at its strike
 //! limit. And [`Slot`], the coordinator's and the worker's shared view of
 //! the source.
 //!
@@ -34,8 +35,8 @@ use crossbeam_channel::{Receiver, Sender};
 use super::engine::{Engine, Event, Rejects, Verified, WorkerEnd};
 use crate::chunks::{self, Bitmap};
 use crate::limits::{
-    ENDGAME_GRACE, MAX_NOT_HELD_IN_A_ROW, MAX_REQUEST_BYTES_IN_FLIGHT, NOT_HELD_RETRY,
-    NOT_HELD_RETRY_MAX,
+    BUSY_PAUSE, ENDGAME_GRACE, MAX_BUSY_IN_A_ROW, MAX_NOT_HELD_IN_A_ROW,
+    MAX_REQUEST_BYTES_IN_FLIGHT, NOT_HELD_RETRY, NOT_HELD_RETRY_MAX,
 };
 use crate::net::client::ReadGate;
 use crate::peer::client::{self, Conn};
@@ -60,6 +61,10 @@ pub(super) struct Slot {
     /// Set once the source answered a request, or held nothing to ask it
     /// for: the worker is then no longer a probe (see `limits::MAX_PROBES`).
     pub(super) settled: AtomicBool,
+    /// Set while the worker waits with nothing to ask its source (not
+    /// while a request is out, nor while paused after `Busy`): only then
+    /// do new locations wake it.
+    pub(super) idle: AtomicBool,
     /// Wakes an idle worker (new locations, or stopping).
     pub(super) wake_tx: Sender<()>,
     pub(super) wake_rx: Receiver<()>,
@@ -82,7 +87,16 @@ struct Worker<'a, 'e> {
     avoid: Vec<u32>,
     /// Chunks the source answered `NotHeld` for, not asked of it again yet.
     put_off: PutOff,
-    /// `NotHeld` answers since the source last delivered a chunk: at
+    /// Set after a `Busy` answer: no new request to this source before
+    /// then ([`BUSY_PAUSE`]).
+    paused_until: Option<Instant>,
+    /// Whether the coordinator was told this worker ran dry since its
+    /// last request.
+    told_idle: bool,
+    /// `Busy` answers in a row: at [`MAX_BUSY_IN_A_ROW`] the source is
+    /// dropped for now.
+    busy_run: u32,
+    /// `NotHeld` and `Busy` answers since the source last delivered a chunk: at
     /// [`MAX_NOT_HELD_IN_A_ROW`] the source is dropped for now.
     not_held_run: u32,
     /// Chunks verified here and queued for the assembler but not yet
@@ -158,7 +172,7 @@ impl Engine<'_> {
             let t = self.opts.new_source_timeout;
             (client::CONNECT_TIMEOUT.min(t), io_timeout.min(t))
         };
-        let stream = match TcpStream::connect_timeout(&slot.addr, connect_timeout) {
+        let stream = match crate::net::client::connect_timeout(slot.addr, connect_timeout) {
             Ok(s) => s,
             Err(e) => return WorkerEnd::Lost(format!("cannot connect: {e}")),
         };
@@ -195,6 +209,9 @@ impl Engine<'_> {
             avoid: Vec::new(),
             put_off: PutOff::new(self.geometry.count()),
             not_held_run: 0,
+            paused_until: None,
+            busy_run: 0,
+            told_idle: false,
             handed: Vec::new(),
             batch: Vec::new(),
             spare: Vec::new(),
@@ -252,6 +269,7 @@ impl Worker<'_, '_> {
         }
         self.fill_pipeline()?;
         if !self.batch.is_empty() {
+            self.told_idle = false;
             conn.send_raw(&self.batch)
                 .map_err(|e| WorkerEnd::Lost(e.to_string()))?;
         }
@@ -260,14 +278,27 @@ impl Worker<'_, '_> {
             if lock(&e.picker).is_complete() {
                 return Err(WorkerEnd::Finished);
             }
-            let _ = self.ev.try_send(Event::Idle);
-            // Waiting for the endgame's grace: back when it is over.
-            let wait = self.endgame_from.map_or(IDLE_WAIT, |t| {
-                (t + ENDGAME_GRACE)
-                    .saturating_duration_since(Instant::now())
-                    .clamp(Duration::from_millis(1), IDLE_WAIT)
-            });
+            let wait = match self.paused_until {
+                Some(t) => t.saturating_duration_since(Instant::now()),
+                None => {
+                    // Once per stretch of idleness: the coordinator only
+                    // needs to know that fresh locations are wanted.
+                    if !self.told_idle {
+                        self.told_idle = self.ev.try_send(Event::Idle).is_ok();
+                    }
+                    // Waiting for the endgame's grace: back when it is over.
+                    self.endgame_from.map_or(IDLE_WAIT, |t| {
+                        (t + ENDGAME_GRACE)
+                            .saturating_duration_since(Instant::now())
+                            .clamp(Duration::from_millis(1), IDLE_WAIT)
+                    })
+                }
+            };
+            self.slot
+                .idle
+                .store(self.paused_until.is_none(), Ordering::SeqCst);
             let _ = self.slot.wake_rx.recv_timeout(wait);
+            self.slot.idle.store(false, Ordering::SeqCst);
             return Ok(());
         }
         if self.spare.capacity() == 0 {
@@ -296,6 +327,10 @@ impl Worker<'_, '_> {
     fn fill_pipeline(&mut self) -> Result<(), WorkerEnd> {
         let e = self.engine;
         self.batch.clear();
+        if self.paused_until.is_some_and(|t| Instant::now() < t) {
+            return Ok(());
+        }
+        self.paused_until = None;
         if self.inflight.len() >= self.depth {
             return Ok(());
         }
@@ -360,10 +395,15 @@ impl Worker<'_, '_> {
     /// nothing else [`MAX_NOT_HELD_IN_A_ROW`] times is dropped for now.
     fn defer(&mut self, index: u32) -> Result<(), WorkerEnd> {
         self.put_off.defer(index, Instant::now());
+        self.count_refusal()
+    }
+
+    /// One more `NotHeld` or `Busy` since the source last delivered.
+    fn count_refusal(&mut self) -> Result<(), WorkerEnd> {
         self.not_held_run += 1;
         if self.not_held_run >= MAX_NOT_HELD_IN_A_ROW {
             return Err(WorkerEnd::Lost(format!(
-                "answered NotHeld to {} requests in a row",
+                "answered NotHeld or Busy to {} requests in a row",
                 self.not_held_run
             )));
         }
@@ -388,6 +428,7 @@ impl Worker<'_, '_> {
         match reply {
             Message::ChunkData { index, data } if index == expected => {
                 self.not_held_run = 0;
+                self.busy_run = 0;
                 self.verify_or_hand_off(index, data)
             }
             Message::ChunkData { index, .. } => {
@@ -403,6 +444,26 @@ impl Worker<'_, '_> {
                 // again later, never dropping it from what the source holds.
                 lock(&e.picker).release(expected);
                 self.defer(expected)
+            }
+            Message::Error {
+                code: ErrorCode::Busy,
+                ..
+            } => {
+                // The source's uploads are booked: the chunk goes to the
+                // other sources, and this one is asked nothing new for a
+                // while (a source that only ever says so is dropped like
+                // one that only says NotHeld).
+                lock(&e.picker).release(expected);
+                self.busy_run += 1;
+                if self.busy_run >= MAX_BUSY_IN_A_ROW {
+                    // Saturated by others: its place goes to another source.
+                    return Err(WorkerEnd::Lost(format!(
+                        "answered Busy to {} requests in a row",
+                        self.busy_run
+                    )));
+                }
+                self.paused_until = Some(Instant::now() + busy_pause(jitter()));
+                self.count_refusal()
             }
             Message::Error { code, message } => {
                 lock(&e.picker).release(expected);
@@ -464,6 +525,21 @@ impl Worker<'_, '_> {
 /// before it looks for work again.
 const IDLE_WAIT: Duration = Duration::from_millis(250);
 
+/// How long a worker asks nothing new of a source after a `Busy`:
+/// [`BUSY_PAUSE`], spread over 0.75 to 1.25 times that by `jitter` (any
+/// number), so the askers turned away together do not all come back
+/// together.
+fn busy_pause(jitter: u32) -> Duration {
+    BUSY_PAUSE * (750 + jitter % 501) / 1000
+}
+
+/// A number that differs from call to call, for [`busy_pause`].
+fn jitter() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_micros())
+}
+
 /// True when no missing chunk is waiting to be requested: the endgame.
 fn all_requested(p: &Picker) -> bool {
     let have = p.have();
@@ -473,6 +549,16 @@ fn all_requested(p: &Picker) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_pauses_are_spread() {
+        let ms = |j| busy_pause(j).as_millis();
+        let base = BUSY_PAUSE.as_millis();
+        assert_eq!(ms(0), base * 3 / 4);
+        assert_eq!(ms(500), base * 5 / 4);
+        assert_eq!(ms(250), base);
+        assert_eq!(ms(751), base, "wraps");
+    }
 
     #[test]
     fn put_off_chunks_come_back_in_time_order_at_a_cost_of_their_own() {

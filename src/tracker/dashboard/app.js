@@ -40,7 +40,8 @@ function plural(n, word) {
 
 async function getJson(url) {
   const r = await fetch(url, { cache: "no-store" });
-  if (r.status === 404) return null;
+  // 404: no such file; 400: not a name any file can have (a bad ?file=).
+  if (r.status === 404 || r.status === 400) return null;
   if (!r.ok) throw new Error(url + ": HTTP " + r.status);
   return r.json();
 }
@@ -208,8 +209,13 @@ async function poll() {
     $("chosen").hidden = !chosen;
     $("pick").hidden = Boolean(chosen) || list.files.length === 0;
     if (chosen) {
-      const detail = await getJson("/api/files/" + encodeURIComponent(chosen));
-      if (detail) drawHolders(detail); else { $("chosen-name").textContent = chosen; fileGone(); }
+      // A click during the fetch changes `chosen`: an answer about the file
+      // chosen before is dropped, or its holders would be drawn under the new one.
+      const asked = chosen;
+      const detail = await getJson("/api/files/" + encodeURIComponent(asked));
+      if (asked === chosen) {
+        if (detail) drawHolders(detail); else { $("chosen-name").textContent = asked; fileGone(); }
+      }
     }
     setStatus("live · " + plural(list.files.length, "file") + " · updated " +
       new Date().toLocaleTimeString(), "ok");

@@ -16,6 +16,7 @@ pub mod memory;
 pub mod plot;
 pub mod private;
 pub mod register;
+pub mod register_small;
 pub mod single;
 pub mod swarm;
 pub mod tracker_load;
@@ -394,18 +395,33 @@ impl SeedProc {
         upload_limit: Option<u64>,
         chunk_size: Option<u64>,
     ) -> R<SeedProc> {
+        SeedProc::start_with(ctx, tracker, dir, upload_limit, chunk_size, &[])
+    }
+
+    /// [`SeedProc::start`] with `extra` arguments for `peer share`.
+    pub fn start_with(
+        ctx: &Ctx,
+        tracker: SocketAddr,
+        dir: &Path,
+        upload_limit: Option<u64>,
+        chunk_size: Option<u64>,
+        extra: &[&str],
+    ) -> R<SeedProc> {
         let mut cmd = Command::new(ctx.bin("peer"));
         cmd.arg("share")
             .args(["--tracker", &tracker.to_string()])
             .arg("--dir")
-            .arg(dir)
-            .args(["--listen", "127.0.0.1:0"]);
+            .arg(dir);
+        if !extra.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
         if let Some(l) = upload_limit {
             cmd.args(["--upload-limit", &rate_arg(l)]);
         }
         if let Some(c) = chunk_size {
             cmd.args(["--chunk-size", &rate_arg(c)]);
         }
+        cmd.args(extra);
         add_key(ctx, &mut cmd);
         let proc = Proc::spawn("seed", &mut cmd, false)?;
         let (ready, line) = proc.wait_line(Stream::Out, "serving chunks on", STARTUP * 4)?;
@@ -465,9 +481,11 @@ pub fn spawn_get(
     cmd.args(["get", name])
         .args(["--tracker", &tracker.to_string()])
         .arg("--dir")
-        .arg(dir)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra);
+        .arg(dir);
+    if !extra.contains(&"--listen") {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    cmd.args(extra);
     if let Some(l) = upload_limit {
         cmd.args(["--upload-limit", &rate_arg(l)]);
     }

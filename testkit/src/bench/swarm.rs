@@ -14,12 +14,10 @@
 //! "downloaded". Also the bytes the seed uploaded, in copies of the file
 //! (summed from every downloader's summary), and the CPU all the swarm's
 //! processes used meanwhile (to show the cores were not the limit). Every
-//! process is on 127.0.0.1: a peer connects from the default source
-//! address, and the tracker records the address a peer connects from, so
-//! a peer listening elsewhere in 127/8 would not be reachable at the
-//! address the tracker hands out. 100 peers fit within the per-address
-//! caps (a chunk server admits 64 connections from one address and a
-//! download uses at most 32 sources).
+//! peer has its own loopback address (`--listen 127.0.1.K`, from which it
+//! also connects), so the per-address caps see a host per peer as on a
+//! real network. `$P2PFS_FLASH_N` (e.g. `100` or `4,8`) runs only those
+//! crowd sizes; `$P2PFS_BENCH_LOG_DIR` keeps every process's debug log.
 
 use std::time::{Duration, Instant};
 
@@ -190,16 +188,65 @@ fn multi_once(
 /// times the cap) and the bound, not the machine, is what is measured.
 fn flash_runs(ctx: &Ctx) -> Vec<(usize, u64, u64, u64)> {
     let (len, u, chunk) = params(ctx);
+    let big = (32 * MIB, MIB, 128 * 1024);
+    if let Some(sizes) = env_sizes() {
+        return sizes
+            .into_iter()
+            .map(|n| {
+                if n >= BIG_CROWD && !ctx.quick {
+                    (n, big.0, big.1, big.2)
+                } else {
+                    (n, len, u, chunk)
+                }
+            })
+            .collect();
+    }
     if ctx.quick {
         vec![(4, len, u, chunk), (8, len, u, chunk)]
     } else {
-        let big = (32 * MIB, MIB, 128 * 1024);
         vec![
             (4, len, u, chunk),
             (8, len, u, chunk),
             (50, big.0, big.1, big.2),
             (100, big.0, big.1, big.2),
         ]
+    }
+}
+
+/// The crowd sizes named by `$P2PFS_FLASH_N` ("50", or "4,8,100"), so
+/// that one crowd can be measured alone; `None` when unset or unreadable.
+fn env_sizes() -> Option<Vec<usize>> {
+    let v = std::env::var("P2PFS_FLASH_N").ok()?;
+    let sizes: Option<Vec<usize>> = v
+        .split(',')
+        .map(|s| s.trim().parse().ok().filter(|&n| n > 0))
+        .collect();
+    if sizes.is_none() {
+        eprintln!("bench: ignoring P2PFS_FLASH_N={v:?} (want sizes like 50 or 4,8,100)");
+    }
+    sizes
+}
+
+/// The loopback address process `k` of a flash crowd listens on and
+/// connects from (the seed 0, downloader k - 1 at k): 127.0.1.1, 127.0.1.2,
+/// ... so that, as on a real network, every peer is its own host to the
+/// per-address caps of the chunk servers and the tracker (the tracker on
+/// 127.0.0.1).
+fn own_address(k: usize) -> String {
+    format!("127.0.{}.{}:0", 1 + k / 250, 1 + k % 250)
+}
+
+/// `--log-file` for one process of a flash crowd when
+/// `$P2PFS_BENCH_LOG_DIR` names a folder: each process's debug records
+/// (chunks sent, chunks received, sources) are kept there as
+/// `flash-N-REP-WHO.log` for a look at what the swarm did.
+fn log_args(n: usize, r: usize, who: &str) -> Vec<String> {
+    match std::env::var_os("P2PFS_BENCH_LOG_DIR") {
+        Some(d) => {
+            let p = std::path::Path::new(&d).join(format!("flash-{n}-{r}-{who}.log"));
+            vec!["--log-file".into(), p.display().to_string()]
+        }
+        None => Vec::new(),
     }
 }
 
@@ -328,7 +375,10 @@ fn flash_once(
     bound: f64,
 ) -> R<FlashRep> {
     let tracker = TrackerProc::start(ctx, &[])?;
-    let seed = SeedProc::start(ctx, tracker.addr, share, Some(u), Some(chunk))?;
+    let mut seed_args = vec!["--listen".to_owned(), own_address(0)];
+    seed_args.extend(log_args(n, r, "seed"));
+    let seed_args: Vec<&str> = seed_args.iter().map(String::as_str).collect();
+    let seed = SeedProc::start_with(ctx, tracker.addr, share, Some(u), Some(chunk), &seed_args)?;
     let dirs: Vec<_> = (0..n)
         .map(|k| sc.sub(&format!("dl-{n}-{r}-{k}")))
         .collect::<R<_>>()?;
@@ -342,14 +392,18 @@ fn flash_once(
     let cpu0 = cpu(&[]);
     let t0 = Instant::now();
     let mut gets: Vec<Proc> = Vec::new();
-    for d in &dirs {
+    for (k, d) in dirs.iter().enumerate() {
+        let mut own = vec!["--listen".to_owned(), own_address(k + 1)];
+        own.extend(log_args(n, r, &format!("get{k}")));
+        let mut args = get_args(n);
+        args.extend(own.iter().map(String::as_str));
         gets.push(spawn_get(
             ctx,
             tracker.addr,
             name,
             d,
             Some(u),
-            &get_args(n),
+            &args,
             false,
         )?);
     }
@@ -366,7 +420,7 @@ fn flash_once(
         g.wait_line(Stream::Out, "saved to", Duration::from_secs(10))?;
         from_seed += source_bytes(g)
             .iter()
-            .filter(|(a, _)| a.port() == seed.addr.port())
+            .filter(|(a, _)| *a == seed.addr)
             .map(|(_, b)| b)
             .sum::<u64>();
     }
