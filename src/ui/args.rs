@@ -589,6 +589,8 @@ const SWITCHES: &[&str] = &[
     "--seed",
     "--no-prompt",
     "--json",
+    "--long",
+    "-l",
 ];
 
 /// Subcommands of `peer`, for the "Run peer SUB --help" hint.
@@ -791,6 +793,51 @@ mod tests {
             _ => panic!("usage error expected"),
         }
         assert!(parse::<PeerArgs>("peer", &["list", "--tracker", "x:1"]).is_ok());
+    }
+
+    /// `peer list --long -h` took `-h` as the value of `--long`: every
+    /// switch a help text shows (an option line with no `<value>`) must be
+    /// in `SWITCHES`, or the word after it is swallowed as its value.
+    #[test]
+    fn every_switch_in_the_help_is_known_as_a_switch() {
+        let help = |args: &[&str]| match parse::<PeerArgs>("peer", args) {
+            Err(EarlyExit::Help(t)) => t,
+            _ => panic!("help expected for {args:?}"),
+        };
+        let mut texts: Vec<String> = SUBCOMMANDS
+            .iter()
+            .map(|sub| help(&[sub, "--help"]))
+            .collect();
+        texts.push(help(&["--help"]));
+        if let Err(EarlyExit::Help(t)) = parse::<TrackerArgs>("tracker", &["--help"]) {
+            texts.push(t);
+        }
+        let mut seen = 0;
+        for text in &texts {
+            let usage = text.lines().next().unwrap_or("");
+            // `[-l]` or `[--json]` in the usage line: a switch (an option
+            // with a value reads `[--tracker <tracker>]`).
+            for group in usage.split('[').skip(1) {
+                let w = group.split(']').next().unwrap_or("");
+                if !w.starts_with('-') || w.contains(' ') || w == "--" {
+                    continue;
+                }
+                // A short switch's long name is on its line of Options.
+                let long = text
+                    .lines()
+                    .map(str::trim_start)
+                    .find_map(|l| l.strip_prefix(&format!("{w}, ")))
+                    .and_then(|rest| rest.split_whitespace().next());
+                for w in std::iter::once(w).chain(long) {
+                    assert!(SWITCHES.contains(&w), "switch {w:?} missing from SWITCHES");
+                    seen += 1;
+                }
+            }
+        }
+        assert!(
+            seen >= 10,
+            "only {seen} switches found: the help layout changed"
+        );
     }
 
     /// Issue 14: `--version`, `-h` and `-V` were rejected, and a missing
