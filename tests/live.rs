@@ -289,3 +289,48 @@ fn a_seeded_download_that_is_removed_is_withdrawn() {
         get.wait_exit(10);
     });
 }
+
+/// `peer get --seed --json`: what the watcher does goes to stderr, so
+/// stdout holds JSON lines only, also after the seeded file is removed.
+#[test]
+fn a_json_seeder_keeps_stdout_json_when_the_watcher_speaks() {
+    with_timeout(60, || {
+        let t = tracker();
+        let ta = t.local_addr();
+        let dir = Scratch::new("live-seed-json");
+        util::write(dir.path(), "j.bin", &pattern(100_000, 3));
+        let (_share, _) = start_share(ta, dir.path(), "0");
+        let out = Scratch::new("live-seed-json-out");
+        let logs = Scratch::new("live-seed-json-err");
+        let err_path = logs.path().join("stderr.txt");
+        let err = fs::File::create(&err_path).unwrap();
+        let child = util::get_command(ta, "j.bin", out.path())
+            .args(["--seed", "--json"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        let mut get = util::Proc::adopt("peer get --seed --json", child);
+        let sources = || {
+            client::locate(ta, "j.bin", false)
+                .map(|l| l.sources.len())
+                .unwrap_or(0)
+        };
+        until(10, "the seeder registered", || sources() == 2);
+        fs::remove_file(out.path().join("j.bin")).unwrap();
+        until(10, "the seeder withdrawn", || sources() == 1);
+        until(10, "the removal reported on stderr", || {
+            fs::read_to_string(&err_path).is_ok_and(|e| e.contains("removed"))
+        });
+        get.signal("TERM");
+        get.wait_exit(10);
+        let stdout = get.rest_of_stdout();
+        assert!(!stdout.trim().is_empty(), "no JSON summary");
+        for line in stdout.lines() {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+            assert!(v.is_object(), "{line}");
+        }
+    });
+}

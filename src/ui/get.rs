@@ -139,7 +139,7 @@ pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
             note!("seeding {what} on {} until Ctrl-C", node.local_addr())?;
         }
         let names: Vec<String> = plan.iter().map(|p| p.name.clone()).collect();
-        let watch = super::share::watch_seeded(&node, &a.dir, &names)?;
+        let watch = super::share::watch_seeded(&node, &a.dir, &names, a.json)?;
         signals.wait();
         watch.stop();
     }

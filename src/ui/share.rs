@@ -74,7 +74,7 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
     }
     let served = note!("{}", serving_line(&node));
     let watch = start_watch(&a, &node, wtx)?;
-    let watch_printer = print_watch_events(wrx)?;
+    let watch_printer = print_watch_events(wrx, false)?;
     let refused = match served {
         Ok(()) => serve_until_stopped(signals, ended),
         Err(_) => None,
@@ -132,6 +132,7 @@ pub(super) fn watch_seeded(
     node: &Node,
     dir: &std::path::Path,
     names: &[String],
+    to_stderr: bool,
 ) -> Result<SeedWatch, BoxError> {
     let chunk_size = names
         .iter()
@@ -148,7 +149,7 @@ pub(super) fn watch_seeded(
         WatchConfig::default(),
         Some(tx),
     )?;
-    let printer = print_watch_events(rx)?;
+    let printer = print_watch_events(rx, to_stderr)?;
     Ok(SeedWatch { watch, printer })
 }
 
@@ -170,12 +171,20 @@ impl SeedWatch {
 /// watcher (it drops events instead).
 pub(super) fn print_watch_events(
     rx: Receiver<WatchEvent>,
+    to_stderr: bool,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("watch-events".into())
         .spawn(move || {
             for ev in rx {
-                if note!("{}", describe_watch(&ev)).is_err() {
+                let line = describe_watch(&ev);
+                if to_stderr {
+                    // `--json`: stdout holds nothing but JSON lines.
+                    if !crate::ui::out::is_quiet() {
+                        use std::io::Write as _;
+                        let _ = writeln!(std::io::stderr().lock(), "{line}");
+                    }
+                } else if note!("{line}").is_err() {
                     return;
                 }
             }

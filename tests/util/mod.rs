@@ -186,6 +186,17 @@ impl Proc {
         p
     }
 
+    /// A child spawned by the test itself (its stdout piped), killed on
+    /// drop like the others.
+    pub fn adopt(name: &str, mut child: Child) -> Proc {
+        let stdout = child.stdout.take().map(BufReader::new);
+        Proc {
+            child,
+            name: name.into(),
+            stdout,
+        }
+    }
+
     /// Reads stdout lines until one contains `needle`; returns that line.
     /// Bounded by the test's own timeout.
     pub fn wait_line(&mut self, needle: &str) -> String {
