@@ -50,6 +50,12 @@ pub fn run(a: ShareArgs, signals: &StopSignals) -> Result<(), BoxError> {
     say_upload_limit(a.upload_limit, a.chunk_size)?;
     if prompt {
         say_download_limit(a.download_limit)?;
+    } else if a.download_limit.is_some() {
+        // Without the prompt this peer downloads nothing: say so rather
+        // than accept a limit that limits nothing.
+        note!(
+            "downloads: --download-limit has no effect without the prompt (this peer only serves)"
+        )?;
     }
     let count = scan.files.len();
     let trackers = cfg.trackers.len();
