@@ -157,18 +157,22 @@ pub fn format_locations(
     Ok(s)
 }
 
+/// The start of a file list (a line saying there are none, or nothing)
+/// and the width of its name column: the longest name, in characters.
+fn list_start<'a>(names: impl Iterator<Item = &'a str> + Clone) -> (String, usize) {
+    let w = names.clone().map(|n| n.chars().count()).max();
+    let s = if w.is_none() {
+        "no files on the network\n".to_owned()
+    } else {
+        String::new()
+    };
+    (s, w.unwrap_or(0))
+}
+
 /// What `peer list` prints: one line per file (name, exact size, size in
 /// units), and a last line if the tracker cut the list short.
 pub fn format_file_list(files: &[FileSummary], truncated: bool) -> String {
-    let mut s = String::new();
-    if files.is_empty() {
-        s.push_str("no files on the network\n");
-    }
-    let w = files
-        .iter()
-        .map(|f| f.name.chars().count())
-        .max()
-        .unwrap_or(0);
+    let (mut s, w) = list_start(files.iter().map(|f| f.name.as_str()));
     for f in files {
         s.push_str(&format!(
             "{:<w$}  {:>14} bytes  ({})\n",
@@ -187,15 +191,7 @@ pub fn format_file_list(files: &[FileSummary], truncated: bool) -> String {
 /// units, content id, chunks and sources (from its `--json` object, so both
 /// say the same), and a last line if a tracker cut the list short.
 pub fn format_long_list(files: &[FileDescription], truncated: bool) -> String {
-    let mut s = String::new();
-    if files.is_empty() {
-        s.push_str("no files on the network\n");
-    }
-    let w = files
-        .iter()
-        .map(|f| f.name.chars().count())
-        .max()
-        .unwrap_or(0);
+    let (mut s, w) = list_start(files.iter().map(|f| f.name.as_str()));
     for l in files {
         let f = super::json::file(l);
         s.push_str(&format!(

@@ -42,12 +42,44 @@ fn columns(size: Option<(terminal_size::Width, terminal_size::Height)>) -> usize
 
 /// Time left at the current rate, if there is a rate to speak of.
 pub fn eta(p: &Progress) -> Option<Duration> {
-    let left = p.total_bytes.saturating_sub(p.done_bytes);
-    if left == 0 || p.rate < 1.0 {
+    eta_of(p.done_bytes, p.total_bytes, p.rate)
+}
+
+/// Time left for `total - done` bytes at `rate` bytes/s, if there is a rate
+/// to speak of (and the answer is under 100 hours).
+fn eta_of(done: u64, total: u64, rate: f64) -> Option<Duration> {
+    let left = total.saturating_sub(done);
+    if left == 0 || rate < 1.0 {
         return None;
     }
-    let secs = left as f64 / p.rate;
+    let secs = left as f64 / rate;
     (secs < 100.0 * 3600.0).then(|| Duration::from_secs_f64(secs.ceil()))
+}
+
+/// The columns a file's bar and a set's line share, fixed width so a line
+/// redrawn in place does not jitter: the fraction done, ` 42.0%`,
+/// `13.4 MiB / 32.0 MiB`, `5.1 MiB/s` and `ETA 3s`.
+struct Amounts {
+    frac: f64,
+    pct: String,
+    sizes: String,
+    rate: String,
+    eta: String,
+}
+
+fn amounts(done: u64, total: u64, rate: f64) -> Amounts {
+    let frac = if total == 0 {
+        1.0
+    } else {
+        (done as f64 / total as f64).clamp(0.0, 1.0)
+    };
+    Amounts {
+        frac,
+        pct: format!("{:5.1}%", frac * 100.0),
+        sizes: format!("{:>9} / {}", human(done as f64), human(total as f64)),
+        rate: format!("{:>11}", format!("{}/s", human(rate))),
+        eta: format!("{:<9}", eta_text(eta_of(done, total, rate))),
+    }
 }
 
 /// "ETA 42s", "ETA 3m05s", "ETA 2h03m"; "ETA --" without a rate.
@@ -78,19 +110,13 @@ fn sources_text(p: &Progress) -> String {
 /// wraps): first the bar narrows, then it goes, then the sizes, then the
 /// rate. Fixed-width numbers, so a line redrawn in place does not jitter.
 pub fn progress_line(p: &Progress, columns: usize) -> String {
-    let frac = if p.total_bytes == 0 {
-        1.0
-    } else {
-        (p.done_bytes as f64 / p.total_bytes as f64).clamp(0.0, 1.0)
-    };
-    let pct = format!("{:5.1}%", frac * 100.0);
-    let sizes = format!(
-        "{:>9} / {}",
-        human(p.done_bytes as f64),
-        human(p.total_bytes as f64)
-    );
-    let rate = format!("{:>11}", format!("{}/s", human(p.rate)));
-    let eta = format!("{:<9}", eta_text(eta(p)));
+    let Amounts {
+        frac,
+        pct,
+        sizes,
+        rate,
+        eta,
+    } = amounts(p.done_bytes, p.total_bytes, p.rate);
     let src = sources_text(p);
     let room = columns.saturating_sub(1);
     let tail = [pct.as_str(), &sizes, &rate, &eta, &src].join("  ");
@@ -123,11 +149,13 @@ pub fn progress_line(p: &Progress, columns: usize) -> String {
 /// cut to fit `columns`: the files being fetched go first, then the sizes,
 /// then the rate.
 pub fn batch_line(p: &BatchProgress, columns: usize) -> String {
-    let frac = if p.total_bytes == 0 {
-        1.0
-    } else {
-        (p.done_bytes as f64 / p.total_bytes as f64).clamp(0.0, 1.0)
-    };
+    let Amounts {
+        pct,
+        sizes,
+        rate,
+        eta,
+        ..
+    } = amounts(p.done_bytes, p.total_bytes, p.rate);
     let files = format!(
         "{}/{} files",
         count(p.files_done as u64),
@@ -138,23 +166,6 @@ pub fn batch_line(p: &BatchProgress, columns: usize) -> String {
     } else {
         String::new()
     };
-    let pct = format!("{:5.1}%", frac * 100.0);
-    let sizes = format!(
-        "{:>9} / {}",
-        human(p.done_bytes as f64),
-        human(p.total_bytes as f64)
-    );
-    let rate = format!("{:>11}", format!("{}/s", human(p.rate)));
-    let left = p.total_bytes.saturating_sub(p.done_bytes);
-    let eta_secs = (left > 0 && p.rate >= 1.0).then(|| left as f64 / p.rate);
-    let eta = format!(
-        "{:<9}",
-        eta_text(
-            eta_secs
-                .filter(|s| *s < 100.0 * 3600.0)
-                .map(|s| Duration::from_secs_f64(s.ceil()))
-        )
-    );
     let current = match p.current.as_slice() {
         [] => String::new(),
         [(name, _, _)] => name.clone(),
@@ -258,6 +269,32 @@ mod tests {
             active_sources: sources,
             elapsed: Duration::ZERO,
             rate,
+        }
+    }
+
+    #[test]
+    fn a_set_line_says_files_amounts_and_current_and_fits() {
+        let b = crate::peer::download::batch::BatchProgress {
+            files_total: 300,
+            files_done: 12,
+            files_failed: 1,
+            total_bytes: 2048 * 1024,
+            done_bytes: 1024 * 1024,
+            rate: 512.0 * 1024.0,
+            elapsed: Duration::from_secs(2),
+            current: vec![
+                ("photos/a.jpg".into(), 0, 10),
+                ("photos/b.jpg".into(), 0, 10),
+            ],
+        };
+        let l = batch_line(&b, 120);
+        assert_eq!(
+            l,
+            "12/300 files (1 failed)   50.0%    1.0 MiB / 2.0 MiB  512.0 KiB/s  ETA 2s     photos/a.jpg +1"
+        );
+        for cols in [10, 30, 50, 70, 90] {
+            let l = batch_line(&b, cols);
+            assert!(l.chars().count() < cols.max(1), "{cols}: {l:?}");
         }
     }
 
