@@ -976,3 +976,41 @@ fn a_download_giving_up_with_nothing_verified_keeps_no_part() {
         assert!(p2pfs::peer::download::partfile::have_path(&dir, "g").exists());
     });
 }
+
+/// A downloaded file that its owner then edits in place (same length) is
+/// not served with the edited bytes as if they were the content this peer
+/// registered: the chunk server answers `NotHeld` (and withdraws the file),
+/// as it does for a file from the share scan.
+#[test]
+fn a_downloaded_file_edited_afterwards_is_not_served_as_its_old_content() {
+    with_timeout(60, || {
+        let s = Scratch::new("edited-after");
+        let data = ten_chunks(5);
+        util::write(&s.sub("a"), "f", &data);
+        let t = tracker();
+        let _a = util::seed(t.local_addr(), &s.path().join("a"), None);
+        let d = downloader(t.local_addr());
+        d.download("f", &s.sub("d"), &opts(), &mut |_| {})
+            .expect("download");
+        // The user edits the downloaded file: same length, other bytes.
+        let p = s.path().join("d/f");
+        let mut edited = data.clone();
+        edited[0] ^= 0xff;
+        fs::write(&p, &edited).unwrap();
+        let mut c = Client::connect(d.local_addr());
+        let reply = c.request(&Message::ChunkRequest {
+            name: "f".into(),
+            index: 0,
+        });
+        match reply {
+            Message::Error { code, .. } => assert_eq!(code, ErrorCode::NotHeld),
+            Message::ChunkData { data: got, .. } => {
+                panic!(
+                    "served chunk 0 after the edit (edited bytes: {})",
+                    got[0] == edited[0]
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    });
+}

@@ -181,6 +181,24 @@ impl SharedFile {
         }
     }
 
+    /// A complete file this peer downloaded and verified chunk by chunk,
+    /// now in its final place: from here on it is the user's file, which
+    /// may be edited like any file of a shared folder, so it is served as
+    /// a scanned file is (each chunk checked again after its metadata
+    /// moved, `read_for_upload`), with every chunk verified at its
+    /// metadata now. The folder watcher compares later looks with that
+    /// metadata too, rather than with whatever it first sees.
+    pub fn finished(
+        name: String,
+        path: PathBuf,
+        file: File,
+        geometry: Geometry,
+        hashes: Vec<Digest>,
+    ) -> SharedFile {
+        let stamp = file.metadata().ok().and_then(|m| Stamp::of(&m));
+        SharedFile::scanned(name, path, file, geometry, hashes, stamp, true)
+    }
+
     /// A complete file from the scan, whose chunks are checked against
     /// their hashes before they are sent (see `read_for_upload`). `stamp` is
     /// the file's metadata when it was opened; `hashed_now` says its hashes
