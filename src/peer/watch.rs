@@ -212,7 +212,8 @@ struct Watcher {
     events: Option<Sender<WatchEvent>>,
     cancel: Arc<AtomicBool>,
     known: HashMap<String, Tracked>,
-    /// Paths already reported as skipped, with the reason.
+    /// Paths already reported as skipped, with the reason; only those the
+    /// last look still found skipped (and hashing failures since).
     reported: HashSet<(PathBuf, String)>,
 }
 
@@ -267,6 +268,10 @@ impl Watcher {
     /// One look at the folder.
     fn look(&mut self) -> Result<()> {
         let (found, skipped) = share::list_files(&self.root, &self.dir, self.scope_paths())?;
+        // Forget what is no longer there, so `reported` stays the size of
+        // what the folder holds (a path back later is reported again).
+        let now_skipped: HashSet<&PathBuf> = skipped.iter().map(|(p, _)| p).collect();
+        self.reported.retain(|(p, _)| now_skipped.contains(p));
         self.report_skipped(skipped, false);
         self.removed(&found);
         let now = Instant::now();
@@ -456,6 +461,41 @@ mod tests {
             next_wait(s, Duration::from_millis(400)),
             Duration::from_secs(4)
         );
+    }
+
+    /// Paths reported as not shareable are remembered only while they are
+    /// there: a folder where such names come and go (a browser's `.part`
+    /// downloads, temporary FIFOs) does not grow the watcher's memory
+    /// without bound.
+    #[test]
+    fn skipped_paths_are_forgotten_once_gone() {
+        let t = TempDir::new("watch-skipped");
+        let share = Arc::new(ShareIndex::new());
+        let mut w = Watcher {
+            root: share::share_root(&t.0).unwrap(),
+            dir: t.0.clone(),
+            scope: Scope::Folder,
+            chunk_size: 1024,
+            share,
+            cfg: fast(),
+            events: None,
+            cancel: Arc::new(AtomicBool::new(false)),
+            known: HashMap::new(),
+            reported: HashSet::new(),
+        };
+        for round in 0..3 {
+            let names: Vec<String> = (0..50).map(|i| format!("r{round}-{i}.part")).collect();
+            for n in &names {
+                std::fs::write(t.0.join(n), b"x").unwrap();
+            }
+            w.look().unwrap();
+            assert_eq!(w.reported.len(), 50);
+            for n in &names {
+                std::fs::remove_file(t.0.join(n)).unwrap();
+            }
+        }
+        w.look().unwrap();
+        assert!(w.reported.is_empty(), "{}", w.reported.len());
     }
 
     fn fast() -> WatchConfig {
