@@ -243,7 +243,8 @@ pub const NOT_HELD_RETRY_MAX: Duration = Duration::from_secs(8);
 /// being fetched elsewhere, so an honest seed delivers others meanwhile.
 pub const MAX_NOT_HELD_IN_A_ROW: u32 = 64;
 /// A peer whose uploads are capped sends one chunk at a time at its whole
-/// rate, in the order asked, booking each at most this far ahead; a
+/// rate, the turns going round the addresses asking (in the order asked
+/// within one), booking each at most this far ahead; a
 /// request beyond that waits its turn for up to [`UPLOAD_QUEUE_WAIT`].
 pub const UPLOAD_BACKLOG_MAX: Duration = Duration::from_millis(500);
 /// How long a request to a capped peer may wait for its turn before it is
