@@ -257,8 +257,9 @@ pub const UPLOAD_QUEUE_WAIT: Duration = Duration::from_millis(500);
 /// sources), longer after several `Busy` in a row.
 pub const BUSY_PAUSE: Duration = Duration::from_millis(500);
 /// A source that answers `Busy` this many times in a row is dropped for
-/// now (backed off from like one that does not answer, unless it
-/// delivered since it was connected to), so that a download's places for
+/// now (asked again after the base delay, without the growing back-off
+/// of one that does not answer: it is there, only busy), so that a
+/// download's places for
 /// sources ([`MAX_ACTIVE_SOURCES`]) go to sources with room rather than
 /// staying with the first ones found, which everybody found first.
 pub const MAX_BUSY_IN_A_ROW: u32 = 2;

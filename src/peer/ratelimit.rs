@@ -124,12 +124,9 @@ impl Sched {
     /// the turns go round the addresses waiting, however many connections
     /// each has, and in the order asked within one address.
     fn turn(&self) -> Option<&Waiter> {
-        self.waiting.iter().min_by_key(|w| {
-            (
-                self.last_booked.get(&w.who).copied().unwrap_or(0),
-                w.ticket,
-            )
-        })
+        self.waiting
+            .iter()
+            .min_by_key(|w| (self.last_booked.get(&w.who).copied().unwrap_or(0), w.ticket))
     }
 
     /// Notes a booking by `who`.
@@ -520,7 +517,13 @@ mod tests {
         // ...and after waiting its turn until there is room: booked.
         let t = Instant::now();
         let c = l
-            .book(1, Duration::from_millis(700), Duration::from_secs(5), &stop, LOCAL)
+            .book(
+                1,
+                Duration::from_millis(700),
+                Duration::from_secs(5),
+                &stop,
+                LOCAL,
+            )
             .unwrap();
         let waited = t.elapsed();
         assert!(waited >= Duration::from_millis(250), "{waited:?}");
@@ -533,8 +536,14 @@ mod tests {
         let l = Arc::new(RateLimiter::new(Some(100_000)));
         let stop = Arc::new(AtomicBool::new(false));
         // One second booked: the others wait for room.
-        l.book(100_000, Duration::from_secs(1), Duration::ZERO, &stop, LOCAL)
-            .unwrap();
+        l.book(
+            100_000,
+            Duration::from_secs(1),
+            Duration::ZERO,
+            &stop,
+            LOCAL,
+        )
+        .unwrap();
         let order = Arc::new(Mutex::new(Vec::new()));
         let waiters: Vec<_> = (0..3)
             .map(|k| {

@@ -236,15 +236,13 @@ fn serve_chunk(
         }
     };
     let total = CHUNK_DATA_HEADER_LEN + len;
-    let booking = shared
-        .limiter
-        .book(
-            total,
-            UPLOAD_BACKLOG_MAX,
-            UPLOAD_QUEUE_WAIT,
-            &shared.stop,
-            admission::key(w.remote().ip()),
-        );
+    let booking = shared.limiter.book(
+        total,
+        UPLOAD_BACKLOG_MAX,
+        UPLOAD_QUEUE_WAIT,
+        &shared.stop,
+        admission::key(w.remote().ip()),
+    );
     let Some(booking) = booking else {
         unclaim();
         return send_error(
@@ -1002,7 +1000,14 @@ mod tests {
         let cs = 64 * 1024;
         let data = pattern(8 * cs);
         // Part of the file only: no super-seeding, just the bookings.
-        add(&idx, &dir, "f", &data, cs as u32, Some(&[0, 1, 2, 3, 4, 5, 6, 7]));
+        add(
+            &idx,
+            &dir,
+            "f",
+            &data,
+            cs as u32,
+            Some(&[0, 1, 2, 3, 4, 5, 6, 7]),
+        );
         // 400 ms per chunk: two booked at once, the others wait in line.
         let s = start_limited(
             &idx,
