@@ -896,6 +896,10 @@ mod tests {
         let most = Duration::from_millis(1500);
         // 64 sources of a 256-chunk file: a few KiB, as often as allowed.
         assert_eq!(refresh_every(most, 64, 256), MIN_REFRESH_INTERVAL);
+        // The largest file refreshed as often as allowed (protocol.md §10:
+        // "about 8,000 chunks"), and the next size up.
+        assert_eq!(refresh_every(most, 64, 7936), MIN_REFRESH_INTERVAL);
+        assert!(refresh_every(most, 64, 7944) > MIN_REFRESH_INTERVAL);
         // 64 sources of 2^19 chunks (4 MiB a reply): the longest interval.
         assert_eq!(refresh_every(most, 64, 1 << 19), most);
         // In between, in proportion to the reply.
