@@ -322,6 +322,18 @@ impl Watcher {
             t.shared = None;
             t.was_shared = true;
         }
+        // Put in the index by someone else (a download finished into the
+        // folder) with the metadata the file has now: what it vouches for
+        // is what is there, so it is taken as shared, not hashed again.
+        if t.shared.is_none()
+            && let Some(g) = &in_index
+            && g.hashed_stamp().is_some()
+            && g.hashed_stamp() == stamp
+        {
+            t.shared = Some((Arc::clone(g), stamp));
+            t.pending = None;
+            return false;
+        }
         if let Some((f, hashed)) = &mut t.shared {
             if hashed.is_none() {
                 // Adopted without metadata (a download's file): as it is
@@ -496,6 +508,41 @@ mod tests {
         }
         w.look().unwrap();
         assert!(w.reported.is_empty(), "{}", w.reported.len());
+    }
+
+    /// A download finished into the watched folder while the watcher runs
+    /// (`get` at the prompt of `peer share`) is in the index already, with
+    /// its metadata at the finish: the watcher takes it as it is rather
+    /// than reading the whole file again.
+    #[test]
+    fn a_download_finished_in_the_folder_is_not_hashed_again() {
+        let t = TempDir::new("watch-finished");
+        let share = Arc::new(ShareIndex::new());
+        let (tx, rx) = FolderWatch::channel();
+        let w = FolderWatch::start(
+            &t.0,
+            Scope::Folder,
+            1024,
+            Arc::clone(&share),
+            fast(),
+            Some(tx),
+        )
+        .unwrap();
+        let data = vec![5u8; 3000];
+        let p = t.0.join("got");
+        std::fs::write(&p, &data).unwrap();
+        let g = crate::chunks::Geometry::new(3000, 1024).unwrap();
+        let hashes = data.chunks(1024).map(crate::chunks::sha1).collect();
+        let file = std::fs::File::open(&p).unwrap();
+        let f = Arc::new(SharedFile::finished("got".into(), p, file, g, hashes));
+        share.insert(Arc::clone(&f));
+        // Well past the stable time: still the download's entry, no event.
+        assert!(rx.recv_timeout(Duration::from_millis(800)).is_err());
+        assert!(Arc::ptr_eq(&share.get("got").unwrap(), &f));
+        // A later change is seen as usual.
+        std::fs::write(t.0.join("got"), b"other").unwrap();
+        assert_eq!(next(&rx), WatchEvent::Changed { name: "got".into() });
+        w.stop();
     }
 
     fn fast() -> WatchConfig {
