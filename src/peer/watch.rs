@@ -4,7 +4,9 @@
 //! [`WATCH_INTERVAL`] and keeps the share index in line with it: a file
 //! added is hashed and shared once it is stable, a file changed stops
 //! being shared at once and its new content is hashed and shared once it
-//! is stable, a file removed stops being shared. It changes only the share
+//! is stable, a file removed stops being shared; a file a download has
+//! just finished into the folder is in the index already, with its
+//! metadata at the finish, and is taken as it is. It changes only the share
 //! index; every tracker session follows the index by itself (Withdraw,
 //! Register: see `peer::session`), so the watcher talks to no tracker.
 //!
