@@ -257,7 +257,8 @@ pub const NOT_HELD_RETRY_MAX: Duration = Duration::from_secs(8);
 /// being fetched elsewhere, so an honest seed delivers others meanwhile.
 pub const MAX_NOT_HELD_IN_A_ROW: u32 = 64;
 /// A peer whose uploads are capped sends one chunk at a time at its whole
-/// rate, in the order asked, booking each at most this far ahead; a
+/// rate, the turns going round the addresses asking (in the order asked
+/// within one), booking each at most this far ahead; a
 /// request beyond that waits its turn for up to [`UPLOAD_QUEUE_WAIT`].
 pub const UPLOAD_BACKLOG_MAX: Duration = Duration::from_millis(500);
 /// How long a request to a capped peer may wait for its turn before it is
@@ -270,8 +271,9 @@ pub const UPLOAD_QUEUE_WAIT: Duration = Duration::from_millis(500);
 /// sources), longer after several `Busy` in a row.
 pub const BUSY_PAUSE: Duration = Duration::from_millis(500);
 /// A source that answers `Busy` this many times in a row is dropped for
-/// now (backed off from like one that does not answer, unless it
-/// delivered since it was connected to), so that a download's places for
+/// now (asked again after the base delay, without the growing back-off
+/// of one that does not answer: it is there, only busy), so that a
+/// download's places for
 /// sources ([`MAX_ACTIVE_SOURCES`]) go to sources with room rather than
 /// staying with the first ones found, which everybody found first.
 pub const MAX_BUSY_IN_A_ROW: u32 = 2;

@@ -976,3 +976,90 @@ fn a_download_giving_up_with_nothing_verified_keeps_no_part() {
         assert!(p2pfs::peer::download::partfile::have_path(&dir, "g").exists());
     });
 }
+
+/// A downloaded file that its owner then edits in place (same length) is
+/// not served with the edited bytes as if they were the content this peer
+/// registered: the chunk server answers `NotHeld` (and withdraws the file),
+/// as it does for a file from the share scan.
+#[test]
+fn a_downloaded_file_edited_afterwards_is_not_served_as_its_old_content() {
+    with_timeout(60, || {
+        let s = Scratch::new("edited-after");
+        let data = ten_chunks(5);
+        util::write(&s.sub("a"), "f", &data);
+        let t = tracker();
+        let _a = util::seed(t.local_addr(), &s.path().join("a"), None);
+        let d = downloader(t.local_addr());
+        d.download("f", &s.sub("d"), &opts(), &mut |_| {})
+            .expect("download");
+        // The user edits the downloaded file: same length, other bytes.
+        let p = s.path().join("d/f");
+        let mut edited = data.clone();
+        edited[0] ^= 0xff;
+        fs::write(&p, &edited).unwrap();
+        let mut c = Client::connect(d.local_addr());
+        let reply = c.request(&Message::ChunkRequest {
+            name: "f".into(),
+            index: 0,
+        });
+        match reply {
+            Message::Error { code, .. } => assert_eq!(code, ErrorCode::NotHeld),
+            Message::ChunkData { data: got, .. } => {
+                panic!(
+                    "served chunk 0 after the edit (edited bytes: {})",
+                    got[0] == edited[0]
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    });
+}
+
+/// A capped seed serving several downloads at once (of different files, so
+/// no downloader can fetch from another) answers some requests `Busy`: it
+/// is busy, not gone. A download turned away is waited for as a chunk in
+/// flight is, and asked again without a growing back-off; none gives up
+/// for want of a source while the seed is sending to the others.
+#[test]
+fn downloads_from_a_busy_capped_seed_wait_their_turn_rather_than_give_up() {
+    with_timeout(120, || {
+        let s = Scratch::new("busy-seed");
+        const N: usize = 6;
+        let files: Vec<Vec<u8>> = (0..N)
+            .map(|k| util::pattern(4 * CHUNK as usize, k as u64))
+            .collect();
+        for (k, d) in files.iter().enumerate() {
+            util::write(&s.sub("a"), &format!("f{k}"), d);
+        }
+        let t = tracker();
+        // Half a second per chunk: 24 chunks take 12 s in all.
+        let _a = util::seed(
+            t.local_addr(),
+            &s.path().join("a"),
+            Some(2 * u64::from(CHUNK)),
+        );
+        // Without progress: 5 s with nothing in flight; a chunk in flight
+        // (or a source that said Busy) gets 10 s + 64 KiB at 8 KiB/s = 18 s,
+        // longer than all 24 chunks take.
+        let mut o = opts();
+        o.give_up_after = Duration::from_secs(5);
+        o.io_timeout = Duration::from_secs(10);
+        let runs: Vec<_> = (0..N)
+            .map(|k| {
+                let (dir, o, addr) = (s.sub(&format!("d{k}")), o.clone(), t.local_addr());
+                thread::spawn(move || {
+                    let d = downloader(addr);
+                    d.download(&format!("f{k}"), &dir, &o, &mut |_| {})
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        let results: Vec<_> = runs.into_iter().map(|h| h.join().unwrap()).collect();
+        let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert!(failed.is_empty(), "{failed:?}");
+        for (k, d) in files.iter().enumerate() {
+            assert_eq!(&fs::read(s.path().join(format!("d{k}/f{k}"))).unwrap(), d);
+        }
+    });
+}

@@ -4,8 +4,9 @@
 //!
 //! Owns: the pacing policy for chunk bytes a peer sends and takes, and the
 //! order replies get their turn. The chunk server (`peer::server`) books
-//! each reply's whole slot with [`RateLimiter::book`] (waiting its turn,
-//! first come first booked, when the schedule is full) and writes each
+//! each reply's whole slot with [`RateLimiter::book`] (waiting its turn when
+//! the schedule is full; the turns go round the addresses asking, so one
+//! address with many connections cannot crowd out the others) and writes each
 //! piece of it after [`Booking::wait`]; a download's workers read their sockets through
 //! [`RateLimiter::read_paced`] (as a `net::client::ReadGate`). Nothing else
 //! in the crate is paced. Calls `sync` (the lock helper) and
@@ -40,9 +41,9 @@
 //! W = 1 s, 3% over the rate at worst from 50 KiB/s up (a piece is 1/50 s
 //! of the rate), 5% below (1/25 s).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
-use std::net::TcpStream;
+use std::net::{IpAddr, TcpStream};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::Thread;
@@ -83,12 +84,30 @@ struct Sched {
     /// When the next byte may be released or taken (`None` until first
     /// use).
     next: Option<Instant>,
-    /// Replies waiting to be booked ([`RateLimiter::book`]), first come
-    /// first booked; only the first is woken when there is room.
-    waiting: VecDeque<(u64, Thread)>,
+    /// Replies waiting to be booked ([`RateLimiter::book`]), in the order
+    /// they came; only the one whose turn it is ([`Sched::turn`]) is woken
+    /// when there is room.
+    waiting: VecDeque<Waiter>,
     /// The ticket of the next reply to wait.
     tickets: u64,
+    /// Bookings made so far, numbered from 1.
+    booked: u64,
+    /// For each address that booked, the number of its latest booking (only
+    /// addresses waiting are kept once there are many).
+    last_booked: HashMap<IpAddr, u64>,
 }
+
+/// A reply waiting to be booked.
+#[derive(Debug)]
+struct Waiter {
+    ticket: u64,
+    thread: Thread,
+    /// Who asked (an IPv4 address or an IPv6 /64): turns go round them.
+    who: IpAddr,
+}
+
+/// Addresses remembered in [`Sched::last_booked`] beyond those waiting.
+const LAST_BOOKED_MAX: usize = 1024;
 
 impl Sched {
     /// Books `cost` from `start`.
@@ -100,12 +119,34 @@ impl Sched {
         );
     }
 
-    /// Leaves the queue; wakes the new first waiter if it was ours.
-    fn leave(&mut self, ticket: u64) {
-        let first = self.waiting.front().map(|w| w.0) == Some(ticket);
-        self.waiting.retain(|w| w.0 != ticket);
-        if first && let Some(w) = self.waiting.front() {
-            w.1.unpark();
+    /// Whose turn it is to book: the waiter whose address booked least
+    /// recently (never first), the earliest of that address's waiters. So
+    /// the turns go round the addresses waiting, however many connections
+    /// each has, and in the order asked within one address.
+    fn turn(&self) -> Option<&Waiter> {
+        self.waiting
+            .iter()
+            .min_by_key(|w| (self.last_booked.get(&w.who).copied().unwrap_or(0), w.ticket))
+    }
+
+    /// Notes a booking by `who`.
+    fn booked_by(&mut self, who: IpAddr) {
+        self.booked += 1;
+        self.last_booked.insert(who, self.booked);
+        if self.last_booked.len() > LAST_BOOKED_MAX {
+            let waiting = &self.waiting;
+            self.last_booked
+                .retain(|a, _| waiting.iter().any(|w| w.who == *a));
+        }
+    }
+
+    /// Leaves the queue; wakes the waiter whose turn it is now if it was
+    /// ours (it was, for one that has just `booked`).
+    fn leave(&mut self, ticket: u64, booked: bool) {
+        let ours = booked || self.turn().map(|w| w.ticket) == Some(ticket);
+        self.waiting.retain(|w| w.ticket != ticket);
+        if ours && let Some(w) = self.turn() {
+            w.thread.unpark();
         }
     }
 }
@@ -206,10 +247,12 @@ impl RateLimiter {
         ))
     }
 
-    /// Books one slot for all `n` bytes of a reply (a whole chunk). The
-    /// slot may start at most `backlog` after now: a reply that would wait
-    /// longer behind those booked before it waits its turn (first come,
-    /// first booked) for up to `queue_for`, and gets `None` (nothing
+    /// Books one slot for all `n` bytes of a reply (a whole chunk) asked by
+    /// `who` (an address, or an IPv6 /64). The slot may start at most
+    /// `backlog` after now: a reply that would wait longer behind those
+    /// booked before it waits its turn (the turns go round the addresses
+    /// waiting, in the order asked within each: [`Sched::turn`]) for up to
+    /// `queue_for`, and gets `None` (nothing
     /// booked) if its turn has not come by then or `cancel` is set. The
     /// caller then writes the bytes in pieces of
     /// [`RateLimiter::piece_size`], each after [`Booking::wait`] for its
@@ -217,14 +260,15 @@ impl RateLimiter {
     /// overlap, so the bound of the module comment holds, and replies go
     /// out one after another in the order they were booked: each at the
     /// whole rate, not all at once at a share of it. Waiting costs no
-    /// CPU: only the first in line is woken, when there is room (or at
-    /// its time limit). Always `Some` at once when unlimited.
+    /// CPU: only the one whose turn it is is woken, when there is room (or
+    /// at its time limit). Always `Some` at once when unlimited.
     pub fn book(
         &self,
         n: usize,
         backlog: Duration,
         queue_for: Duration,
         cancel: &AtomicBool,
+        who: IpAddr,
     ) -> Option<Booking> {
         let Some(rate) = self.rate else {
             return Some(Booking {
@@ -237,22 +281,27 @@ impl RateLimiter {
         let mut s = crate::sync::lock(&self.sched);
         let ticket = s.tickets;
         s.tickets = s.tickets.wrapping_add(1);
-        s.waiting.push_back((ticket, std::thread::current()));
+        s.waiting.push_back(Waiter {
+            ticket,
+            thread: std::thread::current(),
+            who,
+        });
         loop {
             let now = Instant::now();
             let start = slot_start(s.next, now);
-            let first = s.waiting.front().map(|w| w.0) == Some(ticket);
+            let first = s.turn().map(|w| w.ticket) == Some(ticket);
             let room_in = start.saturating_duration_since(now).saturating_sub(backlog);
             if first && room_in.is_zero() {
                 s.take(start, cost);
-                s.leave(ticket);
+                s.booked_by(who);
+                s.leave(ticket, true);
                 return Some(Booking {
                     start: Some(start),
                     rate,
                 });
             }
             if now >= give_up || cancel.load(Ordering::Relaxed) {
-                s.leave(ticket);
+                s.leave(ticket, false);
                 return None;
             }
             let left = give_up - now;
@@ -267,7 +316,7 @@ impl RateLimiter {
     /// whose `cancel` is set return at once (a server shutting down).
     pub fn wake_all(&self) {
         for w in &crate::sync::lock(&self.sched).waiting {
-            w.1.unpark();
+            w.thread.unpark();
         }
     }
 
@@ -413,6 +462,8 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     #[test]
     fn unlimited_and_zero_do_not_block() {
         for l in [RateLimiter::unlimited(), RateLimiter::new(Some(0))] {
@@ -444,15 +495,15 @@ mod tests {
         let long = Duration::from_secs(10);
         // Unlimited: booked at once, never waits.
         let b = RateLimiter::unlimited()
-            .book(1 << 30, Duration::ZERO, Duration::ZERO, &stop)
+            .book(1 << 30, Duration::ZERO, Duration::ZERO, &stop, LOCAL)
             .unwrap();
         assert_eq!(b.starts_in(), Duration::ZERO);
         assert!(b.wait(1 << 30, &stop));
         // 100 KB/s: 50 KB takes 0.5 s; each booking starts where the one
         // before ends.
         let l = RateLimiter::new(Some(100_000));
-        let a = l.book(50_000, long, Duration::ZERO, &stop).unwrap();
-        let b = l.book(50_000, long, Duration::ZERO, &stop).unwrap();
+        let a = l.book(50_000, long, Duration::ZERO, &stop, LOCAL).unwrap();
+        let b = l.book(50_000, long, Duration::ZERO, &stop, LOCAL).unwrap();
         let gap = b.starts_in().saturating_sub(a.starts_in());
         assert!(
             gap > Duration::from_millis(450) && gap <= Duration::from_millis(500),
@@ -460,13 +511,19 @@ mod tests {
         );
         // Past the backlog, with no time to wait: nothing booked...
         assert!(
-            l.book(1, Duration::from_millis(200), Duration::ZERO, &stop)
+            l.book(1, Duration::from_millis(200), Duration::ZERO, &stop, LOCAL)
                 .is_none()
         );
         // ...and after waiting its turn until there is room: booked.
         let t = Instant::now();
         let c = l
-            .book(1, Duration::from_millis(700), Duration::from_secs(5), &stop)
+            .book(
+                1,
+                Duration::from_millis(700),
+                Duration::from_secs(5),
+                &stop,
+                LOCAL,
+            )
             .unwrap();
         let waited = t.elapsed();
         assert!(waited >= Duration::from_millis(250), "{waited:?}");
@@ -479,8 +536,14 @@ mod tests {
         let l = Arc::new(RateLimiter::new(Some(100_000)));
         let stop = Arc::new(AtomicBool::new(false));
         // One second booked: the others wait for room.
-        l.book(100_000, Duration::from_secs(1), Duration::ZERO, &stop)
-            .unwrap();
+        l.book(
+            100_000,
+            Duration::from_secs(1),
+            Duration::ZERO,
+            &stop,
+            LOCAL,
+        )
+        .unwrap();
         let order = Arc::new(Mutex::new(Vec::new()));
         let waiters: Vec<_> = (0..3)
             .map(|k| {
@@ -490,7 +553,7 @@ mod tests {
                     .name(format!("book-{k}"))
                     .spawn(move || {
                         let long = Duration::from_secs(30);
-                        let b = l.book(10_000, Duration::from_millis(100), long, &stop);
+                        let b = l.book(10_000, Duration::from_millis(100), long, &stop, LOCAL);
                         crate::sync::lock(&order).push((k, b.is_some()));
                     })
                     .unwrap()

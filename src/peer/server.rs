@@ -18,7 +18,8 @@
 //! connection reads a chunk straight into `[ChunkData header | chunk]` and
 //! writes that buffer with one `write_all` (or, when uploads are capped,
 //! in pieces paced within the reply's booked slot: one chunk at a time at
-//! the whole rate, in the order asked; a request that cannot be booked
+//! the whole rate, the turns going round the addresses asking (in the
+//! order asked within one); a request that cannot be booked
 //! within `limits::UPLOAD_BACKLOG_MAX` after waiting
 //! `limits::UPLOAD_QUEUE_WAIT` is answered `Busy`).
 //!
@@ -43,7 +44,7 @@ use super::share::{ShareIndex, SharedFile, UploadError};
 use super::{PeerError, Result};
 use crate::chunks::ChunkIndex;
 use crate::limits::{UPLOAD_BACKLOG_MAX, UPLOAD_QUEUE_WAIT};
-use crate::net::admission::Limits;
+use crate::net::admission::{self, Limits};
 use crate::net::server::{Flow, Handler, Link, Live, Options, Server};
 use crate::wire::{self, CHUNK_DATA_HEADER_LEN, ErrorCode, Message, WireError};
 
@@ -235,9 +236,13 @@ fn serve_chunk(
         }
     };
     let total = CHUNK_DATA_HEADER_LEN + len;
-    let booking = shared
-        .limiter
-        .book(total, UPLOAD_BACKLOG_MAX, UPLOAD_QUEUE_WAIT, &shared.stop);
+    let booking = shared.limiter.book(
+        total,
+        UPLOAD_BACKLOG_MAX,
+        UPLOAD_QUEUE_WAIT,
+        &shared.stop,
+        admission::key(w.remote().ip()),
+    );
     let Some(booking) = booking else {
         unclaim();
         return send_error(
@@ -972,6 +977,53 @@ mod tests {
         match b.recv().unwrap() {
             Message::ChunkData { index: 1, data: d } => assert_eq!(d, data[cs..2 * cs]),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// A greeted connection to `s` from the loopback address `ip`.
+    fn conn_from(s: &ChunkServer, ip: [u8; 4]) -> Conn {
+        use socket2::{Domain, Socket, Type};
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        sock.bind(&SocketAddr::from((ip, 0)).into()).unwrap();
+        sock.connect_timeout(&s.local_addr().into(), T).unwrap();
+        Conn::from_stream(sock.into(), T).unwrap()
+    }
+
+    /// The turns of a capped peer's uploads go round the addresses asking,
+    /// not first come first served: one address with many connections
+    /// (one per request in line) cannot keep another address's request
+    /// waiting until it is answered `Busy`.
+    #[test]
+    fn a_capped_peer_gives_the_next_turn_to_an_address_not_served_yet() {
+        let dir = TempDir::new("fair-uploads");
+        let idx = Arc::new(ShareIndex::new());
+        let cs = 64 * 1024;
+        let data = pattern(8 * cs);
+        // Part of the file only: no super-seeding, just the bookings.
+        add(
+            &idx,
+            &dir,
+            "f",
+            &data,
+            cs as u32,
+            Some(&[0, 1, 2, 3, 4, 5, 6, 7]),
+        );
+        // 400 ms per chunk: two booked at once, the others wait in line.
+        let s = start_limited(
+            &idx,
+            ServerConfig::default(),
+            RateLimiter::new(Some(cs as u64 * 5 / 2)),
+        );
+        let mut hog: Vec<Conn> = (0..6).map(|_| conn_from(&s, [127, 0, 0, 1])).collect();
+        let mut other = conn_from(&s, [127, 0, 0, 2]);
+        for (k, c) in hog.iter_mut().enumerate() {
+            c.send(&req("f", k as u32)).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        other.send(&req("f", 7)).unwrap();
+        match other.recv().unwrap() {
+            Message::ChunkData { index: 7, data: d } => assert_eq!(d, data[7 * cs..]),
+            m => panic!("the other address was not served: {m:?}"),
         }
     }
 

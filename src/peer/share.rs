@@ -181,6 +181,24 @@ impl SharedFile {
         }
     }
 
+    /// A complete file this peer downloaded and verified chunk by chunk,
+    /// now in its final place: from here on it is the user's file, which
+    /// may be edited like any file of a shared folder, so it is served as
+    /// a scanned file is (each chunk checked again after its metadata
+    /// moved, `read_for_upload`), with every chunk verified at its
+    /// metadata now. The folder watcher compares later looks with that
+    /// metadata too, rather than with whatever it first sees.
+    pub fn finished(
+        name: String,
+        path: PathBuf,
+        file: File,
+        geometry: Geometry,
+        hashes: Vec<Digest>,
+    ) -> SharedFile {
+        let stamp = file.metadata().ok().and_then(|m| Stamp::of(&m));
+        SharedFile::scanned(name, path, file, geometry, hashes, stamp, true)
+    }
+
     /// A complete file from the scan, whose chunks are checked against
     /// their hashes before they are sent (see `read_for_upload`). `stamp` is
     /// the file's metadata when it was opened; `hashed_now` says its hashes
@@ -975,9 +993,17 @@ fn classify(
         skipped.push((path, "unfinished download (.part)".into()));
         return None;
     }
-    if name.starts_with(HASH_CACHE_NAME) || name == LOCK_FILE_NAME {
+    if is_own_file(&name) {
         // Our own cache (or its temporary file) and the lock of the peer
         // sharing this folder: silently private.
+        return None;
+    }
+    // A link is shared under its own name, but what it leads to must not be
+    // one of those either.
+    if real != path
+        && let Some(why) = private_target(root, &real)
+    {
+        skipped.push((path, why));
         return None;
     }
     found.insert(
@@ -1030,15 +1056,39 @@ fn open_candidate(root: &Path, real: &Path) -> std::result::Result<(File, Metada
         io::ErrorKind::InvalidInput => e.to_string(),
         _ => format!("cannot open: {e}"),
     })?;
-    if let Ok(at) = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        && !at.starts_with(root)
-    {
-        return Err(format!(
-            "opened {} instead, outside the shared folder (changed during the scan)",
-            at.display()
-        ));
+    if let Ok(at) = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) {
+        if !at.starts_with(root) {
+            return Err(format!(
+                "opened {} instead, outside the shared folder (changed during the scan)",
+                at.display()
+            ));
+        }
+        if let Some(why) = private_target(root, &at) {
+            return Err(format!("opened {} instead: {why}", at.display()));
+        }
     }
     Ok((file, meta))
+}
+
+/// The hash cache (or its temporary file) and the lock file, by their name
+/// relative to the share root.
+fn is_own_file(name: &str) -> bool {
+    name.starts_with(HASH_CACHE_NAME) || name == LOCK_FILE_NAME
+}
+
+/// Why `target` (an absolute path inside `root`: a link's target, or what
+/// was actually opened) must not be shared, if it is one of p2pfs's own
+/// files: an unfinished download's, the hash cache, the lock.
+fn private_target(root: &Path, target: &Path) -> Option<String> {
+    let rel = target.strip_prefix(root).ok()?;
+    let name = rel.to_str()?;
+    if partfile::is_artifact(name) {
+        Some("leads to an unfinished download (.part)".into())
+    } else if is_own_file(name) {
+        Some("leads to p2pfs's own hash cache or lock file".into())
+    } else {
+        None
+    }
 }
 
 /// The wire name of `path` (inside `root`): its components joined by '/'.
@@ -1914,6 +1964,34 @@ mod tests {
         let s = scan_dir(&t.0, &[PathBuf::from("leak")], 1024, &no_progress()).unwrap();
         assert!(s.files.is_empty());
         assert!(s.skipped[0].1.contains("outside"));
+    }
+
+    /// A symlink inside the folder that leads to one of p2pfs's own files
+    /// (an unfinished download's `.part` or `.have`, the hash cache, the
+    /// lock) shares nothing: what the name leads to is checked, not only
+    /// the name of the link.
+    #[test]
+    fn a_symlink_to_a_part_the_cache_or_the_lock_is_not_shared() {
+        let t = TempDir::new("link-private");
+        put(&t.0, "real", b"real");
+        let part = partfile::part_path(&t.0, "secret.bin");
+        fs::create_dir_all(part.parent().unwrap()).unwrap();
+        fs::write(&part, b"half of a private download").unwrap();
+        fs::write(t.0.join("x.part"), b"another unfinished one").unwrap();
+        put(&t.0, LOCK_FILE_NAME, b"123 4567\n");
+        std::os::unix::fs::symlink(&part, t.0.join("leak1")).unwrap();
+        std::os::unix::fs::symlink(t.0.join("x.part"), t.0.join("leak2")).unwrap();
+        std::os::unix::fs::symlink(t.0.join(LOCK_FILE_NAME), t.0.join("leak3")).unwrap();
+        // A first scan writes the cache; a link to it is then refused too.
+        scan_dir(&t.0, &[], 1024, &no_progress()).unwrap();
+        assert!(t.0.join(HASH_CACHE_NAME).exists());
+        std::os::unix::fs::symlink(t.0.join(HASH_CACHE_NAME), t.0.join("leak4")).unwrap();
+        let s = scan_dir(&t.0, &[], 1024, &no_progress()).unwrap();
+        assert_eq!(names(&s), ["real"]);
+        for l in ["leak1", "leak2", "leak4"] {
+            let s = scan_dir(&t.0, &[PathBuf::from(l)], 1024, &no_progress()).unwrap();
+            assert!(s.files.is_empty(), "{l}");
+        }
     }
 
     /// `mkfifo` through the command (std has no safe way to make one).

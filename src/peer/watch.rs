@@ -4,7 +4,9 @@
 //! [`WATCH_INTERVAL`] and keeps the share index in line with it: a file
 //! added is hashed and shared once it is stable, a file changed stops
 //! being shared at once and its new content is hashed and shared once it
-//! is stable, a file removed stops being shared. It changes only the share
+//! is stable, a file removed stops being shared; a file a download has
+//! just finished into the folder is in the index already, with its
+//! metadata at the finish, and is taken as it is. It changes only the share
 //! index; every tracker session follows the index by itself (Withdraw,
 //! Register: see `peer::session`), so the watcher talks to no tracker.
 //!
@@ -212,7 +214,8 @@ struct Watcher {
     events: Option<Sender<WatchEvent>>,
     cancel: Arc<AtomicBool>,
     known: HashMap<String, Tracked>,
-    /// Paths already reported as skipped, with the reason.
+    /// Paths already reported as skipped, with the reason; only those the
+    /// last look still found skipped (and hashing failures since).
     reported: HashSet<(PathBuf, String)>,
 }
 
@@ -267,6 +270,10 @@ impl Watcher {
     /// One look at the folder.
     fn look(&mut self) -> Result<()> {
         let (found, skipped) = share::list_files(&self.root, &self.dir, self.scope_paths())?;
+        // Forget what is no longer there, so `reported` stays the size of
+        // what the folder holds (a path back later is reported again).
+        let now_skipped: HashSet<&PathBuf> = skipped.iter().map(|(p, _)| p).collect();
+        self.reported.retain(|(p, _)| now_skipped.contains(p));
         self.report_skipped(skipped, false);
         self.removed(&found);
         let now = Instant::now();
@@ -316,6 +323,18 @@ impl Watcher {
         {
             t.shared = None;
             t.was_shared = true;
+        }
+        // Put in the index by someone else (a download finished into the
+        // folder) with the metadata the file has now: what it vouches for
+        // is what is there, so it is taken as shared, not hashed again.
+        if t.shared.is_none()
+            && let Some(g) = &in_index
+            && g.hashed_stamp().is_some()
+            && g.hashed_stamp() == stamp
+        {
+            t.shared = Some((Arc::clone(g), stamp));
+            t.pending = None;
+            return false;
         }
         if let Some((f, hashed)) = &mut t.shared {
             if hashed.is_none() {
@@ -456,6 +475,76 @@ mod tests {
             next_wait(s, Duration::from_millis(400)),
             Duration::from_secs(4)
         );
+    }
+
+    /// Paths reported as not shareable are remembered only while they are
+    /// there: a folder where such names come and go (a browser's `.part`
+    /// downloads, temporary FIFOs) does not grow the watcher's memory
+    /// without bound.
+    #[test]
+    fn skipped_paths_are_forgotten_once_gone() {
+        let t = TempDir::new("watch-skipped");
+        let share = Arc::new(ShareIndex::new());
+        let mut w = Watcher {
+            root: share::share_root(&t.0).unwrap(),
+            dir: t.0.clone(),
+            scope: Scope::Folder,
+            chunk_size: 1024,
+            share,
+            cfg: fast(),
+            events: None,
+            cancel: Arc::new(AtomicBool::new(false)),
+            known: HashMap::new(),
+            reported: HashSet::new(),
+        };
+        for round in 0..3 {
+            let names: Vec<String> = (0..50).map(|i| format!("r{round}-{i}.part")).collect();
+            for n in &names {
+                std::fs::write(t.0.join(n), b"x").unwrap();
+            }
+            w.look().unwrap();
+            assert_eq!(w.reported.len(), 50);
+            for n in &names {
+                std::fs::remove_file(t.0.join(n)).unwrap();
+            }
+        }
+        w.look().unwrap();
+        assert!(w.reported.is_empty(), "{}", w.reported.len());
+    }
+
+    /// A download finished into the watched folder while the watcher runs
+    /// (`get` at the prompt of `peer share`) is in the index already, with
+    /// its metadata at the finish: the watcher takes it as it is rather
+    /// than reading the whole file again.
+    #[test]
+    fn a_download_finished_in_the_folder_is_not_hashed_again() {
+        let t = TempDir::new("watch-finished");
+        let share = Arc::new(ShareIndex::new());
+        let (tx, rx) = FolderWatch::channel();
+        let w = FolderWatch::start(
+            &t.0,
+            Scope::Folder,
+            1024,
+            Arc::clone(&share),
+            fast(),
+            Some(tx),
+        )
+        .unwrap();
+        let data = vec![5u8; 3000];
+        let p = t.0.join("got");
+        std::fs::write(&p, &data).unwrap();
+        let g = crate::chunks::Geometry::new(3000, 1024).unwrap();
+        let hashes = data.chunks(1024).map(crate::chunks::sha1).collect();
+        let file = std::fs::File::open(&p).unwrap();
+        let f = Arc::new(SharedFile::finished("got".into(), p, file, g, hashes));
+        share.insert(Arc::clone(&f));
+        // Well past the stable time: still the download's entry, no event.
+        assert!(rx.recv_timeout(Duration::from_millis(800)).is_err());
+        assert!(Arc::ptr_eq(&share.get("got").unwrap(), &f));
+        // A later change is seen as usual.
+        std::fs::write(t.0.join("got"), b"other").unwrap();
+        assert_eq!(next(&rx), WatchEvent::Changed { name: "got".into() });
+        w.stop();
     }
 
     fn fast() -> WatchConfig {

@@ -180,6 +180,10 @@ impl Sources {
                 k.retry_at = now + retry_after.saturating_mul(doubled).min(RETRY_AFTER_MAX);
                 k.stats.dropped = Some(why.clone());
             }
+            WorkerEnd::Busy(why) => {
+                k.retry_at = now + retry_after;
+                k.stats.dropped = Some(why.clone());
+            }
             WorkerEnd::Banned(why) => {
                 k.banned = true;
                 k.stats.dropped = Some(why.clone());
@@ -292,6 +296,10 @@ pub(super) struct Coordinator<'scope, 'env: 'scope> {
     last_refresh: Instant,
     refresh_wanted: bool,
     last_progress: Instant,
+    /// When a source last turned this download away with `Busy` (its
+    /// capped uploads taken by others): a source that is there and will
+    /// serve, which counts as a request in flight in [`Coordinator::check_stuck`].
+    last_busy: Option<Instant>,
     /// The most connections read through the download limit at once
     /// since `last_progress` (by every download sharing it): how slowly
     /// a chunk may have come in meanwhile.
@@ -347,6 +355,7 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             last_refresh: Instant::now(),
             refresh_wanted: false,
             last_progress: Instant::now(),
+            last_busy: None,
             peak_readers: 0,
             cancel: ctx.cancel,
             late_error: None,
@@ -440,6 +449,10 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
         match &end {
             WorkerEnd::Finished => {}
             WorkerEnd::Lost(why) => info!("{name}: source {source} lost: {why}"),
+            WorkerEnd::Busy(why) => {
+                info!("{name}: source {source} busy, asked again later: {why}");
+                self.last_busy = Some(Instant::now());
+            }
             WorkerEnd::Banned(why) => warn!("{name}: dropping source {source}: {why}"),
         }
         let retry_after = self.engine.opts.retry_after;
@@ -449,7 +462,8 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
     }
 
     /// Gives up when no chunk was written for `give_up_after` with nothing
-    /// in flight, or, whatever is in flight, for the longer of that and the
+    /// in flight and no source answering `Busy` within that time, or,
+    /// whatever is in flight, for the longer of that and the
     /// time one chunk may take (the I/O timeout plus a chunk at
     /// `MIN_CHUNK_TRANSFER_RATE`, the client's deadline for a `ChunkData`;
     /// under a download limit, at least the I/O timeout plus the time a
@@ -482,8 +496,14 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             Some(t) => one_chunk.max(e.opts.io_timeout.saturating_add(t)),
             None => one_chunk,
         };
+        // A source busy with others' uploads is waited for like one
+        // sending slowly: within the same bound, so one that answers only
+        // `Busy` cannot keep the download waiting for longer.
+        let busy = self
+            .last_busy
+            .is_some_and(|t| t.elapsed() < e.opts.give_up_after);
         if stalled < e.opts.give_up_after.max(one_chunk)
-            && missing.iter().any(|&i| p.in_flight(i) > 0)
+            && (busy || missing.iter().any(|&i| p.in_flight(i) > 0))
         {
             return Ok(());
         }
@@ -891,6 +911,10 @@ mod tests {
         let most = Duration::from_millis(1500);
         // 64 sources of a 256-chunk file: a few KiB, as often as allowed.
         assert_eq!(refresh_every(most, 64, 256), MIN_REFRESH_INTERVAL);
+        // The largest file refreshed as often as allowed (protocol.md §10:
+        // "about 8,000 chunks"), and the next size up.
+        assert_eq!(refresh_every(most, 64, 7936), MIN_REFRESH_INTERVAL);
+        assert!(refresh_every(most, 64, 7944) > MIN_REFRESH_INTERVAL);
         // 64 sources of 2^19 chunks (4 MiB a reply): the longest interval.
         assert_eq!(refresh_every(most, 64, 1 << 19), most);
         // In between, in proportion to the reply.

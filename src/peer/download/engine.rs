@@ -99,6 +99,11 @@ pub(super) enum WorkerEnd {
     Finished,
     /// Connection failed, closed or timed out: may be retried later.
     Lost(String),
+    /// The source answered `Busy` again and again: its capped uploads are
+    /// taken by others for now. It is there and holds the chunks, so it is
+    /// asked again after the base delay (no growing back-off), and it
+    /// keeps the download from giving up as a request in flight does.
+    Busy(String),
     /// Misbehaved (bad hashes, wrong replies): never used again.
     Banned(String),
 }

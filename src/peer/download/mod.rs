@@ -424,7 +424,7 @@ fn put_in_place(
 ) -> Result<()> {
     partfile::finish(paths, shared.file(), sync_folder)?;
     if let Ok(f) = shared.file().try_clone() {
-        ctx.share.insert(Arc::new(SharedFile::complete(
+        ctx.share.insert(Arc::new(SharedFile::finished(
             name.to_owned(),
             paths.final_path.clone(),
             f,
@@ -446,7 +446,7 @@ fn already_there(
 ) -> Result<Summary> {
     let file = partfile::open_finished(paths, name, d.geometry, &d.hashes, ctx.cancel)?;
     let p = &paths.final_path;
-    ctx.share.insert(Arc::new(SharedFile::complete(
+    ctx.share.insert(Arc::new(SharedFile::finished(
         name.to_owned(),
         p.clone(),
         file,

@@ -457,7 +457,7 @@ impl Worker<'_, '_> {
                 self.busy_run += 1;
                 if self.busy_run >= MAX_BUSY_IN_A_ROW {
                     // Saturated by others: its place goes to another source.
-                    return Err(WorkerEnd::Lost(format!(
+                    return Err(WorkerEnd::Busy(format!(
                         "answered Busy to {} requests in a row",
                         self.busy_run
                     )));
