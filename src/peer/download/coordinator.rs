@@ -386,13 +386,22 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             }
             let now = Instant::now();
             let since = now.duration_since(self.last_refresh);
+            // Fresh locations are worth asking for often only while a worker
+            // has nothing to fetch from its source: with every worker busy,
+            // the download asks at its ordinary pace, so a swarm that is not
+            // starved costs its trackers a Locate per 1.5 s per download.
+            let fast = refresh_every(
+                e.opts.refresh_interval,
+                self.listed.len(),
+                e.geometry.count(),
+            );
+            let starved = self.refresh_wanted || self.any_worker_idle();
             if since
-                >= refresh_every(
-                    e.opts.refresh_interval,
-                    self.listed.len(),
-                    e.geometry.count(),
-                )
-                || (self.refresh_wanted && since >= Duration::from_millis(250))
+                >= if starved {
+                    fast
+                } else {
+                    e.opts.refresh_interval
+                }
             {
                 self.refresh();
             }
@@ -521,6 +530,16 @@ impl<'scope, 'env> Coordinator<'scope, 'env> {
             e.geometry.count(),
             stalled.as_secs()
         )))
+    }
+
+    /// Whether a worker is waiting with nothing to ask its source for (not
+    /// one paused after `Busy`), or there is no worker at all.
+    fn any_worker_idle(&self) -> bool {
+        self.active.is_empty()
+            || self
+                .active
+                .values()
+                .any(|a| a.slot.idle.load(Ordering::SeqCst))
     }
 
     /// Asks every locator for fresh locations (answered later, in
