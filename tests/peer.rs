@@ -255,6 +255,30 @@ fn fifos_at_the_download_names_are_refused_not_waited_on() {
     });
 }
 
+/// A download killed between creating its `.part` and saving the first
+/// `.part.have` left a `.part` alone, and every later run refused it ("not
+/// an unfinished download"), so `peer get DIR/` could never resume. With no
+/// `.part.have` at all, nothing in it was verified: it is started afresh.
+#[test]
+fn a_part_without_any_have_is_started_afresh() {
+    with_timeout(60, || {
+        let s = Scratch::new("orphan-part");
+        let data = util::pattern(100_000, 5);
+        write(&s.sub("src"), "f", &data);
+        let t = tracker();
+        let _seed = seed(t.local_addr(), &s.path().join("src"), None);
+        let b = downloader(t.local_addr());
+        let dir = s.sub("dl");
+        let part = part_path(&dir, "f");
+        fs::create_dir_all(part.parent().unwrap()).unwrap();
+        fs::write(&part, vec![0xEE; 150_000]).unwrap();
+        assert!(!have_path(&dir, "f").exists());
+        b.download("f", &dir, &opts(), &mut |_| {}).unwrap();
+        assert_eq!(fs::read(dir.join("f")).unwrap(), data);
+        assert!(!part.exists() && !have_path(&dir, "f").exists());
+    });
+}
+
 #[test]
 fn bad_and_unknown_names_fail_cleanly_and_write_nothing() {
     with_timeout(60, || {

@@ -330,8 +330,9 @@ fn save_have(path: &Path, id: &Digest, have: &Bitmap, name: &str) -> std::io::Re
 /// Opens the `.part` file of an interrupted download of this very file, or
 /// creates a new one, and works out which chunks in it are already good:
 /// those the saved bitmap claims and whose hash checks out now. A `.part`
-/// without a matching `.part.have` is somebody else's file: refused, never
-/// overwritten.
+/// whose `.part.have` names other content is refused, never overwritten;
+/// one with no `.part.have` at all was cut off before its first bitmap was
+/// saved (nothing verified) and is started afresh.
 ///
 /// Checking the saved chunks reads them all; `cancel` set meanwhile stops it
 /// within a chunk, with an error (the `.part` is kept for a resume).
@@ -385,10 +386,23 @@ fn open_existing(
     geometry: Geometry,
 ) -> Result<(File, Bitmap, PartLock)> {
     let lock = lock(paths)?;
-    let Some(claimed) = load_have(&paths.have, id, geometry.count()) else {
-        return Err(paths.refuse(
-            "exists but is not an unfinished download of this file (no matching .part.have)",
-        ));
+    // No `.part.have` at all: a download of this name was stopped (killed)
+    // between creating the `.part` and saving its first bitmap, so nothing
+    // in it was ever verified. The work folder and the name's key are
+    // ours, and we hold the lock: start it afresh rather than refuse every
+    // later run. A `.part.have` of other content is still refused.
+    let orphan = matches!(
+        fs::symlink_metadata(&paths.have),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound
+    );
+    let claimed = if orphan {
+        Bitmap::new(geometry.count())
+    } else {
+        load_have(&paths.have, id, geometry.count()).ok_or_else(|| {
+            paths.refuse(
+                "exists but is not an unfinished download of this file (no matching .part.have)",
+            )
+        })?
     };
     // Never through a link swapped in since it was looked at.
     let file =
@@ -402,6 +416,13 @@ fn open_existing(
         return Err(paths.refuse(&format!(
             "has {links} hard links (another name for the same file)"
         )));
+    }
+    if orphan {
+        file.set_len(0)
+            .map_err(|e| PeerError::io("truncate", &paths.part, e))?;
+        paths
+            .save_have(id, &claimed)
+            .map_err(|e| PeerError::io("create", &paths.have, e))?;
     }
     Ok((file, claimed, lock))
 }
