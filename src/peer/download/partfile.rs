@@ -330,9 +330,9 @@ fn save_have(path: &Path, id: &Digest, have: &Bitmap, name: &str) -> std::io::Re
 /// Opens the `.part` file of an interrupted download of this very file, or
 /// creates a new one, and works out which chunks in it are already good:
 /// those the saved bitmap claims and whose hash checks out now. A `.part`
-/// whose `.part.have` names other content is refused, never overwritten;
-/// one with no `.part.have` at all was cut off before its first bitmap was
-/// saved (nothing verified) and is started afresh.
+/// without a matching `.part.have` is refused, never overwritten, except an
+/// empty one with no `.part.have` at all: a download cut off before its
+/// first bitmap was saved, started afresh.
 ///
 /// Checking the saved chunks reads them all; `cancel` set meanwhile stops it
 /// within a chunk, with an error (the `.part` is kept for a resume).
@@ -386,15 +386,17 @@ fn open_existing(
     geometry: Geometry,
 ) -> Result<(File, Bitmap, PartLock)> {
     let lock = lock(paths)?;
-    // No `.part.have` at all: a download of this name was stopped (killed)
-    // between creating the `.part` and saving its first bitmap, so nothing
-    // in it was ever verified. The work folder and the name's key are
-    // ours, and we hold the lock: start it afresh rather than refuse every
-    // later run. A `.part.have` of other content is still refused.
+    // An empty `.part` with no `.part.have` at all: a download of this name
+    // was stopped (killed) between creating the `.part` and saving its
+    // first bitmap (the `.part` is sized only after that), so nothing in
+    // it was ever written. We hold the lock: start it afresh rather than
+    // refuse every later run. Anything else without a matching
+    // `.part.have` (bytes of unknown origin, a bitmap of other content) is
+    // still refused, never overwritten.
     let orphan = matches!(
         fs::symlink_metadata(&paths.have),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound
-    );
+    ) && fs::symlink_metadata(&paths.part).is_ok_and(|m| m.is_file() && m.len() == 0);
     let claimed = if orphan {
         Bitmap::new(geometry.count())
     } else {
@@ -418,8 +420,6 @@ fn open_existing(
         )));
     }
     if orphan {
-        file.set_len(0)
-            .map_err(|e| PeerError::io("truncate", &paths.part, e))?;
         paths
             .save_have(id, &claimed)
             .map_err(|e| PeerError::io("create", &paths.have, e))?;
