@@ -68,9 +68,16 @@ pub fn install_local_ip(ip: IpAddr) {
 /// ([`install_local_ip`]) when there is one that can reach `addr` (the same
 /// family, and a loopback address only to loopback, the others only to
 /// the others); from the address the system picks otherwise.
+///
+/// The socket is bound to that address only when the system would start
+/// the connection from another one ([`system_picks`]): a bind before
+/// connect must choose its port alone, searching the ports not bound by
+/// any socket, `TIME_WAIT` ones included, which with thousands of recent
+/// connections costs more than the rest of the connection; a plain connect
+/// chooses among the ports free towards that one destination.
 pub fn connect_timeout(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
     match LOCAL_IP.get() {
-        Some(&ip) if can_reach(ip, addr.ip()) => {
+        Some(&ip) if can_reach(ip, addr.ip()) && !system_picks(ip, addr) => {
             let s =
                 socket2::Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
             s.bind(&SocketAddr::new(ip, 0).into())?;
@@ -79,6 +86,24 @@ pub fn connect_timeout(addr: SocketAddr, timeout: Duration) -> std::io::Result<T
         }
         _ => TcpStream::connect_timeout(&addr, timeout),
     }
+}
+
+/// Whether the system starts a connection to `addr` from `ip` by itself:
+/// asked of a UDP socket connected there, which sends nothing and takes no
+/// TCP port. Should the routes change between this and the connect, the
+/// connection starts from wherever the system then picks, as without
+/// `--listen IP`.
+fn system_picks(ip: IpAddr, addr: SocketAddr) -> bool {
+    let any: SocketAddr = match addr {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    std::net::UdpSocket::bind(any)
+        .and_then(|u| {
+            u.connect(addr)?;
+            u.local_addr()
+        })
+        .is_ok_and(|local| local.ip() == ip)
 }
 
 /// Whether a connection from `local` to `remote` can work: the same
@@ -448,6 +473,18 @@ mod tests {
     use std::net::TcpListener;
     use std::thread;
     use std::time::Instant;
+
+    /// A connection to loopback starts from 127.0.0.1 by itself (no bind,
+    /// so no search for a free port); another loopback address must be
+    /// bound to.
+    #[test]
+    fn the_system_pick_is_asked_before_binding() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(system_picks(lo, addr));
+        assert!(!system_picks("127.0.3.7".parse().unwrap(), addr));
+    }
 
     /// Review 1, finding 7: a server that answers the Hello one byte at a
     /// time, each byte well within the read timeout, does not hold the
