@@ -18,15 +18,20 @@ pub struct PlotData {
 }
 
 pub fn write_svg(path: &Path, d: &PlotData, quick: bool) -> R<()> {
-    let svg = render(d, quick);
+    write_file(path, &render(d, quick))
+}
+
+/// Writes `svg` at `path`, creating its folder.
+fn write_file(path: &Path, svg: &str) -> R<()> {
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     }
     std::fs::write(path, svg).map_err(|e| format!("write {}: {e}", path.display()))
 }
 
-fn render(d: &PlotData, quick: bool) -> String {
-    let (w, h) = (880.0, 380.0);
+/// The opening of a `w` x `h` plot: the svg element, a white background
+/// and, for a `--quick` run, a warning that it is not representative.
+fn svg_start(w: f64, h: f64, quick: bool) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -40,6 +45,12 @@ fn render(d: &PlotData, quick: bool) -> String {
             w / 2.0
         );
     }
+    s
+}
+
+fn render(d: &PlotData, quick: bool) -> String {
+    let (w, h) = (880.0, 380.0);
+    let mut s = svg_start(w, h, quick);
     speedup_panel(&mut s, &d.multi, 60.0, 40.0, 340.0, 280.0);
     flash_panel(&mut s, &d.flash, 510.0, 40.0, 340.0, 280.0);
     s.push_str("</svg>\n");
@@ -267,28 +278,12 @@ fn legend(s: &mut String, x: f64, y: f64, items: &[(&str, &str, bool)]) {
 /// Writes the scaling plot: the tracker's memory and CPU against connected
 /// peers, and the flash crowd's bound / last finisher against downloaders.
 pub fn write_scaling_svg(path: &Path, d: &PlotData, quick: bool) -> R<()> {
-    let svg = render_scaling(d, quick);
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    }
-    std::fs::write(path, svg).map_err(|e| format!("write {}: {e}", path.display()))
+    write_file(path, &render_scaling(d, quick))
 }
 
 fn render_scaling(d: &PlotData, quick: bool) -> String {
     let (w, h) = (1180.0, 380.0);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    if quick {
-        let _ = writeln!(
-            s,
-            r##"<text x="{}" y="16" text-anchor="middle" fill="#a00">--quick run: not representative</text>"##,
-            w / 2.0
-        );
-    }
+    let mut s = svg_start(w, h, quick);
     let xs: Vec<String> = d.tracker.iter().map(|(n, _)| n.to_string()).collect();
     let mem: Vec<f64> = d
         .tracker
