@@ -80,10 +80,10 @@ pub use crate::limits::{
     REFRESH_INTERVAL,
 };
 pub use coordinator::list_indices;
-pub use small::PoolGuard;
 pub use partfile::{
     HAVE_SUFFIX, PART_SUFFIX, WORK_DIR, have_path, is_artifact, part_path, unfinished,
 };
+pub use small::PoolGuard;
 
 /// Tunables; `Default` gives the documented values.
 #[derive(Debug, Clone)]

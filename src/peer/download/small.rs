@@ -247,17 +247,16 @@ impl Pool {
     /// Asks `addr` for chunk 0 of `name` over the kept connection (made
     /// and greeted if there is none).
     fn ask(&mut self, addr: SocketAddr, name: &str, opts: &DownloadOptions) -> Result<Vec<u8>> {
-        if !self.sources.contains_key(&addr) {
-            let mut c = Conn::connect(addr, opts.io_timeout)?;
-            if opts.download_limit.rate().is_some() {
-                c.gate_reads(Arc::clone(&opts.download_limit) as Arc<dyn ReadGate>);
+        let c = match self.sources.entry(addr) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let mut c = Conn::connect(addr, opts.io_timeout)?;
+                if opts.download_limit.rate().is_some() {
+                    c.gate_reads(Arc::clone(&opts.download_limit) as Arc<dyn ReadGate>);
+                }
+                v.insert(c)
             }
-            self.sources.insert(addr, c);
-        }
-        let c = self
-            .sources
-            .get_mut(&addr)
-            .ok_or_else(|| PeerError::Download("internal: no connection".into()))?;
+        };
         c.send(&Message::ChunkRequest {
             name: name.to_owned(),
             index: 0,
