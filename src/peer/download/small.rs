@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use log::debug;
@@ -43,6 +44,10 @@ use crate::wire::{Locations, Message};
 #[derive(Default)]
 pub(super) struct Pool {
     tracker: Option<Conn>,
+    /// Set once the tracker could not be reached: the rest of the set goes
+    /// to the engine, which asks every tracker and can be cancelled while
+    /// it waits.
+    tracker_failed: bool,
     sources: HashMap<SocketAddr, Conn>,
     /// Requests sent to each source by this thread: the least asked goes
     /// first, so every source gets its share.
@@ -80,7 +85,8 @@ pub(super) fn try_fetch(
     opts: &DownloadOptions,
     on_progress: &mut dyn FnMut(&Progress),
 ) -> Option<Result<Summary>> {
-    if opts.expect_id.is_some() {
+    let cancelled = ctx.cancel.is_some_and(|c| c.load(Ordering::SeqCst));
+    if opts.expect_id.is_some() || cancelled {
         return None;
     }
     let mut pool = POOL.with(|p| p.borrow_mut().take())?;
@@ -193,8 +199,12 @@ impl Pool {
         opts: &DownloadOptions,
     ) -> Option<(Locations, std::net::IpAddr)> {
         for _ in 0..2 {
+            if self.tracker_failed {
+                return None;
+            }
             if self.tracker.is_none() {
                 self.tracker = Conn::connect(tracker, opts.io_timeout).ok();
+                self.tracker_failed = self.tracker.is_none();
             }
             let c = self.tracker.as_mut()?;
             let ip = c.stream().local_addr().ok()?.ip();
