@@ -116,12 +116,7 @@ fn fetch_with(
         return None;
     }
     let me = ctx.self_port.map(|port| SocketAddr::new(local, port));
-    let sources: Vec<SocketAddr> = l
-        .sources
-        .iter()
-        .map(|s| SocketAddr::new(s.addr.ip().to_canonical(), s.addr.port()))
-        .filter(|a| Some(*a) != me && !super::coordinator::is_self(*a, me))
-        .collect();
+    let sources = candidates(&l, me);
     let (file, have, lock) = match partfile::open(&paths, g, &hashes, ctx.cancel) {
         Ok(v) => v,
         Err(_) => return None,
@@ -176,7 +171,28 @@ fn fetch_with(
     if g.count() == 0 || resumed > 0 {
         (ctx.on_file)(name);
     }
-    Some(Ok(Summary {
+    Some(Ok(summary(name, &paths, g, resumed, bytes, started, stats)))
+}
+
+/// The sources listed in `l`, without this peer.
+fn candidates(l: &Locations, me: Option<SocketAddr>) -> Vec<SocketAddr> {
+    l.sources
+        .iter()
+        .map(|s| SocketAddr::new(s.addr.ip().to_canonical(), s.addr.port()))
+        .filter(|a| Some(*a) != me && !super::coordinator::is_self(*a, me))
+        .collect()
+}
+
+fn summary(
+    name: &str,
+    paths: &Paths,
+    g: Geometry,
+    resumed: u32,
+    bytes: u64,
+    started: Instant,
+    sources: Vec<SourceStats>,
+) -> Summary {
+    Summary {
         name: name.to_owned(),
         path: paths.final_path.clone(),
         length: g.length(),
@@ -185,8 +201,8 @@ fn fetch_with(
         bytes_downloaded: bytes,
         duplicates: 0,
         elapsed: started.elapsed(),
-        sources: stats,
-    }))
+        sources,
+    }
 }
 
 impl Pool {
