@@ -33,7 +33,7 @@ use log::debug;
 
 use super::partfile::{self, Paths};
 use super::{DownloadContext, DownloadOptions, Progress, SourceStats, Summary, put_in_place};
-use crate::chunks::{self, Digest, Geometry};
+use crate::chunks::{self, Bitmap, Digest, Geometry};
 use crate::net::client::ReadGate;
 use crate::peer::client::{self, Conn};
 use crate::peer::share::SharedFile;
@@ -116,7 +116,7 @@ fn fetch_with(
         return None;
     }
     let me = ctx.self_port.map(|port| SocketAddr::new(local, port));
-    let sources = candidates(&l, me);
+    let sources = candidates(&l, g, me);
     let (file, have, lock) = match partfile::open(&paths, g, &hashes, ctx.cancel) {
         Ok(v) => v,
         Err(_) => return None,
@@ -174,10 +174,14 @@ fn fetch_with(
     Some(Ok(summary(name, &paths, g, resumed, bytes, started, stats)))
 }
 
-/// The sources listed in `l`, without this peer.
-fn candidates(l: &Locations, me: Option<SocketAddr>) -> Vec<SocketAddr> {
+/// The sources listed in `l` as holding its chunk (if it has one),
+/// without this peer.
+fn candidates(l: &Locations, g: Geometry, me: Option<SocketAddr>) -> Vec<SocketAddr> {
     l.sources
         .iter()
+        .filter(|s| {
+            g.count() == 0 || Bitmap::from_bytes(g.count(), &s.have).is_ok_and(|b| b.get(0))
+        })
         .map(|s| SocketAddr::new(s.addr.ip().to_canonical(), s.addr.port()))
         .filter(|a| Some(*a) != me && !super::coordinator::is_self(*a, me))
         .collect()
