@@ -44,6 +44,10 @@ type Rule = dyn Fn(u32, u32) -> Answer + Send + Sync;
 
 struct Shared {
     data: Vec<u8>,
+    /// Other files it serves by name (one-chunk files of a set).
+    files: HashMap<String, Vec<u8>>,
+    /// Connections accepted.
+    accepted: std::sync::atomic::AtomicUsize,
     rule: Box<Rule>,
     asked: Mutex<HashMap<u32, u32>>,
     control: Mutex<Option<Client>>,
@@ -68,6 +72,17 @@ impl FakeSource {
         FakeSource::start_entry(t, entry(name, data), data, rule)
     }
 
+    /// A source of several files (each served by name), registered at once.
+    fn start_files(
+        t: SocketAddr,
+        files: &[(String, Vec<u8>)],
+        rule: impl Fn(u32, u32) -> Answer + Send + Sync + 'static,
+    ) -> FakeSource {
+        let entries = files.iter().map(|(n, d)| entry(n, d)).collect();
+        let map = files.iter().cloned().collect();
+        FakeSource::start_with(t, entries, &[], map, rule)
+    }
+
     /// [`FakeSource::start`] registering `e` as it is (any geometry and
     /// hashes); `data` is what `Answer::Good` serves, in [`CHUNK`]s.
     fn start_entry(
@@ -76,16 +91,28 @@ impl FakeSource {
         data: &[u8],
         rule: impl Fn(u32, u32) -> Answer + Send + Sync + 'static,
     ) -> FakeSource {
+        FakeSource::start_with(t, vec![e], data, HashMap::new(), rule)
+    }
+
+    fn start_with(
+        t: SocketAddr,
+        entries: Vec<p2pfs::wire::FileEntry>,
+        data: &[u8],
+        files: HashMap<String, Vec<u8>>,
+        rule: impl Fn(u32, u32) -> Answer + Send + Sync + 'static,
+    ) -> FakeSource {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let mut ctl = Client::connect(t);
         let reply = ctl.request(&Message::Register {
             endpoint: listener.local_addr().unwrap(),
-            files: vec![e],
+            files: entries,
         });
         assert!(matches!(reply, Message::RegisterReply { .. }), "{reply:?}");
         let shared = Arc::new(Shared {
             data: data.to_vec(),
+            files,
+            accepted: std::sync::atomic::AtomicUsize::new(0),
             rule: Box::new(rule),
             asked: Mutex::new(HashMap::new()),
             control: Mutex::new(Some(ctl)),
@@ -97,6 +124,7 @@ impl FakeSource {
             while !sh.stop.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((s, _)) => {
+                        sh.accepted.fetch_add(1, Ordering::SeqCst);
                         let sh = Arc::clone(&sh);
                         conns.push(thread::spawn(move || serve(s, &sh)));
                     }
@@ -159,10 +187,10 @@ fn serve(s: TcpStream, sh: &Shared) {
                 greeted = true;
                 hello.clone()
             }
-            Message::ChunkRequest { index, .. } if (sh.rule)(index, 0) == Answer::Trickle => {
-                let _ = answer(sh, index);
+            Message::ChunkRequest { index, name } if (sh.rule)(index, 0) == Answer::Trickle => {
+                let _ = answer(sh, &name, index);
                 let mut bytes = Vec::new();
-                let data = chunk_of(sh, index);
+                let data = chunk_of(sh, &name, index);
                 Message::ChunkData { index, data }
                     .encode(&mut bytes)
                     .unwrap();
@@ -174,7 +202,7 @@ fn serve(s: TcpStream, sh: &Shared) {
                 }
                 continue;
             }
-            Message::ChunkRequest { index, .. } => answer(sh, index),
+            Message::ChunkRequest { index, name } => answer(sh, &name, index),
             _ => return,
         };
         if wire::write_message(&mut w, &reply).is_err() {
@@ -183,14 +211,14 @@ fn serve(s: TcpStream, sh: &Shared) {
     }
 }
 
-fn answer(sh: &Shared, index: u32) -> Message {
+fn answer(sh: &Shared, name: &str, index: u32) -> Message {
     let nth = {
         let mut a = sh.asked.lock().unwrap();
         let n = a.entry(index).or_insert(0);
         *n += 1;
         *n
     };
-    let chunk = |i: u32| chunk_of(sh, i);
+    let chunk = |i: u32| chunk_of(sh, name, i);
     let not_held = Message::Error {
         code: ErrorCode::NotHeld,
         message: "not now".into(),
@@ -217,11 +245,12 @@ fn answer(sh: &Shared, index: u32) -> Message {
     }
 }
 
-/// Chunk `i` of the source's data.
-fn chunk_of(sh: &Shared, i: u32) -> Vec<u8> {
-    let start = (i as usize * CHUNK as usize).min(sh.data.len());
-    let end = (start + CHUNK as usize).min(sh.data.len());
-    sh.data[start..end].to_vec()
+/// Chunk `i` of the source's data (of file `name` when it serves several).
+fn chunk_of(sh: &Shared, name: &str, i: u32) -> Vec<u8> {
+    let data = sh.files.get(name).unwrap_or(&sh.data);
+    let start = (i as usize * CHUNK as usize).min(data.len());
+    let end = (start + CHUNK as usize).min(data.len());
+    data[start..end].to_vec()
 }
 
 /// Ten chunks of test data.
@@ -1061,5 +1090,94 @@ fn downloads_from_a_busy_capped_seed_wait_their_turn_rather_than_give_up() {
         for (k, d) in files.iter().enumerate() {
             assert_eq!(&fs::read(s.path().join(format!("d{k}/f{k}"))).unwrap(), d);
         }
+    });
+}
+
+/// `n` one-chunk files of a set, named `set/fI`, each of its own bytes.
+fn one_chunk_files(n: usize, seed: u64) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let len = 1000 + 97 * i;
+            (format!("set/f{i}"), util::pattern(len, seed + i as u64))
+        })
+        .collect()
+}
+
+/// Fetches `files` as one set (`jobs` at a time) with `d`, into `dir`.
+fn fetch_set(
+    d: &p2pfs::peer::node::Node,
+    files: &[(String, Vec<u8>)],
+    jobs: usize,
+    dir: &std::path::Path,
+) -> Vec<p2pfs::peer::download::batch::FileOutcome> {
+    use p2pfs::peer::download::batch::{self, Planned};
+    let plan: Vec<Planned> = files
+        .iter()
+        .map(|(n, d)| Planned {
+            name: n.clone(),
+            length: Some(d.len() as u64),
+        })
+        .collect();
+    let o = DownloadOptions {
+        sync_folder: false,
+        ..opts()
+    };
+    let fetch = |name: &str, on: &mut dyn FnMut(&p2pfs::peer::download::Progress)| {
+        d.download_cancellable(name, dir, &o, None, on)
+    };
+    batch::run(&plan, jobs, None, &fetch, &mut |_| {}, &mut |_| {})
+}
+
+/// The set's fast path for one-chunk files: a source that sends bad bytes
+/// is passed over for the other source, and every file arrives intact.
+#[test]
+fn a_one_chunk_file_of_a_set_whose_first_source_lies_comes_from_the_other() {
+    with_timeout(60, || {
+        let s = Scratch::new("small-liar");
+        let files = one_chunk_files(4, 71);
+        let t = tracker();
+        let liar = FakeSource::start_files(t.local_addr(), &files, |_, _| Answer::Corrupt);
+        let honest = FakeSource::start_files(t.local_addr(), &files, |_, _| Answer::Good);
+        let d = downloader(t.local_addr());
+        let dir = s.sub("d");
+        let out = fetch_set(&d, &files, 1, &dir);
+        for ((name, data), o) in files.iter().zip(&out) {
+            let sum = o.result.as_ref().expect("downloaded");
+            assert_eq!(&fs::read(dir.join(name)).unwrap(), data, "{name}");
+            assert_eq!(sum.bytes_downloaded, data.len() as u64);
+            assert!(d.share().get(name).is_some_and(|f| f.is_complete()));
+        }
+        // The least asked source goes first: the liar was asked, and its
+        // bad chunk shows in that file's sources.
+        assert!(liar.asked(0) >= 1, "the liar was never asked");
+        let strikes: u32 = out
+            .iter()
+            .flat_map(|o| o.result.as_ref().unwrap().sources.iter())
+            .map(|s| s.hash_failures)
+            .sum();
+        assert_eq!(strikes, liar.asked(0));
+        assert_eq!(honest.asked(0), 4, "each file once from the honest source");
+    });
+}
+
+/// The set's fast path keeps one connection per source per job thread,
+/// not one per file.
+#[test]
+fn a_set_of_one_chunk_files_reuses_its_connections_to_a_source() {
+    with_timeout(60, || {
+        let s = Scratch::new("small-reuse");
+        let files = one_chunk_files(12, 91);
+        let t = tracker();
+        let src = FakeSource::start_files(t.local_addr(), &files, |_, _| Answer::Good);
+        let d = downloader(t.local_addr());
+        let dir = s.sub("d");
+        let out = fetch_set(&d, &files, 2, &dir);
+        for ((name, data), o) in files.iter().zip(&out) {
+            assert!(o.result.is_ok(), "{name}: {:?}", o.result);
+            assert_eq!(&fs::read(dir.join(name)).unwrap(), data, "{name}");
+        }
+        assert_eq!(src.asked(0), 12, "each file asked once");
+        let conns = src.shared.accepted.load(Ordering::SeqCst);
+        assert!(conns <= 2, "{conns} connections for 12 files and 2 jobs");
     });
 }

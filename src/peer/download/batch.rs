@@ -16,8 +16,12 @@
 //! and a file already complete in place is verified by its hashes and not
 //! fetched again (the single download's own rules).
 //!
+//! Each `batch-N` thread installs a `small::PoolGuard`: the connections
+//! its one-chunk files are fetched over (`small`, from inside the one-file
+//! download), kept open for as long as the thread takes files.
+//!
 //! Calls `wire` (the name rule), the peer's `client` (the file list) and
-//! the download's `rate`; nothing of the engine.
+//! the download's `rate` and `small` (the pool); nothing of the engine.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -317,6 +321,9 @@ fn take_files(
     fetch: &Fetch<'_>,
     tx: &crossbeam_channel::Sender<(usize, FileOutcome)>,
 ) {
+    // This thread's connections for the set's one-chunk files (`small`),
+    // closed when it takes no more files.
+    let _pool = super::PoolGuard::install();
     loop {
         if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
             return;

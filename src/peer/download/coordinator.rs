@@ -857,7 +857,7 @@ fn describes(g: crate::chunks::Geometry, l: &Locations) -> bool {
 /// (127.0.0.1 or ::1: a peer listening on every address is seen there).
 /// Peers given distinct addresses in 127/8 (`--listen 127.0.0.7`) may
 /// share a port number, so two such addresses are told apart.
-fn is_self(addr: SocketAddr, me: Option<SocketAddr>) -> bool {
+pub(super) fn is_self(addr: SocketAddr, me: Option<SocketAddr>) -> bool {
     let Some(me) = me else { return false };
     let (a, m) = (addr.ip().to_canonical(), me.ip().to_canonical());
     let usual = |ip: IpAddr| {

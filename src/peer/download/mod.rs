@@ -38,6 +38,8 @@
 //! - `worker`: one source's connection.
 //! - `assembler`: writing, marking held, registering, saving, flushing.
 //! - `rate`: the rate shown in progress displays.
+//! - `small`: a set's one-chunk (and empty) files without the engine, over
+//!   connections each `batch-N` thread keeps for the whole set.
 //!
 //! Memory stays bounded by sources × (pipeline depth in the socket + one
 //! chunk in hand) + the channel's few chunks, whatever the file size: no
@@ -52,6 +54,7 @@ mod engine;
 mod locator;
 pub mod partfile;
 mod rate;
+mod small;
 mod worker;
 
 use std::net::{IpAddr, SocketAddr};
@@ -80,6 +83,7 @@ pub use coordinator::list_indices;
 pub use partfile::{
     HAVE_SUFFIX, PART_SUFFIX, WORK_DIR, have_path, is_artifact, part_path, unfinished,
 };
+pub use small::PoolGuard;
 
 /// Tunables; `Default` gives the documented values.
 #[derive(Debug, Clone)]
@@ -238,6 +242,10 @@ pub fn download(
         return Err(PeerError::Invalid(format!(
             "{name} is already shared by this peer"
         )));
+    }
+    // A one-chunk file of a set, over the set's kept connections.
+    if let Some(r) = small::try_fetch(ctx, name, dir, opts, on_progress) {
+        return r;
     }
     let (d, local_ip) = describe_cancellable(ctx.trackers, name, opts.expect_id, ctx.cancel)?;
     // Before anything is created on disk: not even the folders.
