@@ -216,6 +216,15 @@ pub const BATCH_JOBS: usize = 4;
 /// Most files one `peer get` may download at once (`--jobs` above it is
 /// lowered to it): each costs a thread per source and a connection to each.
 pub const MAX_BATCH_JOBS: usize = 16;
+/// Largest file of a set fetched by the fast path (`peer::download::small`:
+/// on its `batch-N` thread over connections kept for the set, into an
+/// unnamed file, no `.part`). Larger ones go to the engine, whose threads
+/// per source, pipelining and endgame pay off only over many chunks; and a
+/// file this small is fetched again whole after a kill rather than resumed.
+pub const SMALL_FILE_MAX_BYTES: u64 = 16 << 20;
+/// Rounds of requests the fast path makes for one file (each to the
+/// sources that have not failed it yet) before leaving it to the engine.
+pub const SMALL_FILE_ROUNDS: usize = 3;
 /// How often locations are refreshed while downloading, at the least
 /// (large replies); small ones are asked for more often, down to
 /// [`MIN_REFRESH_INTERVAL`], within [`LOCATE_BYTES_PER_SEC`].

@@ -789,14 +789,23 @@ fn read_header<R: Read + ?Sized>(r: &mut R) -> Result<Option<(u32, u8)>, WireErr
     Ok(Some((len, type_code[0])))
 }
 
-/// Reads exactly `want` payload bytes into `buf` (cleared first, its
-/// capacity reused). Reserves at most [`INITIAL_FRAME_ALLOC`] up front;
-/// beyond that the buffer grows only as bytes actually arrive.
+/// Reads exactly `want` payload bytes into `buf`, its memory reused.
+/// A buffer already holding at least `want` bytes (a chunk buffer passed
+/// back for the next chunk) is read into as it is, without zeroing it
+/// again first (which `read_to_end` would do to spare capacity: a memset
+/// of every byte received). Otherwise it is cleared and at most
+/// [`INITIAL_FRAME_ALLOC`] is reserved up front; beyond that it grows only
+/// as bytes actually arrive.
 fn read_payload<R: Read + ?Sized>(
     r: &mut R,
     want: usize,
     mut buf: Vec<u8>,
 ) -> Result<Vec<u8>, WireError> {
+    if buf.len() >= want {
+        buf.truncate(want);
+        read_full(r, &mut buf, "frame payload")?;
+        return Ok(buf);
+    }
     buf.clear();
     buf.reserve(want.min(INITIAL_FRAME_ALLOC));
     let n = r
@@ -1493,9 +1502,34 @@ mod tests {
             let c = Message::decode_frame(&short)
                 .map(Some)
                 .map_err(|e| e.to_string());
+            // A spare buffer already long enough is read into as it is.
+            let mut full = vec![0xAA; 64];
+            let d = read_message_into(&mut &short[..], &mut full).map_err(|e| e.to_string());
             assert_eq!(a, c, "cut {cut}");
             assert_eq!(b, c, "cut {cut}");
+            assert_eq!(d, c, "cut {cut}");
         }
+    }
+
+    #[test]
+    fn a_long_spare_buffer_is_reused_without_its_old_bytes() {
+        let mut spare = vec![0xEE; 5000];
+        let ptr = spare.as_ptr();
+        for len in [3000usize, 5000, 1, 0, 4999] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let b = frame(&Message::ChunkData {
+                index: 2,
+                data: data.clone(),
+            });
+            match read_message_into(&mut &b[..], &mut spare).unwrap() {
+                Some(Message::ChunkData { index: 2, data: d }) => {
+                    assert_eq!(d, data, "len {len}");
+                    spare = d;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(spare.as_ptr(), ptr, "the spare buffer was not reused");
     }
 
     struct SlowReader<'a> {

@@ -25,8 +25,8 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -250,14 +250,19 @@ pub fn run(
     let next = AtomicUsize::new(0);
     let jobs = jobs.clamp(1, MAX_BATCH_JOBS).min(files.len().max(1));
     let mut outcomes: Vec<Option<FileOutcome>> = files.iter().map(|_| None).collect();
+    let interrupt = Arc::new(super::Interrupt::default());
     thread::scope(|scope| {
         let (tx, rx) = bounded::<(usize, FileOutcome)>(jobs);
         for n in 1..=jobs {
             let tx = tx.clone();
             let (shared, next) = (&shared, &next);
+            let interrupt = Arc::clone(&interrupt);
             let spawned = thread::Builder::new()
                 .name(format!("batch-{n}"))
                 .spawn_scoped(scope, move || {
+                    // This thread's connections for the set's small files
+                    // (`small`), closed when it takes no more files.
+                    let _pool = super::PoolGuard::install(interrupt);
                     take_files(files, next, cancel, shared, fetch, &tx);
                 });
             if let Err(e) = spawned {
@@ -275,6 +280,10 @@ pub fn run(
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+                // No reply of the fast path is waited for any longer.
+                interrupt.fire();
             }
             if last_report.is_none_or(|t| t.elapsed() >= PROGRESS_TICK) {
                 on_progress(&snapshot(&shared, started));
@@ -321,9 +330,6 @@ fn take_files(
     fetch: &Fetch<'_>,
     tx: &crossbeam_channel::Sender<(usize, FileOutcome)>,
 ) {
-    // This thread's connections for the set's one-chunk files (`small`),
-    // closed when it takes no more files.
-    let _pool = super::PoolGuard::install();
     loop {
         if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
             return;

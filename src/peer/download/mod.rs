@@ -83,7 +83,7 @@ pub use coordinator::list_indices;
 pub use partfile::{
     HAVE_SUFFIX, PART_SUFFIX, WORK_DIR, have_path, is_artifact, part_path, unfinished,
 };
-pub use small::PoolGuard;
+pub use small::{Interrupt, PoolGuard};
 
 /// Tunables; `Default` gives the documented values.
 #[derive(Debug, Clone)]
@@ -243,7 +243,7 @@ pub fn download(
             "{name} is already shared by this peer"
         )));
     }
-    // A one-chunk file of a set, over the set's kept connections.
+    // A small file of a set, over the set's kept connections.
     if let Some(r) = small::try_fetch(ctx, name, dir, opts, on_progress) {
         return r;
     }

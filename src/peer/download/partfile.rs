@@ -645,6 +645,65 @@ pub(super) fn finish(paths: &Paths, file: &File, sync_folder: bool) -> Result<()
     Ok(())
 }
 
+/// An unnamed file (`O_TMPFILE`) in the final name's folder, for content
+/// that gets its name only once complete ([`name_unnamed`]): nothing of it
+/// is ever under a name while incomplete, and a download killed midway
+/// leaves nothing behind (the kernel frees it). Used by a set's small
+/// files (`small`), which need no `.part` or `.part.have` to resume (they
+/// are fetched again whole). The folders are made first. `None` where the
+/// system or the file system has no unnamed files (the caller then uses
+/// the `.part` way), or when a folder below the download folder is no
+/// longer a real folder (never followed: the download folder itself may be
+/// a link, as for [`Paths::make_parent_dirs`]).
+pub(super) fn create_unnamed(paths: &Paths) -> Option<File> {
+    paths.make_parent_dirs().ok()?;
+    let folder = paths.final_path.parent()?;
+    let mut flags = libc::O_TMPFILE;
+    if folder != paths.dir {
+        flags |= libc::O_NOFOLLOW;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(flags)
+        .open(folder)
+        .ok()
+}
+
+/// Gives the unnamed `file` of [`create_unnamed`], now complete and
+/// verified, its final name: fsync, then a hard link, which never replaces
+/// a file. The link is made from `/proc/self/fd/N` with
+/// `AT_SYMLINK_FOLLOW` (what any user may do; `AT_EMPTY_PATH` on the
+/// handle itself is tried only when /proc is missing, as it needs a
+/// privilege). `Ok(false)`: a file appeared under the final name meanwhile
+/// (left as it is; the caller decides what it is). An error: the content
+/// could not be named and is lost with the handle.
+pub(super) fn name_unnamed(paths: &Paths, file: &File, sync_folder: bool) -> Result<bool> {
+    use rustix::fs::{AtFlags, CWD, linkat};
+    use std::os::fd::AsRawFd;
+    file.sync_all()
+        .map_err(|e| PeerError::io("flush", &paths.final_path, e))?;
+    // Again just before: a folder may have been swapped for a link meanwhile.
+    paths.make_parent_dirs()?;
+    let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let to = &paths.final_path;
+    let linked = match linkat(CWD, proc_path.as_str(), CWD, to, AtFlags::SYMLINK_FOLLOW) {
+        Err(e) if e == rustix::io::Errno::NOENT && !Path::new("/proc/self/fd").exists() => {
+            linkat(file, "", CWD, to, AtFlags::EMPTY_PATH)
+        }
+        other => other,
+    };
+    match linked {
+        Ok(()) => {}
+        Err(e) if e == rustix::io::Errno::EXIST => return Ok(false),
+        Err(e) => return Err(PeerError::io("name", to, e.into())),
+    }
+    if sync_folder && let Some(dir) = to.parent() {
+        sync_dir(dir);
+    }
+    Ok(true)
+}
+
 /// Makes the names in folder `dir` durable; failure here loses nothing.
 pub fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {

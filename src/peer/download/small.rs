@@ -1,57 +1,116 @@
-//! The fast path for the small files of a set: a file of one chunk (or
-//! empty) fetched without the engine's threads.
+//! The fast path for the small files of a set: a file of at most
+//! [`SMALL_FILE_MAX_BYTES`] fetched on its `batch-N` thread, without the
+//! engine's threads and connections.
 //!
 //! Owns: the connections a `batch-N` thread keeps open for its whole set
-//! ([`Pool`], installed for the thread by [`PoolGuard`]): one to the first
+//! ([`Pool`], installed for the thread by [`PoolGuard`]): one to each
 //! tracker, asked one Locate with hashes per file, and one greeted
-//! connection per source endpoint, asked one `ChunkRequest` per file (the
-//! request names the file, so one connection serves every file that peer
-//! holds); and [`try_fetch`], which fetches, verifies and writes one such
-//! file through the same `partfile` rules as the engine (`open`, `finish`:
-//! the lock, the `.part` and `.part.have`, no link followed, no file
-//! replaced), registers its chunk (`on_chunk`) and shares it
-//! (`SharedFile::finished`). The source asked first is the one this thread
-//! asked least so far; a bad chunk, `NotHeld`, `Busy` or a lost connection
-//! moves on to the next source. Anything it cannot finish (more than one
-//! chunk, no tracker answer, every source failing, a file already in
-//! place, `--id`) is left to the full engine, which then applies every
-//! rule of its own (strikes, resume, limits, the check of a file in place).
+//! connection per source endpoint (a `ChunkRequest` names its file, so one
+//! connection serves every file that peer holds); the set's [`Interrupt`],
+//! which shuts every kept connection at once when the set is cancelled, so
+//! a Ctrl-C never waits for a reply; and [`try_fetch`].
+//!
+//! A file goes like this. The trackers' answers are merged (the first that
+//! knows the name says what it is, as for the engine; with `--id`, only
+//! answers of that content count). Its chunks are asked rarest first, each
+//! of a source listed as holding it: every source gets a queue of requests
+//! sent at once, and the replies are read in turn from each, so two
+//! sources stream at the same time. A source gets chunks in inverse
+//! proportion to the time it took per chunk so far on this thread (faster
+//! peers are used more). Each chunk is verified (length and SHA-1) and
+//! written into an unnamed file in the final folder
+//! (`partfile::create_unnamed`), shared and registered at once (a file of
+//! several chunks is served from that handle while it fills); the file gets
+//! its name only when complete (`partfile::name_unnamed`: fsync, then a hard
+//! link that never replaces a file). So a small file needs one inode, and a
+//! kill leaves nothing to clean up or resume: it is fetched again whole.
+//!
+//! A source that sends a bad chunk is not asked again by this thread; one
+//! that answers `NotHeld`, `Busy` or fails is not asked again for this
+//! file. Whatever this path cannot finish (a larger file, no tracker
+//! answer, a chunk no source sent, a `.part` to resume, a file already in
+//! place, a system without unnamed files, a name taken meanwhile) is left
+//! to the engine, which then applies every rule of its own.
 //!
 //! Calls `wire`, `chunks`, the peer's `client` and `share`, `net::client`
-//! (the read gate) and the download's `partfile`.
+//! (the read gate) and the download's `partfile` and `coordinator`
+//! (`is_self`).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use log::debug;
 
 use super::partfile::{self, Paths};
-use super::{DownloadContext, DownloadOptions, Progress, SourceStats, Summary, put_in_place};
-use crate::chunks::{self, Bitmap, Digest, Geometry};
+use super::{DownloadContext, DownloadOptions, Progress, SourceStats, Summary};
+use crate::chunks::{self, Bitmap, ChunkIndex, Digest, Geometry};
+use crate::limits::{SMALL_FILE_MAX_BYTES, SMALL_FILE_ROUNDS};
 use crate::net::client::ReadGate;
 use crate::peer::client::{self, Conn};
 use crate::peer::share::SharedFile;
 use crate::peer::{PeerError, Result};
+use crate::sync::lock;
 use crate::wire::{Locations, Message};
 
-/// The connections one `batch-N` thread keeps for its set.
+/// The kept connections of every pool of one set, by (pool, address), so
+/// that [`Interrupt::fire`] can shut them all from the thread that sees
+/// the set cancelled.
 #[derive(Default)]
+pub struct Interrupt {
+    streams: Mutex<HashMap<(usize, SocketAddr), TcpStream>>,
+    fired: AtomicBool,
+    pools: AtomicUsize,
+}
+
+impl Interrupt {
+    /// Shuts every kept connection: a reply being waited for ends at once
+    /// in an error, and no connection is kept after this.
+    pub fn fire(&self) {
+        self.fired.store(true, Ordering::SeqCst);
+        for (_, s) in lock(&self.streams).drain() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn add(&self, key: (usize, SocketAddr), s: &TcpStream) {
+        let Ok(clone) = s.try_clone() else { return };
+        let mut streams = lock(&self.streams);
+        // Checked under the lock, so a connection kept after `fire` is shut.
+        if self.fired.load(Ordering::SeqCst) {
+            let _ = clone.shutdown(Shutdown::Both);
+        } else {
+            streams.insert(key, clone);
+        }
+    }
+
+    fn remove(&self, key: (usize, SocketAddr)) {
+        lock(&self.streams).remove(&key);
+    }
+}
+
+/// The connections one `batch-N` thread keeps for its set, and what it
+/// learnt of the sources.
 pub(super) struct Pool {
-    tracker: Option<Conn>,
-    /// Set once the tracker could not be reached: the rest of the set goes
-    /// to the engine, which asks every tracker and can be cancelled while
-    /// it waits.
-    tracker_failed: bool,
+    id: usize,
+    interrupt: Arc<Interrupt>,
+    trackers: HashMap<SocketAddr, Conn>,
+    /// Trackers that could not be reached: not asked again by this thread.
+    unreachable: HashSet<SocketAddr>,
     sources: HashMap<SocketAddr, Conn>,
-    /// Requests sent to each source by this thread: the least asked goes
-    /// first, so every source gets its share.
-    asked: HashMap<SocketAddr, u64>,
+    /// Seconds per chunk each source took, smoothed; how chunks are shared
+    /// out.
+    cost: HashMap<SocketAddr, f64>,
+    /// Sources that sent a chunk that failed verification.
+    liars: HashSet<SocketAddr>,
+    /// The chunk buffer, reused from reply to reply.
+    spare: Vec<u8>,
 }
 
 thread_local! {
@@ -63,21 +122,42 @@ thread_local! {
 pub struct PoolGuard(());
 
 impl PoolGuard {
-    pub fn install() -> PoolGuard {
-        POOL.with(|p| *p.borrow_mut() = Some(Pool::default()));
+    pub fn install(interrupt: Arc<Interrupt>) -> PoolGuard {
+        let id = interrupt.pools.fetch_add(1, Ordering::SeqCst);
+        let pool = Pool {
+            id,
+            interrupt,
+            trackers: HashMap::new(),
+            unreachable: HashSet::new(),
+            sources: HashMap::new(),
+            cost: HashMap::new(),
+            liars: HashSet::new(),
+            spare: Vec::new(),
+        };
+        POOL.with(|p| *p.borrow_mut() = Some(pool));
         PoolGuard(())
     }
 }
 
 impl Drop for PoolGuard {
     fn drop(&mut self) {
-        POOL.with(|p| p.borrow_mut().take());
+        if let Some(mut pool) = POOL.with(|p| p.borrow_mut().take()) {
+            let addrs: Vec<SocketAddr> = pool
+                .trackers
+                .keys()
+                .chain(pool.sources.keys())
+                .copied()
+                .collect();
+            for a in addrs {
+                pool.forget(a);
+            }
+        }
     }
 }
 
 /// One file of a set by the fast path, when this thread has a pool and the
-/// file is one chunk or empty: `None` leaves it to the engine (nothing of
-/// the file is on disk then, or a `.part` the engine resumes).
+/// file is small: `None` leaves it to the engine (nothing of the file is
+/// on disk then).
 pub(super) fn try_fetch(
     ctx: &DownloadContext<'_>,
     name: &str,
@@ -85,14 +165,25 @@ pub(super) fn try_fetch(
     opts: &DownloadOptions,
     on_progress: &mut dyn FnMut(&Progress),
 ) -> Option<Result<Summary>> {
-    let cancelled = ctx.cancel.is_some_and(|c| c.load(Ordering::SeqCst));
-    if opts.expect_id.is_some() || cancelled {
+    if cancelled(ctx) {
         return None;
     }
     let mut pool = POOL.with(|p| p.borrow_mut().take())?;
     let r = fetch_with(&mut pool, ctx, name, dir, opts, on_progress);
     POOL.with(|p| *p.borrow_mut() = Some(pool));
     r
+}
+
+fn cancelled(ctx: &DownloadContext<'_>) -> bool {
+    ctx.cancel.is_some_and(|c| c.load(Ordering::SeqCst))
+}
+
+/// What a file is and who holds which of its chunks.
+struct Plan {
+    g: Geometry,
+    hashes: Vec<Digest>,
+    /// Sources (never this peer) with the chunks each is listed for.
+    holders: Vec<(SocketAddr, Bitmap)>,
 }
 
 fn fetch_with(
@@ -104,213 +195,504 @@ fn fetch_with(
     on_progress: &mut dyn FnMut(&Progress),
 ) -> Option<Result<Summary>> {
     let started = Instant::now();
-    let (l, local) = pool.locate(ctx.trackers.first().copied()?, name, opts)?;
-    let hashes = l.hashes.clone()?;
-    let g = Geometry::with_hashes(l.length, l.chunk_size, hashes.len()).ok()?;
-    if g.count() > 1 {
-        return None;
-    }
+    let plan = pool.locate(ctx, name, opts)?;
+    let g = plan.g;
     let paths = Paths::new(dir, name);
-    if paths.make_parent_dirs().is_err() || paths.final_path.exists() {
-        // The engine says what is wrong, or checks the file in place.
+    // The engine resumes a `.part`, or checks a file in place.
+    let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+    if exists(&paths.final_path) || exists(&paths.part) || exists(&paths.have) {
         return None;
     }
-    let me = ctx.self_port.map(|port| SocketAddr::new(local, port));
-    let sources = candidates(&l, g, me);
-    let (file, have, lock) = match partfile::open(&paths, g, &hashes, ctx.cancel) {
-        Ok(v) => v,
-        Err(_) => return None,
-    };
-    let report = |done: u64, on: &mut dyn FnMut(&Progress)| {
-        on(&Progress {
-            total_bytes: g.length(),
-            done_bytes: done,
-            chunks_done: u32::from(done == g.length() && g.count() > 0),
-            chunks_total: g.count(),
-            active_sources: 0,
-            elapsed: started.elapsed(),
-            rate: 0.0,
-        })
-    };
-    let resumed = have.count_ones();
-    report(if resumed > 0 { g.length() } else { 0 }, on_progress);
-    let mut stats = Vec::new();
-    let mut got = None;
-    if g.count() == 1 && resumed == 0 {
-        got = pool.fetch_chunk(name, g, &hashes[0], &sources, opts, &mut stats);
-        got.as_ref()?;
-    }
+    let file = partfile::create_unnamed(&paths)?;
     let shared = Arc::new(SharedFile::partial(
         name.to_owned(),
-        paths.part.clone(),
+        paths.final_path.clone(),
         file,
         g,
-        hashes.clone(),
-        have,
+        plan.hashes.clone(),
+        Bitmap::new(g.count()),
     ));
-    ctx.share.insert(Arc::clone(&shared));
-    let mut bytes = 0;
-    if let Some((_, data)) = &got {
-        if let Err(e) = shared.file().write_all_at(data, 0) {
-            ctx.share.remove(name);
-            return Some(Err(PeerError::io("write", &paths.part, e)));
+    let mut fill = Fill {
+        ctx,
+        name,
+        shared: &shared,
+        plan: &plan,
+        done: 0,
+        started,
+        stats: HashMap::new(),
+        on_progress,
+    };
+    fill.report();
+    let got = pool.fetch(&mut fill, opts);
+    let stats = std::mem::take(&mut fill.stats);
+    if got.is_none() || !shared.have().is_full() {
+        ctx.share.remove_exact(&shared);
+        return None;
+    }
+    match partfile::name_unnamed(&paths, shared.file(), opts.sync_folder) {
+        Ok(true) => {}
+        Ok(false) => {
+            ctx.share.remove_exact(&shared);
+            return None;
         }
-        bytes = data.len() as u64;
-    }
-    if let Some(i) = g.index(0) {
-        shared.mark_have(i);
-        if resumed == 0 {
-            (ctx.on_chunk)(name, 0);
+        Err(e) => {
+            ctx.share.remove_exact(&shared);
+            return Some(Err(e));
         }
     }
-    report(g.length(), on_progress);
-    if let Err(e) = put_in_place(ctx, name, &paths, &shared, hashes, opts.sync_folder) {
-        return Some(Err(e));
+    let file = shared.file().try_clone().ok();
+    let hashes = plan.hashes;
+    if let Some(f) = file {
+        let path = paths.final_path.clone();
+        ctx.share.insert(Arc::new(SharedFile::finished(
+            name.to_owned(),
+            path,
+            f,
+            g,
+            hashes,
+        )));
     }
-    drop(lock);
-    if g.count() == 0 || resumed > 0 {
+    if g.count() < 2 {
+        // Not yet registered chunk by chunk: the whole file at once.
         (ctx.on_file)(name);
     }
-    Some(Ok(summary(name, &paths, g, resumed, bytes, started, stats)))
+    Some(Ok(summary(name, &paths, g, started, stats)))
 }
 
-/// The sources listed in `l` as holding its chunk (if it has one),
-/// without this peer.
-fn candidates(l: &Locations, g: Geometry, me: Option<SocketAddr>) -> Vec<SocketAddr> {
-    l.sources
-        .iter()
-        .filter(|s| {
-            g.count() == 0 || Bitmap::from_bytes(g.count(), &s.have).is_ok_and(|b| b.get(0))
+/// A file being filled: where verified chunks go, and what is reported.
+struct Fill<'a, 'b> {
+    ctx: &'a DownloadContext<'b>,
+    name: &'a str,
+    shared: &'a Arc<SharedFile>,
+    plan: &'a Plan,
+    done: u64,
+    started: Instant,
+    stats: HashMap<SocketAddr, SourceStats>,
+    on_progress: &'a mut dyn FnMut(&Progress),
+}
+
+impl Fill<'_, '_> {
+    fn report(&mut self) {
+        let g = self.plan.g;
+        (self.on_progress)(&Progress {
+            total_bytes: g.length(),
+            done_bytes: self.done,
+            chunks_done: self.shared.have().count_ones(),
+            chunks_total: g.count(),
+            active_sources: 0,
+            elapsed: self.started.elapsed(),
+            rate: 0.0,
+        });
+    }
+
+    fn stats(&mut self, addr: SocketAddr) -> &mut SourceStats {
+        self.stats.entry(addr).or_insert(SourceStats {
+            addr,
+            bytes: 0,
+            chunks: 0,
+            hash_failures: 0,
+            dropped: None,
         })
-        .map(|s| SocketAddr::new(s.addr.ip().to_canonical(), s.addr.port()))
-        .filter(|a| Some(*a) != me && !super::coordinator::is_self(*a, me))
-        .collect()
+    }
+
+    /// Whether `data` is chunk `i`; if so it is written, shared and
+    /// (for a file of several chunks) registered. A write error ends the
+    /// file (`Err`).
+    fn take(&mut self, addr: SocketAddr, i: ChunkIndex, data: &[u8]) -> std::io::Result<bool> {
+        let g = self.plan.g;
+        let good = data.len() as u64 == u64::from(g.chunk_len(i))
+            && chunks::sha1(data) == self.plan.hashes[i.get() as usize];
+        if !good {
+            let s = self.stats(addr);
+            s.hash_failures += 1;
+            s.dropped = Some("sent a bad chunk".to_owned());
+            return Ok(false);
+        }
+        self.shared.file().write_all_at(data, g.offset(i))?;
+        if self.shared.mark_have(i) {
+            self.done += data.len() as u64;
+            if g.count() > 1 {
+                if self.shared.have().count_ones() == 1 {
+                    // Served from now on (the handle is the file's own).
+                    self.ctx.share.insert(Arc::clone(self.shared));
+                }
+                (self.ctx.on_chunk)(self.name, i.get());
+            }
+        }
+        let s = self.stats(addr);
+        s.bytes += data.len() as u64;
+        s.chunks += 1;
+        self.report();
+        Ok(true)
+    }
 }
 
 fn summary(
     name: &str,
     paths: &Paths,
     g: Geometry,
-    resumed: u32,
-    bytes: u64,
     started: Instant,
-    sources: Vec<SourceStats>,
+    stats: HashMap<SocketAddr, SourceStats>,
 ) -> Summary {
+    let mut sources: Vec<SourceStats> = stats.into_values().collect();
+    sources.sort_by_key(|s| s.addr);
     Summary {
         name: name.to_owned(),
         path: paths.final_path.clone(),
         length: g.length(),
         chunks_total: g.count(),
-        chunks_resumed: resumed,
-        bytes_downloaded: bytes,
+        chunks_resumed: 0,
+        bytes_downloaded: sources.iter().map(|s| s.bytes).sum(),
         duplicates: 0,
         elapsed: started.elapsed(),
         sources,
     }
 }
 
+/// The chunks of `g` in the order to ask them: rarest first (fewest
+/// holders), then by index.
+fn rarest_first(g: Geometry, holders: &[(SocketAddr, Bitmap)]) -> Vec<ChunkIndex> {
+    let mut order: Vec<(usize, ChunkIndex)> = g
+        .indices()
+        .map(|i| (holders.iter().filter(|(_, b)| b.get(i.get())).count(), i))
+        .collect();
+    order.sort_by_key(|&(n, i)| (n, i.get()));
+    order.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Shares `chunks` out among the holders not in `skip`: each to the holder
+/// whose queue would be done soonest at its cost per chunk. A chunk no one
+/// may be asked for is left out.
+fn share_out(
+    chunks: &[ChunkIndex],
+    holders: &[(SocketAddr, Bitmap)],
+    skip: &HashSet<SocketAddr>,
+    cost: &HashMap<SocketAddr, f64>,
+) -> Vec<(SocketAddr, VecDeque<ChunkIndex>)> {
+    let known: Vec<f64> = holders
+        .iter()
+        .filter_map(|(a, _)| cost.get(a).copied())
+        .collect();
+    let default = if known.is_empty() {
+        1e-3
+    } else {
+        known.iter().sum::<f64>() / known.len() as f64
+    };
+    let mut queues: Vec<(SocketAddr, VecDeque<ChunkIndex>)> = Vec::new();
+    for &i in chunks {
+        let best = holders
+            .iter()
+            .filter(|(a, b)| b.get(i.get()) && !skip.contains(a))
+            .map(|(a, _)| {
+                let queued = queues
+                    .iter()
+                    .find(|(q, _)| q == a)
+                    .map_or(0, |(_, v)| v.len());
+                let c = cost.get(a).copied().unwrap_or(default).max(1e-6);
+                (*a, (queued + 1) as f64 * c)
+            })
+            .min_by(|x, y| x.1.total_cmp(&y.1));
+        let Some((addr, _)) = best else { continue };
+        match queues.iter_mut().find(|(q, _)| *q == addr) {
+            Some((_, v)) => v.push_back(i),
+            None => queues.push((addr, VecDeque::from([i]))),
+        }
+    }
+    queues
+}
+
 impl Pool {
-    /// One Locate with hashes over the kept tracker connection (made again
-    /// once if it was lost), and the local address it runs from.
+    /// Every reachable tracker's answer for `name`, merged (see the module
+    /// comment), as a [`Plan`]; `None` when no answer can be used here.
     fn locate(
+        &mut self,
+        ctx: &DownloadContext<'_>,
+        name: &str,
+        opts: &DownloadOptions,
+    ) -> Option<Plan> {
+        let mut answers = Vec::new();
+        let mut local = None;
+        for &t in ctx.trackers {
+            if self.unreachable.contains(&t) {
+                continue;
+            }
+            match self.locate_on(t, name, opts) {
+                Ok((l, ip)) => {
+                    local.get_or_insert(ip);
+                    answers.push((t, l));
+                }
+                // This tracker does not know the name.
+                Err(PeerError::Refused { .. }) => {}
+                Err(e) => {
+                    debug!("{name}: tracker {t}: {e}");
+                    self.unreachable.insert(t);
+                }
+            }
+        }
+        if let Some(want) = opts.expect_id {
+            answers.retain(|(_, l)| client::content_id(l) == Some(want));
+        }
+        if answers.is_empty() {
+            return None;
+        }
+        let (l, _) = client::merge_locations(answers);
+        let hashes = l.hashes.clone()?;
+        let g = Geometry::with_hashes(l.length, l.chunk_size, hashes.len()).ok()?;
+        if g.length() > SMALL_FILE_MAX_BYTES {
+            return None;
+        }
+        let me = ctx
+            .self_port
+            .zip(local)
+            .map(|(port, ip)| SocketAddr::new(ip, port));
+        let holders = self.holders(&l, g, me);
+        Some(Plan { g, hashes, holders })
+    }
+
+    /// The sources of `l` with what each holds, without this peer and
+    /// without sources that sent a bad chunk to this thread.
+    fn holders(
+        &self,
+        l: &Locations,
+        g: Geometry,
+        me: Option<SocketAddr>,
+    ) -> Vec<(SocketAddr, Bitmap)> {
+        l.sources
+            .iter()
+            .filter_map(|s| {
+                let addr = SocketAddr::new(s.addr.ip().to_canonical(), s.addr.port());
+                let have = Bitmap::from_bytes(g.count(), &s.have).ok()?;
+                let usable = Some(addr) != me
+                    && !super::coordinator::is_self(addr, me)
+                    && !self.liars.contains(&addr);
+                usable.then_some((addr, have))
+            })
+            .collect()
+    }
+
+    /// One Locate with hashes over the kept connection to `tracker` (made
+    /// again once if it was lost), and the local address it runs from.
+    fn locate_on(
         &mut self,
         tracker: SocketAddr,
         name: &str,
         opts: &DownloadOptions,
-    ) -> Option<(Locations, std::net::IpAddr)> {
+    ) -> Result<(Locations, IpAddr)> {
+        let mut last = None;
         for _ in 0..2 {
-            if self.tracker_failed {
-                return None;
-            }
-            if self.tracker.is_none() {
-                self.tracker = Conn::connect(tracker, opts.io_timeout).ok();
-                self.tracker_failed = self.tracker.is_none();
-            }
-            let c = self.tracker.as_mut()?;
-            let ip = c.stream().local_addr().ok()?.ip();
+            let c = self.conn(tracker, true, opts)?;
+            let ip = c
+                .stream()
+                .local_addr()
+                .map_err(|e| PeerError::io("local address", Path::new("socket"), e))?
+                .ip();
             match client::locate_on(c, name, true) {
-                Ok(l) => return Some((l, ip)),
-                // The engine reports a refusal (an unknown name) properly.
-                Err(PeerError::Refused { .. }) => return None,
-                Err(_) => self.tracker = None,
-            }
-        }
-        None
-    }
-
-    /// The chunk of a one-chunk file from the first source that sends it
-    /// right, least asked first; each source tried is in `stats`.
-    fn fetch_chunk(
-        &mut self,
-        name: &str,
-        g: Geometry,
-        hash: &Digest,
-        sources: &[SocketAddr],
-        opts: &DownloadOptions,
-        stats: &mut Vec<SourceStats>,
-    ) -> Option<(SocketAddr, Vec<u8>)> {
-        let mut order = sources.to_vec();
-        order.sort_by_key(|a| self.asked.get(a).copied().unwrap_or(0));
-        let want = usize::try_from(g.chunk_len(g.index(0)?)).ok()?;
-        for addr in order {
-            *self.asked.entry(addr).or_insert(0) += 1;
-            match self.ask(addr, name, opts) {
-                Ok(data) if data.len() == want && chunks::sha1(&data) == *hash => {
-                    stats.push(source_stats(addr, data.len() as u64, 1, 0, None));
-                    return Some((addr, data));
-                }
-                Ok(_) => {
-                    debug!("{name}: chunk 0 from {addr} failed verification");
-                    self.sources.remove(&addr);
-                    let why = Some("sent a bad chunk".to_owned());
-                    stats.push(source_stats(addr, 0, 0, 1, why));
-                }
+                Ok(l) => return Ok((l, ip)),
+                Err(e @ PeerError::Refused { .. }) => return Err(e),
                 Err(e) => {
-                    debug!("{name}: {addr}: {e}");
-                    self.sources.remove(&addr);
+                    self.forget(tracker);
+                    last = Some(e);
                 }
             }
         }
-        None
+        Err(last.unwrap_or_else(|| PeerError::Download("no answer".into())))
     }
 
-    /// Asks `addr` for chunk 0 of `name` over the kept connection (made
-    /// and greeted if there is none).
-    fn ask(&mut self, addr: SocketAddr, name: &str, opts: &DownloadOptions) -> Result<Vec<u8>> {
-        let c = match self.sources.entry(addr) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
+    /// The kept connection to `addr` (a tracker or a source), made (and
+    /// greeted) if there is none.
+    fn conn(
+        &mut self,
+        addr: SocketAddr,
+        tracker: bool,
+        opts: &DownloadOptions,
+    ) -> Result<&mut Conn> {
+        let map = if tracker {
+            &mut self.trackers
+        } else {
+            &mut self.sources
+        };
+        match map.entry(addr) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(v) => {
                 let mut c = Conn::connect(addr, opts.io_timeout)?;
-                if opts.download_limit.rate().is_some() {
+                if !tracker && opts.download_limit.rate().is_some() {
                     c.gate_reads(Arc::clone(&opts.download_limit) as Arc<dyn ReadGate>);
                 }
-                v.insert(c)
+                self.interrupt.add((self.id, addr), c.stream());
+                Ok(v.insert(c))
             }
-        };
-        c.send(&Message::ChunkRequest {
-            name: name.to_owned(),
-            index: 0,
-        })?;
-        let mut buf = Vec::new();
-        match c.recv_into(&mut buf)? {
-            Message::ChunkData { index: 0, data } => Ok(data),
-            other => Err(client::unexpected(addr, &other)),
         }
+    }
+
+    /// Closes the kept connection to `addr`, if any.
+    fn forget(&mut self, addr: SocketAddr) {
+        self.interrupt.remove((self.id, addr));
+        self.trackers.remove(&addr);
+        self.sources.remove(&addr);
+    }
+
+    /// Fetches every chunk of the file into `fill`, in at most
+    /// [`SMALL_FILE_ROUNDS`] rounds; `None` if some chunk could not be had
+    /// (or the set was cancelled), or on a write error (logged; the engine
+    /// then meets it again and reports it).
+    fn fetch(&mut self, fill: &mut Fill<'_, '_>, opts: &DownloadOptions) -> Option<()> {
+        let mut missing = rarest_first(fill.plan.g, &fill.plan.holders);
+        let mut skip = HashSet::new();
+        for _ in 0..SMALL_FILE_ROUNDS {
+            if missing.is_empty() {
+                return Some(());
+            }
+            let queues = share_out(&missing, &fill.plan.holders, &skip, &self.cost);
+            if queues.is_empty() {
+                return None;
+            }
+            self.round(fill, queues, &mut skip, opts)?;
+            let have = fill.shared.have();
+            missing.retain(|i| !have.get(i.get()));
+        }
+        missing.is_empty().then_some(())
+    }
+
+    /// Sends every queue's requests, then reads the replies from each
+    /// source in turn. A source that fails or refuses goes into `skip`.
+    fn round(
+        &mut self,
+        fill: &mut Fill<'_, '_>,
+        mut queues: Vec<(SocketAddr, VecDeque<ChunkIndex>)>,
+        skip: &mut HashSet<SocketAddr>,
+        opts: &DownloadOptions,
+    ) -> Option<()> {
+        queues.retain(|(addr, q)| {
+            let sent = self.send_all(*addr, fill.name, q, opts);
+            if !sent {
+                skip.insert(*addr);
+            }
+            sent
+        });
+        while queues.iter().any(|(_, q)| !q.is_empty()) {
+            for (addr, q) in queues.iter_mut() {
+                let Some(i) = q.pop_front() else { continue };
+                if cancelled(fill.ctx) {
+                    // Replies still due: those connections are out of step.
+                    let due: Vec<SocketAddr> = self.sources.keys().copied().collect();
+                    due.into_iter().for_each(|a| self.forget(a));
+                    return None;
+                }
+                match self.receive(fill, *addr, i) {
+                    Reply::Good => {}
+                    Reply::Refused => {
+                        skip.insert(*addr);
+                    }
+                    Reply::Broken => {
+                        skip.insert(*addr);
+                        q.clear();
+                    }
+                    Reply::WriteFailed => return None,
+                }
+            }
+        }
+        Some(())
     }
 }
 
-fn source_stats(
-    addr: SocketAddr,
-    bytes: u64,
-    chunks: u32,
-    hash_failures: u32,
-    dropped: Option<String>,
-) -> SourceStats {
-    SourceStats {
-        addr,
-        bytes,
-        chunks,
-        hash_failures,
-        dropped,
+/// How one reply went.
+enum Reply {
+    /// The chunk, verified and written.
+    Good,
+    /// An error reply (`NotHeld`, `Busy`, ...): the connection stays.
+    Refused,
+    /// A bad chunk, an unexpected message or a lost connection: the
+    /// connection is closed, the source's other requests are lost.
+    Broken,
+    /// The chunk could not be written: the file is given up.
+    WriteFailed,
+}
+
+impl Pool {
+    /// Sends a request for each chunk of `q` to `addr`; false (and the
+    /// connection closed) if that failed.
+    fn send_all(
+        &mut self,
+        addr: SocketAddr,
+        name: &str,
+        q: &VecDeque<ChunkIndex>,
+        opts: &DownloadOptions,
+    ) -> bool {
+        let sent = self.conn(addr, false, opts).and_then(|c| {
+            q.iter().try_for_each(|i| {
+                c.send(&Message::ChunkRequest {
+                    name: name.to_owned(),
+                    index: i.get(),
+                })
+            })
+        });
+        if let Err(e) = &sent {
+            debug!("{name}: {addr}: {e}");
+            self.forget(addr);
+        }
+        sent.is_ok()
+    }
+
+    /// Reads the reply to the request for chunk `i` from `addr` and takes
+    /// it in; the time it took goes into the source's cost.
+    fn receive(&mut self, fill: &mut Fill<'_, '_>, addr: SocketAddr, i: ChunkIndex) -> Reply {
+        let began = Instant::now();
+        let mut buf = std::mem::take(&mut self.spare);
+        let reply = match self.sources.get_mut(&addr) {
+            Some(c) => c.recv_into(&mut buf),
+            None => return Reply::Broken,
+        };
+        let secs = began.elapsed().as_secs_f64();
+        let (reply, refused) = match reply {
+            Ok(Message::ChunkData { index, data }) if index == i.get() => {
+                match fill.take(addr, i, &data) {
+                    Ok(true) => {
+                        self.spare = data;
+                        (Reply::Good, false)
+                    }
+                    Ok(false) => {
+                        debug!(
+                            "{}: chunk {index} from {addr} failed verification",
+                            fill.name
+                        );
+                        self.liars.insert(addr);
+                        (Reply::Broken, false)
+                    }
+                    Err(e) => {
+                        debug!("{}: cannot write chunk {index}: {e}", fill.name);
+                        (Reply::WriteFailed, false)
+                    }
+                }
+            }
+            Ok(Message::Error { code, .. }) => {
+                debug!("{}: chunk {} from {addr}: {code:?}", fill.name, i.get());
+                (Reply::Refused, true)
+            }
+            Ok(other) => {
+                debug!("{}: {addr} answered {}", fill.name, other.kind());
+                (Reply::Broken, false)
+            }
+            Err(e) => {
+                debug!("{}: {addr}: {e}", fill.name);
+                (Reply::Broken, false)
+            }
+        };
+        // A refusal costs its source as much as a slow chunk would.
+        let took = if refused {
+            secs.max(self.slowest())
+        } else {
+            secs
+        };
+        let c = self.cost.entry(addr).or_insert(took);
+        *c = 0.75 * *c + 0.25 * took;
+        if matches!(reply, Reply::Broken) {
+            self.forget(addr);
+        }
+        reply
+    }
+
+    /// The highest cost per chunk known (a default when none is).
+    fn slowest(&self) -> f64 {
+        self.cost.values().copied().fold(1e-3, f64::max)
     }
 }
