@@ -36,6 +36,8 @@ enum Answer {
     /// The chunk, sent one byte every 500 ms (each byte well within any
     /// read timeout).
     Trickle,
+    /// No answer at all (the request is read and left unanswered).
+    Silent,
 }
 
 /// The rule: (chunk index, how many times it has been asked so far,
@@ -202,6 +204,9 @@ fn serve(s: TcpStream, sh: &Shared) {
                 }
                 continue;
             }
+            Message::ChunkRequest { index, .. } if (sh.rule)(index, 0) == Answer::Silent => {
+                continue;
+            }
             Message::ChunkRequest { index, name } => answer(sh, &name, index),
             _ => return,
         };
@@ -237,7 +242,7 @@ fn answer(sh: &Shared, name: &str, index: u32) -> Message {
             index: other,
             data: chunk(other),
         },
-        Answer::NotHeld | Answer::Trickle => not_held,
+        Answer::NotHeld | Answer::Trickle | Answer::Silent => not_held,
         Answer::NotHeldThenLeave => {
             drop(sh.control.lock().unwrap().take());
             not_held
@@ -1110,6 +1115,18 @@ fn fetch_set(
     jobs: usize,
     dir: &std::path::Path,
 ) -> Vec<p2pfs::peer::download::batch::FileOutcome> {
+    fetch_set_with(d, files, jobs, dir, opts(), None)
+}
+
+/// [`fetch_set`] with options `o` and a cancel flag.
+fn fetch_set_with(
+    d: &p2pfs::peer::node::Node,
+    files: &[(String, Vec<u8>)],
+    jobs: usize,
+    dir: &std::path::Path,
+    o: DownloadOptions,
+    cancel: Option<&AtomicBool>,
+) -> Vec<p2pfs::peer::download::batch::FileOutcome> {
     use p2pfs::peer::download::batch::{self, Planned};
     let plan: Vec<Planned> = files
         .iter()
@@ -1120,12 +1137,12 @@ fn fetch_set(
         .collect();
     let o = DownloadOptions {
         sync_folder: false,
-        ..opts()
+        ..o
     };
     let fetch = |name: &str, on: &mut dyn FnMut(&p2pfs::peer::download::Progress)| {
-        d.download_cancellable(name, dir, &o, None, on)
+        d.download_cancellable(name, dir, &o, cancel, on)
     };
-    batch::run(&plan, jobs, None, &fetch, &mut |_| {}, &mut |_| {})
+    batch::run(&plan, jobs, cancel, &fetch, &mut |_| {}, &mut |_| {})
 }
 
 /// The set's fast path for one-chunk files: a source that sends bad bytes
@@ -1180,4 +1197,199 @@ fn a_set_of_one_chunk_files_reuses_its_connections_to_a_source() {
         let conns = src.shared.accepted.load(Ordering::SeqCst);
         assert!(conns <= 2, "{conns} connections for 12 files and 2 jobs");
     });
+}
+
+/// `n` files of a set of `chunks` chunks each (the last one short), named
+/// `multi/fI`.
+fn multi_chunk_files(n: usize, chunks: usize, seed: u64) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let len = chunks * CHUNK as usize - 1000 - 7 * i;
+            (format!("multi/f{i}"), util::pattern(len, seed + i as u64))
+        })
+        .collect()
+}
+
+/// Total requests a source received, over every chunk index.
+fn total_asked(src: &FakeSource) -> u32 {
+    src.shared.asked.lock().unwrap().values().sum()
+}
+
+/// The set's fast path for files of several chunks: both sources serve,
+/// every file is byte-identical, nothing is left in the download folder
+/// but the files, and the downloader is listed by the tracker as holding
+/// every chunk of every file (each chunk registered as it came).
+#[test]
+fn a_set_of_several_chunk_files_uses_both_sources_and_registers_every_chunk() {
+    with_timeout(60, || {
+        let s = Scratch::new("small-multi");
+        let files = multi_chunk_files(6, 5, 31);
+        let t = tracker();
+        let a = FakeSource::start_files(t.local_addr(), &files, |_, _| Answer::Good);
+        let b = FakeSource::start_files(t.local_addr(), &files, |_, _| Answer::Good);
+        let d = downloader(t.local_addr());
+        let dir = s.sub("d");
+        let out = fetch_set(&d, &files, 2, &dir);
+        for ((name, data), o) in files.iter().zip(&out) {
+            let sum = o.result.as_ref().expect("downloaded");
+            assert_eq!(&fs::read(dir.join(name)).unwrap(), data, "{name}");
+            assert_eq!(sum.bytes_downloaded, data.len() as u64, "{name}");
+            assert_eq!(sum.chunks_total, 5);
+            let from: u32 = sum.sources.iter().map(|s| s.chunks).sum();
+            assert_eq!(from, 5, "{name}: every chunk from exactly one source");
+        }
+        let (na, nb) = (total_asked(&a), total_asked(&b));
+        assert_eq!(na + nb, 30, "each chunk asked once: {na} + {nb}");
+        assert!(na > 0 && nb > 0, "one source idle: {na} + {nb}");
+        // Only the files: no work folder, no temporary name.
+        let mut entries: Vec<String> = fs::read_dir(dir.join("multi"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        entries.sort();
+        let want: Vec<String> = (0..6).map(|i| format!("f{i}")).collect();
+        assert_eq!(entries, want);
+        assert!(!dir.join(p2pfs::peer::download::WORK_DIR).exists());
+        // The tracker lists the downloader for every chunk of every file.
+        let me = d.local_addr().port();
+        util::wait_until(10, "the downloader listed for every chunk", || {
+            files.iter().all(|(name, _)| {
+                let mut c = Client::connect(t.local_addr());
+                match c.request(&Message::Locate {
+                    name: name.clone(),
+                    with_hashes: false,
+                }) {
+                    Message::Locations(l) => l
+                        .sources
+                        .iter()
+                        .any(|s| s.addr.port() == me && s.have == vec![0xF8]),
+                    _ => false,
+                }
+            })
+        });
+    });
+}
+
+/// A source that sends bad chunks of a several-chunk file is not asked
+/// again by that job thread: its chunks come from the other source, its
+/// strikes are in the summaries, and every file is intact.
+#[test]
+fn a_lying_source_of_a_set_is_not_asked_again() {
+    with_timeout(60, || {
+        let s = Scratch::new("small-multi-liar");
+        let files = multi_chunk_files(4, 4, 57);
+        let t = tracker();
+        let liar = FakeSource::start_files(t.local_addr(), &files, |_, _| Answer::Corrupt);
+        let honest = FakeSource::start_files(t.local_addr(), &files, |_, _| Answer::Good);
+        let d = downloader(t.local_addr());
+        let dir = s.sub("d");
+        let out = fetch_set(&d, &files, 1, &dir);
+        for ((name, data), o) in files.iter().zip(&out) {
+            assert!(o.result.is_ok(), "{name}: {:?}", o.result);
+            assert_eq!(&fs::read(dir.join(name)).unwrap(), data, "{name}");
+        }
+        // Asked only in the first file's first round (its requests are
+        // sent together), then never again.
+        let lies = total_asked(&liar);
+        assert!((1..=4).contains(&lies), "the liar was asked {lies} times");
+        let struck: Vec<u32> = out
+            .iter()
+            .map(|o| {
+                o.result
+                    .as_ref()
+                    .unwrap()
+                    .sources
+                    .iter()
+                    .map(|s| s.hash_failures)
+                    .sum()
+            })
+            .collect();
+        assert_eq!(struck, [1, 0, 0, 0], "one strike, in the first file");
+        assert_eq!(
+            total_asked(&honest),
+            16,
+            "every chunk from the honest source"
+        );
+    });
+}
+
+/// A source that answers `NotHeld` for one chunk keeps its connection and
+/// serves the rest; the refused chunk comes from the other source.
+#[test]
+fn a_refused_chunk_of_a_set_comes_from_the_other_source_over_the_same_connections() {
+    with_timeout(60, || {
+        let s = Scratch::new("small-multi-notheld");
+        let files = multi_chunk_files(5, 3, 77);
+        let t = tracker();
+        let rule = |i: u32, _| {
+            if i == 1 {
+                Answer::NotHeld
+            } else {
+                Answer::Good
+            }
+        };
+        let picky = FakeSource::start_files(t.local_addr(), &files, rule);
+        let other = FakeSource::start_files(t.local_addr(), &files, |_, _| Answer::Good);
+        let d = downloader(t.local_addr());
+        let dir = s.sub("d");
+        let out = fetch_set(&d, &files, 1, &dir);
+        for ((name, data), o) in files.iter().zip(&out) {
+            assert!(o.result.is_ok(), "{name}: {:?}", o.result);
+            assert_eq!(&fs::read(dir.join(name)).unwrap(), data, "{name}");
+        }
+        assert!(total_asked(&picky) > 0);
+        assert_eq!(
+            other.asked(1),
+            5,
+            "chunk 1 of every file from the other source"
+        );
+        for src in [&picky, &other] {
+            let conns = src.shared.accepted.load(Ordering::SeqCst);
+            assert_eq!(conns, 1, "one kept connection per source, not {conns}");
+        }
+    });
+}
+
+/// Cancelling a set whose only source never answers ends it at once, not
+/// after the I/O timeout, and leaves nothing in the download folder.
+#[test]
+fn a_cancelled_set_does_not_wait_for_a_silent_source() {
+    with_timeout(60, || {
+        let s = Scratch::new("small-cancel");
+        let files = multi_chunk_files(3, 2, 13);
+        let t = tracker();
+        let _mute = FakeSource::start_files(t.local_addr(), &files, |_, _| Answer::Silent);
+        let d = downloader(t.local_addr());
+        let dir = s.sub("d");
+        let cancel = AtomicBool::new(false);
+        let o = DownloadOptions {
+            io_timeout: Duration::from_secs(40),
+            ..opts()
+        };
+        let started = std::time::Instant::now();
+        let out = thread::scope(|sc| {
+            sc.spawn(|| {
+                thread::sleep(Duration::from_millis(500));
+                cancel.store(true, Ordering::SeqCst);
+            });
+            fetch_set_with(&d, &files, 2, &dir, o, Some(&cancel))
+        });
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(10), "took {took:?}");
+        assert!(out.iter().all(|o| o.result.is_err()), "{out:?}");
+        let left: Vec<_> = walk(&dir);
+        assert!(left.iter().all(|p| p.is_dir()), "left behind: {left:?}");
+    });
+}
+
+/// Every path under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            out.push(e.path());
+            out.extend(walk(&e.path()));
+        }
+    }
+    out
 }

@@ -247,6 +247,13 @@ pub fn download(
     if let Some(r) = small::try_fetch(ctx, name, dir, opts, on_progress) {
         return r;
     }
+    if cancelled(ctx) {
+        // Stopped before anything of it was on disk (the fast path may
+        // have been cut short): nothing to resume, so nothing is created.
+        return Err(PeerError::Download(format!(
+            "download of {name} interrupted before it started; run the same command again to fetch it"
+        )));
+    }
     let (d, local_ip) = describe_cancellable(ctx.trackers, name, opts.expect_id, ctx.cancel)?;
     // Before anything is created on disk: not even the folders.
     if let Some(want) = opts.expect_id {

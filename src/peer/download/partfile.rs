@@ -18,8 +18,14 @@
 //! from a copy in a work folder of the final name's own folder when that
 //! is another file system).
 //!
+//! Also owns the other way into place, for a set's small files
+//! ([`create_unnamed`], [`name_unnamed`]): an unnamed file in the final
+//! name's folder, linked to its name once complete; no `.part`, no
+//! `.part.have`, nothing to resume or to clean up after a kill.
+//!
 //! Calls `chunks` (geometry, bitmaps, SHA-1), the peer's error type, `log`
-//! `wire` (the name rule) and the libc crate's open flags only; nothing else of the download and nothing
+//! `wire` (the name rule), the libc crate's open flags and rustix's
+//! `linkat` only; nothing else of the download and nothing
 //! of `share`, so `share` can ask [`is_artifact`] without an import cycle.
 //!
 //! Files that already exist (the final name, `.part.have`, a `.part` being
@@ -909,6 +915,47 @@ mod tests {
         );
         assert!(paths.part.exists());
         assert_eq!(fs::read(&paths.final_path).unwrap(), data);
+    }
+
+    #[test]
+    fn an_unnamed_file_gets_its_name_only_when_complete_and_never_replaces_one() {
+        use std::os::unix::fs::FileExt;
+        let dir = TempDir::new("part-unnamed");
+        let (data, _, _) = content();
+        let paths = Paths::new(&dir.0, "a/b/f");
+        let file = create_unnamed(&paths).expect("O_TMPFILE on this file system");
+        file.write_all_at(&data, 0).unwrap();
+        // Filled, not named: nothing in the folder, no work folder.
+        let listed = |p: &Path| fs::read_dir(p).unwrap().count();
+        assert_eq!(listed(&dir.0.join("a/b")), 0);
+        assert!(!paths.work.exists());
+        assert!(name_unnamed(&paths, &file, true).unwrap());
+        assert_eq!(fs::read(&paths.final_path).unwrap(), data);
+        assert_eq!(file.metadata().unwrap().nlink(), 1);
+        // A second one under a taken name: refused, the first left as it is.
+        let other = create_unnamed(&paths).unwrap();
+        other.write_all_at(b"other", 0).unwrap();
+        assert!(!name_unnamed(&paths, &other, true).unwrap());
+        assert_eq!(fs::read(&paths.final_path).unwrap(), data);
+        // Dropped unnamed: gone without a trace.
+        let dropped = create_unnamed(&Paths::new(&dir.0, "a/b/g")).unwrap();
+        drop(dropped);
+        assert_eq!(listed(&dir.0.join("a/b")), 1);
+    }
+
+    #[test]
+    fn an_unnamed_file_is_never_made_through_a_linked_folder() {
+        let dir = TempDir::new("part-unnamed-link");
+        let outside = TempDir::new("part-unnamed-outside");
+        std::os::unix::fs::symlink(&outside.0, dir.0.join("sub")).unwrap();
+        assert!(create_unnamed(&Paths::new(&dir.0, "sub/f")).is_none());
+        // The download folder itself may be a link (the user's to name).
+        let linked = dir.0.join("linked");
+        std::os::unix::fs::symlink(&outside.0, &linked).unwrap();
+        let paths = Paths::new(&linked, "f");
+        let file = create_unnamed(&paths).expect("through the user's own link");
+        assert!(name_unnamed(&paths, &file, false).unwrap());
+        assert!(outside.0.join("f").exists());
     }
 
     #[test]

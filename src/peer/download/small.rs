@@ -572,13 +572,12 @@ impl Pool {
         while queues.iter().any(|(_, q)| !q.is_empty()) {
             for (addr, q) in queues.iter_mut() {
                 let Some(i) = q.pop_front() else { continue };
-                if cancelled(fill.ctx) {
-                    // Replies still due: those connections are out of step.
-                    let due: Vec<SocketAddr> = self.sources.keys().copied().collect();
-                    due.into_iter().for_each(|a| self.forget(a));
-                    return None;
-                }
-                match self.receive(fill, *addr, i) {
+                let reply = if cancelled(fill.ctx) {
+                    Reply::WriteFailed
+                } else {
+                    self.receive(fill, *addr, i)
+                };
+                match reply {
                     Reply::Good => {}
                     Reply::Refused => {
                         skip.insert(*addr);
@@ -587,11 +586,28 @@ impl Pool {
                         skip.insert(*addr);
                         q.clear();
                     }
-                    Reply::WriteFailed => return None,
+                    Reply::WriteFailed => {
+                        // Given up with replies still due: a connection
+                        // that has any is out of step (a reply carries only
+                        // the chunk index), so it is closed, not kept for
+                        // the next file.
+                        self.forget(*addr);
+                        self.forget_due(&queues);
+                        return None;
+                    }
                 }
             }
         }
         Some(())
+    }
+
+    /// Closes the connection of every queue with requests still unanswered.
+    fn forget_due(&mut self, queues: &[(SocketAddr, VecDeque<ChunkIndex>)]) {
+        for (addr, q) in queues {
+            if !q.is_empty() {
+                self.forget(*addr);
+            }
+        }
     }
 }
 
@@ -604,7 +620,8 @@ enum Reply {
     /// A bad chunk, an unexpected message or a lost connection: the
     /// connection is closed, the source's other requests are lost.
     Broken,
-    /// The chunk could not be written: the file is given up.
+    /// The chunk could not be written, or the set was cancelled: the file
+    /// is given up.
     WriteFailed,
 }
 
@@ -694,5 +711,98 @@ impl Pool {
     /// The highest cost per chunk known (a default when none is).
     fn slowest(&self) -> f64 {
         self.cost.values().copied().fold(1e-3, f64::max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn bits(len: u32, ones: &[u32]) -> Bitmap {
+        let mut b = Bitmap::new(len);
+        for &i in ones {
+            b.set(i);
+        }
+        b
+    }
+
+    fn raw(v: &[ChunkIndex]) -> Vec<u32> {
+        v.iter().map(|i| i.get()).collect()
+    }
+
+    #[test]
+    fn chunks_are_asked_rarest_first_then_by_index() {
+        let g = Geometry::new(5 * 1024, 1024).unwrap();
+        let holders = vec![
+            (addr(1), bits(5, &[0, 1, 2, 3, 4])),
+            (addr(2), bits(5, &[0, 1, 3])),
+            (addr(3), bits(5, &[1, 3])),
+        ];
+        // Held by: 0 -> 2, 1 -> 3, 2 -> 1, 3 -> 3, 4 -> 1.
+        assert_eq!(raw(&rarest_first(g, &holders)), [2, 4, 0, 1, 3]);
+    }
+
+    #[test]
+    fn a_faster_source_gets_more_chunks_and_only_what_it_holds() {
+        let g = Geometry::new(8 * 1024, 1024).unwrap();
+        let all: Vec<ChunkIndex> = g.indices().collect();
+        let holders = vec![(addr(1), Bitmap::full(8)), (addr(2), Bitmap::full(8))];
+        let cost = HashMap::from([(addr(1), 0.001), (addr(2), 0.003)]);
+        let q = share_out(&all, &holders, &HashSet::new(), &cost);
+        let len = |a| q.iter().find(|(x, _)| *x == a).map_or(0, |(_, v)| v.len());
+        assert_eq!((len(addr(1)), len(addr(2))), (6, 2), "{q:?}");
+        // A source holding only some chunks is given only those.
+        let holders = vec![(addr(1), bits(8, &[0, 1])), (addr(2), Bitmap::full(8))];
+        let q = share_out(&all, &holders, &HashSet::new(), &cost);
+        let of = |a| {
+            q.iter()
+                .find(|(x, _)| *x == a)
+                .map(|(_, v)| raw(&Vec::from(v.clone())))
+        };
+        assert_eq!(of(addr(1)), Some(vec![0, 1]));
+        assert_eq!(of(addr(2)), Some(vec![2, 3, 4, 5, 6, 7]));
+    }
+
+    #[test]
+    fn skipped_sources_are_not_given_chunks_and_unheld_chunks_are_left_out() {
+        let g = Geometry::new(3 * 1024, 1024).unwrap();
+        let all: Vec<ChunkIndex> = g.indices().collect();
+        let holders = vec![(addr(1), Bitmap::full(3)), (addr(2), bits(3, &[0]))];
+        let skip = HashSet::from([addr(1)]);
+        let q = share_out(&all, &holders, &skip, &HashMap::new());
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0].0, addr(2));
+        assert_eq!(raw(&Vec::from(q[0].1.clone())), [0]);
+        assert!(
+            share_out(
+                &all,
+                &holders,
+                &HashSet::from([addr(1), addr(2)]),
+                &HashMap::new()
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn an_interrupt_shuts_kept_connections_and_any_kept_after_it() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let b = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let i = Interrupt::default();
+        i.add((0, addr(1)), &a);
+        i.fire();
+        i.add((0, addr(2)), &b);
+        assert!(lock(&i.streams).is_empty());
+        use std::io::Read;
+        for mut s in [a, b] {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            assert_eq!(s.read(&mut [0u8; 8]).unwrap(), 0, "not shut");
+        }
     }
 }
