@@ -10,36 +10,14 @@ use std::fs;
 use std::path::Path;
 use std::process::Output;
 
-use p2pfs::chunks::{self, ContentId};
 use p2pfs::peer::download::DownloadOptions;
 use p2pfs::peer::node::{Node, NodeConfig};
-use util::{CHUNK, Scratch, get_command, opts, seed, tracker, wait_until, with_timeout, write};
-
-fn id_of(data: &[u8]) -> ContentId {
-    let hashes: Vec<_> = data.chunks(CHUNK as usize).map(chunks::sha1).collect();
-    ContentId::compute(data.len() as u64, CHUNK, &hashes)
-}
+use util::{
+    Scratch, get_command, id_of, opts, seed, tracker, tree, wait_until, with_timeout, write,
+};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// Every path under `dir`, sorted (empty if it does not exist).
-fn tree(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd {
-            let p = e.unwrap().path();
-            out.push(p.strip_prefix(dir).unwrap().display().to_string());
-            if p.is_dir() {
-                stack.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 fn get_with_id(t: std::net::SocketAddr, name: &str, dir: &Path, id: &str) -> Output {

@@ -308,3 +308,69 @@ fn folders_and_several_files_at_the_prompt() {
         r.finish();
     });
 }
+
+/// Issue 13: `get FILE --id ID` at the prompt, as `peer get NAME --id ID`.
+/// Another id is refused at once, with both ids, and nothing at all is
+/// written into the download folder (no file, no `.p2pfs/`, no parent
+/// folder), by name or by #NUMBER; the prompt goes on, and the right id
+/// downloads the file byte for byte.
+#[test]
+fn get_with_a_content_id_at_the_prompt() {
+    with_timeout(90, || {
+        let s = Scratch::new("repl-pin");
+        let data = util::pattern(300_000, 51);
+        let name = "sub/dir/f.bin";
+        util::write(&s.sub("seed"), name, &data);
+        let t = tracker();
+        let _seed = seed(t.local_addr(), &s.path().join("seed"), None);
+        let me = Arc::new(downloader(t.local_addr()));
+        let dir = s.sub("me");
+        let (mut r, notices) = Repl::new(Arc::clone(&me), dir.clone(), opts());
+        let (right, wrong) = (util::id_of(&data), util::id_of(b"other content"));
+
+        let mut out = Vec::new();
+        let lines = format!(
+            "list\nget #1 --id {wrong}\nget {name} --id {wrong}\nget --id {wrong} \"{name}\"\n\
+             get #1 --id 12ab\nget sub/ --id {right}\nhelp\n"
+        );
+        r.run(&mut lines.as_bytes(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let refusal = format!(
+            "{name:?} on the network has content id {right}, not {wrong} as given with --id; \
+             refused, nothing was written"
+        );
+        assert_eq!(text.matches(&refusal).count(), 3, "{text}");
+        for needle in [
+            "the content id \"12ab\" is not 40 hex digits",
+            "--id pins the content of one file",
+            "get FILE --id ID",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert!(!text.contains("downloading"), "{text}");
+        assert!(r.downloads().is_empty(), "no download started");
+        assert_eq!(util::tree(&dir), Vec::<String>::new(), "{text}");
+
+        // The right id, in either case of hex digits, by number.
+        let upper = right.to_string().to_uppercase();
+        let started = say(&mut r, &format!("get #1 --id {upper}"));
+        assert!(
+            started.contains(&format!("downloading {name} (")),
+            "{started}"
+        );
+        let notice = notices
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("a notice when the download ends");
+        assert!(notice.starts_with("download finished"), "{notice}");
+        assert_eq!(fs::read(dir.join(name)).unwrap(), data);
+
+        // What is here now has the right id, not the wrong one.
+        let again = say(&mut r, &format!("get {name} --id {wrong}"));
+        assert!(
+            again.contains(&format!("with content id {right}, not {wrong}")),
+            "{again}"
+        );
+        assert!(say(&mut r, &format!("get {name} --id {right}")).contains("you already have"));
+        r.finish();
+    });
+}

@@ -80,6 +80,11 @@ pub struct SummaryJson {
     pub missing: Vec<String>,
 }
 
+/// Why `--id` with several names or a folder is refused (here and at the
+/// prompt).
+pub const ID_ONE_FILE: &str =
+    "--id pins the content of one file: give exactly one name, not several names or a folder";
+
 pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
     if a.names.is_empty() {
         return Err(Box::new(Usage(
@@ -88,11 +93,7 @@ pub fn run(a: GetArgs, signals: &StopSignals) -> Result<(), BoxError> {
     }
     let several = a.names.len() > 1 || a.names.iter().any(|n| batch::is_folder(n));
     if several && a.id.is_some() {
-        return Err(Box::new(Usage(
-            "--id pins the content of one file: give exactly one NAME, not several names or a \
-             folder"
-                .into(),
-        )));
+        return Err(Box::new(Usage(ID_ONE_FILE.into())));
     }
     let cfg = node_config(a.tracker.as_deref(), a.listen, a.upload_limit)?;
     // Before the node starts: a name or folder nobody has writes nothing.

@@ -345,6 +345,31 @@ pub fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
     p
 }
 
+/// The content id of `data` cut into [`CHUNK`]s, as [`seed`] shares it.
+pub fn id_of(data: &[u8]) -> chunks::ContentId {
+    let hashes: Vec<_> = data.chunks(CHUNK as usize).map(chunks::sha1).collect();
+    chunks::ContentId::compute(data.len() as u64, CHUNK, &hashes)
+}
+
+/// Every path under `dir`, sorted (empty if it does not exist): to show
+/// that something wrote nothing at all.
+pub fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Bytes the download summed up in `s` kept from the source at `addr`
 /// (0 if it never served).
 pub fn from(s: &Summary, addr: SocketAddr) -> u64 {

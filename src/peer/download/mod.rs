@@ -257,7 +257,7 @@ pub fn download(
     let (d, local_ip) = describe_cancellable(ctx.trackers, name, opts.expect_id, ctx.cancel)?;
     // Before anything is created on disk: not even the folders.
     if let Some(want) = opts.expect_id {
-        check_pinned(name, want, &d)?;
+        check_pinned(name, want, d.id, d.others)?;
     }
     let self_addr = ctx.self_port.map(|port| SocketAddr::new(local_ip, port));
     let paths = Paths::new(dir, name);
@@ -411,19 +411,21 @@ fn describe(
     Ok((d, ip))
 }
 
-/// Refuses content whose id is not `want` (`--id`), naming both ids.
-fn check_pinned(name: &str, want: ContentId, d: &Described) -> Result<()> {
-    if d.id == want {
+/// Refuses content whose id (`got`) is not `want` (`--id`), naming both
+/// ids; `others` trackers were left out (they may describe other content).
+/// The prompt's `get --id` checks with it too, before starting a download.
+pub fn check_pinned(name: &str, want: ContentId, got: ContentId, others: usize) -> Result<()> {
+    if got == want {
         return Ok(());
     }
-    let others = match d.others {
+    let others = match others {
         0 => String::new(),
         _ => "; no tracker that answered has content of that id under the name".into(),
     };
     Err(PeerError::NotFound(format!(
         "{name:?} on the network has content id {}, not {want} as given with --id{others}; \
          refused, nothing was written",
-        d.id
+        got
     )))
 }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use super::text;
+use crate::chunks::ContentId;
 use crate::error_chain;
 use crate::peer::download::batch::{self, BatchProgress, Planned};
 use crate::peer::download::{DownloadOptions, Progress, Summary};
@@ -92,12 +93,17 @@ impl Jobs {
             .any(|j| j.name == name && !lock(&j.state).is_finished())
     }
 
-    /// Starts downloading `name` on a thread of its own. A finished or
-    /// failed earlier attempt of the same name is replaced.
-    pub fn start(&mut self, name: &str) -> std::io::Result<()> {
+    /// Starts downloading `name` on a thread of its own, refusing content
+    /// whose id is not `pin` if given. A finished or failed earlier attempt
+    /// of the same name is replaced.
+    pub fn start(&mut self, name: &str, pin: Option<ContentId>) -> std::io::Result<()> {
         let state = Arc::new(Mutex::new(DownloadState::Starting));
         let cancel = Arc::new(AtomicBool::new(false));
-        let (node, dir, opts) = (Arc::clone(&self.node), self.dir.clone(), self.opts.clone());
+        let opts = DownloadOptions {
+            expect_id: pin,
+            ..self.opts.clone()
+        };
+        let (node, dir) = (Arc::clone(&self.node), self.dir.clone());
         let (st, notices, n) = (Arc::clone(&state), self.notices.clone(), name.to_owned());
         let c = Arc::clone(&cancel);
         let handle = thread::Builder::new()
@@ -114,7 +120,7 @@ impl Jobs {
                         let why = if started {
                             Resumable::line(
                                 &e,
-                                &format!("type get {} to resume", super::command::as_typed(&n)),
+                                &format!("type {} to resume", super::command::get_line(&n, pin)),
                             )
                         } else {
                             error_chain(&e)

@@ -13,8 +13,8 @@
 //! everything here works on any `BufRead`/`Write` and is tested without a
 //! terminal.
 //!
-//! Calls `peer::node`, `peer::client`, `peer::download` (types), `wire`
-//! and the other `ui` text modules.
+//! Calls `peer::node`, `peer::client`, `peer::download` (types, and
+//! `check_pinned` for `get --id`), `wire` and the other `ui` text modules.
 
 pub mod command;
 pub mod jobs;
@@ -32,10 +32,11 @@ pub use self::command::{Command, HELP, Target, parse};
 pub use self::jobs::DownloadState;
 use self::jobs::Jobs;
 use self::text::{Mine, explain};
+use crate::chunks::ContentId;
 use crate::error_chain;
 use crate::peer::client;
 use crate::peer::download::batch::{Planned, is_folder, is_under, plan, validate_wanted};
-use crate::peer::download::{DownloadOptions, unfinished};
+use crate::peer::download::{DownloadOptions, check_pinned, unfinished};
 use crate::peer::node::Node;
 use crate::peer::{PeerError, Result};
 use crate::ui::format::format_locations;
@@ -97,7 +98,7 @@ impl Repl {
         match cmd {
             Command::List(prefix) => self.list(prefix.as_deref(), out)?,
             Command::Where(t) => self.where_(&t, out)?,
-            Command::Get(t) => self.get_many(&t, out)?,
+            Command::Get { targets, id } => self.get_many(&targets, id, out)?,
             Command::Status => self.status(out)?,
             Command::Help => writeln!(out, "{HELP}")?,
             Command::Quit => return Ok(Flow::Quit),
@@ -225,10 +226,16 @@ impl Repl {
         Ok((l, SocketAddr::new(ip, self.node.local_addr().port())))
     }
 
-    /// `get` of one file (its own job, as always) or of several files or
-    /// folders: one job for the set, the files this peer already has left
-    /// out.
-    fn get_many(&mut self, targets: &[Target], out: &mut dyn Write) -> io::Result<()> {
+    /// `get` of one file (its own job, as always; pinned to content id
+    /// `id` if given, which the parser allows for one file only) or of
+    /// several files or folders: one job for the set, the files this peer
+    /// already has left out.
+    fn get_many(
+        &mut self,
+        targets: &[Target],
+        id: Option<ContentId>,
+        out: &mut dyn Write,
+    ) -> io::Result<()> {
         let mut names = Vec::new();
         for t in targets {
             match self.resolve(t) {
@@ -237,7 +244,7 @@ impl Repl {
             }
         }
         match names.as_slice() {
-            [one] if !is_folder(one) => return self.get(one.clone(), out),
+            [one] if !is_folder(one) => return self.get(one.clone(), id, out),
             _ => {}
         }
         let label = names.join(" ");
@@ -269,25 +276,38 @@ impl Repl {
         writeln!(out, "{}", text::set_started_line(count, bytes, have.len()))
     }
 
-    fn get(&mut self, name: String, out: &mut dyn Write) -> io::Result<()> {
+    fn get(&mut self, name: String, pin: Option<ContentId>, out: &mut dyn Write) -> io::Result<()> {
         if self.jobs.is_running(&name) || self.node.is_downloading(&name) {
             return writeln!(out, "already downloading {name}; type status to follow it");
         }
-        if self
-            .node
-            .share()
-            .get(&name)
-            .is_some_and(|f| f.is_complete())
-        {
+        if let Some(f) = self.node.share().get(&name).filter(|f| f.is_complete()) {
+            let g = f.geometry();
+            if let Some(want) = pin
+                && let mine = ContentId::compute(g.length(), g.chunk_size(), f.hashes())
+                && mine != want
+            {
+                return writeln!(
+                    out,
+                    "you already have {name}, with content id {mine}, not {want} as given with \
+                     --id; nothing was downloaded"
+                );
+            }
             return writeln!(out, "you already have {name}: it is in the shared folder");
         }
         // A partial file left by a failed or stopped download is resumed.
-        // Ask first, so a wrong name is answered here and not later.
-        let l = match self.locate(&name) {
-            Ok((l, _)) => l,
+        // Ask first, so a wrong name (or content other than the pinned one)
+        // is answered here and not later; the download checks the id again.
+        let m = match client::locate_all_pinned(self.node.trackers(), &name, pin.is_some(), pin) {
+            Ok(m) => m,
             Err(e) => return writeln!(out, "{}", explain(&name, &e)),
         };
-        if let Err(e) = self.jobs.start(&name) {
+        let (l, _) = &m.value;
+        if let (Some(want), Some(got)) = (pin, client::content_id(l))
+            && let Err(e) = check_pinned(&name, want, got, m.failed.len())
+        {
+            return writeln!(out, "{}", error_chain(&e));
+        }
+        if let Err(e) = self.jobs.start(&name, pin) {
             return writeln!(out, "cannot start the download: {e}");
         }
         writeln!(
