@@ -225,6 +225,23 @@ pub const SMALL_FILE_MAX_BYTES: u64 = 16 << 20;
 /// Rounds of requests the fast path makes for one file (each to the
 /// sources that have not failed it yet) before leaving it to the engine.
 pub const SMALL_FILE_ROUNDS: usize = 3;
+/// Sources the fast path asks for one file (more only for chunks none of
+/// them holds): two already stream at once, and every source asked is a
+/// connection kept open.
+pub const SMALL_FILE_SOURCES: usize = 4;
+/// Source connections one `batch-N` thread keeps at most (the least
+/// recently used is closed first).
+pub const SMALL_POOL_SOURCES: usize = 16;
+/// A kept connection unused this long is made again rather than reused:
+/// well within the idle timeouts after which the other side closes it.
+pub const KEPT_IDLE: Duration = Duration::from_secs(20);
+/// The fast path gives a file to the engine (which goes on from its
+/// verified chunks) after this plus the file's length at
+/// [`SMALL_FILE_MIN_RATE`]: a slow source is then read beside the others
+/// by the engine's workers rather than holding the file.
+pub const SMALL_FILE_PATIENCE: Duration = Duration::from_secs(1);
+/// See [`SMALL_FILE_PATIENCE`].
+pub const SMALL_FILE_MIN_RATE: u64 = 1 << 20;
 /// How often locations are refreshed while downloading, at the least
 /// (large replies); small ones are asked for more often, down to
 /// [`MIN_REFRESH_INTERVAL`], within [`LOCATE_BYTES_PER_SEC`].

@@ -17,8 +17,9 @@
 //! fetched again (the single download's own rules).
 //!
 //! Each `batch-N` thread installs a `small::PoolGuard`: the connections
-//! its one-chunk files are fetched over (`small`, from inside the one-file
-//! download), kept open for as long as the thread takes files.
+//! its small files are fetched over (`small`, from inside the one-file
+//! download), kept open for as long as the thread takes files; the set's
+//! `small::Interrupt` shuts them all once the set is cancelled.
 //!
 //! Calls `wire` (the name rule), the peer's `client` (the file list) and
 //! the download's `rate` and `small` (the pool); nothing of the engine.

@@ -38,8 +38,9 @@
 //! - `worker`: one source's connection.
 //! - `assembler`: writing, marking held, registering, saving, flushing.
 //! - `rate`: the rate shown in progress displays.
-//! - `small`: a set's one-chunk (and empty) files without the engine, over
-//!   connections each `batch-N` thread keeps for the whole set.
+//! - `small`: a set's files of up to 16 MiB without the engine, over
+//!   connections each `batch-N` thread keeps for the whole set, into an
+//!   unnamed file named only when complete.
 //!
 //! Memory stays bounded by sources × (pipeline depth in the socket + one
 //! chunk in hand) + the channel's few chunks, whatever the file size: no
@@ -248,10 +249,11 @@ pub fn download(
         return r;
     }
     if cancelled(ctx) {
-        // Stopped before anything of it was on disk (the fast path may
-        // have been cut short): nothing to resume, so nothing is created.
+        // Stopped before the engine started (the fast path may have been
+        // cut short, its verified chunks kept as a `.part`): nothing more
+        // is created.
         return Err(PeerError::Download(format!(
-            "download of {name} interrupted before it started; run the same command again to fetch it"
+            "download of {name} interrupted; run the same command again to fetch it"
         )));
     }
     let (d, local_ip) = describe_cancellable(ctx.trackers, name, opts.expect_id, ctx.cancel)?;

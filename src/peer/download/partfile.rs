@@ -685,29 +685,65 @@ pub(super) fn create_unnamed(paths: &Paths) -> Option<File> {
 /// (left as it is; the caller decides what it is). An error: the content
 /// could not be named and is lost with the handle.
 pub(super) fn name_unnamed(paths: &Paths, file: &File, sync_folder: bool) -> Result<bool> {
-    use rustix::fs::{AtFlags, CWD, linkat};
-    use std::os::fd::AsRawFd;
     file.sync_all()
         .map_err(|e| PeerError::io("flush", &paths.final_path, e))?;
     // Again just before: a folder may have been swapped for a link meanwhile.
     paths.make_parent_dirs()?;
-    let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
     let to = &paths.final_path;
-    let linked = match linkat(CWD, proc_path.as_str(), CWD, to, AtFlags::SYMLINK_FOLLOW) {
-        Err(e) if e == rustix::io::Errno::NOENT && !Path::new("/proc/self/fd").exists() => {
-            linkat(file, "", CWD, to, AtFlags::EMPTY_PATH)
-        }
-        other => other,
-    };
-    match linked {
+    match link_unnamed(file, to) {
         Ok(()) => {}
-        Err(e) if e == rustix::io::Errno::EXIST => return Ok(false),
-        Err(e) => return Err(PeerError::io("name", to, e.into())),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(PeerError::io("name", to, e)),
     }
     if sync_folder && let Some(dir) = to.parent() {
         sync_dir(dir);
     }
     Ok(true)
+}
+
+/// Links the unnamed `file` at `to` (see [`name_unnamed`]); fails if `to`
+/// exists.
+fn link_unnamed(file: &File, to: &Path) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, CWD, linkat};
+    use std::os::fd::AsRawFd;
+    let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    match linkat(CWD, proc_path.as_str(), CWD, to, AtFlags::SYMLINK_FOLLOW) {
+        Err(e) if e == rustix::io::Errno::NOENT && !Path::new("/proc/self/fd").exists() => {
+            linkat(file, "", CWD, to, AtFlags::EMPTY_PATH)
+        }
+        other => other,
+    }
+    .map_err(std::io::Error::from)
+}
+
+/// Keeps what the unnamed `file` of [`create_unnamed`] holds so far (the
+/// verified chunks in `have`) as this name's `.part`, so that the engine
+/// resumes it rather than fetching it all again: the `.part.have` is saved
+/// first (a `.part` without one would be refused), then the file is linked
+/// as the `.part`, never over one. False when nothing was kept (no chunk,
+/// a `.part` or `.part.have` already there, or an error).
+pub(super) fn park_unnamed(
+    paths: &Paths,
+    file: &File,
+    geometry: Geometry,
+    hashes: &[Digest],
+    have: &Bitmap,
+) -> bool {
+    let taken = |p: &Path| fs::symlink_metadata(p).is_ok();
+    if have.count_ones() == 0 || paths.make_work_dir().is_err() {
+        return false;
+    }
+    if taken(&paths.part) || taken(&paths.have) {
+        return false;
+    }
+    if paths.save_have(&identity(geometry, hashes), have).is_err() {
+        return false;
+    }
+    if link_unnamed(file, &paths.part).is_err() {
+        let _ = fs::remove_file(&paths.have);
+        return false;
+    }
+    true
 }
 
 /// Makes the names in folder `dir` durable; failure here loses nothing.

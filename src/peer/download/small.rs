@@ -44,16 +44,20 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::debug;
 
 use super::partfile::{self, Paths};
 use super::{DownloadContext, DownloadOptions, Progress, SourceStats, Summary};
 use crate::chunks::{self, Bitmap, ChunkIndex, Digest, Geometry};
-use crate::limits::{SMALL_FILE_MAX_BYTES, SMALL_FILE_ROUNDS};
+use crate::limits::{
+    KEPT_IDLE, PIPELINE_DEPTH, SMALL_FILE_MAX_BYTES, SMALL_FILE_MIN_RATE, SMALL_FILE_PATIENCE,
+    SMALL_FILE_ROUNDS, SMALL_FILE_SOURCES, SMALL_POOL_SOURCES, TRACKER_GRACE,
+};
 use crate::net::client::ReadGate;
 use crate::peer::client::{self, Conn};
+use crate::peer::ratelimit::RateLimiter;
 use crate::peer::share::SharedFile;
 use crate::peer::{PeerError, Result};
 use crate::sync::lock;
@@ -64,7 +68,7 @@ use crate::wire::{Locations, Message};
 /// the set cancelled.
 #[derive(Default)]
 pub struct Interrupt {
-    streams: Mutex<HashMap<(usize, SocketAddr), TcpStream>>,
+    streams: Mutex<HashMap<Key, TcpStream>>,
     fired: AtomicBool,
     pools: AtomicUsize,
 }
@@ -79,7 +83,7 @@ impl Interrupt {
         }
     }
 
-    fn add(&self, key: (usize, SocketAddr), s: &TcpStream) {
+    fn add(&self, key: Key, s: &TcpStream) {
         let Ok(clone) = s.try_clone() else { return };
         let mut streams = lock(&self.streams);
         // Checked under the lock, so a connection kept after `fire` is shut.
@@ -90,9 +94,29 @@ impl Interrupt {
         }
     }
 
-    fn remove(&self, key: (usize, SocketAddr)) {
+    fn remove(&self, key: Key) {
         lock(&self.streams).remove(&key);
     }
+}
+
+/// A kept connection: (pool, tracker or source, address). A tracker and a
+/// source may share an address (a tracker that lists itself).
+type Key = (usize, Role, SocketAddr);
+
+/// Whom a kept connection is to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Role {
+    Tracker,
+    Source,
+}
+
+/// A kept connection and when it was last used: one idle for
+/// [`KEPT_IDLE`] is made again rather than reused, as the other side
+/// closes idle connections (the tracker after `TRACKER_IDLE_TIMEOUT`, a
+/// peer after `PEER_IDLE_TIMEOUT`).
+struct Kept {
+    conn: Conn,
+    used: Instant,
 }
 
 /// The connections one `batch-N` thread keeps for its set, and what it
@@ -100,10 +124,12 @@ impl Interrupt {
 pub(super) struct Pool {
     id: usize,
     interrupt: Arc<Interrupt>,
-    trackers: HashMap<SocketAddr, Conn>,
-    /// Trackers that could not be reached: not asked again by this thread.
+    trackers: HashMap<SocketAddr, Kept>,
+    /// Trackers that could not be reached (or, with several, did not
+    /// answer within `TRACKER_GRACE`): not asked again by this thread.
     unreachable: HashSet<SocketAddr>,
-    sources: HashMap<SocketAddr, Conn>,
+    /// At most [`SMALL_POOL_SOURCES`], the least recently used closed first.
+    sources: HashMap<SocketAddr, Kept>,
     /// Seconds per chunk each source took, smoothed; how chunks are shared
     /// out.
     cost: HashMap<SocketAddr, f64>,
@@ -142,15 +168,14 @@ impl PoolGuard {
 impl Drop for PoolGuard {
     fn drop(&mut self) {
         if let Some(mut pool) = POOL.with(|p| p.borrow_mut().take()) {
-            let addrs: Vec<SocketAddr> = pool
-                .trackers
-                .keys()
-                .chain(pool.sources.keys())
-                .copied()
-                .collect();
-            for a in addrs {
-                pool.forget(a);
-            }
+            let trackers: Vec<SocketAddr> = pool.trackers.keys().copied().collect();
+            let sources: Vec<SocketAddr> = pool.sources.keys().copied().collect();
+            trackers
+                .into_iter()
+                .for_each(|a| pool.forget(Role::Tracker, a));
+            sources
+                .into_iter()
+                .for_each(|a| pool.forget(Role::Source, a));
         }
     }
 }
@@ -225,20 +250,18 @@ fn fetch_with(
     fill.report();
     let got = pool.fetch(&mut fill, opts);
     let stats = std::mem::take(&mut fill.stats);
-    if got.is_none() || !shared.have().is_full() {
+    let named = match got {
+        Some(()) => partfile::name_unnamed(&paths, shared.file(), opts.sync_folder),
+        None => Ok(false),
+    };
+    if !matches!(named, Ok(true)) {
+        if let Err(e) = named {
+            debug!("{name}: {e}");
+        }
+        // The engine goes on from the verified chunks, kept as its `.part`.
         ctx.share.remove_exact(&shared);
+        partfile::park_unnamed(&paths, shared.file(), g, &plan.hashes, &shared.have());
         return None;
-    }
-    match partfile::name_unnamed(&paths, shared.file(), opts.sync_folder) {
-        Ok(true) => {}
-        Ok(false) => {
-            ctx.share.remove_exact(&shared);
-            return None;
-        }
-        Err(e) => {
-            ctx.share.remove_exact(&shared);
-            return Some(Err(e));
-        }
     }
     let file = shared.file().try_clone().ok();
     let hashes = plan.hashes;
@@ -361,23 +384,14 @@ fn rarest_first(g: Geometry, holders: &[(SocketAddr, Bitmap)]) -> Vec<ChunkIndex
 }
 
 /// Shares `chunks` out among the holders not in `skip`: each to the holder
-/// whose queue would be done soonest at its cost per chunk. A chunk no one
-/// may be asked for is left out.
+/// whose queue would be done soonest at its cost per chunk (a holder not
+/// tried yet first). A chunk no one may be asked for is left out.
 fn share_out(
     chunks: &[ChunkIndex],
     holders: &[(SocketAddr, Bitmap)],
     skip: &HashSet<SocketAddr>,
     cost: &HashMap<SocketAddr, f64>,
 ) -> Vec<(SocketAddr, VecDeque<ChunkIndex>)> {
-    let known: Vec<f64> = holders
-        .iter()
-        .filter_map(|(a, _)| cost.get(a).copied())
-        .collect();
-    let default = if known.is_empty() {
-        1e-3
-    } else {
-        known.iter().sum::<f64>() / known.len() as f64
-    };
     let mut queues: Vec<(SocketAddr, VecDeque<ChunkIndex>)> = Vec::new();
     for &i in chunks {
         let best = holders
@@ -388,7 +402,8 @@ fn share_out(
                     .iter()
                     .find(|(q, _)| q == a)
                     .map_or(0, |(_, v)| v.len());
-                let c = cost.get(a).copied().unwrap_or(default).max(1e-6);
+                // A source not tried yet goes first: its cost is learnt.
+                let c = cost.get(a).copied().unwrap_or(0.0).max(1e-6);
                 (*a, (queued + 1) as f64 * c)
             })
             .min_by(|x, y| x.1.total_cmp(&y.1));
@@ -404,19 +419,27 @@ fn share_out(
 impl Pool {
     /// Every reachable tracker's answer for `name`, merged (see the module
     /// comment), as a [`Plan`]; `None` when no answer can be used here.
+    /// With one tracker it is waited for as long as the engine would
+    /// (`io_timeout`); with several, each gets `TRACKER_GRACE`, as the
+    /// engine waits no longer for the others once one has answered.
     fn locate(
         &mut self,
         ctx: &DownloadContext<'_>,
         name: &str,
         opts: &DownloadOptions,
     ) -> Option<Plan> {
+        let patience = if ctx.trackers.len() > 1 {
+            TRACKER_GRACE.min(opts.io_timeout)
+        } else {
+            opts.io_timeout
+        };
         let mut answers = Vec::new();
         let mut local = None;
         for &t in ctx.trackers {
             if self.unreachable.contains(&t) {
                 continue;
             }
-            match self.locate_on(t, name, opts) {
+            match self.locate_on(t, name, patience) {
                 Ok((l, ip)) => {
                     local.get_or_insert(ip);
                     answers.push((t, l));
@@ -449,15 +472,18 @@ impl Pool {
         Some(Plan { g, hashes, holders })
     }
 
-    /// The sources of `l` with what each holds, without this peer and
-    /// without sources that sent a bad chunk to this thread.
+    /// The sources of `l` to ask, with what each holds: never this peer nor
+    /// a source that sent this thread a bad chunk; those already connected
+    /// and cheapest first, [`SMALL_FILE_SOURCES`] of them, and beyond that
+    /// only sources holding a chunk none of those holds.
     fn holders(
         &self,
         l: &Locations,
         g: Geometry,
         me: Option<SocketAddr>,
     ) -> Vec<(SocketAddr, Bitmap)> {
-        l.sources
+        let mut all: Vec<(SocketAddr, Bitmap)> = l
+            .sources
             .iter()
             .filter_map(|s| {
                 let addr = SocketAddr::new(s.addr.ip().to_canonical(), s.addr.port());
@@ -467,20 +493,42 @@ impl Pool {
                     && !self.liars.contains(&addr);
                 usable.then_some((addr, have))
             })
-            .collect()
+            .collect();
+        let rank = |a: &SocketAddr| {
+            let cost = self.cost.get(a).copied().unwrap_or(f64::MAX);
+            (!self.sources.contains_key(a), cost)
+        };
+        all.sort_by(|x, y| {
+            rank(&x.0)
+                .partial_cmp(&rank(&y.0))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        let mut covered = Bitmap::new(g.count());
+        let mut chosen = Vec::new();
+        for (addr, have) in all {
+            let adds = have.iter_ones().any(|i| !covered.get(i));
+            if chosen.len() < SMALL_FILE_SOURCES || adds {
+                have.iter_ones().for_each(|i| {
+                    covered.set(i);
+                });
+                chosen.push((addr, have));
+            }
+        }
+        chosen
     }
 
-    /// One Locate with hashes over the kept connection to `tracker` (made
-    /// again once if it was lost), and the local address it runs from.
+    /// One Locate with hashes over the kept connection to `tracker`,
+    /// made again once if a kept one turned out lost, and the local
+    /// address it runs from.
     fn locate_on(
         &mut self,
         tracker: SocketAddr,
         name: &str,
-        opts: &DownloadOptions,
+        patience: Duration,
     ) -> Result<(Locations, IpAddr)> {
-        let mut last = None;
-        for _ in 0..2 {
-            let c = self.conn(tracker, true, opts)?;
+        loop {
+            let reused = self.trackers.contains_key(&tracker);
+            let c = self.conn(Role::Tracker, tracker, patience, None)?;
             let ip = c
                 .stream()
                 .local_addr()
@@ -490,54 +538,86 @@ impl Pool {
                 Ok(l) => return Ok((l, ip)),
                 Err(e @ PeerError::Refused { .. }) => return Err(e),
                 Err(e) => {
-                    self.forget(tracker);
-                    last = Some(e);
+                    self.forget(Role::Tracker, tracker);
+                    if !reused {
+                        return Err(e);
+                    }
                 }
             }
         }
-        Err(last.unwrap_or_else(|| PeerError::Download("no answer".into())))
     }
 
-    /// The kept connection to `addr` (a tracker or a source), made (and
-    /// greeted) if there is none.
+    /// The kept connection to `addr`, made (and greeted) with `timeout` if
+    /// there is none or it was idle too long; reads through `gate`.
     fn conn(
         &mut self,
+        role: Role,
         addr: SocketAddr,
-        tracker: bool,
-        opts: &DownloadOptions,
+        timeout: Duration,
+        gate: Option<&Arc<RateLimiter>>,
     ) -> Result<&mut Conn> {
-        let map = if tracker {
-            &mut self.trackers
-        } else {
-            &mut self.sources
+        let idle = |m: &HashMap<SocketAddr, Kept>| {
+            m.get(&addr).is_some_and(|k| k.used.elapsed() >= KEPT_IDLE)
         };
-        match map.entry(addr) {
-            Entry::Occupied(e) => Ok(e.into_mut()),
-            Entry::Vacant(v) => {
-                let mut c = Conn::connect(addr, opts.io_timeout)?;
-                if !tracker && opts.download_limit.rate().is_some() {
-                    c.gate_reads(Arc::clone(&opts.download_limit) as Arc<dyn ReadGate>);
-                }
-                self.interrupt.add((self.id, addr), c.stream());
-                Ok(v.insert(c))
+        let stale = match role {
+            Role::Tracker => idle(&self.trackers),
+            Role::Source => idle(&self.sources),
+        };
+        if stale {
+            self.forget(role, addr);
+        }
+        if role == Role::Source
+            && !self.sources.contains_key(&addr)
+            && self.sources.len() >= SMALL_POOL_SOURCES
+        {
+            let oldest = self
+                .sources
+                .iter()
+                .min_by_key(|(_, k)| k.used)
+                .map(|(a, _)| *a);
+            if let Some(a) = oldest {
+                self.forget(Role::Source, a);
             }
         }
+        let key = (self.id, role, addr);
+        let map = match role {
+            Role::Tracker => &mut self.trackers,
+            Role::Source => &mut self.sources,
+        };
+        let kept = match map.entry(addr) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => {
+                let mut conn = Conn::connect(addr, timeout)?;
+                if let Some(g) = gate {
+                    conn.gate_reads(Arc::clone(g) as Arc<dyn ReadGate>);
+                }
+                self.interrupt.add(key, conn.stream());
+                v.insert(Kept {
+                    conn,
+                    used: Instant::now(),
+                })
+            }
+        };
+        kept.used = Instant::now();
+        Ok(&mut kept.conn)
     }
 
-    /// Closes the kept connection to `addr`, if any.
-    fn forget(&mut self, addr: SocketAddr) {
-        self.interrupt.remove((self.id, addr));
-        self.trackers.remove(&addr);
-        self.sources.remove(&addr);
+    /// Closes the kept connection to `addr` in `role`, if any.
+    fn forget(&mut self, role: Role, addr: SocketAddr) {
+        self.interrupt.remove((self.id, role, addr));
+        match role {
+            Role::Tracker => self.trackers.remove(&addr),
+            Role::Source => self.sources.remove(&addr),
+        };
     }
 
     /// Fetches every chunk of the file into `fill`, in at most
     /// [`SMALL_FILE_ROUNDS`] rounds; `None` if some chunk could not be had
-    /// (or the set was cancelled), or on a write error (logged; the engine
-    /// then meets it again and reports it).
+    /// in time, the set was cancelled, or a chunk could not be written.
     fn fetch(&mut self, fill: &mut Fill<'_, '_>, opts: &DownloadOptions) -> Option<()> {
         let mut missing = rarest_first(fill.plan.g, &fill.plan.holders);
         let mut skip = HashSet::new();
+        let deadline = deadline(fill, opts);
         for _ in 0..SMALL_FILE_ROUNDS {
             if missing.is_empty() {
                 return Some(());
@@ -546,53 +626,75 @@ impl Pool {
             if queues.is_empty() {
                 return None;
             }
-            self.round(fill, queues, &mut skip, opts)?;
+            // A source passed over looks a little cheaper each time, so one
+            // that was slow once is tried again some day.
+            for (a, _) in &fill.plan.holders {
+                if !queues.iter().any(|(q, _)| q == a) {
+                    self.cost.entry(*a).and_modify(|c| *c *= 0.9);
+                }
+            }
+            self.round(fill, queues, &mut skip, opts, deadline)?;
             let have = fill.shared.have();
             missing.retain(|i| !have.get(i.get()));
         }
         missing.is_empty().then_some(())
     }
 
-    /// Sends every queue's requests, then reads the replies from each
-    /// source in turn. A source that fails or refuses goes into `skip`.
+    /// Asks each queue's chunks of its source, [`PIPELINE_DEPTH`] requests
+    /// in flight per source, reading the replies from each source in
+    /// turn. A source that fails or refuses goes into `skip`. Gives up
+    /// (`None`) at `deadline`, on cancel or on a write error, closing every
+    /// connection that still owes a reply (a reply names only the chunk
+    /// index, so such a connection is out of step for the next file).
     fn round(
         &mut self,
         fill: &mut Fill<'_, '_>,
-        mut queues: Vec<(SocketAddr, VecDeque<ChunkIndex>)>,
+        queues: Vec<(SocketAddr, VecDeque<ChunkIndex>)>,
         skip: &mut HashSet<SocketAddr>,
         opts: &DownloadOptions,
+        deadline: Option<Instant>,
     ) -> Option<()> {
-        queues.retain(|(addr, q)| {
-            let sent = self.send_all(*addr, fill.name, q, opts);
-            if !sent {
-                skip.insert(*addr);
-            }
-            sent
-        });
-        while queues.iter().any(|(_, q)| !q.is_empty()) {
-            for (addr, q) in queues.iter_mut() {
-                let Some(i) = q.pop_front() else { continue };
-                let reply = if cancelled(fill.ctx) {
-                    Reply::WriteFailed
-                } else {
-                    self.receive(fill, *addr, i)
+        let mut lanes: Vec<Lane> = queues
+            .into_iter()
+            .map(|(addr, todo)| Lane {
+                addr,
+                todo,
+                due: VecDeque::new(),
+            })
+            .collect();
+        for lane in &mut lanes {
+            self.top_up(lane, fill.name, opts, skip);
+        }
+        while lanes.iter().any(|l| !l.due.is_empty()) {
+            for at in 0..lanes.len() {
+                let Some(&i) = lanes[at].due.front() else {
+                    continue;
                 };
+                let addr = lanes[at].addr;
+                let late = deadline.is_some_and(|d| Instant::now() >= d);
+                let reply = if cancelled(fill.ctx) || late {
+                    Reply::GiveUp
+                } else {
+                    self.receive(fill, addr, i, opts.io_timeout, deadline)
+                };
+                let lane = &mut lanes[at];
+                lane.due.pop_front();
                 match reply {
-                    Reply::Good => {}
+                    Reply::Good => self.top_up(lane, fill.name, opts, skip),
                     Reply::Refused => {
-                        skip.insert(*addr);
+                        skip.insert(addr);
+                        lane.todo.clear();
                     }
                     Reply::Broken => {
-                        skip.insert(*addr);
-                        q.clear();
+                        skip.insert(addr);
+                        lane.todo.clear();
+                        lane.due.clear();
                     }
-                    Reply::WriteFailed => {
-                        // Given up with replies still due: a connection
-                        // that has any is out of step (a reply carries only
-                        // the chunk index), so it is closed, not kept for
-                        // the next file.
-                        self.forget(*addr);
-                        self.forget_due(&queues);
+                    Reply::GiveUp => {
+                        self.forget(Role::Source, addr);
+                        for l in lanes.iter().filter(|l| !l.due.is_empty()) {
+                            self.forget(Role::Source, l.addr);
+                        }
                         return None;
                     }
                 }
@@ -601,62 +703,69 @@ impl Pool {
         Some(())
     }
 
-    /// Closes the connection of every queue with requests still unanswered.
-    fn forget_due(&mut self, queues: &[(SocketAddr, VecDeque<ChunkIndex>)]) {
-        for (addr, q) in queues {
-            if !q.is_empty() {
-                self.forget(*addr);
+    /// Sends requests from `lane.todo` until [`PIPELINE_DEPTH`] are due;
+    /// on failure the source is closed and skipped, its lane emptied.
+    fn top_up(
+        &mut self,
+        lane: &mut Lane,
+        name: &str,
+        opts: &DownloadOptions,
+        skip: &mut HashSet<SocketAddr>,
+    ) {
+        let gate = opts
+            .download_limit
+            .rate()
+            .is_some()
+            .then_some(&opts.download_limit);
+        while lane.due.len() < PIPELINE_DEPTH {
+            let Some(i) = lane.todo.pop_front() else {
+                return;
+            };
+            let sent = self
+                .conn(Role::Source, lane.addr, opts.io_timeout, gate)
+                .and_then(|c| {
+                    c.send(&Message::ChunkRequest {
+                        name: name.to_owned(),
+                        index: i.get(),
+                    })
+                });
+            match sent {
+                Ok(()) => lane.due.push_back(i),
+                Err(e) => {
+                    debug!("{name}: {}: {e}", lane.addr);
+                    // Replies already due on it are lost with it.
+                    self.forget(Role::Source, lane.addr);
+                    skip.insert(lane.addr);
+                    lane.todo.clear();
+                    lane.due.clear();
+                    return;
+                }
             }
         }
     }
-}
 
-/// How one reply went.
-enum Reply {
-    /// The chunk, verified and written.
-    Good,
-    /// An error reply (`NotHeld`, `Busy`, ...): the connection stays.
-    Refused,
-    /// A bad chunk, an unexpected message or a lost connection: the
-    /// connection is closed, the source's other requests are lost.
-    Broken,
-    /// The chunk could not be written, or the set was cancelled: the file
-    /// is given up.
-    WriteFailed,
-}
-
-impl Pool {
-    /// Sends a request for each chunk of `q` to `addr`; false (and the
-    /// connection closed) if that failed.
-    fn send_all(
+    /// Reads the reply to the request for chunk `i` from `addr`, waiting
+    /// no longer than `io_timeout` nor past `deadline`, and takes it in;
+    /// the time it took goes into the source's cost.
+    fn receive(
         &mut self,
+        fill: &mut Fill<'_, '_>,
         addr: SocketAddr,
-        name: &str,
-        q: &VecDeque<ChunkIndex>,
-        opts: &DownloadOptions,
-    ) -> bool {
-        let sent = self.conn(addr, false, opts).and_then(|c| {
-            q.iter().try_for_each(|i| {
-                c.send(&Message::ChunkRequest {
-                    name: name.to_owned(),
-                    index: i.get(),
-                })
-            })
-        });
-        if let Err(e) = &sent {
-            debug!("{name}: {addr}: {e}");
-            self.forget(addr);
-        }
-        sent.is_ok()
-    }
-
-    /// Reads the reply to the request for chunk `i` from `addr` and takes
-    /// it in; the time it took goes into the source's cost.
-    fn receive(&mut self, fill: &mut Fill<'_, '_>, addr: SocketAddr, i: ChunkIndex) -> Reply {
+        i: ChunkIndex,
+        io_timeout: Duration,
+        deadline: Option<Instant>,
+    ) -> Reply {
         let began = Instant::now();
+        let wait = deadline.map_or(io_timeout, |d| {
+            d.saturating_duration_since(began)
+                .clamp(Duration::from_millis(1), io_timeout)
+        });
         let mut buf = std::mem::take(&mut self.spare);
         let reply = match self.sources.get_mut(&addr) {
-            Some(c) => c.recv_into(&mut buf),
+            Some(k) => {
+                let _ = k.conn.stream().set_read_timeout(Some(wait));
+                k.conn.recv_into(&mut buf)
+            }
             None => return Reply::Broken,
         };
         let secs = began.elapsed().as_secs_f64();
@@ -677,7 +786,7 @@ impl Pool {
                     }
                     Err(e) => {
                         debug!("{}: cannot write chunk {index}: {e}", fill.name);
-                        (Reply::WriteFailed, false)
+                        (Reply::GiveUp, false)
                     }
                 }
             }
@@ -703,7 +812,7 @@ impl Pool {
         let c = self.cost.entry(addr).or_insert(took);
         *c = 0.75 * *c + 0.25 * took;
         if matches!(reply, Reply::Broken) {
-            self.forget(addr);
+            self.forget(Role::Source, addr);
         }
         reply
     }
@@ -712,6 +821,41 @@ impl Pool {
     fn slowest(&self) -> f64 {
         self.cost.values().copied().fold(1e-3, f64::max)
     }
+}
+
+/// When the fast path gives a file up to the engine (which goes on from
+/// its verified chunks): [`SMALL_FILE_PATIENCE`] plus its length at
+/// [`SMALL_FILE_MIN_RATE`], so a slow source cannot hold it longer than
+/// the engine (which reads every source at once) would take. None under a
+/// download limit, whose slowness is this peer's own.
+fn deadline(fill: &Fill<'_, '_>, opts: &DownloadOptions) -> Option<Instant> {
+    if opts.download_limit.rate().is_some() {
+        return None;
+    }
+    let secs = fill.plan.g.length() as f64 / SMALL_FILE_MIN_RATE as f64;
+    Some(fill.started + SMALL_FILE_PATIENCE + Duration::from_secs_f64(secs))
+}
+
+/// One source's requests for a file: those not sent yet, and those sent
+/// whose replies are due, in order.
+struct Lane {
+    addr: SocketAddr,
+    todo: VecDeque<ChunkIndex>,
+    due: VecDeque<ChunkIndex>,
+}
+
+/// How one reply went.
+enum Reply {
+    /// The chunk, verified and written.
+    Good,
+    /// An error reply (`NotHeld`, `Busy`, ...): the connection stays.
+    Refused,
+    /// A bad chunk, an unexpected message or a lost connection: the
+    /// connection is closed, the source's other requests are lost.
+    Broken,
+    /// Past the deadline, cancelled, or the chunk could not be written:
+    /// the file is given up.
+    GiveUp,
 }
 
 #[cfg(test)]
@@ -794,9 +938,9 @@ mod tests {
         let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let b = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let i = Interrupt::default();
-        i.add((0, addr(1)), &a);
+        i.add((0, Role::Source, addr(1)), &a);
         i.fire();
-        i.add((0, addr(2)), &b);
+        i.add((0, Role::Source, addr(2)), &b);
         assert!(lock(&i.streams).is_empty());
         use std::io::Read;
         for mut s in [a, b] {

@@ -1,0 +1,314 @@
+//! The set fast path (src/peer/download/small.rs) against sources and
+//! trackers that are slow or silent, and files of many small chunks: it
+//! must never take much longer than the engine would (found by review:
+//! each of these failed on its first version).
+
+mod util;
+
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use p2pfs::chunks;
+use p2pfs::peer::download::DownloadOptions;
+use p2pfs::peer::download::batch::{self, FileOutcome, Planned};
+use p2pfs::peer::node::{Node, NodeConfig};
+use p2pfs::peer::share;
+use p2pfs::wire::{self, FileEntry, Have, Message};
+use util::{CHUNK, Client, Scratch, opts, tracker, with_timeout};
+
+/// A node sharing `dir` hashed in `chunk`-byte chunks, registered with
+/// every tracker in `ts`.
+fn seed_with(ts: Vec<SocketAddr>, dir: &Path, chunk: u32) -> Node {
+    let scan = share::scan_dir(dir, &[], chunk, &|_, _| {}).expect("scan");
+    let mut cfg = NodeConfig::with_trackers(ts);
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    let n = Node::start(cfg, scan.files, None).expect("node");
+    util::wait_until(10, "seed registered", || n.is_connected());
+    n
+}
+
+fn node(ts: Vec<SocketAddr>) -> Node {
+    let mut cfg = NodeConfig::with_trackers(ts);
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    Node::start(cfg, Vec::new(), None).expect("node")
+}
+
+/// `names` fetched as one set (`peer get a b c`), one job: every file
+/// goes through `small::try_fetch` first.
+fn fetch_set(d: &Node, names: &[&str], dir: &Path, o: DownloadOptions) -> Vec<FileOutcome> {
+    let plan: Vec<Planned> = names
+        .iter()
+        .map(|n| Planned {
+            name: (*n).to_owned(),
+            length: None,
+        })
+        .collect();
+    let fetch = |name: &str, on: &mut dyn FnMut(&p2pfs::peer::download::Progress)| {
+        d.download_cancellable(name, dir, &o, None, on)
+    };
+    batch::run(&plan, 1, None, &fetch, &mut |_| {}, &mut |_| {})
+}
+
+/// send_all writes every request of a source's queue before reading any
+/// reply. With many small chunks the source's replies fill both socket
+/// buffers, the source stops reading requests, and our writes block until
+/// the write timeout: the fast path gives up after `io_timeout` and the
+/// engine fetches the file again from scratch. (The engine does not
+/// deadlock on the same file: see download.rs
+/// a_huge_pipeline_with_long_names_and_small_chunks_does_not_deadlock.)
+#[test]
+fn a_many_chunk_small_file_does_not_deadlock_on_its_own_requests() {
+    many_chunks(&vec!["p".repeat(254); 4].join("/"), 8 << 20);
+}
+
+fn many_chunks(name: &str, len: usize) {
+    let name = name.to_owned();
+    with_timeout(120, move || {
+        let s = Scratch::new("rv-deadlock");
+        let data = util::pattern(len, 39);
+        util::write(&s.sub("a"), &name, &data);
+        let t = tracker();
+        let _seed = seed_with(vec![t.local_addr()], &s.path().join("a"), 1024);
+        let d = node(vec![t.local_addr()]);
+        let o = DownloadOptions {
+            io_timeout: Duration::from_secs(20),
+            sync_folder: false,
+            ..opts()
+        };
+        let started = Instant::now();
+        let out = fetch_set(&d, &[&name], &s.sub("d"), o);
+        let took = started.elapsed();
+        eprintln!("{len} bytes in 1 KiB chunks as a set: {took:?}");
+        assert!(out[0].result.is_ok(), "{:?}", out[0].result);
+        assert_eq!(std::fs::read(s.path().join("d").join(&name)).unwrap(), data);
+        assert!(
+            took < Duration::from_secs(15),
+            "{took:?}: the fast path stalled for its write timeout"
+        );
+    });
+}
+
+/// A source registered at `t` for `entries` that answers every request
+/// correctly, but each only after `delay` (well within any timeout).
+struct SlowSource {
+    stop: Arc<AtomicBool>,
+    h: Option<thread::JoinHandle<()>>,
+    _ctl: Client,
+}
+
+impl SlowSource {
+    fn start(t: SocketAddr, name: &str, data: Vec<u8>, delay: Duration) -> SlowSource {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let mut ctl = Client::connect(t);
+        let e = FileEntry {
+            name: name.into(),
+            length: data.len() as u64,
+            chunk_size: CHUNK,
+            hashes: data.chunks(CHUNK as usize).map(chunks::sha1).collect(),
+            have: Have::All,
+        };
+        let r = ctl.request(&Message::Register {
+            endpoint: l.local_addr().unwrap(),
+            files: vec![e],
+        });
+        assert!(matches!(r, Message::RegisterReply { .. }), "{r:?}");
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = Arc::clone(&stop);
+        let h = thread::spawn(move || {
+            let mut conns = Vec::new();
+            while !st.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        let (st, data) = (Arc::clone(&st), data.clone());
+                        conns.push(thread::spawn(move || slow_serve(c, &st, &data, delay)));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            for c in conns {
+                let _ = c.join();
+            }
+        });
+        SlowSource {
+            stop,
+            h: Some(h),
+            _ctl: ctl,
+        }
+    }
+}
+
+impl Drop for SlowSource {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.h.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn slow_serve(s: TcpStream, stop: &AtomicBool, data: &[u8], delay: Duration) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    while !stop.load(Ordering::SeqCst) {
+        let m = match wire::read_message(&mut r) {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(wire::WireError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(_) => return,
+        };
+        let reply = match m {
+            Message::Hello { .. } => Message::Hello {
+                version: wire::PROTOCOL_VERSION,
+            },
+            Message::ChunkRequest { index, .. } => {
+                thread::sleep(delay);
+                let a = (index as usize * CHUNK as usize).min(data.len());
+                let b = (a + CHUNK as usize).min(data.len());
+                Message::ChunkData {
+                    index,
+                    data: data[a..b].to_vec(),
+                }
+            }
+            _ => return,
+        };
+        let mut bytes = Vec::new();
+        reply.encode(&mut bytes).unwrap();
+        if w.write_all(&bytes).is_err() {
+            return;
+        }
+    }
+}
+
+/// Replies are read in lock step, one from each source in turn, from
+/// queues fixed before any reply: a source that answers each chunk just
+/// within the timeout holds the file (and the fast source, whose replies
+/// wait in its socket) for (chunks / sources) x its delay. Nothing bounds
+/// the whole: the engine's give-up / slow-source rules do not apply here.
+/// 16 chunks, a slow source at 1.5 s per chunk beside a fast seed: about
+/// 12 s on the fast path; the engine takes well under 2 s.
+#[test]
+fn a_slow_source_does_not_hold_the_fast_one() {
+    with_timeout(120, || {
+        let s = Scratch::new("rv-slow");
+        let data = util::pattern(16 * CHUNK as usize, 5);
+        util::write(&s.sub("a"), "f", &data);
+        let t = tracker();
+        let _slow = SlowSource::start(
+            t.local_addr(),
+            "f",
+            data.clone(),
+            Duration::from_millis(1500),
+        );
+        let _seed = seed_with(vec![t.local_addr()], &s.path().join("a"), CHUNK);
+        let d = node(vec![t.local_addr()]);
+        let o = DownloadOptions {
+            sync_folder: false,
+            ..opts()
+        };
+        let started = Instant::now();
+        let out = fetch_set(&d, &["f"], &s.sub("d"), o);
+        let took = started.elapsed();
+        eprintln!("16 chunks beside a 1.5 s/chunk source, as a set: {took:?}");
+        assert!(out[0].result.is_ok(), "{:?}", out[0].result);
+        assert_eq!(std::fs::read(s.path().join("d/f")).unwrap(), data);
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    });
+}
+
+/// A tracker that accepts connections and never answers costs a set's
+/// job thread its grace once (then it is not asked again by that thread),
+/// not every file: 8 one-chunk files with one job, against a silent
+/// tracker beside the real one, take well under what one grace per file
+/// would (8 s). With only the real tracker, the same set takes a moment.
+#[test]
+fn a_silent_tracker_does_not_hold_a_set() {
+    with_timeout(120, || {
+        let s = Scratch::new("rv-silent");
+        let names: Vec<String> = (0..8).map(|i| format!("f{i}")).collect();
+        for (i, n) in names.iter().enumerate() {
+            util::write(&s.sub("a"), n, &util::pattern(3000 + i, 8 + i as u64));
+        }
+        let t = tracker();
+        // Accepts (in the kernel's backlog) and never answers.
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let hung = silent.local_addr().unwrap();
+        let _seed = seed_with(vec![t.local_addr()], &s.path().join("a"), CHUNK);
+        let d = node(vec![t.local_addr(), hung]);
+        let o = DownloadOptions {
+            sync_folder: false,
+            ..opts()
+        };
+        let started = Instant::now();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let out = fetch_set(&d, &refs, &s.sub("d"), o);
+        let took = started.elapsed();
+        eprintln!("8 one-chunk files, one silent tracker, as a set: {took:?}");
+        for (n, o) in names.iter().zip(&out) {
+            assert!(o.result.is_ok(), "{n}: {:?}", o.result);
+            let want = std::fs::read(s.path().join("a").join(n)).unwrap();
+            assert_eq!(std::fs::read(s.path().join("d").join(n)).unwrap(), want);
+        }
+        assert!(took < Duration::from_secs(4), "{took:?}");
+        drop(silent);
+    });
+}
+
+/// The engine (a single download, no set) on the same setups as the two
+/// tests above, to show their bounds are fair.
+#[test]
+fn the_engine_alone_with_a_silent_tracker() {
+    with_timeout(120, || {
+        let s = Scratch::new("rv-ctl-silent");
+        let data = util::pattern(3000, 8);
+        util::write(&s.sub("a"), "f", &data);
+        let t = tracker();
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _seed = seed_with(vec![t.local_addr()], &s.path().join("a"), CHUNK);
+        let d = node(vec![t.local_addr(), silent.local_addr().unwrap()]);
+        let started = Instant::now();
+        d.download("f", &s.sub("d"), &opts(), &mut |_| {})
+            .expect("download");
+        let took = started.elapsed();
+        eprintln!("engine, one silent tracker: {took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    });
+}
+
+#[test]
+fn the_engine_alone_beside_a_slow_source() {
+    with_timeout(120, || {
+        let s = Scratch::new("rv-ctl-slow");
+        let data = util::pattern(16 * CHUNK as usize, 5);
+        util::write(&s.sub("a"), "f", &data);
+        let t = tracker();
+        let _slow = SlowSource::start(
+            t.local_addr(),
+            "f",
+            data.clone(),
+            Duration::from_millis(1500),
+        );
+        let _seed = seed_with(vec![t.local_addr()], &s.path().join("a"), CHUNK);
+        let d = node(vec![t.local_addr()]);
+        let started = Instant::now();
+        d.download("f", &s.sub("d"), &opts(), &mut |_| {})
+            .expect("download");
+        let took = started.elapsed();
+        eprintln!("engine beside a 1.5 s/chunk source: {took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    });
+}
