@@ -980,6 +980,39 @@ mod tests {
     }
 
     #[test]
+    fn a_parked_unnamed_file_is_resumed_as_a_part_with_its_chunks() {
+        use std::os::unix::fs::FileExt;
+        let dir = TempDir::new("part-park");
+        let (data, g, hashes) = content();
+        let paths = Paths::new(&dir.0, "sub/f");
+        let file = create_unnamed(&paths).unwrap();
+        // Chunks 0 and 3 verified and written, the rest not.
+        let mut have = Bitmap::new(g.count());
+        for i in [0u32, 3] {
+            let i = g.index(i).unwrap();
+            let (at, len) = (g.offset(i) as usize, g.chunk_len(i) as usize);
+            file.write_all_at(&data[at..at + len], at as u64).unwrap();
+            have.set(i.get());
+        }
+        assert!(!park_unnamed(
+            &paths,
+            &file,
+            g,
+            &hashes,
+            &Bitmap::new(g.count())
+        ));
+        assert!(park_unnamed(&paths, &file, g, &hashes, &have));
+        assert!(
+            !park_unnamed(&paths, &file, g, &hashes, &have),
+            "never over a .part"
+        );
+        drop(file);
+        assert_eq!(unfinished(&dir.0), ["sub/f"]);
+        let (_, resumed, _lock) = open(&paths, g, &hashes, None).unwrap();
+        assert_eq!(resumed, have);
+    }
+
+    #[test]
     fn an_unnamed_file_is_never_made_through_a_linked_folder() {
         let dir = TempDir::new("part-unnamed-link");
         let outside = TempDir::new("part-unnamed-outside");
