@@ -15,7 +15,8 @@
 //! The tracker is kept in line with the share index: whenever the index's
 //! generation moves, the session compares what it registered (name and
 //! content id) with the index and sends what differs (`reconcile`), within
-//! `LIVENESS_POLL` (250 ms). So every session of a peer with several trackers
+//! `LIVENESS_POLL` (250 ms), and at most every `RECONCILE_INTERVAL`
+//! (100 ms). So every session of a peer with several trackers
 //! withdraws and registers the same files on its own, and after a
 //! reconnect the registration is simply the index as it is then.
 //!
@@ -65,6 +66,12 @@ const COMMAND_QUEUE: usize = 4096;
 /// must answer a probe well within the tracker's 1 s probe timeout
 /// (`limits::PROBE_TIMEOUT`), or lose its endpoint to whoever announced it.
 const LIVENESS_POLL: Duration = Duration::from_millis(250);
+/// The index is compared with what the tracker was told (a walk of every
+/// file) at most this often: a set of many small files changes it a few
+/// times per file, and each change need not cost a walk of the whole
+/// index. Files a download announces itself (`chunk_registered`,
+/// `register_files`) are sent at once regardless.
+const RECONCILE_INTERVAL: Duration = Duration::from_millis(100);
 /// Most frames one idle check reads before answering (a tracker sends at
 /// most one probe at a time; this only bounds one check's work).
 const MAX_PROBES_PER_CHECK: usize = 4096;
@@ -404,6 +411,8 @@ struct Link {
     /// The share index generation the tracker was last brought in line
     /// with.
     generation: u64,
+    /// When it was last brought in line (see [`RECONCILE_INTERVAL`]).
+    reconciled: Instant,
     last_send: Instant,
     /// When overflowed files may be re-registered next.
     overflow_due: Instant,
@@ -564,6 +573,7 @@ impl Worker {
             // Read before the index: a change made while registering moves
             // it on, and is reconciled next.
             generation: self.share.generation(),
+            reconciled: Instant::now(),
             last_send: Instant::now(),
             overflow_due: Instant::now(),
         };
@@ -617,7 +627,18 @@ impl Worker {
                 .map_or(Duration::MAX, |t| {
                     t.saturating_duration_since(Instant::now())
                 });
-            let wait = idle.min(LIVENESS_POLL).min(overflow_wait).min(retry_wait);
+            // A change of the index not reconciled yet (too soon after the
+            // last): wake up when it is due.
+            let reconcile_wait = if self.share.generation() == link.generation {
+                Duration::MAX
+            } else {
+                RECONCILE_INTERVAL.saturating_sub(link.reconciled.elapsed())
+            };
+            let wait = idle
+                .min(LIVENESS_POLL)
+                .min(overflow_wait)
+                .min(retry_wait)
+                .min(reconcile_wait);
             let step = select! {
                 recv(self.stop) -> _ => {
                     self.leave(link);
@@ -862,10 +883,11 @@ impl Worker {
     /// through snapshots: no index lock is held while talking.
     fn reconcile(&self, link: &mut Link) -> Result<(), Lost> {
         let generation = self.share.generation();
-        if generation == link.generation {
+        if generation == link.generation || link.reconciled.elapsed() < RECONCILE_INTERVAL {
             return Ok(());
         }
         link.generation = generation;
+        link.reconciled = Instant::now();
         let mut withdraw = Vec::new();
         for (name, &content) in &link.registered {
             match self.share.get(name) {
