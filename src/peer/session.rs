@@ -72,6 +72,9 @@ const LIVENESS_POLL: Duration = Duration::from_millis(250);
 /// index. Files a download announces itself (`chunk_registered`,
 /// `register_files`) are sent at once regardless.
 const RECONCILE_INTERVAL: Duration = Duration::from_millis(100);
+/// Commands one wake-up handles at most (see `Worker::handle_queued`),
+/// so a stop or a liveness probe is never kept waiting long.
+const MAX_DRAIN: usize = 256;
 /// Most frames one idle check reads before answering (a tracker sends at
 /// most one probe at a time; this only bounds one check's work).
 const MAX_PROBES_PER_CHECK: usize = 4096;
@@ -645,7 +648,7 @@ impl Worker {
                     return End::Leave;
                 }
                 recv(self.commands) -> cmd => match cmd {
-                    Ok(cmd) => self.handle(link, cmd),
+                    Ok(cmd) => self.handle_queued(link, cmd),
                     // Every handle is gone without a leave (cannot happen
                     // while Drop sends one, but it means nobody is left).
                     Err(_) => {
@@ -665,6 +668,37 @@ impl Worker {
                 return End::Lost(why);
             }
         }
+    }
+
+    /// Handles `first` and the commands queued behind it (at most
+    /// [`MAX_DRAIN`]), in order, except that Registers in a row go as one:
+    /// a set of many small files asks for one file at a time, and each
+    /// Register is a round trip to the tracker.
+    fn handle_queued(&self, link: &mut Link, first: Command) -> Result<(), Lost> {
+        let mut names = Vec::new();
+        let mut next = Some(first);
+        let mut drained = 0;
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Command::Register(n) => names.extend(n),
+                chunk => {
+                    if !names.is_empty() {
+                        self.handle(link, Command::Register(mem::take(&mut names)))?;
+                    }
+                    self.handle(link, chunk)?;
+                }
+            }
+            if drained < MAX_DRAIN {
+                drained += 1;
+                next = self.commands.try_recv().ok();
+            }
+        }
+        let mut seen = HashSet::new();
+        names.retain(|n| seen.insert(n.clone()));
+        if names.is_empty() {
+            return Ok(());
+        }
+        self.handle(link, Command::Register(names))
     }
 
     fn handle(&self, link: &mut Link, cmd: Command) -> Result<(), Lost> {

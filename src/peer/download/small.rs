@@ -117,7 +117,15 @@ enum Role {
 struct Kept {
     conn: Conn,
     used: Instant,
+    /// The read timeout last set on it (set again only when it would
+    /// change by more than [`TIMEOUT_SLACK`]).
+    timeout: Duration,
 }
+
+/// How far a kept connection's read timeout may be from the one wanted
+/// before it is set again: a system call per reply saved, a deadline
+/// overrun by at most this.
+const TIMEOUT_SLACK: Duration = Duration::from_millis(250);
 
 /// The connections one `batch-N` thread keeps for its set, and what it
 /// learnt of the sources.
@@ -595,6 +603,7 @@ impl Pool {
                 v.insert(Kept {
                     conn,
                     used: Instant::now(),
+                    timeout,
                 })
             }
         };
@@ -763,7 +772,10 @@ impl Pool {
         let mut buf = std::mem::take(&mut self.spare);
         let reply = match self.sources.get_mut(&addr) {
             Some(k) => {
-                let _ = k.conn.stream().set_read_timeout(Some(wait));
+                if k.timeout < wait || k.timeout > wait + TIMEOUT_SLACK {
+                    let _ = k.conn.stream().set_read_timeout(Some(wait));
+                    k.timeout = wait;
+                }
                 k.conn.recv_into(&mut buf)
             }
             None => return Reply::Broken,
