@@ -775,13 +775,11 @@ struct SyncState {
 }
 
 impl GroupSync {
-    /// Makes what was written to `file` durable. A caller arriving while a
-    /// sync runs waits for the next one, which it may run itself: a sync
-    /// covers only what was written before it started. The next sync is a
-    /// `syncfs` (everything written to the file system so far, including
-    /// other programs' writes, which it then waits for) when several
-    /// callers wait, `file`'s own fsync when one does, or where `syncfs`
-    /// fails.
+    /// Makes what was written to `file` (and everything else written to
+    /// its file system before this call) durable. A caller arriving while
+    /// a sync runs waits for the next one, which it may run itself: a
+    /// sync covers only what was written before it started. Where
+    /// `syncfs` fails (or is missing), `file` is fsynced on its own.
     pub fn sync(&self, file: &File) -> std::io::Result<()> {
         self.sync_with(
             || rustix::fs::syncfs(file).map_err(Into::into),
@@ -806,11 +804,8 @@ impl GroupSync {
             }
             st.running = true;
             let upto = st.asked;
-            // Alone: this file's own fsync is one flush too, and waits for
-            // no other program's writes.
-            let alone = upto - st.synced == 1;
             drop(st);
-            let r = if alone { one() } else { all() };
+            let r = all();
             st = crate::sync::lock(&self.state);
             st.running = false;
             self.done.notify_all();
@@ -1083,12 +1078,7 @@ mod tests {
                             synced.lock().unwrap().push(seen);
                             Ok(())
                         };
-                        let one = || {
-                            let seen = written.load(Ordering::SeqCst);
-                            synced.lock().unwrap().push(seen.min(mine));
-                            Ok(())
-                        };
-                        group.sync_with(all, one).unwrap();
+                        group.sync_with(all, || panic!("no fallback")).unwrap();
                         let best = synced.lock().unwrap().iter().copied().max().unwrap();
                         assert!(
                             best >= mine,
@@ -1103,16 +1093,16 @@ mod tests {
         }
         let runs = synced.lock().unwrap().len();
         assert!(runs < 200, "{runs} syncs for 200 callers: none shared");
-        // A caller alone syncs its own file.
-        let own = AtomicU64::new(0);
+        // A failing group sync falls back to the file's own.
+        let fell_back = AtomicU64::new(0);
         let r = group.sync_with(
-            || panic!("a syncfs for one caller"),
+            || Err(std::io::Error::other("no syncfs")),
             || {
-                own.fetch_add(1, Ordering::SeqCst);
+                fell_back.fetch_add(1, Ordering::SeqCst);
                 Ok(())
             },
         );
-        assert!(r.is_ok() && own.load(Ordering::SeqCst) == 1);
+        assert!(r.is_ok() && fell_back.load(Ordering::SeqCst) == 1);
     }
 
     #[test]
