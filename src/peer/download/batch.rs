@@ -252,20 +252,18 @@ pub fn run(
     let jobs = jobs.clamp(1, MAX_BATCH_JOBS).min(files.len().max(1));
     let mut outcomes: Vec<Option<FileOutcome>> = files.iter().map(|_| None).collect();
     let interrupt = Arc::new(super::Interrupt::default());
-    let group_sync = Arc::new(super::partfile::GroupSync::default());
     thread::scope(|scope| {
         let (tx, rx) = bounded::<(usize, FileOutcome)>(jobs);
         for n in 1..=jobs {
             let tx = tx.clone();
             let (shared, next) = (&shared, &next);
             let interrupt = Arc::clone(&interrupt);
-            let group_sync = Arc::clone(&group_sync);
             let spawned = thread::Builder::new()
                 .name(format!("batch-{n}"))
                 .spawn_scoped(scope, move || {
                     // This thread's connections for the set's small files
                     // (`small`), closed when it takes no more files.
-                    let _pool = super::PoolGuard::install(interrupt, group_sync);
+                    let _pool = super::PoolGuard::install(interrupt);
                     take_files(files, next, cancel, shared, fetch, &tx);
                 });
             if let Err(e) = spawned {

@@ -677,20 +677,15 @@ pub(super) fn create_unnamed(paths: &Paths) -> Option<File> {
 }
 
 /// Gives the unnamed `file` of [`create_unnamed`], now complete and
-/// verified, its final name: made durable (`sync`), then a hard link, which never replaces
+/// verified, its final name: fsync, then a hard link, which never replaces
 /// a file. The link is made from `/proc/self/fd/N` with
 /// `AT_SYMLINK_FOLLOW` (what any user may do; `AT_EMPTY_PATH` on the
 /// handle itself is tried only when /proc is missing, as it needs a
 /// privilege). `Ok(false)`: a file appeared under the final name meanwhile
 /// (left as it is; the caller decides what it is). An error: the content
 /// could not be named and is lost with the handle.
-pub(super) fn name_unnamed(
-    paths: &Paths,
-    file: &File,
-    sync: &GroupSync,
-    sync_folder: bool,
-) -> Result<bool> {
-    sync.sync(file)
+pub(super) fn name_unnamed(paths: &Paths, file: &File, sync_folder: bool) -> Result<bool> {
+    file.sync_all()
         .map_err(|e| PeerError::io("flush", &paths.final_path, e))?;
     // Again just before: a folder may have been swapped for a link meanwhile.
     paths.make_parent_dirs()?;
@@ -749,74 +744,6 @@ pub(super) fn park_unnamed(
         return false;
     }
     true
-}
-
-/// Group commit for the files of a set: [`GroupSync::sync`] returns once
-/// everything written to the file system before the call is durable, by
-/// one `syncfs` for all the callers waiting at that moment instead of an
-/// `fsync` each. Each flush of the disk's cache is a round trip to the
-/// device (to the host's disk in a virtual machine), so a thousand small
-/// files fsynced one by one wait on a thousand of them; grouped, the jobs
-/// of a set share each one. The lock is never held while syncing.
-#[derive(Default)]
-pub struct GroupSync {
-    state: std::sync::Mutex<SyncState>,
-    done: std::sync::Condvar,
-}
-
-#[derive(Default)]
-struct SyncState {
-    /// Tickets handed out (one per call).
-    asked: u64,
-    /// Every ticket up to this one is durable.
-    synced: u64,
-    /// A caller is running a `syncfs` now.
-    running: bool,
-}
-
-impl GroupSync {
-    /// Makes what was written to `file` (and everything else written to
-    /// its file system before this call) durable. A caller arriving while
-    /// a sync runs waits for the next one, which it may run itself: a
-    /// sync covers only what was written before it started. Where
-    /// `syncfs` fails (or is missing), `file` is fsynced on its own.
-    pub fn sync(&self, file: &File) -> std::io::Result<()> {
-        self.sync_with(
-            || rustix::fs::syncfs(file).map_err(Into::into),
-            || file.sync_all(),
-        )
-    }
-
-    /// [`GroupSync::sync`] with the group's sync (`all`) and the fallback
-    /// (`one`) given: the logic apart from the system calls, for tests.
-    fn sync_with(
-        &self,
-        all: impl Fn() -> std::io::Result<()>,
-        one: impl Fn() -> std::io::Result<()>,
-    ) -> std::io::Result<()> {
-        let mut st = crate::sync::lock(&self.state);
-        st.asked += 1;
-        let me = st.asked;
-        while st.synced < me {
-            if st.running {
-                st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
-                continue;
-            }
-            st.running = true;
-            let upto = st.asked;
-            drop(st);
-            let r = all();
-            st = crate::sync::lock(&self.state);
-            st.running = false;
-            self.done.notify_all();
-            if r.is_err() {
-                drop(st);
-                return one();
-            }
-            st.synced = st.synced.max(upto);
-        }
-        Ok(())
-    }
 }
 
 /// Makes the names in folder `dir` durable; failure here loses nothing.
@@ -1038,71 +965,18 @@ mod tests {
         let listed = |p: &Path| fs::read_dir(p).unwrap().count();
         assert_eq!(listed(&dir.0.join("a/b")), 0);
         assert!(!paths.work.exists());
-        assert!(name_unnamed(&paths, &file, &GroupSync::default(), true).unwrap());
+        assert!(name_unnamed(&paths, &file, true).unwrap());
         assert_eq!(fs::read(&paths.final_path).unwrap(), data);
         assert_eq!(file.metadata().unwrap().nlink(), 1);
         // A second one under a taken name: refused, the first left as it is.
         let other = create_unnamed(&paths).unwrap();
         other.write_all_at(b"other", 0).unwrap();
-        assert!(!name_unnamed(&paths, &other, &GroupSync::default(), true).unwrap());
+        assert!(!name_unnamed(&paths, &other, true).unwrap());
         assert_eq!(fs::read(&paths.final_path).unwrap(), data);
         // Dropped unnamed: gone without a trace.
         let dropped = create_unnamed(&Paths::new(&dir.0, "a/b/g")).unwrap();
         drop(dropped);
         assert_eq!(listed(&dir.0.join("a/b")), 1);
-    }
-
-    /// Every caller returns only after a sync that started after its own
-    /// write, and callers arriving together share syncs.
-    #[test]
-    fn a_group_sync_covers_each_write_with_a_sync_started_after_it() {
-        use std::sync::atomic::AtomicU64;
-        use std::sync::{Arc, Mutex};
-        let group = Arc::new(GroupSync::default());
-        let written = Arc::new(AtomicU64::new(0));
-        // The write count each completed sync had seen when it started.
-        let synced = Arc::new(Mutex::new(Vec::<u64>::new()));
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let (group, written, synced) = (
-                    Arc::clone(&group),
-                    Arc::clone(&written),
-                    Arc::clone(&synced),
-                );
-                std::thread::spawn(move || {
-                    for _ in 0..25 {
-                        let mine = written.fetch_add(1, Ordering::SeqCst) + 1;
-                        let all = || {
-                            let seen = written.load(Ordering::SeqCst);
-                            std::thread::sleep(std::time::Duration::from_micros(300));
-                            synced.lock().unwrap().push(seen);
-                            Ok(())
-                        };
-                        group.sync_with(all, || panic!("no fallback")).unwrap();
-                        let best = synced.lock().unwrap().iter().copied().max().unwrap();
-                        assert!(
-                            best >= mine,
-                            "write {mine} returned after syncs up to {best}"
-                        );
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        let runs = synced.lock().unwrap().len();
-        assert!(runs < 200, "{runs} syncs for 200 callers: none shared");
-        // A failing group sync falls back to the file's own.
-        let fell_back = AtomicU64::new(0);
-        let r = group.sync_with(
-            || Err(std::io::Error::other("no syncfs")),
-            || {
-                fell_back.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            },
-        );
-        assert!(r.is_ok() && fell_back.load(Ordering::SeqCst) == 1);
     }
 
     #[test]
@@ -1149,7 +1023,7 @@ mod tests {
         std::os::unix::fs::symlink(&outside.0, &linked).unwrap();
         let paths = Paths::new(&linked, "f");
         let file = create_unnamed(&paths).expect("through the user's own link");
-        assert!(name_unnamed(&paths, &file, &GroupSync::default(), false).unwrap());
+        assert!(name_unnamed(&paths, &file, false).unwrap());
         assert!(outside.0.join("f").exists());
     }
 

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use log::debug;
 
-use super::partfile::{self, GroupSync, Paths};
+use super::partfile::{self, Paths};
 use super::{DownloadContext, DownloadOptions, Progress, SourceStats, Summary};
 use crate::chunks::{self, Bitmap, ChunkIndex, Digest, Geometry};
 use crate::limits::{
@@ -132,9 +132,6 @@ const TIMEOUT_SLACK: Duration = Duration::from_millis(250);
 pub(super) struct Pool {
     id: usize,
     interrupt: Arc<Interrupt>,
-    /// The set's group commit: what makes each file durable before it is
-    /// named.
-    sync: Arc<GroupSync>,
     trackers: HashMap<SocketAddr, Kept>,
     /// Trackers that could not be reached (or, with several, did not
     /// answer within `TRACKER_GRACE`): not asked again by this thread.
@@ -159,12 +156,11 @@ thread_local! {
 pub struct PoolGuard(());
 
 impl PoolGuard {
-    pub fn install(interrupt: Arc<Interrupt>, sync: Arc<GroupSync>) -> PoolGuard {
+    pub fn install(interrupt: Arc<Interrupt>) -> PoolGuard {
         let id = interrupt.pools.fetch_add(1, Ordering::SeqCst);
         let pool = Pool {
             id,
             interrupt,
-            sync,
             trackers: HashMap::new(),
             unreachable: HashSet::new(),
             sources: HashMap::new(),
@@ -263,7 +259,7 @@ fn fetch_with(
     let got = pool.fetch(&mut fill, opts);
     let stats = std::mem::take(&mut fill.stats);
     let named = match got {
-        Some(()) => partfile::name_unnamed(&paths, shared.file(), &pool.sync, opts.sync_folder),
+        Some(()) => partfile::name_unnamed(&paths, shared.file(), opts.sync_folder),
         None => Ok(false),
     };
     if !matches!(named, Ok(true)) {
