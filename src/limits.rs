@@ -209,10 +209,11 @@ pub const TRACKER_GRACE: Duration = Duration::from_secs(1);
 /// while bounding per-source memory.
 pub const PIPELINE_DEPTH: usize = 4;
 /// Files of one `peer get` (several names, or a folder) downloaded at
-/// once by default (`--jobs`). Each runs its own sources and pipeline, so a
-/// few keep a fast link busy across the gaps between small files, while the
-/// connections per source stay far below [`PEER_MAX_PER_IP`].
-pub const BATCH_JOBS: usize = 4;
+/// once by default (`--jobs`). Each job keeps its own connections, so
+/// several keep a fast link and both cores busy across what each small
+/// file waits for (its Locate, its fsync), while the connections per source
+/// stay far below [`PEER_MAX_PER_IP`].
+pub const BATCH_JOBS: usize = 8;
 /// Most files one `peer get` may download at once (`--jobs` above it is
 /// lowered to it): each costs a thread per source and a connection to each.
 pub const MAX_BATCH_JOBS: usize = 16;
