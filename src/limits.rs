@@ -243,6 +243,9 @@ pub const KEPT_IDLE: Duration = Duration::from_secs(20);
 pub const SMALL_FILE_PATIENCE: Duration = Duration::from_secs(1);
 /// See [`SMALL_FILE_PATIENCE`].
 pub const SMALL_FILE_MIN_RATE: u64 = 1 << 20;
+/// How long the fast path leaves alone a source it could not connect to
+/// or greet (the engine, with its own retries, may still use it).
+pub const SMALL_SOURCE_BACKOFF: Duration = Duration::from_secs(10);
 /// How often locations are refreshed while downloading, at the least
 /// (large replies); small ones are asked for more often, down to
 /// [`MIN_REFRESH_INTERVAL`], within [`LOCATE_BYTES_PER_SEC`].

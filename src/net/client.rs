@@ -26,7 +26,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Type};
 
@@ -330,6 +330,16 @@ impl Conn {
     /// `ChunkData`: `MIN_CHUNK_TRANSFER_RATE`), however its bytes trickle
     /// in.
     pub fn recv_into(&mut self, spare: &mut Vec<u8>) -> Result<Message> {
+        self.recv_into_until(spare, None)
+    }
+
+    /// [`Conn::recv_into`] that also gives up at `cap`, however long the
+    /// frame (see `FrameDeadline::capped_at`).
+    pub fn recv_into_until(
+        &mut self,
+        spare: &mut Vec<u8>,
+        cap: Option<Instant>,
+    ) -> Result<Message> {
         let per_read = self
             .writer
             .read_timeout()
@@ -341,7 +351,9 @@ impl Conn {
         };
         let read = match per_read {
             Some(per_read) => wire::read_message_into(
-                &mut FrameDeadline::new(&mut input, &self.writer, per_read).paused_by(&held),
+                &mut FrameDeadline::new(&mut input, &self.writer, per_read)
+                    .paused_by(&held)
+                    .capped_at(cap),
                 spare,
             ),
             None => wire::read_message_into(&mut input, spare),

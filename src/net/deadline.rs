@@ -118,6 +118,8 @@ pub struct FrameDeadline<'a, R> {
     /// [`FrameDeadline::paused_by`].
     paused: Option<&'a AtomicU64>,
     paused_at: u64,
+    /// A bound no frame passes, whatever its length ([`FrameDeadline::capped_at`]).
+    cap: Option<Instant>,
 }
 
 impl<'a, R: Read> FrameDeadline<'a, R> {
@@ -136,7 +138,16 @@ impl<'a, R: Read> FrameDeadline<'a, R> {
             seen: 0,
             paused: None,
             paused_at: 0,
+            cap: None,
         }
+    }
+
+    /// Ends the frame at `cap` at the latest, however long it is and
+    /// however its bytes trickle in: a caller with a deadline of its own
+    /// (the set's fast path gives a file up at one).
+    pub fn capped_at(mut self, cap: Option<Instant>) -> Self {
+        self.cap = cap;
+        self
     }
 
     /// Leaves out of the deadline the time added to `paused` (nanoseconds)
@@ -148,13 +159,18 @@ impl<'a, R: Read> FrameDeadline<'a, R> {
         self
     }
 
-    /// The deadline, moved on by the time this side chose to wait.
+    /// The deadline, moved on by the time this side chose to wait, and
+    /// never past the cap.
     fn deadline(&self) -> Instant {
-        let Some(p) = self.paused else {
-            return self.deadline;
+        let d = match self.paused {
+            None => self.deadline,
+            Some(p) => {
+                let waited =
+                    Duration::from_nanos(p.load(Ordering::Relaxed).saturating_sub(self.paused_at));
+                self.deadline.checked_add(waited).unwrap_or(self.deadline)
+            }
         };
-        let waited = Duration::from_nanos(p.load(Ordering::Relaxed).saturating_sub(self.paused_at));
-        self.deadline.checked_add(waited).unwrap_or(self.deadline)
+        self.cap.map_or(d, |c| d.min(c))
     }
 }
 

@@ -118,6 +118,15 @@ impl Conn {
         Ok(self.0.recv_into(spare)?)
     }
 
+    /// [`Conn::recv_into`] that gives up at `cap` at the latest.
+    pub fn recv_into_until(
+        &mut self,
+        spare: &mut Vec<u8>,
+        cap: Option<std::time::Instant>,
+    ) -> Result<Message> {
+        Ok(self.0.recv_into_until(spare, cap)?)
+    }
+
     /// Sends `m` and reads the reply; an Error reply becomes
     /// [`PeerError::Refused`].
     pub fn request(&mut self, m: &Message) -> Result<Message> {

@@ -53,7 +53,7 @@ use super::{DownloadContext, DownloadOptions, Progress, SourceStats, Summary};
 use crate::chunks::{self, Bitmap, ChunkIndex, Digest, Geometry};
 use crate::limits::{
     KEPT_IDLE, PIPELINE_DEPTH, SMALL_FILE_MAX_BYTES, SMALL_FILE_MIN_RATE, SMALL_FILE_PATIENCE,
-    SMALL_FILE_ROUNDS, SMALL_FILE_SOURCES, SMALL_POOL_SOURCES, TRACKER_GRACE,
+    SMALL_FILE_ROUNDS, SMALL_FILE_SOURCES, SMALL_POOL_SOURCES, SMALL_SOURCE_BACKOFF, TRACKER_GRACE,
 };
 use crate::net::client::ReadGate;
 use crate::peer::client::{self, Conn};
@@ -143,6 +143,9 @@ pub(super) struct Pool {
     cost: HashMap<SocketAddr, f64>,
     /// Sources that sent a chunk that failed verification.
     liars: HashSet<SocketAddr>,
+    /// Sources that could not be connected to (or greeted), and until
+    /// when they are not asked ([`SMALL_SOURCE_BACKOFF`]).
+    backoff: HashMap<SocketAddr, Instant>,
     /// The chunk buffer, reused from reply to reply.
     spare: Vec<u8>,
 }
@@ -166,6 +169,7 @@ impl PoolGuard {
             sources: HashMap::new(),
             cost: HashMap::new(),
             liars: HashSet::new(),
+            backoff: HashMap::new(),
             spare: Vec::new(),
         };
         POOL.with(|p| *p.borrow_mut() = Some(pool));
@@ -263,12 +267,20 @@ fn fetch_with(
         None => Ok(false),
     };
     if !matches!(named, Ok(true)) {
-        if let Err(e) = named {
-            debug!("{name}: {e}");
-        }
-        // The engine goes on from the verified chunks, kept as its `.part`.
         ctx.share.remove_exact(&shared);
-        partfile::park_unnamed(&paths, shared.file(), g, &plan.hashes, &shared.have());
+        match named {
+            // A file appeared under the name: the engine checks it (and
+            // takes it if it is this content); nothing of ours is kept.
+            Ok(false) if got.is_some() => {}
+            // The engine goes on from the verified chunks, kept as its
+            // `.part`.
+            other => {
+                if let Err(e) = other {
+                    debug!("{name}: {e}");
+                }
+                partfile::park_unnamed(&paths, shared.file(), g, &plan.hashes, &shared.have());
+            }
+        }
         return None;
     }
     let file = shared.file().try_clone().ok();
@@ -496,9 +508,11 @@ impl Pool {
             .filter_map(|s| {
                 let addr = SocketAddr::new(s.addr.ip().to_canonical(), s.addr.port());
                 let have = Bitmap::from_bytes(g.count(), &s.have).ok()?;
+                let resting = self.backoff.get(&addr).is_some_and(|t| Instant::now() < *t);
                 let usable = Some(addr) != me
                     && !super::coordinator::is_self(addr, me)
-                    && !self.liars.contains(&addr);
+                    && !self.liars.contains(&addr)
+                    && !resting;
                 usable.then_some((addr, have))
             })
             .collect();
@@ -515,7 +529,9 @@ impl Pool {
         let mut chosen = Vec::new();
         for (addr, have) in all {
             let adds = have.iter_ones().any(|i| !covered.get(i));
-            if chosen.len() < SMALL_FILE_SOURCES || adds {
+            // Never more than the pool keeps: it would close a lane's
+            // connection while its replies are due.
+            if chosen.len() < SMALL_FILE_SOURCES || (adds && chosen.len() < SMALL_POOL_SOURCES) {
                 have.iter_ones().for_each(|i| {
                     covered.set(i);
                 });
@@ -672,7 +688,7 @@ impl Pool {
             })
             .collect();
         for lane in &mut lanes {
-            self.top_up(lane, fill.name, opts, skip);
+            self.top_up(lane, fill.name, opts, skip, deadline);
         }
         while lanes.iter().any(|l| !l.due.is_empty()) {
             for at in 0..lanes.len() {
@@ -689,7 +705,7 @@ impl Pool {
                 let lane = &mut lanes[at];
                 lane.due.pop_front();
                 match reply {
-                    Reply::Good => self.top_up(lane, fill.name, opts, skip),
+                    Reply::Good => self.top_up(lane, fill.name, opts, skip, deadline),
                     Reply::Refused => {
                         skip.insert(addr);
                         lane.todo.clear();
@@ -713,13 +729,18 @@ impl Pool {
     }
 
     /// Sends requests from `lane.todo` until [`PIPELINE_DEPTH`] are due;
-    /// on failure the source is closed and skipped, its lane emptied.
+    /// on failure the source is closed and skipped, its lane emptied. A
+    /// source that cannot be connected to (or greeted) within the time
+    /// left before `deadline` is not asked again for
+    /// [`SMALL_SOURCE_BACKOFF`]: a silent peer the tracker still lists
+    /// must not cost every file of the set a timeout.
     fn top_up(
         &mut self,
         lane: &mut Lane,
         name: &str,
         opts: &DownloadOptions,
         skip: &mut HashSet<SocketAddr>,
+        deadline: Option<Instant>,
     ) {
         let gate = opts
             .download_limit
@@ -730,9 +751,18 @@ impl Pool {
             let Some(i) = lane.todo.pop_front() else {
                 return;
             };
+            let fresh = !self.sources.contains_key(&lane.addr);
+            let connect = deadline.map_or(opts.io_timeout, |d| {
+                d.saturating_duration_since(Instant::now())
+                    .clamp(Duration::from_millis(1), opts.io_timeout)
+            });
             let sent = self
-                .conn(Role::Source, lane.addr, opts.io_timeout, gate)
+                .conn(Role::Source, lane.addr, connect, gate)
                 .and_then(|c| {
+                    if fresh {
+                        // Requests are small: the usual write timeout.
+                        let _ = c.stream().set_write_timeout(Some(opts.io_timeout));
+                    }
                     c.send(&Message::ChunkRequest {
                         name: name.to_owned(),
                         index: i.get(),
@@ -742,6 +772,10 @@ impl Pool {
                 Ok(()) => lane.due.push_back(i),
                 Err(e) => {
                     debug!("{name}: {}: {e}", lane.addr);
+                    if fresh {
+                        let until = Instant::now() + SMALL_SOURCE_BACKOFF;
+                        self.backoff.insert(lane.addr, until);
+                    }
                     // Replies already due on it are lost with it.
                     self.forget(Role::Source, lane.addr);
                     skip.insert(lane.addr);
@@ -776,7 +810,8 @@ impl Pool {
                     let _ = k.conn.stream().set_read_timeout(Some(wait));
                     k.timeout = wait;
                 }
-                k.conn.recv_into(&mut buf)
+                // A reply trickling in ends at the file's deadline too.
+                k.conn.recv_into_until(&mut buf, deadline)
             }
             None => return Reply::Broken,
         };

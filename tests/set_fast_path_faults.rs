@@ -1,0 +1,318 @@
+//! The set fast path (src/peer/download/small.rs) against a source that
+//! trickles its reply, a silent source and a file appearing under the
+//! final name meanwhile (found by a second review; each failed before its
+//! fix). The engine beside a trickling source is the yardstick.
+
+mod util;
+
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use p2pfs::chunks;
+use p2pfs::peer::download::DownloadOptions;
+use p2pfs::peer::download::batch::{self, FileOutcome, Planned};
+use p2pfs::peer::node::{Node, NodeConfig};
+use p2pfs::peer::share;
+use p2pfs::wire::{self, FileEntry, Have, Message};
+use util::{CHUNK, Client, Scratch, opts, tracker, with_timeout};
+
+fn seed_with(ts: Vec<SocketAddr>, dir: &Path, chunk: u32) -> Node {
+    let scan = share::scan_dir(dir, &[], chunk, &|_, _| {}).expect("scan");
+    let mut cfg = NodeConfig::with_trackers(ts);
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    let n = Node::start(cfg, scan.files, None).expect("node");
+    util::wait_until(10, "seed registered", || n.is_connected());
+    n
+}
+
+fn node(ts: Vec<SocketAddr>) -> Node {
+    let mut cfg = NodeConfig::with_trackers(ts);
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    Node::start(cfg, Vec::new(), None).expect("node")
+}
+
+fn fetch_set(d: &Node, names: &[&str], dir: &Path, o: DownloadOptions) -> Vec<FileOutcome> {
+    let plan: Vec<Planned> = names
+        .iter()
+        .map(|n| Planned {
+            name: (*n).to_owned(),
+            length: None,
+        })
+        .collect();
+    let fetch = |name: &str, on: &mut dyn FnMut(&p2pfs::peer::download::Progress)| {
+        d.download_cancellable(name, dir, &o, None, on)
+    };
+    batch::run(&plan, 1, None, &fetch, &mut |_| {}, &mut |_| {})
+}
+
+/// How a fake source answers a ChunkRequest.
+#[derive(Clone, Copy)]
+enum Style {
+    /// The whole reply after this pause.
+    Delay(Duration),
+    /// The reply at once, `n` bytes every `every`.
+    Trickle(usize, Duration),
+}
+
+/// A source registered at `t` for `name` that answers every request
+/// correctly, in `style`.
+struct FakeSource {
+    stop: Arc<AtomicBool>,
+    h: Option<thread::JoinHandle<()>>,
+    _ctl: Client,
+}
+
+impl FakeSource {
+    fn start(t: SocketAddr, name: &str, data: Vec<u8>, style: Style) -> FakeSource {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let mut ctl = Client::connect(t);
+        let e = FileEntry {
+            name: name.into(),
+            length: data.len() as u64,
+            chunk_size: CHUNK,
+            hashes: data.chunks(CHUNK as usize).map(chunks::sha1).collect(),
+            have: Have::All,
+        };
+        let r = ctl.request(&Message::Register {
+            endpoint: l.local_addr().unwrap(),
+            files: vec![e],
+        });
+        assert!(matches!(r, Message::RegisterReply { .. }), "{r:?}");
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = Arc::clone(&stop);
+        let h = thread::spawn(move || {
+            let mut conns = Vec::new();
+            while !st.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        let (st, data) = (Arc::clone(&st), data.clone());
+                        conns.push(thread::spawn(move || serve(c, &st, &data, style)));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            for c in conns {
+                let _ = c.join();
+            }
+        });
+        FakeSource {
+            stop,
+            h: Some(h),
+            _ctl: ctl,
+        }
+    }
+}
+
+impl Drop for FakeSource {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.h.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn serve(s: TcpStream, stop: &AtomicBool, data: &[u8], style: Style) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    while !stop.load(Ordering::SeqCst) {
+        let m = match wire::read_message(&mut r) {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(wire::WireError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(_) => return,
+        };
+        let reply = match m {
+            Message::Hello { .. } => Message::Hello {
+                version: wire::PROTOCOL_VERSION,
+            },
+            Message::ChunkRequest { index, .. } => {
+                let a = (index as usize * CHUNK as usize).min(data.len());
+                let b = (a + CHUNK as usize).min(data.len());
+                Message::ChunkData {
+                    index,
+                    data: data[a..b].to_vec(),
+                }
+            }
+            _ => return,
+        };
+        let mut bytes = Vec::new();
+        reply.encode(&mut bytes).unwrap();
+        let (n, every) = match (style, &reply) {
+            (Style::Delay(d), Message::ChunkData { .. }) => {
+                thread::sleep(d);
+                (bytes.len(), Duration::ZERO)
+            }
+            (Style::Trickle(n, every), Message::ChunkData { .. }) => (n, every),
+            _ => (bytes.len(), Duration::ZERO),
+        };
+        for piece in bytes.chunks(n) {
+            if stop.load(Ordering::SeqCst) || w.write_all(piece).is_err() {
+                return;
+            }
+            thread::sleep(every);
+        }
+    }
+}
+
+/// The fast path's per-file deadline (SMALL_FILE_PATIENCE + length at
+/// SMALL_FILE_MIN_RATE: about 1.1 s here) is checked only between replies.
+/// A source that starts its reply at once and trickles it (4 KiB/s) keeps
+/// the read going for the frame's own allowance (io_timeout + 64 KiB at
+/// MIN_CHUNK_TRANSFER_RATE = 3 + 8 s), while the fast seed's chunk waits:
+/// the file is held about 11 s, ten times its deadline.
+#[test]
+fn a_trickling_source_does_not_hold_a_file_past_its_deadline() {
+    with_timeout(120, || {
+        let s = Scratch::new("rv2-trickle");
+        let data = util::pattern(2 * CHUNK as usize, 17);
+        util::write(&s.sub("a"), "f", &data);
+        let t = tracker();
+        let _slow = FakeSource::start(
+            t.local_addr(),
+            "f",
+            data.clone(),
+            Style::Trickle(512, Duration::from_millis(125)),
+        );
+        let _seed = seed_with(vec![t.local_addr()], &s.path().join("a"), CHUNK);
+        let d = node(vec![t.local_addr()]);
+        let o = DownloadOptions {
+            sync_folder: false,
+            ..opts()
+        };
+        let started = Instant::now();
+        let out = fetch_set(&d, &["f"], &s.sub("d"), o);
+        let took = started.elapsed();
+        eprintln!("2 chunks beside a trickling source, as a set: {took:?}");
+        assert!(out[0].result.is_ok(), "{:?}", out[0].result);
+        assert_eq!(std::fs::read(s.path().join("d/f")).unwrap(), data);
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    });
+}
+
+/// Control: the engine alone beside the same trickling source.
+#[test]
+fn the_engine_alone_beside_a_trickling_source() {
+    with_timeout(120, || {
+        let s = Scratch::new("rv2-ctl-trickle");
+        let data = util::pattern(2 * CHUNK as usize, 17);
+        util::write(&s.sub("a"), "f", &data);
+        let t = tracker();
+        let _slow = FakeSource::start(
+            t.local_addr(),
+            "f",
+            data.clone(),
+            Style::Trickle(512, Duration::from_millis(125)),
+        );
+        let _seed = seed_with(vec![t.local_addr()], &s.path().join("a"), CHUNK);
+        let d = node(vec![t.local_addr()]);
+        let started = Instant::now();
+        d.download("f", &s.sub("d"), &opts(), &mut |_| {})
+            .expect("download");
+        let took = started.elapsed();
+        eprintln!("engine beside a trickling source: {took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    });
+}
+
+/// The final name appears (the same content, e.g. a second `peer get` of
+/// the same file into the same folder) while the fast path waits for the
+/// chunk: `name_unnamed` answers Ok(false), `park_unnamed` links the
+/// complete content as a `.part` with its `.part.have`, and the engine
+/// finds the file in place (`already_there`), which never discards them:
+/// a complete `.part` is left in `.p2pfs/` for good, listed as unfinished.
+#[test]
+fn a_name_taken_meanwhile_leaves_no_part_behind() {
+    with_timeout(60, || {
+        let s = Scratch::new("rv2-taken");
+        let data = util::pattern(3000, 23);
+        let t = tracker();
+        let _src = FakeSource::start(
+            t.local_addr(),
+            "f",
+            data.clone(),
+            Style::Delay(Duration::from_millis(600)),
+        );
+        let d = node(vec![t.local_addr()]);
+        let o = DownloadOptions {
+            sync_folder: false,
+            ..opts()
+        };
+        let dir = s.sub("d");
+        let (dir2, data2) = (dir.clone(), data.clone());
+        let other = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(250));
+            util::write(&dir2, "f", &data2);
+        });
+        let out = fetch_set(&d, &["f"], &dir, o);
+        other.join().unwrap();
+        eprintln!("{:?}", out[0].result);
+        assert_eq!(std::fs::read(dir.join("f")).unwrap(), data);
+        assert_eq!(
+            p2pfs::peer::download::partfile::unfinished(&dir),
+            Vec::<String>::new(),
+            "left behind: {:?}",
+            util::tree(&dir)
+        );
+    });
+}
+
+/// A source that accepts connections (the kernel's backlog) and never
+/// answers, listed for every file of a set beside a good seed. Its failed
+/// greeting is never recorded (no cost, not a liar), so for every file it
+/// is "a source not tried yet", ranked cheapest by `share_out`, given the
+/// file's chunk, and `top_up` waits the whole `io_timeout` (3 s) on its
+/// greeting, past the file's deadline: 4 one-chunk files take about
+/// 4 x 3 s instead of one timeout at most.
+#[test]
+fn a_silent_source_costs_a_set_one_timeout_not_one_per_file() {
+    with_timeout(120, || {
+        let s = Scratch::new("rv2-silent-src");
+        let names: Vec<String> = (0..4).map(|i| format!("f{i}")).collect();
+        let mut entries = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            let data = util::pattern(3000 + i, 40 + i as u64);
+            util::write(&s.sub("a"), n, &data);
+            entries.push(util::entry(n, &data));
+        }
+        let t = tracker();
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut ctl = Client::connect(t.local_addr());
+        let r = ctl.request(&Message::Register {
+            endpoint: silent.local_addr().unwrap(),
+            files: entries,
+        });
+        assert!(matches!(r, Message::RegisterReply { .. }), "{r:?}");
+        let _seed = seed_with(vec![t.local_addr()], &s.path().join("a"), CHUNK);
+        let d = node(vec![t.local_addr()]);
+        let o = DownloadOptions {
+            sync_folder: false,
+            ..opts()
+        };
+        let started = Instant::now();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let out = fetch_set(&d, &refs, &s.sub("d"), o);
+        let took = started.elapsed();
+        eprintln!("4 one-chunk files beside a silent source, as a set: {took:?}");
+        for (n, o) in names.iter().zip(&out) {
+            assert!(o.result.is_ok(), "{n}: {:?}", o.result);
+        }
+        assert!(took < Duration::from_secs(6), "{took:?}");
+        drop(silent);
+    });
+}
