@@ -21,7 +21,9 @@
 //! Also owns the other way into place, for a set's small files
 //! ([`create_unnamed`], [`name_unnamed`]): an unnamed file in the final
 //! name's folder, linked to its name once complete; no `.part`, no
-//! `.part.have`, nothing to resume or to clean up after a kill.
+//! `.part.have`, nothing to clean up after a kill. When such a download
+//! is handed to the engine midway, its verified chunks become a `.part`
+//! and `.part.have` like any other ([`park_unnamed`]).
 //!
 //! Calls `chunks` (geometry, bitmaps, SHA-1), the peer's error type, `log`
 //! `wire` (the name rule), the libc crate's open flags and rustix's

@@ -12,25 +12,33 @@
 //!
 //! A file goes like this. The trackers' answers are merged (the first that
 //! knows the name says what it is, as for the engine; with `--id`, only
-//! answers of that content count). Its chunks are asked rarest first, each
-//! of a source listed as holding it: every source gets a queue of requests
-//! sent at once, and the replies are read in turn from each, so two
-//! sources stream at the same time. A source gets chunks in inverse
-//! proportion to the time it took per chunk so far on this thread (faster
-//! peers are used more). Each chunk is verified (length and SHA-1) and
-//! written into an unnamed file in the final folder
-//! (`partfile::create_unnamed`), shared and registered at once (a file of
-//! several chunks is served from that handle while it fills); the file gets
-//! its name only when complete (`partfile::name_unnamed`: fsync, then a hard
-//! link that never replaces a file). So a small file needs one inode, and a
-//! kill leaves nothing to clean up or resume: it is fetched again whole.
+//! answers of that content count; with several trackers each gets
+//! `TRACKER_GRACE`). Its chunks are asked rarest first of up to
+//! `SMALL_FILE_SOURCES` sources listed as holding them, `PIPELINE_DEPTH`
+//! requests in flight per source, the replies read from each source in
+//! turn, so several sources stream at the same time. A source gets chunks
+//! in inverse proportion to the time it took per chunk so far on this
+//! thread (faster peers are used more; one not tried yet goes first). Each
+//! chunk is verified (length and SHA-1) and written into an unnamed file in
+//! the final folder (`partfile::create_unnamed`), shared and registered at
+//! once (a file of several chunks is served from that handle while it
+//! fills); the file gets its name only when complete
+//! (`partfile::name_unnamed`: fsync, then a hard link that never replaces a
+//! file). So a small file needs one inode, and a kill leaves nothing to
+//! clean up: it is fetched again whole.
 //!
 //! A source that sends a bad chunk is not asked again by this thread; one
-//! that answers `NotHeld`, `Busy` or fails is not asked again for this
-//! file. Whatever this path cannot finish (a larger file, no tracker
-//! answer, a chunk no source sent, a `.part` to resume, a file already in
-//! place, a system without unnamed files, a name taken meanwhile) is left
-//! to the engine, which then applies every rule of its own.
+//! that cannot be connected to is left alone for `SMALL_SOURCE_BACKOFF`;
+//! one that answers `NotHeld`, `Busy` or fails is not asked again for this
+//! file. A file has until `SMALL_FILE_PATIENCE` plus its length at
+//! `SMALL_FILE_MIN_RATE` (no limit under a download limit), however its
+//! replies trickle in. Whatever this path cannot finish (a larger file, no
+//! tracker answer, a chunk no source sent, the time up, a `.part` to
+//! resume, a file already in place, a system without unnamed files) is
+//! left to the engine, which then applies every rule of its own; the
+//! chunks verified so far are kept as its `.part` (`partfile::park_unnamed`)
+//! so it goes on from them. A file that appeared under the name meanwhile
+//! is left to the engine's check of a file in place, with nothing kept.
 //!
 //! Calls `wire`, `chunks`, the peer's `client` and `share`, `net::client`
 //! (the read gate) and the download's `partfile` and `coordinator`
@@ -193,8 +201,8 @@ impl Drop for PoolGuard {
 }
 
 /// One file of a set by the fast path, when this thread has a pool and the
-/// file is small: `None` leaves it to the engine (nothing of the file is
-/// on disk then).
+/// file is small: `None` leaves it to the engine (with the verified chunks
+/// as its `.part` to resume, if any).
 pub(super) fn try_fetch(
     ctx: &DownloadContext<'_>,
     name: &str,
