@@ -236,10 +236,11 @@ pub const SMALL_POOL_SOURCES: usize = 16;
 /// A kept connection unused this long is made again rather than reused:
 /// well within the idle timeouts after which the other side closes it.
 pub const KEPT_IDLE: Duration = Duration::from_secs(20);
-/// The fast path gives a file to the engine (which goes on from its
-/// verified chunks) after this plus the file's length at
-/// [`SMALL_FILE_MIN_RATE`]: a slow source is then read beside the others
-/// by the engine's workers rather than holding the file.
+/// The fast path skips a source for a file when one reply takes longer
+/// than this plus the chunk's length at [`SMALL_FILE_MIN_RATE`], and gives
+/// the file to the engine (which goes on from its verified chunks) after
+/// this plus the file's length at that rate, once per round
+/// ([`SMALL_FILE_ROUNDS`]): a slow source then holds neither.
 pub const SMALL_FILE_PATIENCE: Duration = Duration::from_secs(1);
 /// See [`SMALL_FILE_PATIENCE`].
 pub const SMALL_FILE_MIN_RATE: u64 = 1 << 20;

@@ -29,10 +29,11 @@
 //!
 //! A source that sends a bad chunk is not asked again by this thread; one
 //! that cannot be connected to is left alone for `SMALL_SOURCE_BACKOFF`;
-//! one that answers `NotHeld`, `Busy` or fails is not asked again for this
-//! file. A file has until `SMALL_FILE_PATIENCE` plus its length at
-//! `SMALL_FILE_MIN_RATE` (no limit under a download limit), however its
-//! replies trickle in. Whatever this path cannot finish (a larger file, no
+//! one that answers `NotHeld`, `Busy` or fails, or takes longer than
+//! `SMALL_FILE_PATIENCE` plus the chunk's length at `SMALL_FILE_MIN_RATE`
+//! for one reply, is not asked again for this file; the file as a whole has
+//! that patience for its length once per round (no limit under a download
+//! limit), however its replies trickle in. Whatever this path cannot finish (a larger file, no
 //! tracker answer, a chunk no source sent, the time up, a `.part` to
 //! resume, a file already in place, a system without unnamed files) is
 //! left to the engine, which then applies every rule of its own; the
@@ -675,7 +676,9 @@ impl Pool {
 
     /// Asks each queue's chunks of its source, [`PIPELINE_DEPTH`] requests
     /// in flight per source, reading the replies from each source in
-    /// turn. A source that fails or refuses goes into `skip`. Gives up
+    /// turn, each within a [`patience`] for its length from when it is
+    /// read. A source that fails, refuses or is that slow goes into
+    /// `skip`. Gives up
     /// (`None`) at `deadline`, on cancel or on a write error, closing every
     /// connection that still owes a reply (a reply names only the chunk
     /// index, so such a connection is out of step for the next file).
@@ -704,11 +707,16 @@ impl Pool {
                     continue;
                 };
                 let addr = lanes[at].addr;
-                let late = deadline.is_some_and(|d| Instant::now() >= d);
+                let now = Instant::now();
+                let late = deadline.is_some_and(|d| now >= d);
+                // A source slower than that for one chunk is skipped for
+                // this file; the others go on with its chunks.
+                let cap =
+                    deadline.map(|d| d.min(now + patience(u64::from(fill.plan.g.chunk_len(i)))));
                 let reply = if cancelled(fill.ctx) || late {
                     Reply::GiveUp
                 } else {
-                    self.receive(fill, addr, i, opts.io_timeout, deadline)
+                    self.receive(fill, addr, i, opts.io_timeout, cap)
                 };
                 let lane = &mut lanes[at];
                 lane.due.pop_front();
@@ -760,8 +768,11 @@ impl Pool {
                 return;
             };
             let fresh = !self.sources.contains_key(&lane.addr);
+            // A peer that does not greet within the patience of a reply
+            // would not answer in time either.
             let connect = deadline.map_or(opts.io_timeout, |d| {
                 d.saturating_duration_since(Instant::now())
+                    .min(SMALL_FILE_PATIENCE)
                     .clamp(Duration::from_millis(1), opts.io_timeout)
             });
             let sent = self
@@ -878,17 +889,23 @@ impl Pool {
     }
 }
 
+/// How long `bytes` may take to arrive whole on the fast path:
+/// [`SMALL_FILE_PATIENCE`] plus `bytes` at [`SMALL_FILE_MIN_RATE`].
+fn patience(bytes: u64) -> Duration {
+    SMALL_FILE_PATIENCE + Duration::from_secs_f64(bytes as f64 / SMALL_FILE_MIN_RATE as f64)
+}
+
 /// When the fast path gives a file up to the engine (which goes on from
-/// its verified chunks): [`SMALL_FILE_PATIENCE`] plus its length at
-/// [`SMALL_FILE_MIN_RATE`], so a slow source cannot hold it longer than
-/// the engine (which reads every source at once) would take. None under a
-/// download limit, whose slowness is this peer's own.
+/// its verified chunks): one [`patience`] for its length per round, so
+/// sources that are slow one after another cannot hold it for long. None
+/// under a download limit, whose slowness is this peer's own. (Each reply
+/// also has a patience of its own: see [`Pool::round`].)
 fn deadline(fill: &Fill<'_, '_>, opts: &DownloadOptions) -> Option<Instant> {
     if opts.download_limit.rate().is_some() {
         return None;
     }
-    let secs = fill.plan.g.length() as f64 / SMALL_FILE_MIN_RATE as f64;
-    Some(fill.started + SMALL_FILE_PATIENCE + Duration::from_secs_f64(secs))
+    let rounds = u32::try_from(SMALL_FILE_ROUNDS).unwrap_or(u32::MAX);
+    Some(fill.started + patience(fill.plan.g.length()) * rounds)
 }
 
 /// One source's requests for a file: those not sent yet, and those sent
