@@ -447,11 +447,27 @@ pub(super) struct PartLock {
     _file: Option<File>,
 }
 
+/// Times a `.part`'s lock found taken is asked again, [`LOCK_RETRY_PAUSE`]
+/// apart, before the download is refused (see [`lock`]).
+const LOCK_RETRIES: u32 = 5;
+const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Takes the `.part`'s lock.
 fn lock(paths: &Paths) -> Result<PartLock> {
     let file = open_existing_file(&paths.part, false)
         .map_err(|e| PeerError::io("open", &paths.part, e))?;
-    match file.try_lock() {
+    // A lock just let go can still be held for an instant by a child this
+    // process is starting (a forked copy of the handle lives until the
+    // child's exec): asked again a few times before it counts as taken.
+    let mut result = file.try_lock();
+    for _ in 0..LOCK_RETRIES {
+        if !matches!(result, Err(TryLockError::WouldBlock)) {
+            break;
+        }
+        std::thread::sleep(LOCK_RETRY_PAUSE);
+        result = file.try_lock();
+    }
+    match result {
         Ok(()) => Ok(PartLock { _file: Some(file) }),
         Err(TryLockError::WouldBlock) => Err(PeerError::Download(format!(
             "{} is already being downloaded into this folder by another download \
@@ -657,61 +673,79 @@ pub(super) fn finish(paths: &Paths, file: &File, sync_folder: bool) -> Result<()
 /// that gets its name only once complete ([`name_unnamed`]): nothing of it
 /// is ever under a name while incomplete, and a download killed midway
 /// leaves nothing behind (the kernel frees it). Used by a set's small
-/// files (`small`), which need no `.part` or `.part.have` to resume (they
-/// are fetched again whole). The folders are made first. `None` where the
-/// system or the file system has no unnamed files (the caller then uses
-/// the `.part` way), or when a folder below the download folder is no
-/// longer a real folder (never followed: the download folder itself may be
-/// a link, as for [`Paths::make_parent_dirs`]).
-pub(super) fn create_unnamed(paths: &Paths) -> Option<File> {
+/// files (`small`). The folders are made and checked first, and the final
+/// folder is then held open ([`Folder`]): the file is made in it and named in
+/// it through that handle, so a folder swapped for a link afterwards
+/// changes nothing. `None` where the system or the file system has no
+/// unnamed files (the caller then leaves the file to the engine), or when a
+/// folder below the download folder is not a real folder (never followed:
+/// the download folder itself may be a link, as for
+/// [`Paths::make_parent_dirs`]).
+/// The final folder of an unnamed file, held open until the file is named.
+pub(super) struct Folder(File);
+
+pub(super) fn create_unnamed(paths: &Paths) -> Option<(File, Folder)> {
+    use rustix::fs::{Mode, OFlags, openat};
     paths.make_parent_dirs().ok()?;
-    let folder = paths.final_path.parent()?;
-    let mut flags = libc::O_TMPFILE;
-    if folder != paths.dir {
+    let folder_path = paths.final_path.parent()?;
+    let mut flags = libc::O_DIRECTORY;
+    if folder_path != paths.dir {
         flags |= libc::O_NOFOLLOW;
     }
-    OpenOptions::new()
+    let folder = OpenOptions::new()
         .read(true)
-        .write(true)
         .custom_flags(flags)
-        .open(folder)
-        .ok()
+        .open(folder_path)
+        .ok()?;
+    let how = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+    let fd = openat(&folder, ".", how, Mode::from_bits_truncate(0o666)).ok()?;
+    Some((File::from(fd), Folder(folder)))
 }
 
-/// Gives the unnamed `file` of [`create_unnamed`], now complete and
-/// verified, its final name: fsync, then a hard link, which never replaces
-/// a file. The link is made from `/proc/self/fd/N` with
-/// `AT_SYMLINK_FOLLOW` (what any user may do; `AT_EMPTY_PATH` on the
-/// handle itself is tried only when /proc is missing, as it needs a
-/// privilege). `Ok(false)`: a file appeared under the final name meanwhile
-/// (left as it is; the caller decides what it is). An error: the content
-/// could not be named and is lost with the handle.
-pub(super) fn name_unnamed(paths: &Paths, file: &File, sync_folder: bool) -> Result<bool> {
+/// Gives the unnamed `file` of [`create_unnamed`] (made in `folder`), now
+/// complete and verified, its final name: fsync, then a hard link into
+/// that same folder, which never replaces a file. The link is made from
+/// `/proc/self/fd/N` with `AT_SYMLINK_FOLLOW` (what any user may do;
+/// `AT_EMPTY_PATH` on the handle itself is tried only when /proc is
+/// missing, as it needs a privilege). `Ok(false)`: a file appeared under
+/// the final name meanwhile (left as it is; the caller decides what it
+/// is). An error: the content could not be named.
+pub(super) fn name_unnamed(
+    paths: &Paths,
+    file: &File,
+    folder: &Folder,
+    sync_folder: bool,
+) -> Result<bool> {
     file.sync_all()
         .map_err(|e| PeerError::io("flush", &paths.final_path, e))?;
-    // Again just before: a folder may have been swapped for a link meanwhile.
-    paths.make_parent_dirs()?;
     let to = &paths.final_path;
-    match link_unnamed(file, to) {
+    let Some(base) = to.file_name() else {
+        return Err(PeerError::Invalid(format!(
+            "{} has no file name",
+            to.display()
+        )));
+    };
+    match link_unnamed(file, &folder.0, Path::new(base)) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
         Err(e) => return Err(PeerError::io("name", to, e)),
     }
-    if sync_folder && let Some(dir) = to.parent() {
-        sync_dir(dir);
+    if sync_folder {
+        let _ = folder.0.sync_all();
     }
     Ok(true)
 }
 
-/// Links the unnamed `file` at `to` (see [`name_unnamed`]); fails if `to`
-/// exists.
-fn link_unnamed(file: &File, to: &Path) -> std::io::Result<()> {
+/// Links the unnamed `file` at `to` in the folder `at` (a handle on it,
+/// or the current directory's when `to` is a whole path; see
+/// [`name_unnamed`]); fails if `to` exists.
+fn link_unnamed(file: &File, at: &impl std::os::fd::AsFd, to: &Path) -> std::io::Result<()> {
     use rustix::fs::{AtFlags, CWD, linkat};
     use std::os::fd::AsRawFd;
     let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
-    match linkat(CWD, proc_path.as_str(), CWD, to, AtFlags::SYMLINK_FOLLOW) {
+    match linkat(CWD, proc_path.as_str(), at, to, AtFlags::SYMLINK_FOLLOW) {
         Err(e) if e == rustix::io::Errno::NOENT && !Path::new("/proc/self/fd").exists() => {
-            linkat(file, "", CWD, to, AtFlags::EMPTY_PATH)
+            linkat(file, "", at, to, AtFlags::EMPTY_PATH)
         }
         other => other,
     }
@@ -741,7 +775,7 @@ pub(super) fn park_unnamed(
     if paths.save_have(&identity(geometry, hashes), have).is_err() {
         return false;
     }
-    if link_unnamed(file, &paths.part).is_err() {
+    if link_unnamed(file, &rustix::fs::CWD, &paths.part).is_err() {
         let _ = fs::remove_file(&paths.have);
         return false;
     }
@@ -961,19 +995,19 @@ mod tests {
         let dir = TempDir::new("part-unnamed");
         let (data, _, _) = content();
         let paths = Paths::new(&dir.0, "a/b/f");
-        let file = create_unnamed(&paths).expect("O_TMPFILE on this file system");
+        let (file, folder) = create_unnamed(&paths).expect("O_TMPFILE on this file system");
         file.write_all_at(&data, 0).unwrap();
         // Filled, not named: nothing in the folder, no work folder.
         let listed = |p: &Path| fs::read_dir(p).unwrap().count();
         assert_eq!(listed(&dir.0.join("a/b")), 0);
         assert!(!paths.work.exists());
-        assert!(name_unnamed(&paths, &file, true).unwrap());
+        assert!(name_unnamed(&paths, &file, &folder, true).unwrap());
         assert_eq!(fs::read(&paths.final_path).unwrap(), data);
         assert_eq!(file.metadata().unwrap().nlink(), 1);
         // A second one under a taken name: refused, the first left as it is.
-        let other = create_unnamed(&paths).unwrap();
+        let (other, folder) = create_unnamed(&paths).unwrap();
         other.write_all_at(b"other", 0).unwrap();
-        assert!(!name_unnamed(&paths, &other, true).unwrap());
+        assert!(!name_unnamed(&paths, &other, &folder, true).unwrap());
         assert_eq!(fs::read(&paths.final_path).unwrap(), data);
         // Dropped unnamed: gone without a trace.
         let dropped = create_unnamed(&Paths::new(&dir.0, "a/b/g")).unwrap();
@@ -987,7 +1021,7 @@ mod tests {
         let dir = TempDir::new("part-park");
         let (data, g, hashes) = content();
         let paths = Paths::new(&dir.0, "sub/f");
-        let file = create_unnamed(&paths).unwrap();
+        let (file, _folder) = create_unnamed(&paths).unwrap();
         // Chunks 0 and 3 verified and written, the rest not.
         let mut have = Bitmap::new(g.count());
         for i in [0u32, 3] {
@@ -1024,9 +1058,18 @@ mod tests {
         let linked = dir.0.join("linked");
         std::os::unix::fs::symlink(&outside.0, &linked).unwrap();
         let paths = Paths::new(&linked, "f");
-        let file = create_unnamed(&paths).expect("through the user's own link");
-        assert!(name_unnamed(&paths, &file, false).unwrap());
+        let (file, folder) = create_unnamed(&paths).expect("through the user's own link");
+        assert!(name_unnamed(&paths, &file, &folder, false).unwrap());
         assert!(outside.0.join("f").exists());
+        // A folder swapped for a link between making the file and naming
+        // it: the name still lands in the folder that was checked.
+        let paths = Paths::new(&dir.0, "real/g");
+        let (file, folder) = create_unnamed(&paths).unwrap();
+        fs::rename(dir.0.join("real"), dir.0.join("moved")).unwrap();
+        std::os::unix::fs::symlink(&outside.0, dir.0.join("real")).unwrap();
+        assert!(name_unnamed(&paths, &file, &folder, false).unwrap());
+        assert!(dir.0.join("moved/g").exists());
+        assert!(!outside.0.join("g").exists(), "named through the link");
     }
 
     #[test]

@@ -249,7 +249,7 @@ fn fetch_with(
     if exists(&paths.final_path) || exists(&paths.part) || exists(&paths.have) {
         return None;
     }
-    let file = partfile::create_unnamed(&paths)?;
+    let (file, folder) = partfile::create_unnamed(&paths)?;
     let shared = Arc::new(SharedFile::partial(
         name.to_owned(),
         paths.final_path.clone(),
@@ -272,7 +272,7 @@ fn fetch_with(
     let got = pool.fetch(&mut fill, opts);
     let stats = std::mem::take(&mut fill.stats);
     let named = match got {
-        Some(()) => partfile::name_unnamed(&paths, shared.file(), opts.sync_folder),
+        Some(()) => partfile::name_unnamed(&paths, shared.file(), &folder, opts.sync_folder),
         None => Ok(false),
     };
     if !matches!(named, Ok(true)) {
