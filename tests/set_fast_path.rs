@@ -215,6 +215,35 @@ fn serve(s: TcpStream, stop: &AtomicBool, data: &[u8], style: Style) {
     }
 }
 
+/// How long one file of `chunks` chunks takes beside a seed and a source
+/// answering in `style`, fetched as a set (`as_set`, through the fast
+/// path) or by the engine alone; it must arrive intact either way.
+fn beside(style: Style, chunks: usize, seed: u64, as_set: bool) -> Duration {
+    let s = Scratch::new("beside");
+    let data = util::pattern(chunks * CHUNK as usize, seed);
+    util::write(&s.sub("a"), "f", &data);
+    let t = tracker();
+    let _bad = FakeSource::start(t.local_addr(), "f", data.clone(), style);
+    let _seed = seed_with(vec![t.local_addr()], &s.path().join("a"), CHUNK);
+    let d = node(vec![t.local_addr()]);
+    let dir = s.sub("d");
+    let started = Instant::now();
+    if as_set {
+        let o = DownloadOptions {
+            sync_folder: false,
+            ..opts()
+        };
+        let out = fetch_set(&d, &["f"], &dir, o);
+        assert!(out[0].result.is_ok(), "{:?}", out[0].result);
+    } else {
+        d.download("f", &dir, &opts(), &mut |_| {})
+            .expect("download");
+    }
+    let took = started.elapsed();
+    assert_eq!(std::fs::read(dir.join("f")).unwrap(), data);
+    took
+}
+
 /// Replies are read in lock step, one from each source in turn, from
 /// queues fixed before any reply: a source that answers each chunk just
 /// within the timeout holds the file (and the fast source, whose replies
@@ -225,28 +254,8 @@ fn serve(s: TcpStream, stop: &AtomicBool, data: &[u8], style: Style) {
 #[test]
 fn a_slow_source_does_not_hold_the_fast_one() {
     with_timeout(120, || {
-        let s = Scratch::new("rv-slow");
-        let data = util::pattern(16 * CHUNK as usize, 5);
-        util::write(&s.sub("a"), "f", &data);
-        let t = tracker();
-        let _slow = FakeSource::start(
-            t.local_addr(),
-            "f",
-            data.clone(),
-            Style::Delay(Duration::from_millis(1500)),
-        );
-        let _seed = seed_with(vec![t.local_addr()], &s.path().join("a"), CHUNK);
-        let d = node(vec![t.local_addr()]);
-        let o = DownloadOptions {
-            sync_folder: false,
-            ..opts()
-        };
-        let started = Instant::now();
-        let out = fetch_set(&d, &["f"], &s.sub("d"), o);
-        let took = started.elapsed();
+        let took = beside(Style::Delay(Duration::from_millis(1500)), 16, 5, true);
         eprintln!("16 chunks beside a 1.5 s/chunk source, as a set: {took:?}");
-        assert!(out[0].result.is_ok(), "{:?}", out[0].result);
-        assert_eq!(std::fs::read(s.path().join("d/f")).unwrap(), data);
         assert!(took < Duration::from_secs(5), "{took:?}");
     });
 }
@@ -313,22 +322,7 @@ fn the_engine_alone_with_a_silent_tracker() {
 #[test]
 fn the_engine_alone_beside_a_slow_source() {
     with_timeout(120, || {
-        let s = Scratch::new("rv-ctl-slow");
-        let data = util::pattern(16 * CHUNK as usize, 5);
-        util::write(&s.sub("a"), "f", &data);
-        let t = tracker();
-        let _slow = FakeSource::start(
-            t.local_addr(),
-            "f",
-            data.clone(),
-            Style::Delay(Duration::from_millis(1500)),
-        );
-        let _seed = seed_with(vec![t.local_addr()], &s.path().join("a"), CHUNK);
-        let d = node(vec![t.local_addr()]);
-        let started = Instant::now();
-        d.download("f", &s.sub("d"), &opts(), &mut |_| {})
-            .expect("download");
-        let took = started.elapsed();
+        let took = beside(Style::Delay(Duration::from_millis(1500)), 16, 5, false);
         eprintln!("engine beside a 1.5 s/chunk source: {took:?}");
         assert!(took < Duration::from_secs(5), "{took:?}");
     });
@@ -343,28 +337,8 @@ fn the_engine_alone_beside_a_slow_source() {
 #[test]
 fn a_trickling_source_does_not_hold_a_file_past_its_deadline() {
     with_timeout(120, || {
-        let s = Scratch::new("rv2-trickle");
-        let data = util::pattern(2 * CHUNK as usize, 17);
-        util::write(&s.sub("a"), "f", &data);
-        let t = tracker();
-        let _slow = FakeSource::start(
-            t.local_addr(),
-            "f",
-            data.clone(),
-            Style::Trickle(512, Duration::from_millis(125)),
-        );
-        let _seed = seed_with(vec![t.local_addr()], &s.path().join("a"), CHUNK);
-        let d = node(vec![t.local_addr()]);
-        let o = DownloadOptions {
-            sync_folder: false,
-            ..opts()
-        };
-        let started = Instant::now();
-        let out = fetch_set(&d, &["f"], &s.sub("d"), o);
-        let took = started.elapsed();
+        let took = beside(Style::Trickle(512, Duration::from_millis(125)), 2, 17, true);
         eprintln!("2 chunks beside a trickling source, as a set: {took:?}");
-        assert!(out[0].result.is_ok(), "{:?}", out[0].result);
-        assert_eq!(std::fs::read(s.path().join("d/f")).unwrap(), data);
         assert!(took < Duration::from_secs(5), "{took:?}");
     });
 }
@@ -373,22 +347,12 @@ fn a_trickling_source_does_not_hold_a_file_past_its_deadline() {
 #[test]
 fn the_engine_alone_beside_a_trickling_source() {
     with_timeout(120, || {
-        let s = Scratch::new("rv2-ctl-trickle");
-        let data = util::pattern(2 * CHUNK as usize, 17);
-        util::write(&s.sub("a"), "f", &data);
-        let t = tracker();
-        let _slow = FakeSource::start(
-            t.local_addr(),
-            "f",
-            data.clone(),
+        let took = beside(
             Style::Trickle(512, Duration::from_millis(125)),
+            2,
+            17,
+            false,
         );
-        let _seed = seed_with(vec![t.local_addr()], &s.path().join("a"), CHUNK);
-        let d = node(vec![t.local_addr()]);
-        let started = Instant::now();
-        d.download("f", &s.sub("d"), &opts(), &mut |_| {})
-            .expect("download");
-        let took = started.elapsed();
         eprintln!("engine beside a trickling source: {took:?}");
         assert!(took < Duration::from_secs(5), "{took:?}");
     });
