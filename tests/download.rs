@@ -1393,3 +1393,27 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A source of a set that answers with another chunk than the one asked
+/// (right bytes, wrong index) is taken for a broken source: its
+/// connection is closed, the chunk comes from the other source, and
+/// every file is intact.
+#[test]
+fn a_set_source_answering_the_wrong_index_is_passed_over() {
+    with_timeout(60, || {
+        let s = Scratch::new("small-multi-index");
+        let files = multi_chunk_files(3, 3, 91);
+        let t = tracker();
+        let wrong =
+            FakeSource::start_files(t.local_addr(), &files, |i, _| Answer::Index((i + 1) % 3));
+        let _good = FakeSource::start_files(t.local_addr(), &files, |_, _| Answer::Good);
+        let d = downloader(t.local_addr());
+        let dir = s.sub("d");
+        let out = fetch_set(&d, &files, 1, &dir);
+        for ((name, data), o) in files.iter().zip(&out) {
+            assert!(o.result.is_ok(), "{name}: {:?}", o.result);
+            assert_eq!(&fs::read(dir.join(name)).unwrap(), data, "{name}");
+        }
+        assert!(total_asked(&wrong) > 0, "the wrong source was never asked");
+    });
+}
