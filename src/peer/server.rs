@@ -254,8 +254,12 @@ fn serve_chunk(
             ),
         );
     };
-    // Shrinking keeps the capacity; growing only zero-fills the new tail.
-    buf.resize(total, 0);
+    // The buffer only grows (zero-filling the new tail once): chunks of
+    // many lengths, as a folder of small files has, would otherwise have
+    // it zeroed again for every longer one.
+    if buf.len() < total {
+        buf.resize(total, 0);
+    }
     buf[..CHUNK_DATA_HEADER_LEN].copy_from_slice(&header);
     if let Err(e) = f.read_for_upload(i, &mut buf[CHUNK_DATA_HEADER_LEN..total]) {
         unclaim();

@@ -19,7 +19,11 @@
 //! Each `batch-N` thread installs a `small::PoolGuard`: the connections
 //! its small files are fetched over (`small`, from inside the one-file
 //! download), kept open for as long as the thread takes files; the set's
-//! `small::Interrupt` shuts them all once the set is cancelled.
+//! `small::Interrupt` shuts them all once the set is cancelled. A file of
+//! that fast path comes back complete but not yet named
+//! (`small::take_unnamed`): the set's `finish-N` threads make it durable,
+//! name it and report it, while its `batch-N` thread fetches the next
+//! (naming waits for the disk; fetching should not).
 //!
 //! Calls `wire` (the name rule), the peer's `client` (the file list) and
 //! the download's `rate` and `small` (the pool); nothing of the engine.
@@ -31,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{RecvTimeoutError, bounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendError, Sender, bounded};
 
 use super::rate::RateMeter;
 use super::{Progress, Summary};
@@ -254,8 +258,20 @@ pub fn run(
     let interrupt = Arc::new(super::Interrupt::default());
     thread::scope(|scope| {
         let (tx, rx) = bounded::<(usize, FileOutcome)>(jobs);
+        let (to_finish, finishing) = bounded::<Finishing>(jobs);
         for n in 1..=jobs {
-            let tx = tx.clone();
+            let (tx, finishing) = (tx.clone(), finishing.clone());
+            let shared = &shared;
+            let spawned = thread::Builder::new()
+                .name(format!("finish-{n}"))
+                .spawn_scoped(scope, move || finish_files(&finishing, shared, fetch, &tx));
+            if let Err(e) = spawned {
+                log::warn!("cannot start a thread to name downloaded files: {e}");
+            }
+        }
+        drop(finishing);
+        for n in 1..=jobs {
+            let (tx, to_finish) = (tx.clone(), to_finish.clone());
             let (shared, next) = (&shared, &next);
             let interrupt = Arc::clone(&interrupt);
             let spawned = thread::Builder::new()
@@ -264,13 +280,13 @@ pub fn run(
                     // This thread's connections for the set's small files
                     // (`small`), closed when it takes no more files.
                     let _pool = super::PoolGuard::install(interrupt);
-                    take_files(files, next, cancel, shared, fetch, &tx);
+                    take_files(files, next, cancel, shared, fetch, &tx, &to_finish);
                 });
             if let Err(e) = spawned {
                 log::warn!("cannot start a download thread: {e}");
             }
         }
-        drop(tx);
+        drop((tx, to_finish));
         let mut last_report: Option<Instant> = None;
         loop {
             match rx.recv_timeout(PROGRESS_TICK) {
@@ -321,15 +337,23 @@ fn sync_folders(outcomes: &[Option<FileOutcome>]) {
     }
 }
 
+/// A file of the set fetched by the fast path and still to be named by a
+/// `finish-N` thread: (its index, the file, when it began, whether it
+/// progressed).
+type Finishing = (usize, super::Unnamed, Instant, bool);
+
 /// A `batch-N` thread: takes the next file until none is left or the set
-/// is cancelled.
+/// is cancelled. A file the fast path fetched (`small`) goes to the
+/// finishers to be made durable and named, which then report it; this
+/// thread goes on to its next file meanwhile.
 fn take_files(
     files: &[Planned],
     next: &AtomicUsize,
     cancel: Option<&AtomicBool>,
     shared: &Mutex<Shared>,
     fetch: &Fetch<'_>,
-    tx: &crossbeam_channel::Sender<(usize, FileOutcome)>,
+    tx: &Sender<(usize, FileOutcome)>,
+    to_finish: &Sender<Finishing>,
 ) {
     loop {
         if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
@@ -340,10 +364,19 @@ fn take_files(
         lock(shared).files[i].running = true;
         let began = Instant::now();
         let mut progressed = false;
-        let result = fetch(&f.name, &mut |p| {
+        let mut result = fetch(&f.name, &mut |p| {
             progressed = true;
             report(shared, i, p);
         });
+        if let Some(u) = super::take_unnamed() {
+            match to_finish.send((i, u, began, progressed)) {
+                Ok(()) => continue,
+                // No finisher runs (none could be started): named here.
+                Err(SendError((_, u, _, _))) => {
+                    result = finish(u, i, shared, fetch);
+                }
+            }
+        }
         let outcome = FileOutcome {
             name: f.name.clone(),
             result,
@@ -353,6 +386,46 @@ fn take_files(
         if tx.send((i, outcome)).is_err() {
             return;
         }
+    }
+}
+
+/// A `finish-N` thread: names the files the fast path fetched, each once
+/// it is on disk, and reports them, until the set's threads are done.
+fn finish_files(
+    finishing: &Receiver<Finishing>,
+    shared: &Mutex<Shared>,
+    fetch: &Fetch<'_>,
+    tx: &Sender<(usize, FileOutcome)>,
+) {
+    for (i, u, began, progressed) in finishing {
+        let name = u.name().to_owned();
+        let result = finish(u, i, shared, fetch);
+        let outcome = FileOutcome {
+            name,
+            result,
+            started: progressed,
+            elapsed: began.elapsed(),
+        };
+        if tx.send((i, outcome)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Names file `i` of the set; if that fails, the engine goes on from what
+/// was kept (the verified chunks as a `.part`, or a file that took the
+/// name meanwhile, which it checks). This thread has no pool, so `fetch`
+/// does not take the fast path again.
+fn finish(
+    u: super::Unnamed,
+    i: usize,
+    shared: &Mutex<Shared>,
+    fetch: &Fetch<'_>,
+) -> Result<Summary> {
+    let name = u.name().to_owned();
+    match u.finish() {
+        Some(summary) => Ok(summary),
+        None => fetch(&name, &mut |p| report(shared, i, p)),
     }
 }
 

@@ -84,7 +84,7 @@ pub use coordinator::list_indices;
 pub use partfile::{
     HAVE_SUFFIX, PART_SUFFIX, WORK_DIR, have_path, is_artifact, part_path, unfinished,
 };
-pub use small::{Interrupt, PoolGuard};
+pub use small::{Interrupt, PoolGuard, Unnamed, take_unnamed};
 
 /// Tunables; `Default` gives the documented values.
 #[derive(Debug, Clone)]
@@ -155,7 +155,7 @@ pub struct DownloadContext<'a> {
     /// Every tracker to ask (at least one). Each is asked at the start and
     /// by its own locator thread afterwards; their sources are merged.
     pub trackers: &'a [SocketAddr],
-    pub share: &'a ShareIndex,
+    pub share: &'a Arc<ShareIndex>,
     /// This peer's chunk server port, so it never downloads from itself.
     pub self_port: Option<u16>,
     /// Called once per verified chunk written (name, index).

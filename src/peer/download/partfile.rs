@@ -682,7 +682,7 @@ pub(super) fn finish(paths: &Paths, file: &File, sync_folder: bool) -> Result<()
 /// the download folder itself may be a link, as for
 /// [`Paths::make_parent_dirs`]).
 /// The final folder of an unnamed file, held open until the file is named.
-pub(super) struct Folder(File);
+pub(crate) struct Folder(File);
 
 pub(super) fn create_unnamed(paths: &Paths) -> Option<(File, Folder)> {
     use rustix::fs::{Mode, OFlags, openat};

@@ -22,10 +22,12 @@
 //! chunk is verified (length and SHA-1) and written into an unnamed file in
 //! the final folder (`partfile::create_unnamed`), shared and registered at
 //! once (a file of several chunks is served from that handle while it
-//! fills); the file gets its name only when complete
-//! (`partfile::name_unnamed`: fsync, then a hard link that never replaces a
-//! file). So a small file needs one inode, and a kill leaves nothing to
-//! clean up: it is fetched again whole.
+//! fills); the file gets its name only when complete, and not on this
+//! thread: [`Unnamed::finish`] (`partfile::name_unnamed`: fsync, then a
+//! hard link that never replaces a file) runs on the set's finisher
+//! (`batch`), which takes it through [`take_unnamed`]. So a small file
+//! needs one inode, a kill leaves nothing to clean up (it is fetched again
+//! whole), and fetching never waits for the disk.
 //!
 //! A source that sends a bad chunk is not asked again by this thread; one
 //! that cannot be connected to is left alone for `SMALL_SOURCE_BACKOFF`;
@@ -67,7 +69,7 @@ use crate::limits::{
 use crate::net::client::ReadGate;
 use crate::peer::client::{self, Conn};
 use crate::peer::ratelimit::RateLimiter;
-use crate::peer::share::SharedFile;
+use crate::peer::share::{ShareIndex, SharedFile};
 use crate::peer::{PeerError, Result};
 use crate::sync::lock;
 use crate::wire::{Locations, Message};
@@ -157,6 +159,8 @@ pub(super) struct Pool {
     backoff: HashMap<SocketAddr, Instant>,
     /// The chunk buffer, reused from reply to reply.
     spare: Vec<u8>,
+    /// The file last fetched, not named yet ([`take_unnamed`]).
+    unnamed: Option<Unnamed>,
 }
 
 thread_local! {
@@ -180,6 +184,7 @@ impl PoolGuard {
             liars: HashSet::new(),
             backoff: HashMap::new(),
             spare: Vec::new(),
+            unnamed: None,
         };
         POOL.with(|p| *p.borrow_mut() = Some(pool));
         PoolGuard(())
@@ -189,6 +194,9 @@ impl PoolGuard {
 impl Drop for PoolGuard {
     fn drop(&mut self) {
         if let Some(mut pool) = POOL.with(|p| p.borrow_mut().take()) {
+            if let Some(u) = pool.unnamed.take() {
+                let _ = u.finish();
+            }
             let trackers: Vec<SocketAddr> = pool.trackers.keys().copied().collect();
             let sources: Vec<SocketAddr> = pool.sources.keys().copied().collect();
             trackers
@@ -271,44 +279,138 @@ fn fetch_with(
     fill.report();
     let got = pool.fetch(&mut fill, opts);
     let stats = std::mem::take(&mut fill.stats);
-    let named = match got {
-        Some(()) => partfile::name_unnamed(&paths, shared.file(), &folder, opts.sync_folder),
-        None => Ok(false),
+    let unnamed = Unnamed {
+        name: name.to_owned(),
+        paths,
+        shared,
+        folder,
+        share: Arc::clone(ctx.share),
+        hashes: plan.hashes,
+        sync_folder: opts.sync_folder,
+        started,
+        stats,
     };
-    if !matches!(named, Ok(true)) {
-        ctx.share.remove_exact(&shared);
-        match named {
-            // A file appeared under the name: the engine checks it (and
-            // takes it if it is this content); nothing of ours is kept.
-            Ok(false) if got.is_some() => {}
-            // The engine goes on from the verified chunks, kept as its
-            // `.part`.
-            other => {
-                if let Err(e) = other {
-                    debug!("{name}: {e}");
-                }
-                partfile::park_unnamed(&paths, shared.file(), g, &plan.hashes, &shared.have());
-            }
-        }
+    if got.is_none() {
+        unnamed.give_up();
         return None;
     }
-    let file = shared.file().try_clone().ok();
-    let hashes = plan.hashes;
-    if let Some(f) = file {
-        let path = paths.final_path.clone();
-        ctx.share.insert(Arc::new(SharedFile::finished(
-            name.to_owned(),
-            path,
-            f,
-            g,
-            hashes,
-        )));
-    }
+    // Complete and verified: served and registered now (a file of several
+    // chunks already is, chunk by chunk); made durable and named by the
+    // set's finisher while this thread goes on to its next file.
     if g.count() < 2 {
-        // Not yet registered chunk by chunk: the whole file at once.
+        ctx.share.insert(Arc::clone(&unnamed.shared));
         (ctx.on_file)(name);
     }
-    Some(Ok(summary(name, &paths, g, started, stats)))
+    let provisional = unnamed.summary();
+    if let Some(earlier) = pool.unnamed.replace(unnamed) {
+        // Never taken by its caller (`take_unnamed`): named here instead.
+        let _ = earlier.finish();
+    }
+    Some(Ok(provisional))
+}
+
+/// Takes the file the fast path last fetched on this thread, complete and
+/// verified but not yet named, if any. A `batch-N` thread calls it after
+/// each download that succeeded and hands what it gets to the set's
+/// finisher ([`Unnamed::finish`]) before it reports the file: when
+/// `download` returns `Ok` for a file of the fast path, the file is not in
+/// place yet.
+pub fn take_unnamed() -> Option<Unnamed> {
+    POOL.with(|p| p.borrow_mut().as_mut().and_then(|pool| pool.unnamed.take()))
+}
+
+/// A file of the fast path, complete, verified, served and registered,
+/// still without its name: an unnamed file in its final folder. Naming it
+/// waits for the disk (an fsync), so it is done apart from fetching, by
+/// the set's `finish-N` threads, and several files are made durable at
+/// once. Every one must be finished: one still in a pool when its thread
+/// ends (never taken) is finished then.
+pub struct Unnamed {
+    name: String,
+    paths: Paths,
+    shared: Arc<SharedFile>,
+    folder: partfile::Folder,
+    share: Arc<ShareIndex>,
+    hashes: Vec<Digest>,
+    sync_folder: bool,
+    started: Instant,
+    stats: HashMap<SocketAddr, SourceStats>,
+}
+
+impl Unnamed {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Makes the file durable and gives it its name (fsync, then a link
+    /// that never replaces a file); from then on it is served as the
+    /// user's file (checked against its hashes after any change). `None`
+    /// when it could not be named: it is no longer served, and its chunks
+    /// are kept as the engine's `.part` (or, when a file took the name
+    /// meanwhile, nothing is kept): the caller lets the engine go on.
+    pub fn finish(self) -> Option<Summary> {
+        let named = partfile::name_unnamed(
+            &self.paths,
+            self.shared.file(),
+            &self.folder,
+            self.sync_folder,
+        );
+        match named {
+            Ok(true) => {}
+            // A file appeared under the name: the engine checks it (and
+            // takes it if it is this content); nothing of ours is kept.
+            Ok(false) => {
+                self.share.remove_exact(&self.shared);
+                return None;
+            }
+            Err(e) => {
+                debug!("{}: {e}", self.name);
+                self.give_up();
+                return None;
+            }
+        }
+        let g = *self.shared.geometry();
+        match self.shared.file().try_clone() {
+            Ok(f) => {
+                self.share.insert(Arc::new(SharedFile::finished(
+                    self.name.clone(),
+                    self.paths.final_path.clone(),
+                    f,
+                    g,
+                    self.hashes.clone(),
+                )));
+            }
+            // Not served rather than served unchecked.
+            Err(_) => {
+                self.share.remove_exact(&self.shared);
+            }
+        }
+        Some(self.summary())
+    }
+
+    /// Stops serving the file and keeps its verified chunks as the
+    /// engine's `.part`, for it to go on from.
+    fn give_up(&self) {
+        self.share.remove_exact(&self.shared);
+        let g = *self.shared.geometry();
+        partfile::park_unnamed(
+            &self.paths,
+            self.shared.file(),
+            g,
+            &self.hashes,
+            &self.shared.have(),
+        );
+    }
+
+    fn summary(&self) -> Summary {
+        summary(
+            &self.name,
+            &self.paths,
+            *self.shared.geometry(),
+            self.started,
+            self.stats.clone(),
+        )
+    }
 }
 
 /// A file being filled: where verified chunks go, and what is reported.
