@@ -444,3 +444,58 @@ fn a_silent_source_costs_a_set_one_timeout_not_one_per_file() {
         drop(silent);
     });
 }
+
+/// `Node::download_cancellable` (and `download::download`) promise to
+/// return only once the file is verified, flushed and in place, and the
+/// node answers `is_downloading(name)` while it is not. On a `batch-N`
+/// thread the fast path now returns a provisional `Ok` before the file is
+/// named (a `finish-N` thread fsyncs and links it later): in that window
+/// the name is out of `Node::downloading`, the share index already holds
+/// it complete, and the file is not on disk. A second `get` of the same
+/// name at the prompt (`Repl::get`) then answers "you already have f: it
+/// is in the shared folder", and `Node::download` refuses it as "already
+/// shared by this peer", for a file that is not there and may never be
+/// (naming can still fail: a name taken meanwhile, an fsync error).
+#[test]
+fn a_set_file_not_yet_named_still_counts_as_downloading() {
+    with_timeout(60, || {
+        let s = Scratch::new("rv3-window");
+        let data = util::pattern(3000, 61);
+        util::write(&s.sub("a"), "f", &data);
+        let t = tracker();
+        let _seed = seed_with(vec![t.local_addr()], &s.path().join("a"), CHUNK);
+        let d = node(vec![t.local_addr()]);
+        let o = DownloadOptions {
+            sync_folder: false,
+            ..opts()
+        };
+        let dir = s.sub("d");
+        let seen = std::sync::Mutex::new(Vec::new());
+        let fetch = |name: &str, on: &mut dyn FnMut(&p2pfs::peer::download::Progress)| {
+            let r = d.download_cancellable(name, &dir, &o, None, on);
+            if r.is_ok() {
+                let complete = d.share().get(name).is_some_and(|f| f.is_complete());
+                seen.lock().unwrap().push((
+                    dir.join(name).exists(),
+                    d.is_downloading(name),
+                    complete,
+                ));
+            }
+            r
+        };
+        let plan = vec![Planned {
+            name: "f".into(),
+            length: None,
+        }];
+        let out = batch::run(&plan, 1, None, &fetch, &mut |_| {}, &mut |_| {});
+        assert!(out[0].result.is_ok(), "{:?}", out[0].result);
+        assert_eq!(std::fs::read(dir.join("f")).unwrap(), data);
+        let seen = seen.into_inner().unwrap();
+        let (in_place, downloading, complete) = seen[0];
+        assert!(
+            in_place || downloading,
+            "download returned Ok with f not in place (in the share index as \
+             complete: {complete}) and no longer counted as downloading"
+        );
+    });
+}
