@@ -211,11 +211,12 @@ pub const PIPELINE_DEPTH: usize = 4;
 /// Files of one `peer get` (several names, or a folder) downloaded at
 /// once by default (`--jobs`). Each job keeps its own connections, so
 /// several keep a fast link and both cores busy across what each small
-/// file waits for (its Locate, its fsync), while the connections per source
-/// stay far below [`PEER_MAX_PER_IP`].
+/// file waits for (its Locate, its sources), while the connections per
+/// source stay far below [`PEER_MAX_PER_IP`].
 pub const BATCH_JOBS: usize = 8;
 /// Most files one `peer get` may download at once (`--jobs` above it is
-/// lowered to it): each costs a thread per source and a connection to each.
+/// lowered to it): each costs a thread per source and a connection to each,
+/// and a `finish-N` thread that names the small files it fetched.
 pub const MAX_BATCH_JOBS: usize = 16;
 /// Largest file of a set fetched by the fast path (`peer::download::small`:
 /// on its `batch-N` thread over connections kept for the set, into an

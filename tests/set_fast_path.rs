@@ -499,3 +499,61 @@ fn a_set_file_not_yet_named_still_counts_as_downloading() {
         );
     });
 }
+
+/// On a thread whose pool does not defer naming (a set without finishers),
+/// the fast path names the file before `download` returns, and leaves
+/// nothing for `take_unnamed`; with deferral, the file comes back unnamed
+/// and is taken, named and served as the user's file by `finish`.
+#[test]
+fn a_pool_that_does_not_defer_names_the_file_before_returning() {
+    use p2pfs::peer::download::{Interrupt, PoolGuard, take_unnamed};
+    with_timeout(60, || {
+        let s = Scratch::new("nodefer");
+        let data = util::pattern(3000, 67);
+        util::write(&s.sub("a"), "f", &data);
+        util::write(&s.sub("a"), "g", &data[..1000]);
+        util::write(&s.sub("a"), "h", &data[..2000]);
+        let t = tracker();
+        let _seed = seed_with(vec![t.local_addr()], &s.path().join("a"), CHUNK);
+        let d = node(vec![t.local_addr()]);
+        let o = DownloadOptions {
+            sync_folder: false,
+            ..opts()
+        };
+        let dir = s.sub("d");
+        thread::scope(|scope| {
+            scope.spawn(|| {
+                let _pool = PoolGuard::install(Arc::new(Interrupt::default()), false);
+                let r = d.download_cancellable("f", &dir, &o, None, &mut |_| {});
+                assert!(r.is_ok(), "{r:?}");
+                assert_eq!(
+                    std::fs::read(dir.join("f")).unwrap(),
+                    data,
+                    "named on return"
+                );
+                assert!(take_unnamed("f").is_none());
+                assert!(!d.is_downloading("f"));
+            });
+            scope.spawn(|| {
+                let _pool = PoolGuard::install(Arc::new(Interrupt::default()), true);
+                let r = d.download_cancellable("g", &dir, &o, None, &mut |_| {});
+                assert!(r.is_ok(), "{r:?}");
+                assert!(!dir.join("g").exists(), "named by the finisher, not here");
+                assert!(d.is_downloading("g"), "claimed until named");
+                let u = take_unnamed("g").expect("left unnamed");
+                assert!(u.finish().is_some());
+                assert_eq!(std::fs::read(dir.join("g")).unwrap(), &data[..1000]);
+                assert!(!d.is_downloading("g"), "released once named");
+                assert!(d.share().get("g").is_some_and(|f| f.is_complete()));
+                // Dropped without being named: withdrawn, kept for the engine.
+                let r = d.download_cancellable("h", &dir, &o, None, &mut |_| {});
+                assert!(r.is_ok(), "{r:?}");
+                drop(take_unnamed("h").expect("left unnamed"));
+                assert!(!dir.join("h").exists());
+                assert!(d.share().get("h").is_none(), "no longer served");
+                assert!(!d.is_downloading("h"));
+                assert_eq!(p2pfs::peer::download::unfinished(&dir), ["h".to_owned()]);
+            });
+        });
+    });
+}

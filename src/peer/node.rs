@@ -64,9 +64,32 @@ pub struct Node {
     server: ChunkServer,
     /// One per tracker, in the order of `trackers`.
     sessions: Vec<TrackerSession>,
-    /// Names with a download running, so one name is never fetched twice
-    /// at once into the same `.part`.
-    downloading: Mutex<HashSet<String>>,
+    /// Names with a download running (or a set's file fetched and not yet
+    /// named), so one name is never fetched twice at once into the same
+    /// `.part` and a file is not taken as there before it is.
+    downloading: Arc<Mutex<HashSet<String>>>,
+}
+
+/// A name in a [`Node`]'s downloads in progress, taken out when dropped.
+struct Downloading {
+    names: Arc<Mutex<HashSet<String>>>,
+    name: String,
+}
+
+impl Downloading {
+    /// Claims `name`; `None` if a download of it is in progress already.
+    fn claim(names: &Arc<Mutex<HashSet<String>>>, name: &str) -> Option<Downloading> {
+        lock(names).insert(name.to_owned()).then(|| Downloading {
+            names: Arc::clone(names),
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl Drop for Downloading {
+    fn drop(&mut self) {
+        lock(&self.names).remove(&self.name);
+    }
 }
 
 impl Node {
@@ -110,7 +133,7 @@ impl Node {
             share,
             server,
             sessions,
-            downloading: Mutex::new(HashSet::new()),
+            downloading: Arc::new(Mutex::new(HashSet::new())),
         })
     }
 
@@ -177,7 +200,9 @@ impl Node {
     }
 
     /// [`Node::download`] that stops (keeping verified chunks for a resume)
-    /// once `cancel` is set. One download per name at a time.
+    /// once `cancel` is set. One download per name at a time; on a set's
+    /// `batch-N` thread the name stays claimed after an `Ok` until the
+    /// set's finisher has named the file.
     pub fn download_cancellable(
         &self,
         name: &str,
@@ -186,11 +211,11 @@ impl Node {
         cancel: Option<&AtomicBool>,
         on_progress: &mut dyn FnMut(&Progress),
     ) -> Result<Summary> {
-        if !lock(&self.downloading).insert(name.to_owned()) {
+        let Some(claim) = Downloading::claim(&self.downloading, name) else {
             return Err(PeerError::Invalid(format!(
                 "{name} is already being downloaded"
             )));
-        }
+        };
         let sessions = &self.sessions;
         let on_chunk = |n: &str, i: u32| {
             for s in sessions {
@@ -211,7 +236,9 @@ impl Node {
             cancel,
         };
         let r = download::download(&ctx, name, dir, opts, on_progress);
-        lock(&self.downloading).remove(name);
+        // A set's file can come back fetched but not yet named (see
+        // `download::take_unnamed`): it stays claimed until it is.
+        download::hold_until_named(name, Box::new(claim));
         r
     }
 

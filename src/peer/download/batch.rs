@@ -256,36 +256,27 @@ pub fn run(
     let jobs = jobs.clamp(1, MAX_BATCH_JOBS).min(files.len().max(1));
     let mut outcomes: Vec<Option<FileOutcome>> = files.iter().map(|_| None).collect();
     let interrupt = Arc::new(super::Interrupt::default());
+    let set = Set {
+        files,
+        next: &next,
+        cancel,
+        shared: &shared,
+        fetch,
+    };
     thread::scope(|scope| {
         let (tx, rx) = bounded::<(usize, FileOutcome)>(jobs);
         let (to_finish, finishing) = bounded::<Finishing>(jobs);
-        for n in 1..=jobs {
-            let (tx, finishing) = (tx.clone(), finishing.clone());
-            let shared = &shared;
-            let spawned = thread::Builder::new()
-                .name(format!("finish-{n}"))
-                .spawn_scoped(scope, move || finish_files(&finishing, shared, fetch, &tx));
-            if let Err(e) = spawned {
-                log::warn!("cannot start a thread to name downloaded files: {e}");
-            }
-        }
+        let finishers = spawn_finishers(scope, &set, jobs, &finishing, &tx);
         drop(finishing);
-        for n in 1..=jobs {
-            let (tx, to_finish) = (tx.clone(), to_finish.clone());
-            let (shared, next) = (&shared, &next);
-            let interrupt = Arc::clone(&interrupt);
-            let spawned = thread::Builder::new()
-                .name(format!("batch-{n}"))
-                .spawn_scoped(scope, move || {
-                    // This thread's connections for the set's small files
-                    // (`small`), closed when it takes no more files.
-                    let _pool = super::PoolGuard::install(interrupt);
-                    take_files(files, next, cancel, shared, fetch, &tx, &to_finish);
-                });
-            if let Err(e) = spawned {
-                log::warn!("cannot start a download thread: {e}");
-            }
-        }
+        spawn_jobs(
+            scope,
+            &set,
+            jobs,
+            &interrupt,
+            finishers > 0,
+            &tx,
+            &to_finish,
+        );
         drop((tx, to_finish));
         let mut last_report: Option<Instant> = None;
         loop {
@@ -322,6 +313,66 @@ pub fn run(
     all
 }
 
+/// What every thread of a set shares.
+struct Set<'a, 'f> {
+    files: &'a [Planned],
+    /// The index of the next file to take.
+    next: &'a AtomicUsize,
+    cancel: Option<&'a AtomicBool>,
+    shared: &'a Mutex<Shared>,
+    fetch: &'a Fetch<'f>,
+}
+
+/// Starts `n` `finish-N` threads naming what arrives on `finishing`;
+/// returns how many started.
+fn spawn_finishers<'s>(
+    scope: &'s thread::Scope<'s, '_>,
+    set: &'s Set<'_, '_>,
+    n: usize,
+    finishing: &Receiver<Finishing>,
+    tx: &Sender<(usize, FileOutcome)>,
+) -> usize {
+    let mut started = 0;
+    for k in 1..=n {
+        let (tx, finishing) = (tx.clone(), finishing.clone());
+        let spawned = thread::Builder::new()
+            .name(format!("finish-{k}"))
+            .spawn_scoped(scope, move || finish_files(set, &finishing, &tx));
+        match spawned {
+            Ok(_) => started += 1,
+            Err(e) => log::warn!("cannot start a thread to name downloaded files: {e}"),
+        }
+    }
+    started
+}
+
+/// Starts `jobs` `batch-N` threads, each with its pool of connections for
+/// the set's small files (`small`, closed when it takes no more files),
+/// which leaves their naming to the finishers when there are any (`defer`).
+fn spawn_jobs<'s>(
+    scope: &'s thread::Scope<'s, '_>,
+    set: &'s Set<'_, '_>,
+    jobs: usize,
+    interrupt: &Arc<super::Interrupt>,
+    defer: bool,
+    tx: &Sender<(usize, FileOutcome)>,
+    to_finish: &Sender<Finishing>,
+) {
+    for n in 1..=jobs {
+        let (tx, to_finish) = (tx.clone(), to_finish.clone());
+        let interrupt = Arc::clone(interrupt);
+        let spawned = thread::Builder::new()
+            .name(format!("batch-{n}"))
+            .spawn_scoped(scope, move || {
+                let _pool = super::PoolGuard::install(interrupt, defer);
+                take_files(set, &tx, &to_finish);
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start a download thread: {e}");
+        }
+    }
+}
+
 /// Fsyncs, once each, the folders that received a file: the set's
 /// downloads leave that to the end (`DownloadOptions::sync_folder` off),
 /// so a folder of a thousand files is synced once, not a thousand times.
@@ -346,34 +397,28 @@ type Finishing = (usize, super::Unnamed, Instant, bool);
 /// is cancelled. A file the fast path fetched (`small`) goes to the
 /// finishers to be made durable and named, which then report it; this
 /// thread goes on to its next file meanwhile.
-fn take_files(
-    files: &[Planned],
-    next: &AtomicUsize,
-    cancel: Option<&AtomicBool>,
-    shared: &Mutex<Shared>,
-    fetch: &Fetch<'_>,
-    tx: &Sender<(usize, FileOutcome)>,
-    to_finish: &Sender<Finishing>,
-) {
+fn take_files(set: &Set<'_, '_>, tx: &Sender<(usize, FileOutcome)>, to_finish: &Sender<Finishing>) {
     loop {
-        if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+        if set.cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
             return;
         }
-        let i = next.fetch_add(1, Ordering::SeqCst);
-        let Some(f) = files.get(i) else { return };
-        lock(shared).files[i].running = true;
+        let i = set.next.fetch_add(1, Ordering::SeqCst);
+        let Some(f) = set.files.get(i) else { return };
+        lock(set.shared).files[i].running = true;
         let began = Instant::now();
         let mut progressed = false;
-        let mut result = fetch(&f.name, &mut |p| {
+        let mut result = (set.fetch)(&f.name, &mut |p| {
             progressed = true;
-            report(shared, i, p);
+            report(set.shared, i, p);
         });
-        if let Some(u) = super::take_unnamed() {
+        if let Some(u) = super::take_unnamed(&f.name) {
             match to_finish.send((i, u, began, progressed)) {
                 Ok(()) => continue,
-                // No finisher runs (none could be started): named here.
+                // No finisher is left: this thread names its files itself
+                // from now on, this one first.
                 Err(SendError((_, u, _, _))) => {
-                    result = finish(u, i, shared, fetch);
+                    super::stop_deferring();
+                    result = finish(set, u, i);
                 }
             }
         }
@@ -392,14 +437,13 @@ fn take_files(
 /// A `finish-N` thread: names the files the fast path fetched, each once
 /// it is on disk, and reports them, until the set's threads are done.
 fn finish_files(
+    set: &Set<'_, '_>,
     finishing: &Receiver<Finishing>,
-    shared: &Mutex<Shared>,
-    fetch: &Fetch<'_>,
     tx: &Sender<(usize, FileOutcome)>,
 ) {
     for (i, u, began, progressed) in finishing {
         let name = u.name().to_owned();
-        let result = finish(u, i, shared, fetch);
+        let result = finish(set, u, i);
         let outcome = FileOutcome {
             name,
             result,
@@ -414,18 +458,14 @@ fn finish_files(
 
 /// Names file `i` of the set; if that fails, the engine goes on from what
 /// was kept (the verified chunks as a `.part`, or a file that took the
-/// name meanwhile, which it checks). This thread has no pool, so `fetch`
-/// does not take the fast path again.
-fn finish(
-    u: super::Unnamed,
-    i: usize,
-    shared: &Mutex<Shared>,
-    fetch: &Fetch<'_>,
-) -> Result<Summary> {
+/// name meanwhile, which it checks). `fetch` leaves no file unnamed here:
+/// a `finish-N` thread has no pool, and a `batch-N` thread that names a
+/// file itself no longer defers.
+fn finish(set: &Set<'_, '_>, u: super::Unnamed, i: usize) -> Result<Summary> {
     let name = u.name().to_owned();
     match u.finish() {
         Some(summary) => Ok(summary),
-        None => fetch(&name, &mut |p| report(shared, i, p)),
+        None => (set.fetch)(&name, &mut |p| report(set.shared, i, p)),
     }
 }
 

@@ -84,7 +84,7 @@ pub use coordinator::list_indices;
 pub use partfile::{
     HAVE_SUFFIX, PART_SUFFIX, WORK_DIR, have_path, is_artifact, part_path, unfinished,
 };
-pub use small::{Interrupt, PoolGuard, Unnamed, take_unnamed};
+pub use small::{Interrupt, PoolGuard, Unnamed, hold_until_named, stop_deferring, take_unnamed};
 
 /// Tunables; `Default` gives the documented values.
 #[derive(Debug, Clone)]
@@ -226,7 +226,10 @@ struct Described {
 
 /// Downloads `name` into `dir/name`. Returns only when the file is complete,
 /// verified, flushed and renamed to its final name, or with the reason it
-/// cannot be. A failed download keeps its `.part` for a resume, except
+/// cannot be; except on a set's `batch-N` thread whose pool defers naming
+/// (`small::PoolGuard::install`), where a file of the fast path comes back
+/// `Ok` complete and verified but still to be named by the set's finisher
+/// ([`take_unnamed`]). A failed download keeps its `.part` for a resume, except
 /// one that gave up with no chunk verified: that `.part` is removed
 /// ([`NOTHING_KEPT`]).
 pub fn download(

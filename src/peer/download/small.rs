@@ -8,7 +8,9 @@
 //! connection per source endpoint (a `ChunkRequest` names its file, so one
 //! connection serves every file that peer holds); the set's [`Interrupt`],
 //! which shuts every kept connection at once when the set is cancelled, so
-//! a Ctrl-C never waits for a reply; and [`try_fetch`].
+//! a Ctrl-C never waits for a reply; [`try_fetch`]; and a file fetched but
+//! not yet named ([`Unnamed`], left in the pool for [`take_unnamed`] when
+//! the pool defers naming, and named on this thread otherwise).
 //!
 //! A file goes like this. The trackers' answers are merged (the first that
 //! knows the name says what it is, as for the engine; with `--id`, only
@@ -161,6 +163,9 @@ pub(super) struct Pool {
     spare: Vec<u8>,
     /// The file last fetched, not named yet ([`take_unnamed`]).
     unnamed: Option<Unnamed>,
+    /// Whether complete files are left unnamed for the set's finisher
+    /// rather than named on this thread.
+    defer: bool,
 }
 
 thread_local! {
@@ -172,7 +177,10 @@ thread_local! {
 pub struct PoolGuard(());
 
 impl PoolGuard {
-    pub fn install(interrupt: Arc<Interrupt>) -> PoolGuard {
+    /// With `defer`, a file fetched on this thread is left to be named by
+    /// the set's finisher ([`take_unnamed`]); without, it is named here
+    /// before `download` returns.
+    pub fn install(interrupt: Arc<Interrupt>, defer: bool) -> PoolGuard {
         let id = interrupt.pools.fetch_add(1, Ordering::SeqCst);
         let pool = Pool {
             id,
@@ -185,6 +193,7 @@ impl PoolGuard {
             backoff: HashMap::new(),
             spare: Vec::new(),
             unnamed: None,
+            defer,
         };
         POOL.with(|p| *p.borrow_mut() = Some(pool));
         PoolGuard(())
@@ -289,18 +298,24 @@ fn fetch_with(
         sync_folder: opts.sync_folder,
         started,
         stats,
+        hold: None,
+        settled: false,
     };
     if got.is_none() {
         unnamed.give_up();
         return None;
     }
     // Complete and verified: served and registered now (a file of several
-    // chunks already is, chunk by chunk); made durable and named by the
-    // set's finisher while this thread goes on to its next file.
+    // chunks already is, chunk by chunk).
     if g.count() < 2 {
         ctx.share.insert(Arc::clone(&unnamed.shared));
         (ctx.on_file)(name);
     }
+    if !pool.defer {
+        return unnamed.finish().map(Ok);
+    }
+    // Made durable and named by the set's finisher while this thread goes
+    // on to its next file.
     let provisional = unnamed.summary();
     if let Some(earlier) = pool.unnamed.replace(unnamed) {
         // Never taken by its caller (`take_unnamed`): named here instead.
@@ -309,22 +324,53 @@ fn fetch_with(
     Some(Ok(provisional))
 }
 
-/// Takes the file the fast path last fetched on this thread, complete and
-/// verified but not yet named, if any. A `batch-N` thread calls it after
-/// each download that succeeded and hands what it gets to the set's
-/// finisher ([`Unnamed::finish`]) before it reports the file: when
-/// `download` returns `Ok` for a file of the fast path, the file is not in
-/// place yet.
-pub fn take_unnamed() -> Option<Unnamed> {
-    POOL.with(|p| p.borrow_mut().as_mut().and_then(|pool| pool.unnamed.take()))
+/// Takes the file `name` if the fast path fetched it last on this thread
+/// and left it complete and verified but not yet named. A `batch-N` thread
+/// calls it after each download and hands what it gets to the set's
+/// finisher ([`Unnamed::finish`]) before it reports the file: on a thread
+/// whose pool defers naming ([`PoolGuard::install`]), `download` returns
+/// `Ok` for such a file before it is in place.
+pub fn take_unnamed(name: &str) -> Option<Unnamed> {
+    POOL.with(|p| {
+        p.borrow_mut()
+            .as_mut()
+            .and_then(|pool| pool.unnamed.take_if(|u| u.name == name))
+    })
+}
+
+/// Gives the file `name`, if it waits unnamed on this thread, `hold` to
+/// keep until it is named or given up (then dropped); otherwise drops
+/// `hold` now. The caller's claim on the name (`Node`'s downloads in
+/// progress) so lasts until the file is in place.
+pub fn hold_until_named(name: &str, hold: Box<dyn Send>) {
+    POOL.with(|p| {
+        if let Some(u) = p
+            .borrow_mut()
+            .as_mut()
+            .and_then(|pool| pool.unnamed.as_mut())
+            && u.name == name
+        {
+            u.hold = Some(hold);
+        }
+    });
+}
+
+/// From now on this thread names the files it fetches itself (the set's
+/// finishers are gone).
+pub fn stop_deferring() {
+    POOL.with(|p| {
+        if let Some(pool) = p.borrow_mut().as_mut() {
+            pool.defer = false;
+        }
+    });
 }
 
 /// A file of the fast path, complete, verified, served and registered,
 /// still without its name: an unnamed file in its final folder. Naming it
 /// waits for the disk (an fsync), so it is done apart from fetching, by
 /// the set's `finish-N` threads, and several files are made durable at
-/// once. Every one must be finished: one still in a pool when its thread
-/// ends (never taken) is finished then.
+/// once. One dropped without [`Unnamed::finish`] (a finisher gone) is
+/// given up: no longer served, its chunks kept as the engine's `.part`.
 pub struct Unnamed {
     name: String,
     paths: Paths,
@@ -335,6 +381,19 @@ pub struct Unnamed {
     sync_folder: bool,
     started: Instant,
     stats: HashMap<SocketAddr, SourceStats>,
+    /// What the caller keeps until the file is named or given up
+    /// ([`hold_until_named`]).
+    hold: Option<Box<dyn Send>>,
+    /// Named or given up: nothing left for `drop`.
+    settled: bool,
+}
+
+impl Drop for Unnamed {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.park();
+        }
+    }
 }
 
 impl Unnamed {
@@ -346,9 +405,11 @@ impl Unnamed {
     /// that never replaces a file); from then on it is served as the
     /// user's file (checked against its hashes after any change). `None`
     /// when it could not be named: it is no longer served, and its chunks
-    /// are kept as the engine's `.part` (or, when a file took the name
-    /// meanwhile, nothing is kept): the caller lets the engine go on.
-    pub fn finish(self) -> Option<Summary> {
+    /// are kept as the engine's `.part` where that can be done (nothing is
+    /// kept when a file took the name meanwhile): the caller lets the
+    /// engine go on. Either way the `hold` is dropped on return.
+    pub fn finish(mut self) -> Option<Summary> {
+        self.settled = true;
         let named = partfile::name_unnamed(
             &self.paths,
             self.shared.file(),
@@ -365,7 +426,7 @@ impl Unnamed {
             }
             Err(e) => {
                 debug!("{}: {e}", self.name);
-                self.give_up();
+                self.park();
                 return None;
             }
         }
@@ -388,9 +449,15 @@ impl Unnamed {
         Some(self.summary())
     }
 
+    /// Gives the file up to the engine: [`Unnamed::park`].
+    fn give_up(mut self) {
+        self.settled = true;
+        self.park();
+    }
+
     /// Stops serving the file and keeps its verified chunks as the
     /// engine's `.part`, for it to go on from.
-    fn give_up(&self) {
+    fn park(&self) {
         self.share.remove_exact(&self.shared);
         let g = *self.shared.geometry();
         partfile::park_unnamed(

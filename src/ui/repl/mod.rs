@@ -257,9 +257,12 @@ impl Repl {
         };
         let total = plan.len();
         let share = self.node.share();
-        let (have, plan): (Vec<Planned>, Vec<Planned>) = plan
-            .into_iter()
-            .partition(|p| share.get(&p.name).is_some_and(|f| f.is_complete()));
+        // A file another set fetched is complete before it is named: it is
+        // not had until then.
+        let (have, plan): (Vec<Planned>, Vec<Planned>) = plan.into_iter().partition(|p| {
+            share.get(&p.name).is_some_and(|f| f.is_complete())
+                && !self.node.is_downloading(&p.name)
+        });
         if plan.is_empty() {
             return writeln!(
                 out,
