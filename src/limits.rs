@@ -216,8 +216,13 @@ pub const PIPELINE_DEPTH: usize = 4;
 pub const BATCH_JOBS: usize = 8;
 /// Most files one `peer get` may download at once (`--jobs` above it is
 /// lowered to it): each costs a thread per source and a connection to each,
-/// and a `finish-N` thread that names the small files it fetched.
+/// and [`FINISHERS_PER_JOB`] `finish-N` threads naming its small files.
 pub const MAX_BATCH_JOBS: usize = 16;
+/// Threads that name a set's small files (`finish-N`: fsync, then link),
+/// per job. A file waits for the disk there, not the job that fetched it;
+/// more syncs in flight at once than jobs let the disk's flushes serve
+/// several files each.
+pub const FINISHERS_PER_JOB: usize = 2;
 /// Largest file of a set fetched by the fast path (`peer::download::small`:
 /// on its `batch-N` thread over connections kept for the set, into an
 /// unnamed file, no `.part`). Larger ones go to the engine, whose threads

@@ -39,7 +39,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, SendError, Sender, bounded};
 
 use super::rate::RateMeter;
 use super::{Progress, Summary};
-use crate::limits::MAX_BATCH_JOBS;
+use crate::limits::{FINISHERS_PER_JOB, MAX_BATCH_JOBS};
 use crate::peer::client;
 use crate::peer::{PeerError, Result};
 use crate::sync::lock;
@@ -266,7 +266,7 @@ pub fn run(
     thread::scope(|scope| {
         let (tx, rx) = bounded::<(usize, FileOutcome)>(jobs);
         let (to_finish, finishing) = bounded::<Finishing>(jobs);
-        let finishers = spawn_finishers(scope, &set, jobs, &finishing, &tx);
+        let finishers = spawn_finishers(scope, &set, jobs * FINISHERS_PER_JOB, &finishing, &tx);
         drop(finishing);
         spawn_jobs(
             scope,
