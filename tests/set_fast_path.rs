@@ -456,19 +456,26 @@ fn a_silent_source_costs_a_set_one_timeout_not_one_per_file() {
 /// is in the shared folder", and `Node::download` refuses it as "already
 /// shared by this peer", for a file that is not there and may never be
 /// (naming can still fail: a name taken meanwhile, an fsync error).
+/// A tracker, a seed of `s`'s folder `a`, a node to download with, and the
+/// options of a set (folders synced once at its end).
+fn one_seed(s: &Scratch) -> (p2pfs::tracker::Tracker, Node, Node, DownloadOptions) {
+    let t = tracker();
+    let seed = seed_with(vec![t.local_addr()], &s.path().join("a"), CHUNK);
+    let d = node(vec![t.local_addr()]);
+    let o = DownloadOptions {
+        sync_folder: false,
+        ..opts()
+    };
+    (t, seed, d, o)
+}
+
 #[test]
 fn a_set_file_not_yet_named_still_counts_as_downloading() {
     with_timeout(60, || {
         let s = Scratch::new("rv3-window");
         let data = util::pattern(3000, 61);
         util::write(&s.sub("a"), "f", &data);
-        let t = tracker();
-        let _seed = seed_with(vec![t.local_addr()], &s.path().join("a"), CHUNK);
-        let d = node(vec![t.local_addr()]);
-        let o = DownloadOptions {
-            sync_folder: false,
-            ..opts()
-        };
+        let (_t, _seed, d, o) = one_seed(&s);
         let dir = s.sub("d");
         let seen = std::sync::Mutex::new(Vec::new());
         let fetch = |name: &str, on: &mut dyn FnMut(&p2pfs::peer::download::Progress)| {
@@ -513,13 +520,7 @@ fn a_pool_that_does_not_defer_names_the_file_before_returning() {
         util::write(&s.sub("a"), "f", &data);
         util::write(&s.sub("a"), "g", &data[..1000]);
         util::write(&s.sub("a"), "h", &data[..2000]);
-        let t = tracker();
-        let _seed = seed_with(vec![t.local_addr()], &s.path().join("a"), CHUNK);
-        let d = node(vec![t.local_addr()]);
-        let o = DownloadOptions {
-            sync_folder: false,
-            ..opts()
-        };
+        let (_t, _seed, d, o) = one_seed(&s);
         let dir = s.sub("d");
         thread::scope(|scope| {
             scope.spawn(|| {
