@@ -182,7 +182,8 @@ impl Node {
             .collect()
     }
 
-    /// Whether a download of `name` is running in this peer right now.
+    /// Whether a download of `name` is running in this peer right now, or
+    /// a set's file of that name is fetched and waits to be named.
     pub fn is_downloading(&self, name: &str) -> bool {
         lock(&self.downloading).contains(name)
     }

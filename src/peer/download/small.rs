@@ -24,12 +24,13 @@
 //! chunk is verified (length and SHA-1) and written into an unnamed file in
 //! the final folder (`partfile::create_unnamed`), shared and registered at
 //! once (a file of several chunks is served from that handle while it
-//! fills); the file gets its name only when complete, and not on this
-//! thread: [`Unnamed::finish`] (`partfile::name_unnamed`: fsync, then a
-//! hard link that never replaces a file) runs on the set's finisher
-//! (`batch`), which takes it through [`take_unnamed`]. So a small file
-//! needs one inode, a kill leaves nothing to clean up (it is fetched again
-//! whole), and fetching never waits for the disk.
+//! fills); the file gets its name only when complete, by
+//! [`Unnamed::finish`] (`partfile::name_unnamed`: fsync, then a hard link
+//! that never replaces a file), which runs on the set's finisher (`batch`,
+//! which takes the file through [`take_unnamed`]) when the pool defers
+//! naming, and on this thread otherwise. So a small file needs one inode,
+//! a kill leaves nothing to clean up (it is fetched again whole), and with
+//! a finisher, fetching never waits for the disk.
 //!
 //! A source that sends a bad chunk is not asked again by this thread; one
 //! that cannot be connected to is left alone for `SMALL_SOURCE_BACKOFF`;
@@ -369,8 +370,9 @@ pub fn stop_deferring() {
 /// still without its name: an unnamed file in its final folder. Naming it
 /// waits for the disk (an fsync), so it is done apart from fetching, by
 /// the set's `finish-N` threads, and several files are made durable at
-/// once. One dropped without [`Unnamed::finish`] (a finisher gone) is
-/// given up: no longer served, its chunks kept as the engine's `.part`.
+/// once. One dropped without [`Unnamed::finish`] (a finisher gone, a
+/// panic) is given up: no longer served, its chunks kept as the engine's
+/// `.part`.
 pub struct Unnamed {
     name: String,
     paths: Paths,

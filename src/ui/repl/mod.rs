@@ -257,16 +257,26 @@ impl Repl {
         };
         let total = plan.len();
         let share = self.node.share();
-        // A file another set fetched is complete before it is named: it is
-        // not had until then.
-        let (have, plan): (Vec<Planned>, Vec<Planned>) = plan.into_iter().partition(|p| {
-            share.get(&p.name).is_some_and(|f| f.is_complete())
-                && !self.node.is_downloading(&p.name)
-        });
-        if plan.is_empty() {
+        // A file another download has (a set's file is complete before it
+        // is named) is left to it; only files in place count as had.
+        let (busy, plan): (Vec<Planned>, Vec<Planned>) = plan
+            .into_iter()
+            .partition(|p| self.node.is_downloading(&p.name));
+        let (have, plan): (Vec<Planned>, Vec<Planned>) = plan
+            .into_iter()
+            .partition(|p| share.get(&p.name).is_some_and(|f| f.is_complete()));
+        if plan.is_empty() && busy.is_empty() {
             return writeln!(
                 out,
                 "you already have all {total} files: they are in the shared folder"
+            );
+        }
+        if plan.is_empty() {
+            return writeln!(
+                out,
+                "{} of these {total} files are being downloaded already, the rest you have; \
+                 type status to follow them",
+                busy.len()
             );
         }
         let (count, bytes) = (
@@ -276,7 +286,8 @@ impl Repl {
         if let Err(e) = self.jobs.start_set(&label, plan) {
             return writeln!(out, "cannot start the download: {e}");
         }
-        writeln!(out, "{}", text::set_started_line(count, bytes, have.len()))
+        let line = text::set_started_line(count, bytes, have.len(), busy.len());
+        writeln!(out, "{line}")
     }
 
     fn get(&mut self, name: String, pin: Option<ContentId>, out: &mut dyn Write) -> io::Result<()> {

@@ -173,11 +173,18 @@ pub fn started_line(name: &str, length: u64, sources: usize) -> String {
 }
 
 /// The answer to a `get` of several files or a folder.
-pub fn set_started_line(count: usize, bytes: u64, already: usize) -> String {
-    let have = if already > 0 {
-        format!(" ({already} you already have left out)")
-    } else {
+pub fn set_started_line(count: usize, bytes: u64, already: usize, busy: usize) -> String {
+    let mut out = Vec::new();
+    if already > 0 {
+        out.push(format!("{already} you already have"));
+    }
+    if busy > 0 {
+        out.push(format!("{busy} being downloaded already"));
+    }
+    let have = if out.is_empty() {
         String::new()
+    } else {
+        format!(" ({} left out)", out.join(", "))
     };
     format!(
         "downloading {} ({}){have} in the background; type status to follow them",
@@ -226,5 +233,23 @@ pub fn explain(name: &str, e: &PeerError) -> String {
             ..
         } => format!("{name:?} is not a valid name: {message}"),
         e => format!("cannot ask the tracker: {}", error_chain(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_started_line;
+
+    #[test]
+    fn a_set_says_which_files_it_left_out_and_why() {
+        let l = set_started_line(3, 3 << 20, 0, 0);
+        assert!(!l.contains("left out"), "{l}");
+        let l = set_started_line(3, 3 << 20, 2, 1);
+        assert!(
+            l.contains("(2 you already have, 1 being downloaded already left out)"),
+            "{l}"
+        );
+        let l = set_started_line(3, 3 << 20, 0, 4);
+        assert!(l.contains("(4 being downloaded already left out)"), "{l}");
     }
 }
