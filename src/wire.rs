@@ -378,52 +378,8 @@ impl Message {
                 put_str(out, message, MAX_MESSAGE_LEN, "error message")?;
             }
             Message::Ok | Message::Keepalive | Message::ListFiles | Message::Leave => {}
-            Message::Register { endpoint, files } => {
-                put_addr(out, endpoint)?;
-                put_count16(
-                    out,
-                    files.len(),
-                    MAX_FILES_PER_REGISTER,
-                    "files per register",
-                )?;
-                for f in files {
-                    put_str(out, &f.name, MAX_NAME_LEN, "name")?;
-                    out.write_u64::<BigEndian>(f.length)?;
-                    out.write_u32::<BigEndian>(f.chunk_size)?;
-                    put_count32(out, f.hashes.len(), MAX_CHUNKS_PER_FILE, "chunks per file")?;
-                    for h in &f.hashes {
-                        out.extend_from_slice(h);
-                    }
-                    match &f.have {
-                        Have::All => out.push(0),
-                        Have::Some(bits) => {
-                            check_bitmap(bits, f.hashes.len() as u32)?;
-                            out.push(1);
-                            out.extend_from_slice(bits);
-                        }
-                    }
-                }
-            }
-            Message::RegisterReply { results } => {
-                put_count16(
-                    out,
-                    results.len(),
-                    MAX_FILES_PER_REGISTER,
-                    "files per register",
-                )?;
-                for r in results {
-                    match r {
-                        FileOutcome::Accepted => out.write_u16::<BigEndian>(0)?,
-                        FileOutcome::Refused { code, reason } => {
-                            if code.to_u16() == 0 {
-                                return Err(WireError::Invalid("refusal with code 0"));
-                            }
-                            out.write_u16::<BigEndian>(code.to_u16())?;
-                            put_str(out, reason, MAX_MESSAGE_LEN, "refusal reason")?;
-                        }
-                    }
-                }
-            }
+            Message::Register { endpoint, files } => put_register(out, endpoint, files)?,
+            Message::RegisterReply { results } => put_register_reply(out, results)?,
             Message::FileList { files, truncated } => {
                 out.push(u8::from(*truncated));
                 put_count32(out, files.len(), MAX_LIST_FILES as u32, "files per list")?;
@@ -471,106 +427,15 @@ impl Message {
             },
             ty::OK => Message::Ok,
             ty::KEEPALIVE => Message::Keepalive,
-            ty::REGISTER => {
-                let endpoint = r.addr()?;
-                let n = r.count16(
-                    MAX_FILES_PER_REGISTER,
-                    FILE_ENTRY_MIN_LEN,
-                    "files per register",
-                )?;
-                let mut files = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let name = r.string(MAX_NAME_LEN, "name")?;
-                    let length = r.u64("length")?;
-                    let chunk_size = r.u32("chunk size")?;
-                    let count = r.count32(MAX_CHUNKS_PER_FILE, DIGEST_LEN, "chunks per file")?;
-                    let hashes = r.digests(count)?;
-                    let have = match r.u8("have flag")? {
-                        0 => Have::All,
-                        1 => Have::Some(r.bitmap(count as u32)?),
-                        v => {
-                            return Err(WireError::BadFlag {
-                                what: "have flag",
-                                value: v,
-                            });
-                        }
-                    };
-                    files.push(FileEntry {
-                        name,
-                        length,
-                        chunk_size,
-                        hashes,
-                        have,
-                    });
-                }
-                Message::Register { endpoint, files }
-            }
-            ty::REGISTER_REPLY => {
-                let n = r.count16(MAX_FILES_PER_REGISTER, 2, "files per register")?;
-                let mut results = Vec::with_capacity(n);
-                for _ in 0..n {
-                    results.push(match r.u16("outcome")? {
-                        0 => FileOutcome::Accepted,
-                        c => FileOutcome::Refused {
-                            code: ErrorCode::from_u16(c),
-                            reason: r.string(MAX_MESSAGE_LEN, "refusal reason")?,
-                        },
-                    });
-                }
-                Message::RegisterReply { results }
-            }
+            ty::REGISTER => r.register()?,
+            ty::REGISTER_REPLY => r.register_reply()?,
             ty::LIST_FILES => Message::ListFiles,
-            ty::FILE_LIST => {
-                let truncated = r.flag("truncated flag")?;
-                let n = r.count32(MAX_LIST_FILES as u32, 2 + 8, "files per list")?;
-                let mut files = Vec::with_capacity(n);
-                for _ in 0..n {
-                    files.push(FileSummary {
-                        name: r.string(MAX_NAME_LEN, "name")?,
-                        length: r.u64("length")?,
-                    });
-                }
-                Message::FileList { files, truncated }
-            }
+            ty::FILE_LIST => r.file_list()?,
             ty::LOCATE => Message::Locate {
                 name: r.string(MAX_NAME_LEN, "name")?,
                 with_hashes: r.flag("hashes flag")?,
             },
-            ty::LOCATIONS => {
-                let name = r.string(MAX_NAME_LEN, "name")?;
-                let length = r.u64("length")?;
-                let chunk_size = r.u32("chunk size")?;
-                let chunk_count = r.u32("chunk count")?;
-                if chunk_count > MAX_CHUNKS_PER_FILE {
-                    return Err(WireError::LimitExceeded {
-                        what: "chunks per file",
-                        count: u64::from(chunk_count),
-                        max: u64::from(MAX_CHUNKS_PER_FILE),
-                    });
-                }
-                let hashes = if r.flag("hashes flag")? {
-                    Some(r.digests(chunk_count as usize)?)
-                } else {
-                    None
-                };
-                let min_source = 1 + 4 + 2 + (chunk_count as usize).div_ceil(8);
-                let n = r.count16(MAX_SOURCES_PER_REPLY, min_source, "sources per reply")?;
-                let mut sources = Vec::with_capacity(n);
-                for _ in 0..n {
-                    sources.push(Source {
-                        addr: r.addr()?,
-                        have: r.bitmap(chunk_count)?,
-                    });
-                }
-                Message::Locations(Locations {
-                    name,
-                    length,
-                    chunk_size,
-                    chunk_count,
-                    hashes,
-                    sources,
-                })
-            }
+            ty::LOCATIONS => Message::Locations(r.locations()?),
             ty::CHUNK_REGISTER => Message::ChunkRegister {
                 name: r.string(MAX_NAME_LEN, "name")?,
                 index: r.u32("index")?,
@@ -583,18 +448,7 @@ impl Message {
                 name: r.string(MAX_NAME_LEN, "name")?,
                 index: r.u32("index")?,
             },
-            ty::CHUNK_DATA => {
-                let index = r.u32("index")?;
-                let data = r.take(r.buf.len(), "chunk data")?.to_vec();
-                if data.len() > MAX_CHUNK_SIZE as usize {
-                    return Err(WireError::LimitExceeded {
-                        what: "chunk size",
-                        count: data.len() as u64,
-                        max: u64::from(MAX_CHUNK_SIZE),
-                    });
-                }
-                Message::ChunkData { index, data }
-            }
+            ty::CHUNK_DATA => r.chunk_data()?,
             other => return Err(WireError::UnknownType(other)),
         };
         if !r.buf.is_empty() {
@@ -640,6 +494,63 @@ fn finish_frame(out: &mut [u8], start: usize) -> Result<(), WireError> {
 }
 
 /// The payload of a `Locations`, with `hashes` in place of `l.hashes`.
+/// The payload of a Register (section 4.1 of docs/protocol.md).
+fn put_register(
+    out: &mut Vec<u8>,
+    endpoint: &SocketAddr,
+    files: &[FileEntry],
+) -> Result<(), WireError> {
+    put_addr(out, endpoint)?;
+    put_count16(
+        out,
+        files.len(),
+        MAX_FILES_PER_REGISTER,
+        "files per register",
+    )?;
+    for f in files {
+        put_str(out, &f.name, MAX_NAME_LEN, "name")?;
+        out.write_u64::<BigEndian>(f.length)?;
+        out.write_u32::<BigEndian>(f.chunk_size)?;
+        put_count32(out, f.hashes.len(), MAX_CHUNKS_PER_FILE, "chunks per file")?;
+        for h in &f.hashes {
+            out.extend_from_slice(h);
+        }
+        match &f.have {
+            Have::All => out.push(0),
+            Have::Some(bits) => {
+                check_bitmap(bits, f.hashes.len() as u32)?;
+                out.push(1);
+                out.extend_from_slice(bits);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The payload of a RegisterReply: an outcome per file, a refusal never
+/// with code 0 (which means accepted).
+fn put_register_reply(out: &mut Vec<u8>, results: &[FileOutcome]) -> Result<(), WireError> {
+    put_count16(
+        out,
+        results.len(),
+        MAX_FILES_PER_REGISTER,
+        "files per register",
+    )?;
+    for r in results {
+        match r {
+            FileOutcome::Accepted => out.write_u16::<BigEndian>(0)?,
+            FileOutcome::Refused { code, reason } => {
+                if code.to_u16() == 0 {
+                    return Err(WireError::Invalid("refusal with code 0"));
+                }
+                out.write_u16::<BigEndian>(code.to_u16())?;
+                put_str(out, reason, MAX_MESSAGE_LEN, "refusal reason")?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn put_locations(
     out: &mut Vec<u8>,
     l: &Locations,
@@ -1201,6 +1112,122 @@ fn padding_clear(bits: &[u8], count: u32) -> bool {
 }
 
 // ---- Decoding helpers ---------------------------------------------------
+
+/// The payloads of the larger messages, each read whole (the caller
+/// checks that nothing is left).
+impl Reader<'_> {
+    fn register(&mut self) -> Result<Message, WireError> {
+        let endpoint = self.addr()?;
+        let n = self.count16(
+            MAX_FILES_PER_REGISTER,
+            FILE_ENTRY_MIN_LEN,
+            "files per register",
+        )?;
+        let mut files = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = self.string(MAX_NAME_LEN, "name")?;
+            let length = self.u64("length")?;
+            let chunk_size = self.u32("chunk size")?;
+            let count = self.count32(MAX_CHUNKS_PER_FILE, DIGEST_LEN, "chunks per file")?;
+            let hashes = self.digests(count)?;
+            let have = match self.u8("have flag")? {
+                0 => Have::All,
+                1 => Have::Some(self.bitmap(count as u32)?),
+                v => {
+                    return Err(WireError::BadFlag {
+                        what: "have flag",
+                        value: v,
+                    });
+                }
+            };
+            files.push(FileEntry {
+                name,
+                length,
+                chunk_size,
+                hashes,
+                have,
+            });
+        }
+        Ok(Message::Register { endpoint, files })
+    }
+
+    fn register_reply(&mut self) -> Result<Message, WireError> {
+        let n = self.count16(MAX_FILES_PER_REGISTER, 2, "files per register")?;
+        let mut results = Vec::with_capacity(n);
+        for _ in 0..n {
+            results.push(match self.u16("outcome")? {
+                0 => FileOutcome::Accepted,
+                c => FileOutcome::Refused {
+                    code: ErrorCode::from_u16(c),
+                    reason: self.string(MAX_MESSAGE_LEN, "refusal reason")?,
+                },
+            });
+        }
+        Ok(Message::RegisterReply { results })
+    }
+
+    fn file_list(&mut self) -> Result<Message, WireError> {
+        let truncated = self.flag("truncated flag")?;
+        let n = self.count32(MAX_LIST_FILES as u32, 2 + 8, "files per list")?;
+        let mut files = Vec::with_capacity(n);
+        for _ in 0..n {
+            files.push(FileSummary {
+                name: self.string(MAX_NAME_LEN, "name")?,
+                length: self.u64("length")?,
+            });
+        }
+        Ok(Message::FileList { files, truncated })
+    }
+
+    fn locations(&mut self) -> Result<Locations, WireError> {
+        let name = self.string(MAX_NAME_LEN, "name")?;
+        let length = self.u64("length")?;
+        let chunk_size = self.u32("chunk size")?;
+        let chunk_count = self.u32("chunk count")?;
+        if chunk_count > MAX_CHUNKS_PER_FILE {
+            return Err(WireError::LimitExceeded {
+                what: "chunks per file",
+                count: u64::from(chunk_count),
+                max: u64::from(MAX_CHUNKS_PER_FILE),
+            });
+        }
+        let hashes = if self.flag("hashes flag")? {
+            Some(self.digests(chunk_count as usize)?)
+        } else {
+            None
+        };
+        let min_source = 1 + 4 + 2 + (chunk_count as usize).div_ceil(8);
+        let n = self.count16(MAX_SOURCES_PER_REPLY, min_source, "sources per reply")?;
+        let mut sources = Vec::with_capacity(n);
+        for _ in 0..n {
+            sources.push(Source {
+                addr: self.addr()?,
+                have: self.bitmap(chunk_count)?,
+            });
+        }
+        Ok(Locations {
+            name,
+            length,
+            chunk_size,
+            chunk_count,
+            hashes,
+            sources,
+        })
+    }
+
+    fn chunk_data(&mut self) -> Result<Message, WireError> {
+        let index = self.u32("index")?;
+        let data = self.take(self.buf.len(), "chunk data")?.to_vec();
+        if data.len() > MAX_CHUNK_SIZE as usize {
+            return Err(WireError::LimitExceeded {
+                what: "chunk size",
+                count: data.len() as u64,
+                max: u64::from(MAX_CHUNK_SIZE),
+            });
+        }
+        Ok(Message::ChunkData { index, data })
+    }
+}
 
 /// A cursor over a payload whose every read reports what it was reading.
 struct Reader<'a> {
