@@ -102,6 +102,9 @@ enum Style {
     Delay(Duration),
     /// The reply at once, `n` bytes every `every`.
     Trickle(usize, Duration),
+    /// `NotHeld` the first time this chunk is asked (on any connection),
+    /// the chunk after that; others at once.
+    NotHeldOnce(u32),
 }
 
 /// A source registered at `t` for `name` that answers every request
@@ -131,13 +134,17 @@ impl FakeSource {
         assert!(matches!(r, Message::RegisterReply { .. }), "{r:?}");
         let stop = Arc::new(AtomicBool::new(false));
         let st = Arc::clone(&stop);
+        let refused = Arc::new(AtomicBool::new(false));
         let h = thread::spawn(move || {
             let mut conns = Vec::new();
             while !st.load(Ordering::SeqCst) {
                 match l.accept() {
                     Ok((c, _)) => {
                         let (st, data) = (Arc::clone(&st), data.clone());
-                        conns.push(thread::spawn(move || serve(c, &st, &data, style)));
+                        let refused = Arc::clone(&refused);
+                        conns.push(thread::spawn(move || {
+                            serve(c, &st, &data, style, &refused);
+                        }));
                     }
                     Err(_) => thread::sleep(Duration::from_millis(10)),
                 }
@@ -163,7 +170,7 @@ impl Drop for FakeSource {
     }
 }
 
-fn serve(s: TcpStream, stop: &AtomicBool, data: &[u8], style: Style) {
+fn serve(s: TcpStream, stop: &AtomicBool, data: &[u8], style: Style, refused: &AtomicBool) {
     let _ = s.set_nonblocking(false);
     let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
     let mut w = s.try_clone().unwrap();
@@ -186,6 +193,12 @@ fn serve(s: TcpStream, stop: &AtomicBool, data: &[u8], style: Style) {
             Message::Hello { .. } => Message::Hello {
                 version: wire::PROTOCOL_VERSION,
             },
+            Message::ChunkRequest { index, .. }
+                if matches!(style, Style::NotHeldOnce(i) if i == index)
+                    && !refused.swap(true, Ordering::SeqCst) =>
+            {
+                Message::error(wire::ErrorCode::NotHeld, "not yet")
+            }
             Message::ChunkRequest { index, .. } => {
                 let a = (index as usize * CHUNK as usize).min(data.len());
                 let b = (a + CHUNK as usize).min(data.len());
@@ -234,7 +247,11 @@ fn beside(style: Style, chunks: usize, seed: u64, as_set: bool) -> Duration {
             ..opts()
         };
         let out = fetch_set(&d, &["f"], &dir, o);
-        assert!(out[0].result.is_ok(), "{:?}", out[0].result);
+        let sum = out[0].result.as_ref().expect("fetched");
+        // Nothing was on disk: whatever the fast path fetched before it
+        // left the file to the engine counts as fetched, not as resumed.
+        assert_eq!(sum.chunks_resumed, 0, "{sum:?}");
+        assert!(sum.bytes_downloaded >= data.len() as u64, "{sum:?}");
     } else {
         d.download("f", &dir, &opts(), &mut |_| {})
             .expect("download");
@@ -542,7 +559,7 @@ fn a_pool_that_does_not_defer_names_the_file_before_returning() {
                 assert!(!dir.join("g").exists(), "named by the finisher, not here");
                 assert!(d.is_downloading("g"), "claimed until named");
                 let u = take_unnamed("g").expect("left unnamed");
-                assert!(u.finish().is_some());
+                assert!(u.finish().is_ok());
                 assert_eq!(std::fs::read(dir.join("g")).unwrap(), &data[..1000]);
                 assert!(!d.is_downloading("g"), "released once named");
                 assert!(d.share().get("g").is_some_and(|f| f.is_complete()));
@@ -556,5 +573,32 @@ fn a_pool_that_does_not_defer_names_the_file_before_returning() {
                 assert_eq!(p2pfs::peer::download::unfinished(&dir), ["h".to_owned()]);
             });
         });
+    });
+}
+
+/// A file whose only source turns one chunk away once: the fast path
+/// gives the file up (no other holder) with the rest verified, and the
+/// engine resumes it and fetches that chunk. The file's summary counts
+/// every chunk as fetched now, from that source, none as found on disk.
+#[test]
+fn a_file_left_to_the_engine_counts_what_the_fast_path_fetched() {
+    with_timeout(60, || {
+        let s = Scratch::new("carried");
+        let data = util::pattern(6 * CHUNK as usize, 71);
+        let t = tracker();
+        let _only = FakeSource::start(t.local_addr(), "f", data.clone(), Style::NotHeldOnce(5));
+        let d = node(vec![t.local_addr()]);
+        let dir = s.sub("d");
+        let o = DownloadOptions {
+            sync_folder: false,
+            ..opts()
+        };
+        let out = fetch_set(&d, &["f"], &dir, o);
+        let sum = out[0].result.as_ref().expect("fetched");
+        assert_eq!(std::fs::read(dir.join("f")).unwrap(), data);
+        assert_eq!(sum.chunks_resumed, 0, "{sum:?}");
+        assert_eq!(sum.bytes_downloaded, data.len() as u64, "{sum:?}");
+        assert_eq!(sum.sources.len(), 1, "{sum:?}");
+        assert_eq!(sum.sources[0].chunks, 6, "{sum:?}");
     });
 }

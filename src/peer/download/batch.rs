@@ -464,8 +464,14 @@ fn finish_files(
 fn finish(set: &Set<'_, '_>, u: super::Unnamed, i: usize) -> Result<Summary> {
     let name = u.name().to_owned();
     match u.finish() {
-        Some(summary) => Ok(summary),
-        None => (set.fetch)(&name, &mut |p| report(set.shared, i, p)),
+        Ok(summary) => Ok(summary),
+        Err(carried) => {
+            let mut r = (set.fetch)(&name, &mut |p| report(set.shared, i, p));
+            if let Ok(s) = r.as_mut() {
+                carried.add_to(s);
+            }
+            r
+        }
     }
 }
 

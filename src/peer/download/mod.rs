@@ -84,7 +84,10 @@ pub use coordinator::list_indices;
 pub use partfile::{
     HAVE_SUFFIX, PART_SUFFIX, WORK_DIR, have_path, is_artifact, part_path, unfinished,
 };
-pub use small::{Interrupt, PoolGuard, Unnamed, hold_until_named, stop_deferring, take_unnamed};
+pub use small::{
+    Carried, Interrupt, PoolGuard, Unnamed, hold_until_named, stop_deferring, take_carried,
+    take_unnamed,
+};
 
 /// Tunables; `Default` gives the documented values.
 #[derive(Debug, Clone)]
@@ -251,6 +254,25 @@ pub fn download(
     if let Some(r) = small::try_fetch(ctx, name, dir, opts, on_progress) {
         return r;
     }
+    let mut r = by_engine(ctx, name, dir, opts, on_progress, started);
+    // What the fast path fetched before it left the file to the engine
+    // counts too: fetched now, not found on disk.
+    if let (Some(c), Ok(s)) = (small::take_carried(name), r.as_mut()) {
+        c.add_to(s);
+    }
+    r
+}
+
+/// [`download`] by the engine (after the fast path, if it was tried),
+/// from `started`.
+fn by_engine(
+    ctx: &DownloadContext<'_>,
+    name: &str,
+    dir: &Path,
+    opts: &DownloadOptions,
+    on_progress: &mut dyn FnMut(&Progress),
+    started: Instant,
+) -> Result<Summary> {
     if cancelled(ctx) {
         // Stopped before the engine started (the fast path may have been
         // cut short, its verified chunks kept as a `.part`): nothing more

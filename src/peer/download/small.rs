@@ -167,6 +167,9 @@ pub(super) struct Pool {
     /// Whether complete files are left unnamed for the set's finisher
     /// rather than named on this thread.
     defer: bool,
+    /// What was fetched of the file last left to the engine
+    /// ([`take_carried`]).
+    carried: Option<Carried>,
 }
 
 thread_local! {
@@ -195,6 +198,7 @@ impl PoolGuard {
             spare: Vec::new(),
             unnamed: None,
             defer,
+            carried: None,
         };
         POOL.with(|p| *p.borrow_mut() = Some(pool));
         PoolGuard(())
@@ -303,7 +307,7 @@ fn fetch_with(
         settled: false,
     };
     if got.is_none() {
-        unnamed.give_up();
+        pool.carried = Some(unnamed.give_up());
         return None;
     }
     // Complete and verified: served and registered now (a file of several
@@ -313,7 +317,13 @@ fn fetch_with(
         (ctx.on_file)(name);
     }
     if !pool.defer {
-        return unnamed.finish().map(Ok);
+        return match unnamed.finish() {
+            Ok(s) => Some(Ok(s)),
+            Err(c) => {
+                pool.carried = Some(c);
+                None
+            }
+        };
     }
     // Made durable and named by the set's finisher while this thread goes
     // on to its next file.
@@ -390,6 +400,51 @@ pub struct Unnamed {
     settled: bool,
 }
 
+/// What the fast path fetched of a file it then left to the engine.
+pub struct Carried {
+    name: String,
+    sources: Vec<SourceStats>,
+    /// Chunks kept as the engine's `.part`, which the engine then finds
+    /// on disk.
+    kept_chunks: u32,
+}
+
+impl Carried {
+    /// Adds this to the engine's summary of the same file, so the file's
+    /// figures count every byte fetched for it, from every source: the
+    /// chunks kept for the engine were fetched now, not found on disk.
+    pub fn add_to(&self, s: &mut Summary) {
+        s.chunks_resumed = s.chunks_resumed.saturating_sub(self.kept_chunks);
+        for c in &self.sources {
+            s.bytes_downloaded = s.bytes_downloaded.saturating_add(c.bytes);
+            match s.sources.iter_mut().find(|x| x.addr == c.addr) {
+                Some(x) => {
+                    x.bytes = x.bytes.saturating_add(c.bytes);
+                    x.chunks = x.chunks.saturating_add(c.chunks);
+                    x.hash_failures = x.hash_failures.saturating_add(c.hash_failures);
+                    if x.dropped.is_none() {
+                        x.dropped.clone_from(&c.dropped);
+                    }
+                }
+                None => s.sources.push(c.clone()),
+            }
+        }
+        s.sources
+            .sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.addr.cmp(&b.addr)));
+    }
+}
+
+/// Takes what the fast path fetched of `name` on this thread before it
+/// left the file to the engine, if anything (and forgets any other).
+pub fn take_carried(name: &str) -> Option<Carried> {
+    POOL.with(|p| {
+        p.borrow_mut()
+            .as_mut()
+            .and_then(|pool| pool.carried.take())
+            .filter(|c| c.name == name)
+    })
+}
+
 impl Drop for Unnamed {
     fn drop(&mut self) {
         if !self.settled {
@@ -405,12 +460,14 @@ impl Unnamed {
 
     /// Makes the file durable and gives it its name (fsync, then a link
     /// that never replaces a file); from then on it is served as the
-    /// user's file (checked against its hashes after any change). `None`
+    /// user's file (checked against its hashes after any change). `Err`
     /// when it could not be named: it is no longer served, and its chunks
     /// are kept as the engine's `.part` where that can be done (nothing is
     /// kept when a file took the name meanwhile): the caller lets the
-    /// engine go on. Either way the `hold` is dropped on return.
-    pub fn finish(mut self) -> Option<Summary> {
+    /// engine go on, and adds what was fetched here to the engine's
+    /// summary ([`Carried::add_to`]). Either way the `hold` is dropped on
+    /// return.
+    pub fn finish(mut self) -> std::result::Result<Summary, Carried> {
         self.settled = true;
         let named = partfile::name_unnamed(
             &self.paths,
@@ -424,12 +481,12 @@ impl Unnamed {
             // takes it if it is this content); nothing of ours is kept.
             Ok(false) => {
                 self.share.remove_exact(&self.shared);
-                return None;
+                return Err(self.carried(false));
             }
             Err(e) => {
                 debug!("{}: {e}", self.name);
-                self.park();
-                return None;
+                let kept = self.park();
+                return Err(self.carried(kept));
             }
         }
         let g = *self.shared.geometry();
@@ -448,18 +505,20 @@ impl Unnamed {
                 self.share.remove_exact(&self.shared);
             }
         }
-        Some(self.summary())
+        Ok(self.summary())
     }
 
-    /// Gives the file up to the engine: [`Unnamed::park`].
-    fn give_up(mut self) {
+    /// Gives the file up to the engine ([`Unnamed::park`]); what was
+    /// fetched of it.
+    fn give_up(mut self) -> Carried {
         self.settled = true;
-        self.park();
+        let kept = self.park();
+        self.carried(kept)
     }
 
     /// Stops serving the file and keeps its verified chunks as the
-    /// engine's `.part`, for it to go on from.
-    fn park(&self) {
+    /// engine's `.part`, for it to go on from; whether any were kept.
+    fn park(&self) -> bool {
         self.share.remove_exact(&self.shared);
         let g = *self.shared.geometry();
         partfile::park_unnamed(
@@ -468,7 +527,23 @@ impl Unnamed {
             g,
             &self.hashes,
             &self.shared.have(),
-        );
+        )
+    }
+
+    /// What was fetched of the file, its chunks `kept` for the engine or
+    /// not.
+    fn carried(&self, kept: bool) -> Carried {
+        let mut sources: Vec<SourceStats> = self.stats.values().cloned().collect();
+        sources.sort_by_key(|s| s.addr);
+        Carried {
+            name: self.name.clone(),
+            sources,
+            kept_chunks: if kept {
+                self.shared.have().count_ones()
+            } else {
+                0
+            },
+        }
     }
 
     fn summary(&self) -> Summary {
@@ -1119,6 +1194,59 @@ mod tests {
 
     fn raw(v: &[ChunkIndex]) -> Vec<u32> {
         v.iter().map(|i| i.get()).collect()
+    }
+
+    fn stats(port: u16, chunks: u32, dropped: Option<&str>) -> SourceStats {
+        SourceStats {
+            addr: addr(port),
+            bytes: u64::from(chunks) * 1024,
+            chunks,
+            hash_failures: 0,
+            dropped: dropped.map(str::to_owned),
+        }
+    }
+
+    /// The engine resumed 3 of 8 chunks kept by the fast path and fetched
+    /// 5: the file's summary counts all 8 as fetched now, from both
+    /// sources, the one both used once, most bytes first.
+    #[test]
+    fn what_the_fast_path_fetched_counts_in_the_engines_summary() {
+        let mut s = Summary {
+            name: "f".into(),
+            path: "d/f".into(),
+            length: 8 * 1024,
+            chunks_total: 8,
+            chunks_resumed: 3,
+            bytes_downloaded: 5 * 1024,
+            duplicates: 0,
+            elapsed: Duration::from_secs(1),
+            sources: vec![stats(2, 5, None)],
+        };
+        let c = Carried {
+            name: "f".into(),
+            sources: vec![stats(1, 1, Some("sent a bad chunk")), stats(2, 2, None)],
+            kept_chunks: 3,
+        };
+        c.add_to(&mut s);
+        assert_eq!(s.chunks_resumed, 0);
+        assert_eq!(s.bytes_downloaded, 8 * 1024);
+        assert_eq!(
+            s.sources,
+            [stats(2, 7, None), stats(1, 1, Some("sent a bad chunk"))]
+        );
+        // Nothing kept (the name was taken): only the bytes count.
+        let mut t = Summary {
+            chunks_resumed: 8,
+            bytes_downloaded: 0,
+            sources: Vec::new(),
+            ..s
+        };
+        let c = Carried {
+            kept_chunks: 0,
+            ..c
+        };
+        c.add_to(&mut t);
+        assert_eq!((t.chunks_resumed, t.bytes_downloaded), (8, 3 * 1024));
     }
 
     #[test]
