@@ -220,6 +220,25 @@ struct Shared {
     failed_count: usize,
 }
 
+impl Shared {
+    /// Nothing of `files` done yet.
+    fn new(files: &[Planned]) -> Shared {
+        Shared {
+            files: files
+                .iter()
+                .map(|f| FileState {
+                    name: f.name.clone(),
+                    length: f.length,
+                    ..FileState::default()
+                })
+                .collect(),
+            rate: RateMeter::new(),
+            done_count: 0,
+            failed_count: 0,
+        }
+    }
+}
+
 /// Downloads every file of `files`, at most `jobs` at once (at least one,
 /// at most [`MAX_BATCH_JOBS`]), each with `fetch(name, on_progress)`
 /// (whose options should have `sync_folder` off: the folders that received
@@ -239,19 +258,7 @@ pub fn run(
     on_done: &mut dyn FnMut(&FileOutcome),
 ) -> Vec<FileOutcome> {
     let started = Instant::now();
-    let shared = Mutex::new(Shared {
-        files: files
-            .iter()
-            .map(|f| FileState {
-                name: f.name.clone(),
-                length: f.length,
-                ..FileState::default()
-            })
-            .collect(),
-        rate: RateMeter::new(),
-        done_count: 0,
-        failed_count: 0,
-    });
+    let shared = Mutex::new(Shared::new(files));
     let next = AtomicUsize::new(0);
     let jobs = jobs.clamp(1, MAX_BATCH_JOBS).min(files.len().max(1));
     let mut outcomes: Vec<Option<FileOutcome>> = files.iter().map(|_| None).collect();
