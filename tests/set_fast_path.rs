@@ -602,3 +602,50 @@ fn a_file_left_to_the_engine_counts_what_the_fast_path_fetched() {
         assert_eq!(sum.sources[0].chunks, 6, "{sum:?}");
     });
 }
+
+/// A set stopped (Ctrl-C) after its first file, with files waiting to be
+/// named: every file reported fetched is in place with its bytes, none is
+/// under its name otherwise, and no name stays claimed once the set ends.
+#[test]
+fn a_set_cancelled_while_files_wait_to_be_named_leaves_each_whole_or_absent() {
+    with_timeout(60, || {
+        let s = Scratch::new("cancel-finish");
+        let names: Vec<String> = (0..40).map(|i| format!("f{i:02}")).collect();
+        let datas: Vec<Vec<u8>> = (0..40)
+            .map(|i| util::pattern(500 + 97 * i, 80 + i as u64))
+            .collect();
+        for (n, d) in names.iter().zip(&datas) {
+            util::write(&s.sub("a"), n, d);
+        }
+        let (_t, _seed, d, o) = one_seed(&s);
+        let dir = s.sub("d");
+        let cancel = AtomicBool::new(false);
+        let fetch = |name: &str, on: &mut dyn FnMut(&p2pfs::peer::download::Progress)| {
+            d.download_cancellable(name, &dir, &o, Some(&cancel), on)
+        };
+        let plan: Vec<Planned> = names
+            .iter()
+            .map(|n| Planned {
+                name: n.clone(),
+                length: None,
+            })
+            .collect();
+        let out = batch::run(&plan, 4, Some(&cancel), &fetch, &mut |_| {}, &mut |_| {
+            cancel.store(true, Ordering::SeqCst);
+        });
+        let fetched = out.iter().filter(|o| o.result.is_ok()).count();
+        eprintln!("{fetched} of 40 fetched before the set stopped");
+        assert!(fetched > 0, "the first file at least");
+        for ((o, n), data) in out.iter().zip(&names).zip(&datas) {
+            let on_disk = std::fs::read(dir.join(n)).ok();
+            match &o.result {
+                Ok(_) => assert_eq!(on_disk.as_ref(), Some(data), "{n} reported fetched"),
+                Err(e) => assert!(
+                    on_disk.is_none() || on_disk.as_ref() == Some(data),
+                    "{n} ({e}) under its name with other bytes"
+                ),
+            }
+            assert!(!d.is_downloading(n), "{n} still claimed");
+        }
+    });
+}
